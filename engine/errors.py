@@ -1,0 +1,31 @@
+"""Errors a user can act on.
+
+Everything raised as a ``SaejobsError`` is shown by the CLI as one line on stderr, without a
+traceback, with ``exit_code`` as the process status. Anything else is a bug and keeps its traceback.
+"""
+
+
+class SaejobsError(Exception):
+    exit_code = 1
+
+
+class UsageError(SaejobsError):
+    """The request itself is wrong (unknown id, bad argument)."""
+
+    exit_code = 2
+
+
+class NotFoundError(UsageError):
+    """A named thing (SAE id, job, file) does not exist."""
+
+
+class FormatError(SaejobsError):
+    """A file from outside does not have the layout its format requires."""
+
+    exit_code = 3
+
+
+class IntegrityError(SaejobsError):
+    """Bytes on disk differ from what they should be (checksum, non-finite values)."""
+
+    exit_code = 3
