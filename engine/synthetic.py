@@ -1,0 +1,57 @@
+"""Synthetic SAEs written in the exact Gemma Scope layouts.
+
+For tests, benchmarks and the offline demo: the bytes on disk are laid out as Google publishes them,
+so the same loader, verifier and download code run on them as on the real SAEs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from engine.formats import gemma_scope, gemma_scope_2
+from engine.registry.entry import SaeEntry
+
+
+def random_params(d_model: int, d_sae: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Gemma-Scope-shaped float32 weights with decoder rows of unit norm and positive thresholds."""
+    rng = np.random.default_rng(seed)
+    w_dec = rng.standard_normal((d_sae, d_model), dtype=np.float32)
+    w_dec /= np.linalg.norm(w_dec, axis=1, keepdims=True)
+    return {
+        "W_enc": np.ascontiguousarray(w_dec.T * 0.5),
+        "W_dec": w_dec,
+        "b_enc": rng.standard_normal(d_sae, dtype=np.float32) * 0.1,
+        "b_dec": rng.standard_normal(d_model, dtype=np.float32) * 0.1,
+        "threshold": np.abs(rng.standard_normal(d_sae, dtype=np.float32)) * 0.2,
+    }
+
+
+def write_sae(folder: Path, fmt: str, params: dict[str, np.ndarray], config: dict | None = None) -> Path:
+    """Write ``params`` (keys W_enc, W_dec, b_enc, b_dec, threshold) as format ``fmt`` into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if fmt == "gemma-scope":
+        np.savez(folder / gemma_scope.PARAMS_FILE, **{k: np.asarray(v) for k, v in params.items()})
+    elif fmt == "gemma-scope-2":
+        names = {v: k for k, v in gemma_scope_2.KEYS.items()}
+        tensors = {names[k]: torch.from_numpy(np.ascontiguousarray(v)) for k, v in params.items()}
+        save_file(tensors, str(folder / gemma_scope_2.PARAMS_FILE))
+        (folder / gemma_scope_2.CONFIG_FILE).write_text(json.dumps(config or {}, indent=2))
+    else:
+        raise ValueError(f"unknown format {fmt}")
+    return folder
+
+
+def gemma_scope_2_config(entry: SaeEntry) -> dict:
+    """config.json as Gemma Scope 2 writes it (SAELens ``_infer_gemma_3_raw_cfg_dict`` field names)."""
+    hf_point = {
+        "res": f"model.layers.{entry.layer}.output",
+        "mlp": f"model.layers.{entry.layer}.post_feedforward_layernorm.output",
+        "att": f"model.layers.{entry.layer}.self_attn.o_proj.input",
+    }[entry.site]
+    return {"architecture": "jump_relu", "model_name": entry.model_hf.removeprefix("google/"), "hf_hook_point_in": hf_point}
