@@ -29,3 +29,9 @@ class IntegrityError(SaejobsError):
     """Bytes on disk differ from what they should be (checksum, non-finite values)."""
 
     exit_code = 3
+
+
+class TransientError(SaejobsError):
+    """Worth retrying as is: a connection dropped, a server answered 5xx, the database was busy."""
+
+    exit_code = 5

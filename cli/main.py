@@ -1,0 +1,54 @@
+"""The ``saejobs`` command. Every ``SaejobsError`` becomes one line on stderr and its exit code.
+
+Heavy modules (torch, transformers, Celery) are imported inside commands, so listing SAEs is quick
+and ``saejobs worker --gpu N`` can pin its GPU before torch loads.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from cli.output import fail
+from engine.errors import SaejobsError
+
+
+class Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SaejobsError as e:
+            fail(str(e).splitlines()[0] if str(e) else type(e).__name__, e.exit_code)
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+
+
+@click.group(cls=Group)
+@click.version_option(package_name="saejobs")
+def cli() -> None:
+    """Download, verify and steer with Gemma Scope SAEs as Neuronpedia does; results in one database."""
+
+
+def _register() -> None:
+    from cli import db_cmd, jobs_cmd, saes_cmd, submit_cmd, worker_cmd
+
+    cli.add_command(saes_cmd.saes)
+    cli.add_command(db_cmd.db)
+    cli.add_command(jobs_cmd.jobs)
+    cli.add_command(jobs_cmd.results)
+    cli.add_command(worker_cmd.worker)
+    cli.add_command(worker_cmd.workers)
+    for cmd in submit_cmd.COMMANDS:
+        cli.add_command(cmd)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="saejobs")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

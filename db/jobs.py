@@ -1,0 +1,187 @@
+"""Job state transitions, each one transaction, each guarded so a redelivered message is harmless.
+
+``claim`` is the only way into ``running``: an atomic conditional update, so of two deliveries of
+one job exactly one runs it. A job whose worker stopped heart-beating can be claimed again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+
+from db.models import FINAL_STATES, Job, JobEvent, utcnow
+from db.session import session
+from engine.errors import NotFoundError, UsageError
+
+
+class JobCancelled(Exception):
+    """Raised inside a running job when its row says it was cancelled; the task stops there."""
+
+
+def create(kind: str, params: dict[str, Any], *, sae_id: str | None = None, queue: str | None = None,
+           requested_gpu: int | None = None, url: str | None = None) -> Job:
+    job = Job(id=str(uuid.uuid4()), kind=kind, state="queued", params=params, sae_id=sae_id, queue=queue,
+              requested_gpu=requested_gpu, progress=0.0, attempts=0, message="queued")
+    with session(url) as s:
+        s.add(job)
+        s.add(JobEvent(job_id=job.id, state="queued", progress=0.0, message="queued"))
+    return job
+
+
+def get(job_id: str, url: str | None = None) -> Job:
+    with session(url) as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            matches = s.scalars(select(Job).where(Job.id.startswith(job_id)).limit(2)).all() if len(job_id) >= 4 else []
+            if len(matches) != 1:
+                raise NotFoundError(f"no job '{job_id}'")
+            job = matches[0]
+        job.events  # loaded while the session is open
+        return job
+
+
+def claim(job_id: str, *, worker: str, host: str, gpu: str | None, stale_after: float, url: str | None = None) -> bool:
+    """Move a queued job (or one whose worker died) to running; False when someone else has it."""
+    now = utcnow()
+    with session(url) as s:
+        res = s.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .where(or_(Job.state == "queued",
+                       (Job.state == "running") & (Job.heartbeat_at < now - timedelta(seconds=stale_after))))
+            .values(state="running", worker=worker, host=host, gpu=gpu, attempts=Job.attempts + 1,
+                    started_at=now, heartbeat_at=now, message="running", error=None)
+        )
+        if res.rowcount != 1:
+            return False
+        s.add(JobEvent(job_id=job_id, state="running", progress=_progress(s, job_id), message=f"running on {worker}"))
+    return True
+
+
+def _progress(s, job_id: str) -> float:
+    return s.scalar(select(Job.progress).where(Job.id == job_id)) or 0.0
+
+
+def report(job_id: str, progress: float, message: str | None = None, *, worker: str | None = None,
+           url: str | None = None) -> None:
+    """Record progress and heartbeat; raise JobCancelled if the job was cancelled meanwhile.
+
+    Guarded on ``worker``: a worker that lost its claim (declared dead, job handed on) stops here.
+    """
+    now = utcnow()
+    with session(url) as s:
+        stmt = update(Job).where(Job.id == job_id, Job.state == "running")
+        if worker is not None:
+            stmt = stmt.where(Job.worker == worker)
+        res = s.execute(stmt.values(progress=progress, message=message, heartbeat_at=now))
+        if res.rowcount == 1:
+            s.add(JobEvent(job_id=job_id, state="running", progress=progress, message=message))
+            return
+    raise JobCancelled(job_id)
+
+
+def heartbeat(job_id: str, worker: str, url: str | None = None) -> None:
+    with session(url) as s:
+        s.execute(update(Job).where(Job.id == job_id, Job.state == "running", Job.worker == worker)
+                  .values(heartbeat_at=utcnow()))
+
+
+def finish(job_id: str, state: str, *, worker: str | None = None, result: dict | None = None,
+           error: str | None = None, url: str | None = None) -> bool:
+    """Running → final state. False when the job is no longer this worker's (cancelled, handed on)."""
+    assert state in FINAL_STATES
+    now = utcnow()
+    with session(url) as s:
+        stmt = update(Job).where(Job.id == job_id, Job.state == "running")
+        if worker is not None:
+            stmt = stmt.where(Job.worker == worker)
+        progress = 1.0 if state == "succeeded" else Job.progress
+        res = s.execute(stmt.values(state=state, result=result, error=error, finished_at=now, progress=progress,
+                                    message=state if error is None else error, heartbeat_at=now))
+        if res.rowcount != 1:
+            return False
+        s.add(JobEvent(job_id=job_id, state=state, progress=_progress(s, job_id), message=error or state))
+    return True
+
+
+def requeue(job_id: str, reason: str, *, stale_after: float | None = None, url: str | None = None) -> bool:
+    """Running → queued (worker handing it back, or declared dead): the next claim runs it again.
+
+    With ``stale_after`` only a job whose heartbeat is that old moves, so two reapers cannot both
+    hand on the same job, and a worker that is merely slow keeps it.
+    """
+    with session(url) as s:
+        stmt = update(Job).where(Job.id == job_id, Job.state == "running")
+        if stale_after is not None:
+            stmt = stmt.where(Job.heartbeat_at < utcnow() - timedelta(seconds=stale_after))
+        res = s.execute(stmt.values(state="queued", worker=None, message=reason, heartbeat_at=None))
+        if res.rowcount != 1:
+            return False
+        s.add(JobEvent(job_id=job_id, state="queued", progress=_progress(s, job_id), message=reason))
+    return True
+
+
+def abandon(job_id: str, error: str, url: str | None = None) -> None:
+    """Queued → failed, for a job whose message never reached the broker: nothing waits forever."""
+    with session(url) as s:
+        res = s.execute(update(Job).where(Job.id == job_id, Job.state == "queued")
+                        .values(state="failed", error=error, message=error, finished_at=utcnow()))
+        if res.rowcount == 1:
+            s.add(JobEvent(job_id=job_id, state="failed", progress=0.0, message=error))
+
+
+def cancel(job_id: str, url: str | None = None) -> Job:
+    job = get(job_id, url)
+    now = utcnow()
+    with session(url) as s:
+        res = s.execute(update(Job).where(Job.id == job.id, Job.state.in_(("queued", "running")))
+                        .values(state="cancelled", finished_at=now, message="cancelled"))
+        if res.rowcount != 1:
+            raise UsageError(f"job {job.id} is {job.state}; only queued or running jobs can be cancelled")
+        s.add(JobEvent(job_id=job.id, state="cancelled", progress=job.progress, message="cancelled"))
+    return get(job.id, url)
+
+
+def reset_for_retry(job_id: str, url: str | None = None) -> Job:
+    job = get(job_id, url)
+    with session(url) as s:
+        res = s.execute(update(Job).where(Job.id == job.id, Job.state.in_(("failed", "cancelled")))
+                        .values(state="queued", error=None, finished_at=None, message="queued (retry)", worker=None))
+        if res.rowcount != 1:
+            raise UsageError(f"job {job.id} is {job.state}; only failed or cancelled jobs can be retried")
+        s.add(JobEvent(job_id=job.id, state="queued", progress=job.progress, message="queued (retry)"))
+    return get(job.id, url)
+
+
+def stale_running(stale_after: float, url: str | None = None) -> list[str]:
+    """Running jobs whose worker has not been heard from: it died (SIGKILL, host lost)."""
+    cutoff = utcnow() - timedelta(seconds=stale_after)
+    with session(url) as s:
+        return list(s.scalars(select(Job.id).where(Job.state == "running", Job.heartbeat_at < cutoff)))
+
+
+def listing(*, state: str | None = None, kind: str | None = None, limit: int = 50, url: str | None = None) -> list[Job]:
+    with session(url) as s:
+        q = select(Job).order_by(Job.created_at.desc()).limit(limit)
+        if state:
+            q = q.where(Job.state == state)
+        if kind:
+            q = q.where(Job.kind == kind)
+        return list(s.scalars(q))
+
+
+def as_dict(job: Job, events: bool = False) -> dict[str, Any]:
+    d = {c: _jsonable(getattr(job, c)) for c in (
+        "id", "kind", "state", "progress", "message", "error", "attempts", "sae_id", "queue", "requested_gpu",
+        "worker", "host", "gpu", "params", "result", "created_at", "started_at", "finished_at")}
+    if events:
+        d["events"] = [{"at": _jsonable(e.at), "state": e.state, "progress": e.progress, "message": e.message}
+                       for e in job.events]
+    return d
+
+
+def _jsonable(v: Any) -> Any:
+    return v.isoformat() if isinstance(v, datetime) else v

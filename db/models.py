@@ -1,0 +1,179 @@
+"""The results database: SAEs, jobs and what they produced, each result with its provenance.
+
+The database, not the broker, is the source of truth for job state: a message can be delivered twice,
+a row is written once (unique keys on every result make re-runs idempotent).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINAL_STATES = ("succeeded", "failed", "cancelled")
+JOB_KINDS = ("download", "verify", "sweep")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """Stored as naive UTC everywhere (SQLite keeps no zone), always read back as aware UTC."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        return value.replace(tzinfo=timezone.utc) if value is not None else None
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: UTCDateTime}
+
+
+class Sae(Base):
+    """A registry entry once it exists on disk."""
+
+    __tablename__ = "saes"
+    id: Mapped[str] = mapped_column(String(300), primary_key=True)
+    neuronpedia_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    repo_id: Mapped[str] = mapped_column(String(200))
+    folder: Mapped[str] = mapped_column(String(300))
+    format: Mapped[str] = mapped_column(String(40))
+    entry: Mapped[dict[str, Any]]
+    local_path: Mapped[str | None] = mapped_column(Text)
+    files: Mapped[dict[str, Any] | None]  # file name -> {"sha256", "size"}, as checked at download
+    config: Mapped[dict[str, Any] | None]
+    revision: Mapped[str | None] = mapped_column(String(80))
+    downloaded_at: Mapped[datetime | None]
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20), index=True)
+    state: Mapped[str] = mapped_column(String(20), index=True, default="queued")
+    params: Mapped[dict[str, Any]]
+    sae_id: Mapped[str | None] = mapped_column(String(300), index=True)
+    queue: Mapped[str | None] = mapped_column(String(100))
+    requested_gpu: Mapped[int | None]
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    message: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict[str, Any] | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    host: Mapped[str | None] = mapped_column(String(200))
+    gpu: Mapped[str | None] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    events: Mapped[list[JobEvent]] = relationship(back_populates="job", order_by="JobEvent.id", cascade="all, delete-orphan")
+
+
+class JobEvent(Base):
+    """Progress history: what `jobs watch` replays and what tests read to see progress happen."""
+
+    __tablename__ = "job_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    state: Mapped[str] = mapped_column(String(20))
+    progress: Mapped[float] = mapped_column(Float)
+    message: Mapped[str | None] = mapped_column(Text)
+    job: Mapped[Job] = relationship(back_populates="events")
+
+
+class Worker(Base):
+    """A live worker process, refreshed by its heartbeat; `saejobs workers` reads this table."""
+
+    __tablename__ = "workers"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int]
+    gpu: Mapped[str | None] = mapped_column(String(20))
+    device: Mapped[str | None] = mapped_column(String(100))  # e.g. "cuda:0 (CUDA_VISIBLE_DEVICES=1)"
+    queues: Mapped[list[Any]]
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+    current_job: Mapped[str | None] = mapped_column(String(36))
+    cached: Mapped[list[Any] | None]
+    stopped_at: Mapped[datetime | None]
+
+
+class Verification(Base):
+    __tablename__ = "verifications"
+    __table_args__ = (UniqueConstraint("job_id", name="uq_verification_job"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    sae_id: Mapped[str] = mapped_column(String(300), index=True)
+    verdict: Mapped[str] = mapped_column(String(10))
+    reasons: Mapped[list[Any]]
+    metrics: Mapped[dict[str, Any]]
+    provenance: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Sweep(Base):
+    __tablename__ = "sweeps"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    sae_id: Mapped[str] = mapped_column(String(300), index=True)
+    model: Mapped[str] = mapped_column(String(300))
+    settings: Mapped[dict[str, Any]]
+    provenance: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    generations: Mapped[list[Generation]] = relationship(back_populates="sweep", order_by="Generation.id")
+
+
+class Generation(Base):
+    """One generated text: a steering configuration (or the DEFAULT control) with its exact inputs."""
+
+    __tablename__ = "generations"
+    __table_args__ = (UniqueConstraint("sweep_id", "config_key", name="uq_generation_config"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), index=True)
+    config_key: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(10))  # STEERED | DEFAULT
+    features: Mapped[list[Any]]  # [{"index": 7650, "strength": 50.0}] (empty for DEFAULT)
+    prompt: Mapped[str] = mapped_column(Text)
+    prompt_token_ids: Mapped[list[Any]]
+    seed: Mapped[int]
+    sampling: Mapped[dict[str, Any]]
+    output: Mapped[str] = mapped_column(Text)
+    token_ids: Mapped[list[Any]]
+    logprobs: Mapped[list[Any] | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sweep: Mapped[Sweep] = relationship(back_populates="generations")
+
+
+class NeuronpediaRun(Base):
+    """A response from Neuronpedia (imported or fetched), matched to a generation when one fits."""
+
+    __tablename__ = "neuronpedia_runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    generation_id: Mapped[int | None] = mapped_column(ForeignKey("generations.id", ondelete="SET NULL"))
+    api: Mapped[str] = mapped_column(String(40))
+    request: Mapped[dict[str, Any]]
+    outputs: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Comparison(Base):
+    __tablename__ = "comparisons"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"))
+    neuronpedia_run_id: Mapped[int | None] = mapped_column(ForeignKey("neuronpedia_runs.id", ondelete="SET NULL"))
+    metrics: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,81 @@
+"""What a worker keeps loaded between jobs: models and SAEs, least recently used first out.
+
+A second sweep on the same model and SAE finds both here and skips all loading. The budget is in
+bytes of weights (``SAEJOBS_CACHE_BYTES``; default half the RAM, or 90% of the GPU's memory).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+import torch
+
+
+def default_budget(device: str) -> int:
+    env = os.environ.get("SAEJOBS_CACHE_BYTES")
+    if env:
+        return int(float(env))
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return int(torch.cuda.get_device_properties(torch.device(device)).total_memory * 0.9)
+    return psutil.virtual_memory().total // 2
+
+
+def nbytes(obj: Any) -> int:
+    module = getattr(obj, "model", obj)
+    if isinstance(module, torch.nn.Module):
+        return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+    return 0
+
+
+class EngineCache:
+    def __init__(self, budget: int | None = None, device: str = "cpu"):
+        self.device = device
+        self.budget = budget if budget is not None else default_budget(device)
+        self._items: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple, load: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return self._items[key][0]
+        self.misses += 1
+        value = load()
+        size = nbytes(value)
+        with self._lock:
+            self._items[key] = (value, size)
+            self._items.move_to_end(key)
+            self._evict(keep=key)
+        return value
+
+    def _evict(self, keep: tuple) -> None:
+        while sum(s for _, s in self._items.values()) > self.budget and len(self._items) > 1:
+            oldest = next(k for k in self._items if k != keep)
+            del self._items[oldest]
+
+    def model(self, source: str, dtype: torch.dtype = torch.float32):
+        from engine.models import load_model
+
+        return self.get(("model", source, str(dtype), self.device),
+                        lambda: load_model(source, dtype=dtype, device=self.device))
+
+    def sae(self, entry, folder: Path):
+        from engine.sae import load_sae
+
+        return self.get(("sae", entry.id, str(folder), self.device), lambda: load_sae(entry, folder, device=self.device))
+
+    def describe(self) -> list[dict]:
+        with self._lock:
+            return [{"kind": k[0], "name": k[1], "bytes": s} for k, (_, s) in self._items.items()]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()

@@ -1,0 +1,127 @@
+"""Put an SAE's files in the local cache: from the Hugging Face Hub or from a mirror directory.
+
+Files are streamed to ``<name>.part`` in 1 MiB chunks while hashed, then renamed, so the cache
+never holds a half file under the real name; a ``.part`` left by an interrupted copy is resumed.
+One download per folder at a time (a file lock), so two jobs for one SAE produce one copy.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from engine import paths
+from engine.errors import IntegrityError, NotFoundError, SaejobsError, UsageError
+from engine.registry.entry import SaeEntry
+
+CHUNK = 1 << 20
+Progress = Callable[[float, str], None]
+
+
+def local_folder(entry: SaeEntry, root: Path | None = None) -> Path:
+    root = (root or paths.sae_cache()).resolve()
+    folder = (root / entry.repo_id / entry.folder).resolve()
+    if not folder.is_relative_to(root):
+        raise UsageError(f"SAE path '{entry.repo_id}/{entry.folder}' escapes the cache directory; refused")
+    return folder
+
+
+def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            if progress:
+                progress(len(chunk))
+    return h.hexdigest()
+
+
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".saejobs.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def mirror_source(entry: SaeEntry, mirror: Path) -> Path:
+    """The entry's folder inside a mirror laid out like the Hub repo (or like a tree of repos)."""
+    mirror = Path(mirror).resolve()
+    if not mirror.is_dir():
+        raise NotFoundError(f"mirror directory '{mirror}' does not exist")
+    for base in (mirror / entry.repo_id, mirror):
+        folder = (base / entry.folder).resolve()
+        if folder.is_relative_to(mirror) and folder.is_dir():
+            return folder
+    raise NotFoundError(f"mirror '{mirror}' has no folder '{entry.folder}' (looked in {entry.repo_id}/ and at its top)")
+
+
+def fetch_from_mirror(entry: SaeEntry, mirror: Path, dest: Path, progress: Progress) -> dict[str, str]:
+    """Copy the entry's files from ``mirror`` into ``dest``; returns each file's sha256."""
+    src = mirror_source(entry, mirror)
+    files = [src / name for name in entry.files]
+    for f in files:
+        if not f.is_file():
+            raise NotFoundError(f"mirror folder '{src}' has no file '{f.name}'")
+    total = sum(f.stat().st_size for f in files)
+    check_disk_space(dest, total)
+    done = 0
+    digests = {}
+    for f in files:
+        def step(n: int, _name=f.name) -> None:
+            nonlocal done
+            done += n
+            progress(done / total if total else 1.0, f"{_name}: {done / 1e6:.1f}/{total / 1e6:.1f} MB")
+
+        digests[f.name] = _copy_verified(f, dest / f.name, step, expected=_sidecar_sha256(f))
+    return digests
+
+
+def _sidecar_sha256(f: Path) -> str | None:
+    side = f.with_name(f.name + ".sha256")
+    if not side.is_file():
+        return None
+    text = side.read_text().split()
+    if not text or len(text[0]) != 64:
+        raise IntegrityError(f"{side}: not a sha256 digest")
+    return text[0].lower()
+
+
+def _copy_verified(src: Path, dst: Path, step: Callable[[int], None], expected: str | None) -> str:
+    part = dst.with_name(dst.name + ".part")
+    h = hashlib.sha256()
+    offset = part.stat().st_size if part.exists() else 0
+    if offset > src.stat().st_size:
+        part.unlink()
+        offset = 0
+    if offset:
+        with open(part, "rb") as f:
+            while chunk := f.read(CHUNK):
+                h.update(chunk)
+        step(offset)
+    with open(src, "rb") as fin, open(part, "ab") as fout:
+        fin.seek(offset)
+        while chunk := fin.read(CHUNK):
+            fout.write(chunk)
+            h.update(chunk)
+            step(len(chunk))
+        fout.flush()
+        os.fsync(fout.fileno())
+    digest = h.hexdigest()
+    if expected and digest != expected:
+        part.unlink(missing_ok=True)
+        raise IntegrityError(f"{src.name}: sha256 {digest[:12]}… differs from the expected {expected[:12]}…; bad copy deleted")
+    os.replace(part, dst)
+    return digest
+
+
+def check_disk_space(dest: Path, needed: int) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(dest).free
+    if free < needed:
+        raise SaejobsError(f"not enough disk space in {dest}: {needed / 1e6:.0f} MB needed, {free / 1e6:.0f} MB free")

@@ -1,0 +1,22 @@
+"""The Celery task: a job id in, ``runner.execute`` does the rest."""
+
+from __future__ import annotations
+
+from tasks import runner
+from tasks.app import app
+
+MAX_RETRIES = 3
+
+
+@app.task(bind=True, name="saejobs.run_job", max_retries=MAX_RETRIES)
+def run_job(self, job_id: str) -> str:
+    from worker.state import current_worker
+
+    outcome = runner.execute(job_id, current_worker())
+    if outcome == "transient":
+        raise self.retry(countdown=min(60, 2 ** (self.request.retries + 1)))
+    if outcome == "handed_back":
+        from tasks.submit import send
+
+        send(job_id)
+    return outcome

@@ -1,0 +1,123 @@
+"""Runs one job by id: claim it, run its kind with a progress callback, record how it ended.
+
+The same function runs inside a Celery worker and in-process for ``--local``, so both paths write the
+same rows. It never imports Celery.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from db import jobs
+from db.jobs import JobCancelled
+from db.models import Job
+from engine.cache import EngineCache
+from engine.errors import SaejobsError, TransientError
+
+log = logging.getLogger("saejobs.runner")
+
+HEARTBEAT_S = float(os.environ.get("SAEJOBS_HEARTBEAT", 5))
+STALE_AFTER_S = float(os.environ.get("SAEJOBS_STALE_AFTER", 30))
+PROGRESS_EVERY_S = 0.5
+
+shutting_down = threading.Event()  # set by the worker on SIGTERM: running jobs hand themselves back
+
+
+class HandBack(Exception):
+    """The worker is shutting down: the job goes back to the queue at its next progress report."""
+
+
+@dataclass
+class Worker:
+    """Who runs jobs in this process, and what it keeps loaded between them."""
+
+    name: str = field(default_factory=lambda: f"local@{socket.gethostname()}:{os.getpid()}")
+    host: str = field(default_factory=socket.gethostname)
+    gpu: str | None = None
+    device: str = "cpu"
+    cache: EngineCache = field(default_factory=EngineCache)
+    current_job: str | None = None
+
+
+@dataclass
+class JobContext:
+    job: Job
+    worker: Worker
+    _last: float = 0.0
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.job.params
+
+    def progress(self, fraction: float, message: str | None = None, *, force: bool = False) -> None:
+        """Report progress (throttled); stops the job here if it was cancelled or must be handed back."""
+        if shutting_down.is_set():
+            raise HandBack(self.job.id)
+        now = time.monotonic()
+        if force or now - self._last >= PROGRESS_EVERY_S or fraction >= 1.0:
+            self._last = now
+            jobs.report(self.job.id, min(max(fraction, 0.0), 1.0), message, worker=self.worker.name)
+
+
+def kinds() -> dict[str, Callable[[JobContext], dict]]:
+    from tasks import download, sweep, verify
+
+    return {"download": download.run, "verify": verify.run, "sweep": sweep.run}
+
+
+def execute(job_id: str, worker: Worker) -> str:
+    """Run the job; returns how it ended: succeeded, failed, cancelled, skipped, handed_back, transient."""
+    if not jobs.claim(job_id, worker=worker.name, host=worker.host, gpu=worker.gpu, stale_after=STALE_AFTER_S):
+        log.info("job %s: not claimable (already running elsewhere or finished); skipped", job_id)
+        return "skipped"
+    job = jobs.get(job_id)
+    ctx = JobContext(job, worker)
+    worker.current_job = job_id
+    beat = _Heartbeat(job_id, worker.name)
+    beat.start()
+    try:
+        result = kinds()[job.kind](ctx)
+        return "succeeded" if jobs.finish(job_id, "succeeded", worker=worker.name, result=result) else "cancelled"
+    except JobCancelled:
+        return "cancelled"
+    except HandBack:
+        jobs.requeue(job_id, "handed back: worker shutting down")
+        return "handed_back"
+    except TransientError as e:
+        jobs.requeue(job_id, f"transient error, will retry: {e}")
+        return "transient"
+    except SaejobsError as e:
+        jobs.finish(job_id, "failed", worker=worker.name, error=str(e))
+        return "failed"
+    except Exception as e:  # a bug: keep the traceback in the log, a readable line in the row
+        log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
+        jobs.finish(job_id, "failed", worker=worker.name, error=f"internal error: {type(e).__name__}: {e}")
+        return "failed"
+    finally:
+        beat.stop()
+        worker.current_job = None
+
+
+class _Heartbeat(threading.Thread):
+    """Keeps the job's heartbeat fresh while long steps (a model load) make no progress reports."""
+
+    def __init__(self, job_id: str, worker: str):
+        super().__init__(daemon=True, name=f"heartbeat-{job_id[:8]}")
+        self.job_id, self.worker, self._stop_event = job_id, worker, threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(HEARTBEAT_S):
+            try:
+                jobs.heartbeat(self.job_id, self.worker)
+            except Exception as e:  # the database blinked; the next beat tries again
+                log.warning("heartbeat for %s failed: %s", self.job_id, e)
+
+    def stop(self) -> None:
+        self._stop_event.set()

@@ -1,0 +1,53 @@
+"""Submitting jobs: a row first (the truth), then a message carrying only its id.
+
+If the broker cannot be reached the row is failed at once with the reason, so nothing sits queued
+forever waiting for a message that was never sent.
+"""
+
+from __future__ import annotations
+
+from db import jobs
+from db.models import Job
+from engine.errors import SaejobsError
+from tasks.app import SHARED_QUEUE, app, broker_url, gpu_queue
+
+SEND_TIMEOUT_S = 3
+
+
+class BrokerUnavailable(SaejobsError):
+    exit_code = 6
+
+
+def redact(url: str) -> str:
+    from db.session import redact as _redact
+
+    return _redact(url) if "://" in url else url
+
+
+def submit(kind: str, params: dict, *, sae_id: str | None = None, gpu: int | None = None, local: bool = False) -> Job:
+    queue = gpu_queue(gpu) if gpu is not None else SHARED_QUEUE
+    job = jobs.create(kind, params, sae_id=sae_id, queue=None if local else queue, requested_gpu=gpu)
+    if local:
+        from tasks.runner import execute
+        from worker.state import local_worker
+
+        execute(job.id, local_worker())
+    else:
+        try:
+            send(job.id, queue)
+        except BrokerUnavailable as e:
+            jobs.abandon(job.id, str(e))
+            raise
+    return jobs.get(job.id)
+
+
+def send(job_id: str, queue: str | None = None) -> None:
+    if queue is None:
+        queue = jobs.get(job_id).queue or SHARED_QUEUE
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.5, timeout=SEND_TIMEOUT_S)
+            app.send_task("saejobs.run_job", args=[job_id], queue=queue, connection=conn,
+                          retry=True, retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5})
+    except Exception as e:  # kombu raises OperationalError, socket errors, timeouts: all mean the same here
+        raise BrokerUnavailable(f"broker unreachable at {redact(broker_url())}: {type(e).__name__}: {e}".splitlines()[0]) from None

@@ -1,0 +1,120 @@
+"""A long-running worker: pinned to one GPU (or the CPU), one job at a time, engine cache kept warm.
+
+``CUDA_VISIBLE_DEVICES`` is set before torch is imported, so the process sees exactly its GPU as
+``cuda:0``. Several GPUs get one pinned process each. Alongside Celery a heartbeat thread keeps the
+worker's row (and its job's) fresh and hands on the jobs of workers that stopped beating.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+log = logging.getLogger("saejobs.worker")
+
+
+def run_many(gpus: list[int], loglevel: str) -> int:
+    """One pinned child per GPU; SIGTERM/SIGINT are passed on so each hands back its job."""
+    procs = [subprocess.Popen([sys.executable, "-m", "worker.main", "--gpu", str(g), "--loglevel", loglevel]) for g in gpus]
+
+    def forward(signum, _frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    return max(p.wait() for p in procs)
+
+
+def run(gpu: int | None, loglevel: str = "info") -> None:
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        os.environ.setdefault("SAEJOBS_DEVICE", "cuda:0")
+    else:
+        os.environ.setdefault("SAEJOBS_DEVICE", "cpu")
+    from celery.signals import worker_shutting_down
+
+    from engine.cache import EngineCache
+    from tasks import runner
+    from tasks.app import SHARED_QUEUE, app, gpu_queue
+    from worker import state
+
+    host = socket.gethostname()
+    label = f"gpu{gpu}" if gpu is not None else "cpu"
+    name = f"saejobs-{label}-{os.getpid()}@{host}"
+    device = os.environ["SAEJOBS_DEVICE"]
+    w = runner.Worker(name=name, host=host, gpu=None if gpu is None else str(gpu), device=device,
+                      cache=EngineCache(device=device))
+    state.set_worker(w)
+    queues = [gpu_queue(gpu), SHARED_QUEUE] if gpu is not None else [SHARED_QUEUE]
+    beat = Beat(w, queues)
+    beat.start()
+    worker_shutting_down.connect(lambda **_: runner.shutting_down.set(), weak=False)
+    try:
+        app.worker_main(["worker", "--pool=solo", "--concurrency=1", "-Q", ",".join(queues), "-n", name,
+                         f"--loglevel={loglevel}", "--without-gossip", "--without-mingle"])
+    finally:
+        beat.stop()
+
+
+class Beat(threading.Thread):
+    """Worker row heartbeat and the reaper of jobs whose worker died (SIGKILL, lost host)."""
+
+    def __init__(self, worker, queues: list[str]):
+        super().__init__(daemon=True, name="saejobs-beat")
+        self.worker, self.queues, self._stop_event = worker, queues, threading.Event()
+
+    def run(self) -> None:
+        from db import workers
+        from tasks.runner import HEARTBEAT_S
+
+        workers.register(self.worker, self.queues, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        while True:
+            try:
+                workers.beat(self.worker)
+                reap()
+            except Exception as e:  # database or broker blinked; try again next beat
+                log.warning("beat failed: %s", e)
+            if self._stop_event.wait(HEARTBEAT_S):
+                break
+        workers.stopped(self.worker)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=10)
+
+
+def reap() -> list[str]:
+    """Hand on jobs whose worker stopped beating; the conditional requeue lets one reaper win."""
+    from db import jobs
+    from tasks.runner import STALE_AFTER_S
+    from tasks.submit import send
+
+    handed = []
+    for job_id in jobs.stale_running(STALE_AFTER_S):
+        if jobs.requeue(job_id, "worker lost (no heartbeat); handed on", stale_after=STALE_AFTER_S):
+            send(job_id)
+            handed.append(job_id)
+            log.warning("job %s: worker lost, requeued", job_id)
+    return handed
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m worker.main")
+    p.add_argument("--gpu", type=int)
+    p.add_argument("--loglevel", default="info")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=a.loglevel.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    run(a.gpu, a.loglevel)
+
+
+if __name__ == "__main__":
+    main()
