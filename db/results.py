@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 
-from db.models import Verification
+from db.models import Generation, Job, Sweep, Verification
 from db.session import session
 
 
@@ -16,9 +18,95 @@ def record_verification(job_id: str, sae_id: str, verdict: str, reasons: list, m
         s.add(row)
 
 
-def verifications(sae_id: str | None = None, url: str | None = None) -> list[Verification]:
+def verifications(sae_id: str | None = None, job_id: str | None = None, url: str | None = None) -> list[Verification]:
     with session(url) as s:
         q = select(Verification).order_by(Verification.id.desc())
         if sae_id:
             q = q.where(Verification.sae_id == sae_id)
+        if job_id:
+            q = q.where(Verification.job_id == job_id)
         return list(s.scalars(q))
+
+
+def verification_dict(v: Verification) -> dict[str, Any]:
+    return {"job": v.job_id, "sae_id": v.sae_id, "verdict": v.verdict, "reasons": v.reasons, "metrics": v.metrics,
+            "provenance": v.provenance, "created_at": v.created_at.isoformat()}
+
+
+def ensure_sweep(job_id: str, sae_id: str, model: str, settings: dict, provenance: dict, url: str | None = None) -> int:
+    """The sweep row of a job, created on its first run; a re-run keeps the row (and its generations)."""
+    with session(url) as s:
+        row = s.scalar(select(Sweep).where(Sweep.job_id == job_id))
+        if row is None:
+            row = Sweep(job_id=job_id, sae_id=sae_id, model=model, settings=settings, provenance=provenance)
+            s.add(row)
+            s.flush()
+        else:
+            row.provenance = provenance  # the latest run's environment; outputs must not depend on it
+        return row.id
+
+
+def config_keys(sweep_id: int, url: str | None = None) -> set[str]:
+    with session(url) as s:
+        return set(s.scalars(select(Generation.config_key).where(Generation.sweep_id == sweep_id)))
+
+
+def add_generations(sweep_id: int, rows: list[dict], url: str | None = None) -> int:
+    """Store a chunk in one transaction, skipping keys already stored; returns how many were new."""
+    with session(url) as s:
+        have = set(s.scalars(select(Generation.config_key).where(
+            Generation.sweep_id == sweep_id, Generation.config_key.in_([r["config_key"] for r in rows]))))
+        new = [Generation(sweep_id=sweep_id, **r) for r in rows if r["config_key"] not in have]
+        s.add_all(new)
+        return len(new)
+
+
+def sweep_for_job(job_id: str, url: str | None = None) -> Sweep | None:
+    with session(url) as s:
+        return s.scalar(select(Sweep).where(Sweep.job_id == job_id))
+
+
+def generation_rows(job_id: str, url: str | None = None) -> list[dict[str, Any]]:
+    with session(url) as s:
+        sweep = s.scalar(select(Sweep).where(Sweep.job_id == job_id))
+        if sweep is None:
+            return []
+        gens = s.scalars(select(Generation).where(Generation.sweep_id == sweep.id).order_by(Generation.id))
+        return [{"id": g.id, "config_key": g.config_key, "type": g.type, "features": g.features,
+                 "feature": _feature_label(g.features), "strengths": [f["strength"] for f in g.features],
+                 "prompt": g.prompt, "prompt_token_ids": g.prompt_token_ids, "seed": g.seed, "sampling": g.sampling,
+                 "output": g.output, "token_ids": g.token_ids, "n_tokens": len(g.token_ids), "logprobs": g.logprobs}
+                for g in gens]
+
+
+def _feature_label(features: list[dict]) -> str:
+    if not features:
+        return "DEFAULT"
+    return "+".join(str(f.get("index", f.get("vector"))) for f in features)
+
+
+def sweep_grid(rows: list[dict]) -> dict[str, Any]:
+    """Strength × feature table (one per prompt and seed), with DEFAULT as its own column."""
+    features = sorted({r["feature"] for r in rows if r["type"] == "STEERED"}, key=_natural)
+    out_rows = []
+    for prompt, seed in dict.fromkeys((r["prompt"], r["seed"]) for r in rows):
+        mine = [r for r in rows if r["prompt"] == prompt and r["seed"] == seed]
+        default = next((r["output"] for r in mine if r["type"] == "DEFAULT"), "")
+        strengths = sorted({r["strengths"][0] for r in mine if r["type"] == "STEERED"})
+        for st in strengths:
+            cells = {r["feature"]: r["output"] for r in mine if r["type"] == "STEERED" and r["strengths"][0] == st}
+            out_rows.append([prompt, seed, st, default] + [cells.get(f, "") for f in features])
+    return {"columns": ["prompt", "seed", "strength", "DEFAULT"] + features, "rows": out_rows}
+
+
+def _natural(label: str):
+    return (0, int(label), "") if label.isdigit() else (1, 0, label)
+
+
+def summary(job: Job) -> str:
+    r = job.result or {}
+    if job.kind == "sweep":
+        return f"{r.get('generations', '?')} generations, sweep {r.get('sweep_id')}"
+    if job.kind == "verify":
+        return f"verdict {r.get('verdict')}"
+    return f"{r.get('path', '')} ({r.get('transferred_bytes', 0)} bytes transferred)"

@@ -40,8 +40,20 @@ def stopped(worker, url: str | None = None) -> None:
             row.current_job = None
 
 
-def live(within_s: float, url: str | None = None) -> list[WorkerRow]:
-    cutoff = utcnow() - timedelta(seconds=within_s)
+def listing(live_within_s: float | None, url: str | None = None) -> list[WorkerRow]:
+    """Workers heard from within ``live_within_s`` and not stopped; all of them when None."""
     with session(url) as s:
-        return list(s.scalars(select(WorkerRow).where(WorkerRow.heartbeat_at >= cutoff, WorkerRow.stopped_at.is_(None))
-                              .order_by(WorkerRow.host, WorkerRow.gpu)))
+        q = select(WorkerRow).order_by(WorkerRow.host, WorkerRow.gpu, WorkerRow.name)
+        if live_within_s is not None:
+            q = q.where(WorkerRow.heartbeat_at >= utcnow() - timedelta(seconds=live_within_s),
+                        WorkerRow.stopped_at.is_(None))
+        return list(s.scalars(q))
+
+
+def as_dict(row: WorkerRow, live_within_s: float) -> dict:
+    alive = row.stopped_at is None and row.heartbeat_at >= utcnow() - timedelta(seconds=live_within_s)
+    state = "stopped" if row.stopped_at else ("busy" if row.current_job else "idle") if alive else "silent"
+    return {"name": row.name, "host": row.host, "pid": row.pid, "gpu": row.gpu, "device": row.device,
+            "queues": row.queues, "state": state, "current_job": row.current_job, "cached": row.cached or [],
+            "started_at": row.started_at.isoformat(), "heartbeat_at": row.heartbeat_at.isoformat(),
+            "stopped_at": row.stopped_at.isoformat() if row.stopped_at else None}

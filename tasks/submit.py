@@ -27,12 +27,7 @@ def redact(url: str) -> str:
 def submit(kind: str, params: dict, *, sae_id: str | None = None, gpu: int | None = None, local: bool = False) -> Job:
     queue = gpu_queue(gpu) if gpu is not None else SHARED_QUEUE
     job = jobs.create(kind, params, sae_id=sae_id, queue=None if local else queue, requested_gpu=gpu)
-    if local:
-        from tasks.runner import execute
-        from worker.state import local_worker
-
-        execute(job.id, local_worker())
-    else:
+    if not local:  # a local job is run by the caller (``runner.execute``), in its own process
         try:
             send(job.id, queue)
         except BrokerUnavailable as e:

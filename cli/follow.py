@@ -1,0 +1,88 @@
+"""Following a job until it ends: a rich progress bar fed from the job's row (the source of truth).
+
+The same loop serves ``--wait`` (a worker runs the job), ``--local`` (a thread in this process runs
+it) and ``jobs watch``; it reads the database, never the broker.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+
+import click
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+from cli.output import err_console
+from db import jobs
+from db.models import FINAL_STATES
+
+POLL_S = 0.25
+EXIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 8}
+
+
+def follow(job_id: str, *, quiet: bool = False, timeout: float | None = None):
+    """Poll the job's row until it is final; show a progress bar on stderr unless ``quiet``."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.fields[message]}"), console=err_console, disable=quiet or not err_console.is_terminal,
+                   transient=False)
+    job = jobs.get(job_id)
+    last_line = None
+    with bar:
+        task = bar.add_task(f"{job.kind} {job.id[:8]}", total=1.0, message=job.message or "")
+        while True:
+            job = jobs.get(job_id)
+            bar.update(task, completed=job.progress or 0.0, message=(job.message or "")[:60])
+            if not bar.live.is_started and not quiet:  # no terminal: one line per change, for logs
+                line = f"{job.state} {100 * (job.progress or 0):5.1f}% {job.message or ''}"
+                if line != last_line:
+                    click.echo(line, err=True)
+                    last_line = line
+            if job.state in FINAL_STATES:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                return job
+            time.sleep(POLL_S)
+
+
+def run_local(job_id: str, *, quiet: bool = False):
+    """Run the job in this process (no broker) while following it; Ctrl-C cancels it cleanly."""
+    from tasks.runner import execute
+    from worker.state import local_worker
+
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            execute(job_id, local_worker())
+        except BaseException as e:  # surfaced below; the row already says what happened
+            errors.append(e)
+
+    t = threading.Thread(target=target, name="saejobs-local", daemon=True)
+    t.start()
+    try:
+        job = follow(job_id, quiet=quiet)
+    except KeyboardInterrupt:
+        jobs.cancel(job_id)
+        t.join(timeout=30)
+        raise
+    t.join()
+    if errors:
+        raise errors[0]
+    return job
+
+
+def finish(job, as_json: bool) -> None:
+    """Print the final job and exit with its state's code (non-zero unless it succeeded)."""
+    if as_json:
+        click.echo(json.dumps(jobs.as_dict(job), indent=2, default=str))
+    elif job.state == "succeeded":
+        click.echo(f"{job.id} succeeded" + (f": {job.message}" if job.message and job.message != "succeeded" else ""))
+    if job.state != "succeeded":
+        if job.state in FINAL_STATES:
+            click.echo(f"saejobs: error: job {job.id} {job.state}: {job.error or job.message}", err=True)
+        else:
+            click.echo(f"saejobs: error: job {job.id} still {job.state} ({job.message})", err=True)
+        sys.exit(EXIT_CODES.get(job.state, 9))

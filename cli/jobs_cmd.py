@@ -1,0 +1,151 @@
+"""``saejobs jobs`` (list, show, watch, cancel, retry) and ``saejobs results``."""
+
+from __future__ import annotations
+
+import click
+
+from cli.follow import finish, follow, run_local
+from cli.output import emit, json_option, table, write_csv
+from engine.errors import UsageError
+
+STATES = ["queued", "running", "succeeded", "failed", "cancelled"]
+KINDS = ["download", "verify", "sweep"]
+
+
+@click.group()
+def jobs() -> None:
+    """Jobs and their state, as the database records them."""
+
+
+@jobs.command("list")
+@click.option("--state", type=click.Choice(STATES))
+@click.option("--kind", type=click.Choice(KINDS))
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1))
+@json_option
+def list_(state, kind, limit, as_json) -> None:
+    """Most recent jobs first."""
+    from db import jobs as store
+
+    found = store.listing(state=state, kind=kind, limit=limit)
+    emit([store.as_dict(j) for j in found], as_json, lambda: table(
+        f"{len(found)} jobs", ["id", "kind", "state", "progress", "sae", "worker", "created", "message"],
+        ([j.id[:8], j.kind, j.state, f"{100 * (j.progress or 0):.0f}%", j.sae_id, j.worker or "",
+          j.created_at.strftime("%Y-%m-%d %H:%M:%S"), (j.error or j.message or "")[:60]] for j in found)))
+
+
+@jobs.command()
+@click.argument("job_id")
+@click.option("--events", is_flag=True, help="Include every state change and progress report.")
+@json_option
+def show(job_id, events, as_json) -> None:
+    """Everything about one job (an id prefix of 4+ characters is enough)."""
+    from db import jobs as store
+
+    job = store.get(job_id)
+    data = store.as_dict(job, events=events)
+
+    def render():
+        table(f"job {job.id}", ["field", "value"], ((k, v) for k, v in data.items() if k != "events"))
+        if events:
+            table("events", ["at", "state", "progress", "message"],
+                  ([e["at"], e["state"], f"{100 * e['progress']:.0f}%", e["message"]] for e in data["events"]))
+    emit(data, as_json, render)
+
+
+@jobs.command()
+@click.argument("job_id")
+@click.option("--timeout", type=float, help="Stop following after this many seconds.")
+@json_option
+def watch(job_id, timeout, as_json) -> None:
+    """Follow a job's progress until it ends; non-zero exit unless it succeeded."""
+    from db import jobs as store
+
+    finish(follow(store.get(job_id).id, quiet=as_json, timeout=timeout), as_json)
+
+
+@jobs.command()
+@click.argument("job_id")
+@json_option
+def cancel(job_id, as_json) -> None:
+    """Cancel a queued or running job (a running one stops at its next progress report)."""
+    from db import jobs as store
+
+    job = store.cancel(job_id)
+    emit(store.as_dict(job), as_json, lambda: click.echo(f"{job.id} cancelled"))
+
+
+@jobs.command()
+@click.argument("job_id")
+@click.option("--wait", is_flag=True)
+@click.option("--local", is_flag=True, help="Run the retry in this process.")
+@json_option
+def retry(job_id, wait, local, as_json) -> None:
+    """Queue a failed or cancelled job again, with the same parameters and id."""
+    from db import jobs as store
+    from tasks.submit import send
+
+    job = store.reset_for_retry(job_id)
+    if local:
+        finish(run_local(job.id, quiet=as_json), as_json)
+        return
+    try:
+        send(job.id)
+    except Exception as e:
+        store.abandon(job.id, str(e))
+        raise
+    if wait:
+        finish(follow(job.id, quiet=as_json), as_json)
+    else:
+        emit(store.as_dict(store.get(job.id)), as_json, lambda: click.echo(f"{job.id} queued"))
+
+
+@click.command()
+@click.argument("job_id", required=False)
+@click.option("--kind", type=click.Choice(KINDS), help="Only this kind (when listing).")
+@json_option
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
+def results(job_id, kind, as_json, as_csv) -> None:
+    """Results of finished jobs, or one job's results in full (a sweep as a strength × feature grid)."""
+    from db import jobs as store
+    from db import results as res
+
+    if as_json and as_csv:
+        raise UsageError("--json and --csv are exclusive")
+    if job_id is None:
+        found = [j for j in store.listing(state="succeeded", kind=kind, limit=200)]
+        rows = [{"job": j.id, "kind": j.kind, "sae": j.sae_id, "finished_at": j.finished_at, "summary": res.summary(j)}
+                for j in found]
+        _out(rows, ["job", "kind", "sae", "finished_at", "summary"], as_json, as_csv, f"{len(rows)} results")
+        return
+    job = store.get(job_id)
+    if job.kind == "sweep":
+        rows = res.generation_rows(job.id)
+        cols = ["type", "features", "strengths", "prompt", "seed", "output", "n_tokens"]
+        if as_json or as_csv:
+            _out(rows, cols + ["token_ids", "config_key"], as_json, as_csv, None)
+        else:
+            res_grid = res.sweep_grid(rows)
+            table(f"sweep {job.id[:8]} ({job.sae_id})", res_grid["columns"], res_grid["rows"])
+    elif job.kind == "verify":
+        rows = [res.verification_dict(v) for v in res.verifications(job_id=job.id)]
+        _out(rows, ["sae_id", "verdict", "reasons"], as_json, as_csv, f"verification {job.id[:8]}")
+    else:
+        _out([{"job": job.id, "state": job.state, **(job.result or {})}], ["job", "state", "sae", "path", "transferred_bytes"],
+             as_json, as_csv, f"{job.kind} {job.id[:8]}")
+
+
+def _out(rows: list[dict], columns: list[str], as_json: bool, as_csv: bool, title: str | None) -> None:
+    import json
+
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+    elif as_csv:
+        write_csv(columns, ([_cell(r.get(c)) for c in columns] for r in rows))
+    else:
+        table(title, columns, ([_cell(r.get(c)) for c in columns] for r in rows))
+
+
+def _cell(v):
+    import json
+
+    return json.dumps(v) if isinstance(v, (list, dict)) else v

@@ -1,0 +1,157 @@
+"""``saejobs download|verify|sweep``: put a job in the database, then on the queue (or run it here).
+
+Without ``--wait`` the command prints the job id and returns at once; ``--wait`` follows the job to
+its end; ``--local`` runs the same task code in this process with no broker.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import click
+
+from cli.follow import finish, follow, run_local
+from cli.output import json_option
+from engine.errors import UsageError
+
+
+def submission(f):
+    """Options every submitting command shares."""
+    @click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")
+    @click.option("--local", is_flag=True, help="Run in this process, no broker needed (implies --wait).")
+    @click.option("--gpu", type=int, help="Run on this GPU's worker only.")
+    @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+    @json_option
+    @functools.wraps(f)
+    def wrapper(*args, wait, local, gpu, quiet, as_json, **kwargs):
+        kind, params, sae_id = f(*args, **kwargs)
+        enqueue(kind, params, sae_id=sae_id, wait=wait, local=local, gpu=gpu, quiet=quiet, as_json=as_json)
+    return wrapper
+
+
+def enqueue(kind: str, params: dict, *, sae_id: str | None, wait: bool, local: bool, gpu: int | None,
+            quiet: bool, as_json: bool) -> None:
+    from db import jobs
+    from tasks.submit import submit
+
+    if local and gpu is not None:
+        raise UsageError("--gpu picks a worker's queue; it cannot be combined with --local")
+    job = submit(kind, params, sae_id=sae_id, gpu=gpu, local=local)
+    if local:
+        finish(run_local(job.id, quiet=quiet or as_json), as_json)
+    elif wait:
+        if not as_json:
+            click.echo(job.id, err=True)
+        finish(follow(job.id, quiet=quiet or as_json), as_json)
+    else:
+        click.echo(json.dumps(jobs.as_dict(job), indent=2, default=str) if as_json else job.id)
+
+
+@click.command()
+@click.argument("sae")
+@click.option("--source", type=click.Path(file_okay=False, path_type=Path),
+              help="A local mirror laid out like the Hub (REPO/FOLDER/FILE) instead of huggingface.co.")
+@submission
+def download(sae: str, source: Path | None):
+    """Fetch an SAE's files (Neuronpedia id or repo/folder path) into the cache and record checksums."""
+    from engine import registry
+
+    entry = registry.get(sae)
+    params = {"sae": entry.id}
+    if source is not None:
+        params["source"] = str(source.resolve())
+    return "download", params, entry.id
+
+
+@click.command()
+@click.argument("sae")
+@click.option("--path", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Verify this folder instead of the downloaded copy.")
+@submission
+def verify(sae: str, path: Path | None):
+    """Check a downloaded SAE: checksums, layout, shapes, values, config against the registry."""
+    from engine import registry
+
+    entry = registry.get(sae)
+    params = {"sae": entry.id}
+    if path is not None:
+        params["path"] = str(path.resolve())
+    return "verify", params, entry.id
+
+
+def _floats(ctx, param, value):
+    out = []
+    for v in value:
+        for part in str(v).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                out.append(float(part))
+            except ValueError:
+                raise click.BadParameter(f"'{part}' is not a number") from None
+    return out
+
+
+def _ints(ctx, param, value):
+    try:
+        return [int(p) for v in value for p in str(v).split(",") if p.strip()]
+    except ValueError as e:
+        raise click.BadParameter(str(e).split(":")[-1].strip() + " is not an integer") from None
+
+
+@click.command()
+@click.option("--sae", required=True, help="SAE id (Neuronpedia id or repo/folder path).")
+@click.option("--feature", "features", multiple=True, callback=_ints, help="Feature index (repeat or comma-separate).")
+@click.option("--vector", "vectors", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A raw steering vector (.npy or .safetensors, d_model floats) instead of a feature.")
+@click.option("--strength", "strengths", multiple=True, callback=_floats, required=True,
+              help="Strengths, e.g. 0,10,50,100 (repeat or comma-separate).")
+@click.option("--prompt", "prompts", multiple=True, help="Prompt (repeatable).")
+@click.option("--prompts-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="One prompt per line.")
+@click.option("--seed", "seeds", multiple=True, callback=_ints, help="Seeds (default 42).")
+@click.option("--n-tokens", default=32, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(0))
+@click.option("--freq-penalty", default=0.0, show_default=True, type=float,
+              help="TransformerLens-era frequency penalty (no effect at temperature 0).")
+@click.option("--strength-multiplier", default=1.0, show_default=True, type=float)
+@click.option("--method", default="SIMPLE_ADDITIVE", show_default=True,
+              type=click.Choice(["SIMPLE_ADDITIVE", "ORTHOGONAL_DECOMP"], case_sensitive=False))
+@click.option("--normalize/--no-normalize", default=False, show_default=True, help="Unit-norm steering vectors.")
+@click.option("--combine", is_flag=True, help="Steer all features at once (one configuration per strength).")
+@click.option("--n-logprobs", default=0, show_default=True, type=click.IntRange(0, 100),
+              help="Store the chosen token's logprob and the top-k per generated token.")
+@click.option("--model", "model_source", help="Model source: HF id, local dir, .gguf file, or gemma-3-270m-gguf.")
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]))
+@click.option("--batch-size", type=click.IntRange(1), help="Configurations per batched generation (default: fits memory).")
+@submission
+def sweep(sae, features, vectors, strengths, prompts, prompts_file, seeds, n_tokens, temperature, freq_penalty,
+          strength_multiplier, method, normalize, combine, n_logprobs, model_source, dtype, batch_size):
+    """Steering sweep: features × strengths × prompts × seeds, plus DEFAULT per prompt × seed."""
+    from engine import registry
+
+    entry = registry.get(sae)
+    prompts = list(prompts)
+    if prompts_file is not None:
+        prompts += [line.rstrip("\n") for line in prompts_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise UsageError("no prompt: give --prompt TEXT or --prompts-file FILE")
+    if not features and not vectors:
+        raise UsageError("nothing to steer with: give --feature INDEX or --vector FILE")
+    for f in features:
+        if not 0 <= f < entry.d_sae:
+            raise UsageError(f"feature {f} is out of range for {entry.id} (d_sae {entry.d_sae})")
+    params = {
+        "sae": entry.id, "model": model_source, "features": features,
+        "vectors": [str(v.resolve()) for v in vectors], "strengths": strengths, "prompts": prompts,
+        "seeds": seeds or [42], "n_tokens": n_tokens, "temperature": temperature, "freq_penalty": freq_penalty,
+        "strength_multiplier": strength_multiplier, "method": method.upper(), "normalize": normalize,
+        "combine": combine, "n_logprobs": n_logprobs, "dtype": dtype, "batch_size": batch_size,
+    }
+    return "sweep", params, entry.id
+
+
+COMMANDS = [download, verify, sweep]

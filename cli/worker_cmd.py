@@ -1,0 +1,60 @@
+"""``saejobs worker`` (start one pinned worker per GPU, or a CPU worker) and ``saejobs workers``."""
+
+from __future__ import annotations
+
+import click
+
+from cli.output import emit, json_option, table
+from engine.errors import UsageError
+
+
+def _gpus(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        gpus = [int(g) for g in value.split(",") if g.strip()]
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a GPU index or a comma-separated list of them") from None
+    if not gpus or any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus):
+        raise click.BadParameter(f"'{value}': give distinct non-negative GPU indices, e.g. 0 or 0,1")
+    return gpus
+
+
+@click.command()
+@click.option("--gpu", "gpus", callback=_gpus, help="GPU index, or several (0,1): one pinned process each.")
+@click.option("--cpu", is_flag=True, help="A CPU-only worker (hosts without a GPU).")
+@click.option("--loglevel", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def worker(gpus, cpu, loglevel) -> None:
+    """Run a long-lived worker: one job at a time per GPU, models and SAEs kept loaded between jobs.
+
+    SIGTERM hands the running job back to the queue at its next progress report; a worker killed
+    outright has its job handed on by the other workers once its heartbeat goes stale.
+    """
+    import logging
+    import sys
+
+    from worker.main import run, run_many
+
+    if bool(gpus) == cpu:
+        raise UsageError("say where to run: --gpu N (or --gpu 0,1) or --cpu")
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if gpus and len(gpus) > 1:
+        sys.exit(run_many(gpus, loglevel))
+    run(gpus[0] if gpus else None, loglevel)
+
+
+@click.command()
+@click.option("--all", "show_all", is_flag=True, help="Include workers that stopped or went silent.")
+@json_option
+def workers(show_all, as_json) -> None:
+    """Live workers: host, GPU, what they have loaded and what they are running."""
+    from db import workers as store
+    from tasks.runner import STALE_AFTER_S
+
+    found = store.listing(live_within_s=None if show_all else STALE_AFTER_S)
+    data = [store.as_dict(w, live_within_s=STALE_AFTER_S) for w in found]
+    emit(data, as_json, lambda: table(
+        f"{len(data)} workers", ["name", "host", "gpu", "device", "state", "running", "cached", "heartbeat"],
+        ([d["name"], d["host"], d["gpu"] or "cpu", d["device"], d["state"], (d["current_job"] or "")[:8],
+          ", ".join(f"{c['kind']}:{c['name']}" for c in d["cached"]) or "-", d["heartbeat_at"]] for d in data)))

@@ -1,0 +1,153 @@
+"""A steering sweep: the grid of configurations, and running it in batched chunks.
+
+The grid is features × strengths × prompts × seeds (with ``combine``: all features at once, per
+strength), plus one DEFAULT generation per prompt × seed. Every configuration has a key derived from
+everything that determines its output, so a redelivered sweep can skip what is already stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from engine.errors import FormatError, UsageError
+from engine.generate import Generated, Row, Sampling, generate, output_text, prompt_ids
+from engine.steering import BatchSteering, Steer, coefficient, prepare_vector
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What applies to every configuration of a sweep (stored with it, part of every key)."""
+
+    method: str = "SIMPLE_ADDITIVE"
+    normalize: bool = False
+    strength_multiplier: float = 1.0
+    n_tokens: int = 32
+    temperature: float = 0.0
+    freq_penalty: float = 0.0
+    n_logprobs: int = 0
+
+    def sampling(self) -> Sampling:
+        return Sampling(self.n_tokens, self.temperature, self.freq_penalty, self.n_logprobs)
+
+
+@dataclass(frozen=True)
+class Config:
+    type: str  # STEERED | DEFAULT
+    features: tuple  # ({"index": 7650, "strength": 50.0} | {"vector": "name", "strength": ..}, ...)
+    prompt: str
+    seed: int
+    key: str = field(default="", compare=False)
+
+    def to_json(self) -> dict:
+        return {"type": self.type, "features": [dict(f) for f in self.features], "prompt": self.prompt, "seed": self.seed}
+
+
+def config_key(cfg: Config, settings: Settings, steering_id: str) -> str:
+    """Hash of everything that determines the output; ``steering_id`` names the SAE/vectors used."""
+    payload = {**cfg.to_json(), "settings": asdict(settings) if cfg.type == "STEERED" else
+               {k: v for k, v in asdict(settings).items() if k not in ("method", "normalize", "strength_multiplier")},
+               "steering": steering_id if cfg.type == "STEERED" else None}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def plan(features: list[int], vectors: list[str], strengths: list[float], prompts: list[str], seeds: list[int],
+         combine: bool, settings: Settings, steering_id: str) -> list[Config]:
+    """DEFAULT rows first (one per prompt × seed), then the steered grid."""
+    terms = [{"index": int(i)} for i in features] + [{"vector": Path(v).name} for v in vectors]
+    if not terms:
+        raise UsageError("nothing to steer with: give at least one feature or vector")
+    groups = [terms] if combine else [[t] for t in terms]
+    out = [Config("DEFAULT", (), p, int(s)) for p in prompts for s in seeds]
+    for group in groups:
+        for strength in strengths:
+            fs = tuple({**t, "strength": float(strength)} for t in group)
+            out += [Config("STEERED", fs, p, int(s)) for p in prompts for s in seeds]
+    return [Config(c.type, c.features, c.prompt, c.seed, config_key(c, settings, steering_id)) for c in out]
+
+
+def load_vector(path: str | Path) -> torch.Tensor:
+    """A raw steering vector from .npy (no pickle) or .safetensors (one tensor)."""
+    path = Path(path)
+    try:
+        if path.suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        elif path.suffix == ".safetensors":
+            from safetensors.numpy import load_file
+
+            tensors = load_file(str(path))
+            if len(tensors) != 1:
+                raise FormatError(f"{path}: expected one tensor, found {len(tensors)} ({', '.join(tensors)})")
+            arr = next(iter(tensors.values()))
+        else:
+            raise UsageError(f"{path}: a steering vector must be .npy or .safetensors")
+    except (ValueError, OSError) as e:
+        raise FormatError(f"{path}: not a readable vector file ({str(e).splitlines()[0]})") from None
+    arr = np.asarray(arr, dtype=np.float32).squeeze()
+    if arr.ndim != 1:
+        raise FormatError(f"{path}: expected a 1-D vector, found shape {tuple(arr.shape)}")
+    return torch.from_numpy(arr.copy())
+
+
+class Runner:
+    """Runs configurations of one sweep against a loaded model and SAE, chunk by chunk."""
+
+    def __init__(self, lm, sae, hook_name: str, settings: Settings, vectors: dict[str, torch.Tensor] | None = None):
+        self.lm, self.sae, self.hook_name, self.settings = lm, sae, hook_name, settings
+        self.vectors = vectors or {}
+        self._ids: dict[str, list[int]] = {}
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        if prompt not in self._ids:
+            self._ids[prompt] = prompt_ids(self.lm.tokenizer, prompt)
+        return self._ids[prompt]
+
+    def steers(self, cfg: Config) -> list[Steer]:
+        out = []
+        for f in cfg.features:
+            if "index" in f:
+                v = prepare_vector(self.sae.feature_vector(f["index"]), self.settings.normalize, f"feature {f['index']}")
+            else:
+                v = prepare_vector(self.vectors[f["vector"]], self.settings.normalize, f"vector {f['vector']}")
+            out.append(Steer(v, coefficient(f["strength"], self.settings.strength_multiplier), self.settings.method))
+        return out
+
+    def run(self, configs: list[Config]) -> list[tuple[Config, Generated, str]]:
+        """One batched generation for all ``configs``: (config, generated tokens, output text) each."""
+        rows = [Row(self.prompt_ids(c.prompt), c.seed) for c in configs]
+        steering = BatchSteering([self.steers(c) for c in configs], self.width, self.settings.method)
+        gens = generate(self.lm, rows, self.settings.sampling(), hook_name=self.hook_name,
+                        steer=steering if steering.active else None)
+        return [(c, g, output_text(self.lm.tokenizer, r.prompt_ids, g.token_ids)) for c, r, g in zip(configs, rows, gens)]
+
+    @property
+    def width(self) -> int:
+        return int(self.sae.W_dec.shape[1])
+
+
+def chunks(configs: list[Config], size: int) -> Iterator[list[Config]]:
+    for i in range(0, len(configs), size):
+        yield configs[i:i + size]
+
+
+def default_batch_size(lm, n_prompt_tokens: int, n_tokens: int, device: str) -> int:
+    """Rows per chunk: KV cache and activations of a row times the batch within a quarter of free memory."""
+    import psutil
+
+    cfg = lm.model.config.get_text_config()
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv = getattr(cfg, "num_key_value_heads", cfg.num_attention_heads)
+    seq = n_prompt_tokens + n_tokens
+    per_row = 4 * (2 * cfg.num_hidden_layers * kv * head_dim * seq + 8 * cfg.hidden_size * seq + cfg.vocab_size)
+    if device.startswith("cuda") and torch.cuda.is_available():
+        free = torch.cuda.mem_get_info()[0]
+    else:
+        free = psutil.virtual_memory().available
+    return int(max(1, min(64, free // 4 // max(per_row, 1))))
+

@@ -1,0 +1,79 @@
+"""Sweep job: load (or reuse) the model and SAE, run the grid in batched chunks, store each chunk.
+
+Configurations already stored for this job (a redelivered or retried sweep) are skipped, and the
+unique (sweep, config_key) constraint makes a duplicate write impossible anyway.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from db import results, saes
+from engine import provenance, registry
+from engine.errors import NotFoundError, UsageError
+from engine.generate import SAMPLING_SEMANTICS
+from engine.sweep import Runner, Settings, chunks, default_batch_size, load_vector, plan
+
+
+def run(ctx) -> dict:
+    import torch
+
+    p = ctx.params
+    entry = registry.get(p["sae"])
+    row = saes.get(entry.id)
+    if row is None or not row.local_path:
+        raise NotFoundError(f"SAE '{entry.id}' is not downloaded; run `saejobs download {entry.id}` first")
+    settings = Settings(method=p["method"], normalize=p["normalize"], strength_multiplier=p["strength_multiplier"],
+                        n_tokens=p["n_tokens"], temperature=p["temperature"], freq_penalty=p["freq_penalty"],
+                        n_logprobs=p["n_logprobs"])
+    vectors = {Path(v).name: load_vector(v) for v in p.get("vectors", [])}
+    sae_sha = _params_sha256(row.files)
+    steering_id = f"{entry.id}@{sae_sha}" + "".join(f"+{n}" for n in sorted(vectors))
+    configs = plan(p["features"], p.get("vectors", []), p["strengths"], p["prompts"], p["seeds"], p["combine"],
+                   settings, steering_id)
+
+    source = p.get("model") or entry.model_hf
+    ctx.progress(0.0, f"loading model {source}", force=True)
+    lm = ctx.worker.cache.model(source, getattr(torch, p["dtype"]))
+    ctx.progress(0.0, f"loading SAE {entry.id}", force=True)
+    sae = ctx.worker.cache.sae(entry, row.local_path)
+    if sae.d_model != _hook_width(lm, entry):
+        raise UsageError(f"SAE {entry.id} has d_in {sae.d_model} but {source} has width {_hook_width(lm, entry)} "
+                         f"at {entry.hook_name}: wrong model for this SAE?")
+    runner = Runner(lm, sae, entry.hook_name, settings, vectors)
+
+    prov = {"sae_sha256": sae_sha, "sae_path": row.local_path, "model": lm.model_id, "model_source": source,
+            "model_revision": lm.revision, "dtype": str(lm.dtype).removeprefix("torch."), "device": str(lm.device),
+            "hook_name": entry.hook_name, "sampling_semantics": SAMPLING_SEMANTICS,
+            "bos": "prepended unless the prompt starts with it", "versions": provenance.versions()}
+    sweep_id = results.ensure_sweep(ctx.job.id, entry.id, lm.model_id, {**p, "settings": settings.__dict__}, prov)
+    stored = results.config_keys(sweep_id)
+    todo = [c for c in configs if c.key not in stored]
+    total, done = len(configs), len(configs) - len(todo)
+    longest = max(len(runner.prompt_ids(pr)) for pr in p["prompts"])
+    size = p.get("batch_size") or default_batch_size(lm, longest, settings.n_tokens, str(lm.device))
+    ctx.progress(done / total, f"{done}/{total} generations ({len(todo)} to run, batch {size})", force=True)
+    for chunk in chunks(todo, size):
+        outs = runner.run(chunk)
+        results.add_generations(sweep_id, [
+            {"config_key": c.key, "type": c.type, "features": [dict(f) for f in c.features], "prompt": c.prompt,
+             "prompt_token_ids": runner.prompt_ids(c.prompt), "seed": c.seed, "sampling": settings.__dict__,
+             "output": text, "token_ids": g.token_ids, "logprobs": g.logprobs} for c, g, text in outs])
+        done += len(chunk)
+        ctx.progress(done / total, f"{done}/{total} generations", force=True)
+    return {"sweep_id": sweep_id, "sae": entry.id, "model": lm.model_id, "generations": total,
+            "ran_now": len(todo), "batch_size": size}
+
+
+def _params_sha256(files: dict | None) -> str | None:
+    for name in ("params.npz", "params.safetensors"):
+        if files and name in files:
+            return files[name]["sha256"]
+    return None
+
+
+def _hook_width(lm, entry) -> int:
+    cfg = lm.model.config.get_text_config()
+    if entry.site == "att":
+        return cfg.num_attention_heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+    return cfg.hidden_size
