@@ -44,9 +44,25 @@ def redact(url: str) -> str:
         return "<unparseable URL>"
 
 
-@functools.cache
 def get_engine(url: str | None = None) -> Engine:
-    url = url or database_url()
+    """The process's engine for ``url`` (default: ``database_url()`` as the environment says now)."""
+    return _engine(url or database_url())
+
+
+def dispose_all() -> None:
+    """Close every pooled connection and forget the engines (tests, forked processes)."""
+    for eng in list(_ENGINES):
+        eng.dispose()
+    _ENGINES.clear()
+    _engine.cache_clear()
+    _sessionmaker.cache_clear()
+
+
+_ENGINES: list[Engine] = []
+
+
+@functools.cache
+def _engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite":
@@ -59,6 +75,7 @@ def get_engine(url: str | None = None) -> Engine:
     except (ArgumentError, NoSuchModuleError, ValueError) as e:
         raise UsageError(f"bad database URL '{redact(url)}': {e}") from None
     _upgrade_once(eng)
+    _ENGINES.append(eng)
     return eng
 
 
