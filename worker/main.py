@@ -34,7 +34,8 @@ def run_many(gpus: list[int], loglevel: str) -> int:
 
 def run(gpu: int | None, loglevel: str = "info") -> None:
     if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        # In a container the one reserved GPU is device 0 whatever its host index (docker-compose.yml).
+        os.environ["CUDA_VISIBLE_DEVICES"] = os.environ.get("SAEJOBS_CUDA_VISIBLE_DEVICES", str(gpu))
         os.environ.setdefault("SAEJOBS_DEVICE", "cuda:0")
     else:
         os.environ.setdefault("SAEJOBS_DEVICE", "cpu")
