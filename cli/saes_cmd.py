@@ -7,7 +7,7 @@ import click
 from cli.output import emit, json_option, table
 from engine import registry
 
-COLUMNS = ["id", "repo_id", "folder", "hook_name", "d_model", "d_sae", "l0", "format"]
+COLUMNS = ["id", "folder", "hook_name", "d_sae", "l0"]
 
 
 @click.group()

@@ -11,6 +11,7 @@ float32 categorical sample.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -87,6 +88,7 @@ def generate(lm, rows: list[Row], sampling: Sampling, *, hook_name: str | None =
     with ctx:
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         res = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         for step in range(sampling.n_tokens):
             logits = res.logits[:, -1, :].float().cpu()
             nxt = _choose(logits, sampling, gens, counts)
@@ -108,7 +110,7 @@ def generate(lm, rows: list[Row], sampling: Sampling, *, hook_name: str | None =
             mask = torch.cat([mask, (~done).long().to(device)[:, None]], dim=1)
             positions = positions[:, -1:] + 1
             res = model(input_ids=nxt[:, None].to(device), attention_mask=mask, position_ids=positions,
-                        past_key_values=res.past_key_values, use_cache=True, logits_to_keep=1)
+                        use_cache=True, logits_to_keep=1, **{cache_arg: getattr(res, cache_arg)})
     return out
 
 

@@ -17,5 +17,8 @@ def sae_cache() -> Path:
 
 
 def model_cache() -> Path:
-    """Converted model copies (e.g. GGUF turned into safetensors once)."""
-    return home() / "models"
+    """Converted model copies (GGUF turned into safetensors once): ``$SAEJOBS_MODEL_CACHE`` or under home.
+
+    Separate from home so that tests (each with an empty home) share one converted model.
+    """
+    return Path(os.environ.get("SAEJOBS_MODEL_CACHE") or home() / "models")

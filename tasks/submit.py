@@ -40,7 +40,7 @@ def send(job_id: str, queue: str | None = None) -> None:
     if queue is None:
         queue = jobs.get(job_id).queue or SHARED_QUEUE
     try:
-        with app.connection_for_write() as conn:
+        with app.connection_for_write(broker_url()) as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.5, timeout=SEND_TIMEOUT_S)
             app.send_task("saejobs.run_job", args=[job_id], queue=queue, connection=conn,
                           retry=True, retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5})

@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m worker.main")
-    p.add_argument("--gpu", type=int)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--gpu", type=int)
+    where.add_argument("--cpu", action="store_true")
     p.add_argument("--loglevel", default="info")
     a = p.parse_args(argv)
     logging.basicConfig(level=a.loglevel.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -1,0 +1,102 @@
+"""Hook points named as TransformerLens and the SAEs name them, on transformers' Gemma 2 and Gemma 3.
+
+- ``blocks.L.hook_resid_post``: the output of decoder layer L (in transformers 5.x a plain tensor
+  (batch, seq, d_model); Gemma Scope 2's config says ``model.layers.L.output``).
+- ``blocks.L.hook_mlp_out``: the output of layer L's ``post_feedforward_layernorm``, which is what
+  Gemma adds to the residual stream (``model.layers.L.post_feedforward_layernorm.output``).
+- ``blocks.L.attn.hook_z``: the per-head attention outputs before the output projection, i.e. the
+  input of ``self_attn.o_proj``, (batch, seq, n_heads * head_dim) — TransformerLens' z flattened
+  over heads, as the attention SAEs read it (``model.layers.L.self_attn.o_proj.input``).
+
+A hook that never fires is an error: steering that silently does not happen is the commonest way
+steering results go wrong.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+from engine.errors import SaejobsError, UsageError
+
+PATTERN = re.compile(r"^blocks\.(\d+)\.(hook_resid_post|hook_mlp_out|attn\.hook_z)$")
+SITES = {"hook_resid_post": "resid_post", "hook_mlp_out": "mlp_out", "attn.hook_z": "attn_z"}
+Edit = Callable[[torch.Tensor], torch.Tensor | None]
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    layer: int
+    site: str  # resid_post | mlp_out | attn_z
+
+    @property
+    def name(self) -> str:
+        return f"blocks.{self.layer}." + {v: k for k, v in SITES.items()}[self.site]
+
+
+def parse_hook(name: str) -> HookPoint:
+    m = PATTERN.match(name.strip())
+    if not m:
+        raise UsageError(f"unknown hook '{name}'; expected blocks.L.hook_resid_post, blocks.L.hook_mlp_out "
+                         "or blocks.L.attn.hook_z")
+    return HookPoint(int(m[1]), SITES[m[2]])
+
+
+def _module(lm, point: HookPoint) -> torch.nn.Module:
+    if not 0 <= point.layer < lm.n_layers:
+        raise UsageError(f"hook {point.name}: layer {point.layer} is out of range; "
+                         f"{lm.model_id} has layers 0..{lm.n_layers - 1}")
+    layer = lm.layers[point.layer]
+    if point.site == "resid_post":
+        return layer
+    if point.site == "mlp_out":
+        return layer.post_feedforward_layernorm
+    return layer.self_attn.o_proj
+
+
+@contextmanager
+def hook(lm, name: str, fn: Edit, *, strict: bool = True) -> Iterator[None]:
+    """Run ``fn`` on the activation at ``name`` in every forward pass inside the block.
+
+    ``fn`` returns a replacement tensor (same shape) or None to leave it. With ``strict`` the block
+    must have run the model through the hook at least once.
+    """
+    point = parse_hook(name)
+    module = _module(lm, point)
+    fired = [0]
+
+    if point.site == "attn_z":
+        def pre(_mod, args):
+            fired[0] += 1
+            new = fn(args[0])
+            return None if new is None else (new, *args[1:])
+        handle = module.register_forward_pre_hook(pre)
+    else:
+        def post(_mod, _args, output):
+            fired[0] += 1
+            act = output[0] if isinstance(output, tuple) else output
+            new = fn(act)
+            if new is None:
+                return None
+            return (new, *output[1:]) if isinstance(output, tuple) else new
+        handle = module.register_forward_hook(post)
+    try:
+        yield
+    finally:
+        handle.remove()
+    if strict and fired[0] == 0:
+        raise SaejobsError(f"hook {name} never fired: the model did not pass through "
+                           f"{type(module).__name__} of layer {point.layer}; nothing was steered")
+
+
+@torch.no_grad()
+def capture(lm, name: str, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The activation at ``name`` for these tokens (a copy, on the CPU side of nothing: same device)."""
+    seen: list[torch.Tensor] = []
+    with hook(lm, name, lambda a: seen.append(a.detach().clone())):
+        lm.model(input_ids=input_ids, attention_mask=attention_mask)
+    return seen[0]
