@@ -1,0 +1,65 @@
+"""Steering arithmetic against hand computation (Neuronpedia's formulas, docs/reference.md)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.errors import UsageError
+from engine.steering import BatchSteering, Steer, apply, coefficient, prepare_vector
+
+
+def test_simple_additive_with_and_without_normalisation():
+    act = torch.tensor([[[1.0, 2.0, 3.0]]])
+    v = torch.tensor([3.0, 0.0, 4.0])  # norm 5
+    coeff = coefficient(strength=10.0, strength_multiplier=2.0)
+    assert coeff == 20.0
+    raw = BatchSteering([[Steer(prepare_vector(v, False), coeff)]], 3, "SIMPLE_ADDITIVE")(act)
+    assert raw.tolist() == [[[61.0, 2.0, 83.0]]]  # act + 20 * (3, 0, 4)
+    unit = BatchSteering([[Steer(prepare_vector(v, True), coeff)]], 3, "SIMPLE_ADDITIVE")(act)
+    torch.testing.assert_close(unit, torch.tensor([[[13.0, 2.0, 19.0]]]))  # act + 20 * (0.6, 0, 0.8)
+
+
+def test_orthogonal_decomp():
+    act = torch.tensor([[[1.0, 2.0, 3.0], [0.0, 1.0, 0.0]]])
+    v = torch.tensor([0.0, 0.0, 2.0])
+    # P = v v^T / |v|^2 projects on the z axis; act @ (I-P)^T + coeff * act @ P^T
+    got = BatchSteering([[Steer(v, 4.0, "ORTHOGONAL_DECOMP")]], 3, "ORTHOGONAL_DECOMP")(act)
+    assert got.tolist() == [[[1.0, 2.0, 12.0], [0.0, 1.0, 0.0]]]
+    P = torch.outer(v, v) / (v @ v)
+    ref = act @ (torch.eye(3) - P).T + 4.0 * act @ P.T
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(apply(act, [Steer(v, 4.0, "ORTHOGONAL_DECOMP")]), ref)
+
+
+def test_rows_steer_independently_and_empty_rows_are_untouched():
+    torch.manual_seed(0)
+    act = torch.randn(3, 5, 8)
+    a, b = torch.randn(8), torch.randn(8)
+    rows = [[Steer(a, 2.0)], [], [Steer(a, 1.0), Steer(b, -3.0)]]
+    got = BatchSteering(rows, 8, "SIMPLE_ADDITIVE")(act)
+    assert torch.equal(got[1], act[1])
+    for i in (0, 2):
+        torch.testing.assert_close(got[i], apply(act[i], rows[i]))
+
+
+def test_several_features_apply_one_after_another_for_orthogonal():
+    torch.manual_seed(1)
+    act = torch.randn(1, 4, 6)
+    a, b = torch.randn(6), torch.randn(6)
+    steers = [Steer(a, 3.0, "ORTHOGONAL_DECOMP"), Steer(b, 0.5, "ORTHOGONAL_DECOMP")]
+    got = BatchSteering([steers], 6, "ORTHOGONAL_DECOMP")(act)
+    step1 = act + (3.0 - 1) * ((act @ a) / (a @ a)).unsqueeze(-1) * a
+    step2 = step1 + (0.5 - 1) * ((step1 @ b) / (b @ b)).unsqueeze(-1) * b
+    torch.testing.assert_close(got, step2)
+
+
+def test_bad_vectors():
+    with pytest.raises(UsageError, match="zero norm"):
+        prepare_vector(torch.zeros(4), True)
+    with pytest.raises(UsageError, match="non-finite"):
+        prepare_vector(torch.tensor([1.0, float("nan")]), False)
+    with pytest.raises(UsageError, match="width 8"):
+        BatchSteering([[Steer(torch.ones(4), 1.0)]], 8, "SIMPLE_ADDITIVE")
+    with pytest.raises(UsageError, match="unknown steering method"):
+        BatchSteering([[]], 8, "PROJECTION")
