@@ -1,0 +1,102 @@
+"""Sweeps through the queue: cancel, SIGTERM hand-back, SIGKILL redelivery, --local equals queued.
+
+The model is a tiny random Gemma 2 directory and the SAE a synthetic one at its width, so a sweep
+takes seconds; the code paths are the ones a Gemma Scope sweep takes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from db import jobs, results
+from db.models import Generation
+from db.session import session
+from tests.dbfixtures import db_url, home  # noqa: F401
+from tests.queue_harness import broker, start_worker, wait_for  # noqa: F401
+from tests.synthetic_saes import make
+from tests.test_queue import saejobs, submitted
+
+pytestmark = pytest.mark.model
+N_CONFIGS = 2 + 4 * 4 * 2  # DEFAULT per prompt, then features × strengths × prompts
+
+
+@pytest.fixture
+def sweep_args(home, db_url, tiny_gemma2_dir):
+    sae = make(home, d_model=64, d_sae=256, layer=1)
+    submitted(saejobs("download", sae.id, "--source", str(sae.mirror), "--local", "--json"))
+    return ["sweep", "--sae", sae.id, "--feature", "1,2,3,4", "--strength", "0,4,8,16", "--prompt", "Once upon a time",
+            "--prompt", "The capital of France is", "--n-tokens", "40", "--model", str(tiny_gemma2_dir),
+            "--batch-size", "1", "--json"]
+
+
+def generations(job_id: str) -> list[dict]:
+    return sorted(({k: r[k] for k in ("config_key", "type", "features", "prompt", "seed", "output", "token_ids")}
+                   for r in results.generation_rows(job_id)), key=lambda r: r["config_key"])
+
+
+def count(job_id: str) -> int:
+    sweep = results.sweep_for_job(job_id)
+    with session() as s:
+        return s.scalar(select(func.count()).select_from(Generation).where(Generation.sweep_id == sweep.id))
+
+
+def test_local_gives_the_same_rows_as_the_queue(sweep_args, start_worker):
+    local = submitted(saejobs(*sweep_args, "--local"))
+    start_worker()
+    queued = submitted(saejobs(*sweep_args, "--wait"))
+    assert local["state"] == queued["state"] == "succeeded"
+    assert local["result"]["generations"] == queued["result"]["generations"] == N_CONFIGS
+    a, b = generations(local["id"]), generations(queued["id"])
+    assert len(a) == N_CONFIGS and a == b
+    sa, sb = results.sweep_for_job(local["id"]), results.sweep_for_job(queued["id"])
+    assert sa.settings == sb.settings and sa.sae_id == sb.sae_id and sa.model == sb.model
+    assert {k: v for k, v in sa.provenance.items() if k != "device"} == {k: v for k, v in sb.provenance.items() if k != "device"}
+
+
+def test_cancel_a_running_sweep(sweep_args, start_worker):
+    start_worker()
+    job = submitted(saejobs(*sweep_args))
+    wait_for(lambda: jobs.get(job["id"]).progress > 0.2, 120, "the sweep to be under way")
+    res = saejobs("jobs", "cancel", job["id"], "--json")
+    assert json.loads(res.stdout)["state"] == "cancelled"
+    final = jobs.get(job["id"])
+    assert final.state == "cancelled"
+    stored = count(job["id"])
+    time.sleep(3)  # the worker stops at its next progress report and writes nothing more after that
+    assert count(job["id"]) <= stored + 1 < N_CONFIGS
+    assert jobs.get(job["id"]).state == "cancelled"
+    watch = saejobs("jobs", "watch", job["id"])
+    assert watch.returncode != 0 and "cancelled" in watch.stderr
+
+
+def test_sigkill_mid_sweep_completes_exactly_once(sweep_args, start_worker):
+    first = start_worker()
+    job = submitted(saejobs(*sweep_args))
+    wait_for(lambda: jobs.get(job["id"]).progress > 0.3, 120, "the sweep to be under way")
+    first.kill()
+    before = count(job["id"])
+    assert 0 < before < N_CONFIGS
+    start_worker()
+    done = wait_for(lambda: (j := jobs.get(job["id"])).state in ("succeeded", "failed") and j, 120, "the handed-on sweep")
+    assert done.state == "succeeded" and done.attempts == 2
+    assert count(job["id"]) == N_CONFIGS
+    assert len({g["config_key"] for g in generations(job["id"])}) == N_CONFIGS
+    assert done.result["ran_now"] == N_CONFIGS - before  # what the killed worker stored is not redone
+    assert any("worker lost" in (e.message or "") for e in done.events)
+    assert [e.state for e in done.events].count("succeeded") == 1
+
+
+def test_sigterm_hands_the_job_back(sweep_args, start_worker):
+    first = start_worker()
+    job = submitted(saejobs(*sweep_args))
+    wait_for(lambda: jobs.get(job["id"]).progress > 0.2, 120, "the sweep to be under way")
+    assert first.terminate(timeout=60) == 0
+    handed = jobs.get(job["id"])
+    assert handed.state == "queued" and "handed back" in handed.message
+    start_worker()
+    done = wait_for(lambda: (j := jobs.get(job["id"])).state == "succeeded" and j, 120, "the sweep on the new worker")
+    assert done.attempts == 2 and count(job["id"]) == N_CONFIGS
