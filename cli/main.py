@@ -31,10 +31,11 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from cli import db_cmd, jobs_cmd, saes_cmd, submit_cmd, worker_cmd
+    from cli import db_cmd, demo_cmd, jobs_cmd, saes_cmd, submit_cmd, worker_cmd
 
     cli.add_command(saes_cmd.saes)
     cli.add_command(db_cmd.db)
+    cli.add_command(demo_cmd.demo)
     cli.add_command(jobs_cmd.jobs)
     cli.add_command(jobs_cmd.results)
     cli.add_command(worker_cmd.worker)

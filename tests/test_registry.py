@@ -100,7 +100,8 @@ def test_folders_and_model_info():
         f"layer_20/width_{w}/average_l0_{n}" for w, ns in (("16k", (22, 38, 71, 139, 294)), ("65k", (20, 34, 61, 114, 221)))
         for n in ns]
     assert registry.folders("google/gemma-scope-2-270m-pt", layer=12, width="16k", site="att") == [
-        f"attn_out/layer_12_width_16k_l0_{s}" for s in ("big", "medium", "small")]
+        *(f"attn_out/layer_12_width_16k_l0_{s}" for s in ("big", "medium", "small")),
+        *(f"attn_out_all/layer_12_width_16k_l0_{s}" for s in ("big", "small"))]
     with pytest.raises(NotFoundError, match="did you mean: google/gemma-scope-2b-pt-res"):
         registry.folders("google/gemma-scope-2b-pt-re")
     facts = {"gemma-2-2b": (2304, 26, 8, 256), "gemma-2-9b": (3584, 42, 16, 256), "gemma-2-27b": (4608, 46, 32, 128),

