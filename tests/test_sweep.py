@@ -1,0 +1,137 @@
+"""Steering sweeps on the real Gemma 3 270M: effect, controls, batching, seeds, storage."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+import torch
+
+from engine import demo
+from engine.generate import Row, Sampling, generate, prompt_ids
+from engine.sae import load_sae
+from engine.sweep import Runner, Settings, plan
+from tests.dbfixtures import home  # noqa: F401
+
+pytestmark = pytest.mark.model
+PROMPTS = ["Once upon a time", "The weather today is", "My favourite thing about", "In the beginning"]
+
+
+@pytest.fixture(scope="module")
+def demo_sae(gemma3, tmp_path_factory):
+    mirror = tmp_path_factory.mktemp("mirror")
+    ids = [gemma3.tokenizer(w, add_special_tokens=False).input_ids[0] for w in demo.WORDS]
+    folder = demo.build(gemma3.model.get_input_embeddings().weight.detach().numpy(), ids, mirror)
+    return load_sae(demo.ENTRY, folder)
+
+
+def run(gemma3, sae, configs, settings=Settings(n_tokens=24), batch=None):
+    runner = Runner(gemma3, sae, demo.ENTRY.hook_name, settings)
+    if batch is None:
+        return runner.run(configs)
+    return [o for i in range(0, len(configs), batch) for o in runner.run(configs[i:i + batch])]
+
+
+def grid(features, strengths, prompts=PROMPTS, seeds=(42,), settings=Settings(n_tokens=24), combine=False):
+    return plan(features, [], strengths, list(prompts), list(seeds), combine, settings, "demo")
+
+
+def completion(out):
+    c, g, text = out
+    return text[len(c.prompt):]
+
+
+def test_steering_toward_a_word_raises_its_frequency_monotonically(gemma3, demo_sae):
+    strengths = [0, 100, 200, 300]
+    outs = run(gemma3, demo_sae, grid([0], strengths))
+    counts = {s: sum(completion(o).lower().count("dog") for o in outs
+                     if o[0].type == "STEERED" and o[0].features[0]["strength"] == s) for s in strengths}
+    ordered = [counts[s] for s in strengths]
+    assert ordered == sorted(ordered) and ordered[-1] >= ordered[0] + 4, counts
+
+
+def test_strength_zero_equals_default_token_for_token(gemma3, demo_sae):
+    outs = run(gemma3, demo_sae, grid([0, 1], [0]))
+    default = {(o[0].prompt, o[0].seed): o[1].token_ids for o in outs if o[0].type == "DEFAULT"}
+    steered = [o for o in outs if o[0].type == "STEERED"]
+    assert len(steered) == 2 * len(PROMPTS)
+    for c, g, _ in steered:
+        assert g.token_ids == default[(c.prompt, c.seed)]
+
+
+@pytest.mark.parametrize("method", ["SIMPLE_ADDITIVE", "ORTHOGONAL_DECOMP"])
+def test_batched_equals_one_by_one_with_prompts_of_different_lengths(gemma3, demo_sae, method):
+    settings = Settings(method=method, n_tokens=20)
+    configs = grid([0, 2], [0, 150] if method == "SIMPLE_ADDITIVE" else [0.5, 3.0], settings=settings)
+    assert len({len(prompt_ids(gemma3.tokenizer, p)) for p in PROMPTS}) > 1  # padding is exercised
+    batched = run(gemma3, demo_sae, configs, settings)
+    alone = run(gemma3, demo_sae, configs, settings, batch=1)
+    assert [o[1].token_ids for o in batched] == [o[1].token_ids for o in alone]
+    assert len({tuple(o[1].token_ids) for o in batched}) > len(PROMPTS)  # steering changed something
+
+
+def test_same_seed_same_text_at_temperature(gemma3, demo_sae):
+    settings = Settings(n_tokens=20, temperature=0.9, freq_penalty=1.0)
+    configs = grid([1], [100], seeds=(1, 2), settings=settings)
+    a = run(gemma3, demo_sae, configs, settings)
+    b = run(gemma3, demo_sae, configs, settings, batch=1)
+    assert [o[2] for o in a] == [o[2] for o in b]
+    by_seed = {o[0].seed: o[2] for o in a if o[0].type == "DEFAULT" and o[0].prompt == PROMPTS[0]}
+    assert by_seed[1] != by_seed[2]
+
+
+def test_seeded_sampling_matches_torch_manual_seed(gemma3):
+    """A row's generator draws what torch.manual_seed(seed) + Categorical(logits).sample() would."""
+    p = prompt_ids(gemma3.tokenizer, "Once upon a time")
+    ours = generate(gemma3, [Row(p, 7)], Sampling(n_tokens=6, temperature=1.0))[0].token_ids
+    torch.manual_seed(7)
+    ids = torch.tensor([p])
+    ref = []
+    with torch.no_grad():
+        for _ in range(6):
+            logits = gemma3.model(input_ids=ids).logits[0, -1].float()
+            t = int(torch.distributions.Categorical(logits=logits / 1.0).sample())
+            ref.append(t)
+            ids = torch.cat([ids, torch.tensor([[t]])], dim=1)
+    assert ours == ref
+
+
+def test_logprobs_of_chosen_and_top_k(gemma3, demo_sae):
+    settings = Settings(n_tokens=5, n_logprobs=3)
+    (c, g, _), = run(gemma3, demo_sae, grid([0], [0], prompts=PROMPTS[:1], settings=settings)[:1], settings)
+    assert len(g.logprobs) == 5
+    for t, lp in zip(g.token_ids, g.logprobs):
+        assert lp["token"] == t and len(lp["top"]) == 3 and lp["top"][0][0] == t  # greedy picks the top token
+        assert lp["logprob"] == pytest.approx(lp["top"][0][1]) and lp["logprob"] <= 0
+
+
+def test_sweep_job_end_to_end_and_results_views(home, gemma3, tmp_path):
+    """saejobs sweep --local on the demo SAE; the grid as a table, JSON and CSV."""
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from engine.registry import custom
+
+    mirror = tmp_path / "mirror"
+    ids = [gemma3.tokenizer(w, add_special_tokens=False).input_ids[0] for w in demo.WORDS]
+    demo.build(gemma3.model.get_input_embeddings().weight.detach().numpy(), ids, mirror)
+    custom.write([demo.ENTRY], "demo")
+    cli_ = CliRunner()
+    r = cli_.invoke(cli, ["download", demo.ENTRY.id, "--source", str(mirror), "--local", "--json"])
+    assert r.exit_code == 0, r.output
+    r = cli_.invoke(cli, ["sweep", "--sae", demo.ENTRY.id, "--feature", "0,1", "--strength", "0,200", "--prompt",
+                          "Once upon a time", "--n-tokens", "12", "--model", "gemma-3-270m-gguf", "--local", "--json"])
+    assert r.exit_code == 0, r.output
+    job = json.loads(r.stdout)
+    assert job["result"]["generations"] == 1 + 2 * 2
+    rows = json.loads(cli_.invoke(cli, ["results", job["id"], "--json"]).stdout)
+    assert [r["type"] for r in rows].count("DEFAULT") == 1 and all(r["prompt_token_ids"][0] == 2 for r in rows)
+    assert all(r["output"].startswith("Once upon a time") for r in rows)
+    parsed = list(csv.DictReader(io.StringIO(cli_.invoke(cli, ["results", job["id"][:8], "--csv"]).stdout)))
+    assert [(r["type"], r["output"]) for r in parsed] == [(r["type"], r["output"]) for r in rows]
+    table = cli_.invoke(cli, ["results", job["id"]]).output
+    assert "strength" in table and "DEFAULT" in table
+    r = cli_.invoke(cli, ["sweep", "--sae", demo.ENTRY.id, "--feature", "5000", "--strength", "1", "--prompt", "x"])
+    assert r.exit_code == 2 and "out of range" in r.output
