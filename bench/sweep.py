@@ -127,8 +127,8 @@ def sae_load() -> None:
 
 
 def _load_phase(job) -> float:
-    """From the job's "loading model" event to its first "generations" event (seconds)."""
-    start = next(e.at for e in job.events if (e.message or "").startswith("loading model"))
+    """From the job's "loading SAE" event to its first "generations" event (seconds)."""
+    start = next(e.at for e in job.events if (e.message or "").startswith("loading SAE"))
     ready = next(e.at for e in job.events if "generations" in (e.message or ""))
     return (ready - start).total_seconds()
 

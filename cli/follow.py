@@ -80,6 +80,11 @@ def finish(job, as_json: bool) -> None:
         click.echo(json.dumps(jobs.as_dict(job), indent=2, default=str))
     elif job.state == "succeeded":
         click.echo(f"{job.id} succeeded" + (f": {job.message}" if job.message and job.message != "succeeded" else ""))
+    verdict = (job.result or {}).get("verdict") if job.state == "succeeded" else None
+    if verdict == "FAIL":  # the job worked; the SAE did not pass: scripts must see that
+        fails = [r for r in (job.result or {}).get("reasons") or [] if r.startswith("FAIL: ")] or ["FAIL: no reason recorded"]
+        click.echo(f"saejobs: error: {job.sae_id} failed verification: {fails[0].removeprefix('FAIL: ')}", err=True)
+        sys.exit(3)
     if job.state != "succeeded":
         if job.state in FINAL_STATES:
             click.echo(f"saejobs: error: job {job.id} {job.state}: {job.error or job.message}", err=True)

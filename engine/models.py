@@ -117,6 +117,9 @@ def _from_gguf(gguf: Path, stem: str, sha256: str, model_id: str, dtype, device:
 
 def _load(where, source: str, revision: str, dtype, device: str, model_id: str, **kw) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # jobs report their own progress; a tqdm bar on stderr is noise
 
     try:
         tok = AutoTokenizer.from_pretrained(where, **kw)

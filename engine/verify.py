@@ -34,12 +34,12 @@ class Report:
 
     def fail(self, reason: str) -> None:
         self.verdict = "FAIL"
-        self.reasons.append(reason)
+        self.reasons.append(f"FAIL: {reason}")
 
     def warn(self, reason: str) -> None:
         if self.verdict == "PASS":
             self.verdict = "WARN"
-        self.reasons.append(reason)
+        self.reasons.append(f"WARN: {reason}")
 
 
 def structural(entry: SaeEntry, folder: Path, recorded: dict | None, progress: Callable[[float, str], None]) -> Report:

@@ -33,10 +33,10 @@ def run(ctx) -> dict:
                    settings, steering_id)
 
     source = p.get("model") or entry.model_hf
+    ctx.progress(0.0, f"loading SAE {entry.id}", force=True)  # first: a broken SAE fails before a model load
+    sae = ctx.worker.cache.sae(entry, row.local_path)
     ctx.progress(0.0, f"loading model {source}", force=True)
     lm = ctx.worker.cache.model(source, getattr(torch, p["dtype"]))
-    ctx.progress(0.0, f"loading SAE {entry.id}", force=True)
-    sae = ctx.worker.cache.sae(entry, row.local_path)
     if sae.d_model != _hook_width(lm, entry):
         raise UsageError(f"SAE {entry.id} has d_in {sae.d_model} but {source} has width {_hook_width(lm, entry)} "
                          f"at {entry.hook_name}: wrong model for this SAE?")

@@ -135,3 +135,44 @@ def test_sweep_job_end_to_end_and_results_views(home, gemma3, tmp_path):
     assert "strength" in table and "DEFAULT" in table
     r = cli_.invoke(cli, ["sweep", "--sae", demo.ENTRY.id, "--feature", "5000", "--strength", "1", "--prompt", "x"])
     assert r.exit_code == 2 and "out of range" in r.output
+
+
+def test_plan_grid_and_combine():
+    s = Settings()
+    one = plan([1, 2], [], [0, 5, 10], ["a", "b"], [1, 2], False, s, "x")
+    assert len(one) == 2 * 2 + 2 * 3 * 2 * 2 and sum(c.type == "DEFAULT" for c in one) == 4
+    both = plan([1, 2], [], [0, 5, 10], ["a"], [1], True, s, "x")
+    assert [len(c.features) for c in both] == [0, 2, 2, 2]
+    assert len({c.key for c in one}) == len(one)
+    assert plan([1], [], [5], ["a"], [1], False, s, "x")[1].key != plan([1], [], [5], ["a"], [1], False, s, "y")[1].key
+
+
+def test_a_raw_vector_steers_like_the_feature_it_copies(gemma3, demo_sae, tmp_path):
+    np = pytest.importorskip("numpy")
+    path = tmp_path / "dog.npy"
+    np.save(path, demo_sae.W_dec[0].numpy())
+    settings = Settings(n_tokens=16)
+    from engine.sweep import load_vector
+
+    runner = Runner(gemma3, demo_sae, demo.ENTRY.hook_name, settings, {"dog.npy": load_vector(path)})
+    configs = [c for c in plan([0], [str(path)], [200], PROMPTS[:2], [42], False, settings, "v") if c.type == "STEERED"]
+    out = runner.run(configs)
+    by_prompt = {}
+    for c, g, _ in out:
+        by_prompt.setdefault(c.prompt, []).append(g.token_ids)
+    assert all(a == b for a, b in by_prompt.values())
+
+
+@pytest.mark.parametrize("site, hook, width", [("mlp", "blocks.4.hook_mlp_out", 640), ("att", "blocks.4.attn.hook_z", 1024)])
+def test_steering_at_mlp_out_and_attn_z(gemma3, tmp_path, site, hook, width):
+    from engine.registry.entry import SaeEntry
+    from engine.synthetic import random_params, write_sae
+
+    entry = SaeEntry(id=f"t/{site}", model="gemma-3-270m", model_hf="google/gemma-3-270m", repo_id="t/r", folder=site,
+                     files=("params.npz",), format="gemma-scope", site=site, hook_name=hook, layer=4, d_model=width,
+                     d_sae=32, l0=None, architecture="jumprelu", width="32", neuronpedia_id=None)
+    sae = load_sae(entry, write_sae(tmp_path / site, "gemma-scope", random_params(width, 32)))
+    settings = Settings(n_tokens=12)
+    outs = Runner(gemma3, sae, hook, settings).run(plan([3], [], [0, 400], PROMPTS[:1], [42], False, settings, "s"))
+    default, zero, strong = (o[1].token_ids for o in outs)
+    assert zero == default and strong != default
