@@ -23,6 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._common import wait_job  # noqa: E402
+
 
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
@@ -58,13 +60,13 @@ def main() -> None:
                               env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT)
     try:
         warm = submit("verify", {"sae": sae.id}, sae_id=sae.id)  # the worker's first job imports the engine
-        _wait(jobs, warm.id, 120)
+        wait_job(warm.id, 120)
         start, publish, total = [], [], []
         for _ in range(a.jobs):
             t0 = time.perf_counter()
             j = submit("verify", {"sae": sae.id}, sae_id=sae.id)
             publish.append(time.perf_counter() - t0)
-            done = _wait(jobs, j.id, 60)
+            done = wait_job(j.id, 60)
             total.append(time.perf_counter() - t0)
             start.append((done.started_at - done.created_at).total_seconds())
         local = []
@@ -83,18 +85,6 @@ def main() -> None:
     print(f"  submit -> finished p50 {1000 * statistics.median(total):7.1f} ms   p95 {1000 * pct(total, 0.95):7.1f} ms")
     print(f"  --local create -> start p50 {1000 * statistics.median(local):7.1f} ms (no broker; for comparison)")
     print(f"  ratio queued/local start latency: {statistics.median(start) / statistics.median(local):.1f}x")
-
-
-def _wait(jobs, job_id: str, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        row = jobs.get(job_id)
-        if row.state in ("succeeded", "failed", "cancelled"):
-            if row.state != "succeeded":
-                raise SystemExit(f"bench job {job_id} {row.state}: {row.error}")
-            return row
-        time.sleep(0.005)
-    raise SystemExit(f"bench job {job_id} did not finish in {timeout}s")
 
 
 if __name__ == "__main__":

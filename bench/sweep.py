@@ -22,6 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench._common import wait_job  # noqa: E402
 os.environ.setdefault("SAEJOBS_MODEL_CACHE", str(Path.home() / ".cache" / "saejobs" / "models"))
 
 
@@ -61,7 +63,6 @@ def warm_vs_cold_worker() -> None:
     import redis
 
     redis.Redis.from_url(os.environ["SAEJOBS_BROKER"]).flushdb()
-    from db import jobs
     from engine import demo
     from engine.models import load_model
     from engine.registry import custom
@@ -84,12 +85,12 @@ def warm_vs_cold_worker() -> None:
     worker = subprocess.Popen([sys.executable, "-m", "worker.main", "--cpu", "--loglevel", "warning"], cwd=ROOT,
                               env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT)
     try:
-        cold_job = _wait(jobs, submit("sweep", params, sae_id=demo.ENTRY.id).id)
+        cold_job = wait_job(submit("sweep", params, sae_id=demo.ENTRY.id).id)
         cold = time.perf_counter() - t0
         warm, warm_load = [], []
         for seed in (43, 44, 45):
             t0 = time.perf_counter()
-            row = _wait(jobs, submit("sweep", {**params, "seeds": [seed]}, sae_id=demo.ENTRY.id).id)
+            row = wait_job(submit("sweep", {**params, "seeds": [seed]}, sae_id=demo.ENTRY.id).id)
             warm.append(time.perf_counter() - t0)
             warm_load.append(_load_phase(row))
     finally:
@@ -131,18 +132,6 @@ def _load_phase(job) -> float:
     start = next(e.at for e in job.events if (e.message or "").startswith("loading SAE"))
     ready = next(e.at for e in job.events if "generations" in (e.message or ""))
     return (ready - start).total_seconds()
-
-
-def _wait(jobs, job_id: str, timeout: float = 600):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        row = jobs.get(job_id)
-        if row.state in ("succeeded", "failed", "cancelled"):
-            if row.state != "succeeded":
-                raise SystemExit(f"bench job {job_id} {row.state}: {row.error}")
-            return row
-        time.sleep(0.02)
-    raise SystemExit(f"bench job {job_id} did not finish")
 
 
 def main() -> None:
