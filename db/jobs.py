@@ -163,6 +163,17 @@ def stale_running(stale_after: float, url: str | None = None) -> list[str]:
         return list(s.scalars(select(Job.id).where(Job.state == "running", Job.heartbeat_at < cutoff)))
 
 
+def waiting_since(seconds: float, url: str | None = None) -> list[tuple[str, str]]:
+    """(id, queue) of queued jobs sent to a queue that have waited longer than ``seconds``."""
+    cutoff = utcnow() - timedelta(seconds=seconds)
+    with session(url) as s:
+        last_change = (select(JobEvent.at).where(JobEvent.job_id == Job.id).order_by(JobEvent.id.desc())
+                       .limit(1).scalar_subquery())
+        rows = s.execute(select(Job.id, Job.queue).where(Job.state == "queued", Job.queue.is_not(None),
+                                                         last_change < cutoff))
+        return [(r[0], r[1]) for r in rows]
+
+
 def listing(*, state: str | None = None, kind: str | None = None, limit: int = 50, url: str | None = None) -> list[Job]:
     with session(url) as s:
         q = select(Job).order_by(Job.created_at.desc()).limit(limit)

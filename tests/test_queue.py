@@ -107,3 +107,15 @@ def test_events_are_one_per_state_change_or_report(db_url, start_worker, tiny_sa
     assert [e.state for e in events].count("succeeded") == 1
     shown = json.loads(saejobs("jobs", "show", job["id"], "--events", "--json").stdout)
     assert len(shown["events"]) == len(events)
+
+
+def test_a_job_whose_message_the_broker_lost_is_sent_again(db_url, start_worker, tiny_sae):
+    """Redis restarted without persistence: the database still says queued, so a worker re-sends it."""
+    from tests.queue_harness import flush
+
+    submitted(saejobs("download", tiny_sae.id, "--source", str(tiny_sae.mirror), "--local", "--json"))
+    job = submitted(saejobs("verify", tiny_sae.id, "--json"))
+    flush()  # the message is gone; the row is still queued
+    start_worker(env={"SAEJOBS_ORPHAN_AFTER": "1"})
+    done = wait_for(lambda: (j := jobs.get(job["id"])).state == "succeeded" and j, 60, "the re-sent job")
+    assert done.attempts == 1

@@ -14,8 +14,10 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 log = logging.getLogger("saejobs.worker")
+ORPHAN_AFTER_S = float(os.environ.get("SAEJOBS_ORPHAN_AFTER", 120))
 
 
 def run_many(gpus: list[int], loglevel: str) -> int:
@@ -76,10 +78,14 @@ class Beat(threading.Thread):
         from tasks.runner import HEARTBEAT_S
 
         workers.register(self.worker, self.queues, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        last_orphan_check = 0.0
         while True:
             try:
                 workers.beat(self.worker)
                 reap()
+                if time.monotonic() - last_orphan_check > ORPHAN_AFTER_S / 2:
+                    last_orphan_check = time.monotonic()
+                    resend_orphans()
             except Exception as e:  # database or broker blinked; try again next beat
                 log.warning("beat failed: %s", e)
             if self._stop_event.wait(HEARTBEAT_S):
@@ -104,6 +110,23 @@ def reap() -> list[str]:
             handed.append(job_id)
             log.warning("job %s: worker lost, requeued", job_id)
     return handed
+
+
+def resend_orphans() -> list[str]:
+    """Send again the queued jobs whose message the broker no longer has (e.g. Redis restarted)."""
+    from db import jobs
+    from tasks.broker import pending_job_ids
+    from tasks.submit import send
+
+    waiting = jobs.waiting_since(ORPHAN_AFTER_S)
+    if not waiting:
+        return []
+    pending = pending_job_ids([j for j, _ in waiting], {q for _, q in waiting})
+    lost = [(j, q) for j, q in waiting if j not in pending]
+    for job_id, queue in lost:
+        log.warning("job %s: queued but its message is not in the broker; sent again", job_id)
+        send(job_id, queue)
+    return [j for j, _ in lost]
 
 
 def main(argv: list[str] | None = None) -> None:
