@@ -90,4 +90,5 @@ def finish(job, as_json: bool) -> None:
             click.echo(f"saejobs: error: job {job.id} {job.state}: {job.error or job.message}", err=True)
         else:
             click.echo(f"saejobs: error: job {job.id} still {job.state} ({job.message})", err=True)
-        sys.exit(EXIT_CODES.get(job.state, 9))
+        code = (job.result or {}).get("exit_code") if job.state == "failed" else None
+        sys.exit(code if isinstance(code, int) and code > 0 else EXIT_CODES.get(job.state, 9))

@@ -35,3 +35,31 @@ def show(ids: tuple[str, ...], as_json: bool) -> None:
     data = [e.to_json() for e in found]
     emit(data[0] if len(data) == 1 else data, as_json,
          lambda: [table(e.id, ["field", "value"], e.to_json().items()) for e in found])
+
+
+@saes.command("available")
+@click.argument("model")
+@click.option("--layer", type=int, help="Only this layer.")
+@json_option
+def available(model: str, layer: int | None, as_json: bool) -> None:
+    """The widths and L0 folders that really exist on the Hub for MODEL (asks the Hub's tree API)."""
+    from engine import hub  # huggingface_hub loads only here
+
+    found = hub.available(model, layer)
+    groups: dict[tuple, list[str]] = {}
+    for f in found:
+        groups.setdefault((f["repo"], f["site"], f["layer"], f["width"]), []).append(str(f["l0"]))
+    emit(found, as_json, lambda: table(f"{len(found)} SAE folders on the Hub for {model}",
+                                       ["repo", "site", "layer", "width", "L0s"],
+                                       ([*k, ", ".join(sorted(v, key=_l0))] for k, v in sorted(groups.items(), key=_order))))
+
+
+def _order(item: tuple) -> tuple:
+    (repo, site, layer, width), _ = item
+    from engine.registry.regenerate import WIDTHS
+
+    return repo, site, layer, WIDTHS.get(width, 0)
+
+
+def _l0(label: str) -> int:
+    return int(label) if label.isdigit() else {"small": 0, "medium": 1, "big": 2}.get(label, 9)

@@ -1,63 +1,263 @@
-"""Fetch an SAE's files from the Hugging Face Hub with ``huggingface_hub`` itself.
+"""Fetch an SAE's files from the Hugging Face Hub with ``huggingface_hub``'s own HEAD and GET.
 
-Honours ``HF_ENDPOINT``, ``HF_TOKEN`` and ``HF_HOME`` as huggingface_hub does. Byte progress comes
-from huggingface_hub's own tqdm hook, forwarded to the job's progress callback.
+Why not ``hf_hub_download``: it deletes its partial file when a transfer fails and never checks the
+sha256, while SAE files are GBs. So the metadata comes from ``get_hf_file_metadata`` (honours
+``HF_ENDPOINT``, ``HF_TOKEN``, ``HF_HOME``; the LFS etag is the sha256) and the bytes from ``http_get``
+into our ``<name>.part``, hashed as they arrive: a dropped connection is resumed with a ``Range``
+request by ``http_get``, and by the job's retry if it keeps dropping. A bad sha256 deletes the file.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlsplit
 
-from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+import httpx2
+from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
+from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, RepositoryNotFoundError,
+                                    RevisionNotFoundError)
+from huggingface_hub.file_download import http_get
+from huggingface_hub.utils import build_hf_headers
 from tqdm.auto import tqdm
 
-from engine.download import sha256_file
-from engine.errors import NotFoundError, SaejobsError, TransientError
+from engine.download import CHUNK, check_disk_space, sha256_file
+from engine.errors import IntegrityError, NotFoundError, TransientError, UsageError
 from engine.registry.entry import SaeEntry
 
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+GS1 = re.compile(r"^(?:.*/)?layer_(?P<layer>\d+)/width_(?P<width>\w+)/average_l0_(?P<l0>\d+)$")
+GS2 = re.compile(r"^(?P<point>resid_post|mlp_out|attn_out)(?:_all)?/layer_(?P<layer>\d+)_width_(?P<width>\w+?)"
+                 r"_l0_(?P<l0>small|medium|big)(?:_seed_\d+)?$")
+PARAMS = ("params.npz", "params.safetensors")
 
-def _progress_tqdm(report: Callable[[int, int | None], None]) -> type[tqdm]:
-    class Reporter(tqdm):
-        def __init__(self, *a, **kw):
-            kw["disable"] = True
-            super().__init__(*a, **kw)
-            self._total = kw.get("total")
 
-        def update(self, n=1):
-            report(n, self._total)
-            return super().update(n)
+def endpoint() -> str | None:
+    """Read at call time: huggingface_hub reads ``HF_ENDPOINT`` once, at import."""
+    return os.environ.get("HF_ENDPOINT") or None
 
-    return Reporter
+
+class _Silent(tqdm):
+    """http_get wants a progress bar; progress is counted by ``_HashingFile`` instead."""
+
+    def __init__(self, *a, **kw):
+        kw["disable"] = True
+        super().__init__(*a, **kw)
+
+
+class _HashingFile:
+    """The ``.part`` file as http_get sees it: hashes and counts what is written, follows its rewinds."""
+
+    def __init__(self, f, step: Callable[[int], None]):
+        self.f, self.step, self.h = f, step, hashlib.sha256()
+        f.seek(0)
+        while chunk := f.read(CHUNK):
+            self.h.update(chunk)
+
+    def write(self, b: bytes) -> int:
+        self.h.update(b)
+        self.step(len(b))
+        return self.f.write(b)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self.f.seek(pos, whence)
+
+    def truncate(self, size: int | None = None) -> int:  # the server ignored Range: starting over
+        pos = self.f.tell() if size is None else size
+        old = os.fstat(self.f.fileno()).st_size
+        self.f.truncate(pos)
+        self.__init__(self.f, self.step)  # re-hash what stays
+        self.f.seek(pos)
+        self.step(pos - old)
+        return pos
+
+
+def _where(entry: SaeEntry, name: str = "") -> str:
+    return "/".join(p for p in (entry.repo_id, entry.folder, name) if p)
+
+
+def _mapped(entry: SaeEntry, name: str, e: Exception) -> Exception:
+    """A huggingface_hub/httpx2 error as a saejobs error: one line, never a token."""
+    where = _where(entry, name)
+    if isinstance(e, GatedRepoError):
+        status = e.response.status_code if e.response is not None else 401
+        if status == 401:
+            return UsageError(f"{entry.repo_id} is gated and no token was sent: accept its licence on the Hub "
+                              "and set HF_TOKEN")
+        return UsageError(f"{entry.repo_id} is gated and this HF_TOKEN has no access: accept its licence on the Hub")
+    if isinstance(e, RevisionNotFoundError):
+        return NotFoundError(f"{entry.repo_id}: revision not found on the Hub")
+    if isinstance(e, EntryNotFoundError):
+        return NotFoundError(_missing_folder_message(entry, name))
+    if isinstance(e, RepositoryNotFoundError):
+        return NotFoundError(f"{entry.repo_id} not found on the Hub (if it is private, set HF_TOKEN)")
+    if isinstance(e, HfHubHTTPError):
+        status = e.response.status_code if e.response is not None else None
+        if status == 401:
+            return UsageError(f"{where}: 401 unauthorized; set HF_TOKEN to a token that can read {entry.repo_id}")
+        if status in (403,):
+            return UsageError(f"{where}: 403 forbidden; HF_TOKEN cannot read {entry.repo_id}")
+        if status is None or status >= 500 or status in (408, 429):
+            return TransientError(f"{where}: the Hub answered HTTP {status}")
+        return UsageError(f"{where}: the Hub answered HTTP {status}")
+    if isinstance(e, (httpx2.TransportError, OSError)):
+        return TransientError(f"{where}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'connection failed'}")
+    return e
+
+
+def _missing_folder_message(entry: SaeEntry, name: str) -> str:
+    others = [f for f in alternatives(entry) if f != entry.folder]
+    shown = ", ".join(others[:12]) + (f" (+{len(others) - 12} more)" if len(others) > 12 else "")
+    what = f"layer {entry.layer}, width {entry.width}"
+    return (f"{_where(entry, name)} does not exist on the Hub; "
+            + (f"folders for {what} there: {shown}" if others else f"no other folder for {what} is known"))
+
+
+def alternatives(entry: SaeEntry) -> list[str]:
+    """Folders of the same layer and width: from the Hub's tree if it answers, else the registry."""
+    try:
+        top = entry.folder.split("/")[0]
+        found = hub_folders(entry.repo_id, top)
+        if found:
+            mine = parse_folder(entry.folder)
+            if mine is None:  # an unknown layout: the folder's siblings
+                parent = entry.folder.rsplit("/", 1)[0]
+                return [f for f in found if f.rsplit("/", 1)[0] == parent]
+            return [f for f in found if (p := parse_folder(f)) and (p["layer"], p["width"], p["site"]) ==
+                    (mine["layer"], mine["width"], mine["site"])]
+    except Exception:  # the listing is a courtesy: fall back to what the registry knows
+        pass
+    from engine import registry
+
+    try:
+        return registry.folders(entry.repo_id, layer=entry.layer, width=entry.width)
+    except Exception:
+        return []
+
+
+def parse_folder(folder: str) -> dict | None:
+    """layer, width, site and L0 label of a Gemma Scope (2) folder name, or None."""
+    if m := GS1.match(folder):
+        return {"layer": int(m["layer"]), "width": m["width"], "site": None, "l0": m["l0"]}
+    if m := GS2.match(folder):
+        return {"layer": int(m["layer"]), "width": m["width"], "site": m["point"], "l0": m["l0"]}
+    return None
+
+
+def hub_folders(repo_id: str, under: str | None = None) -> list[str]:
+    """Folders of a Hub repo (under ``under``) that hold an SAE's params file, via the tree API."""
+    api = HfApi(endpoint=endpoint())
+    files = api.list_repo_tree(repo_id, path_in_repo=under or None, recursive=True)
+    return sorted({f.path.rsplit("/", 1)[0] for f in files if f.path.rsplit("/", 1)[-1] in PARAMS})
+
+
+def available(model: str, layer: int | None = None) -> list[dict]:
+    """The Hub's real SAE folders for a model (repos from the registry), with layer, width and L0."""
+    from engine import registry
+
+    model_id = registry.model_info(model)["id"]
+    out = []
+    for repo_id, rec in registry._data("folders.yaml").items():
+        if rec["model"] != model_id:
+            continue
+        under = f"layer_{layer}" if layer is not None and rec["format"] == "gemma-scope" else None
+        try:
+            found = hub_folders(repo_id, under)
+        except (RepositoryNotFoundError, EntryNotFoundError) as e:
+            if isinstance(e, GatedRepoError):
+                raise _mapped(_stub(repo_id), "", e) from None
+            continue  # this repo (or layer) is not on the Hub
+        except Exception as e:
+            raise _mapped(_stub(repo_id), "", e) from None
+        for folder in found:
+            p = parse_folder(folder)
+            if p and (layer is None or p["layer"] == layer):
+                site = rec.get("site") or {"resid_post": "res", "mlp_out": "mlp", "attn_out": "att"}[p["site"]]
+                out.append({"repo": repo_id, "folder": folder, "site": site, "layer": p["layer"],
+                            "width": p["width"], "l0": p["l0"]})
+    return out
+
+
+def _stub(repo_id: str) -> SaeEntry:
+    return SaeEntry(id=repo_id, model="", model_hf="", repo_id=repo_id, folder="", files=(), format="", site="",
+                    hook_name="", layer=-1, d_model=0, d_sae=0, l0=None, architecture="", width="", neuronpedia_id=None)
+
+
+def _download(url: str, part: Path, size: int | None, headers: dict, step: Callable[[int], None]) -> str:
+    """Bytes of ``url`` appended to ``part`` (resuming from its length); returns the whole file's sha256."""
+    mode = "r+b" if part.exists() else "w+b"
+    with open(part, mode) as raw:
+        if size is not None and raw.seek(0, 2) > size:  # longer than the file: not ours to resume
+            raw.truncate(0)
+        f = _HashingFile(raw, step)
+        offset = raw.seek(0, 2)
+        step(offset)
+        http_get(url, f, resume_size=offset, headers=headers, expected_size=size, tqdm_class=_Silent)
+        raw.flush()
+        os.fsync(raw.fileno())
+        return f.h.hexdigest()
+
+
+def fetch(entry: SaeEntry, dest: Path, progress: Callable[[float, str], None]) -> tuple[dict[str, str], str | None]:
+    """Download the entry's files into ``dest``; returns ({name: sha256}, the Hub's commit hash)."""
+    metas = {}
+    for name in entry.files:
+        url = hub_url(entry, name)
+        try:
+            metas[name] = (url, get_hf_file_metadata(url, endpoint=endpoint()))
+        except Exception as e:
+            raise _mapped(entry, name, e) from None
+    total = sum(m.size or 0 for _, m in metas.values())
+    check_disk_space(dest, total - sum((dest / n).stat().st_size for n in metas if (dest / n).is_file()))
+    done = 0
+
+    def step(n: int) -> None:
+        nonlocal done
+        if not n:
+            return
+        done += n
+        progress(done / total if total else 0.0, f"{done / 1e6:.1f}/{total / 1e6:.1f} MB")
+
+    digests, commit = {}, None
+    for name, (url, meta) in metas.items():
+        commit = commit or meta.commit_hash
+        digests[name] = _fetch_file(entry, name, url, meta, dest, step)
+    return digests, commit
+
+
+def hub_url(entry: SaeEntry, name: str) -> str:
+    return hf_hub_url(entry.repo_id, f"{entry.folder}/{name}", endpoint=endpoint())
+
+
+def _fetch_file(entry: SaeEntry, name: str, url: str, meta, dest: Path, step: Callable[[int], None]) -> str:
+    final, part = dest / name, dest / f"{name}.part"
+    expected = meta.etag if meta.etag and SHA256.match(meta.etag) else None  # LFS: the etag is the sha256
+    if final.is_file() and final.stat().st_size == meta.size:
+        digest = sha256_file(final)
+        if expected is None or digest == expected:  # already here and right: no transfer
+            step(meta.size)
+            return digest
+    headers = build_hf_headers()
+    if urlsplit(meta.location)[:2] != urlsplit(url)[:2]:
+        headers.pop("authorization", None)  # a CDN's signed URL: the token stays with the Hub
+    try:
+        digest = _download(meta.location, part, meta.size, headers, step)
+    except Exception as e:
+        raise _mapped(entry, name, e) from None
+    if expected and digest != expected:
+        part.unlink(missing_ok=True)
+        raise IntegrityError(f"{_where(entry, name)}: sha256 {digest[:12]}… differs from the Hub's {expected[:12]}…; "
+                             "bad download deleted")
+    os.replace(part, final)
+    return digest
 
 
 def fetch_from_hub(entry: SaeEntry, dest: Path, progress: Callable[[float, str], None]) -> dict[str, str]:
-    root = dest
-    for _ in Path(entry.folder).parts:
-        root = root.parent
-    done = 0
-
-    def report(n: int, total: int | None) -> None:
-        nonlocal done
-        done += n
-        progress(done / total if total else 0.0, f"{done / 1e6:.1f} MB")
-
-    digests = {}
-    for name in entry.files:
-        try:
-            path = hf_hub_download(entry.repo_id, f"{entry.folder}/{name}", local_dir=root,
-                                   tqdm_class=_progress_tqdm(report))
-        except (EntryNotFoundError, RepositoryNotFoundError) as e:
-            raise NotFoundError(f"{entry.repo_id}/{entry.folder}/{name} not found on the Hub ({type(e).__name__})") from None
-        except GatedRepoError:
-            raise SaejobsError(f"{entry.repo_id} is gated: accept its licence on the Hub and set HF_TOKEN") from None
-        except HfHubHTTPError as e:
-            status = getattr(e.response, "status_code", None)
-            if status == 401:
-                raise SaejobsError(f"{entry.repo_id}: 401 unauthorized; set HF_TOKEN to a token that can read it") from None
-            raise TransientError(f"{entry.repo_id}/{entry.folder}/{name}: HTTP {status}") from None
-        except (OSError, ConnectionError) as e:
-            raise TransientError(f"{entry.repo_id}/{entry.folder}/{name}: {type(e).__name__}: {e}") from None
-        digests[name] = sha256_file(Path(path))
-    return digests
+    """``fetch`` without the commit hash (the signature tasks have always used)."""
+    return fetch(entry, dest, progress)[0]

@@ -1,4 +1,4 @@
-"""Download job: the registry's files for one SAE, into the cache, checked, recorded."""
+"""Download job: the registry's files for one SAE, into the cache, checked, recorded (under the folder lock)."""
 
 from __future__ import annotations
 
@@ -16,15 +16,15 @@ def run(ctx) -> dict:
         if saes.present(row, entry) and Path(row.local_path) == dest:
             ctx.progress(1.0, "already present and verified; nothing transferred", force=True)
             return {"sae": entry.id, "path": str(dest), "files": row.files, "transferred_bytes": 0}
-        source = ctx.params.get("source")
+        source, revision = ctx.params.get("source"), None
         if source:
             digests = download.fetch_from_mirror(entry, Path(source), dest, ctx.progress)
         else:
-            from engine.hub import fetch_from_hub
+            from engine import hub  # huggingface_hub loads only for Hub downloads
 
-            digests = fetch_from_hub(entry, dest, ctx.progress)
-    files = {name: {"sha256": d, "size": (dest / name).stat().st_size} for name, d in digests.items()}
-    saes.record_download(entry, dest, files)
+            digests, revision = hub.fetch(entry, dest, ctx.progress)
+        files = {name: {"sha256": d, "size": (dest / name).stat().st_size} for name, d in digests.items()}
+        saes.record_download(entry, dest, files, revision=revision)
     ctx.progress(1.0, "downloaded", force=True)
     return {"sae": entry.id, "path": str(dest), "files": files,
             "transferred_bytes": sum(f["size"] for f in files.values())}

@@ -93,8 +93,9 @@ def execute(job_id: str, worker: Worker) -> str:
     except TransientError as e:
         jobs.requeue(job_id, f"transient error, will retry: {e}")
         return "transient"
-    except SaejobsError as e:
-        jobs.finish(job_id, "failed", worker=worker.name, error=str(e))
+    except SaejobsError as e:  # the error's class decides the CLI's exit code (2 usage, 3 integrity, ...)
+        jobs.finish(job_id, "failed", worker=worker.name, error=str(e),
+                    result={"error_type": type(e).__name__, "exit_code": e.exit_code})
         return "failed"
     except Exception as e:  # a bug: keep the traceback in the log, a readable line in the row
         log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
