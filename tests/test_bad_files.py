@@ -51,5 +51,5 @@ def test_sweep_on_a_broken_sae_fails_with_the_reason(home):
     corrupt(local_folder(sae.entry), "transposed")
     res = saejobs("sweep", "--sae", sae.id, "--feature", "1", "--strength", "1", "--prompt", "x", "--model",
                   "gemma-3-270m-gguf", "--local", "--quiet")
-    assert res.returncode == 1
+    assert res.returncode == 3  # FormatError's code, from the failed job's row
     assert "transposed?" in res.stderr and len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr

@@ -50,7 +50,7 @@ def test_enqueue_run_succeed_with_progress(db_url, start_worker, tiny_sae):
 def test_a_failed_job_can_be_retried(db_url, start_worker, tiny_sae):
     start_worker()
     res = saejobs("verify", tiny_sae.id, "--wait", "--json")
-    assert res.returncode == 1
+    assert res.returncode == 2  # the error's own code: NotFoundError
     failed = json.loads(res.stdout)
     assert failed["state"] == "failed" and "not downloaded" in failed["error"]
     assert "not downloaded" in res.stderr and "Traceback" not in res.stderr
