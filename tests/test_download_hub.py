@@ -176,3 +176,16 @@ def test_saes_available_lists_the_hubs_widths_and_l0s(home, hub, tmp_path):
                                                                ("65k", "61", "res")}
     text = saejobs("saes", "available", "gemma-2-2b", "--layer", "20").stdout
     assert "71, 139" in text
+
+
+def test_a_gemma_scope_2_folder_downloads_its_safetensors_and_config_json(db, home, hub):
+    """config.json is a small git file (its ETag is a git sha1, not a sha256): fetched, not 'corrupt'."""
+    sae = make(home, fmt="gemma-scope-2", d_model=64, d_sae=512)
+    hub.add_folder(sae.entry.repo_id, sae.entry.folder, sae.mirror_folder)
+    res = saejobs("download", sae.id, "--local", "--json")
+    assert res.returncode == 0, res.stderr
+    files = json.loads(res.stdout)["result"]["files"]
+    assert set(files) == {"params.safetensors", "config.json"}
+    for name, f in files.items():
+        assert f["sha256"] == hashlib.sha256((sae.mirror_folder / name).read_bytes()).hexdigest()
+    assert {r.path.rsplit("/", 1)[-1] for r in hub.requests("GET")} >= {"config.json"}
