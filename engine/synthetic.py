@@ -55,3 +55,23 @@ def gemma_scope_2_config(entry: SaeEntry) -> dict:
         "att": f"model.layers.{entry.layer}.self_attn.o_proj.input",
     }[entry.site]
     return {"architecture": "jump_relu", "model_name": entry.model_hf.removeprefix("google/"), "hf_hook_point_in": hf_point}
+
+
+def from_activations(acts: torch.Tensor, l0: float, directions: int) -> dict[str, np.ndarray]:
+    """A JumpReLU dictionary built from a model's own activations (N, d_model), known by construction.
+
+    Features are ± the top ``directions`` principal axes of ``acts`` (so d_sae = 2 * directions),
+    ``b_enc`` centres on the mean and ``b_dec`` adds it back, and one threshold is set so that on
+    ``acts`` a token fires ``l0`` features on average (at most one of each ± pair fires). It
+    reconstructs activations from the same distribution well and others poorly: what verify needs.
+    """
+    x = acts.detach().double().cpu()
+    mu = x.mean(0)
+    _, _, vh = torch.linalg.svd(x - mu, full_matrices=False)
+    v = vh[:directions]
+    proj = ((x - mu) @ v.T).abs().flatten()
+    threshold = float(torch.quantile(proj, 1 - l0 / directions)) if l0 < directions else 0.0
+    w_dec = torch.cat([v, -v])
+    as32 = lambda t: np.ascontiguousarray(t.float().numpy())  # noqa: E731
+    return {"W_enc": as32(w_dec.T), "W_dec": as32(w_dec), "b_enc": as32(-(mu @ w_dec.T)), "b_dec": as32(mu),
+            "threshold": np.full(2 * directions, threshold, dtype=np.float32)}

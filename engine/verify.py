@@ -93,3 +93,64 @@ def _check_config(entry: SaeEntry, folder: Path, report: Report) -> None:
     model_name = str(config.get("model_name", ""))
     if model_name and size not in model_name:
         report.fail(f"config.json model_name '{model_name}' is not {entry.model_hf}")
+
+
+# Verdict bounds for the functional checks. Heuristic, chosen to be wide: the registry's L0 was measured
+# by Google on The Pile with 1024-token contexts, ours on a short public-domain text in 128-token windows.
+L0_PASS, L0_WARN = 2.0, 3.0  # measured/expected L0 within ×÷2 passes, within ×÷3 warns, else fails
+FVU_WARN, FVU_FAIL = 0.5, 1.0  # 1.0 = no better than predicting the mean activation
+DELTA_LOSS_WARN, DELTA_LOSS_FAIL = 1.0, 2.5  # nats per token
+RECOVERED_WARN, RECOVERED_FAIL = 0.8, 0.5  # share of the zero-ablation loss gap the SAE recovers
+
+
+def hook_width(lm, site: str) -> int:
+    """The activation width at an SAE's site: n_heads * head_dim for attention z, else d_model."""
+    cfg = lm.config
+    if site == "att":
+        return cfg.num_attention_heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+    return cfg.hidden_size
+
+
+def check_pairing(entry: SaeEntry, sae, lm) -> None:
+    """Refuse an SAE on a model whose activation at its hook has another width, before any compute."""
+    from engine.errors import UsageError
+
+    width = hook_width(lm, entry.site)
+    if sae.d_model != width:
+        raise UsageError(f"SAE {entry.id} has d_in {sae.d_model} but {lm.model_id} has width {width} at "
+                         f"{entry.hook_name}: wrong model for this SAE?")
+
+
+def functional(report: Report, entry: SaeEntry, sae, lm, *, max_tokens: int = 2048, context: int = 128,
+               progress: Callable[[float, str], None] = lambda f, m: None) -> Report:
+    """Measure the SAE on the bundled text at its hook and judge the numbers against the expectation."""
+    from engine import evaluate
+
+    ids = evaluate.windows(lm.tokenizer, context=context)[: max(1, max_tokens // context)]
+    m = evaluate.evaluate(lm, sae, entry.hook_name, ids, progress=progress)
+    report.metrics["functional"] = {**m.as_dict(), "hook": entry.hook_name, "model": lm.model_id,
+                                    "text": evaluate.EVAL_SOURCE, "context": context,
+                                    "expected_l0": entry.l0}
+    if entry.l0:
+        ratio = m.l0 / entry.l0
+        said = f"L0 {m.l0:.1f} vs {entry.l0:g} expected (×{ratio:.2f})"
+        if not 1 / L0_WARN <= ratio <= L0_WARN:
+            report.fail(f"{said}: outside ×÷{L0_WARN:g}; wrong layer or model?")
+        elif not 1 / L0_PASS <= ratio <= L0_PASS:
+            report.warn(f"{said}: outside ×÷{L0_PASS:g}")
+    else:
+        report.warn(f"no expected L0 in the registry; measured {m.l0:.1f}")
+    _bound(report, "FVU", m.fvu, FVU_WARN, FVU_FAIL, "{:.3f}")
+    _bound(report, "delta loss", m.delta_loss, DELTA_LOSS_WARN, DELTA_LOSS_FAIL, "{:.3f} nats")
+    if m.loss_recovered < RECOVERED_FAIL:
+        report.fail(f"loss recovered {m.loss_recovered:.2f} < {RECOVERED_FAIL} (zero ablation would be nearly as good)")
+    elif m.loss_recovered < RECOVERED_WARN:
+        report.warn(f"loss recovered {m.loss_recovered:.2f} < {RECOVERED_WARN}")
+    return report
+
+
+def _bound(report: Report, name: str, value: float, warn: float, fail: float, fmt: str) -> None:
+    if not value <= fail:  # NaN fails too
+        report.fail(f"{name} {fmt.format(value)} > {fail}")
+    elif value > warn:
+        report.warn(f"{name} {fmt.format(value)} > {warn}")

@@ -10,9 +10,10 @@ from pathlib import Path
 
 from db import results, saes
 from engine import provenance, registry
-from engine.errors import NotFoundError, UsageError
+from engine.errors import NotFoundError
 from engine.generate import SAMPLING_SEMANTICS
 from engine.sweep import Runner, Settings, chunks, default_batch_size, load_vector, plan
+from engine.verify import check_pairing
 
 
 def run(ctx) -> dict:
@@ -37,9 +38,7 @@ def run(ctx) -> dict:
     sae = ctx.worker.cache.sae(entry, row.local_path)
     ctx.progress(0.0, f"loading model {source}", force=True)
     lm = ctx.worker.cache.model(source, getattr(torch, p["dtype"]))
-    if sae.d_model != _hook_width(lm, entry):
-        raise UsageError(f"SAE {entry.id} has d_in {sae.d_model} but {source} has width {_hook_width(lm, entry)} "
-                         f"at {entry.hook_name}: wrong model for this SAE?")
+    check_pairing(entry, sae, lm)
     runner = Runner(lm, sae, entry.hook_name, settings, vectors)
 
     prov = {"sae_sha256": sae_sha, "sae_path": row.local_path, "model": lm.model_id, "model_source": source,
@@ -71,9 +70,3 @@ def _params_sha256(files: dict | None) -> str | None:
             return files[name]["sha256"]
     return None
 
-
-def _hook_width(lm, entry) -> int:
-    cfg = lm.model.config.get_text_config()
-    if entry.site == "att":
-        return cfg.num_attention_heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
-    return cfg.hidden_size

@@ -1,21 +1,38 @@
-"""Verify job: structural checks of a downloaded SAE, recorded with their evidence."""
+"""Verify job: structural checks of a downloaded SAE, then (unless structural only) its behaviour on
+real text through the worker's cached model; the verdict is recorded with its evidence."""
 
 from __future__ import annotations
 
 from db import results, saes
 from engine import provenance, registry
 from engine.errors import NotFoundError
-from engine.verify import structural
+from engine.verify import check_pairing, functional, structural
 
 
 def run(ctx) -> dict:
-    entry = registry.get(ctx.params["sae"])
+    p = ctx.params
+    entry = registry.get(p["sae"])
     row = saes.get(entry.id)
-    folder = ctx.params.get("path") or (row.local_path if row else None)
+    folder = p.get("path") or (row.local_path if row else None)
     if not folder:
         raise NotFoundError(f"SAE '{entry.id}' is not downloaded; run `saejobs download {entry.id}` first")
-    report = structural(entry, folder, row.files if row else None, ctx.progress)
+    structural_only = p.get("structural_only", False)
+    share = 1.0 if structural_only else 0.2
+    report = structural(entry, folder, row.files if row else None, lambda f, m: ctx.progress(share * f, m))
     prov = {"sae_sha256": report.metrics.get("sha256"), "path": str(folder), "versions": provenance.versions()}
+    if report.verdict != "FAIL" and not structural_only:
+        import torch
+
+        source = p.get("model") or entry.model_hf
+        sae = ctx.worker.cache.sae(entry, folder)
+        ctx.progress(share, f"loading model {source}", force=True)
+        lm = ctx.worker.cache.model(source, getattr(torch, p.get("dtype", "float32")))
+        check_pairing(entry, sae, lm)
+        functional(report, entry, sae, lm, max_tokens=p.get("max_tokens", 2048),
+                   progress=lambda f, m: ctx.progress(share + (1 - share) * f, m))
+        prov.update(model=lm.model_id, model_source=source, model_revision=lm.revision,
+                    dtype=str(lm.dtype).removeprefix("torch."), device=str(lm.device))
     results.record_verification(ctx.job.id, entry.id, report.verdict, report.reasons, report.metrics, prov)
     ctx.progress(1.0, f"verdict {report.verdict}", force=True)
-    return {"sae": entry.id, "verdict": report.verdict, "reasons": report.reasons}
+    return {"sae": entry.id, "verdict": report.verdict, "reasons": report.reasons,
+            "functional": report.metrics.get("functional")}

@@ -43,13 +43,13 @@ def test_enqueue_run_succeed_with_progress(db_url, start_worker, tiny_sae):
         row = s.get(Sae, tiny_sae.id)
         assert row.files["params.npz"]["size"] == (tiny_sae.mirror_folder / "params.npz").stat().st_size
 
-    res = saejobs("verify", tiny_sae.id, "--wait", "--json")
+    res = saejobs("verify", tiny_sae.id, "--structural-only", "--wait", "--json")
     assert submitted(res)["result"]["verdict"] == "PASS"
 
 
 def test_a_failed_job_can_be_retried(db_url, start_worker, tiny_sae):
     start_worker()
-    res = saejobs("verify", tiny_sae.id, "--wait", "--json")
+    res = saejobs("verify", tiny_sae.id, "--structural-only", "--wait", "--json")
     assert res.returncode == 2  # the error's own code: NotFoundError
     failed = json.loads(res.stdout)
     assert failed["state"] == "failed" and "not downloaded" in failed["error"]
@@ -63,7 +63,7 @@ def test_a_failed_job_can_be_retried(db_url, start_worker, tiny_sae):
 def test_two_workers_share_one_database(db_url, start_worker, tiny_sae):
     submitted(saejobs("download", tiny_sae.id, "--source", str(tiny_sae.mirror), "--local", "--json"))
     a, b = start_worker(), start_worker()
-    ids = [submitted(saejobs("verify", tiny_sae.id, "--json"))["id"] for _ in range(16)]
+    ids = [submitted(saejobs("verify", tiny_sae.id, "--structural-only", "--json"))["id"] for _ in range(16)]
     wait_for(lambda: all(jobs.get(i).state == "succeeded" for i in ids), 180, "16 verify jobs")
     with session() as s:
         by = set(s.scalars(select(Job.worker).where(Job.id.in_(ids))))
@@ -74,7 +74,7 @@ def test_two_workers_share_one_database(db_url, start_worker, tiny_sae):
 
 def test_broker_unreachable_fails_fast_and_leaves_nothing_queued(db_url, tiny_sae):
     t0 = time.monotonic()
-    res = saejobs("verify", tiny_sae.id, env={"SAEJOBS_BROKER": "redis://127.0.0.1:1/0"}, timeout=30)
+    res = saejobs("verify", tiny_sae.id, "--structural-only", env={"SAEJOBS_BROKER": "redis://127.0.0.1:1/0"}, timeout=30)
     elapsed = time.monotonic() - t0
     assert res.returncode == 6, res.stderr
     lines = res.stderr.strip().splitlines()
@@ -114,7 +114,7 @@ def test_a_job_whose_message_the_broker_lost_is_sent_again(db_url, start_worker,
     from tests.queue_harness import flush
 
     submitted(saejobs("download", tiny_sae.id, "--source", str(tiny_sae.mirror), "--local", "--json"))
-    job = submitted(saejobs("verify", tiny_sae.id, "--json"))
+    job = submitted(saejobs("verify", tiny_sae.id, "--structural-only", "--json"))
     flush()  # the message is gone; the row is still queued
     start_worker(env={"SAEJOBS_ORPHAN_AFTER": "1"})
     done = wait_for(lambda: (j := jobs.get(job["id"])).state == "succeeded" and j, 60, "the re-sent job")

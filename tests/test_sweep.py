@@ -22,8 +22,7 @@ PROMPTS = ["Once upon a time", "The weather today is", "My favourite thing about
 @pytest.fixture(scope="module")
 def demo_sae(gemma3, tmp_path_factory):
     mirror = tmp_path_factory.mktemp("mirror")
-    ids = [gemma3.tokenizer(w, add_special_tokens=False).input_ids[0] for w in demo.WORDS]
-    folder = demo.build(gemma3.model.get_input_embeddings().weight.detach().numpy(), ids, mirror)
+    folder = demo.build(gemma3, mirror)
     return load_sae(demo.ENTRY, folder)
 
 
@@ -115,8 +114,7 @@ def test_sweep_job_end_to_end_and_results_views(home, gemma3, tmp_path):
     from engine.registry import custom
 
     mirror = tmp_path / "mirror"
-    ids = [gemma3.tokenizer(w, add_special_tokens=False).input_ids[0] for w in demo.WORDS]
-    demo.build(gemma3.model.get_input_embeddings().weight.detach().numpy(), ids, mirror)
+    demo.build(gemma3, mirror)
     custom.write([demo.ENTRY], "demo")
     cli_ = CliRunner()
     r = cli_.invoke(cli, ["download", demo.ENTRY.id, "--source", str(mirror), "--local", "--json"])
