@@ -24,6 +24,7 @@ from engine.registry.entry import SaeEntry
 
 CONVERTED_FILE = "saejobs.safetensors"
 CONVERTED_VERSION = "1"
+SPARSE_BELOW = 1 / 32  # active share under which gathering decoder rows beats the dense matmul (bench/encode.py)
 
 
 class JumpReLUSAE(torch.nn.Module):
@@ -32,6 +33,7 @@ class JumpReLUSAE(torch.nn.Module):
         self.entry = entry
         for name in PARAM_NAMES:
             self.register_buffer(name, params[name])
+        self.register_buffer("threshold_floor", self.threshold.clamp(min=0), persistent=False)
 
     @property
     def d_model(self) -> int:
@@ -42,11 +44,28 @@ class JumpReLUSAE(torch.nn.Module):
         return self.W_enc.shape[1]
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        pre = x @ self.W_enc + self.b_enc
-        return torch.relu(pre) * (pre > self.threshold)
+        """``relu(pre) * (pre > threshold)`` with the bias added and the mask applied in place.
+
+        Bit-exact with the formula: the same matmul then add (a fused addmm rounds differently and
+        flips the odd value sitting at its threshold); with the threshold floored at 0, ``pre <= floor``
+        zeroes what relu or the threshold would, and NaN stays NaN.
+        """
+        flat = x.reshape(-1, x.shape[-1])
+        pre = flat @ self.W_enc
+        pre += self.b_enc
+        return pre.masked_fill_(pre <= self.threshold_floor, 0).view(*x.shape[:-1], -1)
 
     def decode(self, acts: torch.Tensor) -> torch.Tensor:
-        return acts @ self.W_dec + self.b_dec
+        """``acts @ W_dec + b_dec``; on the CPU a sparse batch sums only its active decoder rows."""
+        flat = acts.reshape(-1, acts.shape[-1])
+        if flat.device.type == "cpu" and flat.numel() and int(torch.count_nonzero(flat)) < SPARSE_BELOW * flat.numel():
+            rows, cols = flat.nonzero(as_tuple=True)  # row-major: rows ascending
+            offsets = torch.searchsorted(rows, torch.arange(flat.shape[0], device=rows.device))
+            out = torch.nn.functional.embedding_bag(cols, self.W_dec, offsets, mode="sum",
+                                                    per_sample_weights=flat[rows, cols]) + self.b_dec
+        else:
+            out = torch.addmm(self.b_dec, flat, self.W_dec)
+        return out.view(*acts.shape[:-1], -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
