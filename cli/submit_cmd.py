@@ -125,6 +125,16 @@ def _ints(ctx, param, value):
 @click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(0))
 @click.option("--freq-penalty", default=0.0, show_default=True, type=float,
               help="TransformerLens-era frequency penalty (no effect at temperature 0).")
+@click.option("--sampling", "sampling_semantics", default="transformerlens", show_default=True,
+              type=click.Choice(["transformerlens", "interp-engine"]),
+              help="Sampling semantics: Neuronpedia's TransformerLens-era server, or interp-engine (its server today).")
+@click.option("--presence-penalty", default=0.0, show_default=True, type=float,
+              help="interp-engine: subtracted once from every token generated so far (applies when greedy too).")
+@click.option("--top-k", default=0, show_default=True, type=click.IntRange(0), help="interp-engine: 0 = off.")
+@click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="interp-engine: 1 = off.")
+@click.option("--steer-special-tokens/--no-steer-special-tokens", default=True, show_default=True,
+              help="Steer the prompt's special tokens (BOS, ...) too, as Neuronpedia's steer_special_tokens.")
 @click.option("--strength-multiplier", default=1.0, show_default=True, type=float)
 @click.option("--method", default="SIMPLE_ADDITIVE", show_default=True,
               type=click.Choice(["SIMPLE_ADDITIVE", "ORTHOGONAL_DECOMP"], case_sensitive=False))
@@ -137,9 +147,15 @@ def _ints(ctx, param, value):
 @click.option("--batch-size", type=click.IntRange(1), help="Configurations per batched generation (default: fits memory).")
 @submission
 def sweep(sae, features, vectors, strengths, prompts, prompts_file, seeds, n_tokens, temperature, freq_penalty,
-          strength_multiplier, method, normalize, combine, n_logprobs, model_source, dtype, batch_size):
+          sampling_semantics, presence_penalty, top_k, top_p, steer_special_tokens, strength_multiplier, method,
+          normalize, combine, n_logprobs, model_source, dtype, batch_size):
     """Steering sweep: features × strengths × prompts × seeds, plus DEFAULT per prompt × seed."""
     from engine import registry
+    from engine.sweep import Settings
+
+    sampling = {"sampling_semantics": sampling_semantics, "presence_penalty": presence_penalty, "top_k": top_k,
+                "top_p": top_p, "steer_special_tokens": steer_special_tokens}
+    Settings(freq_penalty=freq_penalty, **sampling)  # refuses a mix of the two semantics before anything is queued
 
     entry = registry.get(sae)
     prompts = list(prompts)
@@ -157,7 +173,7 @@ def sweep(sae, features, vectors, strengths, prompts, prompts_file, seeds, n_tok
         "vectors": [str(v.resolve()) for v in vectors], "strengths": strengths, "prompts": prompts,
         "seeds": seeds or [42], "n_tokens": n_tokens, "temperature": temperature, "freq_penalty": freq_penalty,
         "strength_multiplier": strength_multiplier, "method": method.upper(), "normalize": normalize,
-        "combine": combine, "n_logprobs": n_logprobs, "dtype": dtype, "batch_size": batch_size,
+        "combine": combine, "n_logprobs": n_logprobs, "dtype": dtype, "batch_size": batch_size, **sampling,
     }
     return "sweep", params, entry.id
 

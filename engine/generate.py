@@ -3,10 +3,17 @@
 Rows are left-padded; padding is masked out of attention and position ids count only real tokens,
 so a row's logits do not depend on its neighbours. Each row samples from its own ``torch.Generator``
 seeded with its seed, drawing as ``torch.manual_seed(seed)`` + one categorical sample per step would,
-so a row's text does not depend on the batch either. Sampling follows TransformerLens 4.3
-``utilities/logits_utils.py:sample_logits`` (Neuronpedia's TransformerLens-era server): temperature 0
-is argmax; otherwise ``logits / temperature`` minus ``freq_penalty * bincount(tokens so far)``, then a
-float32 categorical sample.
+so a row's text does not depend on the batch either. Two sampling semantics, recorded with each run:
+
+- ``transformerlens`` (Neuronpedia's TransformerLens-era server; TransformerLens 4.3
+  ``utilities/logits_utils.py:sample_logits``): temperature 0 is argmax; otherwise ``logits /
+  temperature`` minus ``freq_penalty * bincount(tokens so far, prompt included)``, then a float32
+  categorical sample (``torch.multinomial`` with replacement, as ``Categorical.sample`` draws).
+- ``interp-engine`` (Neuronpedia's server today; interp-engine 1.14 ``steer.py:_sample_next``): the
+  presence penalty is subtracted once from every token generated so far (not the prompt's), before
+  the greedy shortcut; then ``/ temperature``, top-k, softmax, top-p, and ``torch.multinomial(probs,
+  1)`` without replacement, drawing from the row's generator exactly as interp-engine draws from the
+  global one after ``torch.manual_seed(seed)``.
 """
 
 from __future__ import annotations
@@ -19,7 +26,11 @@ import torch
 
 from engine.hooks import hook
 
-SAMPLING_SEMANTICS = "transformerlens-4.3 sample_logits (temperature, freq_penalty); per-row torch.Generator(seed)"
+SAMPLING_SEMANTICS = {
+    "transformerlens": "transformerlens-4.3 sample_logits (temperature, freq_penalty); per-row torch.Generator(seed)",
+    "interp-engine": "interp-engine-1.14 _sample_next (presence_penalty, temperature, top_k, top_p); "
+                     "per-row torch.Generator(seed)",
+}
 
 
 @dataclass
@@ -42,6 +53,10 @@ class Sampling:
     freq_penalty: float = 0.0
     n_logprobs: int = 0
     stop_at_eos: bool = True
+    semantics: str = "transformerlens"  # a key of SAMPLING_SEMANTICS
+    presence_penalty: float = 0.0  # interp-engine semantics only
+    top_k: int = 0  # interp-engine semantics only; 0 = off
+    top_p: float = 1.0  # interp-engine semantics only; 1 = off
     extra: dict = field(default_factory=dict)
 
 
@@ -91,7 +106,7 @@ def generate(lm, rows: list[Row], sampling: Sampling, *, hook_name: str | None =
         cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         for step in range(sampling.n_tokens):
             logits = res.logits[:, -1, :].float().cpu()
-            nxt = _choose(logits, sampling, gens, counts)
+            nxt = _choose(logits, sampling, gens, counts, [o.token_ids for o in out])
             for b in range(B):
                 if done[b]:
                     continue
@@ -114,7 +129,10 @@ def generate(lm, rows: list[Row], sampling: Sampling, *, hook_name: str | None =
     return out
 
 
-def _choose(logits: torch.Tensor, s: Sampling, gens: list[torch.Generator], counts: torch.Tensor | None) -> torch.Tensor:
+def _choose(logits: torch.Tensor, s: Sampling, gens: list[torch.Generator], counts: torch.Tensor | None,
+            generated: list[list[int]]) -> torch.Tensor:
+    if s.semantics == "interp-engine":
+        return torch.tensor([_interp_engine_next(logits[b], s, gens[b], generated[b]) for b in range(logits.shape[0])])
     if s.temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits / s.temperature
@@ -126,6 +144,27 @@ def _choose(logits: torch.Tensor, s: Sampling, gens: list[torch.Generator], coun
         probs = torch.softmax(normed, dim=-1)
         picks.append(torch.multinomial(probs[None, :], 1, True, generator=gens[b])[0, 0])
     return torch.stack(picks)
+
+
+def _interp_engine_next(logits: torch.Tensor, s: Sampling, gen: torch.Generator, generated: list[int]) -> int:
+    """interp-engine 1.14 ``_sample_next`` for one row, with the row's generator in place of the global one."""
+    if s.presence_penalty and generated:
+        logits = logits.clone()
+        logits[torch.tensor(sorted(set(generated)))] -= s.presence_penalty
+    if s.temperature <= 0:
+        return int(logits.argmax().item())
+    logits = logits / s.temperature
+    if s.top_k:
+        kth = torch.topk(logits, s.top_k).values[..., -1, None]
+        logits = torch.where(logits < kth, torch.full_like(logits, float("-inf")), logits)
+    probs = torch.nn.functional.softmax(logits, dim=-1)
+    if s.top_p and s.top_p < 1.0:
+        sorted_probs, sorted_idx = torch.sort(probs, descending=True)
+        cum = torch.cumsum(sorted_probs, dim=-1)
+        sorted_probs[cum - sorted_probs > s.top_p] = 0.0
+        sorted_probs = sorted_probs / sorted_probs.sum()
+        return int(sorted_idx[torch.multinomial(sorted_probs, 1, generator=gen)].item())
+    return int(torch.multinomial(probs, 1, generator=gen).item())
 
 
 def _token_counts(rows: list[Row], lm, s: Sampling) -> torch.Tensor | None:

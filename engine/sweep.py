@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from engine.errors import FormatError, UsageError
-from engine.generate import Generated, Row, Sampling, generate, output_text, prompt_ids
+from engine.generate import SAMPLING_SEMANTICS, Generated, Row, Sampling, generate, output_text, prompt_ids
 from engine.steering import BatchSteering, Steer, coefficient, prepare_vector
 
 
@@ -32,9 +32,27 @@ class Settings:
     temperature: float = 0.0
     freq_penalty: float = 0.0
     n_logprobs: int = 0
+    sampling_semantics: str = "transformerlens"  # or "interp-engine" (engine.generate)
+    presence_penalty: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    steer_special_tokens: bool = True
+
+    def __post_init__(self) -> None:
+        if self.sampling_semantics not in SAMPLING_SEMANTICS:
+            raise UsageError(f"unknown sampling semantics '{self.sampling_semantics}'; expected one of "
+                             f"{', '.join(SAMPLING_SEMANTICS)}")
+        if self.sampling_semantics == "transformerlens" and (self.presence_penalty or self.top_k or self.top_p != 1.0):
+            raise UsageError("presence_penalty, top_k and top_p belong to interp-engine sampling; "
+                             "add --sampling interp-engine")
+        if self.sampling_semantics == "interp-engine" and self.freq_penalty:
+            raise UsageError("freq_penalty is TransformerLens-era sampling (interp-engine ignores it); "
+                             "use --presence-penalty with --sampling interp-engine")
 
     def sampling(self) -> Sampling:
-        return Sampling(self.n_tokens, self.temperature, self.freq_penalty, self.n_logprobs)
+        return Sampling(self.n_tokens, self.temperature, self.freq_penalty, self.n_logprobs,
+                        semantics=self.sampling_semantics, presence_penalty=self.presence_penalty, top_k=self.top_k,
+                        top_p=self.top_p)
 
 
 @dataclass(frozen=True)
@@ -49,10 +67,13 @@ class Config:
         return {"type": self.type, "features": [dict(f) for f in self.features], "prompt": self.prompt, "seed": self.seed}
 
 
+STEERING_ONLY = ("method", "normalize", "strength_multiplier", "steer_special_tokens")  # not part of a DEFAULT's key
+
+
 def config_key(cfg: Config, settings: Settings, steering_id: str) -> str:
     """Hash of everything that determines the output; ``steering_id`` names the SAE/vectors used."""
     payload = {**cfg.to_json(), "settings": asdict(settings) if cfg.type == "STEERED" else
-               {k: v for k, v in asdict(settings).items() if k not in ("method", "normalize", "strength_multiplier")},
+               {k: v for k, v in asdict(settings).items() if k not in STEERING_ONLY},
                "steering": steering_id if cfg.type == "STEERED" else None}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -121,10 +142,29 @@ class Runner:
     def run(self, configs: list[Config]) -> list[tuple[Config, Generated, str]]:
         """One batched generation for all ``configs``: (config, generated tokens, output text) each."""
         rows = [Row(self.prompt_ids(c.prompt), c.seed) for c in configs]
-        steering = BatchSteering([self.steers(c) for c in configs], self.width, self.settings.method)
+        keep = None if self.settings.steer_special_tokens else self._non_special(rows)
+        steering = BatchSteering([self.steers(c) for c in configs], self.width, self.settings.method, keep)
         gens = generate(self.lm, rows, self.settings.sampling(), hook_name=self.hook_name,
                         steer=steering if steering.active else None)
         return [(c, g, output_text(self.lm.tokenizer, r.prompt_ids, g.token_ids)) for c, r, g in zip(configs, rows, gens)]
+
+    def _non_special(self, rows: list[Row]) -> torch.Tensor:
+        """(B, T) 0 at the prompts' special tokens in the left-padded layout generate() builds, else 1.
+
+        Special = the tokenizer's ``all_special_ids`` plus its BOS/EOS/PAD ids, as interp-engine's
+        ``special_token_ids`` has it (what Neuronpedia's ``steer_special_tokens=False`` masks).
+        """
+        tok = self.lm.tokenizer
+        special = {int(t) for t in (getattr(tok, "all_special_ids", None) or []) if t is not None}
+        special |= {int(t) for t in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) if t is not None}
+        width = max(len(r.prompt_ids) for r in rows)
+        keep = torch.ones(len(rows), width)
+        for b, r in enumerate(rows):
+            offset = width - len(r.prompt_ids)
+            for i, t in enumerate(r.prompt_ids):
+                if t in special:
+                    keep[b, offset + i] = 0.0
+        return keep
 
     @property
     def width(self) -> int:

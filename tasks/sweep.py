@@ -16,6 +16,9 @@ from engine.sweep import Runner, Settings, chunks, default_batch_size, load_vect
 from engine.verify import check_pairing
 
 
+OPTIONAL_SETTINGS = ("sampling_semantics", "presence_penalty", "top_k", "top_p", "steer_special_tokens")
+
+
 def run(ctx) -> dict:
     import torch
 
@@ -26,7 +29,7 @@ def run(ctx) -> dict:
         raise NotFoundError(f"SAE '{entry.id}' is not downloaded; run `saejobs download {entry.id}` first")
     settings = Settings(method=p["method"], normalize=p["normalize"], strength_multiplier=p["strength_multiplier"],
                         n_tokens=p["n_tokens"], temperature=p["temperature"], freq_penalty=p["freq_penalty"],
-                        n_logprobs=p["n_logprobs"])
+                        n_logprobs=p["n_logprobs"], **{k: p[k] for k in OPTIONAL_SETTINGS if k in p})
     vectors = {Path(v).name: load_vector(v) for v in p.get("vectors", [])}
     sae_sha = _params_sha256(row.files)
     steering_id = f"{entry.id}@{sae_sha}" + "".join(f"+{n}" for n in sorted(vectors))
@@ -43,7 +46,7 @@ def run(ctx) -> dict:
 
     prov = {"sae_sha256": sae_sha, "sae_path": row.local_path, "model": lm.model_id, "model_source": source,
             "model_revision": lm.revision, "dtype": str(lm.dtype).removeprefix("torch."), "device": str(lm.device),
-            "hook_name": entry.hook_name, "sampling_semantics": SAMPLING_SEMANTICS,
+            "hook_name": entry.hook_name, "sampling_semantics": SAMPLING_SEMANTICS[settings.sampling_semantics],
             "bos": "prepended unless the prompt starts with it", "versions": provenance.versions()}
     sweep_id = results.ensure_sweep(ctx.job.id, entry.id, lm.model_id, {**p, "settings": settings.__dict__}, prov)
     stored = results.config_keys(sweep_id)
