@@ -1,0 +1,158 @@
+"""saejobs steers exactly like interp-engine, Neuronpedia's steering engine: the same token ids.
+
+One Gemma 3 270M is shared by both sides (interp-engine's ``EagerModel`` wraps the loaded model).
+The SAEs are Gemma-Scope-2-format files (written, then loaded by saejobs' loader) at layers 3, 6
+and 17: ± principal axes of the model's own activations plus three token directions (" dog",
+" ocean", "<eos>"). saejobs runs each case as its batched sweep does: the case's prompt and a longer
+one, STEERED and DEFAULT, in one left-padded batch with a different steering vector per row; every
+row must equal interp-engine's one-request-at-a-time generation (``steer`` + ``generate_stream``,
+``torch.manual_seed(seed)`` first), EOS included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("interp_engine")
+
+from interp_engine.model import EagerModel  # noqa: E402
+from interp_engine.steer import SteerMask, SteerSpec, generate_stream, steer  # noqa: E402
+from interp_engine.steer_specs import SteerMethod  # noqa: E402
+
+from engine import evaluate  # noqa: E402
+from engine.hooks import capture  # noqa: E402
+from engine.registry.entry import SaeEntry  # noqa: E402
+from engine.sae import load_sae  # noqa: E402
+from engine.sweep import Config, Runner, Settings  # noqa: E402
+from engine.synthetic import from_activations, gemma_scope_2_config, write_sae  # noqa: E402
+
+pytestmark = pytest.mark.model
+N_TOKENS = 20
+WORDS = (" dog", " ocean", "<eos>")  # features 0, 1, 2 of every test SAE; then the ± principal axes
+DOG, OCEAN, EOS, AXIS = 0, 1, 2, 3
+OTHER_PROMPT = "My favourite thing about long summer evenings by the sea is"  # a longer row: padding
+METHODS = {"SIMPLE_ADDITIVE": SteerMethod.ADDITIVE, "ORTHOGONAL_DECOMP": SteerMethod.ORTHOGONAL}
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    layer: int
+    features: tuple  # ((index, strength), ...)
+    prompt: str = "Once upon a time"
+    method: str = "SIMPLE_ADDITIVE"
+    normalize: bool = False
+    multiplier: float = 1.0
+    special: bool = True  # steer_special_tokens
+    seed: int = 42
+    sampling: dict = field(default_factory=dict)  # Settings fields: temperature, sampling_semantics, ...
+
+
+INTERP = {"sampling_semantics": "interp-engine"}
+CASES = [
+    Case("strength 0", 6, ((DOG, 0.0),)),
+    Case("additive dog", 6, ((DOG, 150.0),)),
+    Case("negative strength", 6, ((OCEAN, -120.0),)),
+    Case("layer 3", 3, ((OCEAN, 200.0),), prompt="The weather today is"),
+    Case("principal axis, layer 17, normalized, multiplier 4", 17, ((AXIS + 1, 250.0),), normalize=True, multiplier=4.0),
+    Case("normalize on", 6, ((OCEAN, 90.0),), normalize=True),
+    Case("orthogonal decomposition", 6, ((AXIS, 4.0),), method="ORTHOGONAL_DECOMP"),
+    Case("orthogonal decomposition, negative", 3, ((AXIS + 2, -3.0),), method="ORTHOGONAL_DECOMP", normalize=True),
+    Case("two features at once", 6, ((DOG, 100.0), (OCEAN, 80.0))),
+    Case("steer_special_tokens off", 6, ((DOG, 150.0),), special=False),
+    Case("prompt with a leading BOS", 6, ((DOG, 150.0),), prompt="<bos>Once upon a time"),
+    Case("BOS in the prompt, special tokens off", 6, ((DOG, 150.0),), prompt="<bos>Once upon a time", special=False),
+    Case("hits EOS early", 17, ((EOS, 1200.0),), prompt="I think that"),
+    Case("hits EOS at once", 17, ((EOS, 3000.0),)),
+    Case("greedy with presence penalty", 6, ((DOG, 100.0),), sampling={**INTERP, "presence_penalty": 1.5}),
+    Case("sampled, seed 7", 6, ((DOG, 120.0),), seed=7, sampling={**INTERP, "temperature": 0.8}),
+    Case("sampled, top-k, top-p, presence", 3, ((DOG, 200.0),), seed=11,
+         sampling={**INTERP, "temperature": 1.0, "top_k": 40, "top_p": 0.9, "presence_penalty": 0.5}),
+]
+
+
+def _entry(layer: int, d_model: int, d_sae: int) -> SaeEntry:
+    return SaeEntry(id=f"fidelity/{layer}-res", model="gemma-3-270m", model_hf="google/gemma-3-270m",
+                    repo_id="saejobs-test/fidelity", folder=f"resid_post/layer_{layer}", files=("params.safetensors",
+                    "config.json"), format="gemma-scope-2", site="res", hook_name=f"blocks.{layer}.hook_resid_post",
+                    layer=layer, d_model=d_model, d_sae=d_sae, l0=32, architecture="jumprelu", width=str(d_sae),
+                    neuronpedia_id=None)
+
+
+@pytest.fixture(scope="module")
+def saes(gemma3, tmp_path_factory):
+    """Gemma-Scope-2-format SAEs at layers 3, 6 and 17, written to disk and loaded by saejobs."""
+    tok = gemma3.tokenizer
+    emb = gemma3.model.get_input_embeddings().weight.detach().float()
+    words = torch.stack([emb[tok(w, add_special_tokens=False).input_ids[0]] for w in WORDS])
+    ids = evaluate.windows(tok, evaluate.CALIBRATION_TEXT.read_text())
+    out = {}
+    for layer in (3, 6, 17):
+        acts = capture(gemma3, f"blocks.{layer}.hook_resid_post", ids)[:, 1:].flatten(0, 1)
+        p = from_activations(acts, l0=32, directions=64)
+        d = acts.shape[1]
+        p = {"W_enc": np.concatenate([np.zeros((d, len(WORDS)), np.float32), p["W_enc"]], axis=1),
+             "W_dec": np.concatenate([(words / words.norm(dim=1, keepdim=True)).numpy(), p["W_dec"]]),
+             "b_enc": np.concatenate([np.full(len(WORDS), -1.0, np.float32), p["b_enc"]]), "b_dec": p["b_dec"],
+             "threshold": np.concatenate([p["threshold"][: len(WORDS)], p["threshold"]])}
+        entry = _entry(layer, d, p["W_dec"].shape[0])
+        folder = tmp_path_factory.mktemp(f"sae{layer}")
+        write_sae(folder, entry.format, p, gemma_scope_2_config(entry))
+        out[layer] = load_sae(entry, folder)
+    return out
+
+
+@pytest.fixture(scope="module")
+def oracle(gemma3):
+    """interp-engine's EagerModel around the same loaded model (its id: the local copy, so nothing is fetched)."""
+    return EagerModel(gemma3.model.config._name_or_path, hf_model=gemma3.model, tokenizer=gemma3.tokenizer)
+
+
+def settings_of(case: Case) -> Settings:
+    return Settings(method=case.method, normalize=case.normalize, strength_multiplier=case.multiplier,
+                    n_tokens=N_TOKENS, steer_special_tokens=case.special, **case.sampling)
+
+
+def oracle_tokens(oracle, sae, case: Case, prompt_ids: list[int], steered: bool) -> list[int]:
+    """interp-engine, as Neuronpedia's server calls it: one request, seeded, stop at EOS."""
+    s = settings_of(case)
+    ids = torch.tensor([prompt_ids])  # generate_stream takes a batch of one; steer() the prompt's ids
+    specs = [SteerSpec(sae.W_dec[i].clone(), case.layer, s.strength_multiplier * strength, METHODS[case.method],
+                       point="resid_post", normalize=case.normalize) for i, strength in case.features]
+    mask = None if case.special else SteerMask.SPECIAL_TOKENS
+    ctx = steer(oracle, specs, prompt_token_ids=ids[0], position_mask=mask) if steered else contextlib.nullcontext()
+    with ctx:
+        steps = generate_stream(oracle, ids, max_tokens=N_TOKENS, temperature=s.temperature, top_k=s.top_k,
+                                top_p=s.top_p, presence_penalty=s.presence_penalty, seed=case.seed)
+        return [step.token_id for step in steps]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_the_same_tokens_as_interp_engine(case, gemma3, saes, oracle):
+    sae = saes[case.layer]
+    runner = Runner(gemma3, sae, f"blocks.{case.layer}.hook_resid_post", settings_of(case))
+    feats = tuple({"index": i, "strength": s} for i, s in case.features)
+    configs = [Config(kind, feats if kind == "STEERED" else (), prompt, case.seed)
+               for prompt in (case.prompt, OTHER_PROMPT) for kind in ("STEERED", "DEFAULT")]
+    ours = runner.run(configs)  # one batch of four rows, two prompt lengths
+    for cfg, generated, _ in ours:
+        ids = runner.prompt_ids(cfg.prompt)
+        theirs = oracle_tokens(oracle, sae, case, ids, steered=cfg.type == "STEERED")
+        assert generated.token_ids == theirs, (cfg.type, cfg.prompt, gemma3.tokenizer.decode(generated.token_ids),
+                                               gemma3.tokenizer.decode(theirs))
+    steered, default = ours[0][1].token_ids, ours[1][1].token_ids
+    if case.features[0][1] != 0:
+        assert steered != default, "the steering must change something, or the case tests nothing"
+    if "EOS" in case.name:
+        assert len(steered) < N_TOKENS and steered[-1] == gemma3.tokenizer.eos_token_id
+    if not case.special:  # the mask must matter here, or equality with interp-engine would prove nothing
+        unmasked = Runner(gemma3, sae, runner.hook_name, Settings(**{**settings_of(case).__dict__,
+                                                                     "steer_special_tokens": True}))
+        assert unmasked.run(configs[:1])[0][1].token_ids != steered
+    if case.prompt.startswith("<bos>"):
+        assert runner.prompt_ids(case.prompt).count(gemma3.tokenizer.bos_token_id) == 1
