@@ -70,10 +70,17 @@ class Config:
 STEERING_ONLY = ("method", "normalize", "strength_multiplier", "steer_special_tokens")  # not part of a DEFAULT's key
 
 
+# Settings added after the first release leave the key out at their default, so configurations stored
+# before they existed keep their keys (a sweep redelivered across an upgrade still skips what it has).
+LATER_DEFAULTS = {"sampling_semantics": "transformerlens", "presence_penalty": 0.0, "top_k": 0, "top_p": 1.0,
+                  "steer_special_tokens": True}
+
+
 def config_key(cfg: Config, settings: Settings, steering_id: str) -> str:
     """Hash of everything that determines the output; ``steering_id`` names the SAE/vectors used."""
-    payload = {**cfg.to_json(), "settings": asdict(settings) if cfg.type == "STEERED" else
-               {k: v for k, v in asdict(settings).items() if k not in STEERING_ONLY},
+    fields = {k: v for k, v in asdict(settings).items() if LATER_DEFAULTS.get(k, object()) != v}
+    payload = {**cfg.to_json(), "settings": fields if cfg.type == "STEERED" else
+               {k: v for k, v in fields.items() if k not in STEERING_ONLY},
                "steering": steering_id if cfg.type == "STEERED" else None}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 

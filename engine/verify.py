@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from engine.download import sha256_file
-from engine.errors import SaejobsError
+from engine.errors import SaejobsError, UsageError
 from engine.formats import gemma_scope_2
 from engine.registry.entry import SaeEntry
 from engine.sae import load_sae
@@ -113,8 +113,6 @@ def hook_width(lm, site: str) -> int:
 
 def check_pairing(entry: SaeEntry, sae, lm) -> None:
     """Refuse an SAE on a model whose activation at its hook has another width, before any compute."""
-    from engine.errors import UsageError
-
     width = hook_width(lm, entry.site)
     if sae.d_model != width:
         raise UsageError(f"SAE {entry.id} has d_in {sae.d_model} but {lm.model_id} has width {width} at "

@@ -63,3 +63,29 @@ def test_bad_vectors():
         BatchSteering([[Steer(torch.ones(4), 1.0)]], 8, "SIMPLE_ADDITIVE")
     with pytest.raises(UsageError, match="unknown steering method"):
         BatchSteering([[]], 8, "PROJECTION")
+
+
+def test_config_keys_survive_new_settings_at_their_defaults():
+    """A sweep stored before the sampling/special-token settings existed keeps its keys (no re-run, no duplicates)."""
+    import hashlib
+    import json
+
+    from engine.sweep import Config, Settings, config_key
+
+    cfg = Config("STEERED", ({"index": 1, "strength": 2.0},), "p", 42)
+    before = {"method": "SIMPLE_ADDITIVE", "normalize": False, "strength_multiplier": 1.0, "n_tokens": 32,
+              "temperature": 0.0, "freq_penalty": 0.0, "n_logprobs": 0}
+    key = hashlib.sha256(json.dumps({**cfg.to_json(), "settings": before, "steering": "s"},
+                                    sort_keys=True).encode()).hexdigest()[:32]
+    assert config_key(cfg, Settings(), "s") == key
+    assert config_key(cfg, Settings(steer_special_tokens=False), "s") != key
+    assert config_key(cfg, Settings(sampling_semantics="interp-engine"), "s") != key
+
+
+def test_mixing_the_two_sampling_semantics_is_refused():
+    from engine.sweep import Settings
+
+    with pytest.raises(UsageError, match="--sampling interp-engine"):
+        Settings(presence_penalty=1.0)
+    with pytest.raises(UsageError, match="presence-penalty"):
+        Settings(sampling_semantics="interp-engine", freq_penalty=2.0)
