@@ -50,7 +50,17 @@ _register()
 
 
 def main() -> None:
-    cli(prog_name="saejobs")
+    """Click's own usage errors (bad option values) become one line too, naming the option."""
+    try:
+        code = cli.main(prog_name="saejobs", standalone_mode=False)
+    except click.UsageError as e:
+        where = f"{e.ctx.command_path.split(' ', 1)[1]}: " if e.ctx and " " in e.ctx.command_path else ""
+        fail(where + e.format_message().replace("\n", " "), e.exit_code)
+    except click.ClickException as e:
+        fail(e.format_message().replace("\n", " "), e.exit_code)
+    except click.Abort:
+        fail("aborted", 1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

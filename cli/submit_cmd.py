@@ -151,11 +151,10 @@ def sweep(sae, features, vectors, strengths, prompts, prompts_file, seeds, n_tok
           normalize, combine, n_logprobs, model_source, dtype, batch_size):
     """Steering sweep: features × strengths × prompts × seeds, plus DEFAULT per prompt × seed."""
     from engine import registry
-    from engine.sweep import Settings
+    from engine.sweep import Settings, plan
 
     sampling = {"sampling_semantics": sampling_semantics, "presence_penalty": presence_penalty, "top_k": top_k,
                 "top_p": top_p, "steer_special_tokens": steer_special_tokens}
-    Settings(freq_penalty=freq_penalty, **sampling)  # refuses a mix of the two semantics before anything is queued
 
     entry = registry.get(sae)
     prompts = list(prompts)
@@ -168,6 +167,9 @@ def sweep(sae, features, vectors, strengths, prompts, prompts_file, seeds, n_tok
     for f in features:
         if not 0 <= f < entry.d_sae:
             raise UsageError(f"feature {f} is out of range for {entry.id} (d_sae {entry.d_sae})")
+    settings = Settings(strength_multiplier=strength_multiplier, temperature=temperature, freq_penalty=freq_penalty,
+                        **sampling)
+    plan(features, [str(v) for v in vectors], strengths, prompts, seeds or [42], combine, settings, "check")  # refuse now
     params = {
         "sae": entry.id, "model": model_source, "features": features,
         "vectors": [str(v.resolve()) for v in vectors], "strengths": strengths, "prompts": prompts,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +20,9 @@ import torch
 from engine.errors import FormatError, UsageError
 from engine.generate import SAMPLING_SEMANTICS, Generated, Row, Sampling, generate, output_text, prompt_ids
 from engine.steering import BatchSteering, Steer, coefficient, prepare_vector
+
+
+MAX_PROMPT_CHARS = 32_000  # about 8k tokens: longer belongs in a file of shorter prompts, not one generation
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,9 @@ class Settings:
     steer_special_tokens: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("strength_multiplier", "temperature", "freq_penalty", "presence_penalty", "top_p"):
+            if not math.isfinite(getattr(self, name)):
+                raise UsageError(f"{name} must be a finite number, not {getattr(self, name)}")
         if self.sampling_semantics not in SAMPLING_SEMANTICS:
             raise UsageError(f"unknown sampling semantics '{self.sampling_semantics}'; expected one of "
                              f"{', '.join(SAMPLING_SEMANTICS)}")
@@ -91,6 +98,17 @@ def plan(features: list[int], vectors: list[str], strengths: list[float], prompt
     terms = [{"index": int(i)} for i in features] + [{"vector": Path(v).name} for v in vectors]
     if not terms:
         raise UsageError("nothing to steer with: give at least one feature or vector")
+    if any(i < 0 for i in features):
+        raise UsageError(f"feature index {min(features)} is negative")
+    if bad := [s for s in strengths if not math.isfinite(s)]:
+        raise UsageError(f"strength {bad[0]} is not a finite number")
+    if not prompts:
+        raise UsageError("no prompt")
+    for p in prompts:
+        if not p.strip():
+            raise UsageError("a prompt is empty")
+        if len(p) > MAX_PROMPT_CHARS:
+            raise UsageError(f"a prompt has {len(p)} characters; the limit is {MAX_PROMPT_CHARS}")
     groups = [terms] if combine else [[t] for t in terms]
     out = [Config("DEFAULT", (), p, int(s)) for p in prompts for s in seeds]
     for group in groups:
