@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.registry.entry import SaeEntry
-from engine.synthetic import from_activations, gemma_scope_2_config, write_sae
+from engine.synthetic import from_activations, gemma_scope_2_config, with_steering_rows, write_sae
 
 WORDS = (" dog", " ocean", " music", " space")
 LAYER = 6
@@ -43,15 +43,8 @@ def build(lm, mirror: Path) -> Path:
     acts = capture(lm, ENTRY.hook_name, ids.to(lm.device))[:, 1:].flatten(0, 1)
     params = from_activations(acts, L0, (ENTRY.d_sae - len(WORDS)) // 2)
     embeddings = lm.model.get_input_embeddings().weight.detach().float().cpu().numpy()
-    steer = np.stack([embeddings[lm.tokenizer(w, add_special_tokens=False).input_ids[0]] for w in WORDS])
-    steer /= np.linalg.norm(steer, axis=1, keepdims=True)
-    params = {
-        "W_enc": np.concatenate([np.zeros((ENTRY.d_model, len(WORDS)), np.float32), params["W_enc"]], axis=1),
-        "W_dec": np.concatenate([steer.astype(np.float32), params["W_dec"]]),
-        "b_enc": np.concatenate([np.full(len(WORDS), -1.0, np.float32), params["b_enc"]]),
-        "b_dec": params["b_dec"],
-        "threshold": np.concatenate([params["threshold"][: len(WORDS)], params["threshold"]]),
-    }
+    words = np.stack([embeddings[lm.tokenizer(w, add_special_tokens=False).input_ids[0]] for w in WORDS])
+    params = with_steering_rows(params, words)
     config = {**gemma_scope_2_config(ENTRY), "synthetic": True,
               "note": f"saejobs demonstration SAE; features 0..{len(WORDS) - 1} point at tokens {list(WORDS)}"}
     return write_sae(mirror / ENTRY.repo_id / ENTRY.folder, ENTRY.format, params, config)

@@ -75,3 +75,16 @@ def from_activations(acts: torch.Tensor, l0: float, directions: int) -> dict[str
     as32 = lambda t: np.ascontiguousarray(t.float().numpy())  # noqa: E731
     return {"W_enc": as32(w_dec.T), "W_dec": as32(w_dec), "b_enc": as32(-(mu @ w_dec.T)), "b_dec": as32(mu),
             "threshold": np.full(2 * directions, threshold, dtype=np.float32)}
+
+
+def with_steering_rows(params: dict[str, np.ndarray], directions: np.ndarray) -> dict[str, np.ndarray]:
+    """``params`` with features prepended whose decoder rows are ``directions`` (unit-normed) and that
+    never fire (zero encoder column, bias -1 under a non-negative threshold): rows to steer along."""
+    n, d = directions.shape
+    rows = (directions / np.linalg.norm(directions, axis=1, keepdims=True)).astype(np.float32)
+    return {"W_enc": np.concatenate([np.zeros((d, n), np.float32), params["W_enc"]], axis=1),
+            "W_dec": np.concatenate([rows, params["W_dec"]]),
+            "b_enc": np.concatenate([np.full(n, -1.0, np.float32), params["b_enc"]]),
+            "b_dec": params["b_dec"],
+            "threshold": np.concatenate([np.full(n, max(float(params["threshold"].min()), 0.0), np.float32),
+                                         params["threshold"]])}

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
-import numpy as np
 import pytest
 import torch
 
@@ -29,7 +28,7 @@ from engine.hooks import capture  # noqa: E402
 from engine.registry.entry import SaeEntry  # noqa: E402
 from engine.sae import load_sae  # noqa: E402
 from engine.sweep import Config, Runner, Settings  # noqa: E402
-from engine.synthetic import from_activations, gemma_scope_2_config, write_sae  # noqa: E402
+from engine.synthetic import from_activations, gemma_scope_2_config, with_steering_rows, write_sae  # noqa: E402
 
 pytestmark = pytest.mark.model
 N_TOKENS = 20
@@ -94,13 +93,8 @@ def saes(gemma3, tmp_path_factory):
     out = {}
     for layer in (3, 6, 17):
         acts = capture(gemma3, f"blocks.{layer}.hook_resid_post", ids)[:, 1:].flatten(0, 1)
-        p = from_activations(acts, l0=32, directions=64)
-        d = acts.shape[1]
-        p = {"W_enc": np.concatenate([np.zeros((d, len(WORDS)), np.float32), p["W_enc"]], axis=1),
-             "W_dec": np.concatenate([(words / words.norm(dim=1, keepdim=True)).numpy(), p["W_dec"]]),
-             "b_enc": np.concatenate([np.full(len(WORDS), -1.0, np.float32), p["b_enc"]]), "b_dec": p["b_dec"],
-             "threshold": np.concatenate([p["threshold"][: len(WORDS)], p["threshold"]])}
-        entry = _entry(layer, d, p["W_dec"].shape[0])
+        p = with_steering_rows(from_activations(acts, l0=32, directions=64), words.numpy())
+        entry = _entry(layer, acts.shape[1], p["W_dec"].shape[0])
         folder = tmp_path_factory.mktemp(f"sae{layer}")
         write_sae(folder, entry.format, p, gemma_scope_2_config(entry))
         out[layer] = load_sae(entry, folder)
