@@ -94,7 +94,7 @@ def warm_vs_cold_worker() -> None:
         worker.terminate()
         worker.wait(timeout=60)
     w, wl, cl = sorted(warm)[1], sorted(warm_load)[1], _load_phase(cold_job)
-    print(f"2. sweep job (2 generations × 8 tokens) via Redis, cold worker vs warm worker (median of 3):")
+    print("2. sweep job (2 generations × 8 tokens) via Redis, cold worker vs warm worker (median of 3):")
     print(f"   worker start -> job done {cold:.2f} s vs submit -> job done {w:.2f} s -> {cold / w:.1f}x")
     print(f"   model + SAE acquisition inside the job {cl:.2f} s vs {1000 * wl:.1f} ms -> {cl / wl:.0f}x")
 
