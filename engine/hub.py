@@ -256,8 +256,3 @@ def _fetch_file(entry: SaeEntry, name: str, url: str, meta, dest: Path, step: Ca
                              "bad download deleted")
     os.replace(part, final)
     return digest
-
-
-def fetch_from_hub(entry: SaeEntry, dest: Path, progress: Callable[[float, str], None]) -> dict[str, str]:
-    """``fetch`` without the commit hash (the signature tasks have always used)."""
-    return fetch(entry, dest, progress)[0]
