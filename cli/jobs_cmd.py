@@ -83,17 +83,13 @@ def cancel(job_id, as_json) -> None:
 def retry(job_id, wait, local, as_json) -> None:
     """Queue a failed or cancelled job again, with the same parameters and id."""
     from db import jobs as store
-    from tasks.submit import send
+    from tasks.submit import dispatch
 
     job = store.reset_for_retry(job_id)
     if local:
         finish(run_local(job.id, quiet=as_json), as_json)
         return
-    try:
-        send(job.id)
-    except Exception as e:
-        store.abandon(job.id, str(e))
-        raise
+    dispatch(job.id)
     if wait:
         finish(follow(job.id, quiet=as_json), as_json)
     else:

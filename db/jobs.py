@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 
 from db.models import FINAL_STATES, Job, JobEvent, utcnow
-from db.session import session
+from db.session import retried, session
 from engine.errors import NotFoundError, UsageError
 
 
@@ -23,14 +23,23 @@ class JobCancelled(Exception):
 
 def create(kind: str, params: dict[str, Any], *, sae_id: str | None = None, queue: str | None = None,
            requested_gpu: int | None = None, url: str | None = None) -> Job:
-    job = Job(id=str(uuid.uuid4()), kind=kind, state="queued", params=params, sae_id=sae_id, queue=queue,
-              requested_gpu=requested_gpu, progress=0.0, attempts=0, message="queued")
+    """The id is drawn once, outside the retried insert: a replayed insert cannot make a second job."""
+    return _insert(str(uuid.uuid4()), dict(kind=kind, params=params, sae_id=sae_id, queue=queue,
+                                           requested_gpu=requested_gpu), url)
+
+
+@retried
+def _insert(job_id: str, fields: dict[str, Any], url: str | None) -> Job:
     with session(url) as s:
-        s.add(job)
-        s.add(JobEvent(job_id=job.id, state="queued", progress=0.0, message="queued"))
+        job = s.get(Job, job_id)
+        if job is None:
+            job = Job(id=job_id, state="queued", progress=0.0, attempts=0, message="queued", **fields)
+            s.add(job)
+            s.add(JobEvent(job_id=job_id, state="queued", progress=0.0, message="queued"))
     return job
 
 
+@retried
 def get(job_id: str, url: str | None = None) -> Job:
     with session(url) as s:
         job = s.get(Job, job_id)
@@ -43,6 +52,7 @@ def get(job_id: str, url: str | None = None) -> Job:
         return job
 
 
+@retried
 def claim(job_id: str, *, worker: str, host: str, gpu: str | None, stale_after: float, url: str | None = None) -> bool:
     """Move a queued job (or one whose worker died) to running; False when someone else has it."""
     now = utcnow()
@@ -65,6 +75,7 @@ def _progress(s, job_id: str) -> float:
     return s.scalar(select(Job.progress).where(Job.id == job_id)) or 0.0
 
 
+@retried
 def report(job_id: str, progress: float, message: str | None = None, *, worker: str | None = None,
            url: str | None = None) -> None:
     """Record progress and heartbeat; raise JobCancelled if the job was cancelled meanwhile.
@@ -83,12 +94,14 @@ def report(job_id: str, progress: float, message: str | None = None, *, worker: 
     raise JobCancelled(job_id)
 
 
+@retried
 def heartbeat(job_id: str, worker: str, url: str | None = None) -> None:
     with session(url) as s:
         s.execute(update(Job).where(Job.id == job_id, Job.state == "running", Job.worker == worker)
                   .values(heartbeat_at=utcnow()))
 
 
+@retried
 def finish(job_id: str, state: str, *, worker: str | None = None, result: dict | None = None,
            error: str | None = None, url: str | None = None) -> bool:
     """Running → final state. False when the job is no longer this worker's (cancelled, handed on)."""
@@ -107,6 +120,7 @@ def finish(job_id: str, state: str, *, worker: str | None = None, result: dict |
     return True
 
 
+@retried
 def requeue(job_id: str, reason: str, *, stale_after: float | None = None, url: str | None = None) -> bool:
     """Running → queued (worker handing it back, or declared dead): the next claim runs it again.
 
@@ -124,6 +138,7 @@ def requeue(job_id: str, reason: str, *, stale_after: float | None = None, url: 
     return True
 
 
+@retried
 def abandon(job_id: str, error: str, url: str | None = None) -> None:
     """Queued → failed, for a job whose message never reached the broker: nothing waits forever."""
     with session(url) as s:
@@ -133,6 +148,7 @@ def abandon(job_id: str, error: str, url: str | None = None) -> None:
             s.add(JobEvent(job_id=job_id, state="failed", progress=0.0, message=error))
 
 
+@retried
 def cancel(job_id: str, url: str | None = None) -> Job:
     job = get(job_id, url)
     now = utcnow()
@@ -145,6 +161,7 @@ def cancel(job_id: str, url: str | None = None) -> Job:
     return get(job.id, url)
 
 
+@retried
 def reset_for_retry(job_id: str, url: str | None = None) -> Job:
     job = get(job_id, url)
     with session(url) as s:
@@ -156,6 +173,7 @@ def reset_for_retry(job_id: str, url: str | None = None) -> Job:
     return get(job.id, url)
 
 
+@retried
 def stale_running(stale_after: float, url: str | None = None) -> list[str]:
     """Running jobs whose worker has not been heard from: it died (SIGKILL, host lost)."""
     cutoff = utcnow() - timedelta(seconds=stale_after)
@@ -163,6 +181,7 @@ def stale_running(stale_after: float, url: str | None = None) -> list[str]:
         return list(s.scalars(select(Job.id).where(Job.state == "running", Job.heartbeat_at < cutoff)))
 
 
+@retried
 def waiting_since(seconds: float, url: str | None = None) -> list[tuple[str, str]]:
     """(id, queue) of queued jobs sent to a queue that have waited longer than ``seconds``."""
     cutoff = utcnow() - timedelta(seconds=seconds)
@@ -174,6 +193,7 @@ def waiting_since(seconds: float, url: str | None = None) -> list[tuple[str, str
         return [(r[0], r[1]) for r in rows]
 
 
+@retried
 def listing(*, state: str | None = None, kind: str | None = None, limit: int = 50, url: str | None = None) -> list[Job]:
     with session(url) as s:
         q = select(Job).order_by(Job.created_at.desc()).limit(limit)

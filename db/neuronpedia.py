@@ -13,9 +13,10 @@ from typing import Callable
 from sqlalchemy import select
 
 from db.models import Comparison, Generation, NeuronpediaRun, Sweep
-from db.session import session
+from db.session import retried, session
 
 
+@retried
 def generation(ref: str, url: str | None = None) -> dict | None:
     """A stored generation by id or by a unique prefix of its config key, with its sweep's SAE and job."""
     with session(url) as s:
@@ -27,6 +28,7 @@ def generation(ref: str, url: str | None = None) -> dict | None:
         return _as_dict(*rows[0])
 
 
+@retried
 def steered(sweep_job: str | None = None, url: str | None = None) -> list[dict]:
     """STEERED generations (of one sweep job, or all) with their sweep's SAE and settings."""
     with session(url) as s:
@@ -43,6 +45,7 @@ def _as_dict(g: Generation, sw: Sweep) -> dict:
             "model_source": (sw.provenance or {}).get("model_source") or sw.model}
 
 
+@retried
 def store_runs(runs: list[tuple[str, dict, dict, int | None]], url: str | None = None) -> list[int]:
     """(api, request, outputs, generation id or None) each, in one transaction; returns the run ids."""
     with session(url) as s:
@@ -52,6 +55,7 @@ def store_runs(runs: list[tuple[str, dict, dict, int | None]], url: str | None =
         return [r.id for r in rows]
 
 
+@retried
 def runs_for_sweep(sweep_job: str, only: int | None = None, url: str | None = None) -> list[dict]:
     """Each run matched to this sweep: the run, its STEERED generation and the DEFAULT of the same prompt/seed."""
     with session(url) as s:
@@ -71,6 +75,7 @@ def runs_for_sweep(sweep_job: str, only: int | None = None, url: str | None = No
         return out
 
 
+@retried
 def record_comparisons(sweep_job: str, rows: list[tuple[int, dict]], url: str | None = None) -> None:
     with session(url) as s:
         sweep = s.scalar(select(Sweep).where(Sweep.job_id == sweep_job))
@@ -83,6 +88,7 @@ def match(canonical: dict, candidates: list[dict], canonical_of: Callable[[dict]
     return found[-1] if found else None
 
 
+@retried
 def run_count(url: str | None = None) -> int:
     with session(url) as s:
         return len(s.scalars(select(NeuronpediaRun.id)).all())

@@ -7,9 +7,11 @@ from typing import Any
 from sqlalchemy import select
 
 from db.models import Generation, Job, Sweep, Verification
-from db.session import session
+from db.session import retried, session
+from engine import failpoints
 
 
+@retried
 def record_verification(job_id: str, sae_id: str, verdict: str, reasons: list, metrics: dict, provenance: dict,
                         url: str | None = None) -> None:
     with session(url) as s:
@@ -18,6 +20,7 @@ def record_verification(job_id: str, sae_id: str, verdict: str, reasons: list, m
         s.add(row)
 
 
+@retried
 def verifications(sae_id: str | None = None, job_id: str | None = None, url: str | None = None) -> list[Verification]:
     with session(url) as s:
         q = select(Verification).order_by(Verification.id.desc())
@@ -33,6 +36,7 @@ def verification_dict(v: Verification) -> dict[str, Any]:
             "provenance": v.provenance, "created_at": v.created_at.isoformat()}
 
 
+@retried
 def ensure_sweep(job_id: str, sae_id: str, model: str, settings: dict, provenance: dict, url: str | None = None) -> int:
     """The sweep row of a job, created on its first run; a re-run keeps the row (and its generations)."""
     with session(url) as s:
@@ -46,11 +50,13 @@ def ensure_sweep(job_id: str, sae_id: str, model: str, settings: dict, provenanc
         return row.id
 
 
+@retried
 def config_keys(sweep_id: int, url: str | None = None) -> set[str]:
     with session(url) as s:
         return set(s.scalars(select(Generation.config_key).where(Generation.sweep_id == sweep_id)))
 
 
+@retried
 def add_generations(sweep_id: int, rows: list[dict], url: str | None = None) -> int:
     """Store a chunk in one transaction, skipping keys already stored; returns how many were new."""
     with session(url) as s:
@@ -58,14 +64,18 @@ def add_generations(sweep_id: int, rows: list[dict], url: str | None = None) -> 
             Generation.sweep_id == sweep_id, Generation.config_key.in_([r["config_key"] for r in rows]))))
         new = [Generation(sweep_id=sweep_id, **r) for r in rows if r["config_key"] not in have]
         s.add_all(new)
+        s.flush()
+        failpoints.hit("results.before_commit")
         return len(new)
 
 
+@retried
 def sweep_for_job(job_id: str, url: str | None = None) -> Sweep | None:
     with session(url) as s:
         return s.scalar(select(Sweep).where(Sweep.job_id == job_id))
 
 
+@retried
 def generation_rows(job_id: str, url: str | None = None) -> list[dict[str, Any]]:
     with session(url) as s:
         sweep = s.scalar(select(Sweep).where(Sweep.job_id == job_id))

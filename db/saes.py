@@ -5,15 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from db.models import Sae, utcnow
-from db.session import session
+from db.session import retried, session
 from engine.registry.entry import SaeEntry
 
 
+@retried
 def get(sae_id: str, url: str | None = None) -> Sae | None:
     with session(url) as s:
         return s.get(Sae, sae_id)
 
 
+@retried
 def record_download(entry: SaeEntry, folder: Path, files: dict[str, dict], config: dict | None = None,
                     revision: str | None = None, url: str | None = None) -> Sae:
     with session(url) as s:

@@ -2,31 +2,82 @@
 
 SQLite is set up for several worker processes writing at once: WAL journal, a busy timeout, and
 ``BEGIN IMMEDIATE`` so a transaction takes the write lock up front instead of failing with
-"database is locked" when it upgrades from reading to writing.
+"database is locked" when it upgrades from reading to writing. Beyond that, every function of the
+``db`` package is one transaction wrapped in ``retried``: a database locked for longer than the busy
+timeout, or a PostgreSQL server restarting, is waited out (workers: 120 s, the CLI: 5 s), then one
+clear error. Re-running is safe because each transaction is all-or-nothing and its writes are
+guarded (conditional updates, unique keys).
 """
 
 from __future__ import annotations
 
 import fcntl
 import functools
+import logging
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine import paths
 from engine.errors import SaejobsError, UsageError
 
-BUSY_TIMEOUT_MS = 30_000
+log = logging.getLogger("saejobs.db")
+BUSY_TIMEOUT_MS = int(os.environ.get("SAEJOBS_SQLITE_BUSY_MS", 30_000))
+RETRY_S = {"cli": 5.0, "worker": 120.0}
+_role = "cli"
 
 
 class DatabaseError(SaejobsError):
     exit_code = 4
+
+
+def set_role(role: str) -> None:
+    """``worker`` waits out long outages (a job should survive a database restart); the CLI answers fast."""
+    global _role
+    _role = role
+
+
+def retry_budget() -> float:
+    return float(os.environ.get("SAEJOBS_DB_RETRY_S") or RETRY_S[_role])
+
+
+def outage(e: DBAPIError) -> bool:
+    """A locked or unreachable database (worth waiting for), not a wrong statement or a broken constraint."""
+    if e.connection_invalidated:
+        return True
+    if not isinstance(e, OperationalError):
+        return False
+    if type(e.orig).__module__.startswith("sqlite3"):
+        msg = str(e.orig).lower()
+        return "locked" in msg or "busy" in msg
+    return True  # psycopg's OperationalError: refused, terminated, shutting down, starting up
+
+
+def retried(fn):
+    """Run one transaction again while the database is out, up to the budget; then a DatabaseError."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        deadline, delay = time.monotonic() + retry_budget(), 0.05
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except DBAPIError as e:
+                if not outage(e):
+                    raise
+                reason = str(e.orig).strip().splitlines()[0] if str(e.orig).strip() else type(e.orig).__name__
+                if time.monotonic() + delay > deadline:
+                    raise DatabaseError(f"database '{redact(database_url())}' unavailable: {reason}") from None
+                log.warning("%s: database unavailable (%s); retrying in %.2fs", fn.__qualname__, reason, delay)
+                time.sleep(delay)
+                delay = min(2 * delay, 2.0)
+    return wrapper
 
 
 def database_url() -> str:

@@ -8,9 +8,10 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from db.models import Worker as WorkerRow, utcnow
-from db.session import session
+from db.session import retried, session
 
 
+@retried
 def register(worker, queues: list[str], cuda_visible: str | None, url: str | None = None) -> None:
     with session(url) as s:
         row = s.get(WorkerRow, worker.name) or WorkerRow(name=worker.name)
@@ -22,6 +23,7 @@ def register(worker, queues: list[str], cuda_visible: str | None, url: str | Non
         s.add(row)
 
 
+@retried
 def beat(worker, url: str | None = None) -> None:
     with session(url) as s:
         row = s.get(WorkerRow, worker.name)
@@ -32,6 +34,7 @@ def beat(worker, url: str | None = None) -> None:
         row.cached = worker.cache.describe()
 
 
+@retried
 def stopped(worker, url: str | None = None) -> None:
     with session(url) as s:
         row = s.get(WorkerRow, worker.name)
@@ -40,6 +43,7 @@ def stopped(worker, url: str | None = None) -> None:
             row.current_job = None
 
 
+@retried
 def listing(live_within_s: float | None, url: str | None = None) -> list[WorkerRow]:
     """Workers heard from within ``live_within_s`` and not stopped; all of them when None."""
     with session(url) as s:

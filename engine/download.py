@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from engine import paths
+from engine import failpoints, paths
 from engine.errors import IntegrityError, NotFoundError, SaejobsError, UsageError
 from engine.registry.entry import SaeEntry
 
@@ -116,6 +116,7 @@ def _copy_verified(src: Path, dst: Path, step: Callable[[int], None], expected: 
     if expected and digest != expected:
         part.unlink(missing_ok=True)
         raise IntegrityError(f"{src.name}: sha256 {digest[:12]}… differs from the expected {expected[:12]}…; bad copy deleted")
+    failpoints.hit("download.file_written")
     os.replace(part, dst)
     return digest
 

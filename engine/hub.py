@@ -24,6 +24,7 @@ from huggingface_hub.file_download import http_get
 from huggingface_hub.utils import build_hf_headers
 from tqdm.auto import tqdm
 
+from engine import failpoints
 from engine.download import CHUNK, check_disk_space, sha256_file
 from engine.errors import IntegrityError, NotFoundError, TransientError, UsageError
 from engine.registry.entry import SaeEntry
@@ -254,5 +255,6 @@ def _fetch_file(entry: SaeEntry, name: str, url: str, meta, dest: Path, step: Ca
         part.unlink(missing_ok=True)
         raise IntegrityError(f"{_where(entry, name)}: sha256 {digest[:12]}… differs from the Hub's {expected[:12]}…; "
                              "bad download deleted")
+    failpoints.hit("download.file_written")
     os.replace(part, final)
     return digest

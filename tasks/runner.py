@@ -18,6 +18,8 @@ from typing import Any, Callable
 from db import jobs
 from db.jobs import JobCancelled
 from db.models import Job
+from db.session import DatabaseError
+from engine import failpoints
 from engine.cache import EngineCache
 from engine.errors import SaejobsError, TransientError
 
@@ -84,6 +86,7 @@ def execute(job_id: str, worker: Worker) -> str:
     beat.start()
     try:
         result = kinds()[job.kind](ctx)
+        failpoints.hit("runner.before_finish")
         return "succeeded" if jobs.finish(job_id, "succeeded", worker=worker.name, result=result) else "cancelled"
     except JobCancelled:
         return "cancelled"
@@ -93,6 +96,9 @@ def execute(job_id: str, worker: Worker) -> str:
     except TransientError as e:
         jobs.requeue(job_id, f"transient error, will retry: {e}")
         return "transient"
+    except DatabaseError as e:  # nothing can be written now; the reaper hands the job on once it is back
+        log.error("job %s: %s; left for the reaper", job_id, e)
+        return "database_unavailable"
     except SaejobsError as e:  # the error's class decides the CLI's exit code (2 usage, 3 integrity, ...)
         jobs.finish(job_id, "failed", worker=worker.name, error=str(e),
                     result={"error_type": type(e).__name__, "exit_code": e.exit_code})

@@ -28,12 +28,18 @@ def submit(kind: str, params: dict, *, sae_id: str | None = None, gpu: int | Non
     queue = gpu_queue(gpu) if gpu is not None else SHARED_QUEUE
     job = jobs.create(kind, params, sae_id=sae_id, queue=None if local else queue, requested_gpu=gpu)
     if not local:  # a local job is run by the caller (``runner.execute``), in its own process
-        try:
-            send(job.id, queue)
-        except BrokerUnavailable as e:
-            jobs.abandon(job.id, str(e))
-            raise
+        dispatch(job.id, queue)
     return jobs.get(job.id)
+
+
+def dispatch(job_id: str, queue: str | None = None) -> None:
+    """Send the job's message; if the broker is out, fail the row now and say how to send it again."""
+    try:
+        send(job_id, queue)
+    except BrokerUnavailable as e:
+        jobs.abandon(job_id, str(e))
+        raise BrokerUnavailable(f"{e} — job {job_id[:8]} not queued (recorded as failed); "
+                                f"`saejobs jobs retry {job_id[:8]}` once the broker is back") from None
 
 
 def send(job_id: str, queue: str | None = None) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from db import results, saes
-from engine import provenance, registry
+from engine import failpoints, provenance, registry
 from engine.errors import NotFoundError
 from engine.generate import SAMPLING_SEMANTICS
 from engine.sweep import Runner, Settings, chunks, default_batch_size, load_vector, plan
@@ -43,6 +43,7 @@ def run(ctx) -> dict:
     lm = ctx.worker.cache.model(source, getattr(torch, p["dtype"]))
     check_pairing(entry, sae, lm)
     runner = Runner(lm, sae, entry.hook_name, settings, vectors)
+    failpoints.hit("sweep.loaded")
 
     prov = {"sae_sha256": sae_sha, "sae_path": row.local_path, "model": lm.model_id, "model_source": source,
             "model_revision": lm.revision, "dtype": str(lm.dtype).removeprefix("torch."), "device": str(lm.device),
@@ -57,10 +58,12 @@ def run(ctx) -> dict:
     ctx.progress(done / total, f"{done}/{total} generations ({len(todo)} to run, batch {size})", force=True)
     for chunk in chunks(todo, size):
         outs = runner.run(chunk)
+        failpoints.hit("sweep.chunk_generated")
         results.add_generations(sweep_id, [
             {"config_key": c.key, "type": c.type, "features": [dict(f) for f in c.features], "prompt": c.prompt,
              "prompt_token_ids": runner.prompt_ids(c.prompt), "seed": c.seed, "sampling": settings.__dict__,
              "output": text, "token_ids": g.token_ids, "logprobs": g.logprobs} for c, g, text in outs])
+        failpoints.hit("sweep.chunk_stored")
         done += len(chunk)
         ctx.progress(done / total, f"{done}/{total} generations", force=True)
     return {"sweep_id": sweep_id, "sae": entry.id, "model": lm.model_id, "generations": total,

@@ -43,11 +43,13 @@ def run(gpu: int | None, loglevel: str = "info") -> None:
         os.environ.setdefault("SAEJOBS_DEVICE", "cpu")
     from celery.signals import worker_shutting_down
 
+    from db.session import set_role
     from engine.cache import EngineCache
     from tasks import runner
     from tasks.app import SHARED_QUEUE, app, gpu_queue
     from worker import state
 
+    set_role("worker")
     host = socket.gethostname()
     label = f"gpu{gpu}" if gpu is not None else "cpu"
     name = f"saejobs-{label}-{os.getpid()}@{host}"

@@ -1,0 +1,107 @@
+"""Private Redis and PostgreSQL servers that a fault test may crash and restart at will.
+
+The machine's own servers serve every other test, so a restart there would be felt everywhere;
+these run the same binaries on a free port, in a temporary folder, and nothing persists across a
+restart of Redis (``--save "" --appendonly no``: the worst case, every queued message is lost).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{what} did not come up in {timeout}s")
+
+
+class RedisServer:
+    """``redis-server`` with a password, killed with SIGKILL and started empty again on the same port."""
+
+    def __init__(self, folder: Path, password: str):
+        if not shutil.which("redis-server"):
+            raise RuntimeError("redis-server is not installed")
+        self.folder, self.password, self.port = folder, password, free_port()
+        self.url = f"redis://:{password}@127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "RedisServer":
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--requirepass", self.password, "--dir", str(self.folder)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait(self.ping, 10, "redis-server")
+        return self
+
+    def ping(self) -> bool:
+        import redis
+
+        try:
+            return redis.Redis.from_url(self.url, socket_connect_timeout=0.5).ping()
+        except Exception:
+            return False
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def client(self):
+        import redis
+
+        return redis.Redis.from_url(self.url, socket_connect_timeout=2)
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster run as the ``postgres`` user; ``restart`` is ``pg_ctl -m immediate``
+    (the server dies without a checkpoint, as on a crash or a lost host) and a start after a pause."""
+
+    def __init__(self):
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+        if not bins or os.geteuid() != 0 or not shutil.which("runuser"):
+            raise RuntimeError("needs PostgreSQL's server binaries and root (to run them as 'postgres')")
+        self.bin = Path(bins[-1]).parent
+        self.folder = Path(tempfile.mkdtemp(prefix="saejobs-pg-"))
+        pg = pwd.getpwnam("postgres")
+        os.chown(self.folder, pg.pw_uid, pg.pw_gid)
+        self.data, self.port = self.folder / "data", free_port()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        self._as_postgres(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
+                          "--no-sync", "-E", "UTF8")
+
+    def _as_postgres(self, *cmd: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *cmd], check=True, capture_output=True, timeout=120)
+
+    def start(self) -> "PostgresServer":
+        opts = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l",
+                          str(self.folder / "server.log"), "-w", "start")
+        return self
+
+    def crash(self) -> None:
+        self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def close(self) -> None:
+        try:
+            self.crash()
+        except subprocess.CalledProcessError:
+            pass
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,46 @@
+"""A multi-config sweep small enough to run many times, and how to count what it stored."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from db import results
+from db.models import Generation
+from db.session import session
+from tests.synthetic_saes import make
+from tests.test_queue import saejobs, submitted
+
+FEATURES, STRENGTHS, PROMPTS = "1,2,3,4", "0,4,8,16", ("Once upon a time", "The capital of France is")
+N_CONFIGS = len(PROMPTS) + 4 * 4 * len(PROMPTS)  # one DEFAULT per prompt, then features × strengths × prompts
+
+
+@pytest.fixture
+def sqlite_db(home, monkeypatch) -> str:
+    url = f"sqlite:///{home / 'saejobs.db'}"
+    monkeypatch.setenv("SAEJOBS_DB", url)
+    return url
+
+
+def sweep_args(home, model_dir, *, n_tokens: int = 40, batch_size: int = 4) -> list[str]:
+    """Register and download (locally) a synthetic SAE for the tiny Gemma 2; the sweep's CLI arguments."""
+    sae = make(home, d_model=64, d_sae=256, layer=1)
+    submitted(saejobs("download", sae.id, "--source", str(sae.mirror), "--local", "--json"))
+    args = ["sweep", "--sae", sae.id, "--feature", FEATURES, "--strength", STRENGTHS, "--n-tokens", str(n_tokens),
+            "--model", str(model_dir), "--batch-size", str(batch_size), "--json"]
+    for p in PROMPTS:
+        args += ["--prompt", p]
+    return args
+
+
+def stored(job_id: str) -> int:
+    sweep = results.sweep_for_job(job_id)
+    if sweep is None:
+        return 0
+    with session() as s:
+        return s.scalar(select(func.count()).select_from(Generation).where(Generation.sweep_id == sweep.id))
+
+
+def outputs(job_id: str) -> dict[str, list[int]]:
+    """config key → generated token ids: what two runs of one sweep must agree on."""
+    return {r["config_key"]: r["token_ids"] for r in results.generation_rows(job_id)}

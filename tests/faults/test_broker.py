@@ -1,0 +1,138 @@
+"""Redis dies and comes back empty (no persistence: every message in it is gone), with jobs queued
+and with one running; and what travels on the queue is JSON, never pickle.
+
+A private ``redis-server`` with a password (``tests/faults/servers.py``) so it can be killed at will
+and so the tests can check that the password is never printed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from db import jobs
+from tests.dbfixtures import home  # noqa: F401
+from tests.faults.servers import RedisServer
+from tests.faults.sweeps import N_CONFIGS, sqlite_db, stored, sweep_args  # noqa: F401
+from tests.queue_harness import FAST, start_worker, wait_for  # noqa: F401
+from tests.test_queue import saejobs, submitted
+
+pytestmark = pytest.mark.model
+PASSWORD = "redisPassw0rdNeverPrinted"
+ORPHAN_AFTER = "2"
+
+
+@pytest.fixture
+def redis_server(tmp_path, monkeypatch):
+    try:
+        server = RedisServer(tmp_path, PASSWORD).start()
+    except (RuntimeError, AssertionError) as e:
+        pytest.fail(f"the broker fault tests need redis-server: {e}")
+    monkeypatch.setenv("SAEJOBS_BROKER", server.url)
+    monkeypatch.setenv("SAEJOBS_ORPHAN_AFTER", ORPHAN_AFTER)
+    for k, v in FAST.items():
+        monkeypatch.setenv(k, v)
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def broker(redis_server):  # what queue_harness.start_worker asks for: here, the private server
+    return redis_server.url
+
+
+def one_clean_line(res) -> str:
+    assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    return lines[0]
+
+
+def queued_messages(server: RedisServer) -> list[dict]:
+    return [json.loads(m) for m in server.client().lrange("saejobs", 0, -1)]
+
+
+def test_redis_restart_loses_no_queued_or_running_job(home, sqlite_db, redis_server, start_worker, tiny_gemma2_dir,
+                                                      ledger):
+    quick = sweep_args(home, tiny_gemma2_dir, n_tokens=8, batch_size=8)
+    queued = [submitted(saejobs(*quick, "--seed", str(s))) for s in (1, 2)]
+    assert len(queued_messages(redis_server)) == 2
+    redis_server.kill()
+    redis_server.start()  # empty: both messages are gone, both rows still say queued
+    assert queued_messages(redis_server) == [] and all(jobs.get(j["id"]).state == "queued" for j in queued)
+    ledger.add("redis_restarts")
+
+    t0 = time.monotonic()
+    worker = start_worker()
+    for j in queued:
+        done = wait_for(lambda: (r := jobs.get(j["id"])).state in ("succeeded", "failed") and r, 120, "a lost job")
+        assert done.state == "succeeded" and done.attempts == 1, done.error
+        assert stored(j["id"]) == N_CONFIGS
+    ledger.figure("redis_restart_to_queued_jobs_done", time.monotonic() - t0)
+    assert worker.text().count("message is not in the broker; sent again") == 2
+
+    slow = sweep_args(home, tiny_gemma2_dir, n_tokens=40, batch_size=1)
+    running = submitted(saejobs(*slow))
+    wait_for(lambda: jobs.get(running["id"]).progress > 0.1, 120, "the sweep to be under way")
+    redis_server.kill()
+    ledger.add("redis_restarts")
+
+    during = saejobs(*quick)  # the CLI during the outage: one line, exit 6, no password
+    line = one_clean_line(during)
+    assert during.returncode == 6 and "broker unreachable at redis://:***@127.0.0.1" in line, line
+    assert "jobs retry" in line and PASSWORD not in line
+    refused = jobs.get(line.split("job ")[1].split()[0]).id
+    assert jobs.get(refused).state == "failed"  # said so, not left queued with no message
+    shown = submitted(saejobs("jobs", "show", running["id"], "--json"))  # the database still answers
+    assert shown["state"] == "running"
+
+    time.sleep(2)
+    redis_server.start()
+    done = wait_for(lambda: (r := jobs.get(running["id"])).state in ("succeeded", "failed") and r, 180,
+                    "the sweep that ran through the outage")
+    assert done.state == "succeeded" and done.attempts == 1 and stored(running["id"]) == N_CONFIGS
+
+    t0 = time.monotonic()
+    again = submitted(saejobs("jobs", "retry", refused, "--wait", "--json"))  # the worker reconnected by itself
+    assert again["state"] == "succeeded" and stored(refused) == N_CONFIGS
+    ledger.figure("redis_back_to_next_job_done", time.monotonic() - t0)
+    assert PASSWORD not in worker.text()
+    ledger.add("rows_expected", 4 * N_CONFIGS)
+    ledger.add("rows_lost", sum(N_CONFIGS - stored(j) for j in [*(q["id"] for q in queued), running["id"], refused]))
+
+
+def test_only_json_travels_and_a_pickled_message_is_never_unpickled(home, sqlite_db, redis_server, start_worker,
+                                                                    tmp_path, ledger):
+    from tasks.app import app
+
+    assert app.conf.accept_content == ["json"] and app.conf.task_serializer == "json"
+    job = jobs.create("download", {"sae": "nothing/at-all"})  # no queue: the orphan resender leaves it be
+    from tasks.submit import send
+
+    send(job.id)
+    (msg,) = queued_messages(redis_server)
+    assert msg["content-type"] == "application/json" and msg["content-encoding"] == "utf-8"
+    assert json.loads(__import__("base64").b64decode(msg["body"]))[0] == [job.id]
+    redis_server.client().delete("saejobs")
+
+    marker = tmp_path / "unpickled"
+
+    class Payload:  # unpickling this runs a command that leaves a file behind
+        def __reduce__(self):
+            import os
+
+            return (os.system, (f"touch {marker}",))
+
+    with app.connection_for_write(redis_server.url) as conn:
+        app.send_task("saejobs.run_job", args=[Payload()], serializer="pickle", connection=conn)
+    (msg,) = queued_messages(redis_server)
+    assert msg["content-type"] == "application/x-python-serialize"
+    worker = start_worker()
+    wait_for(lambda: "Refusing to deserialize untrusted content of type pickle" in worker.text(), 30,
+             "the worker to refuse the pickled message")
+    time.sleep(1)
+    assert not marker.exists() and jobs.get(job.id).state == "queued"
+    assert queued_messages(redis_server) == []  # dropped, not redelivered forever
+    ledger.add("pickled_messages_refused")

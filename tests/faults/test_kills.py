@@ -1,0 +1,94 @@
+"""SIGKILL a worker at six points of one multi-config sweep; each time a fresh worker takes over.
+
+Five kills land on exact instants through ``engine.failpoints`` (after the loads, between generating
+and storing a chunk, inside the chunk's transaction before its commit, between the commit and the
+progress report, after the last row before the job is marked done); one is an outside SIGKILL at
+whatever instant the sweep is at. The sweep must end ``succeeded`` with every configuration stored
+exactly once and the same tokens as an uninterrupted run. SIGTERM hands the job back instead.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from db import jobs
+from tests.dbfixtures import home  # noqa: F401
+from tests.faults.sweeps import N_CONFIGS, outputs, sqlite_db, stored, sweep_args  # noqa: F401
+from tests.queue_harness import broker, start_worker, wait_for  # noqa: F401
+from tests.test_queue import saejobs, submitted
+
+pytestmark = pytest.mark.model
+BATCH = 4
+
+
+def killed(worker) -> None:
+    """Wait for a worker's failpoint to fire: the process must die of SIGKILL, not exit."""
+    assert worker.proc.wait(timeout=120) == -9, worker.text()[-2000:]
+
+
+def test_six_sigkills_during_one_sweep_lose_and_duplicate_nothing(home, sqlite_db, start_worker, tiny_gemma2_dir,
+                                                                 ledger):
+    args = sweep_args(home, tiny_gemma2_dir, batch_size=BATCH)
+    reference = submitted(saejobs(*args, "--local"))
+    assert reference["state"] == "succeeded"
+    job = submitted(saejobs(*args))
+    took_over: list[float] = []
+
+    def survive(point: str | None, expect_rows) -> int:
+        """Start a worker that dies at ``point`` (or is shot from outside) and check what it left."""
+        t0 = time.monotonic()
+        env = {"SAEJOBS_KILL_AT": point} if point else {}
+        w = start_worker("--cpu", env=env, ready=False)
+        if point:
+            killed(w)
+        else:
+            wait_for(lambda: stored(job["id"]) >= 20, 120, "the sweep to pass 20 rows")
+            w.kill()
+        took_over.append(time.monotonic() - t0)
+        n = stored(job["id"])
+        assert expect_rows(n), f"after a kill at {point or 'an outside instant'}: {n} rows"
+        assert jobs.get(job["id"]).state == "running"  # its dead worker's claim, until a reaper sees it
+        ledger.add("sigkills")
+        return n
+
+    survive("sweep.loaded:1", lambda n: n == 0)
+    survive("sweep.chunk_generated:2", lambda n: n == BATCH)  # the second chunk's generations died unsaved
+    survive("results.before_commit:2", lambda n: n == 2 * BATCH)  # its rows were inserted, never committed
+    n = survive("sweep.chunk_stored:2", lambda n: n == 4 * BATCH)  # committed; the progress report never came
+    assert jobs.get(job["id"]).progress < n / N_CONFIGS
+    survive(None, lambda n: 20 <= n < N_CONFIGS and n % BATCH == 0)
+    survive("runner.before_finish:1", lambda n: n == N_CONFIGS)
+
+    start_worker()
+    done = wait_for(lambda: (j := jobs.get(job["id"])).state in ("succeeded", "failed") and j, 120, "the last worker")
+    assert done.state == "succeeded", done.error
+    assert done.attempts == 7 and done.result["ran_now"] == 0 and done.result["generations"] == N_CONFIGS
+    assert [e.state for e in done.events].count("succeeded") == 1
+    assert sum((e.message or "").startswith("running on") for e in done.events) == 7
+    assert sum("worker lost" in (e.message or "") for e in done.events) == 6
+    assert stored(job["id"]) == N_CONFIGS
+    got, want = outputs(job["id"]), outputs(reference["id"])
+    assert got == want and len(got) == N_CONFIGS  # every configuration once, same tokens as the clean run
+    ledger.add("rows_expected", N_CONFIGS)
+    ledger.add("rows_lost", N_CONFIGS - len(got))
+    ledger.figure("kill_to_next_worker_running", max(took_over))
+
+
+def test_sigterm_hands_the_running_sweep_back(home, sqlite_db, start_worker, tiny_gemma2_dir, ledger):
+    args = sweep_args(home, tiny_gemma2_dir, batch_size=1)
+    first = start_worker()
+    job = submitted(saejobs(*args))
+    wait_for(lambda: jobs.get(job["id"]).progress > 0.2, 120, "the sweep to be under way")
+    t0 = time.monotonic()
+    assert first.terminate(timeout=60) == 0
+    ledger.figure("sigterm_to_handed_back", time.monotonic() - t0)
+    handed = jobs.get(job["id"])
+    assert handed.state == "queued" and "handed back" in handed.message
+    start_worker()
+    done = wait_for(lambda: (j := jobs.get(job["id"])).state == "succeeded" and j, 120, "the sweep on the new worker")
+    assert done.attempts == 2 and stored(job["id"]) == N_CONFIGS
+    ledger.add("sigterms")
+    ledger.add("rows_expected", N_CONFIGS)
+    ledger.add("rows_lost", N_CONFIGS - len(outputs(job["id"])))
