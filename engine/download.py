@@ -7,6 +7,7 @@ One download per folder at a time (a file lock), so two jobs for one SAE produce
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -21,6 +22,23 @@ from engine.registry.entry import SaeEntry
 
 CHUNK = 1 << 20
 Progress = Callable[[float, str], None]
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class DiskFullError(SaejobsError):
+    """The cache's disk filled up: the partial file is deleted (it would only hold the space)."""
+
+    exit_code = 7
+
+
+def disk_full(e: BaseException, part: Path) -> DiskFullError | None:
+    """The error to raise instead of ``e`` if ``e`` is the disk filling up while ``part`` was written."""
+    if not isinstance(e, OSError) or e.errno not in NO_SPACE:
+        return None
+    part.unlink(missing_ok=True)
+    free = shutil.disk_usage(part.parent).free if part.parent.exists() else 0
+    return DiskFullError(f"disk full while writing {part.name.removesuffix('.part')} in {part.parent} "
+                         f"({e.strerror}; {free / 1e6:.0f} MB free now); partial file deleted")
 
 
 def local_folder(entry: SaeEntry, root: Path | None = None) -> Path:
@@ -104,14 +122,17 @@ def _copy_verified(src: Path, dst: Path, step: Callable[[int], None], expected: 
             while chunk := f.read(CHUNK):
                 h.update(chunk)
         step(offset)
-    with open(src, "rb") as fin, open(part, "ab") as fout:
-        fin.seek(offset)
-        while chunk := fin.read(CHUNK):
-            fout.write(chunk)
-            h.update(chunk)
-            step(len(chunk))
-        fout.flush()
-        os.fsync(fout.fileno())
+    try:
+        with open(src, "rb") as fin, open(part, "ab") as fout:
+            fin.seek(offset)
+            while chunk := fin.read(CHUNK):
+                fout.write(chunk)
+                h.update(chunk)
+                step(len(chunk))
+            fout.flush()
+            os.fsync(fout.fileno())
+    except OSError as e:
+        raise disk_full(e, part) or e from None
     digest = h.hexdigest()
     if expected and digest != expected:
         part.unlink(missing_ok=True)
@@ -125,4 +146,4 @@ def check_disk_space(dest: Path, needed: int) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(dest).free
     if free < needed:
-        raise SaejobsError(f"not enough disk space in {dest}: {needed / 1e6:.0f} MB needed, {free / 1e6:.0f} MB free")
+        raise DiskFullError(f"not enough disk space in {dest}: {needed / 1e6:.0f} MB needed, {free / 1e6:.0f} MB free")

@@ -25,7 +25,7 @@ from huggingface_hub.utils import build_hf_headers
 from tqdm.auto import tqdm
 
 from engine import failpoints
-from engine.download import CHUNK, check_disk_space, sha256_file
+from engine.download import CHUNK, check_disk_space, disk_full, sha256_file
 from engine.errors import IntegrityError, NotFoundError, TransientError, UsageError
 from engine.registry.entry import SaeEntry
 
@@ -154,7 +154,10 @@ def parse_folder(folder: str) -> dict | None:
 def hub_folders(repo_id: str, under: str | None = None) -> list[str]:
     """Folders of a Hub repo (under ``under``) that hold an SAE's params file, via the tree API."""
     api = HfApi(endpoint=endpoint())
-    files = api.list_repo_tree(repo_id, path_in_repo=under or None, recursive=True)
+    files = list(api.list_repo_tree(repo_id, path_in_repo=under or None, recursive=True))
+    for f in files:
+        if f.path.startswith(("/", "~")) or "\\" in f.path or any(p in ("", ".", "..") for p in f.path.split("/")):
+            raise IntegrityError(f"the Hub's listing of {repo_id} holds an unsafe path {f.path!r}; refused")
     return sorted({f.path.rsplit("/", 1)[0] for f in files if f.path.rsplit("/", 1)[-1] in PARAMS})
 
 
@@ -250,7 +253,7 @@ def _fetch_file(entry: SaeEntry, name: str, url: str, meta, dest: Path, step: Ca
     try:
         digest = _download(meta.location, part, meta.size, headers, step)
     except Exception as e:
-        raise _mapped(entry, name, e) from None
+        raise disk_full(e, part) or _mapped(entry, name, e) from None
     if expected and digest != expected:
         part.unlink(missing_ok=True)
         raise IntegrityError(f"{_where(entry, name)}: sha256 {digest[:12]}… differs from the Hub's {expected[:12]}…; "

@@ -8,7 +8,7 @@ or ``ETag``, ``X-Linked-Size`` or ``Content-Length``, ``Location``; errors from 
 ``Content-Range``); ``GET /api/models/{repo}/tree/{rev}[/{quoted path}]?recursive=&expand=``.
 LFS files are answered as the Hub does: 302 to a CDN on another origin (``localhost`` here, so the
 client must drop the token), ETag = sha256. Small files (``*.json``) are git blobs served in place.
-Faults on demand (``fail``): 401, 404, 500, a connection cut half way, corrupted bytes.
+Faults on demand (``fail``): 401, 404, 500, a connection cut half way, corrupted bytes; ``rate`` slows bodies.
 ``/api/agent-harnesses`` (huggingface_hub's daily telemetry fetch) answers an empty registry.
 """
 
@@ -18,6 +18,7 @@ import hashlib
 import json
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -72,6 +73,7 @@ class HubServer:
         self.repos: dict[str, dict[str, HubFile]] = {}
         self.gated: dict[str, str] = {}  # repo -> the token that may read it
         self.faults: list[Fault] = []
+        self.rate: float | None = None  # bytes per second for file bodies; None: as fast as loopback goes
         self.log: list[Request] = []
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -244,6 +246,8 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                     data[len(data) // 2] ^= 0xFF
                     self.wfile.write(bytes(data))
                     sent = len(data)
+                elif hub.rate:
+                    sent = _trickle(self.wfile, src, start, count, hub.rate)
                 else:
                     sent = self.connection.sendfile(src, start, count) if count else 0
             self.req.body_bytes += sent
@@ -281,6 +285,21 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             self._send(200, {"Content-Type": "application/json", "Content-Length": len(payload)}, payload)
 
     return Handler
+
+
+def _trickle(out, src, start: int, count: int, rate: float, piece: int = 1 << 18) -> int:
+    """Send ``count`` bytes at about ``rate`` bytes/s: a slow link, so a test can act mid-transfer."""
+    src.seek(start)
+    sent = 0
+    try:
+        while sent < count:
+            data = src.read(min(piece, count - sent))
+            out.write(data)
+            sent += len(data)
+            time.sleep(len(data) / rate)
+    except (BrokenPipeError, ConnectionResetError):  # the client went away (a cancelled job): fine
+        pass
+    return sent
 
 
 def resolve_url(hub: HubServer, repo: str, path: str) -> str:

@@ -77,34 +77,6 @@ def test_download_from_a_mirror_directory_through_the_queue(db, home, broker, st
     assert job["result"]["files"]["params.npz"]["sha256"] == digest
 
 
-def test_a_cut_connection_resumes_with_a_range_request_even_across_job_attempts(db, hub, served, start_worker):
-    """Cut at half, then five more cuts: http_get resumes with Range in-call, then the job's retry resumes."""
-    hub.fail("cut", "params.npz", times=6)
-    w = start_worker()
-    job = submitted(saejobs("download", served.id, "--wait", "--json"))
-    assert job["state"] == "succeeded" and job["attempts"] == 2, job
-    size = hub.repos[served.entry.repo_id][f"{served.entry.folder}/params.npz"].size
-    gets = file_gets(hub)
-    assert len(gets) == 7 and gets[0].range is None
-    resumed_at = {r.range for r in gets[1:]}
-    assert len(resumed_at) == 1, resumed_at  # every later request resumed at the same offset
-    offset = int(resumed_at.pop().removeprefix("bytes=").rstrip("-"))
-    assert 0 < offset <= size // 2 and gets[-1].status == 206
-    assert gets[-1].body_bytes == size - offset  # the last attempt fetched only the rest
-    assert "Traceback" not in w.text()
-
-
-def test_corrupted_bytes_delete_the_file_and_fail_in_one_line(db, hub, served):
-    hub.fail("corrupt", "params.npz")
-    res = saejobs("download", served.id, "--local", "--json")
-    assert res.returncode == 3, res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "sha256" in lines[0] and "deleted" in lines[0], res.stderr
-    folder = home_folder(served)
-    assert not (folder / "params.npz").exists() and not (folder / "params.npz.part").exists()
-    assert json.loads(res.stdout)["state"] == "failed"
-
-
 def error_line(res) -> str:
     """The one error line; the lines above it are the progress log a non-terminal stderr gets."""
     assert "Traceback" not in res.stderr
