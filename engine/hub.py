@@ -88,9 +88,11 @@ def _mapped(entry: SaeEntry, name: str, e: Exception) -> Exception:
     where = _where(entry, name)
     if isinstance(e, GatedRepoError):
         status = e.response.status_code if e.response is not None else 401
-        if status == 401:
+        if status == 401 and not build_hf_headers().get("authorization"):
             return UsageError(f"{entry.repo_id} is gated and no token was sent: accept its licence on the Hub "
                               "and set HF_TOKEN")
+        if status == 401:
+            return UsageError(f"{entry.repo_id} is gated and HF_TOKEN was not accepted (invalid or expired?)")
         return UsageError(f"{entry.repo_id} is gated and this HF_TOKEN has no access: accept its licence on the Hub")
     if isinstance(e, RevisionNotFoundError):
         return NotFoundError(f"{entry.repo_id}: revision not found on the Hub")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from db import jobs
 from db.models import Job
-from engine.errors import SaejobsError
+from engine.errors import SaejobsError, UsageError
 from tasks.app import SHARED_QUEUE, app, broker_url, gpu_queue
 
 SEND_TIMEOUT_S = 3
@@ -24,8 +24,21 @@ def redact(url: str) -> str:
     return _redact(url) if "://" in url else url
 
 
+BROKER_SCHEMES = ("redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp")
+
+
+def check_broker_url(url: str) -> None:
+    """A malformed broker URL is a typo to fix, not an outage: refused before any row is written."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in BROKER_SCHEMES or not rest.strip("/"):
+        raise UsageError(f"bad broker URL '{redact(url)}' (SAEJOBS_BROKER): expected redis://host:port/db "
+                         "or amqp://user@host:port/vhost")
+
+
 def submit(kind: str, params: dict, *, sae_id: str | None = None, gpu: int | None = None, local: bool = False) -> Job:
     queue = gpu_queue(gpu) if gpu is not None else SHARED_QUEUE
+    if not local:
+        check_broker_url(broker_url())
     job = jobs.create(kind, params, sae_id=sae_id, queue=None if local else queue, requested_gpu=gpu)
     if not local:  # a local job is run by the caller (``runner.execute``), in its own process
         dispatch(job.id, queue)

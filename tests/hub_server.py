@@ -179,10 +179,14 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             self._send(status, headers, payload)
 
         def _gate(self, repo: str) -> bool:
-            """False (and a 401 sent) when the repo is gated and no right token came."""
+            """False (and a 401 without a token, 403 with another one) when the repo is gated."""
             token = hub.gated.get(repo)
             if token is None or self.headers.get("Authorization") == f"Bearer {token}":
                 return True
+            if self.headers.get("Authorization"):
+                self._error(403, "GatedRepo", f"Access to model {repo} is restricted and you are not in the "
+                            "authorized list. Visit https://huggingface.co/{repo} to ask for access.", repo)
+                return False
             self._error(401, "GatedRepo", f"Access to model {repo} is restricted. You must have access to it "
                         "and be authenticated to access it. Please log in.", repo)
             return False

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 from sqlalchemy import func, select
 
 from db.models import Generation, Job
@@ -19,7 +20,7 @@ from tests.test_queue import saejobs
 
 SAE = "gemma-2-2b/20-gemmascope-res-16k"
 SWEEP = ["sweep", "--sae", SAE, "--feature", "1", "--prompt", "Once upon a time"]
-DEAD_BROKER = {"SAEJOBS_BROKER": "redis://127.0.0.1:1/0"}
+DEAD_BROKER = {"SAEJOBS_BROKER": "redis://:s3cret@127.0.0.1:1/0"}
 
 
 def _tiny(home, fmt="gemma-scope"):
@@ -41,6 +42,13 @@ def _config_types(home):
     config = {**gemma_scope_2_config(sae.entry), "hf_hook_point_in": 5}
     write_sae(sae.mirror_folder, "gemma-scope-2", random_params(64, 256), config)
     return ["verify", sae.id, "--path", str(sae.mirror_folder), "--local", "--structural-only"]
+
+
+def _escaping_entry(home):
+    sae = make(home, d_model=64, d_sae=256)
+    (home / "registry.d" / "evil.yaml").write_text(yaml.safe_dump([{**sae.entry.to_json(), "id": "evil/sae",
+                                                                     "folder": "../../../outside"}]))
+    return ["download", "evil/sae", "--source", str(sae.mirror), "--local"]
 
 
 def _neuronpedia(home):
@@ -78,16 +86,18 @@ CASES = [  # id, args (or a function of home returning them), env, exit code, wh
     ("bad database URL", ["jobs", "list"], {"SAEJOBS_DB": "nosuchdb://x"}, 2, "bad database URL 'nosuchdb://x'"),
     ("database unreachable, password redacted", ["jobs", "list"],
      {"SAEJOBS_DB": "postgresql+psycopg://u:s3cret@127.0.0.1:1/x"}, 4, "unavailable"),
-    ("bad broker URL", ["download", SAE], DEAD_BROKER, 6, "broker unreachable"),
+    ("malformed broker URL", ["download", SAE], {"SAEJOBS_BROKER": "http://u:s3cret@x/0"}, 2, "bad broker URL 'http://u:***@x/0'"),
+    ("dead broker, password in its URL", ["download", SAE], DEAD_BROKER, 6, "broker unreachable at redis://:***@127.0.0.1:1/0"),
     ("path escape in an SAE id", ["download", "google/gemma-scope-2b-pt-res/../../etc"], {}, 2, "'..'"),
     ("pickle in an npz", _pickled, {}, 3, "pickled object arrays; refused"),
+    ("custom entry whose folder escapes the cache", _escaping_entry, {}, 3, "must be a relative path without '..'"),
     ("config.json with wrong types", _config_types, {}, 3, "hf_hook_point_in"),
     ("Neuronpedia JSON off the schema", _neuronpedia, {}, 2, "$.request.features: expected a list, got str"),
 ]
 
 
 @pytest.mark.parametrize("name, args, env, code, says", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_clear_line(home, name, args, env, code, says):
+def test_bad_input_is_one_clear_line(home, name, args, env, code, says, ledger):
     args = args(home) if callable(args) else args
     res = saejobs(*args, env=env, timeout=300)
     err = res.stderr.strip()
@@ -100,3 +110,5 @@ def test_bad_input_is_one_clear_line(home, name, args, env, code, says):
         assert s.scalar(select(func.count()).select_from(Generation)) == 0
         # nothing left waiting: refused up front, or (broker down, --local failure) recorded as failed with the reason
         assert s.scalars(select(Job.state).where(Job.state.in_(("queued", "running")))).all() == []
+    assert not (home.parent / "outside").exists()
+    ledger.add("bad_inputs")

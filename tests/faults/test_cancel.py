@@ -1,0 +1,41 @@
+"""Cancelling a running sweep: the worker stops at its next progress report, the rows it stored stay
+(queryable, marked by the job's ``cancelled`` state), and ``jobs retry`` runs only what is missing."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from db import jobs
+from tests.dbfixtures import home  # noqa: F401
+from tests.faults.sweeps import N_CONFIGS, outputs, sqlite_db, stored, sweep_args  # noqa: F401
+from tests.queue_harness import broker, start_worker, wait_for  # noqa: F401
+from tests.test_queue import saejobs, submitted
+
+pytestmark = pytest.mark.model
+
+
+def test_cancel_a_running_sweep_then_retry_runs_only_the_rest(home, sqlite_db, start_worker, tiny_gemma2_dir, ledger):
+    args = sweep_args(home, tiny_gemma2_dir, batch_size=1)
+    w = start_worker()
+    job = submitted(saejobs(*args))
+    wait_for(lambda: jobs.get(job["id"]).progress > 0.2, 120, "the sweep to be under way")
+    t0 = time.monotonic()
+    assert json.loads(saejobs("jobs", "cancel", job["id"], "--json").stdout)["state"] == "cancelled"
+    wait_for(lambda: "'cancelled'" in w.text(), 30, "the worker to let go of the job")
+    ledger.figure("cancel_to_sweep_stopped", time.monotonic() - t0)
+    kept = stored(job["id"])
+    time.sleep(1.5)
+    assert stored(job["id"]) == kept and 0 < kept < N_CONFIGS and jobs.get(job["id"]).state == "cancelled"
+    watch = saejobs("jobs", "watch", job["id"])
+    assert watch.returncode == 8 and "cancelled" in watch.stderr
+    partial = submitted(saejobs("results", job["id"], "--json"))
+    assert len(partial) == kept  # one row per stored generation
+    again = submitted(saejobs("jobs", "retry", job["id"], "--wait", "--json"))
+    assert again["state"] == "succeeded" and again["result"]["ran_now"] == N_CONFIGS - kept
+    assert stored(job["id"]) == len(outputs(job["id"])) == N_CONFIGS
+    ledger.add("cancels")
+    ledger.add("rows_expected", N_CONFIGS)
+    ledger.add("rows_lost", N_CONFIGS - len(outputs(job["id"])))
