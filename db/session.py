@@ -74,7 +74,8 @@ def retried(fn):
                 reason = str(e.orig).strip().splitlines()[0] if str(e.orig).strip() else type(e.orig).__name__
                 if time.monotonic() + delay > deadline:
                     raise DatabaseError(f"database '{redact(database_url())}' unavailable: {reason}") from None
-                log.warning("%s: database unavailable (%s); retrying in %.2fs", fn.__qualname__, reason, delay)
+                log.log(logging.WARNING if _role == "worker" else logging.DEBUG,  # the CLI's stderr stays one line
+                        "%s: database unavailable (%s); retrying in %.2fs", fn.__qualname__, reason, delay)
                 time.sleep(delay)
                 delay = min(2 * delay, 2.0)
     return wrapper

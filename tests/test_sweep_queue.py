@@ -7,17 +7,11 @@ takes seconds; the code paths are the ones a Gemma Scope sweep takes.
 
 from __future__ import annotations
 
-import json
-import time
-
 import pytest
-from sqlalchemy import func, select
 
-from db import jobs, results
-from db.models import Generation
-from db.session import session
+from db import results
 from tests.dbfixtures import db_url, home  # noqa: F401
-from tests.queue_harness import broker, start_worker, wait_for  # noqa: F401
+from tests.queue_harness import broker, start_worker  # noqa: F401
 from tests.synthetic_saes import make
 from tests.test_queue import saejobs, submitted
 
@@ -37,12 +31,6 @@ def sweep_args(home, db_url, tiny_gemma2_dir):
 def generations(job_id: str) -> list[dict]:
     return sorted(({k: r[k] for k in ("config_key", "type", "features", "prompt", "seed", "output", "token_ids")}
                    for r in results.generation_rows(job_id)), key=lambda r: r["config_key"])
-
-
-def count(job_id: str) -> int:
-    sweep = results.sweep_for_job(job_id)
-    with session() as s:
-        return s.scalar(select(func.count()).select_from(Generation).where(Generation.sweep_id == sweep.id))
 
 
 def test_local_gives_the_same_rows_as_the_queue(sweep_args, start_worker):

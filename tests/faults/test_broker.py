@@ -73,7 +73,7 @@ def test_redis_restart_loses_no_queued_or_running_job(home, sqlite_db, redis_ser
     ledger.figure("redis_restart_to_queued_jobs_done", time.monotonic() - t0)
     assert worker.text().count("message is not in the broker; sent again") == 2
 
-    slow = sweep_args(home, tiny_gemma2_dir, n_tokens=40, batch_size=1)
+    slow = sweep_args(home, tiny_gemma2_dir, n_tokens=24, batch_size=1)
     running = submitted(saejobs(*slow))
     wait_for(lambda: jobs.get(running["id"]).progress > 0.1, 120, "the sweep to be under way")
     redis_server.kill()

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.model
 
 
 def test_cancel_a_running_sweep_then_retry_runs_only_the_rest(home, sqlite_db, start_worker, tiny_gemma2_dir, ledger):
-    args = sweep_args(home, tiny_gemma2_dir, batch_size=1)
+    args = sweep_args(home, tiny_gemma2_dir, n_tokens=24, batch_size=1)
     w = start_worker()
     job = submitted(saejobs(*args))
     wait_for(lambda: jobs.get(job["id"]).progress > 0.2, 120, "the sweep to be under way")

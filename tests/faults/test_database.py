@@ -29,15 +29,16 @@ def one_clean_line(res, code: int) -> str:
     return lines[0]
 
 
-def hold_write_lock(path: str, seconds: float, times: int, gap: float, held: threading.Event) -> None:
-    """Another process's long write transaction, as a careless script or a backup tool would hold it."""
+def hold_write_lock(path: str, held: threading.Event, release: threading.Event, more: int, seconds: float) -> None:
+    """Another connection's long write transactions, as a careless script or a backup tool holds them:
+    the first until ``release`` is set, then ``more`` of ``seconds`` each."""
     conn = sqlite3.connect(path, isolation_level=None, timeout=60)
-    for _ in range(times):
+    for i in range(1 + more):
         conn.execute("BEGIN EXCLUSIVE")
         held.set()
-        time.sleep(seconds)
+        release.wait() if i == 0 else time.sleep(seconds)
         conn.execute("COMMIT")
-        time.sleep(gap)
+        time.sleep(0.3)
     conn.close()
 
 
@@ -46,11 +47,14 @@ def test_sqlite_locked_beyond_the_busy_timeout(home, sqlite_db, start_worker, ti
     worker = start_worker(env={"SAEJOBS_SQLITE_BUSY_MS": "200"})
     job = submitted(saejobs(*args))
     wait_for(lambda: stored(job["id"]) > 0, 120, "the sweep's first rows")
-    held = threading.Event()
-    locker = threading.Thread(target=hold_write_lock, args=(sqlite_db.removeprefix("sqlite:///"), 3.0, 3, 0.3, held))
+    held, release = threading.Event(), threading.Event()
+    locker = threading.Thread(target=hold_write_lock, args=(sqlite_db.removeprefix("sqlite:///"), held, release, 2, 3.0))
     locker.start()
     held.wait(10)
+    t0 = time.monotonic()
     refused = saejobs(*args, env=SHORT)  # the CLI meanwhile: gives up after its budget, stores nothing
+    time.sleep(max(0.0, 3 - (time.monotonic() - t0)))
+    release.set()
     line = one_clean_line(refused, 4)
     assert "unavailable: database is locked" in line, line
     locker.join()

@@ -77,7 +77,7 @@ def test_six_sigkills_during_one_sweep_lose_and_duplicate_nothing(home, sqlite_d
 
 
 def test_sigterm_hands_the_running_sweep_back(home, sqlite_db, start_worker, tiny_gemma2_dir, ledger):
-    args = sweep_args(home, tiny_gemma2_dir, batch_size=1)
+    args = sweep_args(home, tiny_gemma2_dir, n_tokens=24, batch_size=2)
     first = start_worker()
     job = submitted(saejobs(*args))
     wait_for(lambda: jobs.get(job["id"]).progress > 0.2, 120, "the sweep to be under way")
