@@ -54,13 +54,18 @@ def get(job_id: str, url: str | None = None) -> Job:
 
 @retried
 def claim(job_id: str, *, worker: str, host: str, gpu: str | None, stale_after: float, url: str | None = None) -> bool:
-    """Move a queued job (or one whose worker died) to running; False when someone else has it."""
+    """Move a queued job (or one whose worker died) to running; False when someone else has it.
+
+    A job already running under this worker's own name is claimable too: a worker runs one job at a
+    time, so that row is left from a claim whose commit went through but whose answer was lost.
+    """
     now = utcnow()
     with session(url) as s:
         res = s.execute(
             update(Job)
             .where(Job.id == job_id)
             .where(or_(Job.state == "queued",
+                       (Job.state == "running") & (Job.worker == worker),
                        (Job.state == "running") & (Job.heartbeat_at < now - timedelta(seconds=stale_after))))
             .values(state="running", worker=worker, host=host, gpu=gpu, attempts=Job.attempts + 1,
                     started_at=now, heartbeat_at=now, message="running", error=None)

@@ -73,7 +73,8 @@ def retried(fn):
                     raise
                 reason = str(e.orig).strip().splitlines()[0] if str(e.orig).strip() else type(e.orig).__name__
                 if time.monotonic() + delay > deadline:
-                    raise DatabaseError(f"database '{redact(database_url())}' unavailable: {reason}") from None
+                    url = kwargs.get("url") or database_url()
+                    raise DatabaseError(f"database '{redact(url)}' unavailable: {reason}") from None
                 log.log(logging.WARNING if _role == "worker" else logging.DEBUG,  # the CLI's stderr stays one line
                         "%s: database unavailable (%s); retrying in %.2fs", fn.__qualname__, reason, delay)
                 time.sleep(delay)

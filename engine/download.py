@@ -17,18 +17,12 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from engine import failpoints, paths
-from engine.errors import IntegrityError, NotFoundError, SaejobsError, UsageError
+from engine.errors import DiskFullError, IntegrityError, NotFoundError, UsageError
 from engine.registry.entry import SaeEntry
 
 CHUNK = 1 << 20
 Progress = Callable[[float, str], None]
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-
-
-class DiskFullError(SaejobsError):
-    """The cache's disk filled up: the partial file is deleted (it would only hold the space)."""
-
-    exit_code = 7
 
 
 def disk_full(e: BaseException, part: Path) -> DiskFullError | None:

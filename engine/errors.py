@@ -31,6 +31,12 @@ class IntegrityError(SaejobsError):
     exit_code = 3
 
 
+class DiskFullError(SaejobsError):
+    """The disk filled up while writing; the partial file is deleted (it would only hold the space)."""
+
+    exit_code = 7
+
+
 class TransientError(SaejobsError):
     """Worth retrying as is: a connection dropped, a server answered 5xx, the database was busy."""
 

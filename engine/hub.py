@@ -24,7 +24,7 @@ from huggingface_hub.file_download import http_get
 from huggingface_hub.utils import build_hf_headers
 from tqdm.auto import tqdm
 
-from engine import failpoints
+from engine import failpoints, paths
 from engine.download import CHUNK, check_disk_space, disk_full, sha256_file
 from engine.errors import IntegrityError, NotFoundError, TransientError, UsageError
 from engine.registry.entry import SaeEntry
@@ -158,7 +158,7 @@ def hub_folders(repo_id: str, under: str | None = None) -> list[str]:
     api = HfApi(endpoint=endpoint())
     files = list(api.list_repo_tree(repo_id, path_in_repo=under or None, recursive=True))
     for f in files:
-        if f.path.startswith(("/", "~")) or "\\" in f.path or any(p in ("", ".", "..") for p in f.path.split("/")):
+        if paths.escapes(f.path):
             raise IntegrityError(f"the Hub's listing of {repo_id} holds an unsafe path {f.path!r}; refused")
     return sorted({f.path.rsplit("/", 1)[0] for f in files if f.path.rsplit("/", 1)[-1] in PARAMS})
 

@@ -11,6 +11,12 @@ def home() -> Path:
     return Path(os.environ.get("SAEJOBS_HOME") or Path.home() / ".cache" / "saejobs")
 
 
+def escapes(relative: str) -> bool:
+    """Whether a path from outside (a listing, a registry file) could name something outside its root."""
+    return (relative.startswith(("/", "~")) or "\\" in relative
+            or any(part in ("", ".", "..") for part in relative.split("/")))
+
+
 def sae_cache() -> Path:
     """Downloaded SAE folders, laid out like the Hub: ``saes/{repo_id}/{folder}/``."""
     return home() / "saes"

@@ -57,8 +57,7 @@ def parse(item: object, where: str) -> SaeEntry:
     if item["format"] not in ("gemma-scope", "gemma-scope-2"):
         raise FormatError(f"{where}: format must be gemma-scope or gemma-scope-2, not {item['format']!r}")
     for k in ("repo_id", "folder"):
-        parts = str(item[k]).split("/")
-        if str(item[k]).startswith(("/", "~")) or "\\" in str(item[k]) or any(p in ("", ".", "..") for p in parts):
+        if paths.escapes(str(item[k])):
             raise FormatError(f"{where}: {k} {item[k]!r} must be a relative path without '..' (it names a cache folder)")
     for name in item["files"]:
         if "/" in name or "\\" in name or name in ("", ".", ".."):

@@ -41,6 +41,23 @@ def stored(job_id: str) -> int:
         return s.scalar(select(func.count()).select_from(Generation).where(Generation.sweep_id == sweep.id))
 
 
+def under_way(start_worker, args: list[str], past: float = 0.2):
+    """A worker, and a sweep it has taken past ``past`` of its configurations."""
+    from db import jobs
+    from tests.queue_harness import wait_for
+
+    worker = start_worker()
+    job = submitted(saejobs(*args))
+    wait_for(lambda: jobs.get(job["id"]).progress > past, 120, "the sweep to be under way")
+    return worker, job
+
+
+def account(ledger, job_id: str) -> None:
+    """A finished fault sweep's rows into the ledger: expected, and lost (missing configurations)."""
+    ledger.add("rows_expected", N_CONFIGS)
+    ledger.add("rows_lost", N_CONFIGS - len(outputs(job_id)))
+
+
 def outputs(job_id: str) -> dict[str, list[int]]:
     """config key → generated token ids: what two runs of one sweep must agree on."""
     return {r["config_key"]: r["token_ids"] for r in results.generation_rows(job_id)}

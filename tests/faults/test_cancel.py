@@ -10,7 +10,7 @@ import pytest
 
 from db import jobs
 from tests.dbfixtures import home  # noqa: F401
-from tests.faults.sweeps import N_CONFIGS, outputs, sqlite_db, stored, sweep_args  # noqa: F401
+from tests.faults.sweeps import N_CONFIGS, account, outputs, sqlite_db, stored, sweep_args, under_way  # noqa: F401
 from tests.queue_harness import broker, start_worker, wait_for  # noqa: F401
 from tests.test_queue import saejobs, submitted
 
@@ -18,10 +18,7 @@ pytestmark = pytest.mark.model
 
 
 def test_cancel_a_running_sweep_then_retry_runs_only_the_rest(home, sqlite_db, start_worker, tiny_gemma2_dir, ledger):
-    args = sweep_args(home, tiny_gemma2_dir, n_tokens=24, batch_size=1)
-    w = start_worker()
-    job = submitted(saejobs(*args))
-    wait_for(lambda: jobs.get(job["id"]).progress > 0.2, 120, "the sweep to be under way")
+    w, job = under_way(start_worker, sweep_args(home, tiny_gemma2_dir, n_tokens=24, batch_size=1))
     t0 = time.monotonic()
     assert json.loads(saejobs("jobs", "cancel", job["id"], "--json").stdout)["state"] == "cancelled"
     wait_for(lambda: "'cancelled'" in w.text(), 30, "the worker to let go of the job")
@@ -37,5 +34,4 @@ def test_cancel_a_running_sweep_then_retry_runs_only_the_rest(home, sqlite_db, s
     assert again["state"] == "succeeded" and again["result"]["ran_now"] == N_CONFIGS - kept
     assert stored(job["id"]) == len(outputs(job["id"])) == N_CONFIGS
     ledger.add("cancels")
-    ledger.add("rows_expected", N_CONFIGS)
-    ledger.add("rows_lost", N_CONFIGS - len(outputs(job["id"])))
+    account(ledger, job["id"])

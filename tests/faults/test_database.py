@@ -14,7 +14,7 @@ import pytest
 from db import jobs
 from tests.dbfixtures import home  # noqa: F401
 from tests.faults.servers import PostgresServer
-from tests.faults.sweeps import N_CONFIGS, outputs, sqlite_db, stored, sweep_args  # noqa: F401
+from tests.faults.sweeps import N_CONFIGS, account, outputs, sqlite_db, stored, sweep_args  # noqa: F401
 from tests.queue_harness import broker, start_worker, wait_for  # noqa: F401
 from tests.test_queue import saejobs, submitted
 
@@ -64,8 +64,7 @@ def test_sqlite_locked_beyond_the_busy_timeout(home, sqlite_db, start_worker, ti
     assert stored(job["id"]) == len(outputs(job["id"])) == N_CONFIGS
     assert [j.id for j in jobs.listing(kind="sweep")] == [job["id"]]  # the refused submission left no row
     ledger.add("database_outages", 3)
-    ledger.add("rows_expected", N_CONFIGS)
-    ledger.add("rows_lost", N_CONFIGS - len(outputs(job["id"])))
+    account(ledger, job["id"])
 
 
 @pytest.fixture
@@ -100,5 +99,4 @@ def test_postgres_crash_and_restart_mid_sweep(home, postgres, start_worker, tiny
     assert "pgPassw0rdNeverPrinted" not in worker.text()
     assert stored(job["id"]) == len(outputs(job["id"])) == N_CONFIGS
     ledger.add("database_outages")
-    ledger.add("rows_expected", N_CONFIGS)
-    ledger.add("rows_lost", N_CONFIGS - len(outputs(job["id"])))
+    account(ledger, job["id"])

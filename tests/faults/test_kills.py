@@ -15,7 +15,7 @@ import pytest
 
 from db import jobs
 from tests.dbfixtures import home  # noqa: F401
-from tests.faults.sweeps import N_CONFIGS, outputs, sqlite_db, stored, sweep_args  # noqa: F401
+from tests.faults.sweeps import N_CONFIGS, account, outputs, sqlite_db, stored, sweep_args, under_way  # noqa: F401
 from tests.queue_harness import broker, start_worker, wait_for  # noqa: F401
 from tests.test_queue import saejobs, submitted
 
@@ -71,16 +71,12 @@ def test_six_sigkills_during_one_sweep_lose_and_duplicate_nothing(home, sqlite_d
     assert stored(job["id"]) == N_CONFIGS
     got, want = outputs(job["id"]), outputs(reference["id"])
     assert got == want and len(got) == N_CONFIGS  # every configuration once, same tokens as the clean run
-    ledger.add("rows_expected", N_CONFIGS)
-    ledger.add("rows_lost", N_CONFIGS - len(got))
+    account(ledger, job["id"])
     ledger.figure("kill_to_next_worker_running", max(took_over))
 
 
 def test_sigterm_hands_the_running_sweep_back(home, sqlite_db, start_worker, tiny_gemma2_dir, ledger):
-    args = sweep_args(home, tiny_gemma2_dir, n_tokens=24, batch_size=2)
-    first = start_worker()
-    job = submitted(saejobs(*args))
-    wait_for(lambda: jobs.get(job["id"]).progress > 0.2, 120, "the sweep to be under way")
+    first, job = under_way(start_worker, sweep_args(home, tiny_gemma2_dir, n_tokens=24, batch_size=2))
     t0 = time.monotonic()
     assert first.terminate(timeout=60) == 0
     ledger.figure("sigterm_to_handed_back", time.monotonic() - t0)
@@ -90,5 +86,4 @@ def test_sigterm_hands_the_running_sweep_back(home, sqlite_db, start_worker, tin
     done = wait_for(lambda: (j := jobs.get(job["id"])).state == "succeeded" and j, 120, "the sweep on the new worker")
     assert done.attempts == 2 and stored(job["id"]) == N_CONFIGS
     ledger.add("sigterms")
-    ledger.add("rows_expected", N_CONFIGS)
-    ledger.add("rows_lost", N_CONFIGS - len(outputs(job["id"])))
+    account(ledger, job["id"])
