@@ -8,8 +8,6 @@ a bad entry stores nothing.
 
 from __future__ import annotations
 
-from typing import Callable
-
 from sqlalchemy import select
 
 from db.models import Comparison, Generation, NeuronpediaRun, Sweep
@@ -80,12 +78,6 @@ def record_comparisons(sweep_job: str, rows: list[tuple[int, dict]], url: str | 
     with session(url) as s:
         sweep = s.scalar(select(Sweep).where(Sweep.job_id == sweep_job))
         s.add_all(Comparison(sweep_id=sweep.id, neuronpedia_run_id=run, metrics=m) for run, m in rows)
-
-
-def match(canonical: dict, candidates: list[dict], canonical_of: Callable[[dict], dict]) -> int | None:
-    """The id of the candidate generation whose canonical request equals ``canonical`` (last stored wins)."""
-    found = [c["id"] for c in candidates if canonical_of(c) == canonical]
-    return found[-1] if found else None
 
 
 @retried

@@ -24,7 +24,6 @@ the shape interp-engine uses too.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -47,12 +46,7 @@ def prepare_vector(vector: torch.Tensor, normalize: bool, what: str = "steering 
     v = vector.detach().to(torch.float32).flatten()
     if not torch.isfinite(v).all():
         raise UsageError(f"{what} has non-finite values")
-    if normalize:
-        norm = torch.linalg.vector_norm(v)
-        if norm == 0 or not math.isfinite(float(norm)):
-            raise UsageError(f"{what} has zero norm; it cannot be normalised")
-        v = v / norm
-    return v
+    return unit_vector(v, what) if normalize else v
 
 
 def coefficient(strength: float, strength_multiplier: float) -> float:
@@ -75,12 +69,12 @@ def _delta(act: torch.Tensor, v: torch.Tensor, coeff, method: str) -> torch.Tens
     raise UsageError(f"unknown steering method '{method}'; expected one of {', '.join(METHODS)}")
 
 
-def unit_vector(v: torch.Tensor) -> torch.Tensor:
+def unit_vector(v: torch.Tensor, what: str = "steering vector") -> torch.Tensor:
     """``v / ‖v‖`` in float32, in ``v``'s dtype (interp-engine's ``unit_vector``)."""
     v32 = v.to(torch.float32)
     norm = torch.linalg.vector_norm(v32)
-    if norm == 0 or not torch.isfinite(v32).all():
-        raise UsageError("cannot steer along a zero or non-finite vector: it has no direction")
+    if norm == 0 or not torch.isfinite(norm) or not torch.isfinite(v32).all():
+        raise UsageError(f"{what} has zero norm (or a non-finite one): it has no direction to normalise")
     return (v32 / norm).to(v.dtype)
 
 

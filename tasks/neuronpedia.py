@@ -44,6 +44,10 @@ def request(ref: str, inference_url: str | None = None) -> dict:
     return bodies(_generation(ref), inference_url)
 
 
+def _key(canonical: dict) -> str:
+    return json.dumps(canonical, sort_keys=True)
+
+
 def _canonical(gen: dict, api: str) -> dict | None:
     try:
         return np_api.parse_request(bodies(gen)[api]["body"])[1]
@@ -52,13 +56,21 @@ def _canonical(gen: dict, api: str) -> dict | None:
 
 
 def import_saved(doc) -> list[dict]:
-    """Store every exchange of a saved file (one transaction); returns what matched which configuration."""
+    """Store every exchange of a saved file (one transaction); returns what matched which configuration.
+
+    Each stored STEERED generation's export is built once per API, into an index by canonical request,
+    so matching a file of n answers against m generations costs n + m, not n × m.
+    """
     parsed = np_api.parse_saved(doc)
     candidates = store.steered()
-    rows = []
-    for api, req, canonical, outputs in parsed:
-        gid = store.match(canonical, candidates, lambda g, a=api: _canonical(g, a))
-        rows.append((api, req, outputs, gid))
+    index: dict[str, dict[str, int]] = {}  # api → canonical request (JSON) → generation id, last stored wins
+
+    def matching(api: str, canonical: dict) -> int | None:
+        if api not in index:
+            index[api] = {_key(c): g["id"] for g in candidates if (c := _canonical(g, api)) is not None}
+        return index[api].get(_key(canonical))
+
+    rows = [(api, req, outputs, matching(api, canonical)) for api, req, canonical, outputs in parsed]
     ids = store.store_runs(rows)
     return [{"run": rid, "api": api, "generation": gid, "matched": gid is not None}
             for rid, (api, _, _, gid) in zip(ids, rows)]
