@@ -29,6 +29,14 @@ def submitted(res: subprocess.CompletedProcess) -> dict:
     return json.loads(res.stdout)
 
 
+def one_clean_line(res: subprocess.CompletedProcess, code: int) -> str:
+    """A refused command: exit ``code``, no traceback, exactly one line on stderr (returned)."""
+    assert res.returncode == code and "Traceback" not in res.stderr, (res.returncode, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    return lines[0]
+
+
 def test_enqueue_run_succeed_with_progress(db_url, start_worker, tiny_sae):
     start_worker()
     res = saejobs("download", tiny_sae.id, "--source", str(tiny_sae.mirror), "--wait", "--json")

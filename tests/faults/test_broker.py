@@ -17,7 +17,7 @@ from tests.dbfixtures import home  # noqa: F401
 from tests.faults.servers import RedisServer
 from tests.faults.sweeps import N_CONFIGS, sqlite_db, stored, sweep_args  # noqa: F401
 from tests.queue_harness import FAST, start_worker, wait_for  # noqa: F401
-from tests.test_queue import saejobs, submitted
+from tests.test_queue import one_clean_line, saejobs, submitted
 
 pytestmark = pytest.mark.model
 PASSWORD = "redisPassw0rdNeverPrinted"
@@ -41,13 +41,6 @@ def redis_server(tmp_path, monkeypatch):
 @pytest.fixture
 def broker(redis_server):  # what queue_harness.start_worker asks for: here, the private server
     return redis_server.url
-
-
-def one_clean_line(res) -> str:
-    assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1, res.stderr
-    return lines[0]
 
 
 def queued_messages(server: RedisServer) -> list[dict]:
@@ -80,8 +73,8 @@ def test_redis_restart_loses_no_queued_or_running_job(home, sqlite_db, redis_ser
     ledger.add("redis_restarts")
 
     during = saejobs(*quick)  # the CLI during the outage: one line, exit 6, no password
-    line = one_clean_line(during)
-    assert during.returncode == 6 and "broker unreachable at redis://:***@127.0.0.1" in line, line
+    line = one_clean_line(during, 6)
+    assert "broker unreachable at redis://:***@127.0.0.1" in line, line
     assert "jobs retry" in line and PASSWORD not in line
     refused = jobs.get(line.split("job ")[1].split()[0]).id
     assert jobs.get(refused).state == "failed"  # said so, not left queued with no message

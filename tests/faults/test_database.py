@@ -16,17 +16,10 @@ from tests.dbfixtures import home  # noqa: F401
 from tests.faults.servers import PostgresServer
 from tests.faults.sweeps import N_CONFIGS, account, outputs, sqlite_db, stored, sweep_args  # noqa: F401
 from tests.queue_harness import broker, start_worker, wait_for  # noqa: F401
-from tests.test_queue import saejobs, submitted
+from tests.test_queue import one_clean_line, saejobs, submitted
 
 pytestmark = pytest.mark.model
 SHORT = {"SAEJOBS_SQLITE_BUSY_MS": "200", "SAEJOBS_DB_RETRY_S": "1"}  # a CLI that gives up fast
-
-
-def one_clean_line(res, code: int) -> str:
-    assert res.returncode == code and "Traceback" not in res.stderr, (res.returncode, res.stderr)
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1, res.stderr
-    return lines[0]
 
 
 def hold_write_lock(path: str, held: threading.Event, release: threading.Event, more: int, seconds: float) -> None:
