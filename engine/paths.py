@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 
@@ -13,7 +14,7 @@ def home() -> Path:
 
 def escapes(relative: str) -> bool:
     """Whether a path from outside (a listing, a registry file) could name something outside its root."""
-    return (relative.startswith(("/", "~")) or "\\" in relative
+    return (relative.startswith(("/", "~")) or "\\" in relative or re.match(r"^[A-Za-z]:", relative) is not None
             or any(part in ("", ".", "..") for part in relative.split("/")))
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import difflib
 import functools
-import re
 from pathlib import Path
 
 import yaml
 
+from engine import paths
 from engine.errors import NotFoundError, UsageError
 from engine.registry import custom
 from engine.registry.entry import SaeEntry
@@ -68,8 +68,7 @@ def _clean(ref: str) -> str:
     ref = ref.strip().rstrip("/")
     if not ref:
         raise UsageError("empty SAE id")
-    parts = ref.split("/")
-    if ref.startswith(("/", "~")) or "\\" in ref or re.match(r"^[A-Za-z]:", ref) or any(p in ("..", ".") for p in parts):
+    if paths.escapes(ref):
         raise UsageError(f"SAE id '{ref}' is not a plain id or owner/repo/folder path "
                          "(absolute paths, '..' and backslashes are refused)")
     return ref
