@@ -8,7 +8,8 @@ features as the canonical Gemma Scope SAEs do. The reference is the formula SAEL
 recon = acts @ W_dec + b_dec``); saejobs' ``engine.sae.JumpReLUSAE`` adds the bias and masks in
 place, and decodes a sparse batch by summing only its active decoder rows. Both run in the same
 process, interleaved, best of ``--rounds``; the activations must agree exactly, the reconstructions
-to float rounding (the sparse decode sums in another order).
+of every token to float rounding (the sparse decode sums in another order: within ``RECON_TOL`` of
+the reconstruction's scale). Exits 1 otherwise.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.sae import JumpReLUSAE  # noqa: E402
 
+RECON_TOL = 1e-5  # max |difference| / max |reconstruction|: float32 summation order, nothing more
 
-def main() -> None:
+
+def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--d-model", type=int, default=2304)
     p.add_argument("--d-sae", type=int, default=16384)
@@ -41,6 +44,7 @@ def main() -> None:
     pre = x[:256] @ params["W_enc"] + params["b_enc"]
     print(f"JumpReLU encode+decode, {d}×{m} float32, {a.tokens} tokens, CPU threads {torch.get_num_threads()}, "
           f"best of {a.rounds}")
+    failed = False
     for l0 in a.l0:
         params["threshold"] = torch.quantile(pre.flatten()[::7], 1 - l0 / m).expand(m).contiguous()
         sae = JumpReLUSAE(params, None)
@@ -67,15 +71,22 @@ def main() -> None:
             ref_acts = torch.relu(ref_pre) * (ref_pre > params["threshold"])
             acts = sae.encode(x)
             flipped = (ref_acts > 0) != (acts > 0)
-            same = ~flipped.any(1)
-            err = float((reference()[same] - ours()[same]).abs().max())
+            ref_recon, recon = reference(), ours()
+            err = float((ref_recon - recon).abs().max())  # over every token
+            rel = err / float(ref_recon.abs().max())
         measured = float((acts > 0).sum(1).float().mean())
         print(f"L0 {measured:7.1f}: SAELens formula {min(ref_s) * 1e3:7.1f} ms ({a.tokens / min(ref_s):8.0f} tok/s)  "
               f"saejobs {min(our_s) * 1e3:7.1f} ms ({a.tokens / min(our_s):8.0f} tok/s)  "
               f"ratio {min(ref_s) / min(our_s):.2f}×")
-        print(f"  activations equal: {torch.equal(acts, ref_acts)} ({int(flipped.sum())} on the other side of the "
-              f"threshold); max |reconstruction difference| {err:.1e}")
+        equal = torch.equal(acts, ref_acts)
+        print(f"  activations equal: {equal} ({int(flipped.sum())} on the other side of the threshold); "
+              f"max |reconstruction difference| over all {a.tokens} tokens {err:.1e} ({rel:.1e} of its scale, "
+              f"tolerance {RECON_TOL:.0e})")
+        failed |= not equal or rel > RECON_TOL
+    if failed:
+        print("an identity check failed", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,6 +8,7 @@ with a different steering vector per row; interp-engine runs each as Neuronpedia
 (``steer`` + ``generate_stream``, batch of one, KV cache). Both are warmed up first. Prints both
 times, the ratio (goal ≥ 5× on the 2-core CPU machine) and whether every token id agrees; then, at
 ``--sampled`` temperature, how many configurations each of saejobs' sampling semantics reproduces.
+Exits 1 unless greedy and ``--sampling interp-engine`` agree in every configuration.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def main() -> None:
     print(f"saejobs batched sweep: {t_ours:6.2f} s")
     print(f"interp-engine, one request at a time: {t_theirs:6.2f} s")
     print(f"ratio: {t_theirs / t_ours:.1f}x (goal >= 5x); token ids identical in {agree}/16 configurations")
+    failed = agree != len(configs)
     if a.sampled:
         theirs = [interp_engine(c, a.sampled) for c in configs]
         for semantics in ("interp-engine", "transformerlens"):
@@ -78,6 +80,10 @@ def main() -> None:
             same = sum(g.token_ids == t for (_, g, _), t in zip(r.run(configs), theirs))
             print(f"temperature {a.sampled}, seed 42, saejobs --sampling {semantics}: "
                   f"identical to interp-engine in {same}/16 configurations")
+            failed |= semantics == "interp-engine" and same != len(configs)  # the other semantics is another reference
+    if failed:
+        print("an identity check failed", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

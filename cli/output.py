@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sys
 from typing import Any, Callable, Iterable
 
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 console = Console()
 err_console = Console(stderr=True)
@@ -25,20 +27,38 @@ def emit(data: Any, as_json: bool, render: Callable[[], None]) -> None:
         render()
 
 
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 (but tab, newline) and C1, ESC included
+
+
+def plain(value: Any) -> Text:
+    """A cell as literal text: model output and file contents are untrusted, so ``[/bold]`` stays those
+    characters (no rich markup) and control characters (terminal escapes) are shown as ``\\xNN``."""
+    s = "" if value is None else str(value)
+    return Text(CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", s))
+
+
 def table(title: str | None, columns: list[str], rows: Iterable[Iterable[Any]]) -> None:
-    t = Table(title=title, show_lines=False)
+    t = Table(title=None if title is None else plain(title), show_lines=False)
     for c in columns:
-        t.add_column(c)
+        t.add_column(plain(c))
     for r in rows:
-        t.add_row(*["" if v is None else str(v) for v in r])
+        t.add_row(*[plain(v) for v in r])
     console.print(t)
+
+
+def csv_cell(value: Any) -> Any:
+    """A cell a spreadsheet will not run: text starting with ``= + - @`` (or tab/CR) gets a leading ``'``
+    (OWASP's CSV-injection rule); numbers are left as numbers."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def write_csv(columns: list[str], rows: Iterable[Iterable[Any]]) -> None:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(columns)
-    w.writerows(rows)
+    w.writerow([csv_cell(c) for c in columns])
+    w.writerows([csv_cell(v) for v in r] for r in rows)
     sys.stdout.write(buf.getvalue())
 
 

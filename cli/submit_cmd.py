@@ -15,6 +15,7 @@ import click
 from cli.follow import finish, follow, run_local
 from cli.output import json_option
 from engine.errors import UsageError
+from engine.steering import SteerMethod
 
 
 def submission(f):
@@ -137,7 +138,7 @@ def _ints(ctx, param, value):
               help="Steer the prompt's special tokens (BOS, ...) too, as Neuronpedia's steer_special_tokens.")
 @click.option("--strength-multiplier", default=1.0, show_default=True, type=float)
 @click.option("--method", default="SIMPLE_ADDITIVE", show_default=True,
-              type=click.Choice(["SIMPLE_ADDITIVE", "ORTHOGONAL_DECOMP"], case_sensitive=False))
+              type=click.Choice([m.value for m in SteerMethod], case_sensitive=False))
 @click.option("--normalize/--no-normalize", default=False, show_default=True, help="Unit-norm steering vectors.")
 @click.option("--combine", is_flag=True, help="Steer all features at once (one configuration per strength).")
 @click.option("--n-logprobs", default=0, show_default=True, type=click.IntRange(0, 100),

@@ -37,6 +37,12 @@ class DiskFullError(SaejobsError):
     exit_code = 7
 
 
+class OutOfMemory(SaejobsError):
+    """One row does not fit in the device's memory: retrying on the same kind of device cannot help."""
+
+    exit_code = 7
+
+
 class TransientError(SaejobsError):
     """Worth retrying as is: a connection dropped, a server answered 5xx, the database was busy."""
 

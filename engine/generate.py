@@ -1,19 +1,30 @@
-"""Batched generation in which every row produces exactly what it would produce alone.
+"""Batched generation on the model's device, in which every row produces exactly what it would alone.
 
 Rows are left-padded; padding is masked out of attention and position ids count only real tokens,
-so a row's logits do not depend on its neighbours. Each row samples from its own ``torch.Generator``
-seeded with its seed, drawing as ``torch.manual_seed(seed)`` + one categorical sample per step would,
-so a row's text does not depend on the batch either. Two sampling semantics, recorded with each run:
+so a row's logits do not depend on its neighbours. Logits never leave the device: greedy is one
+batched ``argmax``; sampling draws from one ``torch.Generator`` per row on the logits' device, seeded
+with the row's seed, exactly as the reference's ``torch.manual_seed(seed)`` + one draw per step would
+on that device. Only token ids (and requested logprobs) come to the host, once, at the end; which
+rows have stopped is a device tensor. Two sampling semantics, recorded with each run, each computed
+in the dtype the reference computes it in:
 
 - ``transformerlens`` (Neuronpedia's TransformerLens-era server; TransformerLens 4.3
   ``utilities/logits_utils.py:sample_logits``): temperature 0 is argmax; otherwise ``logits /
-  temperature`` minus ``freq_penalty * bincount(tokens so far, prompt included)``, then a float32
-  categorical sample (``torch.multinomial`` with replacement, as ``Categorical.sample`` draws).
-- ``interp-engine`` (Neuronpedia's server today; interp-engine 1.14 ``steer.py:_sample_next``): the
-  presence penalty is subtracted once from every token generated so far (not the prompt's), before
-  the greedy shortcut; then ``/ temperature``, top-k, softmax, top-p, and ``torch.multinomial(probs,
-  1)`` without replacement, drawing from the row's generator exactly as interp-engine draws from the
-  global one after ``torch.manual_seed(seed)``.
+  temperature`` in the logits' dtype, minus ``freq_penalty * bincount(tokens so far, prompt
+  included)`` (rounded back to that dtype, as its in-place row assignment does), then ``float32`` and
+  ``Categorical(logits=...).sample()``: ``logits - logsumexp``, softmax, ``torch.multinomial`` with
+  replacement on a ``[1, vocab]`` tensor.
+- ``interp-engine`` (Neuronpedia's server today; interp-engine 1.14 ``steer.py:_sample_next``), in
+  the logits' own dtype: the presence penalty subtracted once from every token generated so far
+  (not the prompt's), before the greedy shortcut; then ``/ temperature``, top-k, softmax, top-p, and
+  ``torch.multinomial(probs, 1)`` on a ``[vocab]`` tensor.
+
+Element-wise steps and the softmax run batched (they are per-row computations whatever the batch);
+reductions whose order could depend on the batch shape (TransformerLens' ``logsumexp``, the top-p
+sort and sum) run per row on a tensor shaped as the reference's. The draw is ``torch.multinomial``'s
+own algorithm for one sample (``argmax(probs / q)``, ``q ~ Exp(1)`` drawn from the row's generator in
+a tensor shaped as the reference's), checked once per device and dtype against ``torch.multinomial``
+itself; where they differ, each row calls ``torch.multinomial``.
 """
 
 from __future__ import annotations
@@ -27,10 +38,12 @@ import torch
 from engine.hooks import hook
 
 SAMPLING_SEMANTICS = {
-    "transformerlens": "transformerlens-4.3 sample_logits (temperature, freq_penalty); per-row torch.Generator(seed)",
+    "transformerlens": "transformerlens-4.3 sample_logits (temperature, freq_penalty); per-row torch.Generator(seed) "
+                       "on the model's device",
     "interp-engine": "interp-engine-1.14 _sample_next (presence_penalty, temperature, top_k, top_p); "
-                     "per-row torch.Generator(seed)",
+                     "per-row torch.Generator(seed) on the model's device",
 }
+SYNC_EVERY = 8  # off the CPU, look whether every row has stopped once per this many steps (one host sync)
 
 
 @dataclass
@@ -80,114 +93,190 @@ def output_text(tokenizer, prompt_ids_: list[int], generated: list[int]) -> str:
 
 @torch.no_grad()
 def generate(lm, rows: list[Row], sampling: Sampling, *, hook_name: str | None = None,
-             steer: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[Generated]:
-    """Generate for all rows in one batch; ``steer`` (if given) edits the activation at ``hook_name``."""
+             steer: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             on_step: Callable[[int, int], None] | None = None) -> list[Generated]:
+    """Generate for all rows in one batch; ``steer`` (if given) edits the activation at ``hook_name``.
+
+    ``on_step(step, n_tokens)`` is called on the host after each step is queued (it never waits for
+    the device), so a caller can report progress or stop a long chunk.
+    """
     model, tok = lm.model, lm.tokenizer
     device = next(model.parameters()).device
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    eos = _eos_ids(lm) if sampling.stop_at_eos else set()
-    width = max(len(r.prompt_ids) for r in rows)
-    B = len(rows)
-    input_ids = torch.full((B, width), pad, dtype=torch.long)
-    mask = torch.zeros((B, width), dtype=torch.long)
-    for b, r in enumerate(rows):
-        input_ids[b, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
-        mask[b, width - len(r.prompt_ids):] = 1
-    input_ids, mask = input_ids.to(device), mask.to(device)
-    gens = [torch.Generator(device="cpu").manual_seed(int(r.seed)) for r in rows]
-    counts = _token_counts(rows, lm, sampling)
-    out = [Generated([], [] if sampling.n_logprobs else None) for _ in rows]
-    done = torch.zeros(B, dtype=torch.bool)
+    eos = tok.eos_token_id if sampling.stop_at_eos else None  # the tokenizer's EOS only, as both references
+    B, n = len(rows), sampling.n_tokens
+    input_ids, mask = _left_padded(rows, pad, device)
+    choose = Chooser(rows, sampling, lm.config.vocab_size, device, input_ids, mask)
+    tokens = torch.full((B, n), pad, dtype=torch.long, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    k = sampling.n_logprobs
+    chosen_lp = torch.zeros((B, n), dtype=torch.float32, device=device) if k else None
+    top_lp = torch.zeros((B, n, k), dtype=torch.float32, device=device) if k else None
+    top_ids = torch.zeros((B, n, k), dtype=torch.long, device=device) if k else None
+    sync_every = 1 if device.type == "cpu" else SYNC_EVERY
 
-    ctx = hook(lm, hook_name, steer) if steer is not None else _nullcontext()
-    with ctx:
+    ran = 0
+    with hook(lm, hook_name, steer) if steer is not None else _nullcontext():
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         res = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
         cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        for step in range(sampling.n_tokens):
-            logits = res.logits[:, -1, :].float().cpu()
-            nxt = _choose(logits, sampling, gens, counts, [o.token_ids for o in out])
-            for b in range(B):
-                if done[b]:
-                    continue
-                t = int(nxt[b])
-                out[b].token_ids.append(t)
-                if out[b].logprobs is not None:
-                    out[b].logprobs.append(_logprob_entry(logits[b], t, sampling.n_logprobs))
-                if counts is not None:
-                    counts[b, t] += 1
-                if t in eos:
-                    done[b] = True
-                    out[b].stopped_at_eos = True
-            if bool(done.all()) or step == sampling.n_tokens - 1:
+        for step in range(n):
+            logits = res.logits[:, -1, :]
+            nxt = choose(logits)
+            tokens[:, step] = nxt
+            if k:
+                lp = torch.log_softmax(logits.float(), dim=-1)
+                chosen_lp[:, step] = lp.gather(1, nxt[:, None])[:, 0]
+                top = torch.topk(lp, k, dim=-1)
+                top_lp[:, step], top_ids[:, step] = top.values, top.indices
+            choose.saw(nxt)
+            ran = step + 1
+            if eos is not None:
+                done |= nxt == eos
+            if on_step is not None:
+                on_step(ran, n)
+            if step == n - 1 or (eos is not None and ran % sync_every == 0 and bool(done.all())):
                 break
             nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-            mask = torch.cat([mask, (~done).long().to(device)[:, None]], dim=1)
+            mask = torch.cat([mask, (~done).long()[:, None]], dim=1)
             positions = positions[:, -1:] + 1
-            res = model(input_ids=nxt[:, None].to(device), attention_mask=mask, position_ids=positions,
+            res = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=positions,
                         use_cache=True, logits_to_keep=1, **{cache_arg: getattr(res, cache_arg)})
+    return _collect(tokens[:, :ran], eos, chosen_lp, top_lp, top_ids, ran)
+
+
+def _left_padded(rows: list[Row], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) built on the host and moved to the device once."""
+    width = max(len(r.prompt_ids) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
+        mask[b, width - len(r.prompt_ids):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _collect(tokens, eos, chosen_lp, top_lp, top_ids, ran) -> list[Generated]:
+    """One copy to the host; each row cut after its first EOS."""
+    ids = tokens.cpu().tolist()
+    lps = None if chosen_lp is None else (chosen_lp[:, :ran].cpu().tolist(), top_lp[:, :ran].cpu().tolist(),
+                                          top_ids[:, :ran].cpu().tolist())
+    out = []
+    for b, row in enumerate(ids):
+        stop = row.index(eos) + 1 if eos is not None and eos in row else len(row)
+        logprobs = None
+        if lps is not None:
+            logprobs = [{"token": row[i], "logprob": lps[0][b][i],
+                         "top": [[t, v] for t, v in zip(lps[2][b][i], lps[1][b][i])]} for i in range(stop)]
+        out.append(Generated(row[:stop], logprobs, stopped_at_eos=eos is not None and eos in row))
     return out
 
 
-def _choose(logits: torch.Tensor, s: Sampling, gens: list[torch.Generator], counts: torch.Tensor | None,
-            generated: list[list[int]]) -> torch.Tensor:
-    if s.semantics == "interp-engine":
-        return torch.tensor([_interp_engine_next(logits[b], s, gens[b], generated[b]) for b in range(logits.shape[0])])
-    if s.temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits / s.temperature
-    if counts is not None:
-        logits = logits - s.freq_penalty * counts
-    picks = []
-    for b in range(logits.shape[0]):  # Categorical(logits=...).sample(), with this row's own generator
-        normed = logits[b] - logits[b].logsumexp(dim=-1, keepdim=True)
-        probs = torch.softmax(normed, dim=-1)
-        picks.append(torch.multinomial(probs[None, :], 1, True, generator=gens[b])[0, 0])
-    return torch.stack(picks)
+class Chooser:
+    """The next token of every row, on the device: per-step state (penalties) and per-row generators."""
+
+    def __init__(self, rows: list[Row], s: Sampling, vocab: int, device: torch.device, input_ids: torch.Tensor,
+                 mask: torch.Tensor):
+        self.s = s
+        self.interp = s.semantics == "interp-engine"
+        sampled = s.temperature > 0
+        self.gens = [torch.Generator(device=device).manual_seed(int(r.seed)) for r in rows] if sampled else []
+        self.counts = None  # TransformerLens: tokens so far (prompt included), float32
+        self.seen = None  # interp-engine: tokens generated so far
+        if not self.interp and sampled and s.freq_penalty:
+            self.counts = torch.zeros((len(rows), vocab), dtype=torch.float32, device=device)
+            self.counts.scatter_add_(1, input_ids, mask.to(torch.float32))
+        if self.interp and s.presence_penalty:
+            self.seen = torch.zeros((len(rows), vocab), dtype=torch.bool, device=device)
+
+    def saw(self, nxt: torch.Tensor) -> None:
+        if self.counts is not None:
+            self.counts.scatter_add_(1, nxt[:, None], torch.ones_like(nxt[:, None], dtype=torch.float32))
+        if self.seen is not None:
+            self.seen.scatter_(1, nxt[:, None], True)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        return self._interp_engine(logits) if self.interp else self._transformerlens(logits)
+
+    def _transformerlens(self, logits: torch.Tensor) -> torch.Tensor:
+        s = self.s
+        if s.temperature == 0:
+            return logits.argmax(dim=-1)
+        x = logits / s.temperature
+        if self.counts is not None:
+            x = (x - s.freq_penalty * self.counts).to(x.dtype)
+        x = x.to(torch.float32)
+        lse = torch.cat([x[b:b + 1].logsumexp(dim=-1, keepdim=True) for b in range(x.shape[0])])
+        probs = torch.softmax(x - lse, dim=-1)
+        return draw(probs, self.gens, as_2d=True)
+
+    def _interp_engine(self, logits: torch.Tensor) -> torch.Tensor:
+        s = self.s
+        x = logits
+        if self.seen is not None:  # `out[ids] -= penalty`: the same rounding as an element-wise subtraction
+            x = torch.where(self.seen, x - s.presence_penalty, x)
+        if s.temperature <= 0:
+            return x.argmax(dim=-1)
+        x = x / s.temperature
+        if s.top_k:
+            kth = torch.topk(x, s.top_k, dim=-1).values[..., -1, None]
+            x = torch.where(x < kth, torch.full_like(x, float("-inf")), x)
+        probs = torch.softmax(x, dim=-1)
+        if not (s.top_p and s.top_p < 1.0):
+            return draw(probs, self.gens, as_2d=False)
+        picks = []
+        for b in range(probs.shape[0]):  # sort, cumsum and sum on the row alone, as interp-engine runs them
+            sorted_probs, sorted_idx = torch.sort(probs[b], descending=True)
+            cum = torch.cumsum(sorted_probs, dim=-1)
+            sorted_probs[cum - sorted_probs > s.top_p] = 0.0
+            sorted_probs = sorted_probs / sorted_probs.sum()
+            picks.append(sorted_idx[draw(sorted_probs[None], self.gens[b:b + 1], as_2d=False)])
+        return torch.cat(picks)
 
 
-def _interp_engine_next(logits: torch.Tensor, s: Sampling, gen: torch.Generator, generated: list[int]) -> int:
-    """interp-engine 1.14 ``_sample_next`` for one row, with the row's generator in place of the global one."""
-    if s.presence_penalty and generated:
-        logits = logits.clone()
-        logits[torch.tensor(sorted(set(generated)))] -= s.presence_penalty
-    if s.temperature <= 0:
-        return int(logits.argmax().item())
-    logits = logits / s.temperature
-    if s.top_k:
-        kth = torch.topk(logits, s.top_k).values[..., -1, None]
-        logits = torch.where(logits < kth, torch.full_like(logits, float("-inf")), logits)
-    probs = torch.nn.functional.softmax(logits, dim=-1)
-    if s.top_p and s.top_p < 1.0:
-        sorted_probs, sorted_idx = torch.sort(probs, descending=True)
-        cum = torch.cumsum(sorted_probs, dim=-1)
-        sorted_probs[cum - sorted_probs > s.top_p] = 0.0
-        sorted_probs = sorted_probs / sorted_probs.sum()
-        return int(sorted_idx[torch.multinomial(sorted_probs, 1, generator=gen)].item())
-    return int(torch.multinomial(probs, 1, generator=gen).item())
+def draw(probs: torch.Tensor, gens: list[torch.Generator], *, as_2d: bool) -> torch.Tensor:
+    """One sample per row of ``probs`` (B, V) from row b's generator, as ``torch.multinomial`` draws it
+    from a ``[1, V]`` (``as_2d``, with replacement: ``Categorical.sample``) or ``[V]`` tensor."""
+    if _exponential_trick_holds(probs.device, probs.dtype):
+        return _draw_exponential(probs, gens, as_2d)
+    return _draw_multinomial(probs, gens, as_2d)
 
 
-def _token_counts(rows: list[Row], lm, s: Sampling) -> torch.Tensor | None:
-    if s.temperature == 0 or s.freq_penalty == 0:
-        return None
-    vocab = lm.model.config.get_text_config().vocab_size
-    counts = torch.zeros(len(rows), vocab)
-    for b, r in enumerate(rows):
-        counts[b] += torch.bincount(torch.tensor(r.prompt_ids), minlength=vocab)[:vocab].float()
-    return counts
+def _draw_exponential(probs: torch.Tensor, gens: list[torch.Generator], as_2d: bool) -> torch.Tensor:
+    """``torch.multinomial``'s one-sample algorithm (PyTorch ``multinomial_out``): ``argmax(p / q)``,
+    ``q ~ Exp(1)``; the noise per row from its generator, the division and argmax batched."""
+    q = torch.empty_like(probs)
+    for b, g in enumerate(gens):
+        (q[b:b + 1] if as_2d else q[b]).exponential_(1, generator=g)
+    return (probs / q).argmax(dim=-1)
 
 
-def _logprob_entry(logits: torch.Tensor, token: int, k: int) -> dict:
-    lp = torch.log_softmax(logits, dim=-1)
-    top = torch.topk(lp, k)
-    return {"token": token, "logprob": float(lp[token]),
-            "top": [[int(i), float(v)] for v, i in zip(top.values, top.indices)]}
+def _draw_multinomial(probs: torch.Tensor, gens: list[torch.Generator], as_2d: bool) -> torch.Tensor:
+    if as_2d:
+        return torch.cat([torch.multinomial(probs[b:b + 1], 1, True, generator=g)[:, 0] for b, g in enumerate(gens)])
+    return torch.cat([torch.multinomial(probs[b], 1, generator=g) for b, g in enumerate(gens)])
 
 
-def _eos_ids(lm) -> set[int]:
-    """The tokenizer's EOS only, as TransformerLens' ``stop_at_eos`` (not generation_config's list)."""
-    eos = lm.tokenizer.eos_token_id
-    return {int(eos)} if eos is not None else set()
+_TRICK: dict[tuple, bool] = {}
+
+
+def _exponential_trick_holds(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``_draw_exponential`` reproduces ``torch.multinomial`` on this device and dtype: checked
+    once (a few rows, seeds and consecutive draws), so a PyTorch that changes its algorithm costs
+    speed, not exactness."""
+    key = (str(device), dtype)
+    if key not in _TRICK:
+        cpu = torch.Generator().manual_seed(0)
+        probs = torch.softmax(torch.randn((3, 4099), generator=cpu) * 3, dim=-1).to(device=device, dtype=dtype)
+        ok = True
+        for as_2d in (False, True):
+            for seed in range(3):
+                mine = [torch.Generator(device=device).manual_seed(seed + b) for b in range(3)]
+                ref = [torch.Generator(device=device).manual_seed(seed + b) for b in range(3)]
+                for _ in range(2):
+                    ok &= torch.equal(_draw_exponential(probs, mine, as_2d), _draw_multinomial(probs, ref, as_2d))
+        _TRICK[key] = bool(ok)
+    return _TRICK[key]
 
 
 class _nullcontext:

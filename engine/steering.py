@@ -20,17 +20,68 @@ operation, so that greedy tokens agree exactly rather than to rounding (tests/fi
 Every method is a delta, so a batch whose rows steer differently (or not at all: DEFAULT rows) is
 one tensor expression per feature slot, with a 0/1 mask for rows that have fewer features. This is
 the shape interp-engine uses too.
+
+torch is imported where it is used, so the CLI can read the method names without loading it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import UsageError
 
-METHODS = ("SIMPLE_ADDITIVE", "ORTHOGONAL_DECOMP")
+if TYPE_CHECKING:
+    import torch
+
+
+class SteerMethod(StrEnum):
+    """Neuronpedia's steering methods, spelled as its ``steer_method`` field spells them.
+
+    A ``StrEnum``: a member equals its spelling in a stored job or a request body. To add a method
+    (say ``PROJECTION_CAP``): a member here, its case in ``term`` (the vector and coefficient a row
+    keeps, prepared once) and in ``delta`` (what it adds to the activation), and ``reads_activation``
+    if its delta depends on the activation. The CLI's choices, validation and the batched path all
+    read from here.
+    """
+
+    SIMPLE_ADDITIVE = "SIMPLE_ADDITIVE"
+    ORTHOGONAL_DECOMP = "ORTHOGONAL_DECOMP"
+
+    @property
+    def reads_activation(self) -> bool:
+        """Whether the delta depends on the activation (otherwise it is computed once per batch)."""
+        return self is not SteerMethod.SIMPLE_ADDITIVE
+
+
+def steer_method(value: SteerMethod | str) -> SteerMethod:
+    try:
+        return SteerMethod(value)
+    except ValueError:
+        raise UsageError(f"unknown steering method '{value}'; expected one of "
+                         f"{', '.join(m.value for m in SteerMethod)}") from None
+
+
+def term(method: SteerMethod, vector: torch.Tensor, coeff: float) -> tuple[torch.Tensor, float]:
+    """What a row keeps for one steering term: the vector and coefficient ``delta`` takes."""
+    match method:
+        case SteerMethod.SIMPLE_ADDITIVE:
+            return vector, coeff
+        case SteerMethod.ORTHOGONAL_DECOMP:  # (coeff - 1) in double, then float32: as interp-engine rounds it
+            return unit_vector(vector), coeff - 1.0
+    raise AssertionError(method)
+
+
+def delta(method: SteerMethod, act: torch.Tensor | None, v: torch.Tensor, c: Any) -> torch.Tensor:
+    """What one term adds to ``act``, in interp-engine's order of operations. ``v`` and ``c`` come from
+    ``term`` and broadcast against ``act``: (d,) and a number for one row, (B, 1, d) and (B, 1, 1) for a batch."""
+    match method:
+        case SteerMethod.SIMPLE_ADDITIVE:
+            return c * v
+        case SteerMethod.ORTHOGONAL_DECOMP:
+            return c * (act * v).sum(dim=-1, keepdim=True) * v
+    raise AssertionError(method)
 
 
 @dataclass(frozen=True)
@@ -39,10 +90,12 @@ class Steer:
 
     vector: torch.Tensor  # (d,)
     coeff: float
-    method: str = "SIMPLE_ADDITIVE"
+    method: SteerMethod = SteerMethod.SIMPLE_ADDITIVE
 
 
 def prepare_vector(vector: torch.Tensor, normalize: bool, what: str = "steering vector") -> torch.Tensor:
+    import torch
+
     v = vector.detach().to(torch.float32).flatten()
     if not torch.isfinite(v).all():
         raise UsageError(f"{what} has non-finite values")
@@ -56,21 +109,16 @@ def coefficient(strength: float, strength_multiplier: float) -> float:
 def apply(act: torch.Tensor, steers: list[Steer]) -> torch.Tensor:
     """One row's (or a whole batch's) steering, in Neuronpedia's order. Reference for the batched path."""
     for s in steers:
-        act = act + _delta(act, s.vector.to(act), s.coeff, s.method)
+        method = steer_method(s.method)
+        v, c = term(method, s.vector, s.coeff)
+        act = act + delta(method, act, v.to(act), c)
     return act
-
-
-def _delta(act: torch.Tensor, v: torch.Tensor, coeff, method: str) -> torch.Tensor:
-    if method == "SIMPLE_ADDITIVE":
-        return coeff * v
-    if method == "ORTHOGONAL_DECOMP":
-        unit = unit_vector(v).to(act)
-        return (coeff - 1.0) * (act * unit).sum(dim=-1, keepdim=True) * unit
-    raise UsageError(f"unknown steering method '{method}'; expected one of {', '.join(METHODS)}")
 
 
 def unit_vector(v: torch.Tensor, what: str = "steering vector") -> torch.Tensor:
     """``v / ‖v‖`` in float32, in ``v``'s dtype (interp-engine's ``unit_vector``)."""
+    import torch
+
     v32 = v.to(torch.float32)
     norm = torch.linalg.vector_norm(v32)
     if norm == 0 or not torch.isfinite(norm) or not torch.isfinite(v32).all():
@@ -81,55 +129,54 @@ def unit_vector(v: torch.Tensor, what: str = "steering vector") -> torch.Tensor:
 class BatchSteering:
     """Per-row steering for a batch: row b applies its own list of terms; rows with none are untouched.
 
-    Terms are stacked into slots: ``vectors`` (slots, B, d), ``coeffs`` and ``mask`` (slots, B). A
-    missing term has mask 0, so the update is ``act + mask * delta`` — exact zero for that row.
+    Terms are stacked into slots: ``vectors`` (slots, B, d), ``coeffs`` and ``mask`` (slots, B), as
+    ``term`` prepares them. A missing term has mask 0, so the update is ``act + mask * delta`` — exact
+    zero for that row.
     """
 
-    def __init__(self, rows: list[list[Steer]], d: int, method: str, prompt_keep: torch.Tensor | None = None):
+    def __init__(self, rows: list[list[Steer]], d: int, method: SteerMethod | str,
+                 prompt_keep: torch.Tensor | None = None):
         """``prompt_keep`` (B, T_prompt) of 0/1: positions of the prompt's forward pass to steer."""
-        if method not in METHODS:
-            raise UsageError(f"unknown steering method '{method}'; expected one of {', '.join(METHODS)}")
-        self.method = method
+        import torch
+
+        self.method = steer_method(method)
         slots = max((len(r) for r in rows), default=0)
-        self.vectors = torch.zeros(slots, len(rows), d)  # ORTHOGONAL_DECOMP: the unit vector
-        self.coeffs = torch.zeros(slots, len(rows))  # ORTHOGONAL_DECOMP: coeff - 1
+        self.vectors = torch.zeros(slots, len(rows), d)
+        self.coeffs = torch.zeros(slots, len(rows))
         self.mask = torch.zeros(slots, len(rows))
         for b, row in enumerate(rows):
             for k, s in enumerate(row):
                 if s.vector.numel() != d:
                     raise UsageError(f"steering vector has {s.vector.numel()} values; the hook has width {d}")
-                if method == "ORTHOGONAL_DECOMP":  # (coeff - 1) in double, then float32: as interp-engine rounds it
-                    self.vectors[k, b], self.coeffs[k, b] = unit_vector(s.vector), s.coeff - 1.0
-                else:
-                    self.vectors[k, b], self.coeffs[k, b] = s.vector, s.coeff
+                self.vectors[k, b], self.coeffs[k, b] = term(self.method, s.vector, s.coeff)
                 self.mask[k, b] = 1.0
         self.prompt_keep = prompt_keep
         self._prompt_done = False
         self._cache: dict = {}
 
     def _on(self, act: torch.Tensor):
+        """The slots on the activation's device and dtype, made once, broadcastable per row; a delta that
+        does not read the activation is computed here once (the same operations, so the same values)."""
         key = (act.device, act.dtype)
         if key not in self._cache:
-            self._cache[key] = tuple(t.to(device=act.device, dtype=act.dtype) for t in (self.vectors, self.coeffs, self.mask))
+            vectors, coeffs, mask = (t.to(device=act.device, dtype=act.dtype) for t in (self.vectors, self.coeffs, self.mask))
+            slots = [(vectors[k][:, None, :], coeffs[k][:, None, None], mask[k][:, None, None])
+                     for k in range(vectors.shape[0])]
+            fixed = None if self.method.reads_activation else [m * delta(self.method, None, v, c) for v, c, m in slots]
+            self._cache[key] = (slots, fixed)
         return self._cache[key]
 
     def __call__(self, act: torch.Tensor) -> torch.Tensor:
         """``act`` is (B, T, d); returns the steered activation. The first call is the prompt's pass."""
-        vectors, coeffs, mask = self._on(act)
+        slots, fixed = self._on(act)
         keep = None
         if not self._prompt_done:
             self._prompt_done = True
             if self.prompt_keep is not None:
                 keep = self.prompt_keep.to(device=act.device, dtype=act.dtype)[:, :, None]
-        for k in range(vectors.shape[0]):
-            v = vectors[k][:, None, :]  # (B, 1, d)
-            c = coeffs[k][:, None, None]
-            if self.method == "SIMPLE_ADDITIVE":
-                delta = c * v
-            else:
-                delta = c * (act * v).sum(dim=-1, keepdim=True) * v
-            delta = mask[k][:, None, None] * delta
-            act = act + (delta * keep if keep is not None else delta)
+        for k, (v, c, m) in enumerate(slots):
+            d = fixed[k] if fixed is not None else m * delta(self.method, act, v, c)
+            act = act + (d * keep if keep is not None else d)
         return act
 
     @property

@@ -12,14 +12,14 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
-from engine.errors import FormatError, UsageError
+from engine.errors import FormatError, OutOfMemory, UsageError
 from engine.generate import SAMPLING_SEMANTICS, Generated, Row, Sampling, generate, output_text, prompt_ids
-from engine.steering import BatchSteering, Steer, coefficient, prepare_vector
+from engine.steering import BatchSteering, Steer, SteerMethod, coefficient, prepare_vector, steer_method
 
 
 MAX_PROMPT_CHARS = 32_000  # about 8k tokens: longer belongs in a file of shorter prompts, not one generation
@@ -29,7 +29,7 @@ MAX_PROMPT_CHARS = 32_000  # about 8k tokens: longer belongs in a file of shorte
 class Settings:
     """What applies to every configuration of a sweep (stored with it, part of every key)."""
 
-    method: str = "SIMPLE_ADDITIVE"
+    method: SteerMethod = SteerMethod.SIMPLE_ADDITIVE
     normalize: bool = False
     strength_multiplier: float = 1.0
     n_tokens: int = 32
@@ -43,6 +43,7 @@ class Settings:
     steer_special_tokens: bool = True
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "method", steer_method(self.method))
         for name in ("strength_multiplier", "temperature", "freq_penalty", "presence_penalty", "top_p"):
             if not math.isfinite(getattr(self, name)):
                 raise UsageError(f"{name} must be a finite number, not {getattr(self, name)}")
@@ -148,6 +149,7 @@ class Runner:
         self.lm, self.sae, self.hook_name, self.settings = lm, sae, hook_name, settings
         self.vectors = vectors or {}
         self._ids: dict[str, list[int]] = {}
+        self.max_rows = 1 << 30  # lowered when a batch runs out of memory
 
     def prompt_ids(self, prompt: str) -> list[int]:
         if prompt not in self._ids:
@@ -164,13 +166,34 @@ class Runner:
             out.append(Steer(v, coefficient(f["strength"], self.settings.strength_multiplier), self.settings.method))
         return out
 
-    def run(self, configs: list[Config]) -> list[tuple[Config, Generated, str]]:
-        """One batched generation for all ``configs``: (config, generated tokens, output text) each."""
+    def run(self, configs: list[Config], on_step: Callable[[int, int], None] | None = None
+            ) -> list[tuple[Config, Generated, str]]:
+        """Generate ``configs`` in batches of at most ``max_rows``: (config, generated tokens, output text) each.
+
+        A batch that runs out of device memory is split in half and retried, and ``max_rows`` remembers
+        the size that fitted; one row that does not fit is an ``OutOfMemory`` error (permanent).
+        """
+        if len(configs) > self.max_rows:
+            step = self.max_rows  # fixed for this split; a part that does not fit splits itself further
+            return [o for i in range(0, len(configs), step) for o in self.run(configs[i:i + step], on_step)]
+        try:
+            return self._run(configs, on_step)
+        except Exception as e:
+            if not is_out_of_memory(e):
+                raise
+        release_memory(self.lm.device)
+        if len(configs) == 1:
+            raise OutOfMemory(f"out of memory generating one row of {self.settings.n_tokens} tokens on "
+                              f"{self.lm.device}; a smaller model, dtype or --n-tokens is needed")
+        self.max_rows = max(1, len(configs) // 2)
+        return self.run(configs, on_step)
+
+    def _run(self, configs: list[Config], on_step) -> list[tuple[Config, Generated, str]]:
         rows = [Row(self.prompt_ids(c.prompt), c.seed) for c in configs]
         keep = None if self.settings.steer_special_tokens else self._non_special(rows)
         steering = BatchSteering([self.steers(c) for c in configs], self.width, self.settings.method, keep)
         gens = generate(self.lm, rows, self.settings.sampling(), hook_name=self.hook_name,
-                        steer=steering if steering.active else None)
+                        steer=steering if steering.active else None, on_step=on_step)
         return [(c, g, output_text(self.lm.tokenizer, r.prompt_ids, g.token_ids)) for c, r, g in zip(configs, rows, gens)]
 
     def _non_special(self, rows: list[Row]) -> torch.Tensor:
@@ -201,18 +224,52 @@ def chunks(configs: list[Config], size: int) -> Iterator[list[Config]]:
         yield configs[i:i + size]
 
 
-def default_batch_size(lm, n_prompt_tokens: int, n_tokens: int, device: str) -> int:
-    """Rows per chunk: KV cache and activations of a row times the batch within a quarter of free memory."""
-    import psutil
+MEMORY_SHARE = 0.5  # of the free device memory (RAM on a CPU) a chunk may plan to use
+GPU_MAX_ROWS = 4096
+CPU_MAX_ROWS = 64  # on a CPU a batch is compute-bound well before this; a chunk is also the unit a kill loses
 
-    cfg = lm.model.config.get_text_config()
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    kv = getattr(cfg, "num_key_value_heads", cfg.num_attention_heads)
+
+def row_bytes(lm, n_prompt_tokens: int, n_tokens: int) -> int:
+    """Device memory one row of a chunk needs at its peak: its KV cache, the prompt pass's activations
+    (eager attention scores in float32 included) and the per-step logits with the sampling buffers."""
+    cfg = lm.config
+    el = torch.empty((), dtype=lm.dtype).element_size()
+    heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
     seq = n_prompt_tokens + n_tokens
-    per_row = 4 * (2 * cfg.num_hidden_layers * kv * head_dim * seq + 8 * cfg.hidden_size * seq + cfg.vocab_size)
-    if device.startswith("cuda") and torch.cuda.is_available():
-        free = torch.cuda.mem_get_info()[0]
-    else:
-        free = psutil.virtual_memory().available
-    return int(max(1, min(64, free // 4 // max(per_row, 1))))
+    kv = 2 * cfg.num_hidden_layers * kv_heads * head_dim * seq * el
+    prompt = n_prompt_tokens * (8 * cfg.hidden_size + 3 * cfg.intermediate_size) * el + 3 * heads * n_prompt_tokens ** 2 * 4
+    logits = cfg.vocab_size * (2 * el + 6 * 4)  # logits, float32 copies (logprobs, probs, noise), penalty state
+    return kv + prompt + logits
 
+
+def default_batch_size(lm, n_prompt_tokens: int, n_tokens: int) -> int:
+    """Rows per chunk: what fits in ``MEMORY_SHARE`` of the free memory of the model's device, capped
+    at ``GPU_MAX_ROWS`` (``CPU_MAX_ROWS`` on a CPU). ``--batch-size`` overrides it."""
+    device = torch.device(lm.device)
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+        cap = GPU_MAX_ROWS
+    else:
+        import psutil
+
+        free = psutil.virtual_memory().available
+        cap = CPU_MAX_ROWS
+    return int(max(1, min(cap, free * MEMORY_SHARE // max(row_bytes(lm, n_prompt_tokens, n_tokens), 1))))
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """An allocation failure on any device (CUDA raises ``OutOfMemoryError``; the CPU allocator a
+    ``RuntimeError`` that says so)."""
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    return isinstance(e, oom) or (isinstance(e, RuntimeError) and (
+        "not enough memory" in str(e) or "can't allocate memory" in str(e) or "out of memory" in str(e).lower()))
+
+
+def release_memory(device) -> None:
+    import gc
+
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()

@@ -54,10 +54,13 @@ def run(ctx) -> dict:
     todo = [c for c in configs if c.key not in stored]
     total, done = len(configs), len(configs) - len(todo)
     longest = max(len(runner.prompt_ids(pr)) for pr in p["prompts"])
-    size = p.get("batch_size") or default_batch_size(lm, longest, settings.n_tokens, str(lm.device))
+    size = p.get("batch_size") or default_batch_size(lm, longest, settings.n_tokens)
     ctx.progress(done / total, f"{done}/{total} generations ({len(todo)} to run, batch {size})", force=True)
     for chunk in chunks(todo, size):
-        outs = runner.run(chunk)
+        def on_step(step: int, n: int, _chunk=len(chunk), _done=done) -> None:  # cancel/hand-back land mid-chunk too
+            ctx.progress((_done + _chunk * step / n) / total, f"{_done}/{total} generations; "
+                         f"{_chunk} rows at token {step}/{n}")
+        outs = runner.run(chunk, on_step)
         failpoints.hit("sweep.chunk_generated")
         results.add_generations(sweep_id, [
             {"config_key": c.key, "type": c.type, "features": [dict(f) for f in c.features], "prompt": c.prompt,
@@ -67,7 +70,7 @@ def run(ctx) -> dict:
         done += len(chunk)
         ctx.progress(done / total, f"{done}/{total} generations", force=True)
     return {"sweep_id": sweep_id, "sae": entry.id, "model": lm.model_id, "generations": total,
-            "ran_now": len(todo), "batch_size": size}
+            "ran_now": len(todo), "batch_size": min(size, runner.max_rows)}
 
 
 def _params_sha256(files: dict | None) -> str | None:

@@ -17,20 +17,21 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-pytest.importorskip("interp_engine")
+from interp_engine.model import EagerModel
+from interp_engine.steer import SteerMask, SteerSpec, generate_stream, steer
+from interp_engine.steer_specs import SteerMethod
 
-from interp_engine.model import EagerModel  # noqa: E402
-from interp_engine.steer import SteerMask, SteerSpec, generate_stream, steer  # noqa: E402
-from interp_engine.steer_specs import SteerMethod  # noqa: E402
-
-from engine import evaluate  # noqa: E402
-from engine.hooks import capture  # noqa: E402
-from engine.registry.entry import SaeEntry  # noqa: E402
-from engine.sae import load_sae  # noqa: E402
-from engine.sweep import Config, Runner, Settings  # noqa: E402
-from engine.synthetic import from_activations, gemma_scope_2_config, with_steering_rows, write_sae  # noqa: E402
+from engine import evaluate
+from engine.hooks import capture
+from engine.registry.entry import SaeEntry
+from engine.sae import load_sae
+from engine.sweep import Config, Runner, Settings
+from engine.synthetic import from_activations, gemma_scope_2_config, with_steering_rows, write_sae
 
 pytestmark = pytest.mark.model
+# Every case runs on the CPU, and on the GPU as well where one is present: sampling draws from per-row
+# generators on the model's device, so a GPU run is compared with interp-engine on that same GPU.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 N_TOKENS = 20
 WORDS = (" dog", " ocean", "<eos>")  # features 0, 1, 2 of every test SAE; then the ± principal axes
 DOG, OCEAN, EOS, AXIS = 0, 1, 2, 3
@@ -83,28 +84,38 @@ def _entry(layer: int, d_model: int, d_sae: int) -> SaeEntry:
                     neuronpedia_id=None)
 
 
+@pytest.fixture(scope="module", params=DEVICES)
+def lm(request, gemma3):
+    """Gemma 3 270M on each device (the session's CPU copy, or a fresh load on the GPU)."""
+    if request.param == "cpu":
+        return gemma3
+    from engine.models import load_model
+
+    return load_model("gemma-3-270m-gguf", torch.float32, request.param)
+
+
 @pytest.fixture(scope="module")
-def saes(gemma3, tmp_path_factory):
+def saes(lm, tmp_path_factory):
     """Gemma-Scope-2-format SAEs at layers 3, 6 and 17, written to disk and loaded by saejobs."""
-    tok = gemma3.tokenizer
-    emb = gemma3.model.get_input_embeddings().weight.detach().float()
+    tok = lm.tokenizer
+    emb = lm.model.get_input_embeddings().weight.detach().float().cpu()
     words = torch.stack([emb[tok(w, add_special_tokens=False).input_ids[0]] for w in WORDS])
     ids = evaluate.windows(tok, evaluate.CALIBRATION_TEXT.read_text())
     out = {}
     for layer in (3, 6, 17):
-        acts = capture(gemma3, f"blocks.{layer}.hook_resid_post", ids)[:, 1:].flatten(0, 1)
+        acts = capture(lm, f"blocks.{layer}.hook_resid_post", ids.to(lm.device))[:, 1:].flatten(0, 1).cpu()
         p = with_steering_rows(from_activations(acts, l0=32, directions=64), words.numpy())
         entry = _entry(layer, acts.shape[1], p["W_dec"].shape[0])
         folder = tmp_path_factory.mktemp(f"sae{layer}")
         write_sae(folder, entry.format, p, gemma_scope_2_config(entry))
-        out[layer] = load_sae(entry, folder)
+        out[layer] = load_sae(entry, folder, device=lm.device)
     return out
 
 
 @pytest.fixture(scope="module")
-def oracle(gemma3):
+def oracle(lm):
     """interp-engine's EagerModel around the same loaded model (its id: the local copy, so nothing is fetched)."""
-    return EagerModel(gemma3.model.config._name_or_path, hf_model=gemma3.model, tokenizer=gemma3.tokenizer)
+    return EagerModel(lm.model.config._name_or_path, hf_model=lm.model, tokenizer=lm.tokenizer)
 
 
 def settings_of(case: Case) -> Settings:
@@ -115,7 +126,7 @@ def settings_of(case: Case) -> Settings:
 def oracle_tokens(oracle, sae, case: Case, prompt_ids: list[int], steered: bool) -> list[int]:
     """interp-engine, as Neuronpedia's server calls it: one request, seeded, stop at EOS."""
     s = settings_of(case)
-    ids = torch.tensor([prompt_ids])  # generate_stream takes a batch of one; steer() the prompt's ids
+    ids = torch.tensor([prompt_ids], device=oracle.device)  # generate_stream takes a batch of one; steer() the prompt's ids
     specs = [SteerSpec(sae.W_dec[i].clone(), case.layer, s.strength_multiplier * strength, METHODS[case.method],
                        point="resid_post", normalize=case.normalize) for i, strength in case.features]
     mask = None if case.special else SteerMask.SPECIAL_TOKENS
@@ -127,9 +138,9 @@ def oracle_tokens(oracle, sae, case: Case, prompt_ids: list[int], steered: bool)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_the_same_tokens_as_interp_engine(case, gemma3, saes, oracle):
+def test_the_same_tokens_as_interp_engine(case, lm, saes, oracle):
     sae = saes[case.layer]
-    runner = Runner(gemma3, sae, f"blocks.{case.layer}.hook_resid_post", settings_of(case))
+    runner = Runner(lm, sae, f"blocks.{case.layer}.hook_resid_post", settings_of(case))
     feats = tuple({"index": i, "strength": s} for i, s in case.features)
     configs = [Config(kind, feats if kind == "STEERED" else (), prompt, case.seed)
                for prompt in (case.prompt, OTHER_PROMPT) for kind in ("STEERED", "DEFAULT")]
@@ -137,16 +148,16 @@ def test_the_same_tokens_as_interp_engine(case, gemma3, saes, oracle):
     for cfg, generated, _ in ours:
         ids = runner.prompt_ids(cfg.prompt)
         theirs = oracle_tokens(oracle, sae, case, ids, steered=cfg.type == "STEERED")
-        assert generated.token_ids == theirs, (cfg.type, cfg.prompt, gemma3.tokenizer.decode(generated.token_ids),
-                                               gemma3.tokenizer.decode(theirs))
+        assert generated.token_ids == theirs, (cfg.type, cfg.prompt, lm.tokenizer.decode(generated.token_ids),
+                                               lm.tokenizer.decode(theirs))
     steered, default = ours[0][1].token_ids, ours[1][1].token_ids
     if case.features[0][1] != 0:
         assert steered != default, "the steering must change something, or the case tests nothing"
     if "EOS" in case.name:
-        assert len(steered) < N_TOKENS and steered[-1] == gemma3.tokenizer.eos_token_id
+        assert len(steered) < N_TOKENS and steered[-1] == lm.tokenizer.eos_token_id
     if not case.special:  # the mask must matter here, or equality with interp-engine would prove nothing
-        unmasked = Runner(gemma3, sae, runner.hook_name, Settings(**{**settings_of(case).__dict__,
+        unmasked = Runner(lm, sae, runner.hook_name, Settings(**{**settings_of(case).__dict__,
                                                                      "steer_special_tokens": True}))
         assert unmasked.run(configs[:1])[0][1].token_ids != steered
     if case.prompt.startswith("<bos>"):
-        assert runner.prompt_ids(case.prompt).count(gemma3.tokenizer.bos_token_id) == 1
+        assert runner.prompt_ids(case.prompt).count(lm.tokenizer.bos_token_id) == 1

