@@ -149,7 +149,8 @@ def first_divergence(a: list[int], b: list[int]) -> str:
 def exactness(config_dir: Path, device: str, small: bool) -> None:
     import torch
 
-    from engine.sweep import Runner, Settings, plan
+    from engine.request import Settings, plan
+    from engine.sweep import Runner
 
     n_tokens = 8 if small else 32
     for dtype in (torch.float32, torch.bfloat16):
@@ -193,7 +194,8 @@ def exactness(config_dir: Path, device: str, small: bool) -> None:
 def throughput(config_dir: Path, device: str, small: bool) -> None:
     import torch
 
-    from engine.sweep import Runner, Settings, default_batch_size, plan
+    from engine.request import Settings, plan
+    from engine.sweep import Runner, default_batch_size
 
     n_tokens = 8 if small else 32
     sizes = (1, 8, 32) if small else (1, 64, 256, 1024)

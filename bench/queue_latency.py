@@ -49,7 +49,7 @@ def main() -> None:
     from tasks.runner import execute
     from tasks.submit import submit
     from tests.synthetic_saes import make
-    from worker.state import local_worker
+    from tasks.runner import local_worker
 
     sae = make(home, d_model=64, d_sae=256)
     job = submit("download", {"sae": sae.id, "source": str(sae.mirror)}, sae_id=sae.id, local=True)

@@ -36,7 +36,8 @@ def batched_vs_one_by_one(device: str) -> bool:
     from engine import demo
     from engine.models import load_model
     from engine.sae import load_sae
-    from engine.sweep import Runner, Settings, plan
+    from engine.request import Settings, plan
+    from engine.sweep import Runner
 
     lm = load_model("gemma-3-270m-gguf", torch.float32, device)
     folder = demo.build(lm, Path(tempfile.mkdtemp()))
@@ -68,19 +69,18 @@ def warm_vs_cold_worker() -> None:
     from engine import demo
     from engine.models import load_model
     from engine.registry import custom
+    from engine.request import Settings, SweepRequest
     from tasks.runner import execute
     from tasks.submit import submit
-    from worker.state import local_worker
+    from tasks.runner import local_worker
 
     lm = load_model("gemma-3-270m-gguf")
     demo.build(lm, home / "mirror")
     custom.write([demo.ENTRY], "demo")
     execute(submit("download", {"sae": demo.ENTRY.id, "source": str(home / "mirror")}, sae_id=demo.ENTRY.id,
                    local=True).id, local_worker())
-    params = {"sae": demo.ENTRY.id, "model": "gemma-3-270m-gguf", "features": [0], "vectors": [], "strengths": [100.0],
-              "prompts": ["Once upon a time"], "seeds": [42], "n_tokens": 8, "temperature": 0.0, "freq_penalty": 0.0,
-              "strength_multiplier": 1.0, "method": "SIMPLE_ADDITIVE", "normalize": False, "combine": False,
-              "n_logprobs": 0, "dtype": "float32", "batch_size": None}
+    params = SweepRequest(sae=demo.ENTRY.id, model="gemma-3-270m-gguf", features=(0,), strengths=(100.0,),
+                          prompts=("Once upon a time",), settings=Settings(n_tokens=8)).to_params()
     log = open(home / "worker.log", "w")
     t0 = time.perf_counter()
     worker = subprocess.Popen([sys.executable, "-m", "worker.main", "--cpu", "--loglevel", "warning"], cwd=ROOT,

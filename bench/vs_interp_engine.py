@@ -39,7 +39,8 @@ def main() -> None:
     from engine import demo
     from engine.models import load_model
     from engine.sae import load_sae
-    from engine.sweep import Runner, Settings, plan
+    from engine.request import Settings, plan
+    from engine.sweep import Runner
 
     lm = load_model("gemma-3-270m-gguf", torch.float32, a.device)
     sae = load_sae(demo.ENTRY, demo.build(lm, Path(tempfile.mkdtemp())), device=a.device)

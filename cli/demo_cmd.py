@@ -25,8 +25,9 @@ def demo(strengths: str, n_tokens: int, as_json: bool) -> None:
     from engine import paths
     from engine.errors import SaejobsError
     from engine.registry import custom
+    from engine.request import Settings, SweepRequest
     from tasks.submit import submit
-    from worker.state import local_worker
+    from tasks.runner import local_worker
 
     quiet = as_json
     say = (lambda *a: None) if quiet else console.print
@@ -46,12 +47,9 @@ def demo(strengths: str, n_tokens: int, as_json: bool) -> None:
         if job.state != "succeeded":
             raise SaejobsError(f"demo {kind} job {job.id} {job.state}: {job.error}")
         summary[kind] = jobs.as_dict(job)
-    sweep_params = {
-        "sae": sae, "model": "gemma-3-270m-gguf", "features": [0, 1, 2], "vectors": [],
-        "strengths": [float(s) for s in strengths.split(",")], "prompts": ["Once upon a time"], "seeds": [42],
-        "n_tokens": n_tokens, "temperature": 0.0, "freq_penalty": 0.0, "strength_multiplier": 1.0,
-        "method": "SIMPLE_ADDITIVE", "normalize": False, "combine": False, "n_logprobs": 0, "dtype": "float32",
-        "batch_size": None}
+    sweep_params = SweepRequest(sae=sae, model="gemma-3-270m-gguf", features=(0, 1, 2),
+                                strengths=tuple(float(s) for s in strengths.split(",")), prompts=("Once upon a time",),
+                                settings=Settings(n_tokens=n_tokens)).to_params()
     say(f"[bold]sweep[/] features 0,1,2 ({', '.join(repr(w) for w in demo_sae.WORDS[:3])}) × strengths {strengths}")
     job = run_local(submit("sweep", sweep_params, sae_id=sae, local=True).id, quiet=quiet)
     if job.state != "succeeded":

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 
 from cli.output import err_console
 from db import jobs
-from db.models import FINAL_STATES
+from db.states import FINAL_STATES
 
 POLL_S = 0.25
 EXIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 8}
@@ -50,7 +50,7 @@ def follow(job_id: str, *, quiet: bool = False, timeout: float | None = None):
 def run_local(job_id: str, *, quiet: bool = False):
     """Run the job in this process (no broker) while following it; Ctrl-C cancels it cleanly."""
     from tasks.runner import execute
-    from worker.state import local_worker
+    from tasks.runner import local_worker
 
     errors: list[BaseException] = []
 

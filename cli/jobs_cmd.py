@@ -6,10 +6,11 @@ import click
 
 from cli.follow import finish, follow, run_local
 from cli.output import emit, json_option, table, write_csv
+from db.states import JobKind, JobState
 from engine.errors import UsageError
 
-STATES = ["queued", "running", "succeeded", "failed", "cancelled"]
-KINDS = ["download", "verify", "sweep"]
+STATES = [s.value for s in JobState]
+KINDS = [k.value for k in JobKind]
 FUNCTIONAL = ["l0", "expected_l0", "fvu", "cosine", "delta_loss", "loss_recovered", "dead_fraction", "tokens"]
 
 

@@ -15,6 +15,7 @@ import click
 from cli.follow import finish, follow, run_local
 from cli.output import json_option
 from engine.errors import UsageError
+from engine.request import DTYPES, SamplingSemantics
 from engine.steering import SteerMethod
 
 
@@ -72,7 +73,7 @@ def download(sae: str, source: Path | None):
               help="Verify this folder instead of the downloaded copy.")
 @click.option("--structural-only", is_flag=True, help="Only the file checks; no model is loaded.")
 @click.option("--model", "model_source", help="Model source for the functional checks (default: the SAE's model).")
-@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]))
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(DTYPES))
 @click.option("--max-tokens", default=2048, show_default=True, type=click.IntRange(128, 65536),
               help="Tokens of the bundled evaluation text to run (128-token windows).")
 @submission
@@ -127,7 +128,7 @@ def _ints(ctx, param, value):
 @click.option("--freq-penalty", default=0.0, show_default=True, type=float,
               help="TransformerLens-era frequency penalty (no effect at temperature 0).")
 @click.option("--sampling", "sampling_semantics", default="transformerlens", show_default=True,
-              type=click.Choice(["transformerlens", "interp-engine"]),
+              type=click.Choice([m.value for m in SamplingSemantics]),
               help="Sampling semantics: Neuronpedia's TransformerLens-era server, or interp-engine (its server today).")
 @click.option("--presence-penalty", default=0.0, show_default=True, type=float,
               help="interp-engine: subtracted once from every token generated so far (applies when greedy too).")
@@ -144,7 +145,7 @@ def _ints(ctx, param, value):
 @click.option("--n-logprobs", default=0, show_default=True, type=click.IntRange(0, 100),
               help="Store the chosen token's logprob and the top-k per generated token.")
 @click.option("--model", "model_source", help="Model source: HF id, local dir, .gguf file, or gemma-3-270m-gguf.")
-@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]))
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(DTYPES))
 @click.option("--batch-size", type=click.IntRange(1), help="Configurations per batched generation (default: fits memory).")
 @submission
 def sweep(sae, features, vectors, strengths, prompts, prompts_file, seeds, n_tokens, temperature, freq_penalty,
@@ -152,32 +153,21 @@ def sweep(sae, features, vectors, strengths, prompts, prompts_file, seeds, n_tok
           normalize, combine, n_logprobs, model_source, dtype, batch_size):
     """Steering sweep: features × strengths × prompts × seeds, plus DEFAULT per prompt × seed."""
     from engine import registry
-    from engine.sweep import Settings, plan
-
-    sampling = {"sampling_semantics": sampling_semantics, "presence_penalty": presence_penalty, "top_k": top_k,
-                "top_p": top_p, "steer_special_tokens": steer_special_tokens}
+    from engine.request import Settings, SweepRequest, Vector
 
     entry = registry.get(sae)
     prompts = list(prompts)
     if prompts_file is not None:
         prompts += [line.rstrip("\n") for line in prompts_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not prompts:
-        raise UsageError("no prompt: give --prompt TEXT or --prompts-file FILE")
-    if not features and not vectors:
-        raise UsageError("nothing to steer with: give --feature INDEX or --vector FILE")
-    for f in features:
-        if not 0 <= f < entry.d_sae:
-            raise UsageError(f"feature {f} is out of range for {entry.id} (d_sae {entry.d_sae})")
-    settings = Settings(strength_multiplier=strength_multiplier, temperature=temperature, freq_penalty=freq_penalty,
-                        **sampling)
-    plan(features, [str(v) for v in vectors], strengths, prompts, seeds or [42], combine, settings, "check")  # refuse now
-    params = {
-        "sae": entry.id, "model": model_source, "features": features,
-        "vectors": [str(v.resolve()) for v in vectors], "strengths": strengths, "prompts": prompts,
-        "seeds": seeds or [42], "n_tokens": n_tokens, "temperature": temperature, "freq_penalty": freq_penalty,
-        "strength_multiplier": strength_multiplier, "method": method.upper(), "normalize": normalize,
-        "combine": combine, "n_logprobs": n_logprobs, "dtype": dtype, "batch_size": batch_size, **sampling,
-    }
+    settings = Settings(method=method.upper(), normalize=normalize, strength_multiplier=strength_multiplier,
+                        n_tokens=n_tokens, temperature=temperature, freq_penalty=freq_penalty, n_logprobs=n_logprobs,
+                        sampling_semantics=sampling_semantics, presence_penalty=presence_penalty, top_k=top_k,
+                        top_p=top_p, steer_special_tokens=steer_special_tokens)
+    req = SweepRequest(sae=entry.id, features=features, vectors=tuple(Vector.of(v) for v in vectors),
+                       strengths=strengths, prompts=prompts, seeds=seeds, settings=settings, combine=combine,
+                       model=model_source, dtype=dtype, batch_size=batch_size)
+    req.check_features(entry.d_sae, entry.id)
+    params = req.to_params()
     return "sweep", params, entry.id
 
 

@@ -12,7 +12,8 @@ from typing import Any
 
 from sqlalchemy import or_, select, update
 
-from db.models import FINAL_STATES, Job, JobEvent, utcnow
+from db.models import Job, JobEvent, utcnow
+from db.states import FINAL_STATES
 from db.session import retried, session
 from engine.errors import NotFoundError, UsageError
 
@@ -179,11 +180,16 @@ def reset_for_retry(job_id: str, url: str | None = None) -> Job:
 
 
 @retried
-def stale_running(stale_after: float, url: str | None = None) -> list[str]:
-    """Running jobs whose worker has not been heard from: it died (SIGKILL, host lost)."""
+def stale_running(stale_after: float, *, alive: str | None = None, url: str | None = None) -> list[str]:
+    """Running jobs whose worker has not been heard from: it died (SIGKILL, host lost). ``alive`` is the
+    asking worker's name: it knows it is alive, so a late beat of its own (a busy CPU) never hands its
+    job on."""
     cutoff = utcnow() - timedelta(seconds=stale_after)
     with session(url) as s:
-        return list(s.scalars(select(Job.id).where(Job.state == "running", Job.heartbeat_at < cutoff)))
+        q = select(Job.id).where(Job.state == "running", Job.heartbeat_at < cutoff)
+        if alive is not None:
+            q = q.where(or_(Job.worker.is_(None), Job.worker != alive))
+        return list(s.scalars(q))
 
 
 @retried

@@ -36,13 +36,7 @@ from typing import Callable
 import torch
 
 from engine.hooks import hook
-
-SAMPLING_SEMANTICS = {
-    "transformerlens": "transformerlens-4.3 sample_logits (temperature, freq_penalty); per-row torch.Generator(seed) "
-                       "on the model's device",
-    "interp-engine": "interp-engine-1.14 _sample_next (presence_penalty, temperature, top_k, top_p); "
-                     "per-row torch.Generator(seed) on the model's device",
-}
+from engine.request import SamplingSemantics
 SYNC_EVERY = 8  # off the CPU, look whether every row has stopped once per this many steps (one host sync)
 
 
@@ -66,7 +60,7 @@ class Sampling:
     freq_penalty: float = 0.0
     n_logprobs: int = 0
     stop_at_eos: bool = True
-    semantics: str = "transformerlens"  # a key of SAMPLING_SEMANTICS
+    semantics: SamplingSemantics = SamplingSemantics.TRANSFORMERLENS
     presence_penalty: float = 0.0  # interp-engine semantics only
     top_k: int = 0  # interp-engine semantics only; 0 = off
     top_p: float = 1.0  # interp-engine semantics only; 1 = off
@@ -178,7 +172,7 @@ class Chooser:
     def __init__(self, rows: list[Row], s: Sampling, vocab: int, device: torch.device, input_ids: torch.Tensor,
                  mask: torch.Tensor):
         self.s = s
-        self.interp = s.semantics == "interp-engine"
+        self.interp = s.semantics == SamplingSemantics.INTERP_ENGINE
         sampled = s.temperature > 0
         self.gens = [torch.Generator(device=device).manual_seed(int(r.seed)) for r in rows] if sampled else []
         self.counts = None  # TransformerLens: tokens so far (prompt included), float32

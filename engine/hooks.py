@@ -25,20 +25,21 @@ from typing import Callable, Iterator
 import torch
 
 from engine.errors import SaejobsError, UsageError
+from engine.registry.entry import SaeSite
 
-PATTERN = re.compile(r"^blocks\.(\d+)\.(hook_resid_post|hook_mlp_out|attn\.hook_z)$")
-SITES = {"hook_resid_post": "resid_post", "hook_mlp_out": "mlp_out", "attn.hook_z": "attn_z"}
+SUFFIXES = {site.hook_suffix: site for site in SaeSite}
+PATTERN = re.compile(r"^blocks\.(\d+)\.(" + "|".join(re.escape(s) for s in SUFFIXES) + ")$")
 Edit = Callable[[torch.Tensor], torch.Tensor | None]
 
 
 @dataclass(frozen=True)
 class HookPoint:
     layer: int
-    site: str  # resid_post | mlp_out | attn_z
+    site: SaeSite
 
     @property
     def name(self) -> str:
-        return f"blocks.{self.layer}." + {v: k for k, v in SITES.items()}[self.site]
+        return self.site.hook_name(self.layer)
 
 
 def parse_hook(name: str) -> HookPoint:
@@ -46,7 +47,7 @@ def parse_hook(name: str) -> HookPoint:
     if not m:
         raise UsageError(f"unknown hook '{name}'; expected blocks.L.hook_resid_post, blocks.L.hook_mlp_out "
                          "or blocks.L.attn.hook_z")
-    return HookPoint(int(m[1]), SITES[m[2]])
+    return HookPoint(int(m[1]), SUFFIXES[m[2]])
 
 
 def _module(lm, point: HookPoint) -> torch.nn.Module:
@@ -54,11 +55,14 @@ def _module(lm, point: HookPoint) -> torch.nn.Module:
         raise UsageError(f"hook {point.name}: layer {point.layer} is out of range; "
                          f"{lm.model_id} has layers 0..{lm.n_layers - 1}")
     layer = lm.layers[point.layer]
-    if point.site == "resid_post":
-        return layer
-    if point.site == "mlp_out":
-        return layer.post_feedforward_layernorm
-    return layer.self_attn.o_proj
+    match point.site:
+        case SaeSite.RES:
+            return layer
+        case SaeSite.MLP:
+            return layer.post_feedforward_layernorm
+        case SaeSite.ATT:
+            return layer.self_attn.o_proj
+    raise AssertionError(point.site)
 
 
 @contextmanager
@@ -82,7 +86,7 @@ def hook(lm, name: str, fn: Edit, strict: bool = True) -> Iterator[None]:
             raise SaejobsError(f"hook {name}: replacement has shape {tuple(new.shape)}, activation {tuple(act.shape)}")
         return new.to(act.dtype)
 
-    if point.site == "attn_z":
+    if point.site == SaeSite.ATT:
         def pre(_mod, args, kwargs):
             if args:
                 new = edit(args[0])

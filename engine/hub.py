@@ -27,13 +27,13 @@ from tqdm.auto import tqdm
 from engine import failpoints, paths
 from engine.download import CHUNK, check_disk_space, disk_full, sha256_file
 from engine.errors import IntegrityError, NotFoundError, TransientError, UsageError
-from engine.registry.entry import SaeEntry
+from engine.registry.entry import PARAMS_FILES, SaeEntry, SaeSite
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 GS1 = re.compile(r"^(?:.*/)?layer_(?P<layer>\d+)/width_(?P<width>\w+)/average_l0_(?P<l0>\d+)$")
 GS2 = re.compile(r"^(?P<point>resid_post|mlp_out|attn_out)(?:_all)?/layer_(?P<layer>\d+)_width_(?P<width>\w+?)"
                  r"_l0_(?P<l0>small|medium|big)(?:_seed_\d+)?$")
-PARAMS = ("params.npz", "params.safetensors")
+PARAMS = PARAMS_FILES
 
 
 def endpoint() -> str | None:
@@ -61,7 +61,9 @@ class _HashingFile:
     def write(self, b: bytes) -> int:
         self.h.update(b)
         self.step(len(b))
-        return self.f.write(b)
+        n = self.f.write(b)
+        failpoints.hit("download.bytes_written")
+        return n
 
     def tell(self) -> int:
         return self.f.tell()
@@ -184,7 +186,7 @@ def available(model: str, layer: int | None = None) -> list[dict]:
         for folder in found:
             p = parse_folder(folder)
             if p and (layer is None or p["layer"] == layer):
-                site = rec.get("site") or {"resid_post": "res", "mlp_out": "mlp", "attn_out": "att"}[p["site"]]
+                site = rec.get("site") or str(SaeSite.of_gemma_scope_2(p["site"]))
                 out.append({"repo": repo_id, "folder": folder, "site": site, "layer": p["layer"],
                             "width": p["width"], "l0": p["l0"]})
     return out

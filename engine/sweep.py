@@ -1,16 +1,7 @@
-"""A steering sweep: the grid of configurations, and running it in batched chunks.
-
-The grid is features × strengths × prompts × seeds (with ``combine``: all features at once, per
-strength), plus one DEFAULT generation per prompt × seed. Every configuration has a key derived from
-everything that determines its output, so a redelivered sweep can skip what is already stored.
-"""
+"""Running a sweep's configurations (``engine.request`` builds them) in batched chunks on a loaded model."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -18,105 +9,9 @@ import numpy as np
 import torch
 
 from engine.errors import FormatError, OutOfMemory, UsageError
-from engine.generate import SAMPLING_SEMANTICS, Generated, Row, Sampling, generate, output_text, prompt_ids
-from engine.steering import BatchSteering, Steer, SteerMethod, coefficient, prepare_vector, steer_method
-
-
-MAX_PROMPT_CHARS = 32_000  # about 8k tokens: longer belongs in a file of shorter prompts, not one generation
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What applies to every configuration of a sweep (stored with it, part of every key)."""
-
-    method: SteerMethod = SteerMethod.SIMPLE_ADDITIVE
-    normalize: bool = False
-    strength_multiplier: float = 1.0
-    n_tokens: int = 32
-    temperature: float = 0.0
-    freq_penalty: float = 0.0
-    n_logprobs: int = 0
-    sampling_semantics: str = "transformerlens"  # or "interp-engine" (engine.generate)
-    presence_penalty: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    steer_special_tokens: bool = True
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "method", steer_method(self.method))
-        for name in ("strength_multiplier", "temperature", "freq_penalty", "presence_penalty", "top_p"):
-            if not math.isfinite(getattr(self, name)):
-                raise UsageError(f"{name} must be a finite number, not {getattr(self, name)}")
-        if self.sampling_semantics not in SAMPLING_SEMANTICS:
-            raise UsageError(f"unknown sampling semantics '{self.sampling_semantics}'; expected one of "
-                             f"{', '.join(SAMPLING_SEMANTICS)}")
-        if self.sampling_semantics == "transformerlens" and (self.presence_penalty or self.top_k or self.top_p != 1.0):
-            raise UsageError("presence_penalty, top_k and top_p belong to interp-engine sampling; "
-                             "add --sampling interp-engine")
-        if self.sampling_semantics == "interp-engine" and self.freq_penalty:
-            raise UsageError("freq_penalty is TransformerLens-era sampling (interp-engine ignores it); "
-                             "use --presence-penalty with --sampling interp-engine")
-
-    def sampling(self) -> Sampling:
-        return Sampling(self.n_tokens, self.temperature, self.freq_penalty, self.n_logprobs,
-                        semantics=self.sampling_semantics, presence_penalty=self.presence_penalty, top_k=self.top_k,
-                        top_p=self.top_p)
-
-
-@dataclass(frozen=True)
-class Config:
-    type: str  # STEERED | DEFAULT
-    features: tuple  # ({"index": 7650, "strength": 50.0} | {"vector": "name", "strength": ..}, ...)
-    prompt: str
-    seed: int
-    key: str = field(default="", compare=False)
-
-    def to_json(self) -> dict:
-        return {"type": self.type, "features": [dict(f) for f in self.features], "prompt": self.prompt, "seed": self.seed}
-
-
-STEERING_ONLY = ("method", "normalize", "strength_multiplier", "steer_special_tokens")  # not part of a DEFAULT's key
-
-
-# Settings added after the first release leave the key out at their default, so configurations stored
-# before they existed keep their keys (a sweep redelivered across an upgrade still skips what it has).
-LATER_DEFAULTS = {"sampling_semantics": "transformerlens", "presence_penalty": 0.0, "top_k": 0, "top_p": 1.0,
-                  "steer_special_tokens": True}
-
-
-def config_key(cfg: Config, settings: Settings, steering_id: str) -> str:
-    """Hash of everything that determines the output; ``steering_id`` names the SAE/vectors used."""
-    fields = {k: v for k, v in asdict(settings).items() if LATER_DEFAULTS.get(k, object()) != v}
-    payload = {**cfg.to_json(), "settings": fields if cfg.type == "STEERED" else
-               {k: v for k, v in fields.items() if k not in STEERING_ONLY},
-               "steering": steering_id if cfg.type == "STEERED" else None}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def plan(features: list[int], vectors: list[str], strengths: list[float], prompts: list[str], seeds: list[int],
-         combine: bool, settings: Settings, steering_id: str) -> list[Config]:
-    """DEFAULT rows first (one per prompt × seed), then the steered grid."""
-    terms = [{"index": int(i)} for i in features] + [{"vector": Path(v).name} for v in vectors]
-    if not terms:
-        raise UsageError("nothing to steer with: give at least one feature or vector")
-    if any(i < 0 for i in features):
-        raise UsageError(f"feature index {min(features)} is negative")
-    if bad := [s for s in strengths if not math.isfinite(s)]:
-        raise UsageError(f"strength {bad[0]} is not a finite number")
-    if not prompts:
-        raise UsageError("no prompt")
-    for p in prompts:
-        if not p.strip():
-            raise UsageError("a prompt is empty")
-        if len(p) > MAX_PROMPT_CHARS:
-            raise UsageError(f"a prompt has {len(p)} characters; the limit is {MAX_PROMPT_CHARS}")
-    groups = [terms] if combine else [[t] for t in terms]
-    out = [Config("DEFAULT", (), p, int(s)) for p in prompts for s in seeds]
-    for group in groups:
-        for strength in strengths:
-            fs = tuple({**t, "strength": float(strength)} for t in group)
-            out += [Config("STEERED", fs, p, int(s)) for p in prompts for s in seeds]
-    return [Config(c.type, c.features, c.prompt, c.seed, config_key(c, settings, steering_id)) for c in out]
+from engine.generate import Generated, Row, generate, output_text, prompt_ids
+from engine.request import Config, Settings
+from engine.steering import BatchSteering, Steer, coefficient, prepare_vector
 
 
 def load_vector(path: str | Path) -> torch.Tensor:

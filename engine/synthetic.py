@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from engine.formats import gemma_scope, gemma_scope_2
-from engine.registry.entry import SaeEntry
+from engine.registry.entry import SaeEntry, SaeFormat, SaeSite
 
 
 def random_params(d_model: int, d_sae: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -35,9 +35,9 @@ def write_sae(folder: Path, fmt: str, params: dict[str, np.ndarray], config: dic
     """Write ``params`` (keys W_enc, W_dec, b_enc, b_dec, threshold) as format ``fmt`` into ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if fmt == "gemma-scope":
+    if fmt == SaeFormat.GEMMA_SCOPE:
         np.savez(folder / gemma_scope.PARAMS_FILE, **{k: np.asarray(v) for k, v in params.items()})
-    elif fmt == "gemma-scope-2":
+    elif fmt == SaeFormat.GEMMA_SCOPE_2:
         names = {v: k for k, v in gemma_scope_2.KEYS.items()}
         tensors = {names[k]: torch.from_numpy(np.ascontiguousarray(v)) for k, v in params.items()}
         save_file(tensors, str(folder / gemma_scope_2.PARAMS_FILE))
@@ -49,11 +49,7 @@ def write_sae(folder: Path, fmt: str, params: dict[str, np.ndarray], config: dic
 
 def gemma_scope_2_config(entry: SaeEntry) -> dict:
     """config.json as Gemma Scope 2 writes it (SAELens ``_infer_gemma_3_raw_cfg_dict`` field names)."""
-    hf_point = {
-        "res": f"model.layers.{entry.layer}.output",
-        "mlp": f"model.layers.{entry.layer}.post_feedforward_layernorm.output",
-        "att": f"model.layers.{entry.layer}.self_attn.o_proj.input",
-    }[entry.site]
+    hf_point = SaeSite(entry.site).hf_point(entry.layer)
     return {"architecture": "jump_relu", "model_name": entry.model_hf.removeprefix("google/"), "hf_hook_point_in": hf_point}
 
 
@@ -77,11 +73,17 @@ def from_activations(acts: torch.Tensor, l0: float, directions: int) -> dict[str
             "threshold": np.full(2 * directions, threshold, dtype=np.float32)}
 
 
-def with_steering_rows(params: dict[str, np.ndarray], directions: np.ndarray) -> dict[str, np.ndarray]:
-    """``params`` with features prepended whose decoder rows are ``directions`` (unit-normed) and that
-    never fire (zero encoder column, bias -1 under a non-negative threshold): rows to steer along."""
+def with_steering_rows(params: dict[str, np.ndarray], directions: np.ndarray,
+                       norms: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """``params`` with features prepended whose decoder rows point along ``directions`` and that never
+    fire (zero encoder column, bias -1 under a non-negative threshold): rows to steer along.
+
+    Row i has norm ``norms[i]`` (default ``1 + 0.5 i``: 1, 1.5, 2, ...), not all 1 as trained decoder
+    rows seldom are, so that steering with and without ``normalize`` differs and tests can tell.
+    """
     n, d = directions.shape
-    rows = (directions / np.linalg.norm(directions, axis=1, keepdims=True)).astype(np.float32)
+    norms = np.asarray(norms if norms is not None else 1.0 + 0.5 * np.arange(n), dtype=np.float32)
+    rows = (directions / np.linalg.norm(directions, axis=1, keepdims=True) * norms[:, None]).astype(np.float32)
     return {"W_enc": np.concatenate([np.zeros((d, n), np.float32), params["W_enc"]], axis=1),
             "W_dec": np.concatenate([rows, params["W_dec"]]),
             "b_enc": np.concatenate([np.full(n, -1.0, np.float32), params["b_enc"]]),

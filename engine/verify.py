@@ -16,15 +16,8 @@ import torch
 from engine.download import sha256_file
 from engine.errors import SaejobsError, UsageError
 from engine.formats import gemma_scope_2
-from engine.registry.entry import SaeEntry
+from engine.registry.entry import SaeEntry, SaeFormat, SaeSite
 from engine.sae import load_sae
-
-HF_HOOK_POINTS = {
-    "res": "model.layers.{L}.output",
-    "mlp": "model.layers.{L}.post_feedforward_layernorm.output",
-    "att": "model.layers.{L}.self_attn.o_proj.input",
-}
-
 
 @dataclass
 class Report:
@@ -72,7 +65,7 @@ def structural(entry: SaeEntry, folder: Path, recorded: dict | None, progress: C
         report.fail(f"threshold has {negative} negative values (JumpReLU thresholds are >= 0)")
     report.metrics["threshold_mean"] = float(sae.threshold.mean())
     report.metrics["decoder_norm_mean"] = float(torch.linalg.vector_norm(sae.W_dec, dim=1).mean())
-    if entry.format == "gemma-scope-2":
+    if entry.format == SaeFormat.GEMMA_SCOPE_2:
         _check_config(entry, folder, report)
     return report
 
@@ -86,7 +79,7 @@ def _check_config(entry: SaeEntry, folder: Path, report: Report) -> None:
     if config is None:
         report.warn("config.json missing (SAELens infers it from the folder name)")
         return
-    expected = HF_HOOK_POINTS[entry.site].format(L=entry.layer)
+    expected = SaeSite(entry.site).hf_point(entry.layer)
     if config.get("hf_hook_point_in") not in (None, expected):
         report.fail(f"config.json hf_hook_point_in is '{config['hf_hook_point_in']}', registry expects '{expected}'")
     size = entry.model_hf.removeprefix("google/gemma-3-").split("-")[0]
@@ -106,7 +99,7 @@ RECOVERED_WARN, RECOVERED_FAIL = 0.8, 0.5  # share of the zero-ablation loss gap
 def hook_width(lm, site: str) -> int:
     """The activation width at an SAE's site: n_heads * head_dim for attention z, else d_model."""
     cfg = lm.config
-    if site == "att":
+    if site == SaeSite.ATT:
         return cfg.num_attention_heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
     return cfg.hidden_size
 

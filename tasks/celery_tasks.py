@@ -10,7 +10,7 @@ MAX_RETRIES = 3
 
 @app.task(bind=True, name="saejobs.run_job", max_retries=MAX_RETRIES)
 def run_job(self, job_id: str) -> str:
-    from worker.state import current_worker
+    from tasks.runner import current_worker
 
     outcome = runner.execute(job_id, current_worker())
     if outcome == "transient":

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from db import jobs
 from db.jobs import JobCancelled
 from db.models import Job
+from db.states import JobKind
 from db.session import DatabaseError
 from engine import failpoints
 from engine.cache import EngineCache
@@ -68,10 +69,44 @@ class JobContext:
             jobs.report(self.job.id, min(max(fraction, 0.0), 1.0), message, worker=self.worker.name)
 
 
+_worker: Worker | None = None  # this process's one Worker: its engine cache lives as long as the process
+
+
+def current_worker() -> Worker:
+    """The Celery worker's identity (``worker.main`` sets it before it consumes)."""
+    global _worker
+    if _worker is None:
+        dev = _device()
+        _worker = Worker(name=f"worker@{socket.gethostname()}:{os.getpid()}", device=dev, cache=EngineCache(device=dev))
+    return _worker
+
+
+def set_worker(worker: Worker) -> None:
+    global _worker
+    _worker = worker
+
+
+def local_worker() -> Worker:
+    """For ``--local``: the CLI process itself runs the job."""
+    global _worker
+    if _worker is None:
+        dev = _device()
+        _worker = Worker(device=dev, cache=EngineCache(device=dev))
+    return _worker
+
+
+def _device() -> str:
+    import torch
+
+    return os.environ.get("SAEJOBS_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def kinds() -> dict[str, Callable[[JobContext], dict]]:
     from tasks import download, sweep, verify
 
-    return {"download": download.run, "verify": verify.run, "sweep": sweep.run}
+    bodies = {JobKind.DOWNLOAD: download.run, JobKind.VERIFY: verify.run, JobKind.SWEEP: sweep.run}
+    assert set(bodies) == set(JobKind), "every job kind needs a body"
+    return bodies
 
 
 def execute(job_id: str, worker: Worker) -> str:

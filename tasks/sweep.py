@@ -6,55 +6,52 @@ unique (sweep, config_key) constraint makes a duplicate write impossible anyway.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from db import results, saes
 from engine import failpoints, provenance, registry
 from engine.errors import NotFoundError
-from engine.generate import SAMPLING_SEMANTICS
-from engine.sweep import Runner, Settings, chunks, default_batch_size, load_vector, plan
+from engine.registry.entry import PARAMS_FILES
+from engine.request import SweepRequest
+from engine.sweep import Runner, chunks, default_batch_size, load_vector
 from engine.verify import check_pairing
-
-
-OPTIONAL_SETTINGS = ("sampling_semantics", "presence_penalty", "top_k", "top_p", "steer_special_tokens")
 
 
 def run(ctx) -> dict:
     import torch
 
-    p = ctx.params
-    entry = registry.get(p["sae"])
+    req = SweepRequest.from_params(ctx.params)
+    settings = req.settings
+    entry = registry.get(req.sae)
+    req.check_features(entry.d_sae, entry.id)
     row = saes.get(entry.id)
     if row is None or not row.local_path:
         raise NotFoundError(f"SAE '{entry.id}' is not downloaded; run `saejobs download {entry.id}` first")
-    settings = Settings(method=p["method"], normalize=p["normalize"], strength_multiplier=p["strength_multiplier"],
-                        n_tokens=p["n_tokens"], temperature=p["temperature"], freq_penalty=p["freq_penalty"],
-                        n_logprobs=p["n_logprobs"], **{k: p[k] for k in OPTIONAL_SETTINGS if k in p})
-    vectors = {Path(v).name: load_vector(v) for v in p.get("vectors", [])}
+    for v in req.vectors:
+        v.check()
+    vectors = {v.label: load_vector(v.path) for v in req.vectors}
     sae_sha = _params_sha256(row.files)
     steering_id = f"{entry.id}@{sae_sha}" + "".join(f"+{n}" for n in sorted(vectors))
-    configs = plan(p["features"], p.get("vectors", []), p["strengths"], p["prompts"], p["seeds"], p["combine"],
-                   settings, steering_id)
+    configs = req.configs(steering_id)
 
-    source = p.get("model") or entry.model_hf
+    source = req.model or entry.model_hf
     ctx.progress(0.0, f"loading SAE {entry.id}", force=True)  # first: a broken SAE fails before a model load
     sae = ctx.worker.cache.sae(entry, row.local_path)
     ctx.progress(0.0, f"loading model {source}", force=True)
-    lm = ctx.worker.cache.model(source, getattr(torch, p["dtype"]))
+    lm = ctx.worker.cache.model(source, getattr(torch, req.dtype))
     check_pairing(entry, sae, lm)
     runner = Runner(lm, sae, entry.hook_name, settings, vectors)
     failpoints.hit("sweep.loaded")
 
     prov = {"sae_sha256": sae_sha, "sae_path": row.local_path, "model": lm.model_id, "model_source": source,
             "model_revision": lm.revision, "dtype": str(lm.dtype).removeprefix("torch."), "device": str(lm.device),
-            "hook_name": entry.hook_name, "sampling_semantics": SAMPLING_SEMANTICS[settings.sampling_semantics],
+            "hook_name": entry.hook_name, "sampling_semantics": settings.sampling_semantics.description,
             "bos": "prepended unless the prompt starts with it", "versions": provenance.versions()}
-    sweep_id = results.ensure_sweep(ctx.job.id, entry.id, lm.model_id, {**p, "settings": settings.__dict__}, prov)
+    sweep_id = results.ensure_sweep(ctx.job.id, entry.id, lm.model_id,
+                                    {**req.to_params(), "settings": settings.to_json()}, prov)
     stored = results.config_keys(sweep_id)
     todo = [c for c in configs if c.key not in stored]
     total, done = len(configs), len(configs) - len(todo)
-    longest = max(len(runner.prompt_ids(pr)) for pr in p["prompts"])
-    size = p.get("batch_size") or default_batch_size(lm, longest, settings.n_tokens)
+    longest = max(len(runner.prompt_ids(pr)) for pr in req.prompts)
+    size = req.batch_size or default_batch_size(lm, longest, settings.n_tokens)
     ctx.progress(done / total, f"{done}/{total} generations ({len(todo)} to run, batch {size})", force=True)
     for chunk in chunks(todo, size):
         def on_step(step: int, n: int, _chunk=len(chunk), _done=done) -> None:  # cancel/hand-back land mid-chunk too
@@ -64,7 +61,7 @@ def run(ctx) -> dict:
         failpoints.hit("sweep.chunk_generated")
         results.add_generations(sweep_id, [
             {"config_key": c.key, "type": c.type, "features": [dict(f) for f in c.features], "prompt": c.prompt,
-             "prompt_token_ids": runner.prompt_ids(c.prompt), "seed": c.seed, "sampling": settings.__dict__,
+             "prompt_token_ids": runner.prompt_ids(c.prompt), "seed": c.seed, "sampling": settings.to_json(),
              "output": text, "token_ids": g.token_ids, "logprobs": g.logprobs} for c, g, text in outs])
         failpoints.hit("sweep.chunk_stored")
         done += len(chunk)
@@ -74,7 +71,7 @@ def run(ctx) -> dict:
 
 
 def _params_sha256(files: dict | None) -> str | None:
-    for name in ("params.npz", "params.safetensors"):
+    for name in PARAMS_FILES:
         if files and name in files:
             return files[name]["sha256"]
     return None

@@ -9,6 +9,20 @@ import pytest
 
 from engine import paths
 
+def pytest_configure(config):
+    """Redis and PostgreSQL: the ones the tests are pointed at, or private real ones started now."""
+    from tests import services
+
+    services.ensure_redis()
+    services.ensure_postgres()
+
+
+def pytest_report_header(config):
+    from tests import services
+
+    return [f"started for this session: {s}" for s in services.started] or None
+
+
 # Tests give each case an empty $SAEJOBS_HOME, but the converted model (a minute to make) is shared:
 # pin the model cache to where it is before any test moves home (subprocesses inherit it).
 os.environ.setdefault("SAEJOBS_MODEL_CACHE", str(paths.model_cache()))

@@ -1,7 +1,7 @@
 """Database fixtures: a fresh SQLite file or a fresh PostgreSQL database per test.
 
-Import the fixtures a test module needs (``from tests.dbfixtures import db_url``); the PostgreSQL
-variant is skipped when no server answers on 127.0.0.1:5432.
+Import the fixtures a test module needs (``from tests.dbfixtures import db_url``). The PostgreSQL
+server is the one at ``SAEJOBS_TEST_PG``, or a private one the session started (``tests/services.py``).
 """
 
 from __future__ import annotations
@@ -11,13 +11,17 @@ import uuid
 
 import pytest
 
-PG_ADMIN = os.environ.get("SAEJOBS_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+from sqlalchemy.engine import make_url
+
+from tests.services import DEFAULT_PG
+
+PG_ADMIN = os.environ.get("SAEJOBS_TEST_PG", DEFAULT_PG)
 
 
 def _pg_admin():
     import psycopg
 
-    url = PG_ADMIN.replace("postgresql+psycopg://", "postgresql://")
+    url = make_url(PG_ADMIN).set(drivername="postgresql").render_as_string(hide_password=False)
     return psycopg.connect(url, autocommit=True, connect_timeout=3)
 
 
@@ -54,11 +58,11 @@ def db_url(request, home, monkeypatch):
         dispose_all()
         return
     if not pg_available():
-        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+        pytest.skip(f"no PostgreSQL at {make_url(PG_ADMIN).render_as_string()}")
     name = f"saejobs_test_{uuid.uuid4().hex[:12]}"
     with _pg_admin() as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    url = make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
     monkeypatch.setenv("SAEJOBS_DB", url)
     yield url
     dispose_all()

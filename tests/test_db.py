@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-import time
 
 import pytest
 from sqlalchemy import func, select
@@ -47,6 +46,8 @@ def test_a_dead_workers_job_is_handed_on_and_the_old_worker_stops(db_url):
     assert job.id not in jobs.stale_running(60)
     _age_heartbeat(job.id, 120)
     assert job.id in jobs.stale_running(60)
+    assert job.id in jobs.stale_running(60, alive="w2")
+    assert job.id not in jobs.stale_running(60, alive="w1")  # a worker never reaps its own job: it is alive
     assert jobs.requeue(job.id, "worker lost", stale_after=60)
     assert not jobs.requeue(job.id, "second reaper", stale_after=60)
     assert claim(job.id, "w2")
@@ -139,7 +140,6 @@ def test_several_processes_write_at_once_without_lock_errors(db_url):
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     procs = [ctx.Process(target=_hammer, args=(db_url, 25, out)) for _ in range(4)]
-    t0 = time.monotonic()
     for p in procs:
         p.start()
     answers = [out.get(timeout=240) for _ in procs]
@@ -149,7 +149,6 @@ def test_several_processes_write_at_once_without_lock_errors(db_url):
     with session() as s:
         assert s.scalar(select(func.count()).where(Job.state == "succeeded")) == 100
         assert s.scalar(select(func.count()).select_from(JobEvent)) == 100 * 6
-    assert time.monotonic() - t0 < 240
 
 
 def test_models_and_migrations_agree(db_url):

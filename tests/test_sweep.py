@@ -12,7 +12,8 @@ import torch
 from engine import demo
 from engine.generate import Row, Sampling, generate, prompt_ids
 from engine.sae import load_sae
-from engine.sweep import Runner, Settings, plan
+from engine.request import Settings, plan
+from engine.sweep import Runner
 from tests.dbfixtures import home  # noqa: F401
 
 pytestmark = pytest.mark.model
@@ -146,19 +147,24 @@ def test_plan_grid_and_combine():
 
 
 def test_a_raw_vector_steers_like_the_feature_it_copies(gemma3, demo_sae, tmp_path):
-    np = pytest.importorskip("numpy")
-    path = tmp_path / "dog.npy"
-    np.save(path, demo_sae.W_dec[0].numpy())
-    settings = Settings(n_tokens=16)
+    import numpy as np
+
+    from engine.request import Vector
     from engine.sweep import load_vector
 
-    runner = Runner(gemma3, demo_sae, demo.ENTRY.hook_name, settings, {"dog.npy": load_vector(path)})
-    configs = [c for c in plan([0], [str(path)], [200], PROMPTS[:2], [42], False, settings, "v") if c.type == "STEERED"]
+    path = tmp_path / "dog.npy"
+    np.save(path, demo_sae.W_dec[0].numpy())
+    vector = Vector.of(path)
+    settings = Settings(n_tokens=16)
+    runner = Runner(gemma3, demo_sae, demo.ENTRY.hook_name, settings, {vector.label: load_vector(path)})
+    configs = plan([0], [vector.label], [200], PROMPTS[:2], [42], False, settings, "v")
     out = runner.run(configs)
     by_prompt = {}
     for c, g, _ in out:
-        by_prompt.setdefault(c.prompt, []).append(g.token_ids)
-    assert all(a == b for a, b in by_prompt.values())
+        by_prompt.setdefault((c.prompt, c.type), []).append(g.token_ids)
+    for prompt in PROMPTS[:2]:
+        (default,), (feature, vec) = by_prompt[(prompt, "DEFAULT")], by_prompt[(prompt, "STEERED")]
+        assert vec == feature and vec != default  # it steers, and exactly as the feature it copies
 
 
 @pytest.mark.parametrize("site, hook, width", [("mlp", "blocks.4.hook_mlp_out", 640), ("att", "blocks.4.attn.hook_z", 1024)])

@@ -22,7 +22,7 @@ from engine.sae import JumpReLUSAE
 from engine.synthetic import from_activations, gemma_scope_2_config, write_sae
 from tests.dbfixtures import home  # noqa: F401
 from tests.queue_harness import broker, start_worker  # noqa: F401
-from tests.test_queue import saejobs, submitted
+from tests.test_queue import saejobs
 
 pytestmark = pytest.mark.model
 L0, DIRECTIONS, LAYER = 64, 320, 6

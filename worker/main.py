@@ -47,7 +47,6 @@ def run(gpu: int | None, loglevel: str = "info") -> None:
     from engine.cache import EngineCache
     from tasks import runner
     from tasks.app import SHARED_QUEUE, app, gpu_queue
-    from worker import state
 
     set_role("worker")
     host = socket.gethostname()
@@ -56,7 +55,7 @@ def run(gpu: int | None, loglevel: str = "info") -> None:
     device = os.environ["SAEJOBS_DEVICE"]
     w = runner.Worker(name=name, host=host, gpu=None if gpu is None else str(gpu), device=device,
                       cache=EngineCache(device=device))
-    state.set_worker(w)
+    runner.set_worker(w)
     queues = [gpu_queue(gpu), SHARED_QUEUE] if gpu is not None else [SHARED_QUEUE]
     beat = Beat(w, queues)
     beat.start()
@@ -84,7 +83,7 @@ class Beat(threading.Thread):
         while True:
             try:
                 workers.beat(self.worker)
-                reap()
+                reap(alive=self.worker.name)
                 if time.monotonic() - last_orphan_check > ORPHAN_AFTER_S / 2:
                     last_orphan_check = time.monotonic()
                     resend_orphans()
@@ -99,14 +98,15 @@ class Beat(threading.Thread):
         self.join(timeout=10)
 
 
-def reap() -> list[str]:
-    """Hand on jobs whose worker stopped beating; the conditional requeue lets one reaper win."""
+def reap(alive: str | None = None) -> list[str]:
+    """Hand on jobs whose worker stopped beating (never ``alive``'s own); the conditional requeue lets
+    one reaper win."""
     from db import jobs
     from tasks.runner import STALE_AFTER_S
     from tasks.submit import send
 
     handed = []
-    for job_id in jobs.stale_running(STALE_AFTER_S):
+    for job_id in jobs.stale_running(STALE_AFTER_S, alive=alive):
         if jobs.requeue(job_id, "worker lost (no heartbeat); handed on", stale_after=STALE_AFTER_S):
             send(job_id)
             handed.append(job_id)

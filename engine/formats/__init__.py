@@ -14,9 +14,10 @@ import torch
 
 from engine.errors import FormatError, IntegrityError
 from engine.formats import gemma_scope, gemma_scope_2
-from engine.registry.entry import SaeEntry
+from engine.registry.entry import SaeEntry, SaeFormat
 
-FORMATS: dict[str, ModuleType] = {"gemma-scope": gemma_scope, "gemma-scope-2": gemma_scope_2}
+FORMATS: dict[str, ModuleType] = {SaeFormat.GEMMA_SCOPE: gemma_scope, SaeFormat.GEMMA_SCOPE_2: gemma_scope_2}
+assert set(FORMATS) == set(SaeFormat), "every SaeFormat needs a reader"
 PARAM_NAMES = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 
 

@@ -14,9 +14,10 @@ import numpy as np
 import torch
 
 from engine.errors import FormatError
+from engine.registry.entry import SaeFormat
 
-PARAMS_FILE = "params.npz"
-FILES = (PARAMS_FILE,)
+PARAMS_FILE = SaeFormat.GEMMA_SCOPE.params_file
+FILES = SaeFormat.GEMMA_SCOPE.files
 ALLOWED_DTYPES = (torch.float32,)
 KEYS = {"W_enc": "W_enc", "W_dec": "W_dec", "b_enc": "b_enc", "b_dec": "b_dec", "threshold": "threshold"}
 

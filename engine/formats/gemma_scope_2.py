@@ -16,10 +16,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from engine.errors import FormatError
+from engine.registry.entry import SaeFormat
 
-PARAMS_FILE = "params.safetensors"
-CONFIG_FILE = "config.json"
-FILES = (PARAMS_FILE, CONFIG_FILE)
+PARAMS_FILE = SaeFormat.GEMMA_SCOPE_2.params_file
+CONFIG_FILE = SaeFormat.GEMMA_SCOPE_2.config_file
+FILES = SaeFormat.GEMMA_SCOPE_2.files
 ALLOWED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 KEYS = {"w_enc": "W_enc", "w_dec": "W_dec", "b_enc": "b_enc", "b_dec": "b_dec", "threshold": "threshold"}
 CONFIG_TYPES = {"architecture": str, "model_name": str, "hf_hook_point_in": str}

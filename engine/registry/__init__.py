@@ -17,10 +17,10 @@ import yaml
 from engine import paths
 from engine.errors import NotFoundError, UsageError
 from engine.registry import custom
-from engine.registry.entry import SaeEntry
+from engine.registry.entry import SaeEntry, SaeSite
 
 DATA = Path(__file__).parent / "data"
-SITES = ("res", "mlp", "att")
+SITES = tuple(SaeSite)
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _LIST_HINT = "`saejobs saes list` shows the known ids"
 

@@ -14,7 +14,7 @@ import yaml
 
 from engine import paths
 from engine.errors import FormatError
-from engine.registry.entry import SaeEntry
+from engine.registry.entry import SaeEntry, SaeFormat
 
 FIELDS = {f.name: f.type for f in fields(SaeEntry)}
 OPTIONAL = {"l0", "neuronpedia_id"}
@@ -54,8 +54,8 @@ def parse(item: object, where: str) -> SaeEntry:
     for k in ("layer", "d_model", "d_sae"):
         if not isinstance(item[k], int) or item[k] < 0:
             raise FormatError(f"{where}: {k} must be a non-negative integer, not {item[k]!r}")
-    if item["format"] not in ("gemma-scope", "gemma-scope-2"):
-        raise FormatError(f"{where}: format must be gemma-scope or gemma-scope-2, not {item['format']!r}")
+    if item["format"] not in set(SaeFormat):
+        raise FormatError(f"{where}: format must be {' or '.join(SaeFormat)}, not {item['format']!r}")
     for k in ("repo_id", "folder"):
         if paths.escapes(str(item[k])):
             raise FormatError(f"{where}: {k} {item[k]!r} must be a relative path without '..' (it names a cache folder)")

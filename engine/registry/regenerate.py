@@ -21,15 +21,15 @@ from pathlib import Path
 
 import yaml
 
+from engine.registry.entry import SaeFormat, SaeSite
+
 DATA = Path(__file__).parent / "data"
 WIDTHS = {"4k": 2**12, "16k": 2**14, "32k": 2**15, "65k": 2**16, "131k": 2**17, "262k": 2**18, "524k": 2**19,
           "1m": 2**20}
-SITES = ("res", "mlp", "att")
-HOOKS = {"res": "blocks.{L}.hook_resid_post", "mlp": "blocks.{L}.hook_mlp_out", "att": "blocks.{L}.attn.hook_z"}
+SITES = tuple(SaeSite)
 GS1 = re.compile(r"^layer_(?P<layer>\d+)/width_(?P<width>\w+)/average_l0_(?P<l0>\d+)$")
 GS2 = re.compile(r"^(?P<point>resid_post|mlp_out|attn_out)(?:_all)?/layer_(?P<layer>\d+)_width_(?P<width>\w+?)"
                  r"_l0_(?:small|medium|big)(?:_seed_\d+)?$")
-GS2_SITES = {"resid_post": "res", "mlp_out": "mlp", "attn_out": "att"}
 GS1_REPO = re.compile(r"^google/gemma-scope-(?P<size>2b|9b|27b)-(?P<kind>pt|it)-(?P<site>res|mlp|att)$")
 GS2_REPO = re.compile(r"^google/gemma-scope-2-(?P<size>270m|1b|4b|12b|27b)-(?P<kind>pt|it)$")
 NP_ID = re.compile(r"^(?P<model>[\w.-]+)/(?P<layer>\d+)-gemmascope-(?:2-)?(?P<site>res|mlp|att)-(?P<width>\w+?)"
@@ -57,19 +57,20 @@ def describe(repo_id: str, repo: dict, folder: str, l0: float | None, model: dic
     ``repo`` is the repo's record in folders.yaml, ``model`` its model's record in models.yaml.
     Gemma Scope's L0 is the folder's ``average_l0_N``; Gemma Scope 2's is the listing's number.
     """
-    if repo["format"] == "gemma-scope-2":
+    files = list(SaeFormat(repo["format"]).files)
+    if repo["format"] == SaeFormat.GEMMA_SCOPE_2:
         m = GS2.match(folder)
-        site, files = (GS2_SITES[m["point"]] if m else None), ["params.safetensors", "config.json"]
+        site = str(SaeSite.of_gemma_scope_2(m["point"])) if m else None
     else:
         m = GS1.match(folder)
-        site, files = repo.get("site"), ["params.npz"]
+        site = repo.get("site")
         l0 = int(m["l0"]) if m else None
     if m is None or m["width"] not in WIDTHS:
         return None
     layer = int(m["layer"])
     return {
         "model": repo["model"], "model_hf": model["model_hf"], "repo_id": repo_id, "folder": folder, "files": files,
-        "format": repo["format"], "site": site, "hook_name": HOOKS[site].format(L=layer), "layer": layer,
+        "format": repo["format"], "site": site, "hook_name": SaeSite(site).hook_name(layer), "layer": layer,
         # Attention SAEs read hook_z (o_proj's input): n_heads * head_dim, not the hidden size.
         "d_model": model["n_heads"] * model["head_dim"] if site == "att" else model["d_model"],
         "d_sae": WIDTHS[m["width"]], "l0": l0, "architecture": "jumprelu", "width": m["width"],
@@ -104,12 +105,12 @@ def _repo(release: str, info: dict) -> dict | None:
     if m and info.get("conversion_func") == "gemma_2":
         # From the repo name, not the listing's `model`: it says gemma-2-9b for gemma-scope-9b-it-res.
         model = f"gemma-2-{m['size']}" + ("-it" if m["kind"] == "it" else "")
-        return {"model": model, "model_hf": f"google/{model}", "format": "gemma-scope", "site": m["site"]}
+        return {"model": model, "model_hf": f"google/{model}", "format": str(SaeFormat.GEMMA_SCOPE), "site": m["site"]}
     m = GS2_REPO.match(info["repo_id"])
     if m and info.get("conversion_func") == "gemma_3" and "transcoder" not in release:
         model = f"gemma-3-{m['size']}" + ("-it" if m["kind"] == "it" else "")
         # Hub model ids are irregular (google/gemma-3-270m but google/gemma-3-1b-pt): the listing's.
-        return {"model": model, "model_hf": info["model"], "format": "gemma-scope-2"}
+        return {"model": model, "model_hf": info["model"], "format": str(SaeFormat.GEMMA_SCOPE_2)}
     return None
 
 
@@ -142,7 +143,7 @@ def collect(raw: dict) -> tuple[dict, dict, dict, dict]:
                 continue
             if d["layer"] >= n_layers:
                 raise ValueError(f"{release}: {path} is past {rec['model']}'s {n_layers} layers")
-            if repo["folders"].get(path, d["l0"]) != d["l0"] and d["format"] == "gemma-scope-2":
+            if repo["folders"].get(path, d["l0"]) != d["l0"] and d["format"] == SaeFormat.GEMMA_SCOPE_2:
                 raise ValueError(f"{release}: {path} listed with two L0s")
             repo["folders"][path] = d["l0"]
             layers.add(d["layer"])

@@ -7,21 +7,15 @@ restart of Redis (``--save "" --appendonly no``: the worst case, every queued me
 
 from __future__ import annotations
 
-import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.services import free_port, postgres_bin, postgres_user, redis_server_binary
 
 
 def _wait(check, timeout: float, what: str) -> None:
@@ -37,15 +31,13 @@ class RedisServer:
     """``redis-server`` with a password, killed with SIGKILL and started empty again on the same port."""
 
     def __init__(self, folder: Path, password: str):
-        if not shutil.which("redis-server"):
-            raise RuntimeError("redis-server is not installed")
         self.folder, self.password, self.port = folder, password, free_port()
         self.url = f"redis://:{password}@127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "RedisServer":
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--requirepass", self.password, "--dir", str(self.folder)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait(self.ping, 10, "redis-server")
@@ -71,16 +63,15 @@ class RedisServer:
 
 
 class PostgresServer:
-    """A throwaway PostgreSQL cluster run as the ``postgres`` user; ``restart`` is ``pg_ctl -m immediate``
+    """A throwaway PostgreSQL cluster run as an unprivileged user; ``crash`` is ``pg_ctl -m immediate``
     (the server dies without a checkpoint, as on a crash or a lost host) and a start after a pause."""
 
     def __init__(self):
-        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-        if not bins or os.geteuid() != 0 or not shutil.which("runuser"):
-            raise RuntimeError("needs PostgreSQL's server binaries and root (to run them as 'postgres')")
-        self.bin = Path(bins[-1]).parent
+        if os.geteuid() != 0 or not shutil.which("runuser"):
+            raise RuntimeError("needs root (to run PostgreSQL's binaries as another user)")
+        self.bin, self.user = postgres_bin(), postgres_user()
         self.folder = Path(tempfile.mkdtemp(prefix="saejobs-pg-"))
-        pg = pwd.getpwnam("postgres")
+        pg = pwd.getpwnam(self.user)
         os.chown(self.folder, pg.pw_uid, pg.pw_gid)
         self.data, self.port = self.folder / "data", free_port()
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
@@ -88,7 +79,7 @@ class PostgresServer:
                           "--no-sync", "-E", "UTF8")
 
     def _as_postgres(self, *cmd: str) -> None:
-        subprocess.run(["runuser", "-u", "postgres", "--", *cmd], check=True, capture_output=True, timeout=120)
+        subprocess.run(["runuser", "-u", self.user, "--", *cmd], check=True, capture_output=True, timeout=120)
 
     def start(self) -> "PostgresServer":
         opts = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"

@@ -41,6 +41,33 @@ def stored(job_id: str) -> int:
         return s.scalar(select(func.count()).select_from(Generation).where(Generation.sweep_id == sweep.id))
 
 
+class Hold:
+    """A worker held at a failpoint (``engine.failpoints``' pause): the test acts on a worker known to be at
+    that instant, then lets it go on. No timing window: the worker cannot finish meanwhile."""
+
+    def __init__(self, folder, spec: str):
+        self.folder, self.point = folder, spec.partition(":")[0]
+        self.env = {"SAEJOBS_PAUSE_AT": spec, "SAEJOBS_PAUSE_DIR": str(folder)}
+
+    def wait(self, timeout: float = 180) -> None:
+        from tests.queue_harness import wait_for
+
+        wait_for(lambda: (self.folder / f"{self.point}.paused").exists(), timeout, f"the worker to reach {self.point}")
+
+    def release(self) -> None:
+        (self.folder / f"{self.point}.go").touch()
+
+
+def held(start_worker, args: list[str], folder, spec: str = "sweep.chunk_stored:3"):
+    """A worker, and a sweep it has taken, holding at ``spec`` (by default: 3 chunks stored, progress
+    not yet reported)."""
+    hold = Hold(folder, spec)
+    worker = start_worker(env=hold.env)
+    job = submitted(saejobs(*args))
+    hold.wait()
+    return worker, job, hold
+
+
 def under_way(start_worker, args: list[str], past: float = 0.2):
     """A worker, and a sweep it has taken past ``past`` of its configurations."""
     from db import jobs

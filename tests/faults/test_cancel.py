@@ -10,22 +10,24 @@ import pytest
 
 from db import jobs
 from tests.dbfixtures import home  # noqa: F401
-from tests.faults.sweeps import N_CONFIGS, account, outputs, sqlite_db, stored, sweep_args, under_way  # noqa: F401
+from tests.faults.sweeps import N_CONFIGS, account, held, outputs, sqlite_db, stored, sweep_args  # noqa: F401
 from tests.queue_harness import broker, start_worker, wait_for  # noqa: F401
 from tests.test_queue import saejobs, submitted
 
 pytestmark = pytest.mark.model
 
 
-def test_cancel_a_running_sweep_then_retry_runs_only_the_rest(home, sqlite_db, start_worker, tiny_gemma2_dir, ledger):
-    w, job = under_way(start_worker, sweep_args(home, tiny_gemma2_dir, n_tokens=24, batch_size=1))
+def test_cancel_a_running_sweep_then_retry_runs_only_the_rest(home, sqlite_db, start_worker, tiny_gemma2_dir, ledger,
+                                                              tmp_path):
+    w, job, hold = held(start_worker, sweep_args(home, tiny_gemma2_dir, n_tokens=24, batch_size=1), tmp_path)
+    kept = stored(job["id"])
+    assert kept == 3  # held right after its third chunk (of one row) was stored
     t0 = time.monotonic()
     assert json.loads(saejobs("jobs", "cancel", job["id"], "--json").stdout)["state"] == "cancelled"
-    wait_for(lambda: "'cancelled'" in w.text(), 30, "the worker to let go of the job")
+    hold.release()
+    wait_for(lambda: "'cancelled'" in w.text(), 60, "the worker to let go of the job")  # its task has returned
     ledger.figure("cancel_to_sweep_stopped", time.monotonic() - t0)
-    kept = stored(job["id"])
-    time.sleep(1.5)
-    assert stored(job["id"]) == kept and 0 < kept < N_CONFIGS and jobs.get(job["id"]).state == "cancelled"
+    assert stored(job["id"]) == kept and jobs.get(job["id"]).state == "cancelled"  # nothing written after
     watch = saejobs("jobs", "watch", job["id"])
     assert watch.returncode == 8 and "cancelled" in watch.stderr
     partial = submitted(saejobs("results", job["id"], "--json"))

@@ -17,6 +17,7 @@ import pytest
 
 from db import jobs, saes
 from tests.dbfixtures import home  # noqa: F401
+from tests.faults.sweeps import Hold
 from tests.queue_harness import broker, start_worker, wait_for  # noqa: F401
 from tests.test_download_hub import db, error_line, file_gets, home_folder, hub, served  # noqa: F401
 from tests.test_queue import saejobs, submitted
@@ -112,26 +113,27 @@ def test_disk_full_mid_file_deletes_the_partial_file_and_says_so(db, hub, served
     ledger.add("disk_full")
 
 
-def test_cancel_during_a_download_stops_it_and_keeps_the_part_for_later(db, hub, served, start_worker, ledger):
-    hub.rate = 4e6  # ~8 s for the file
-    w = start_worker()
+def test_cancel_during_a_download_stops_it_and_keeps_the_part_for_later(db, hub, served, start_worker, ledger,
+                                                                         tmp_path):
+    hold = Hold(tmp_path, "download.bytes_written:2")  # held mid-transfer: 2 of the 34 MB file's 10 MB pieces
+    w = start_worker(env=hold.env)
     job = submitted(saejobs("download", served.id, "--json"))
-    wait_for(lambda: jobs.get(job["id"]).progress > 0.1, 60, "the transfer to start")
+    hold.wait()
     t0 = time.monotonic()
     assert json.loads(saejobs("jobs", "cancel", job["id"], "--json").stdout)["state"] == "cancelled"
+    hold.release()
     part = home_folder(served) / "params.npz.part"
-    wait_for(lambda: "succeeded in" in w.text() and "'cancelled'" in w.text(), 30, "the worker to let go of the job")
+    wait_for(lambda: "succeeded in" in w.text() and "'cancelled'" in w.text(), 60, "the worker to let go of the job")
     stopped = time.monotonic() - t0
     ledger.figure("cancel_to_download_stopped", stopped)
-    size = part.stat().st_size
-    time.sleep(1.5)
-    assert part.stat().st_size == size  # nothing is written after the worker let go
+    size = part.stat().st_size  # the task has returned: nothing writes the .part any more (the retry's Range proves it)
+    assert 0 < size < hub.repos[served.entry.repo_id][f"{served.entry.folder}/params.npz"].size
     assert not (home_folder(served) / "params.npz").exists() and jobs.get(job["id"]).state == "cancelled"
     hub.rate = None
     again = submitted(saejobs("jobs", "retry", job["id"], "--wait", "--json"))
     assert again["state"] == "succeeded"
     gets = file_gets(hub)
-    assert gets[-1].range == f"bytes={size}-"  # the retry resumed where the cancel left the file
+    assert gets[-1].range == f"bytes={size}-"  # the retry resumed exactly where the cancelled job left the file
     ledger.add("cancels")
 
 

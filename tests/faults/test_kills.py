@@ -9,13 +9,14 @@ exactly once and the same tokens as an uninterrupted run. SIGTERM hands the job 
 
 from __future__ import annotations
 
+import signal
 import time
 
 import pytest
 
 from db import jobs
 from tests.dbfixtures import home  # noqa: F401
-from tests.faults.sweeps import N_CONFIGS, account, outputs, sqlite_db, stored, sweep_args, under_way  # noqa: F401
+from tests.faults.sweeps import N_CONFIGS, Hold, account, held, outputs, sqlite_db, stored, sweep_args  # noqa: F401
 from tests.queue_harness import broker, start_worker, wait_for  # noqa: F401
 from tests.test_queue import saejobs, submitted
 
@@ -29,7 +30,7 @@ def killed(worker) -> None:
 
 
 def test_six_sigkills_during_one_sweep_lose_and_duplicate_nothing(home, sqlite_db, start_worker, tiny_gemma2_dir,
-                                                                 ledger):
+                                                                 ledger, tmp_path):
     args = sweep_args(home, tiny_gemma2_dir, batch_size=BATCH)
     reference = submitted(saejobs(*args, "--local"))
     assert reference["state"] == "succeeded"
@@ -39,12 +40,12 @@ def test_six_sigkills_during_one_sweep_lose_and_duplicate_nothing(home, sqlite_d
     def survive(point: str | None, expect_rows) -> int:
         """Start a worker that dies at ``point`` (or is shot from outside) and check what it left."""
         t0 = time.monotonic()
-        env = {"SAEJOBS_KILL_AT": point} if point else {}
-        w = start_worker("--cpu", env=env, ready=False)
+        hold = Hold(tmp_path, "sweep.chunk_stored:1")  # its first chunk stored, progress not yet reported
+        w = start_worker("--cpu", env={"SAEJOBS_KILL_AT": point} if point else hold.env, ready=False)
         if point:
             killed(w)
         else:
-            wait_for(lambda: stored(job["id"]) >= 20, 120, "the sweep to pass 20 rows")
+            hold.wait()
             w.kill()
         took_over.append(time.monotonic() - t0)
         n = stored(job["id"])
@@ -58,7 +59,7 @@ def test_six_sigkills_during_one_sweep_lose_and_duplicate_nothing(home, sqlite_d
     survive("results.before_commit:2", lambda n: n == 2 * BATCH)  # its rows were inserted, never committed
     n = survive("sweep.chunk_stored:2", lambda n: n == 4 * BATCH)  # committed; the progress report never came
     assert jobs.get(job["id"]).progress < n / N_CONFIGS
-    survive(None, lambda n: 20 <= n < N_CONFIGS and n % BATCH == 0)
+    survive(None, lambda n: n == 5 * BATCH)  # held after storing its first chunk (the 5th), shot from outside
     survive("runner.before_finish:1", lambda n: n == N_CONFIGS)
 
     start_worker()
@@ -75,10 +76,13 @@ def test_six_sigkills_during_one_sweep_lose_and_duplicate_nothing(home, sqlite_d
     ledger.figure("kill_to_next_worker_running", max(took_over))
 
 
-def test_sigterm_hands_the_running_sweep_back(home, sqlite_db, start_worker, tiny_gemma2_dir, ledger):
-    first, job = under_way(start_worker, sweep_args(home, tiny_gemma2_dir, n_tokens=24, batch_size=2))
+def test_sigterm_hands_the_running_sweep_back(home, sqlite_db, start_worker, tiny_gemma2_dir, ledger, tmp_path):
+    first, job, hold = held(start_worker, sweep_args(home, tiny_gemma2_dir, n_tokens=24, batch_size=2), tmp_path)
     t0 = time.monotonic()
-    assert first.terminate(timeout=60) == 0
+    first.proc.send_signal(signal.SIGTERM)  # while it is held: it cannot have finished the sweep meanwhile
+    hold.release()
+    first.proc.wait(timeout=120)  # hands the job back at its next progress report, then exits
+    assert first.terminate() == 0
     ledger.figure("sigterm_to_handed_back", time.monotonic() - t0)
     handed = jobs.get(job["id"])
     assert handed.state == "queued" and "handed back" in handed.message

@@ -25,7 +25,8 @@ from engine import evaluate
 from engine.hooks import capture
 from engine.registry.entry import SaeEntry
 from engine.sae import load_sae
-from engine.sweep import Config, Runner, Settings
+from engine.request import Config, Settings
+from engine.sweep import Runner
 from engine.synthetic import from_activations, gemma_scope_2_config, with_steering_rows, write_sae
 
 pytestmark = pytest.mark.model
@@ -67,8 +68,8 @@ CASES = [
     Case("steer_special_tokens off", 6, ((DOG, 150.0),), special=False),
     Case("prompt with a leading BOS", 6, ((DOG, 150.0),), prompt="<bos>Once upon a time"),
     Case("BOS in the prompt, special tokens off", 6, ((DOG, 150.0),), prompt="<bos>Once upon a time", special=False),
-    Case("hits EOS early", 17, ((EOS, 1200.0),), prompt="I think that"),
-    Case("hits EOS at once", 17, ((EOS, 3000.0),)),
+    Case("hits EOS early", 17, ((EOS, 600.0),), prompt="I think that"),  # the EOS row has norm 2
+    Case("hits EOS at once", 17, ((EOS, 1500.0),)),
     Case("greedy with presence penalty", 6, ((DOG, 100.0),), sampling={**INTERP, "presence_penalty": 1.5}),
     Case("sampled, seed 7", 6, ((DOG, 120.0),), seed=7, sampling={**INTERP, "temperature": 0.8}),
     Case("sampled, top-k, top-p, presence", 3, ((DOG, 200.0),), seed=11,
@@ -104,7 +105,9 @@ def saes(lm, tmp_path_factory):
     out = {}
     for layer in (3, 6, 17):
         acts = capture(lm, f"blocks.{layer}.hook_resid_post", ids.to(lm.device))[:, 1:].flatten(0, 1).cpu()
-        p = with_steering_rows(from_activations(acts, l0=32, directions=64), words.numpy())
+        axes = from_activations(acts, l0=32, directions=64)
+        axes["W_dec"] = axes["W_dec"] * 0.75  # not unit norm, so normalize on and off differ (word rows: 1, 1.5, 2)
+        p = with_steering_rows(axes, words.numpy())
         entry = _entry(layer, acts.shape[1], p["W_dec"].shape[0])
         folder = tmp_path_factory.mktemp(f"sae{layer}")
         write_sae(folder, entry.format, p, gemma_scope_2_config(entry))
@@ -153,8 +156,13 @@ def test_the_same_tokens_as_interp_engine(case, lm, saes, oracle):
     steered, default = ours[0][1].token_ids, ours[1][1].token_ids
     if case.features[0][1] != 0:
         assert steered != default, "the steering must change something, or the case tests nothing"
-    if "EOS" in case.name:
-        assert len(steered) < N_TOKENS and steered[-1] == lm.tokenizer.eos_token_id
+    if case.name == "hits EOS at once":
+        assert steered == [lm.tokenizer.eos_token_id]
+    elif "EOS" in case.name:
+        assert 1 < len(steered) < N_TOKENS and steered[-1] == lm.tokenizer.eos_token_id
+    if case.normalize and case.method == "SIMPLE_ADDITIVE":  # the row's norm must matter here, or equality with normalize on would prove nothing
+        raw = Runner(lm, sae, runner.hook_name, Settings(**{**settings_of(case).__dict__, "normalize": False}))
+        assert raw.run(configs[:1])[0][1].token_ids != steered
     if not case.special:  # the mask must matter here, or equality with interp-engine would prove nothing
         unmasked = Runner(lm, sae, runner.hook_name, Settings(**{**settings_of(case).__dict__,
                                                                      "steer_special_tokens": True}))

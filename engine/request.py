@@ -1,0 +1,255 @@
+"""One typed sweep request: what the CLI, the demo and the task build, validated once, torch-free.
+
+A ``SweepRequest`` crosses every seam of a sweep — the CLI builds it from options, the job row stores
+``to_params()``, the task rebuilds it with ``from_params()`` — so a value is checked in one place and
+means the same everywhere. Duplicates are removed at construction (``--strength 10,10`` is one
+strength), so a grid never holds two configurations with one key. Raw vectors are named by file name
+and sha256, so two different ``v.npy`` are two vectors, and a file that changed after submission is
+refused instead of silently steering with other numbers.
+
+The grid is features × strengths × prompts × seeds (with ``combine``: all features at once, per
+strength), plus one DEFAULT generation per prompt × seed. Every configuration has a key derived from
+everything that determines its output, so a redelivered sweep can skip what is already stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from enum import StrEnum
+from pathlib import Path
+
+from engine.errors import IntegrityError, UsageError
+from engine.steering import SteerMethod, steer_method
+
+MAX_PROMPT_CHARS = 32_000  # about 8k tokens: longer belongs in a file of shorter prompts, not one generation
+MAX_TOKENS = 4096
+MAX_LOGPROBS = 100
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class SamplingSemantics(StrEnum):
+    """Whose sampling a sweep reproduces (``engine.generate`` implements each, and cites its source).
+
+    To add one: a member, its ``description`` (recorded with every run) and its branch in
+    ``engine.generate.Chooser``.
+    """
+
+    TRANSFORMERLENS = "transformerlens"  # Neuronpedia's TransformerLens-era server
+    INTERP_ENGINE = "interp-engine"  # Neuronpedia's server today
+
+    @property
+    def description(self) -> str:
+        return {
+            SamplingSemantics.TRANSFORMERLENS: "transformerlens-4.3 sample_logits (temperature, freq_penalty); "
+                                               "per-row torch.Generator(seed) on the model's device",
+            SamplingSemantics.INTERP_ENGINE: "interp-engine-1.14 _sample_next (presence_penalty, temperature, top_k, "
+                                             "top_p); per-row torch.Generator(seed) on the model's device",
+        }[self]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What applies to every configuration of a sweep (stored with it, part of every key)."""
+
+    method: SteerMethod = SteerMethod.SIMPLE_ADDITIVE
+    normalize: bool = False
+    strength_multiplier: float = 1.0
+    n_tokens: int = 32
+    temperature: float = 0.0
+    freq_penalty: float = 0.0
+    n_logprobs: int = 0
+    sampling_semantics: SamplingSemantics = SamplingSemantics.TRANSFORMERLENS
+    presence_penalty: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    steer_special_tokens: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "method", steer_method(self.method))
+        try:
+            object.__setattr__(self, "sampling_semantics", SamplingSemantics(self.sampling_semantics))
+        except ValueError:
+            raise UsageError(f"unknown sampling semantics '{self.sampling_semantics}'; expected one of "
+                             f"{', '.join(SamplingSemantics)}") from None
+        for name in ("strength_multiplier", "temperature", "freq_penalty", "presence_penalty", "top_p"):
+            if not math.isfinite(getattr(self, name)):
+                raise UsageError(f"{name} must be a finite number, not {getattr(self, name)}")
+        if not 1 <= self.n_tokens <= MAX_TOKENS:
+            raise UsageError(f"n_tokens must be between 1 and {MAX_TOKENS}, not {self.n_tokens}")
+        if not 0 <= self.n_logprobs <= MAX_LOGPROBS:
+            raise UsageError(f"n_logprobs must be between 0 and {MAX_LOGPROBS}, not {self.n_logprobs}")
+        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise UsageError("temperature and top_k must not be negative, and top_p must be in (0, 1]")
+        if self.sampling_semantics == SamplingSemantics.TRANSFORMERLENS and (
+                self.presence_penalty or self.top_k or self.top_p != 1.0):
+            raise UsageError("presence_penalty, top_k and top_p belong to interp-engine sampling; "
+                             "add --sampling interp-engine")
+        if self.sampling_semantics == SamplingSemantics.INTERP_ENGINE and self.freq_penalty:
+            raise UsageError("freq_penalty is TransformerLens-era sampling (interp-engine ignores it); "
+                             "use --presence-penalty with --sampling interp-engine")
+
+    def sampling(self):
+        from engine.generate import Sampling
+
+        return Sampling(self.n_tokens, self.temperature, self.freq_penalty, self.n_logprobs,
+                        semantics=self.sampling_semantics, presence_penalty=self.presence_penalty, top_k=self.top_k,
+                        top_p=self.top_p)
+
+    def to_json(self) -> dict:
+        return {k: str(v) if isinstance(v, StrEnum) else v for k, v in asdict(self).items()}
+
+
+# Settings added after the first release: a stored job may lack them (they take their defaults), and
+# a key leaves them out at their default, so configurations stored before they existed keep their
+# keys (a sweep redelivered across an upgrade still skips what it has).
+LATER_SETTINGS = ("sampling_semantics", "presence_penalty", "top_k", "top_p", "steer_special_tokens")
+STEERING_ONLY = ("method", "normalize", "strength_multiplier", "steer_special_tokens")  # not part of a DEFAULT's key
+
+
+@dataclass(frozen=True)
+class Config:
+    type: str  # STEERED | DEFAULT
+    features: tuple  # ({"index": 7650, "strength": 50.0} | {"vector": "v.npy@0123abcd4567", "strength": ..}, ...)
+    prompt: str
+    seed: int
+    key: str = field(default="", compare=False)
+
+    def to_json(self) -> dict:
+        return {"type": self.type, "features": [dict(f) for f in self.features], "prompt": self.prompt, "seed": self.seed}
+
+
+def config_key(cfg: Config, settings: Settings, steering_id: str) -> str:
+    """Hash of everything that determines the output; ``steering_id`` names the SAE/vectors used."""
+    defaults = Settings()
+    values = settings.to_json()
+    kept = {k: v for k, v in values.items() if k not in LATER_SETTINGS or v != getattr(defaults, k)}
+    payload = {**cfg.to_json(), "settings": kept if cfg.type == "STEERED" else
+               {k: v for k, v in kept.items() if k not in STEERING_ONLY},
+               "steering": steering_id if cfg.type == "STEERED" else None}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def plan(features: list[int], vectors: list[str], strengths: list[float], prompts: list[str], seeds: list[int],
+         combine: bool, settings: Settings, steering_id: str) -> list[Config]:
+    """The grid, DEFAULT rows first (one per prompt × seed); ``vectors`` are vector labels. Inputs are
+    assumed valid and distinct (``SweepRequest`` makes them so)."""
+    terms = [{"index": int(i)} for i in features] + [{"vector": v} for v in vectors]
+    groups = [terms] if combine else [[t] for t in terms]
+    out = [Config("DEFAULT", (), p, int(s)) for p in prompts for s in seeds]
+    for group in groups:
+        for strength in strengths:
+            fs = tuple({**t, "strength": float(strength)} for t in group)
+            out += [Config("STEERED", fs, p, int(s)) for p in prompts for s in seeds]
+    return [Config(c.type, c.features, c.prompt, c.seed, config_key(c, settings, steering_id)) for c in out]
+
+
+@dataclass(frozen=True)
+class Vector:
+    """A raw steering vector file, named by file name and content."""
+
+    path: str  # absolute, on the submitting host
+    sha256: str
+
+    @property
+    def label(self) -> str:
+        return f"{Path(self.path).name}@{self.sha256[:12]}"
+
+    @classmethod
+    def of(cls, path: str | Path) -> Vector:
+        from engine.download import sha256_file
+
+        p = Path(path).resolve()
+        if not p.is_file():
+            raise UsageError(f"steering vector '{path}' is not a file")
+        if p.suffix not in (".npy", ".safetensors"):
+            raise UsageError(f"{path}: a steering vector must be .npy or .safetensors")
+        return cls(str(p), sha256_file(p))
+
+    def check(self) -> None:
+        """The file still holds what was submitted."""
+        from engine.download import sha256_file
+
+        if not Path(self.path).is_file():
+            raise UsageError(f"steering vector '{self.path}' is gone (it is read where the job runs)")
+        if (now := sha256_file(Path(self.path))) != self.sha256:
+            raise IntegrityError(f"steering vector '{self.path}' changed since the sweep was submitted "
+                                 f"(sha256 {now[:12]}, submitted {self.sha256[:12]})")
+
+
+def _distinct(values) -> tuple:
+    return tuple(dict.fromkeys(values))
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    sae: str
+    features: tuple[int, ...] = ()
+    vectors: tuple[Vector, ...] = ()
+    strengths: tuple[float, ...] = ()
+    prompts: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = (42,)
+    settings: Settings = Settings()
+    combine: bool = False
+    model: str | None = None  # model source; None: the SAE's model
+    dtype: str = "float32"
+    batch_size: int | None = None  # None: sized by memory
+
+    def __post_init__(self) -> None:
+        s = object.__setattr__
+        s(self, "features", _distinct(int(i) for i in self.features))
+        s(self, "vectors", _distinct(self.vectors))
+        s(self, "strengths", _distinct(float(x) for x in self.strengths))
+        s(self, "prompts", _distinct(self.prompts))
+        s(self, "seeds", _distinct(int(x) for x in self.seeds) or (42,))
+        if not self.features and not self.vectors:
+            raise UsageError("nothing to steer with: give --feature INDEX or --vector FILE")
+        if any(i < 0 for i in self.features):
+            raise UsageError(f"feature {min(self.features)} is out of range (feature indices start at 0)")
+        if not self.strengths:
+            raise UsageError("no strength: give --strength, e.g. 0,10,50")
+        if bad := [x for x in self.strengths if not math.isfinite(x)]:
+            raise UsageError(f"strength {bad[0]} is not a finite number")
+        if not self.prompts:
+            raise UsageError("no prompt: give --prompt TEXT or --prompts-file FILE")
+        for p in self.prompts:
+            if not p.strip():
+                raise UsageError("a prompt is empty")
+            if len(p) > MAX_PROMPT_CHARS:
+                raise UsageError(f"a prompt has {len(p)} characters; the limit is {MAX_PROMPT_CHARS}")
+        if self.dtype not in DTYPES:
+            raise UsageError(f"unknown dtype '{self.dtype}'; expected one of {', '.join(DTYPES)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise UsageError(f"batch size must be at least 1, not {self.batch_size}")
+
+    def check_features(self, d_sae: int, sae_id: str) -> None:
+        if bad := [f for f in self.features if f >= d_sae]:
+            raise UsageError(f"feature {bad[0]} is out of range for {sae_id} (d_sae {d_sae})")
+
+    def configs(self, steering_id: str) -> list[Config]:
+        return plan(list(self.features), [v.label for v in self.vectors], list(self.strengths), list(self.prompts),
+                    list(self.seeds), self.combine, self.settings, steering_id)
+
+    def to_params(self) -> dict:
+        """The job's ``params``: flat, JSON, the settings beside the grid (as jobs have always stored them)."""
+        return {"sae": self.sae, "model": self.model, "features": list(self.features),
+                "vectors": [{"path": v.path, "sha256": v.sha256} for v in self.vectors],
+                "strengths": list(self.strengths), "prompts": list(self.prompts), "seeds": list(self.seeds),
+                "combine": self.combine, "dtype": self.dtype, "batch_size": self.batch_size, **self.settings.to_json()}
+
+    @classmethod
+    def from_params(cls, p: dict) -> SweepRequest:
+        """A stored job's params (older jobs: vectors as plain paths, later settings absent)."""
+        names = {f.name for f in fields(Settings)}
+        settings = Settings(**{k: v for k, v in p.items() if k in names and v is not None})
+        vectors = tuple(Vector(v["path"], v["sha256"]) if isinstance(v, dict) else Vector.of(v)
+                        for v in p.get("vectors") or [])
+        return cls(sae=p["sae"], features=tuple(p.get("features") or ()), vectors=vectors,
+                   strengths=tuple(p.get("strengths") or ()), prompts=tuple(p.get("prompts") or ()),
+                   seeds=tuple(p.get("seeds") or (42,)), settings=settings, combine=bool(p.get("combine")),
+                   model=p.get("model"), dtype=p.get("dtype") or "float32", batch_size=p.get("batch_size"))
+
+    def with_settings(self, **changes) -> SweepRequest:
+        return replace(self, settings=replace(self.settings, **changes))
