@@ -22,8 +22,9 @@ POLL_S = 0.25
 EXIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 8}
 
 
-def follow(job_id: str, *, quiet: bool = False, timeout: float | None = None):
-    """Poll the job's row until it is final; show a progress bar on stderr unless ``quiet``."""
+def follow(job_id: str, *, quiet: bool = False, timeout: float | None = None, running=None):
+    """Poll the job's row until it is final (or ``running()`` turns false: a local run that ended without
+    a final row); show a progress bar on stderr unless ``quiet``."""
     deadline = None if timeout is None else time.monotonic() + timeout
     bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
                    TextColumn("{task.fields[message]}"), console=err_console, disable=quiet or not err_console.is_terminal,
@@ -44,6 +45,8 @@ def follow(job_id: str, *, quiet: bool = False, timeout: float | None = None):
                 return job
             if deadline is not None and time.monotonic() > deadline:
                 return job
+            if running is not None and not running():
+                return jobs.get(job_id)
             time.sleep(POLL_S)
 
 
@@ -63,7 +66,7 @@ def run_local(job_id: str, *, quiet: bool = False):
     t = threading.Thread(target=target, name="saejobs-local", daemon=True)
     t.start()
     try:
-        job = follow(job_id, quiet=quiet)
+        job = follow(job_id, quiet=quiet, running=t.is_alive)
     except KeyboardInterrupt:
         jobs.cancel(job_id)
         t.join(timeout=30)

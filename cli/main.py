@@ -40,6 +40,7 @@ def _register() -> None:
     cli.add_command(jobs_cmd.results)
     cli.add_command(worker_cmd.worker)
     cli.add_command(worker_cmd.workers)
+    cli.add_command(worker_cmd.up)
     cli.add_command(neuronpedia_cmd.neuronpedia)
     cli.add_command(neuronpedia_cmd.compare)
     for cmd in submit_cmd.COMMANDS:

@@ -45,6 +45,35 @@ def worker(gpus, cpu, loglevel) -> None:
 
 
 @click.command()
+@click.option("--gpu", "gpus", callback=_gpus, help="Workers on these GPUs only (default: every visible GPU).")
+@click.option("--cpu", is_flag=True, help="One CPU worker, even where GPUs are visible.")
+@click.option("--loglevel", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+@json_option
+def up(gpus, cpu, loglevel, as_json) -> None:
+    """Run a workstation in the foreground: a broker if none answers at SAEJOBS_BROKER (an embedded
+    redis-server), and one pinned worker per visible GPU (one CPU worker without a GPU), with their
+    logs. Ctrl-C stops them all; running jobs are handed back to the queue."""
+    import json
+    import sys
+
+    from worker import up as stack_up
+
+    if gpus and cpu:
+        raise UsageError("--gpu and --cpu are exclusive")
+    stack = stack_up.start(gpus, cpu, loglevel)
+    info = stack.describe()
+    if as_json:
+        click.echo(json.dumps(info))
+    else:
+        click.echo(f"saejobs up: broker {info['broker']}"
+                   + (f" (embedded redis-server, pid {info['embedded_broker_pid']})" if info["embedded_broker_pid"] else "")
+                   + "; workers " + ", ".join(f"{n} (pid {p})" for n, p in info["workers"].items())
+                   + "; Ctrl-C stops them all")
+    sys.exit(stack_up.run(stack, say=(lambda m: None) if as_json else click.echo))
+
+
+@click.command()
 @click.option("--all", "show_all", is_flag=True, help="Include workers that stopped or went silent.")
 @json_option
 def workers(show_all, as_json) -> None:

@@ -47,6 +47,7 @@ class Worker:
     device: str = "cpu"
     cache: EngineCache = field(default_factory=EngineCache)
     current_job: str | None = None
+    local: bool = False  # the CLI's own process (--local): no queue behind it to retry a job
 
 
 @dataclass
@@ -91,7 +92,7 @@ def local_worker() -> Worker:
     global _worker
     if _worker is None:
         dev = _device()
-        _worker = Worker(device=dev, cache=EngineCache(device=dev))
+        _worker = Worker(device=dev, cache=EngineCache(device=dev), local=True)
     return _worker
 
 
@@ -129,6 +130,10 @@ def execute(job_id: str, worker: Worker) -> str:
         jobs.requeue(job_id, "handed back: worker shutting down")
         return "handed_back"
     except TransientError as e:
+        if worker.local:  # nothing would pick a requeued job up: fail it, saying it is worth retrying
+            jobs.finish(job_id, "failed", worker=worker.name, error=f"{e} (transient: `saejobs jobs retry {job_id[:8]}` "
+                        "tries again)", result={"error_type": type(e).__name__, "exit_code": e.exit_code})
+            return "failed"
         jobs.requeue(job_id, f"transient error, will retry: {e}")
         return "transient"
     except DatabaseError as e:  # nothing can be written now; the reaper hands the job on once it is back

