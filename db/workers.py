@@ -34,6 +34,15 @@ def beat(worker, url: str | None = None) -> None:
         row.cached = worker.cache.describe()
 
 
+def show_job(worker_name: str, job_id: str | None, url: str | None = None) -> None:
+    """Say at once what a worker runs (or that it is idle), not at its next beat. One attempt, not retried:
+    a job must not wait on a database outage to say this; the next beat says it anyway."""
+    with session(url) as s:
+        row = s.get(WorkerRow, worker_name)
+        if row is not None:
+            row.current_job = job_id
+
+
 @retried
 def stopped(worker, url: str | None = None) -> None:
     with session(url) as s:

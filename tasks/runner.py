@@ -15,7 +15,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from db import jobs
+from db import jobs, workers
 from db.jobs import JobCancelled
 from db.models import Job
 from db.states import JobKind
@@ -118,6 +118,7 @@ def execute(job_id: str, worker: Worker) -> str:
     job = jobs.get(job_id)
     ctx = JobContext(job, worker)
     worker.current_job = job_id
+    _show_job(worker)
     beat = _Heartbeat(job_id, worker.name)
     beat.start()
     try:
@@ -150,6 +151,16 @@ def execute(job_id: str, worker: Worker) -> str:
     finally:
         beat.stop()
         worker.current_job = None
+        _show_job(worker)
+
+
+def _show_job(worker: Worker) -> None:
+    if worker.local:
+        return
+    try:
+        workers.show_job(worker.name, worker.current_job)
+    except Exception as e:  # the next beat says it
+        log.warning("could not record worker %s's job: %s", worker.name, e)
 
 
 class _Heartbeat(threading.Thread):

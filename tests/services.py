@@ -75,7 +75,7 @@ def ensure_redis() -> None:
     proc = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                              "--appendonly", "no", "--dir", folder], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     atexit.register(_stop, proc, folder)
-    _wait(lambda: answers("127.0.0.1", port), 20, "the private redis-server")
+    come_up(lambda: answers("127.0.0.1", port), 20, "the private redis-server")
     os.environ["SAEJOBS_TEST_BROKER"] = f"redis://127.0.0.1:{port}/15"
     started.append(f"Redis (nothing answered at {url.host}:{url.port}): {redis_server_binary()} on port {port}")
 
@@ -102,7 +102,7 @@ def _stop(proc: subprocess.Popen, folder: str) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def _wait(check, timeout: float, what: str) -> None:
+def come_up(check, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():

@@ -122,3 +122,14 @@ def test_a_job_whose_message_the_broker_lost_is_sent_again(db_url, start_worker,
     start_worker(env={"SAEJOBS_ORPHAN_AFTER": "1"})
     done = wait_for(lambda: (j := jobs.get(job["id"])).state == "succeeded" and j, 60, "the re-sent job")
     assert done.attempts == 1
+
+
+def test_a_worker_shows_idle_as_soon_as_its_job_ends(db_url, start_worker, tiny_sae):
+    """Not at its next beat: with beats 60 s apart, the row must already say idle when --wait returns."""
+    slow = {"SAEJOBS_HEARTBEAT": "60", "SAEJOBS_STALE_AFTER": "600"}
+    start_worker(env=slow)
+    job = submitted(saejobs("verify", tiny_sae.id, "--structural-only", "--path", str(tiny_sae.mirror_folder),
+                            "--wait", "--json"))
+    assert job["state"] == "succeeded", job
+    (worker,) = json.loads(saejobs("workers", "--json", env=slow).stdout)
+    assert worker["state"] == "idle" and worker["current_job"] is None, worker

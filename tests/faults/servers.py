@@ -12,19 +12,9 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from tests.services import free_port, postgres_bin, postgres_user, redis_server_binary
-
-
-def _wait(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} did not come up in {timeout}s")
+from tests.services import come_up, free_port, postgres_bin, postgres_user, redis_server_binary
 
 
 class RedisServer:
@@ -40,7 +30,7 @@ class RedisServer:
             [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--requirepass", self.password, "--dir", str(self.folder)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait(self.ping, 10, "redis-server")
+        come_up(self.ping, 10, "redis-server")
         return self
 
     def ping(self) -> bool:
