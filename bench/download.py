@@ -67,6 +67,9 @@ def main() -> None:
         for sae in (small, big):
             hub.add_folder(sae.entry.repo_id, sae.entry.folder, sae.mirror_folder)
         size = (big.mirror_folder / "params.npz").stat().st_size
+        from engine.download import sha256_file
+
+        want = sha256_file(big.mirror_folder / "params.npz")
         url = resolve_url(hub, big.entry.repo_id, f"{big.entry.folder}/params.npz")
         log = open(home / "worker.log", "w")
         worker = subprocess.Popen([sys.executable, "-m", "worker.main", "--cpu", "--loglevel", "warning"],
@@ -79,6 +82,8 @@ def main() -> None:
                 t0 = time.perf_counter()
                 subprocess.run(["curl", "-sSfL", "-o", str(out), url], check=True)
                 curl_s.append(time.perf_counter() - t0)
+                if sha256_file(out) != want:
+                    raise SystemExit("curl's copy differs from the served file")
                 out.unlink()
 
                 shutil.rmtree(local_folder(big.entry), ignore_errors=True)
@@ -91,6 +96,8 @@ def main() -> None:
                 growth_mb.append((kb(worker.pid, "VmHWM") - before) / 1024)
                 if row.result["transferred_bytes"] != size:
                     raise SystemExit(f"the job transferred {row.result['transferred_bytes']} bytes, not {size}")
+                if sha256_file(local_folder(big.entry) / "params.npz") != want:
+                    raise SystemExit("the job's copy differs from the served file")
         finally:
             worker.terminate()
             worker.wait(timeout=60)

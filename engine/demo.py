@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.registry.entry import SaeEntry, SaeFormat
+from engine.registry.entry import SaeEntry, SaeFormat, SaeSite
 from engine.synthetic import from_activations, gemma_scope_2_config, with_steering_rows, write_sae
 
 WORDS = (" dog", " ocean", " music", " space")
@@ -24,7 +24,7 @@ ENTRY = SaeEntry(
     id="saejobs-demo/gemma-3-270m/6-synthetic-res-1k", model="gemma-3-270m", model_hf="google/gemma-3-270m",
     repo_id="saejobs-demo/synthetic-gemma-scope-2-270m", folder=f"resid_post/layer_{LAYER}_width_1k_synthetic",
     files=SaeFormat.GEMMA_SCOPE_2.files, format=SaeFormat.GEMMA_SCOPE_2, site="res",
-    hook_name=f"blocks.{LAYER}.hook_resid_post", layer=LAYER, d_model=640, d_sae=D_SAE, l0=L0,
+    hook_name=SaeSite.RES.hook_name(LAYER), layer=LAYER, d_model=640, d_sae=D_SAE, l0=L0,
     architecture="jumprelu", width="1k", neuronpedia_id=None)
 
 

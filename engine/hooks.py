@@ -45,8 +45,8 @@ class HookPoint:
 def parse_hook(name: str) -> HookPoint:
     m = PATTERN.match(name.strip())
     if not m:
-        raise UsageError(f"unknown hook '{name}'; expected blocks.L.hook_resid_post, blocks.L.hook_mlp_out "
-                         "or blocks.L.attn.hook_z")
+        raise UsageError(f"unknown hook '{name}'; expected one of "
+                         + ", ".join(site.hook_name("L") for site in SaeSite))
     return HookPoint(int(m[1]), SUFFIXES[m[2]])
 
 
@@ -75,10 +75,11 @@ def hook(lm, name: str, fn: Edit, strict: bool = True) -> Iterator[None]:
     """
     point = parse_hook(name)
     module = _module(lm, point)
-    fired = [0]
+    fired: list[bool] = []  # set once, then constant: a per-call counter would change a compiled graph's guards
 
     def edit(act: torch.Tensor) -> torch.Tensor | None:
-        fired[0] += 1
+        if not fired:
+            fired.append(True)
         new = fn(act)
         if new is None:
             return None
@@ -105,7 +106,7 @@ def hook(lm, name: str, fn: Edit, strict: bool = True) -> Iterator[None]:
         yield
     finally:
         handle.remove()
-    if strict and fired[0] == 0:
+    if strict and not fired:
         raise SaejobsError(f"hook {name} never fired: the model did not pass through "
                            f"{type(module).__name__} of layer {point.layer}; nothing was steered")
 

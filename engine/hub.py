@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from engine import failpoints, paths
 from engine.download import CHUNK, check_disk_space, disk_full, sha256_file
 from engine.errors import IntegrityError, NotFoundError, TransientError, UsageError
-from engine.registry.entry import PARAMS_FILES, SaeEntry, SaeSite
+from engine.registry.entry import PARAMS_FILES, SaeEntry, SaeFormat, SaeSite
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 GS1 = re.compile(r"^(?:.*/)?layer_(?P<layer>\d+)/width_(?P<width>\w+)/average_l0_(?P<l0>\d+)$")
@@ -174,7 +174,7 @@ def available(model: str, layer: int | None = None) -> list[dict]:
     for repo_id, rec in registry._data("folders.yaml").items():
         if rec["model"] != model_id:
             continue
-        under = f"layer_{layer}" if layer is not None and rec["format"] == "gemma-scope" else None
+        under = f"layer_{layer}" if layer is not None and rec["format"] == SaeFormat.GEMMA_SCOPE else None
         try:
             found = hub_folders(repo_id, under)
         except (RepositoryNotFoundError, EntryNotFoundError) as e:

@@ -12,6 +12,7 @@ import torch
 from engine import demo
 from engine.generate import Row, Sampling, generate, prompt_ids
 from engine.sae import load_sae
+from engine.steering import SteerMethod
 from engine.request import Settings, plan
 from engine.sweep import Runner
 from tests.dbfixtures import home  # noqa: F401
@@ -61,7 +62,7 @@ def test_strength_zero_equals_default_token_for_token(gemma3, demo_sae):
         assert g.token_ids == default[(c.prompt, c.seed)]
 
 
-@pytest.mark.parametrize("method", ["SIMPLE_ADDITIVE", "ORTHOGONAL_DECOMP"])
+@pytest.mark.parametrize("method", list(SteerMethod))
 def test_batched_equals_one_by_one_with_prompts_of_different_lengths(gemma3, demo_sae, method):
     settings = Settings(method=method, n_tokens=20)
     configs = grid([0, 2], [0, 150] if method == "SIMPLE_ADDITIVE" else [0.5, 3.0], settings=settings)

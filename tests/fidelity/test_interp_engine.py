@@ -106,7 +106,7 @@ def saes(lm, tmp_path_factory):
     for layer in (3, 6, 17):
         acts = capture(lm, f"blocks.{layer}.hook_resid_post", ids.to(lm.device))[:, 1:].flatten(0, 1).cpu()
         axes = from_activations(acts, l0=32, directions=64)
-        axes["W_dec"] = axes["W_dec"] * 0.75  # not unit norm, so normalize on and off differ (word rows: 1, 1.5, 2)
+        axes["W_dec"] = axes["W_dec"] * 0.1  # far from unit norm, so normalize on and off differ (word rows: 1, 1.5, 2)
         p = with_steering_rows(axes, words.numpy())
         entry = _entry(layer, acts.shape[1], p["W_dec"].shape[0])
         folder = tmp_path_factory.mktemp(f"sae{layer}")
