@@ -30,7 +30,7 @@ def demo(strengths: str, n_tokens: int, as_json: bool) -> None:
     from tasks.runner import local_worker
 
     quiet = as_json
-    say = (lambda *a: None) if quiet else console.print
+    say = (lambda *a: None) if quiet else console().print
     say("[bold]saejobs demo[/]: Gemma 3 270M (PyPI package) + a [yellow]synthetic[/] Gemma-Scope-2-format SAE")
     say("loading Gemma 3 270M (the first run converts the GGUF once: about a minute)...")
     lm = local_worker().cache.model("gemma-3-270m-gguf", torch.float32)
@@ -60,5 +60,5 @@ def demo(strengths: str, n_tokens: int, as_json: bool) -> None:
     def render():
         grid = results.sweep_grid(rows)
         table(f"sweep {job.id[:8]}: strength × feature (greedy, {n_tokens} tokens)", grid["columns"], grid["rows"])
-        console.print(f"results: saejobs results {job.id[:8]} [--json|--csv]   jobs: saejobs jobs list")
+        console().print(f"results: saejobs results {job.id[:8]} [--json|--csv]   jobs: saejobs jobs list")
     emit({**summary, "generations": rows}, as_json, render)

@@ -12,22 +12,26 @@ import threading
 import time
 
 import click
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from cli.output import err_console
-from db import jobs
 from db.states import FINAL_STATES
 
-POLL_S = 0.25
+POLL_FIRST_S, POLL_MAX_S = 0.01, 0.25  # read the row often at first (short jobs end soon), then back off
 EXIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 8}
 
 
 def follow(job_id: str, *, quiet: bool = False, timeout: float | None = None, running=None):
     """Poll the job's row until it is final (or ``running()`` turns false: a local run that ended without
-    a final row); show a progress bar on stderr unless ``quiet``."""
+    a final row); show a progress bar on stderr unless ``quiet``. The poll backs off from 10 ms to 250 ms
+    and starts over when the job changes state, so a quick job's end is seen within milliseconds."""
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    from cli.output import err_console
+    from db import jobs
+
     deadline = None if timeout is None else time.monotonic() + timeout
+    delay, seen = POLL_FIRST_S, None
     bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-                   TextColumn("{task.fields[message]}"), console=err_console, disable=quiet or not err_console.is_terminal,
+                   TextColumn("{task.fields[message]}"), console=err_console(), disable=quiet or not err_console().is_terminal,
                    transient=False)
     job = jobs.get(job_id)
     last_line = None
@@ -47,13 +51,15 @@ def follow(job_id: str, *, quiet: bool = False, timeout: float | None = None, ru
                 return job
             if running is not None and not running():
                 return jobs.get(job_id)
-            time.sleep(POLL_S)
+            delay = POLL_FIRST_S if job.state != seen else min(delay * 1.5, POLL_MAX_S)
+            seen = job.state
+            time.sleep(delay)
 
 
 def run_local(job_id: str, *, quiet: bool = False):
     """Run the job in this process (no broker) while following it; Ctrl-C cancels it cleanly."""
-    from tasks.runner import execute
-    from tasks.runner import local_worker
+    from db import jobs
+    from tasks.runner import execute, local_worker
 
     errors: list[BaseException] = []
 
@@ -90,6 +96,8 @@ def _verification(result: dict) -> None:
 
 def finish(job, as_json: bool) -> None:
     """Print the final job and exit with its state's code (non-zero unless it succeeded)."""
+    from db import jobs
+
     if as_json:
         click.echo(json.dumps(jobs.as_dict(job), indent=2, default=str))
     elif job.state == "succeeded":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from cli.complete import job_ids
 from cli.follow import finish, follow, run_local
 from cli.output import emit, json_option, table, write_csv
 from db.states import JobKind, JobState
@@ -36,7 +37,7 @@ def list_(state, kind, limit, as_json) -> None:
 
 
 @jobs.command()
-@click.argument("job_id")
+@click.argument("job_id", shell_complete=job_ids)
 @click.option("--events", is_flag=True, help="Include every state change and progress report.")
 @json_option
 def show(job_id, events, as_json) -> None:
@@ -55,7 +56,7 @@ def show(job_id, events, as_json) -> None:
 
 
 @jobs.command()
-@click.argument("job_id")
+@click.argument("job_id", shell_complete=job_ids)
 @click.option("--timeout", type=float, help="Stop following after this many seconds.")
 @json_option
 def watch(job_id, timeout, as_json) -> None:
@@ -66,7 +67,7 @@ def watch(job_id, timeout, as_json) -> None:
 
 
 @jobs.command()
-@click.argument("job_id")
+@click.argument("job_id", shell_complete=job_ids)
 @json_option
 def cancel(job_id, as_json) -> None:
     """Cancel a queued or running job (a running one stops at its next progress report)."""
@@ -77,7 +78,7 @@ def cancel(job_id, as_json) -> None:
 
 
 @jobs.command()
-@click.argument("job_id")
+@click.argument("job_id", shell_complete=job_ids)
 @click.option("--wait", is_flag=True)
 @click.option("--local", is_flag=True, help="Run the retry in this process.")
 @json_option
@@ -98,7 +99,7 @@ def retry(job_id, wait, local, as_json) -> None:
 
 
 @click.command()
-@click.argument("job_id", required=False)
+@click.argument("job_id", required=False, shell_complete=job_ids)
 @click.option("--kind", type=click.Choice(KINDS), help="Only this kind (when listing).")
 @json_option
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from cli.complete import job_ids
 from cli.output import console, emit, json_option, table
 from engine.errors import UsageError
 
@@ -32,18 +33,18 @@ def request(config: str, inference_url: str | None, fetch: bool, api: str | None
 
     if fetch:
         got = np_tasks.fetch(config, api or ("inference" if inference_url else "public"), inference_url)
-        emit(got, as_json, lambda: console.print(
+        emit(got, as_json, lambda: console().print(
             f"stored Neuronpedia run {got['run']} ({got['api']}), matched to generation {got['generation']}"))
         return
     out = np_tasks.request(config, inference_url)
 
     def render() -> None:
         for api_name in ("public", "inference"):
-            console.print(f"[bold]{api_name}[/]")
-            console.print_json(json.dumps(out[api_name]["body"]))
-            console.print(out[api_name]["curl"], soft_wrap=True, highlight=False, markup=False)
+            console().print(f"[bold]{api_name}[/]")
+            console().print_json(json.dumps(out[api_name]["body"]))
+            console().print(out[api_name]["curl"], soft_wrap=True, highlight=False, markup=False)
         for c in out["caveats"]:
-            console.print(f"[yellow]note:[/] {c}")
+            console().print(f"[yellow]note:[/] {c}")
     emit(out, as_json, render)
 
 
@@ -70,7 +71,7 @@ def import_(file: Path, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("sweep")
+@click.argument("sweep", shell_complete=job_ids)
 @click.option("--neuronpedia", "run", type=int, help="Only this Neuronpedia run.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write a self-contained HTML report here.")
@@ -95,13 +96,13 @@ def compare(sweep: str, run: int | None, html_path: Path | None, as_json: bool) 
         table(f"sweep {job.id[:8]} vs Neuronpedia", cols,
               ([_cell(r[c]) for c in cols] for r in result["rows"]))
         if s["sampled"]:
-            console.print(f"[yellow]{s['note']}[/]; mean token agreement {s['mean_token_agreement']:.3f}")
+            console().print(f"[yellow]{s['note']}[/]; mean token agreement {s['mean_token_agreement']:.3f}")
         else:
-            console.print(f"identical: {s['exact']}/{s['configurations']}; DEFAULT identical: "
+            console().print(f"identical: {s['exact']}/{s['configurations']}; DEFAULT identical: "
                           f"{s['default_exact']}/{s['configurations']}; mean token agreement "
                           f"{s['mean_token_agreement']:.3f}")
         if html_path is not None:
-            console.print(f"report: {html_path}")
+            console().print(f"report: {html_path}")
     emit(result, as_json, render)
 
 

@@ -1,4 +1,8 @@
-"""Output for people (rich tables, progress bars) and for scripts (``--json``), and one-line errors."""
+"""Output for people (rich tables, progress bars) and for scripts (``--json``), and one-line errors.
+
+rich loads on first use (``console()``), so a command that prints JSON or one line never pays for it.
+Table cells fold rather than clip: an id, a path or a hash is printed whole, if on several lines.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,9 @@ import re
 import sys
 from typing import Any, Callable, Iterable
 
-import click
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+import functools
 
-console = Console()
-err_console = Console(stderr=True)
+import click
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 
@@ -30,20 +30,38 @@ def emit(data: Any, as_json: bool, render: Callable[[], None]) -> None:
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 (but tab, newline) and C1, ESC included
 
 
-def plain(value: Any) -> Text:
+@functools.cache
+def console():
+    from rich.console import Console
+
+    return Console()
+
+
+@functools.cache
+def err_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def plain(value: Any):
     """A cell as literal text: model output and file contents are untrusted, so ``[/bold]`` stays those
     characters (no rich markup) and control characters (terminal escapes) are shown as ``\\xNN``."""
+    from rich.text import Text
+
     s = "" if value is None else str(value)
     return Text(CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", s))
 
 
 def table(title: str | None, columns: list[str], rows: Iterable[Iterable[Any]]) -> None:
+    from rich.table import Table
+
     t = Table(title=None if title is None else plain(title), show_lines=False)
     for c in columns:
-        t.add_column(plain(c))
+        t.add_column(plain(c), overflow="fold")
     for r in rows:
         t.add_row(*[plain(v) for v in r])
-    console.print(t)
+    console().print(t)
 
 
 def csv_cell(value: Any) -> Any:

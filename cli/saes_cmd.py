@@ -4,10 +4,26 @@ from __future__ import annotations
 
 import click
 
+from cli.complete import sae_ids
 from cli.output import emit, json_option, table
-from engine import registry
+from engine.registry.entry import SaeSite
 
 COLUMNS = ["id", "folder", "hook_name", "d_sae", "l0"]
+OPTIONAL = ("folder", "hook_name")  # dropped, in this order, before an id would have to fold
+
+
+def fitting(columns: list[str], rows: list[list], width: int) -> list[str]:
+    """The columns that fit ``width`` with every cell whole (a rich table spends 3 characters per column
+    and 1 more on its frame): fewer columns rather than shorter ids, which are what people copy."""
+    def need(cols: list[str]) -> int:
+        return 1 + sum(3 + max([len(c)] + [len(str(r[columns.index(c)])) for r in rows]) for c in cols)
+
+    cols = list(columns)
+    for optional in OPTIONAL:
+        if need(cols) <= width:
+            break
+        cols.remove(optional)
+    return cols
 
 
 @click.group()
@@ -17,20 +33,30 @@ def saes() -> None:
 
 @saes.command("list")
 @click.option("--model", help="Neuronpedia model id, e.g. gemma-2-2b or gemma-3-270m.")
-@click.option("--site", type=click.Choice(["res", "mlp", "att"]), help="Hook site.")
+@click.option("--site", type=click.Choice([s.value for s in SaeSite]), help="Hook site.")
+@click.option("--wide", is_flag=True, help="Every column however narrow the terminal (long cells fold).")
 @json_option
-def list_(model: str | None, site: str | None, as_json: bool) -> None:
-    """SAEs with a Neuronpedia id."""
+def list_(model: str | None, site: str | None, wide: bool, as_json: bool) -> None:
+    """SAEs with a Neuronpedia id (a narrow terminal gets fewer columns, never shortened ids)."""
+    from cli.output import console
+    from engine import registry
+
     found = registry.entries(model=model, site=site)
-    emit([e.to_json() for e in found], as_json,
-         lambda: table(f"{len(found)} SAEs", COLUMNS, ([getattr(e, c) for c in COLUMNS] for e in found)))
+
+    def render() -> None:
+        rows = [[getattr(e, c) for c in COLUMNS] for e in found]
+        cols = COLUMNS if wide else fitting(COLUMNS, rows, console().width)
+        table(f"{len(found)} SAEs", cols, ([r[COLUMNS.index(c)] for c in cols] for r in rows))
+    emit([e.to_json() for e in found], as_json, render)
 
 
 @saes.command("show")
-@click.argument("ids", nargs=-1, required=True)
+@click.argument("ids", nargs=-1, required=True, shell_complete=sae_ids)
 @json_option
 def show(ids: tuple[str, ...], as_json: bool) -> None:
     """Everything saejobs knows about an SAE. One id prints an object, several an array."""
+    from engine import registry
+
     found = [registry.get(i) for i in ids]
     data = [e.to_json() for e in found]
     emit(data[0] if len(data) == 1 else data, as_json,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from cli.complete import sae_ids
 from cli.follow import finish, follow, run_local
 from cli.output import json_option
 from engine.errors import UsageError
@@ -52,7 +53,7 @@ def enqueue(kind: str, params: dict, *, sae_id: str | None, wait: bool, local: b
 
 
 @click.command()
-@click.argument("sae")
+@click.argument("sae", shell_complete=sae_ids)
 @click.option("--source", type=click.Path(file_okay=False, path_type=Path),
               help="A local mirror laid out like the Hub (REPO/FOLDER/FILE) instead of huggingface.co.")
 @submission
@@ -68,7 +69,7 @@ def download(sae: str, source: Path | None):
 
 
 @click.command()
-@click.argument("sae")
+@click.argument("sae", shell_complete=sae_ids)
 @click.option("--path", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Verify this folder instead of the downloaded copy.")
 @click.option("--structural-only", is_flag=True, help="Only the file checks; no model is loaded.")
@@ -113,7 +114,7 @@ def _ints(ctx, param, value):
 
 
 @click.command()
-@click.option("--sae", required=True, help="SAE id (Neuronpedia id or repo/folder path).")
+@click.option("--sae", required=True, shell_complete=sae_ids, help="SAE id (Neuronpedia id or repo/folder path).")
 @click.option("--feature", "features", multiple=True, callback=_ints, help="Feature index (repeat or comma-separate).")
 @click.option("--vector", "vectors", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A raw steering vector (.npy or .safetensors, d_model floats) instead of a feature.")

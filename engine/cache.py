@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import psutil
-import torch
 
 
 def default_budget(device: str) -> int:
+    import torch
+
     env = os.environ.get("SAEJOBS_CACHE_BYTES")
     if env:
         return int(float(env))
@@ -26,6 +27,8 @@ def default_budget(device: str) -> int:
 
 
 def nbytes(obj: Any) -> int:
+    import torch
+
     module = getattr(obj, "model", obj)
     if isinstance(module, torch.nn.Module):
         return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
@@ -61,8 +64,12 @@ class EngineCache:
             oldest = next(k for k in self._items if k != keep)
             del self._items[oldest]
 
-    def model(self, source: str, dtype: torch.dtype = torch.float32):
+    def model(self, source: str, dtype=None):
+        import torch
+
         from engine.models import load_model
+
+        dtype = dtype or torch.float32
 
         return self.get(("model", source, str(dtype), self.device),
                         lambda: load_model(source, dtype=dtype, device=self.device))

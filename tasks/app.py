@@ -22,7 +22,9 @@ def gpu_queue(gpu: int) -> str:
     return f"{SHARED_QUEUE}.gpu{gpu}"
 
 
-app = Celery("saejobs", include=["tasks.celery_tasks"])
+# No fixups: the default Django one imports Celery's worker machinery into every process that merely
+# sends a message (the CLI), and saejobs has no Django.
+app = Celery("saejobs", include=["tasks.celery_tasks"], fixups=[])
 app.conf.update(
     broker_url=broker_url(),
     task_serializer="json",

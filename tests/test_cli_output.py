@@ -29,7 +29,7 @@ def _sweep_with(outputs: list[str]) -> str:
 def test_results_print_markup_and_escapes_literally(home, monkeypatch):  # noqa: F811
     from cli import output
 
-    monkeypatch.setattr(output.console, "width", 400)  # one line per cell, so the text can be matched whole
+    monkeypatch.setattr(output.console(), "width", 400)  # one line per cell, so the text can be matched whole
     job = _sweep_with(["plain", NASTY])
     r = CliRunner().invoke(cli, ["results", job])
     assert r.exit_code == 0, r.output

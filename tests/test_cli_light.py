@@ -1,0 +1,92 @@
+"""The CLI answers at once: which heavy modules each command loads, tables that never clip ids, and
+shell completion of commands, SAE ids and job ids."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.dbfixtures import home  # noqa: F401
+from tests.test_queue import saejobs
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "transformers", "celery.worker", "celery.apps.worker", "sqlalchemy", "huggingface_hub", "numpy")
+PROBE = """
+import json, sys
+args, out = json.loads(sys.argv[1]), sys.argv[2]
+sys.argv = ["saejobs", *args]
+from cli.main import main
+try:
+    main()
+except SystemExit:
+    pass
+heavy = %r
+json.dump(sorted(m for m in heavy if m in sys.modules), open(out, "w"))
+""" % (HEAVY,)
+DEAD_BROKER = {"SAEJOBS_BROKER": "redis://127.0.0.1:1/0"}
+
+
+def loaded(tmp_path, *args: str, env: dict | None = None) -> set[str]:
+    out = tmp_path / "modules.json"
+    subprocess.run([sys.executable, "-c", PROBE, json.dumps(args), str(out)], cwd=ROOT, capture_output=True,
+                   timeout=120, env={**os.environ, **(env or {})})
+    return set(json.loads(out.read_text()))
+
+
+@pytest.mark.parametrize("args, may_load", [
+    (("--help",), set()),
+    (("saes", "list"), set()),
+    (("saes", "show", "gemma-2-2b/20-gemmascope-res-16k"), set()),
+    (("jobs", "list"), {"sqlalchemy"}),
+    (("results",), {"sqlalchemy"}),
+    (("workers",), {"sqlalchemy"}),
+    (("verify", "gemma-2-2b/20-gemmascope-res-16k", "--structural-only"), {"sqlalchemy"}),
+    (("sweep", "--sae", "gemma-2-2b/20-gemmascope-res-16k", "--feature", "1", "--strength", "5", "--prompt", "p"),
+     {"sqlalchemy"}),
+])
+def test_each_command_loads_only_what_it_needs(home, tmp_path, args, may_load):  # noqa: F811
+    """Submitting a job (here to a dead broker: the same imports, then exit 6) loads neither torch nor
+    transformers; listing and help load no database either; nothing loads Celery's worker machinery."""
+    got = loaded(tmp_path, *args, env=DEAD_BROKER)
+    assert got <= may_load, f"saejobs {' '.join(args)} loaded {sorted(got - may_load)}"
+
+
+def test_saes_list_in_80_columns_prints_every_id_whole():
+    res = subprocess.run([sys.executable, "-m", "cli.main", "saes", "list"], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "COLUMNS": "80"}, timeout=60)
+    assert res.returncode == 0, res.stderr
+    ids = [e["id"] for e in json.loads(saejobs("saes", "list", "--json").stdout)]
+    lines = res.stdout.splitlines()
+    assert len(ids) > 500 and max(len(line) for line in lines) <= 80
+    cells = {cell.strip() for line in lines for cell in line.split("│")}
+    assert not [i for i in ids if i not in cells], "ids clipped or folded"
+    wide = subprocess.run([sys.executable, "-m", "cli.main", "saes", "list", "--wide"], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "COLUMNS": "80"}, timeout=60)
+    assert "folder" in wide.stdout and "…" not in wide.stdout  # every column: long cells fold, none is clipped
+
+
+def complete(*words: str, env: dict | None = None) -> list[str]:
+    """What bash would offer after ``words`` (the last one being typed), through click's protocol."""
+    res = subprocess.run([sys.executable, "-m", "cli.main"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, **(env or {}), "_SAEJOBS_COMPLETE": "bash_complete",
+                              "COMP_WORDS": " ".join(("saejobs", *words)), "COMP_CWORD": str(len(words))})
+    return [line.split(",", 1)[1] for line in res.stdout.splitlines()]
+
+
+def test_shell_completion_of_commands_sae_ids_and_job_ids(home):  # noqa: F811
+    from db import jobs
+
+    assert "completion" in complete("compl") and "jobs" in complete("jo")
+    from engine import registry
+
+    want = {e.id for e in registry.entries() if e.id.startswith("gemma-3-270m/5-gemmascope-2-res")}
+    assert len(want) > 1 and set(complete("sweep", "--sae", "gemma-3-270m/5-gemmascope-2-res")) == want
+    job = jobs.create("verify", {"sae": "x"})
+    assert complete("jobs", "show", job.id[:6]) == [job.id]
+    script = saejobs("completion", "bash")
+    assert script.returncode == 0 and "_SAEJOBS_COMPLETE=bash_complete" in script.stdout
