@@ -150,8 +150,10 @@ def _tune_sqlite(eng: Engine) -> None:
 
 def _upgrade_once(eng: Engine) -> None:
     """Bring a new or old database to the current schema, once per process, under a lock."""
-    from db.migrate import upgrade
+    from db.migrate import is_current, upgrade
 
+    if is_current(eng):  # the common case: one query, no Alembic
+        return
     try:
         with _schema_lock(eng):
             upgrade(eng)

@@ -162,3 +162,12 @@ def test_models_and_migrations_agree(db_url):
     with get_engine().connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
+
+
+def test_the_schema_revision_a_process_checks_is_alembics_head(db_url):
+    """The fast path's constant cannot drift from the migrations: a new migration must update it."""
+    from db import migrate
+    from db.session import get_engine
+
+    assert migrate.SCHEMA_REVISION == migrate.head()
+    assert migrate.is_current(get_engine()) and migrate.current(get_engine()) == migrate.SCHEMA_REVISION
