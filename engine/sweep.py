@@ -8,6 +8,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from engine.cache import release_memory
 from engine.errors import FormatError, OutOfMemory, UsageError
 from engine.generate import Generated, Row, generate, output_text, prompt_ids
 from engine.request import Config, Settings
@@ -160,11 +161,3 @@ def is_out_of_memory(e: BaseException) -> bool:
     oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
     return isinstance(e, oom) or (isinstance(e, RuntimeError) and (
         "not enough memory" in str(e) or "can't allocate memory" in str(e) or "out of memory" in str(e).lower()))
-
-
-def release_memory(device) -> None:
-    import gc
-
-    gc.collect()
-    if torch.device(device).type == "cuda":
-        torch.cuda.empty_cache()
