@@ -83,12 +83,9 @@ class EngineCache:
     def model(self, source: str, dtype=None):
         import torch
 
-        from engine.models import load_model
+        from engine.models import estimate_bytes, load_model
 
         dtype = dtype or torch.float32
-
-        from engine.models import estimate_bytes
-
         return self.get(("model", source, str(dtype), self.device),
                         lambda: load_model(source, dtype=dtype, device=self.device), estimate_bytes(source, dtype))
 
