@@ -46,7 +46,7 @@ def main() -> int:
     os.environ.pop("SAEJOBS_DB", None)
     from worker import up
 
-    broker = None if up.answers(a.broker) else up.start_broker(a.broker)
+    broker = None if up.broker_answers(a.broker) else up.start_broker(a.broker)
     import redis
 
     redis.Redis.from_url(a.broker).flushdb()

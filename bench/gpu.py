@@ -150,6 +150,7 @@ def first_divergence(a: list[int], b: list[int]) -> str:
 def exactness(config_dir: Path, device: str, small: bool) -> None:
     import torch
 
+    from engine.cache import release_memory
     from engine.request import Settings, plan
     from engine.sweep import Runner
 
@@ -189,7 +190,7 @@ def exactness(config_dir: Path, device: str, small: bool) -> None:
                 record(f"{key}.steered_rows_differing_from_default", f"{changed}/{len(configs) // 2}")
                 check(changed > 0, f"{key}: steering changed nothing (the identity would prove nothing)")
         del lm, sae, oracle
-        release(device)
+        release_memory(device)
 
 
 def throughput(config_dir: Path, device: str, small: bool) -> None:
@@ -248,16 +249,6 @@ def throughput(config_dir: Path, device: str, small: bool) -> None:
         check(batch[:m] == alone[:m], f"{key}: batch differs from one at a time")
         check(batch[:m] == theirs[:m], f"{key}: batch differs from interp-engine")
     record("throughput.weights_GB_read_per_step", round(weights / 1e9, 2))
-
-
-def release(device: str) -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
 
 
 def default_config_dir() -> Path:

@@ -7,13 +7,12 @@ Table cells fold rather than clip: an id, a path or a hash is printed whole, if 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import re
 import sys
 from typing import Any, Callable, Iterable
-
-import functools
 
 import click
 

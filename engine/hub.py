@@ -27,13 +27,12 @@ from tqdm.auto import tqdm
 from engine import failpoints, paths
 from engine.download import CHUNK, check_disk_space, disk_full, sha256_file
 from engine.errors import IntegrityError, NotFoundError, TransientError, UsageError
-from engine.registry.entry import PARAMS_FILES, SaeEntry, SaeFormat, SaeSite
+from engine.registry.entry import GEMMA_SCOPE_2_PREFIXES, PARAMS_FILES, SaeEntry, SaeFormat, SaeSite
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 GS1 = re.compile(r"^(?:.*/)?layer_(?P<layer>\d+)/width_(?P<width>\w+)/average_l0_(?P<l0>\d+)$")
-GS2 = re.compile(r"^(?P<point>resid_post|mlp_out|attn_out)(?:_all)?/layer_(?P<layer>\d+)_width_(?P<width>\w+?)"
+GS2 = re.compile(rf"^(?P<point>{GEMMA_SCOPE_2_PREFIXES})(?:_all)?/layer_(?P<layer>\d+)_width_(?P<width>\w+?)"
                  r"_l0_(?P<l0>small|medium|big)(?:_seed_\d+)?$")
-PARAMS = PARAMS_FILES
 
 
 def endpoint() -> str | None:
@@ -162,7 +161,7 @@ def hub_folders(repo_id: str, under: str | None = None) -> list[str]:
     for f in files:
         if paths.escapes(f.path):
             raise IntegrityError(f"the Hub's listing of {repo_id} holds an unsafe path {f.path!r}; refused")
-    return sorted({f.path.rsplit("/", 1)[0] for f in files if f.path.rsplit("/", 1)[-1] in PARAMS})
+    return sorted({f.path.rsplit("/", 1)[0] for f in files if f.path.rsplit("/", 1)[-1] in PARAMS_FILES})
 
 
 def available(model: str, layer: int | None = None) -> list[dict]:

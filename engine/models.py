@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -97,12 +98,7 @@ def estimate_bytes(source: str, dtype: torch.dtype) -> int | None:
                 header = json.loads(fh.read(n))
         except (OSError, ValueError):
             return None
-        for name, t in header.items():
-            if name != "__metadata__":
-                count = 1
-                for d in t["shape"]:
-                    count *= d
-                elements += count
+        elements += sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
     return elements * torch.empty((), dtype=dtype).element_size() if elements else None
 
 
@@ -117,8 +113,7 @@ def _local_folder(source: str) -> Path | None:
     if path.is_dir():
         return path
     if path.suffix == ".gguf" and path.is_file():
-        side = path.with_name(path.name + ".sha256")
-        digest = side.read_text().split()[0] if side.is_file() else None
+        digest = _recorded_sha256(path)  # not hashed here: a load that converts hashes it anyway
         folder = _copy_dir(path.stem, digest) if digest else None
         return folder if folder is not None and (folder / MARKER).is_file() else None
     return None
@@ -236,15 +231,26 @@ def _convert(gguf: Path, copy: Path, model_id: str, sha256: str) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _sha256_cached(path: Path) -> str:
-    """sha256 of a large file, remembered in a ``.sha256`` sidecar keyed by size and mtime."""
-    side = path.with_name(path.name + ".sha256")
+def _stamp(path: Path) -> str:
     st = path.stat()
-    stamp = f"{st.st_size}:{st.st_mtime_ns}"
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _recorded_sha256(path: Path) -> str | None:
+    """The digest in ``path``'s ``.sha256`` sidecar if it was taken of the file as it is now."""
+    side = path.with_name(path.name + ".sha256")
     if side.is_file():
         digest, _, seen = side.read_text().strip().partition(" ")
-        if seen == stamp:
+        if seen == _stamp(path):
             return digest
+    return None
+
+
+def _sha256_cached(path: Path) -> str:
+    """sha256 of a large file, remembered in a ``.sha256`` sidecar keyed by size and mtime."""
+    if digest := _recorded_sha256(path):
+        return digest
+    side, stamp = path.with_name(path.name + ".sha256"), _stamp(path)
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
 
@@ -121,11 +121,12 @@ class Config:
         return {"type": self.type, "features": [dict(f) for f in self.features], "prompt": self.prompt, "seed": self.seed}
 
 
+_LATER_DEFAULTS = {k: Settings().to_json()[k] for k in LATER_SETTINGS}
+
+
 def config_key(cfg: Config, settings: Settings, steering_id: str) -> str:
     """Hash of everything that determines the output; ``steering_id`` names the SAE/vectors used."""
-    defaults = Settings()
-    values = settings.to_json()
-    kept = {k: v for k, v in values.items() if k not in LATER_SETTINGS or v != getattr(defaults, k)}
+    kept = {k: v for k, v in settings.to_json().items() if k not in _LATER_DEFAULTS or v != _LATER_DEFAULTS[k]}
     payload = {**cfg.to_json(), "settings": kept if cfg.type == "STEERED" else
                {k: v for k, v in kept.items() if k not in STEERING_ONLY},
                "steering": steering_id if cfg.type == "STEERED" else None}
@@ -250,6 +251,3 @@ class SweepRequest:
                    strengths=tuple(p.get("strengths") or ()), prompts=tuple(p.get("prompts") or ()),
                    seeds=tuple(p.get("seeds") or (42,)), settings=settings, combine=bool(p.get("combine")),
                    model=p.get("model"), dtype=p.get("dtype") or "float32", batch_size=p.get("batch_size"))
-
-    def with_settings(self, **changes) -> SweepRequest:
-        return replace(self, settings=replace(self.settings, **changes))

@@ -19,6 +19,7 @@ from engine.formats import gemma_scope_2
 from engine.registry.entry import SaeEntry, SaeFormat, SaeSite
 from engine.sae import load_sae
 
+
 @dataclass
 class Report:
     verdict: str = "PASS"  # PASS | WARN | FAIL

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from worker.up import redis_server_binary  # noqa: F401  (the one saejobs up starts; the fault tests' too)
+from worker.up import answers, redis_server_binary  # the redis-server saejobs up starts; the fault tests' too
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/15"
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -32,14 +32,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def answers(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def postgres_bin() -> Path:

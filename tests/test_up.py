@@ -18,7 +18,8 @@ from db import jobs
 from tests.dbfixtures import home  # noqa: F401
 from tests.faults.sweeps import N_CONFIGS, Hold, sqlite_db, stored, sweep_args  # noqa: F401
 from tests.queue_harness import FAST, wait_for
-from tests.services import answers, free_port
+from tests.services import free_port
+from worker.up import answers
 from tests.test_queue import saejobs, submitted
 
 pytestmark = pytest.mark.model

@@ -45,13 +45,18 @@ def visible_gpus() -> list[int]:
     return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
 
 
-def answers(url: str) -> bool:
-    u = urlsplit(url)
+def answers(host: str, port: int) -> bool:
+    """Something accepts connections there (the tests ask the same of Redis and PostgreSQL)."""
     try:
-        with socket.create_connection((u.hostname or "127.0.0.1", u.port or 6379), timeout=1):
+        with socket.create_connection((host, port), timeout=1):
             return True
     except OSError:
         return False
+
+
+def broker_answers(url: str) -> bool:
+    u = urlsplit(url)
+    return answers(u.hostname or "127.0.0.1", u.port or 6379)
 
 
 def redis_server_binary() -> str:
@@ -79,7 +84,7 @@ def start_broker(url: str) -> subprocess.Popen:
         args += ["--requirepass", u.password]
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 20
-    while not answers(url):
+    while not broker_answers(url):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise UsageError(f"the embedded redis-server did not come up at {_redact(url)} (is the port taken?)")
@@ -91,7 +96,7 @@ def start(gpus: list[int] | None, cpu: bool, loglevel: str) -> Stack:
     from tasks.app import broker_url
 
     stack = Stack(broker_url())
-    if not answers(stack.broker):
+    if not broker_answers(stack.broker):
         stack.embedded_broker = start_broker(stack.broker)
     gpus = [] if cpu else (gpus if gpus is not None else visible_gpus())
     for where in ([["--gpu", str(g)] for g in gpus] or [["--cpu"]]):

@@ -68,6 +68,9 @@ class SaeSite(StrEnum):
         return next(s for s in cls if s.gemma_scope_2_prefix == prefix)
 
 
+GEMMA_SCOPE_2_PREFIXES = "|".join(s.gemma_scope_2_prefix for s in SaeSite)  # a regex alternation, for folder names
+
+
 @dataclass(frozen=True)
 class SaeEntry:
     id: str  # Neuronpedia id ("gemma-2-2b/20-gemmascope-res-16k") or explicit "repo/folder" path

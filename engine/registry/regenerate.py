@@ -21,14 +21,14 @@ from pathlib import Path
 
 import yaml
 
-from engine.registry.entry import SaeFormat, SaeSite
+from engine.registry.entry import GEMMA_SCOPE_2_PREFIXES, SaeFormat, SaeSite
 
 DATA = Path(__file__).parent / "data"
 WIDTHS = {"4k": 2**12, "16k": 2**14, "32k": 2**15, "65k": 2**16, "131k": 2**17, "262k": 2**18, "524k": 2**19,
           "1m": 2**20}
 SITES = tuple(SaeSite)
 GS1 = re.compile(r"^layer_(?P<layer>\d+)/width_(?P<width>\w+)/average_l0_(?P<l0>\d+)$")
-GS2 = re.compile(r"^(?P<point>resid_post|mlp_out|attn_out)(?:_all)?/layer_(?P<layer>\d+)_width_(?P<width>\w+?)"
+GS2 = re.compile(rf"^(?P<point>{GEMMA_SCOPE_2_PREFIXES})(?:_all)?/layer_(?P<layer>\d+)_width_(?P<width>\w+?)"
                  r"_l0_(?:small|medium|big)(?:_seed_\d+)?$")
 GS1_REPO = re.compile(r"^google/gemma-scope-(?P<size>2b|9b|27b)-(?P<kind>pt|it)-(?P<site>res|mlp|att)$")
 GS2_REPO = re.compile(r"^google/gemma-scope-2-(?P<size>270m|1b|4b|12b|27b)-(?P<kind>pt|it)$")
