@@ -17,14 +17,10 @@ from tests.dbfixtures import db_url, home  # noqa: F401
 from tests.faults.sweeps import Hold
 from tests.queue_harness import broker, wait_for  # noqa: F401
 from tests.synthetic_saes import make
-from tests.test_download_hub import hub  # noqa: F401
+from tests.test_download_hub import home_folder, hub  # noqa: F401
 from tests.test_queue import one_clean_line, saejobs, submitted
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cache_folder(home: Path, sae) -> Path:
-    return home / "saes" / sae.entry.repo_id / sae.entry.folder
 
 
 def blocked_on_a_lock(pid: int) -> bool:
@@ -51,7 +47,7 @@ def test_two_downloads_of_one_sae_make_one_copy(home, tmp_path):
     a, b = (json.loads(p.communicate(timeout=120)[0]) for p in (first, second))
     assert a["state"] == b["state"] == "succeeded"
     assert a["result"]["transferred_bytes"] > 0 and b["result"]["transferred_bytes"] == 0
-    files = sorted(p.name for p in cache_folder(home, sae).iterdir() if p.name != ".saejobs.lock")
+    files = sorted(p.name for p in home_folder(sae).iterdir() if p.name != ".saejobs.lock")
     assert files == ["params.npz"] or files == ["params.npz", "saejobs.safetensors"], files
 
 
@@ -69,7 +65,7 @@ def test_disk_space_is_checked_before_a_transfer(home, monkeypatch):
     r = CliRunner().invoke(cli, ["download", sae.id, "--source", str(sae.mirror), "--local", "--json"])
     assert r.exit_code == 7, r.output
     assert "not enough disk space" in r.output and "MB needed" in r.output
-    assert not any(p.suffix == ".part" for p in cache_folder(home, sae).glob("*"))
+    assert not any(p.suffix == ".part" for p in home_folder(sae).glob("*"))
 
 
 @pytest.mark.parametrize("sidecar, code", [("good", 0), ("bad", 3), ("garbage", 3)])
@@ -85,7 +81,7 @@ def test_a_mirror_file_is_checked_against_its_sha256_sidecar(home, sidecar, code
     assert res.returncode == code, res.stderr
     if code:
         assert ("differs from the expected" if sidecar == "bad" else "not a sha256 digest") in res.stderr
-        assert not (cache_folder(home, sae) / "params.npz").exists()
+        assert not (home_folder(sae) / "params.npz").exists()
     else:
         assert json.loads(res.stdout)["result"]["files"]["params.npz"]["sha256"] == digest
 
@@ -100,8 +96,10 @@ def test_db_upgrade_creates_and_reports_the_schema(db_url):
 
 def test_worker_on_two_gpus_runs_one_pinned_process_each(db_url, broker, tmp_path):
     """No GPU needed: each child sets CUDA_VISIBLE_DEVICES before torch loads and registers its GPU."""
-    parent = subprocess.Popen([sys.executable, "-m", "cli.main", "worker", "--gpu", "0,1", "--loglevel", "warning"],
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log_path = tmp_path / "workers.log"
+    log = open(log_path, "w")
+    parent = subprocess.Popen([sys.executable, "-m", "cli.main", "worker", "--gpu", "0,1", "--loglevel", "info"],
+                              cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         def registered():
             rows = json.loads(saejobs("workers", "--json").stdout)
@@ -113,11 +111,14 @@ def test_worker_on_two_gpus_runs_one_pinned_process_each(db_url, broker, tmp_pat
             assert r["device"] == f"cuda:0 (CUDA_VISIBLE_DEVICES={gpu})"  # its one GPU, seen as cuda:0
             assert r["queues"][0] == f"saejobs.gpu{gpu}"
         assert len({r["pid"] for r in rows}) == 2 and parent.pid not in {r["pid"] for r in rows}
+        # registered comes before Celery's signal handlers: a SIGTERM then would kill a child outright
+        wait_for(lambda: log_path.read_text(errors="replace").count(" ready.") == 2, 120, "both children ready")
         parent.send_signal(signal.SIGTERM)
         assert parent.wait(timeout=120) == 0  # passed on to both children, which stopped cleanly
     finally:
         if parent.poll() is None:
             parent.kill()
+        log.close()
 
 
 @pytest.mark.model
