@@ -10,7 +10,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest migration's revision, so a process can see that its database is current with one query and
 # without loading Alembic (about 150 ms of every CLI call); tests/test_db.py checks it is Alembic's head.
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 
 
 def is_current(eng: Engine) -> bool:

@@ -54,6 +54,19 @@ class Sae(Base):
     downloaded_at: Mapped[datetime | None]
 
 
+class SaeCopy(Base):
+    """A verified copy of an SAE's files on one host: workers on other hosts fetch their own."""
+
+    __tablename__ = "sae_copies"
+    __table_args__ = (UniqueConstraint("sae_id", "host", name="uq_sae_copy_host"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sae_id: Mapped[str] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"))
+    host: Mapped[str] = mapped_column(String(200))
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str | None] = mapped_column(String(64))  # the parameters file's, as checked on that host
+    verified_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Job(Base):
     __tablename__ = "jobs"
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -75,6 +88,9 @@ class Job(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)  # a shard's sweep
+    requested_host: Mapped[str | None] = mapped_column(String(200))  # --gpu HOST:INDEX
+    deadline_at: Mapped[datetime | None]  # the running attempt must finish by then
     events: Mapped[list[JobEvent]] = relationship(back_populates="job", order_by="JobEvent.id", cascade="all, delete-orphan")
 
 
@@ -150,6 +166,8 @@ class Generation(Base):
     output: Mapped[str] = mapped_column(Text)
     token_ids: Mapped[list[Any]]
     logprobs: Mapped[list[Any] | None]
+    scores: Mapped[dict[str, Any] | None]  # concept / fluency / degeneration, stored with the chunk
+    messages: Mapped[list[Any] | None]  # chat: the conversation the output continues ([{role, content}])
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sweep: Mapped[Sweep] = relationship(back_populates="generations")
 
