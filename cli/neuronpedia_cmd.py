@@ -26,7 +26,8 @@ def neuronpedia() -> None:
               "(default: inference with --inference-url, else public).")
 @json_option
 def request(config: str, inference_url: str | None, fetch: bool, api: str | None, as_json: bool) -> None:
-    """The public-API and inference-server bodies (and curl lines) for a stored configuration.
+    """The public-API and inference-server bodies (and curl lines) for a stored configuration: the
+    steer-chat endpoints' for a chat generation (--chat sweeps), the completion endpoints' otherwise.
 
     CONFIG is a generation id or a config key prefix, as `saejobs results JOB --json` shows them."""
     from tasks import neuronpedia as np_tasks

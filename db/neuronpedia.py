@@ -39,6 +39,7 @@ def steered(sweep_job: str | None = None, url: str | None = None) -> list[dict]:
 def _as_dict(g: Generation, sw: Sweep) -> dict:
     return {"id": g.id, "config_key": g.config_key, "type": g.type, "features": g.features, "prompt": g.prompt,
             "seed": g.seed, "sampling": g.sampling, "output": g.output, "token_ids": g.token_ids,
+            "messages": g.messages, "chat_template": (sw.settings or {}).get("chat_template"),
             "sweep_id": sw.id, "job_id": sw.job_id, "sae_id": sw.sae_id, "model": sw.model,
             "model_source": (sw.provenance or {}).get("model_source") or sw.model}
 

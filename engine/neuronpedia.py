@@ -15,6 +15,21 @@ Field names and defaults are those of Neuronpedia's published clients (checked, 
   ``{"outputs": [{"type": "STEERED"|"DEFAULT", "output": text, "logprobs"?}]}``.
 
 Each ``output`` is the prompt followed by the completion, as saejobs stores its own.
+
+Chat generations (``engine.chat``) export to the chat endpoints instead:
+
+- public ``POST https://neuronpedia.org/api/steer-chat`` (PyPI ``neuronpedia`` 1.2.1,
+  ``SteerChatRequest.steer_features``: ``modelId, features, defaultChatMessages, steeredChatMessages,
+  temperature, n_tokens, freq_penalty, seed, strength_multiplier, steer_special_tokens``); the webapp
+  (``apps/webapp/app/api/steer-chat/route.tsx``) answers ``{"STEERED": {raw, chatTemplate, logprobs},
+  "DEFAULT": ..., id, shareUrl, ...}`` (the client's ``NPSteerCompletionChatResponse`` spells it
+  ``chat_template``; both are read);
+- inference ``POST {url}/steer/completion-chat`` (``neuronpedia-inference-client`` 1.10.1,
+  ``SteerCompletionChatPostRequest``): the completion fields with ``prompt`` a list of ``{role, content}``
+  and ``steer_special_tokens``; answer ``{"outputs": [{type, raw, chat_template, logprobs?}], "input"}``.
+
+A chat answer's text is its assistant turn: the last message of ``chat_template`` when it is the
+assistant's (the server composes it from the generation; none when nothing was generated).
 """
 
 from __future__ import annotations
@@ -26,6 +41,8 @@ from typing import Any
 from engine.errors import UsageError
 
 PUBLIC_URL = "https://neuronpedia.org/api/steer"
+PUBLIC_CHAT_URL = "https://neuronpedia.org/api/steer-chat"
+INFERENCE_PATHS = {False: "/steer/completion", True: "/steer/completion-chat"}  # by "is a chat"
 APIS = ("public", "inference")
 TYPES = ("STEERED", "DEFAULT")
 
@@ -61,15 +78,40 @@ def inference_body(sae_entry, features: list[dict], prompt: str, seed: int, s: d
     return body
 
 
-def caveats(features: list[dict], s: dict) -> list[str]:
+def public_chat_body(sae_entry, features: list[dict], messages: list[dict], seed: int, s: dict) -> dict:
+    """``/api/steer-chat``: the published client's payload, the same conversation for both types."""
+    model, source = model_and_source(sae_entry)
+    return {"modelId": model,
+            "features": [{"modelId": model, "layer": source, "index": int(f["index"]), "strength": f["strength"]}
+                         for f in features],
+            "defaultChatMessages": messages, "steeredChatMessages": messages, "temperature": s["temperature"],
+            "n_tokens": s["n_tokens"], "freq_penalty": s["freq_penalty"], "seed": seed,
+            "strength_multiplier": s["strength_multiplier"],
+            "steer_special_tokens": s.get("steer_special_tokens", True)}
+
+
+def inference_chat_body(sae_entry, features: list[dict], messages: list[dict], seed: int, s: dict) -> dict:
+    """``/v1/steer/completion-chat``: the completion body with the conversation as ``prompt``."""
+    body = inference_body(sae_entry, features, "", seed, s)
+    body["prompt"] = messages
+    body["steer_special_tokens"] = s.get("steer_special_tokens", True)
+    return body
+
+
+def caveats(features: list[dict], s: dict, chat_template: str | None = None, is_chat: bool = False) -> list[str]:
     """What the bodies cannot say about this configuration, so a reader knows when not to expect a match."""
     out = []
     if any("index" not in f for f in features):
         out.append("a raw vector has no Neuronpedia feature id; only the inference body's 'vectors' could carry it")
     if s.get("method", "SIMPLE_ADDITIVE") != "SIMPLE_ADDITIVE" or s.get("normalize"):
         out.append("the public API body has no steering method or normalisation field; use the inference body")
-    if not s.get("steer_special_tokens", True):
+    if not s.get("steer_special_tokens", True) and not is_chat:
         out.append("steer_special_tokens=false: neither completion body has the field (only the chat endpoints)")
+    if is_chat and chat_template is not None:
+        out.append("rendered with a chat template from a file; Neuronpedia renders with its model's own template "
+                   "(no body carries one): compare the prompt token ids before the outputs")
+    if is_chat and s.get("freq_penalty"):
+        out.append("freq_penalty: Neuronpedia's chat endpoint does not pass it to its interp-engine or vLLM generation")
     if s.get("sampling_semantics") == "interp-engine" and (s.get("presence_penalty") or s.get("top_k")
                                                             or s.get("top_p", 1.0) != 1.0):
         out.append("presence_penalty/top_k/top_p have no field in either body; the server uses its own")
@@ -80,12 +122,17 @@ def caveats(features: list[dict], s: dict) -> list[str]:
 
 def curl(api: str, body: dict, inference_url: str | None = None) -> str:
     data = shlex.quote(json.dumps(body, separators=(",", ":")))
+    chat = is_chat_body(body)
     if api == "public":
-        return (f"curl -sS -X POST {PUBLIC_URL} -H 'Content-Type: application/json' "
+        return (f"curl -sS -X POST {PUBLIC_CHAT_URL if chat else PUBLIC_URL} -H 'Content-Type: application/json' "
                 f"-H \"X-Api-Key: $NEURONPEDIA_API_KEY\" -d {data}")
     url = (inference_url or "http://localhost:5002/v1").rstrip("/")
-    return (f"curl -sS -X POST {url}/steer/completion -H 'Content-Type: application/json' "
+    return (f"curl -sS -X POST {url}{INFERENCE_PATHS[chat]} -H 'Content-Type: application/json' "
             f"-H \"X-SECRET-KEY: $NEURONPEDIA_INFERENCE_SECRET\" -d {data}")
+
+
+def is_chat_body(body: Any) -> bool:
+    return isinstance(body, dict) and ("steeredChatMessages" in body or isinstance(body.get("prompt"), list))
 
 
 # ---- reading what comes back -------------------------------------------------------------------
@@ -111,8 +158,16 @@ def _kind(kinds) -> str:
 NUMBER = (int, float)
 
 
+def _messages(obj: Any, key: str, where: str) -> list[list[str]]:
+    msgs = _need(obj, key, list, where)
+    return [[_need(m, "role", str, f"{where}.{key}[{i}]"), _need(m, "content", str, f"{where}.{key}[{i}]")]
+            for i, m in enumerate(msgs)]
+
+
 def parse_request(body: Any, where: str = "request") -> tuple[str, dict]:
-    """(api, canonical settings) of either body; the canonical form is what matching compares."""
+    """(api, canonical settings) of any of the four bodies; the canonical form is what matching compares
+    (a chat's conversation as ``chat``, with its ``steer_special_tokens``)."""
+    chat = is_chat_body(body)
     if isinstance(body, dict) and "modelId" in body:
         model = _need(body, "modelId", str, where)
         feats = _need(body, "features", list, where)
@@ -133,7 +188,13 @@ def parse_request(body: Any, where: str = "request") -> tuple[str, dict]:
                           "(model, steer_method, ...)")
     if not features:
         raise SchemaError(f"{where}.features: empty")
-    return api, {"model": model, "features": features, "prompt": _need(body, "prompt", str, where),
+    if chat:
+        conversation = _messages(body, "steeredChatMessages" if api == "public" else "prompt", where)
+        extra = {"prompt": None, "chat": conversation,
+                 "steer_special_tokens": _need(body, "steer_special_tokens", bool, where)}
+    else:
+        extra = {"prompt": _need(body, "prompt", str, where)}
+    return api, {"model": model, "features": features, **extra,
                  "seed": int(_need(body, "seed", NUMBER, where)), "n_tokens": n_tokens,
                  "temperature": float(_need(body, "temperature", NUMBER, where)),
                  "freq_penalty": float(_need(body, "freq_penalty", NUMBER, where)),
@@ -141,17 +202,28 @@ def parse_request(body: Any, where: str = "request") -> tuple[str, dict]:
                  "method": method, "normalize": normalize}
 
 
-def parse_response(body: Any, where: str = "response") -> dict[str, str]:
-    """``{"STEERED": text, "DEFAULT": text}`` (whichever came) from either API's answer."""
+def _assistant_turn(result: Any, where: str) -> str:
+    """A chat result's assistant turn: the last ``chat_template`` message if it is the assistant's."""
+    key = "chat_template" if isinstance(result, dict) and "chat_template" in result else "chatTemplate"
+    _need(result, "raw", str, where)
+    turns = _messages(result, key, where)
+    return turns[-1][1] if turns and turns[-1][0] in ("assistant", "model") else ""
+
+
+def parse_response(body: Any, where: str = "response", chat: bool = False) -> dict[str, str]:
+    """``{"STEERED": text, "DEFAULT": text}`` (whichever came) from any API's answer; a chat answer's
+    text is its assistant turn."""
     if isinstance(body, dict) and "outputs" in body:
         out = {}
         for i, o in enumerate(_need(body, "outputs", list, where)):
             kind = _need(o, "type", str, f"{where}.outputs[{i}]")
             if kind not in TYPES:
                 raise SchemaError(f"{where}.outputs[{i}].type: '{kind}' is not STEERED or DEFAULT")
-            out[kind] = _need(o, "output", str, f"{where}.outputs[{i}]")
+            out[kind] = (_assistant_turn(o, f"{where}.outputs[{i}]") if chat
+                         else _need(o, "output", str, f"{where}.outputs[{i}]"))
     elif isinstance(body, dict) and any(t in body for t in TYPES):
-        out = {t: _need(body, t, str, where) for t in TYPES if t in body and body[t] is not None}
+        out = {t: _assistant_turn(body[t], f"{where}.{t}") if chat else _need(body, t, str, where)
+               for t in TYPES if t in body and body[t] is not None}
     else:
         raise SchemaError(f"{where}: expected 'outputs' (inference server) or 'STEERED'/'DEFAULT' (public API)")
     if "STEERED" not in out:
@@ -170,5 +242,5 @@ def parse_saved(doc: Any) -> list[tuple[str, dict, dict, dict]]:
         request = _need(item, "request", dict, where)
         response = _need(item, "response", dict, where)
         api, canonical = parse_request(request, f"{where}.request")
-        out.append((api, request, canonical, parse_response(response, f"{where}.response")))
+        out.append((api, request, canonical, parse_response(response, f"{where}.response", is_chat_body(request))))
     return out

@@ -122,7 +122,8 @@ class Config:
     chat_template: str = ""  # chat.template_id: which template renders it
 
     def to_json(self) -> dict:
-        out = {"type": self.type, "features": [dict(f) for f in self.features], "prompt": self.prompt, "seed": self.seed}
+        out = {"type": self.type, "features": [dict(f) for f in self.features], "prompt": self.prompt,
+               "seed": self.seed}
         if self.chat:  # only chats carry these, so a prompt configuration's key is what it always was
             out.update(chat=chat.to_json(self.chat), chat_template=self.chat_template)
         return out
@@ -276,5 +277,6 @@ class SweepRequest:
                    strengths=tuple(p.get("strengths") or ()), prompts=tuple(p.get("prompts") or ()),
                    seeds=tuple(p.get("seeds") or (42,)), settings=settings, combine=bool(p.get("combine")),
                    model=p.get("model"), dtype=p.get("dtype") or "float32", batch_size=p.get("batch_size"),
-                   chats=tuple(chat.conversation(c, f"conversation {i + 1}") for i, c in enumerate(p.get("chats") or ())),
+                   chats=tuple(chat.conversation(c, f"conversation {i + 1}")
+                               for i, c in enumerate(p.get("chats") or ())),
                    chat_template=p.get("chat_template"))

@@ -32,12 +32,18 @@ def bodies(gen: dict, inference_url: str | None = None) -> dict:
     features, s = gen["features"], gen["sampling"]
     if any("index" not in f for f in features):
         raise UsageError(f"generation {gen['id']} steers with a raw vector, which no Neuronpedia feature id names")
-    public = np_api.public_body(entry, features, gen["prompt"], gen["seed"], s)
-    inference = np_api.inference_body(entry, features, gen["prompt"], gen["seed"], s)
-    return {"generation": gen["id"], "config_key": gen["config_key"], "sae": gen["sae_id"],
-            "public": {"url": np_api.PUBLIC_URL, "body": public, "curl": np_api.curl("public", public)},
+    chat = gen.get("messages") is not None  # a chat generation: the steer-chat endpoints, its conversation
+    if chat:
+        public = np_api.public_chat_body(entry, features, gen["messages"], gen["seed"], s)
+        inference = np_api.inference_chat_body(entry, features, gen["messages"], gen["seed"], s)
+    else:
+        public = np_api.public_body(entry, features, gen["prompt"], gen["seed"], s)
+        inference = np_api.inference_body(entry, features, gen["prompt"], gen["seed"], s)
+    return {"generation": gen["id"], "config_key": gen["config_key"], "sae": gen["sae_id"], "chat": chat,
+            "public": {"url": np_api.PUBLIC_CHAT_URL if chat else np_api.PUBLIC_URL, "body": public,
+                       "curl": np_api.curl("public", public)},
             "inference": {"body": inference, "curl": np_api.curl("inference", inference, inference_url)},
-            "caveats": np_api.caveats(features, s)}
+            "caveats": np_api.caveats(features, s, gen.get("chat_template"), chat)}
 
 
 def request(ref: str, inference_url: str | None = None) -> dict:
@@ -85,10 +91,12 @@ def fetch(ref: str, api: str, inference_url: str | None = None, timeout: float =
         if not key:
             raise UsageError("--fetch from the public API needs NEURONPEDIA_API_KEY (or use --inference-url)")
         url, headers = os.environ.get("NEURONPEDIA_API_URL", np_api.PUBLIC_URL), {"X-Api-Key": key}
+        if exported["chat"]:  # NEURONPEDIA_API_URL names /api/steer; steer-chat is beside it
+            url = url.rstrip("/").rsplit("/", 1)[0] + "/steer-chat"
     else:
         if not inference_url:
             raise UsageError("--api inference needs --inference-url (e.g. http://localhost:5002/v1)")
-        url = inference_url.rstrip("/") + "/steer/completion"
+        url = inference_url.rstrip("/") + np_api.INFERENCE_PATHS[exported["chat"]]
         secret = os.environ.get("NEURONPEDIA_INFERENCE_SECRET")
         headers = {"X-SECRET-KEY": secret} if secret else {}
     req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
