@@ -1,0 +1,177 @@
+"""Scores of generations, measured with the sweep's own model and SAE (no external judge).
+
+- concept: the steered feature's JumpReLU activation, read by the SAE at its hook in an *unsteered*
+  forward pass over prompt + completion: the mean over the completion's tokens and the fraction of
+  them where it fires. A DEFAULT row is scored on every feature its sweep steers, as the baseline.
+- fluency: the unsteered model's mean negative log-likelihood of the completion given the prompt
+  (the EOS that ended it included: stopping is a choice the model makes) and its perplexity.
+- degeneration: distinct-1/2 and the longest n-gram that occurs twice (tokens), and whether the
+  completion stopped at EOS.
+
+The completion excludes its final EOS for concept and degeneration. One batched, left-padded forward
+pass per group of rows, laid out as ``engine.generate`` lays out a batch, on the model's device;
+only one small tensor of per-row sums comes to the host per group. Only the steered features'
+encoder columns are computed (a JumpReLU feature's activation depends on its own column alone).
+torch is imported where it is used, so ``Score`` (the field names) is cheap to import.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Callable, Sequence
+
+if TYPE_CHECKING:
+    import torch
+
+LOGITS_SHARE = 0.25  # of free device memory (capped on a CPU) that one group's logits may take
+CPU_LOGITS_BYTES = 512 << 20
+
+
+class Score(StrEnum):
+    """The per-row score fields, as stored in ``generations.scores`` (and DataFrame columns)."""
+
+    CONCEPT = "concept"  # {feature index: {"mean": activation, "fire_rate": share of tokens}}
+    CONCEPT_MEAN = "concept_mean"  # mean over the row's concept features (one for a one-feature row)
+    CONCEPT_FIRE_RATE = "concept_fire_rate"
+    NLL = "nll"
+    PERPLEXITY = "perplexity"
+    DISTINCT_1 = "distinct_1"
+    DISTINCT_2 = "distinct_2"
+    LONGEST_REPEAT = "longest_repeat"  # tokens in the longest n-gram that occurs at least twice
+    STOPPED_AT_EOS = "stopped_at_eos"
+    N_TOKENS = "n_tokens"  # completion tokens scored for concept and degeneration (EOS excluded)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One generation to score: its prompt ids (BOS included), generated ids, and concept features."""
+
+    prompt_ids: Sequence[int]
+    token_ids: Sequence[int]
+    features: Sequence[int]
+
+
+def concept_features(features: Sequence[dict], sweep_features: Sequence[int]) -> list[int]:
+    """A row's concept features: the SAE features it steers; a DEFAULT row (none) gets the sweep's."""
+    own = [int(f["index"]) for f in features if "index" in f]
+    return own if features else [int(i) for i in sweep_features]
+
+
+def score_outputs(runner, outs: list, sweep_features: Sequence[int]) -> list[dict]:
+    """Scores of a chunk ``runner.run`` produced ((config, generated, text) triples), in order."""
+    items = [Item(runner.ids(c), g.token_ids, concept_features(c.features, sweep_features))
+             for c, g, _ in outs]
+    return score(runner.lm, runner.sae, runner.hook_name, items)
+
+
+def score(lm, sae, hook_name: str, items: list[Item], on_group: Callable[[int], None] | None = None) -> list[dict]:
+    """Scores of ``items`` (a dict each, keys from ``Score``), in groups sized by device memory."""
+    import torch
+
+    out: list[dict] = []
+    size = _group_rows(lm, max((len(i.token_ids) for i in items), default=1))
+    for start in range(0, len(items), size):
+        with torch.no_grad():
+            out += _score_group(lm, sae, hook_name, items[start:start + size])
+        if on_group is not None:
+            on_group(len(out))
+    return out
+
+
+def _group_rows(lm, longest: int) -> int:
+    import torch
+
+    device = torch.device(lm.device)
+    per_row = (longest + 1) * lm.config.vocab_size * 4 * 2  # logits and logsumexp's temporary
+    budget = torch.cuda.mem_get_info(device)[0] * LOGITS_SHARE if device.type == "cuda" else CPU_LOGITS_BYTES
+    return max(1, int(budget // per_row))
+
+
+def _score_group(lm, sae, hook_name: str, items: list[Item]) -> list[dict]:
+    import torch
+
+    from engine.hooks import hook
+
+    device = torch.device(lm.device)
+    tok = lm.tokenizer
+    eos = tok.eos_token_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    B = len(items)
+    L = max(len(i.token_ids) for i in items)
+    seqs = [list(i.prompt_ids) + list(i.token_ids) for i in items]
+    W = max(len(s) for s in seqs)
+    ids = torch.full((B, W), pad, dtype=torch.long)
+    mask = torch.zeros((B, W), dtype=torch.long)
+    gen = torch.zeros((B, L), dtype=torch.bool)  # the last L positions that are this row's completion
+    for b, (s, it) in enumerate(zip(seqs, items)):
+        ids[b, W - len(s):] = torch.tensor(s)
+        mask[b, W - len(s):] = 1
+        gen[b, L - len(it.token_ids):] = True
+    ids, mask, gen = ids.to(device), mask.to(device), gen.to(device)
+    feats = sorted({f for it in items for f in it.features})
+    member = torch.zeros((B, max(len(feats), 1)), dtype=torch.bool)
+    for b, it in enumerate(items):
+        for f in it.features:
+            member[b, feats.index(f)] = True
+
+    seen: list[torch.Tensor] = []
+    with hook(lm, hook_name, lambda a: seen.append(a[:, W - L:].detach())):
+        res = lm.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
+                       use_cache=False, logits_to_keep=L + 1)
+    targets = ids[:, W - L:]
+    logits = res.logits[:, :-1].float()
+    logp = logits.gather(-1, targets[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)
+    del res, logits
+    nll_sum = -(logp * gen).sum(-1)
+    n_gen = gen.sum(-1)
+    text = gen.clone()  # the completion without the EOS that ended it
+    if eos is not None:
+        text[:, -1] &= targets[:, -1] != eos
+    n_text = text.sum(-1)
+    cols = [nll_sum, n_gen.float(), n_text.float()]
+    if feats:
+        idx = torch.tensor(feats, device=sae.W_enc.device)
+        x = seen[0].to(device=sae.W_enc.device, dtype=sae.W_enc.dtype)
+        pre = x @ sae.W_enc[:, idx] + sae.b_enc[idx]
+        act = pre.masked_fill(pre <= sae.threshold_floor[idx], 0).to(device)  # JumpReLU, as JumpReLUSAE.encode
+        w = text[..., None].to(act.dtype)
+        cols += [(act * w).sum(1).T, ((act > 0) * w).sum(1).T]  # (F, B) each
+    sums = torch.cat([c.reshape(-1, B).float() for c in cols]).T.cpu().tolist()  # one copy to the host
+    return [_row(items[b], sums[b], feats, member[b], eos) for b in range(B)]
+
+
+def _row(item: Item, sums: list[float], feats: list[int], member: "torch.Tensor", eos: int | None) -> dict:
+    nll_sum, n_gen, n_text = sums[0], int(sums[1]), int(sums[2])
+    F = len(feats)
+    concept = {}
+    for k, f in enumerate(feats):
+        if member[k]:
+            concept[str(f)] = {"mean": sums[3 + k] / n_text if n_text else 0.0,
+                               "fire_rate": sums[3 + F + k] / n_text if n_text else 0.0}
+    nll = nll_sum / n_gen if n_gen else None
+    stopped = bool(item.token_ids) and eos is not None and item.token_ids[-1] == eos
+    body = list(item.token_ids[:-1] if stopped else item.token_ids)
+    return {Score.CONCEPT: concept,
+            Score.CONCEPT_MEAN: _mean([c["mean"] for c in concept.values()]),
+            Score.CONCEPT_FIRE_RATE: _mean([c["fire_rate"] for c in concept.values()]),
+            Score.NLL: nll, Score.PERPLEXITY: None if nll is None else math.exp(min(nll, 700.0)),
+            **repetition(body), Score.STOPPED_AT_EOS: stopped, Score.N_TOKENS: n_text}
+
+
+def repetition(tokens: Sequence[int]) -> dict:
+    """distinct-1, distinct-2 (unique n-grams / n-grams; 1.0 when there are none) and the longest
+    n-gram occurring at least twice (overlaps allowed; 0 when no token repeats)."""
+    t = list(tokens)
+    longest, n = 0, 1
+    while n < len(t) and len({tuple(t[i:i + n]) for i in range(len(t) - n + 1)}) < len(t) - n + 1:
+        longest, n = n, n + 1  # an n-gram repeats; a longer repeat contains a repeated n-gram, so stop at the first n without
+    bigrams = list(zip(t, t[1:]))
+    return {Score.DISTINCT_1: len(set(t)) / len(t) if t else 1.0,
+            Score.DISTINCT_2: len(set(bigrams)) / len(bigrams) if bigrams else 1.0,
+            Score.LONGEST_REPEAT: longest}
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None

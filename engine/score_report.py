@@ -1,0 +1,136 @@
+"""A self-contained HTML page of a sweep's (or a search's) scores: per feature, concept and fluency
+against strength with the DEFAULT baseline and the chosen strength marked (inline SVG, no scripts,
+no network); each point links to the generations behind it, further down the same page.
+
+Generated text is untrusted: every string goes through ``html.escape``, in text and attributes.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from html import escape
+
+from engine import search
+from engine.report import CSS as BASE_CSS
+
+CSS = BASE_CSS + """
+.plot{display:block;margin:8px 0 4px} .gen{margin:4px 0 10px;padding:6px 8px;border:1px solid #ddd}
+.scores{color:#555;font-size:12px} section.point:target{background:#eef6ff}
+"""
+CONCEPT, NLL = "#1f77b4", "#d62728"
+W, H, PAD = 680, 260, 48
+
+
+def html(rows: list[dict], title: str, max_nll_increase: float = search.DEFAULT_MAX_NLL_INCREASE,
+         chosen: dict[int, float] | None = None) -> str:
+    """``rows``: ``generation_rows`` dicts with scores. ``chosen``: feature → strength (a search's
+    answer); otherwise chosen here by ``engine.search.choose`` on the curve averaged over prompts."""
+    pooled = [{**r, "prompt": "*"} for r in rows]
+    curves, base = search.curves(pooled)
+    default_nll = base.get((-1, "*"))
+    body = [f"<h1>{escape(title)}</h1>",
+            f"<p>Concept: the steered feature's mean activation on the generated tokens (unsteered pass); "
+            f"fluency: mean NLL of the completion (nats/token). Means over prompts and seeds. The chosen strength "
+            f"has the highest concept score with NLL ≤ DEFAULT + {max_nll_increase:g}. Click a point for its "
+            f"generations.</p>"]
+    sections = []
+    for (feature, _), pts in sorted(curves.items()):
+        pick = (chosen or {}).get(feature)
+        if pick is None:
+            c = search.choose(pts, default_nll, max_nll_increase)
+            pick = c.strength if c else None
+        body.append(f"<h2>feature {feature}</h2>")
+        body.append(_plot(feature, pts, base.get((feature, "*")), default_nll, pick))
+        sections.append(_generations(feature, pts, rows))
+    unscored = sum(1 for r in rows if not r.get("scores"))
+    if unscored:
+        body.append(f'<p class="note">{unscored} generations have no scores (run <code>saejobs score JOB</code>).</p>')
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+            f"<style>{CSS}</style></head><body>" + "".join(body) + "<h2>Generations</h2>" + "".join(sections)
+            + "</body></html>")
+
+
+def _anchor(feature: int, strength: float) -> str:
+    return f"f{feature}-s{strength:g}".replace(".", "_").replace("-", "m").replace("fm", "f-", 1)
+
+
+def _plot(feature: int, pts: list[search.Point], base_concept: float | None, base_nll: float | None,
+          pick: float | None) -> str:
+    xs = [p.strength for p in pts]
+    x0, x1 = min(xs), max(xs)
+    cs = [p.concept for p in pts] + [base_concept or 0.0]
+    ns = [p.nll for p in pts if p.nll is not None] + ([base_nll] if base_nll is not None else [])
+    c1 = max(max(cs), 1e-9)
+    n0, n1 = (min(ns), max(ns)) if ns else (0.0, 1.0)
+    n1 = n1 if n1 > n0 else n0 + 1.0
+
+    def x(v: float) -> float:
+        return PAD + (v - x0) / ((x1 - x0) or 1.0) * (W - 2 * PAD)
+
+    def yc(v: float) -> float:
+        return H - PAD - v / c1 * (H - 2 * PAD)
+
+    def yn(v: float) -> float:
+        return H - PAD - (v - n0) / (n1 - n0) * (H - 2 * PAD)
+
+    out = [f'<svg class="plot" data-feature="{feature}" xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
+           f'role="img" aria-label="feature {feature}: concept and NLL against strength">',
+           f'<line x1="{PAD}" y1="{H - PAD}" x2="{W - PAD}" y2="{H - PAD}" stroke="#444"/>',
+           f'<line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{H - PAD}" stroke="{CONCEPT}"/>',
+           f'<line x1="{W - PAD}" y1="{PAD}" x2="{W - PAD}" y2="{H - PAD}" stroke="{NLL}"/>',
+           f'<text x="{W / 2}" y="{H - 10}" text-anchor="middle">strength</text>',
+           f'<text x="{PAD - 4}" y="{PAD - 8}" fill="{CONCEPT}">concept (max {c1:.3g})</text>',
+           f'<text x="{W - PAD + 4}" y="{PAD - 8}" fill="{NLL}" text-anchor="end">NLL {n0:.2f}–{n1:.2f}</text>',
+           f'<text x="{PAD}" y="{H - PAD + 16}" text-anchor="middle">{x0:g}</text>',
+           f'<text x="{W - PAD}" y="{H - PAD + 16}" text-anchor="middle">{x1:g}</text>']
+    if base_concept is not None:
+        out.append(f'<line class="baseline" x1="{PAD}" x2="{W - PAD}" y1="{yc(base_concept):.1f}" '
+                   f'y2="{yc(base_concept):.1f}" stroke="{CONCEPT}" stroke-dasharray="4 4"><title>DEFAULT concept '
+                   f'{base_concept:.3g}</title></line>')
+    if base_nll is not None:
+        out.append(f'<line class="baseline" x1="{PAD}" x2="{W - PAD}" y1="{yn(base_nll):.1f}" y2="{yn(base_nll):.1f}" '
+                   f'stroke="{NLL}" stroke-dasharray="4 4"><title>DEFAULT NLL {base_nll:.3f}</title></line>')
+    if pick is not None:
+        out.append(f'<line class="chosen" x1="{x(pick):.1f}" x2="{x(pick):.1f}" y1="{PAD}" y2="{H - PAD}" '
+                   f'stroke="#2ca02c" stroke-width="2"/><text x="{x(pick) + 4:.1f}" y="{PAD + 12}" fill="#2ca02c">'
+                   f'chosen {pick:g}</text>')
+    for colour, ys in ((CONCEPT, [yc(p.concept) for p in pts]), (NLL, [yn(p.nll) if p.nll is not None else None
+                                                                       for p in pts])):
+        line = [(x(p.strength), y) for p, y in zip(pts, ys) if y is not None]
+        out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="'
+                   + " ".join(f"{a:.1f},{b:.1f}" for a, b in line) + '"/>')
+    for p in pts:
+        tip = escape(f"strength {p.strength:g}: concept {p.concept:.3g}, NLL "
+                     + (f"{p.nll:.3f}" if p.nll is not None else "n/a") + f" ({p.n} generations)")
+        out.append(f'<a class="point" href="#{_anchor(feature, p.strength)}"><title>{tip}</title>'
+                   f'<circle cx="{x(p.strength):.1f}" cy="{yc(p.concept):.1f}" r="5" fill="{CONCEPT}"/>'
+                   + (f'<circle cx="{x(p.strength):.1f}" cy="{yn(p.nll):.1f}" r="4" fill="{NLL}"/>'
+                      if p.nll is not None else "") + "</a>")
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _generations(feature: int, pts: list[search.Point], rows: list[dict]) -> str:
+    by_strength: dict[float, list[dict]] = defaultdict(list)
+    for r in rows:
+        f = r["features"]
+        if r["type"] == "STEERED" and len(f) == 1 and f[0].get("index") == feature:
+            by_strength[float(f[0]["strength"])].append(r)
+    out = []
+    for p in pts:
+        gens = "".join(
+            f'<div class="gen"><div class="text">{escape(r["output"])}</div><div class="scores">seed {r["seed"]}; '
+            f'{escape(_scores(r.get("scores")))}</div></div>' for r in by_strength.get(p.strength, []))
+        out.append(f'<section class="point" id="{_anchor(feature, p.strength)}"><h3>feature {feature} at strength '
+                   f"{p.strength:g}</h3>{gens}</section>")
+    return "".join(out)
+
+
+def _scores(sc: dict | None) -> str:
+    if not sc:
+        return "not scored"
+    nll = sc.get("nll")
+    return (f"concept {sc.get('concept_mean') or 0:.3g} (fires on {100 * (sc.get('concept_fire_rate') or 0):.0f}% of "
+            f"tokens), NLL {nll:.3f}" if nll is not None else "NLL n/a") + (
+        f", distinct-2 {sc.get('distinct_2', 0):.2f}, longest repeat {sc.get('longest_repeat', 0)}"
+        f"{', stopped at EOS' if sc.get('stopped_at_eos') else ''}")
