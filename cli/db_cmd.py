@@ -1,4 +1,5 @@
-"""``saejobs db``: schema upgrades (also done automatically on first use)."""
+"""``saejobs db``: the schema step. Workers and the CLI never migrate a database in use: they refuse an
+older or newer schema with one line naming this command (a new, empty database is created on first use)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,18 @@ def db() -> None:
 @db.command()
 @json_option
 def upgrade(as_json: bool) -> None:
-    """Create or migrate the database to the current schema."""
+    """Create or migrate the database to this saejobs' schema (stop the workers first)."""
+    from sqlalchemy.exc import OperationalError
+
     from db import migrate
-    from db.session import database_url, get_engine, redact
+    from db.session import DatabaseError, database_url, get_engine, redact
 
     eng = get_engine()
-    data = {"url": redact(database_url()), "revision": migrate.current(eng), "head": migrate.head()}
-    emit(data, as_json, lambda: click.echo(f"{data['url']}: at revision {data['revision']} (head {data['head']})"))
+    try:
+        before, after = migrate.migrate(eng)
+    except OperationalError as e:
+        raise DatabaseError(f"database '{redact(database_url())}' unavailable: "
+                            f"{str(e.orig).strip().splitlines()[0]}") from None
+    data = {"url": redact(database_url()), "from": before, "revision": after, "head": migrate.head()}
+    emit(data, as_json, lambda: click.echo(
+        f"{data['url']}: at revision {after}" + (f" (was {before})" if before != after else " (already current)")))

@@ -64,8 +64,9 @@ def run_local(job_id: str, *, quiet: bool = False):
     errors: list[BaseException] = []
 
     def target() -> None:
-        try:
-            execute(job_id, local_worker())
+        try:  # a sweep split into shards (a retried queued sweep): its shards in turn, then it has ended
+            for jid in [c.id for c in jobs.shards(job_id) if c.state == "queued"] or [job_id]:
+                execute(jid, local_worker())
         except BaseException as e:  # surfaced below; the row already says what happened
             errors.append(e)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from cli.complete import job_ids
@@ -24,12 +26,13 @@ def jobs() -> None:
 @click.option("--state", type=click.Choice(STATES))
 @click.option("--kind", type=click.Choice(KINDS))
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1))
+@click.option("--shards", is_flag=True, help="Include each sweep's shard jobs.")
 @json_option
-def list_(state, kind, limit, as_json) -> None:
+def list_(state, kind, limit, shards, as_json) -> None:
     """Most recent jobs first."""
     from db import jobs as store
 
-    found = store.listing(state=state, kind=kind, limit=limit)
+    found = store.listing(state=state, kind=kind, limit=limit, shards=shards)
     emit([store.as_dict(j) for j in found], as_json, lambda: table(
         f"{len(found)} jobs", ["id", "kind", "state", "progress", "sae", "worker", "created", "message"],
         ([j.id[:8], j.kind, j.state, f"{100 * (j.progress or 0):.0f}%", j.sae_id, j.worker or "",
@@ -83,15 +86,17 @@ def cancel(job_id, as_json) -> None:
 @click.option("--local", is_flag=True, help="Run the retry in this process.")
 @json_option
 def retry(job_id, wait, local, as_json) -> None:
-    """Queue a failed or cancelled job again, with the same parameters and id."""
+    """Queue a failed or cancelled job again, with the same parameters and id (a sweep: the shards that
+    did not succeed), with a fresh budget of attempts."""
     from db import jobs as store
     from tasks.submit import dispatch
 
-    job = store.reset_for_retry(job_id)
+    job = store.get(job_id)
+    again = store.reset_for_retry(job.id)  # the job's own id, or a sweep's shards that did not succeed
     if local:
         finish(run_local(job.id, quiet=as_json), as_json)
         return
-    dispatch(job.id)
+    dispatch(job.id, again)
     if wait:
         finish(follow(job.id, quiet=as_json), as_json)
     else:
@@ -103,13 +108,25 @@ def retry(job_id, wait, local, as_json) -> None:
 @click.option("--kind", type=click.Choice(KINDS), help="Only this kind (when listing).")
 @json_option
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
-def results(job_id, kind, as_json, as_csv) -> None:
+@click.option("--format", "fmt", type=click.Choice(["parquet"]),
+              help="Write a sweep's (or search's) generations with their scores as this format to --out.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="File for --format.")
+def results(job_id, kind, as_json, as_csv, fmt, out) -> None:
     """Results of finished jobs, or one job's results in full (a sweep as a strength × feature grid)."""
     from db import jobs as store
     from db import results as res
 
     if as_json and as_csv:
         raise UsageError("--json and --csv are exclusive")
+    if fmt is not None or out is not None:
+        if fmt is None or out is None or job_id is None:
+            raise UsageError("--format parquet takes a JOB and --out FILE")
+        if not out.resolve().parent.is_dir():
+            raise UsageError(f"{out.resolve().parent}: no such directory")
+        from saejobs.frame import write_parquet
+
+        click.echo(write_parquet(store.get(job_id).id, out))
+        return
     if job_id is None:
         found = [j for j in store.listing(state="succeeded", kind=kind, limit=200)]
         rows = [{"job": j.id, "kind": j.kind, "sae": j.sae_id, "finished_at": j.finished_at, "summary": res.summary(j)}
@@ -120,8 +137,9 @@ def results(job_id, kind, as_json, as_csv) -> None:
     if job.kind == "sweep":
         rows = res.generation_rows(job.id)
         cols = ["type", "features", "strengths", "prompt", "seed", "output", "n_tokens"]
-        if as_json or as_csv:
-            _out(rows, cols + ["token_ids", "config_key"], as_json, as_csv, None)
+        if as_json or as_csv:  # a chat sweep's rows also carry their whole conversation
+            chats = ["conversation"] if any(r["messages"] is not None for r in rows) else []
+            _out(rows, cols + chats + ["token_ids", "config_key"], as_json, as_csv, None)
         else:
             res_grid = res.sweep_grid(rows)
             table(f"sweep {job.id[:8]} ({job.sae_id})", res_grid["columns"], res_grid["rows"])

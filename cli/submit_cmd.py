@@ -24,24 +24,29 @@ def submission(f):
     """Options every submitting command shares."""
     @click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")
     @click.option("--local", is_flag=True, help="Run in this process, no broker needed (implies --wait).")
-    @click.option("--gpu", type=int, help="Run on this GPU's worker only.")
+    @click.option("--gpu", help="Run on GPU INDEX of any host, or HOST:INDEX (that host's GPU) only.")
+    @click.option("--timeout", type=click.FloatRange(1), help="Seconds an attempt may run before it is failed.")
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
     @json_option
     @functools.wraps(f)
-    def wrapper(*args, wait, local, gpu, quiet, as_json, **kwargs):
+    def wrapper(*args, wait, local, gpu, timeout, quiet, as_json, **kwargs):
         kind, params, sae_id = f(*args, **kwargs)
+        if timeout is not None:
+            params["timeout_s"] = timeout
         enqueue(kind, params, sae_id=sae_id, wait=wait, local=local, gpu=gpu, quiet=quiet, as_json=as_json)
     return wrapper
 
 
-def enqueue(kind: str, params: dict, *, sae_id: str | None, wait: bool, local: bool, gpu: int | None,
+def enqueue(kind: str, params: dict, *, sae_id: str | None, wait: bool, local: bool, gpu: str | None,
             quiet: bool, as_json: bool) -> None:
     from db import jobs
+    from tasks.app import Target
     from tasks.submit import submit
 
     if local and gpu is not None:
         raise UsageError("--gpu picks a worker's queue; it cannot be combined with --local")
-    job = submit(kind, params, sae_id=sae_id, gpu=gpu, local=local)
+    job = submit(kind, params, sae_id=sae_id, gpu=Target.parse(gpu) if gpu is not None else None, local=local,
+                 shard_size=params.pop("shard_size", None))
     if local:
         finish(run_local(job.id, quiet=quiet or as_json), as_json)
     elif wait:
@@ -123,6 +128,12 @@ def _ints(ctx, param, value):
 @click.option("--prompt", "prompts", multiple=True, help="Prompt (repeatable).")
 @click.option("--prompts-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="One prompt per line.")
+@click.option("--chat", "chat_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Chat conversations instead of prompts: JSON (a list of them) or JSONL (one per line), each a "
+                   "list of {role, content} ending with the user's; rendered as Neuronpedia's steer-chat does.")
+@click.option("--system", help="A system message put first in every --chat conversation.")
+@click.option("--chat-template", "chat_template_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A Jinja chat template to render --chat with, for a model whose tokenizer has none.")
 @click.option("--seed", "seeds", multiple=True, callback=_ints, help="Seeds (default 42).")
 @click.option("--n-tokens", default=32, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(0))
@@ -148,27 +159,37 @@ def _ints(ctx, param, value):
 @click.option("--model", "model_source", help="Model source: HF id, local dir, .gguf file, or gemma-3-270m-gguf.")
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(DTYPES))
 @click.option("--batch-size", type=click.IntRange(1), help="Configurations per batched generation (default: fits memory).")
+@click.option("--shard-size", type=click.IntRange(1),
+              help="Configurations per shard job (default: about two shards per live worker, at most 256).")
 @submission
-def sweep(sae, features, vectors, strengths, prompts, prompts_file, seeds, n_tokens, temperature, freq_penalty,
-          sampling_semantics, presence_penalty, top_k, top_p, steer_special_tokens, strength_multiplier, method,
-          normalize, combine, n_logprobs, model_source, dtype, batch_size):
-    """Steering sweep: features × strengths × prompts × seeds, plus DEFAULT per prompt × seed."""
-    from engine import registry
+def sweep(sae, features, vectors, strengths, prompts, prompts_file, chat_file, system, chat_template_file, seeds,
+          n_tokens, temperature, freq_penalty, sampling_semantics, presence_penalty, top_k, top_p, steer_special_tokens,
+          strength_multiplier, method, normalize, combine, n_logprobs, model_source, dtype, batch_size, shard_size):
+    """Steering sweep: features × strengths × prompts (or chats) × seeds, plus DEFAULT per prompt × seed."""
+    from engine import chat, registry
     from engine.request import Settings, SweepRequest, Vector
 
     entry = registry.get(sae)
     prompts = list(prompts)
     if prompts_file is not None:
         prompts += [line.rstrip("\n") for line in prompts_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if (system is not None or chat_template_file is not None) and chat_file is None:
+        raise UsageError("--system and --chat-template go with --chat FILE")
+    chats = chat.load(chat_file, system) if chat_file is not None else []
+    template = chat.read_template(chat_template_file) if chat_template_file is not None else None
     settings = Settings(method=method.upper(), normalize=normalize, strength_multiplier=strength_multiplier,
                         n_tokens=n_tokens, temperature=temperature, freq_penalty=freq_penalty, n_logprobs=n_logprobs,
                         sampling_semantics=sampling_semantics, presence_penalty=presence_penalty, top_k=top_k,
                         top_p=top_p, steer_special_tokens=steer_special_tokens)
     req = SweepRequest(sae=entry.id, features=features, vectors=tuple(Vector.of(v) for v in vectors),
                        strengths=strengths, prompts=prompts, seeds=seeds, settings=settings, combine=combine,
-                       model=model_source, dtype=dtype, batch_size=batch_size)
+                       model=model_source, dtype=dtype, batch_size=batch_size, chats=chats, chat_template=template)
     req.check_features(entry.d_sae, entry.id)
+    if chats and template is None and chat.model_template(model_source or entry.model_hf) is False:
+        raise UsageError(chat.NO_TEMPLATE.format(model=model_source or entry.model_hf))  # None: the worker checks
     params = req.to_params()
+    if shard_size is not None:
+        params["shard_size"] = shard_size  # scheduling, not part of the request: popped before the row is written
     return "sweep", params, entry.id
 
 

@@ -22,10 +22,11 @@ def _gpus(ctx, param, value):
 
 @click.command()
 @click.option("--gpu", "gpus", callback=_gpus, help="GPU index, or several (0,1): one pinned process each.")
-@click.option("--cpu", is_flag=True, help="A CPU-only worker (hosts without a GPU).")
+@click.option("--cpu", is_flag=True, help="A CPU-only worker (hosts without a GPU); it also takes downloads.")
+@click.option("--downloads", is_flag=True, help="A worker for download jobs only (GPU workers do not take them).")
 @click.option("--loglevel", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-def worker(gpus, cpu, loglevel) -> None:
+def worker(gpus, cpu, downloads, loglevel) -> None:
     """Run a long-lived worker: one job at a time per GPU, models and SAEs kept loaded between jobs.
 
     SIGTERM hands the running job back to the queue at its next progress report; a worker killed
@@ -36,12 +37,12 @@ def worker(gpus, cpu, loglevel) -> None:
 
     from worker.main import run, run_many
 
-    if bool(gpus) == cpu:
-        raise UsageError("say where to run: --gpu N (or --gpu 0,1) or --cpu")
+    if bool(gpus) + cpu + downloads != 1:
+        raise UsageError("say what to run: --gpu N (or --gpu 0,1), --cpu or --downloads")
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if gpus and len(gpus) > 1:
         sys.exit(run_many(gpus, loglevel))
-    run(gpus[0] if gpus else None, loglevel)
+    run(gpus[0] if gpus else None, loglevel, downloads_only=downloads)
 
 
 @click.command()
@@ -82,7 +83,7 @@ def workers(show_all, as_json) -> None:
     from tasks.runner import STALE_AFTER_S
 
     found = store.listing(live_within_s=None if show_all else STALE_AFTER_S)
-    data = [store.as_dict(w, live_within_s=STALE_AFTER_S) for w in found]
+    data = [store.as_dict(w) for w in found]
     emit(data, as_json, lambda: table(
         f"{len(data)} workers", ["name", "host", "gpu", "device", "state", "running", "cached", "heartbeat"],
         ([d["name"], d["host"], d["gpu"] or "cpu", d["device"], d["state"], (d["current_job"] or "")[:8],

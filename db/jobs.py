@@ -1,21 +1,42 @@
 """Job state transitions, each one transaction, each guarded so a redelivered message is harmless.
 
 ``claim`` is the only way into ``running``: an atomic conditional update, so of two deliveries of
-one job exactly one runs it. A job whose worker stopped heart-beating can be claimed again.
+one job exactly one runs it. A job whose worker stopped heart-beating can be claimed again, at most
+``SAEJOBS_MAX_ATTEMPTS`` times in all: then it fails with the last error instead of circulating.
+
+Time is the database server's (``db_now``): hosts whose clocks disagree judge staleness by one clock.
+Every write a running job makes is guarded by its owner (``worker``): a worker whose job was handed on
+while it was cut off finds the guard false and stops without writing.
+
+A sweep is a parent row and shard rows (``parent_id``): each shard a range of the sweep's
+configurations, a job of its own that any worker claims. The parent is never run: its progress is its
+shards', it ends when the last shard ends, and cancel/retry on it act on every shard.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import aliased
 
-from db.models import Job, JobEvent, utcnow
+from db.models import Job, JobEvent
 from db.states import FINAL_STATES
-from db.session import retried, session
-from engine.errors import NotFoundError, UsageError
+from db.session import db_now, retried, session
+from engine.errors import NotFoundError, SaejobsError, UsageError
+
+
+def max_attempts() -> int:
+    return max(1, int(os.environ.get("SAEJOBS_MAX_ATTEMPTS", 3)))
+
+
+class DeadlineExceeded(SaejobsError):
+    """The running attempt passed its deadline (``--timeout``): a hung transfer or generation ends."""
+
+    exit_code = 5
 
 
 class JobCancelled(Exception):
@@ -23,21 +44,38 @@ class JobCancelled(Exception):
 
 
 def create(kind: str, params: dict[str, Any], *, sae_id: str | None = None, queue: str | None = None,
-           requested_gpu: int | None = None, url: str | None = None) -> Job:
-    """The id is drawn once, outside the retried insert: a replayed insert cannot make a second job."""
-    return _insert(str(uuid.uuid4()), dict(kind=kind, params=params, sae_id=sae_id, queue=queue,
-                                           requested_gpu=requested_gpu), url)
+           requested_gpu: int | None = None, requested_host: str | None = None,
+           shards: list[dict[str, Any]] | None = None, url: str | None = None) -> Job:
+    """The ids are drawn once, outside the retried insert: a replayed insert cannot make a second job.
+    With ``shards`` (each shard's params), the job is a parent and its shards are queued in the same
+    transaction; the parent itself takes no queue."""
+    fields = dict(kind=kind, params=params, sae_id=sae_id, requested_gpu=requested_gpu, requested_host=requested_host)
+    children = [(str(uuid.uuid4()), p) for p in shards or []]
+    return _insert(str(uuid.uuid4()), {**fields, "queue": None if shards else queue},
+                   [(i, {**fields, "params": p, "queue": queue}) for i, p in children], url)
 
 
 @retried
-def _insert(job_id: str, fields: dict[str, Any], url: str | None) -> Job:
+def _insert(job_id: str, fields: dict[str, Any], children: list[tuple[str, dict]], url: str | None) -> Job:
     with session(url) as s:
         job = s.get(Job, job_id)
         if job is None:
-            job = Job(id=job_id, state="queued", progress=0.0, attempts=0, message="queued", **fields)
+            message = f"queued ({len(children)} shards)" if children else "queued"
+            job = Job(id=job_id, state="queued", progress=0.0, attempts=0, message=message, **fields)
             s.add(job)
-            s.add(JobEvent(job_id=job_id, state="queued", progress=0.0, message="queued"))
+            s.add(JobEvent(job_id=job_id, state="queued", progress=0.0, message=message))
+            s.flush()
+            for child_id, child in children:
+                s.add(Job(id=child_id, state="queued", progress=0.0, attempts=0, message="queued", parent_id=job_id,
+                          **child))
+                s.add(JobEvent(job_id=child_id, state="queued", progress=0.0, message="queued"))
     return job
+
+
+@retried
+def shards(job_id: str, url: str | None = None) -> list[Job]:
+    with session(url) as s:
+        return list(s.scalars(select(Job).where(Job.parent_id == job_id).order_by(Job.created_at, Job.id)))
 
 
 @retried
@@ -55,26 +93,94 @@ def get(job_id: str, url: str | None = None) -> Job:
 
 @retried
 def claim(job_id: str, *, worker: str, host: str, gpu: str | None, stale_after: float, url: str | None = None) -> bool:
-    """Move a queued job (or one whose worker died) to running; False when someone else has it.
+    """Move a queued job (or one whose worker died) to running; False when someone else has it, or when
+    it has used up its attempts (it is then failed with its last error).
 
     A job already running under this worker's own name is claimable too: a worker runs one job at a
     time, so that row is left from a claim whose commit went through but whose answer was lost.
     """
-    now = utcnow()
     with session(url) as s:
+        now = db_now(s)
+        claimable = or_(Job.state == "queued",
+                        (Job.state == "running") & (Job.worker == worker),
+                        (Job.state == "running") & (Job.heartbeat_at < now - timedelta(seconds=stale_after)))
+        params = s.scalar(select(Job.params).where(Job.id == job_id)) or {}
+        timeout = params.get("timeout_s")
+        child = aliased(Job)
         res = s.execute(
-            update(Job)
-            .where(Job.id == job_id)
-            .where(or_(Job.state == "queued",
-                       (Job.state == "running") & (Job.worker == worker),
-                       (Job.state == "running") & (Job.heartbeat_at < now - timedelta(seconds=stale_after))))
+            update(Job).where(Job.id == job_id, ~select(child.id).where(child.parent_id == job_id).exists())
+            .where(claimable, Job.attempts < max_attempts())
             .values(state="running", worker=worker, host=host, gpu=gpu, attempts=Job.attempts + 1,
-                    started_at=now, heartbeat_at=now, message="running", error=None)
+                    started_at=now, heartbeat_at=now, message="running",
+                    deadline_at=now + timedelta(seconds=timeout) if timeout else None)
         )
         if res.rowcount != 1:
+            _give_up(s, job_id, now, claimable)
             return False
         s.add(JobEvent(job_id=job_id, state="running", progress=_progress(s, job_id), message=f"running on {worker}"))
+        parent = s.scalar(select(Job.parent_id).where(Job.id == job_id))
+        if parent is not None:  # the sweep shows its latest claim: who runs it, and the most attempts a shard took
+            s.execute(update(Job).where(Job.id == parent, Job.state == "queued")
+                      .values(state="running", started_at=now, message="running"))
+            s.execute(update(Job).where(Job.id == parent, Job.state == "running")
+                      .values(worker=worker, host=host, gpu=gpu,
+                              attempts=select(func.max(child.attempts)).where(child.parent_id == parent)
+                              .scalar_subquery()))
     return True
+
+
+def _give_up(s, job_id: str, now: datetime, claimable) -> None:
+    """A claimable job out of attempts fails here, once, with its last error (then no delivery can run it)."""
+    job = s.scalar(select(Job).where(Job.id == job_id, claimable, Job.attempts >= max_attempts()))
+    if job is not None:
+        _end(s, job, "failed", now, error=f"gave up after {job.attempts} attempts; last: {job.error or job.message}")
+
+
+def _end(s, job: Job, state: str, now: datetime, *, error: str | None = None, result: dict | None = None) -> None:
+    """Put ``job`` (locked or just read in this transaction) in a final state, and its parent when it was
+    the last shard standing."""
+    job.state, job.finished_at, job.heartbeat_at = state, now, now
+    job.error, job.result = error, result
+    job.message = error or state
+    if state == "succeeded":
+        job.progress = 1.0
+    s.add(JobEvent(job_id=job.id, state=state, progress=job.progress, message=error or state))
+    if job.parent_id is not None:
+        s.flush()
+        _settle_parent(s, job.parent_id, now)
+
+
+def _settle_parent(s, parent_id: str, now: datetime, note: str | None = None) -> None:
+    """Parent progress is its shards' mean, its state queued while every shard waits (``note``: why, e.g.
+    handed back), else running; when none is left running or queued it ends: succeeded if every
+    shard did, else failed (or cancelled) naming the first shard's error."""
+    parent = s.scalar(select(Job).where(Job.id == parent_id).with_for_update())
+    if parent is None or parent.state in FINAL_STATES:
+        return
+    rows = s.execute(select(Job.state, Job.progress, Job.error, Job.result).where(Job.parent_id == parent_id)
+                     .order_by(Job.created_at, Job.id)).all()
+    parent.progress = sum(r.progress or 0.0 for r in rows) / max(len(rows), 1)
+    done = sum(r.state == "succeeded" for r in rows)
+    parent.message = f"{note} ({done}/{len(rows)} shards done)" if note else f"{done}/{len(rows)} shards done"
+    if any(r.state not in FINAL_STATES for r in rows):
+        waiting = all(r.state == "queued" for r in rows)  # none started or ended: the sweep waits as a whole
+        if waiting != (parent.state == "queued"):
+            parent.state = "queued" if waiting else "running"
+            s.add(JobEvent(job_id=parent_id, state=parent.state, progress=parent.progress, message=parent.message))
+        return
+    if done == len(rows):
+        results = [r.result or {} for r in rows]
+        result = {"sweep_id": next((r.get("sweep_id") for r in results if r.get("sweep_id")), None),
+                  "shards": len(rows), "generations": sum(r.get("shard_size", 0) for r in results),
+                  "ran_now": sum(r.get("ran_now", 0) for r in results),
+                  **{k: results[0][k] for k in ("sae", "model") if k in results[0]}}
+        _end(s, parent, "succeeded", now, result=result)
+        return
+    bad = next(r for r in rows if r.state != "succeeded")
+    failed = sum(r.state == "failed" for r in rows)
+    state = "failed" if failed else "cancelled"
+    _end(s, parent, state, now, error=f"{len(rows) - done} of {len(rows)} shards {state}; first: {bad.error or bad.state}",
+         result=bad.result if failed else None)
 
 
 def _progress(s, job_id: str) -> float:
@@ -84,19 +190,28 @@ def _progress(s, job_id: str) -> float:
 @retried
 def report(job_id: str, progress: float, message: str | None = None, *, worker: str | None = None,
            url: str | None = None) -> None:
-    """Record progress and heartbeat; raise JobCancelled if the job was cancelled meanwhile.
+    """Record progress and heartbeat; raise JobCancelled if the job was cancelled or handed on meanwhile,
+    DeadlineExceeded once its deadline has passed (then nothing is written: the runner fails it).
 
     Guarded on ``worker``: a worker that lost its claim (declared dead, job handed on) stops here.
     """
-    now = utcnow()
     with session(url) as s:
+        now = db_now(s)
         stmt = update(Job).where(Job.id == job_id, Job.state == "running")
         if worker is not None:
             stmt = stmt.where(Job.worker == worker)
-        res = s.execute(stmt.values(progress=progress, message=message, heartbeat_at=now))
+        res = s.execute(stmt.where(or_(Job.deadline_at.is_(None), Job.deadline_at >= now))
+                        .values(progress=progress, message=message, heartbeat_at=now))
         if res.rowcount == 1:
             s.add(JobEvent(job_id=job_id, state="running", progress=progress, message=message))
+            parent = s.scalar(select(Job.parent_id).where(Job.id == job_id))
+            if parent is not None:
+                _settle_parent(s, parent, now)
             return
+        job = s.get(Job, job_id)
+        if job is not None and job.state == "running" and (worker is None or job.worker == worker):
+            raise DeadlineExceeded(f"deadline passed ({job.params.get('timeout_s'):g} s after the attempt started "
+                                   f"at {job.started_at:%H:%M:%S}); stopped at {100 * job.progress:.0f}%")
     raise JobCancelled(job_id)
 
 
@@ -104,7 +219,17 @@ def report(job_id: str, progress: float, message: str | None = None, *, worker: 
 def heartbeat(job_id: str, worker: str, url: str | None = None) -> None:
     with session(url) as s:
         s.execute(update(Job).where(Job.id == job_id, Job.state == "running", Job.worker == worker)
-                  .values(heartbeat_at=utcnow()))
+                  .values(heartbeat_at=db_now(s)))
+
+
+def owned(s, job_id: str, worker: str | None) -> bool:
+    """Inside a writing transaction: lock the job's row and say whether ``worker`` still runs it. Rows a
+    job writes (its results) are written only when this holds, so a stale owner's write is refused
+    instead of racing the rightful owner's."""
+    q = select(Job.id).where(Job.id == job_id, Job.state == "running").with_for_update()
+    if worker is not None:
+        q = q.where(Job.worker == worker)
+    return s.scalar(q) is not None
 
 
 @retried
@@ -112,35 +237,46 @@ def finish(job_id: str, state: str, *, worker: str | None = None, result: dict |
            error: str | None = None, url: str | None = None) -> bool:
     """Running → final state. False when the job is no longer this worker's (cancelled, handed on)."""
     assert state in FINAL_STATES
-    now = utcnow()
     with session(url) as s:
-        stmt = update(Job).where(Job.id == job_id, Job.state == "running")
+        q = select(Job).where(Job.id == job_id, Job.state == "running").with_for_update()
         if worker is not None:
-            stmt = stmt.where(Job.worker == worker)
-        progress = 1.0 if state == "succeeded" else Job.progress
-        res = s.execute(stmt.values(state=state, result=result, error=error, finished_at=now, progress=progress,
-                                    message=state if error is None else error, heartbeat_at=now))
-        if res.rowcount != 1:
+            q = q.where(Job.worker == worker)
+        job = s.scalar(q)
+        if job is None:
             return False
-        s.add(JobEvent(job_id=job_id, state=state, progress=_progress(s, job_id), message=error or state))
+        _end(s, job, state, db_now(s), error=error, result=result)
     return True
 
 
 @retried
-def requeue(job_id: str, reason: str, *, stale_after: float | None = None, url: str | None = None) -> bool:
-    """Running → queued (worker handing it back, or declared dead): the next claim runs it again.
+def requeue(job_id: str, reason: str, *, worker: str | None = None, stale_after: float | None = None,
+            url: str | None = None) -> bool:
+    """Running → queued (worker handing it back, or declared dead): True when the caller should send it
+    again. The reason is kept as the job's last error. A job that has used its attempts fails instead.
 
-    With ``stale_after`` only a job whose heartbeat is that old moves, so two reapers cannot both
-    hand on the same job, and a worker that is merely slow keeps it.
+    With ``stale_after`` only a job whose heartbeat is that old (by the database's clock) moves, so two
+    reapers cannot both hand on the same job, and a worker that is merely slow keeps it. With ``worker``
+    only that worker's own job moves (a worker back from an outage cannot hand back a job it lost).
     """
     with session(url) as s:
-        stmt = update(Job).where(Job.id == job_id, Job.state == "running")
+        now = db_now(s)
+        q = select(Job).where(Job.id == job_id, Job.state == "running").with_for_update()
         if stale_after is not None:
-            stmt = stmt.where(Job.heartbeat_at < utcnow() - timedelta(seconds=stale_after))
-        res = s.execute(stmt.values(state="queued", worker=None, message=reason, heartbeat_at=None))
-        if res.rowcount != 1:
+            q = q.where(Job.heartbeat_at < now - timedelta(seconds=stale_after))
+        if worker is not None:
+            q = q.where(Job.worker == worker)
+        job = s.scalar(q)
+        if job is None:
             return False
-        s.add(JobEvent(job_id=job_id, state="queued", progress=_progress(s, job_id), message=reason))
+        if job.attempts >= max_attempts():
+            _end(s, job, "failed", now, error=f"gave up after {job.attempts} attempts; last: {reason}")
+            return False
+        job.state, job.worker, job.heartbeat_at, job.deadline_at = "queued", None, None, None
+        job.message = job.error = reason
+        s.add(JobEvent(job_id=job_id, state="queued", progress=job.progress, message=reason))
+        if job.parent_id is not None:
+            s.flush()
+            _settle_parent(s, job.parent_id, now, note=reason)
     return True
 
 
@@ -148,44 +284,55 @@ def requeue(job_id: str, reason: str, *, stale_after: float | None = None, url: 
 def abandon(job_id: str, error: str, url: str | None = None) -> None:
     """Queued → failed, for a job whose message never reached the broker: nothing waits forever."""
     with session(url) as s:
-        res = s.execute(update(Job).where(Job.id == job_id, Job.state == "queued")
-                        .values(state="failed", error=error, message=error, finished_at=utcnow()))
-        if res.rowcount == 1:
-            s.add(JobEvent(job_id=job_id, state="failed", progress=0.0, message=error))
+        for job in s.scalars(select(Job).where(or_(Job.id == job_id, Job.parent_id == job_id), Job.state == "queued")):
+            _end(s, job, "failed", db_now(s), error=error)
 
 
 @retried
 def cancel(job_id: str, url: str | None = None) -> Job:
+    """Cancel a job; a sweep's shards with it. A running one stops at its next progress report."""
     job = get(job_id, url)
-    now = utcnow()
     with session(url) as s:
-        res = s.execute(update(Job).where(Job.id == job.id, Job.state.in_(("queued", "running")))
-                        .values(state="cancelled", finished_at=now, message="cancelled"))
-        if res.rowcount != 1:
+        now = db_now(s)
+        rows = list(s.scalars(select(Job).where(or_(Job.id == job.id, Job.parent_id == job.id),
+                                                Job.state.in_(("queued", "running"))).with_for_update()))
+        if not any(r.id == job.id for r in rows):
             raise UsageError(f"job {job.id} is {job.state}; only queued or running jobs can be cancelled")
-        s.add(JobEvent(job_id=job.id, state="cancelled", progress=job.progress, message="cancelled"))
+        for r in sorted(rows, key=lambda r: r.id == job.id):  # shards first: the parent is settled by its own cancel
+            if r.state in ("queued", "running"):
+                r.state, r.finished_at, r.message = "cancelled", now, "cancelled"
+                s.add(JobEvent(job_id=r.id, state="cancelled", progress=r.progress, message="cancelled"))
+        s.flush()
+        if job.parent_id is not None:
+            _settle_parent(s, job.parent_id, now)
     return get(job.id, url)
 
 
 @retried
-def reset_for_retry(job_id: str, url: str | None = None) -> Job:
+def reset_for_retry(job_id: str, url: str | None = None) -> list[str]:
+    """Failed/cancelled → queued with a fresh attempt budget; for a sweep, each shard that did not succeed.
+    Returns the ids to send (the job's own, or its shards')."""
     job = get(job_id, url)
     with session(url) as s:
-        res = s.execute(update(Job).where(Job.id == job.id, Job.state.in_(("failed", "cancelled")))
-                        .values(state="queued", error=None, finished_at=None, message="queued (retry)", worker=None))
-        if res.rowcount != 1:
+        rows = list(s.scalars(select(Job).where(or_(Job.id == job.id, Job.parent_id == job.id)).with_for_update()))
+        me = next(r for r in rows if r.id == job.id)
+        if me.state not in ("failed", "cancelled"):
             raise UsageError(f"job {job.id} is {job.state}; only failed or cancelled jobs can be retried")
-        s.add(JobEvent(job_id=job.id, state="queued", progress=job.progress, message="queued (retry)"))
-    return get(job.id, url)
+        again = [r for r in rows if r.state in ("failed", "cancelled")]
+        for r in again:
+            r.state, r.error, r.finished_at, r.worker, r.attempts = "queued", None, None, None, 0
+            r.message = "queued (retry)"
+            s.add(JobEvent(job_id=r.id, state="queued", progress=r.progress, message="queued (retry)"))
+        return [r.id for r in again if r.id != job.id] or [job.id]
 
 
 @retried
 def stale_running(stale_after: float, *, alive: str | None = None, url: str | None = None) -> list[str]:
     """Running jobs whose worker has not been heard from: it died (SIGKILL, host lost). ``alive`` is the
     asking worker's name: it knows it is alive, so a late beat of its own (a busy CPU) never hands its
-    job on."""
-    cutoff = utcnow() - timedelta(seconds=stale_after)
+    job on. Judged by the database's clock."""
     with session(url) as s:
+        cutoff = db_now(s) - timedelta(seconds=stale_after)
         q = select(Job.id).where(Job.state == "running", Job.heartbeat_at < cutoff)
         if alive is not None:
             q = q.where(or_(Job.worker.is_(None), Job.worker != alive))
@@ -195,8 +342,8 @@ def stale_running(stale_after: float, *, alive: str | None = None, url: str | No
 @retried
 def waiting_since(seconds: float, url: str | None = None) -> list[tuple[str, str]]:
     """(id, queue) of queued jobs sent to a queue that have waited longer than ``seconds``."""
-    cutoff = utcnow() - timedelta(seconds=seconds)
     with session(url) as s:
+        cutoff = db_now(s) - timedelta(seconds=seconds)
         last_change = (select(JobEvent.at).where(JobEvent.job_id == Job.id).order_by(JobEvent.id.desc())
                        .limit(1).scalar_subquery())
         rows = s.execute(select(Job.id, Job.queue).where(Job.state == "queued", Job.queue.is_not(None),
@@ -205,9 +352,13 @@ def waiting_since(seconds: float, url: str | None = None) -> list[tuple[str, str
 
 
 @retried
-def listing(*, state: str | None = None, kind: str | None = None, limit: int = 50, url: str | None = None) -> list[Job]:
+def listing(*, state: str | None = None, kind: str | None = None, limit: int = 50, shards: bool = False,
+            url: str | None = None) -> list[Job]:
+    """Most recent first; a sweep's shards only with ``shards`` (the sweep's own row speaks for them)."""
     with session(url) as s:
         q = select(Job).order_by(Job.created_at.desc()).limit(limit)
+        if not shards:
+            q = q.where(Job.parent_id.is_(None))
         if state:
             q = q.where(Job.state == state)
         if kind:
@@ -218,7 +369,8 @@ def listing(*, state: str | None = None, kind: str | None = None, limit: int = 5
 def as_dict(job: Job, events: bool = False) -> dict[str, Any]:
     d = {c: _jsonable(getattr(job, c)) for c in (
         "id", "kind", "state", "progress", "message", "error", "attempts", "sae_id", "queue", "requested_gpu",
-        "worker", "host", "gpu", "params", "result", "created_at", "started_at", "finished_at")}
+        "worker", "host", "gpu", "params", "result", "created_at", "started_at", "finished_at", "parent_id",
+        "requested_host", "deadline_at")}
     if events:
         d["events"] = [{"at": _jsonable(e.at), "state": e.state, "progress": e.progress, "message": e.message}
                        for e in job.events]

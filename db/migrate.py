@@ -23,6 +23,42 @@ def is_current(eng: Engine) -> bool:
         return False
 
 
+def stamped(eng: Engine) -> str | None:
+    """The database's revision; None for a database without saejobs' tables yet."""
+    with eng.connect() as conn:
+        try:
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except (OperationalError, ProgrammingError):  # no such table: a new database
+            return None
+
+
+def known(revision: str) -> bool:
+    """A revision this code has a migration for (else the database was migrated by a newer saejobs)."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    try:
+        return ScriptDirectory.from_config(config()).get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
+def migrate(eng: Engine) -> tuple[str | None, str]:
+    """``saejobs db upgrade``: under the schema lock, from the stamped revision to this code's head.
+    Returns (before, after)."""
+    from db.session import schema_lock
+
+    with schema_lock(eng):
+        before = stamped(eng)
+        if before is not None and not known(before):
+            from db.session import SchemaMismatch
+
+            raise SchemaMismatch(f"database schema {before} is newer than this saejobs ({SCHEMA_REVISION}): "
+                                 "upgrade saejobs, not the database")
+        upgrade(eng)
+        return before, stamped(eng)
+
+
 def config(eng: Engine | None = None):
     from alembic.config import Config
 

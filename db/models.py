@@ -38,7 +38,8 @@ class Base(DeclarativeBase):
 
 
 class Sae(Base):
-    """A registry entry once it exists on disk."""
+    """A registry entry once downloaded: its checksums are the truth every host's copy is checked against
+    (``local_path`` is the first copy's; ``sae_copies`` has each host's)."""
 
     __tablename__ = "saes"
     id: Mapped[str] = mapped_column(String(300), primary_key=True)
@@ -51,6 +52,7 @@ class Sae(Base):
     files: Mapped[dict[str, Any] | None]  # file name -> {"sha256", "size"}, as checked at download
     config: Mapped[dict[str, Any] | None]
     revision: Mapped[str | None] = mapped_column(String(80))
+    source: Mapped[str | None] = mapped_column(Text)  # the mirror it came from; None: the Hub at ``revision``
     downloaded_at: Mapped[datetime | None]
 
 

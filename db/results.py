@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
+from db import jobs
 from db.models import Generation, Job, Sweep, Verification
 from db.session import retried, session
 from engine import failpoints
@@ -38,13 +40,18 @@ def verification_dict(v: Verification) -> dict[str, Any]:
 
 @retried
 def ensure_sweep(job_id: str, sae_id: str, model: str, settings: dict, provenance: dict, url: str | None = None) -> int:
-    """The sweep row of a job, created on its first run; a re-run keeps the row (and its generations)."""
+    """The sweep row of a job, created on its first run; a re-run keeps the row (and its generations).
+    Shards of one sweep may race to create it: the loser reads the winner's row."""
     with session(url) as s:
         row = s.scalar(select(Sweep).where(Sweep.job_id == job_id))
         if row is None:
-            row = Sweep(job_id=job_id, sae_id=sae_id, model=model, settings=settings, provenance=provenance)
-            s.add(row)
-            s.flush()
+            try:
+                with s.begin_nested():
+                    row = Sweep(job_id=job_id, sae_id=sae_id, model=model, settings=settings, provenance=provenance)
+                    s.add(row)
+                    s.flush()
+            except IntegrityError:
+                row = s.scalar(select(Sweep).where(Sweep.job_id == job_id))
         else:
             row.provenance = provenance  # the latest run's environment; outputs must not depend on it
         return row.id
@@ -57,9 +64,16 @@ def config_keys(sweep_id: int, url: str | None = None) -> set[str]:
 
 
 @retried
-def add_generations(sweep_id: int, rows: list[dict], url: str | None = None) -> int:
-    """Store a chunk in one transaction, skipping keys already stored; returns how many were new."""
+def add_generations(sweep_id: int, rows: list[dict], *, owner: tuple[str, str] | None = None,
+                    url: str | None = None) -> int:
+    """Store a chunk in one transaction, skipping keys already stored; returns how many were new.
+
+    ``owner`` (job id, worker): written only while that worker still runs that job (its row locked for
+    the transaction), else ``JobCancelled`` — a worker back from an outage whose job was handed on
+    writes nothing, and cannot race the new owner's insert."""
     with session(url) as s:
+        if owner is not None and not jobs.owned(s, *owner):
+            raise jobs.JobCancelled(owner[0])
         have = set(s.scalars(select(Generation.config_key).where(
             Generation.sweep_id == sweep_id, Generation.config_key.in_([r["config_key"] for r in rows]))))
         new = [Generation(sweep_id=sweep_id, **r) for r in rows if r["config_key"] not in have]
@@ -85,8 +99,14 @@ def generation_rows(job_id: str, url: str | None = None) -> list[dict[str, Any]]
         return [{"id": g.id, "config_key": g.config_key, "type": g.type, "features": g.features,
                  "feature": _feature_label(g.features), "strengths": [f["strength"] for f in g.features],
                  "prompt": g.prompt, "prompt_token_ids": g.prompt_token_ids, "seed": g.seed, "sampling": g.sampling,
-                 "output": g.output, "token_ids": g.token_ids, "n_tokens": len(g.token_ids), "logprobs": g.logprobs}
+                 "output": g.output, "token_ids": g.token_ids, "n_tokens": len(g.token_ids), "logprobs": g.logprobs,
+                 "messages": g.messages, "conversation": _conversation(g), "scores": g.scores}
                 for g in gens]
+
+
+def _conversation(g: Generation) -> list[dict] | None:
+    """A chat generation's whole conversation: the messages it continued and the assistant turn it wrote."""
+    return None if g.messages is None else [*g.messages, {"role": "assistant", "content": g.output}]
 
 
 def _feature_label(features: list[dict]) -> str:
@@ -119,4 +139,8 @@ def summary(job: Job) -> str:
         return f"{r.get('generations', '?')} generations, sweep {r.get('sweep_id')}"
     if job.kind == "verify":
         return f"verdict {r.get('verdict')}"
+    if job.kind == "score":
+        return f"{r.get('scored', '?')} generations of job {str(r.get('scored_job'))[:8]} scored"
+    if job.kind == "search":
+        return ", ".join(f"feature {c['feature']} at {c['strength']}" for c in r.get("chosen", [])) or "nothing chosen"
     return f"{r.get('path', '')} ({r.get('transferred_bytes', 0)} bytes transferred)"

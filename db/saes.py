@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
-from db.models import Sae, utcnow
-from db.session import retried, session
+from sqlalchemy import select
+
+from db.models import Sae, SaeCopy
+from db.session import db_now, retried, session
 from engine.registry.entry import SaeEntry
 
 
@@ -17,7 +20,9 @@ def get(sae_id: str, url: str | None = None) -> Sae | None:
 
 @retried
 def record_download(entry: SaeEntry, folder: Path, files: dict[str, dict], config: dict | None = None,
-                    revision: str | None = None, url: str | None = None) -> Sae:
+                    revision: str | None = None, *, host: str | None = None, source: str | None = None,
+                    url: str | None = None) -> Sae:
+    """The SAE's checksums (what every host's copy must match) and, with ``host``, that host's copy."""
     with session(url) as s:
         row = s.get(Sae, entry.id) or Sae(id=entry.id)
         row.neuronpedia_id = entry.neuronpedia_id
@@ -27,16 +32,46 @@ def record_download(entry: SaeEntry, folder: Path, files: dict[str, dict], confi
         row.files = files
         row.config = config
         row.revision = revision
-        row.downloaded_at = utcnow()
+        row.source = source
+        row.downloaded_at = db_now(s)
         s.add(row)
+        s.flush()
+        if host is not None:
+            _record_copy(s, entry.id, host, folder, files)
     return row
 
 
-def present(row: Sae | None, entry: SaeEntry) -> bool:
-    """Every file recorded at download is still there with the recorded size."""
-    if row is None or not row.local_path or not row.files:
+@retried
+def record_copy(sae_id: str, host: str, folder: Path, files: dict[str, dict], url: str | None = None) -> None:
+    with session(url) as s:
+        _record_copy(s, sae_id, host, folder, files)
+
+
+def _record_copy(s, sae_id: str, host: str, folder: Path, files: dict[str, dict]) -> None:
+    row = s.scalar(select(SaeCopy).where(SaeCopy.sae_id == sae_id, SaeCopy.host == host)) or SaeCopy(sae_id=sae_id, host=host)
+    row.path, row.verified_at = str(folder), db_now(s)
+    row.sha256 = next((f["sha256"] for f in files.values()), None) if len(files) == 1 else \
+        hashlib.sha256("".join(f"{n}:{files[n]['sha256']}" for n in sorted(files)).encode()).hexdigest()
+    s.add(row)
+
+
+@retried
+def copy_on(sae_id: str, host: str, url: str | None = None) -> SaeCopy | None:
+    with session(url) as s:
+        return s.scalar(select(SaeCopy).where(SaeCopy.sae_id == sae_id, SaeCopy.host == host))
+
+
+@retried
+def copies(sae_id: str, url: str | None = None) -> list[SaeCopy]:
+    with session(url) as s:
+        return list(s.scalars(select(SaeCopy).where(SaeCopy.sae_id == sae_id).order_by(SaeCopy.host)))
+
+
+def present(row: Sae | None, entry: SaeEntry, folder: str | Path | None = None) -> bool:
+    """Every file recorded at download is in ``folder`` (default: the first copy's) with the recorded size."""
+    if row is None or not (folder or row.local_path) or not row.files:
         return False
-    folder = Path(row.local_path)
+    folder = Path(folder or row.local_path)
     return all(
         name in row.files and (folder / name).is_file() and (folder / name).stat().st_size == row.files[name]["size"]
         for name in entry.files

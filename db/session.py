@@ -17,6 +17,7 @@ import logging
 import os
 import time
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -127,7 +128,6 @@ def _engine(url: str) -> Engine:
             eng = create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5} if parsed.get_backend_name() == "postgresql" else {})
     except (ArgumentError, NoSuchModuleError, ValueError) as e:
         raise UsageError(f"bad database URL '{redact(url)}': {e}") from None
-    _upgrade_once(eng)
     _ENGINES.append(eng)
     return eng
 
@@ -148,29 +148,66 @@ def _tune_sqlite(eng: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _upgrade_once(eng: Engine) -> None:
-    """Bring a new or old database to the current schema, once per process, under a lock."""
-    from db.migrate import is_current, upgrade
+class SchemaMismatch(SaejobsError):
+    """The database's schema is not this code's: migrating is a deliberate step (``saejobs db upgrade``),
+    never a side effect of a worker or a CLI call while other workers use the database."""
 
-    if is_current(eng):  # the common case: one query, no Alembic
+    exit_code = 4
+
+
+def _check_schema(eng: Engine) -> None:
+    """A current database passes with one query. A new, empty one is created (nobody can be using it);
+    one older or newer than this code is refused with one line that says what to run."""
+    from db.migrate import SCHEMA_REVISION, is_current, stamped
+
+    if is_current(eng):
         return
-    try:
-        with _schema_lock(eng):
-            upgrade(eng)
-    except OperationalError as e:
-        raise DatabaseError(f"database '{redact(str(eng.url))}' unavailable: {str(e.orig).strip().splitlines()[0]}") from None
+    with eng.connect():  # unreachable: an outage (``retried`` waits it out), not a schema problem
+        pass
+    found = stamped(eng)
+    if found is None:
+        with schema_lock(eng):
+            from db.migrate import upgrade
+
+            if stamped(eng) is None:
+                upgrade(eng)
+        return
+    if found == SCHEMA_REVISION:
+        return
+    from db.migrate import known
+
+    where = redact(str(eng.url))
+    if known(found):
+        raise SchemaMismatch(f"database '{where}' has schema {found}, older than this saejobs' {SCHEMA_REVISION}: "
+                             "stop its workers and run `saejobs db upgrade`")
+    raise SchemaMismatch(f"database '{where}' has schema {found}, newer than this saejobs ({SCHEMA_REVISION}): "
+                         "upgrade saejobs on this host")
+
+
+def check_schema(url: str | None = None) -> None:
+    """For a starting worker: SchemaMismatch now, rather than on its first job."""
+    _check_schema(get_engine(url))
+
+
+LOCK_TIMEOUT_S = float(os.environ.get("SAEJOBS_MIGRATION_LOCK_S", 60))
 
 
 @contextmanager
-def _schema_lock(eng: Engine) -> Iterator[None]:
-    """Two workers starting at once must not both create tables."""
+def schema_lock(eng: Engine, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """One migrator at a time; on PostgreSQL an advisory lock tried until ``timeout``, then one line
+    (a migration never waits forever behind a session that holds a lock)."""
     if eng.dialect.name == "sqlite" and eng.url.database not in (None, "", ":memory:"):
         with open(f"{eng.url.database}.lock", "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             yield
     elif eng.dialect.name == "postgresql":
         with eng.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(727274)"))
+            deadline = time.monotonic() + timeout
+            while not conn.execute(text("SELECT pg_try_advisory_lock(727274)")).scalar():
+                if time.monotonic() > deadline:
+                    raise DatabaseError(f"another process has held the schema lock for {timeout:.0f} s; "
+                                        "is a migration still running?")
+                time.sleep(0.2)
             try:
                 yield
             finally:
@@ -180,9 +217,22 @@ def _schema_lock(eng: Engine) -> Iterator[None]:
         yield
 
 
+def db_now(s: Session) -> datetime:
+    """The database server's clock (UTC): every heartbeat written and every staleness judged by one
+    clock, so hosts whose clocks disagree never take each other's healthy jobs."""
+    if s.bind.dialect.name == "sqlite":
+        raw = s.execute(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")).scalar()
+        return datetime.fromisoformat(raw).replace(tzinfo=timezone.utc)
+    return s.execute(text("SELECT CURRENT_TIMESTAMP")).scalar().astimezone(timezone.utc)
+
+
 @functools.cache
 def _sessionmaker(url: str) -> sessionmaker[Session]:
-    return sessionmaker(get_engine(url), expire_on_commit=False)
+    """Made once the schema is known to match: an unreachable database raises here (and is retried), so
+    a process started before its database checks again on the next transaction."""
+    eng = get_engine(url)
+    _check_schema(eng)
+    return sessionmaker(eng, expire_on_commit=False)
 
 
 @contextmanager

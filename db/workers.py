@@ -1,4 +1,7 @@
-"""Worker rows: who is alive, on which GPU, with what loaded, running which job."""
+"""Worker rows: who is alive, on which GPU, with what loaded, running which job.
+
+Heartbeats are stamped, and liveness judged, by the database's clock (``db_now``), like jobs'.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,10 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from db.models import Worker as WorkerRow, utcnow
-from db.session import retried, session
+from db.models import Worker as WorkerRow
+from db.session import db_now, retried, session
+
+LIVE_WITHIN_S = float(os.environ.get("SAEJOBS_STALE_AFTER", 30))  # as tasks.runner.STALE_AFTER_S
 
 
 @retried
@@ -16,7 +21,7 @@ def register(worker, queues: list[str], cuda_visible: str | None, url: str | Non
     with session(url) as s:
         row = s.get(WorkerRow, worker.name) or WorkerRow(name=worker.name)
         row.host, row.pid, row.gpu, row.queues = worker.host, os.getpid(), worker.gpu, queues
-        row.started_at = row.heartbeat_at = utcnow()
+        row.started_at = row.heartbeat_at = db_now(s)
         row.stopped_at = None
         row.device = worker.device + (f" (CUDA_VISIBLE_DEVICES={cuda_visible})" if cuda_visible is not None else "")
         row.cached = []
@@ -29,7 +34,7 @@ def beat(worker, url: str | None = None) -> None:
         row = s.get(WorkerRow, worker.name)
         if row is None:
             return
-        row.heartbeat_at = utcnow()
+        row.heartbeat_at = db_now(s)
         row.current_job = worker.current_job
         row.cached = worker.cache.describe()
 
@@ -48,23 +53,28 @@ def stopped(worker, url: str | None = None) -> None:
     with session(url) as s:
         row = s.get(WorkerRow, worker.name)
         if row is not None:
-            row.stopped_at = utcnow()
+            row.stopped_at = db_now(s)
             row.current_job = None
 
 
 @retried
 def listing(live_within_s: float | None, url: str | None = None) -> list[WorkerRow]:
-    """Workers heard from within ``live_within_s`` and not stopped; all of them when None."""
+    """Workers heard from within ``live_within_s`` and not stopped; all of them when None. Each row
+    carries ``alive`` (judged by the database's clock, at the time of this read)."""
     with session(url) as s:
+        now = db_now(s)
         q = select(WorkerRow).order_by(WorkerRow.host, WorkerRow.gpu, WorkerRow.name)
         if live_within_s is not None:
-            q = q.where(WorkerRow.heartbeat_at >= utcnow() - timedelta(seconds=live_within_s),
+            q = q.where(WorkerRow.heartbeat_at >= now - timedelta(seconds=live_within_s),
                         WorkerRow.stopped_at.is_(None))
-        return list(s.scalars(q))
+        rows = list(s.scalars(q))
+        for row in rows:
+            row.alive = row.stopped_at is None and row.heartbeat_at >= now - timedelta(seconds=live_within_s or LIVE_WITHIN_S)
+        return rows
 
 
-def as_dict(row: WorkerRow, live_within_s: float) -> dict:
-    alive = row.stopped_at is None and row.heartbeat_at >= utcnow() - timedelta(seconds=live_within_s)
+def as_dict(row: WorkerRow) -> dict:
+    alive = row.alive
     state = "stopped" if row.stopped_at else ("busy" if row.current_job else "idle") if alive else "silent"
     return {"name": row.name, "host": row.host, "pid": row.pid, "gpu": row.gpu, "device": row.device,
             "queues": row.queues, "state": state, "current_job": row.current_job, "cached": row.cached or [],

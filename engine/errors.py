@@ -31,10 +31,15 @@ class IntegrityError(SaejobsError):
     exit_code = 3
 
 
-class DiskFullError(SaejobsError):
-    """The disk filled up while writing; the partial file is deleted (it would only hold the space)."""
+class StorageError(SaejobsError):
+    """This host's disk refuses the write (full, read-only, not permitted): another attempt here cannot help,
+    so the job fails at once instead of passing from worker to worker."""
 
     exit_code = 7
+
+
+class DiskFullError(StorageError):
+    """The disk filled up while writing; the partial file is deleted (it would only hold the space)."""
 
 
 class OutOfMemory(SaejobsError):

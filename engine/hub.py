@@ -9,6 +9,7 @@ request by ``http_get``, and by the job's retry if it keeps dropping. A bad sha2
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -26,8 +27,11 @@ from tqdm.auto import tqdm
 
 from engine import failpoints, paths
 from engine.download import CHUNK, check_disk_space, disk_full, sha256_file
-from engine.errors import IntegrityError, NotFoundError, TransientError, UsageError
+from engine.errors import IntegrityError, NotFoundError, StorageError, TransientError, UsageError
 from engine.registry.entry import GEMMA_SCOPE_2_PREFIXES, PARAMS_FILES, SaeEntry, SaeFormat, SaeSite
+
+# Errors of this host's disk that a retry cannot fix (full, quota, read-only, not permitted)
+LOCAL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 GS1 = re.compile(r"^(?:.*/)?layer_(?P<layer>\d+)/width_(?P<width>\w+)/average_l0_(?P<l0>\d+)$")
@@ -110,6 +114,8 @@ def _mapped(entry: SaeEntry, name: str, e: Exception) -> Exception:
         if status is None or status >= 500 or status in (408, 429):
             return TransientError(f"{where}: the Hub answered HTTP {status}")
         return UsageError(f"{where}: the Hub answered HTTP {status}")
+    if isinstance(e, OSError) and e.errno in LOCAL_DISK_ERRNOS:  # our disk, not the network: permanent
+        return StorageError(f"{where}: cannot write here: {e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)})")
     if isinstance(e, (httpx2.TransportError, OSError)):
         return TransientError(f"{where}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'connection failed'}")
     return e

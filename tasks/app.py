@@ -7,19 +7,43 @@ lost or duplicated message never loses or duplicates work.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from celery import Celery
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 SHARED_QUEUE = "saejobs"
+DOWNLOAD_QUEUE = "saejobs.downloads"
 
 
 def broker_url() -> str:
     return os.environ.get("SAEJOBS_BROKER") or DEFAULT_BROKER
 
 
-def gpu_queue(gpu: int) -> str:
-    return f"{SHARED_QUEUE}.gpu{gpu}"
+def gpu_queue(gpu: int, host: str | None = None) -> str:
+    """One GPU's queue: ``saejobs.gpu0`` is GPU 0 of any host, ``saejobs.gpu0@node2`` node2's."""
+    return f"{SHARED_QUEUE}.gpu{gpu}" + (f"@{host}" if host else "")
+
+
+@dataclass(frozen=True)
+class Target:
+    """``--gpu INDEX`` (that GPU on any host) or ``--gpu HOST:INDEX`` (on that host only)."""
+
+    index: int
+    host: str | None = None
+
+    @property
+    def queue(self) -> str:
+        return gpu_queue(self.index, self.host)
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        from engine.errors import UsageError
+
+        host, _, index = str(text).rpartition(":")
+        if not index.isdigit() or (_ and not host):
+            raise UsageError(f"--gpu takes INDEX or HOST:INDEX (e.g. 0 or node2:1), not '{text}'")
+        return cls(int(index), host or None)
 
 
 # No fixups: the default Django one imports Celery's worker machinery into every process that merely
@@ -36,8 +60,6 @@ app.conf.update(
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
     task_default_queue=SHARED_QUEUE,
-    task_soft_time_limit=float(os.environ.get("SAEJOBS_SOFT_TIME_LIMIT", 0)) or None,
-    task_time_limit=float(os.environ.get("SAEJOBS_TIME_LIMIT", 0)) or None,
     broker_connection_retry_on_startup=True,
     broker_connection_timeout=3,
     broker_transport_options={

@@ -1,27 +1,51 @@
-"""What the broker still holds: the job ids in Redis' queue lists and its unacknowledged set.
+"""What the broker still holds: the job ids of the messages in Redis' queue lists and unacked set.
 
 Redis here may run without persistence; if it restarts, queued messages are gone while their jobs
 stay ``queued`` in the database. Workers compare the two and send again what the broker lost (a
-duplicate message is harmless: the claim is atomic). Kombu's Redis transport keeps a queue as a list
-named after it (priority lists share its prefix) and delivered-but-unacked messages in the hash
-``unacked``; each message's headers carry ``argsrepr``, where the job id appears verbatim.
+duplicate message is harmless: the claim is atomic).
+
+Where the messages lie is read from kombu's own Redis channel (its public ``sep``, ``priority_steps``
+and ``unacked_key`` attributes: a queue is one list per priority step), not hard-coded. Each message is parsed
+once — Celery's message protocol 2: a JSON envelope whose ``headers.id``/``argsrepr`` and base64 body
+``[args, kwargs, embed]`` carry the job id — so the check is linear in the number of messages.
 """
 
 from __future__ import annotations
 
-import redis
+import base64
+import json
 
-from tasks.app import broker_url
+from tasks.app import app, broker_url
 
 
 def pending_job_ids(job_ids: list[str], queues: set[str], url: str | None = None) -> set[str]:
     """Which of ``job_ids`` still have a message waiting or being run, according to the broker."""
-    client = redis.Redis.from_url(url or broker_url(), socket_connect_timeout=3, socket_timeout=10)
-    blobs: list[bytes] = []
-    for q in queues:
-        for key in client.scan_iter(match=f"{q}*", count=100):
-            if client.type(key) == b"list" and (key == q.encode() or key.startswith(q.encode() + b"\x06\x16")):
-                blobs.extend(client.lrange(key, 0, -1))
-    blobs.extend(client.hvals("unacked"))
-    text = b"\n".join(blobs)
-    return {j for j in job_ids if j.encode() in text}
+    with app.connection_for_read(url or broker_url()) as conn:
+        channel = conn.default_channel
+        client = channel.client
+        keys = {q if not p else f"{q}{channel.sep}{p}" for q in queues for p in channel.priority_steps}
+        found: set[str] = set()
+        for key in keys:
+            for raw in client.lrange(key, 0, -1):
+                found.update(message_job_ids(raw))
+        for raw in client.hvals(channel.unacked_key):  # [message, exchange, routing_key]
+            try:
+                found.update(message_job_ids(json.dumps(json.loads(raw)[0])))
+            except (ValueError, TypeError, IndexError, KeyError):
+                continue
+    return found & set(job_ids)
+
+
+def message_job_ids(raw: bytes | str) -> set[str]:
+    """The job id a ``saejobs.run_job`` message carries; nothing for anything else (never a crash)."""
+    try:
+        msg = json.loads(raw)
+        if msg.get("headers", {}).get("task") != "saejobs.run_job":
+            return set()
+        body = msg["body"]
+        if msg.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return {a for a in args if isinstance(a, str)}
+    except (ValueError, TypeError, KeyError, IndexError):
+        return set()

@@ -12,7 +12,14 @@ MAX_RETRIES = 3
 def run_job(self, job_id: str) -> str:
     from tasks.runner import current_worker
 
-    outcome = runner.execute(job_id, current_worker())
+    from db.session import SchemaMismatch
+
+    try:
+        outcome = runner.execute(job_id, current_worker())
+    except SchemaMismatch as e:  # back on the queue for a worker whose code matches; this one stops (its beat)
+        from celery.exceptions import Reject
+
+        raise Reject(str(e), requeue=True) from None
     if outcome == "transient":
         raise self.retry(countdown=min(60, 2 ** (self.request.retries + 1)))
     if outcome == "handed_back":

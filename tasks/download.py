@@ -11,9 +11,12 @@ from engine import download, registry
 def run(ctx) -> dict:
     entry = registry.get(ctx.params["sae"])
     dest = download.local_folder(entry)
+    host = ctx.worker.host
     with download.folder_lock(dest):
         row = saes.get(entry.id)
-        if saes.present(row, entry) and Path(row.local_path) == dest:
+        copy = saes.copy_on(entry.id, host)
+        if saes.present(row, entry, dest) and (copy is not None and Path(copy.path) == dest or Path(row.local_path) == dest):
+            saes.record_copy(entry.id, host, dest, row.files)
             ctx.progress(1.0, "already present and verified; nothing transferred", force=True)
             return {"sae": entry.id, "path": str(dest), "files": row.files, "transferred_bytes": 0}
         source, revision = ctx.params.get("source"), None
@@ -24,7 +27,7 @@ def run(ctx) -> dict:
 
             digests, revision = hub.fetch(entry, dest, ctx.progress)
         files = {name: {"sha256": d, "size": (dest / name).stat().st_size} for name, d in digests.items()}
-        saes.record_download(entry, dest, files, revision=revision)
+        saes.record_download(entry, dest, files, revision=revision, host=host, source=source)
     ctx.progress(1.0, "downloaded", force=True)
     return {"sae": entry.id, "path": str(dest), "files": files,
             "transferred_bytes": sum(f["size"] for f in files.values())}

@@ -28,6 +28,7 @@ log = logging.getLogger("saejobs.runner")
 
 HEARTBEAT_S = float(os.environ.get("SAEJOBS_HEARTBEAT", 5))
 STALE_AFTER_S = float(os.environ.get("SAEJOBS_STALE_AFTER", 30))
+STALL_AFTER_S = float(os.environ.get("SAEJOBS_STALL_AFTER", 900))  # no progress call this long: the worker ends
 PROGRESS_EVERY_S = 0.5
 
 shutting_down = threading.Event()  # set by the worker on SIGTERM: running jobs hand themselves back
@@ -37,12 +38,18 @@ class HandBack(Exception):
     """The worker is shutting down: the job goes back to the queue at its next progress report."""
 
 
+def host_name() -> str:
+    """This host's name in job rows, queues and SAE copies (``SAEJOBS_HOST`` overrides the system's,
+    e.g. for a container whose hostname changes at every start)."""
+    return os.environ.get("SAEJOBS_HOST") or socket.gethostname()
+
+
 @dataclass
 class Worker:
     """Who runs jobs in this process, and what it keeps loaded between them."""
 
-    name: str = field(default_factory=lambda: f"local@{socket.gethostname()}:{os.getpid()}")
-    host: str = field(default_factory=socket.gethostname)
+    name: str = field(default_factory=lambda: f"local@{host_name()}:{os.getpid()}")
+    host: str = field(default_factory=host_name)
     gpu: str | None = None
     device: str = "cpu"
     cache: EngineCache = field(default_factory=EngineCache)
@@ -55,6 +62,7 @@ class JobContext:
     job: Job
     worker: Worker
     _last: float = 0.0
+    touched: float = field(default_factory=time.monotonic)  # the last progress call, written or not: the watchdog reads it
 
     @property
     def params(self) -> dict[str, Any]:
@@ -64,7 +72,7 @@ class JobContext:
         """Report progress (throttled); stops the job here if it was cancelled or must be handed back."""
         if shutting_down.is_set():
             raise HandBack(self.job.id)
-        now = time.monotonic()
+        now = self.touched = time.monotonic()
         if force or now - self._last >= PROGRESS_EVERY_S or fraction >= 1.0:
             self._last = now
             jobs.report(self.job.id, min(max(fraction, 0.0), 1.0), message, worker=self.worker.name)
@@ -78,7 +86,7 @@ def current_worker() -> Worker:
     global _worker
     if _worker is None:
         dev = _device()
-        _worker = Worker(name=f"worker@{socket.gethostname()}:{os.getpid()}", device=dev, cache=EngineCache(device=dev))
+        _worker = Worker(name=f"worker@{host_name()}:{os.getpid()}", device=dev, cache=EngineCache(device=dev))
     return _worker
 
 
@@ -103,9 +111,10 @@ def _device() -> str:
 
 
 def kinds() -> dict[str, Callable[[JobContext], dict]]:
-    from tasks import download, sweep, verify
+    from tasks import download, score, search, sweep, verify
 
-    bodies = {JobKind.DOWNLOAD: download.run, JobKind.VERIFY: verify.run, JobKind.SWEEP: sweep.run}
+    bodies = {JobKind.DOWNLOAD: download.run, JobKind.VERIFY: verify.run, JobKind.SWEEP: sweep.run,
+              JobKind.SCORE: score.run, JobKind.SEARCH: search.run}
     assert set(bodies) == set(JobKind), "every job kind needs a body"
     return bodies
 
@@ -119,7 +128,7 @@ def execute(job_id: str, worker: Worker) -> str:
     ctx = JobContext(job, worker)
     worker.current_job = job_id
     _show_job(worker)
-    beat = _Heartbeat(job_id, worker.name)
+    beat = _Heartbeat(ctx)
     beat.start()
     try:
         result = kinds()[job.kind](ctx)
@@ -128,15 +137,14 @@ def execute(job_id: str, worker: Worker) -> str:
     except JobCancelled:
         return "cancelled"
     except HandBack:
-        jobs.requeue(job_id, "handed back: worker shutting down")
-        return "handed_back"
+        return "handed_back" if jobs.requeue(job_id, "handed back: worker shutting down", worker=worker.name) else "failed"
     except TransientError as e:
         if worker.local:  # nothing would pick a requeued job up: fail it, saying it is worth retrying
             jobs.finish(job_id, "failed", worker=worker.name, error=f"{e} (transient: `saejobs jobs retry {job_id[:8]}` "
                         "tries again)", result={"error_type": type(e).__name__, "exit_code": e.exit_code})
             return "failed"
-        jobs.requeue(job_id, f"transient error, will retry: {e}")
-        return "transient"
+        # False: out of attempts, failed with this error as the last one
+        return "transient" if jobs.requeue(job_id, f"transient error, will retry: {e}", worker=worker.name) else "failed"
     except DatabaseError as e:  # nothing can be written now; the reaper hands the job on once it is back
         log.error("job %s: %s; left for the reaper", job_id, e)
         return "database_unavailable"
@@ -164,18 +172,43 @@ def _show_job(worker: Worker) -> None:
 
 
 class _Heartbeat(threading.Thread):
-    """Keeps the job's heartbeat fresh while long steps (a model load) make no progress reports."""
+    """Keeps the job's heartbeat fresh while long steps (a model load) make no progress reports — and is
+    the watchdog: a job that has not called ``progress`` for ``STALL_AFTER_S`` is hung (a transfer or a
+    kernel that never returns), so the job is handed on and this worker process ends, freeing its GPU;
+    its supervisor (compose, systemd, ``saejobs up``) starts a fresh one. A ``--local`` run is the
+    user's own process: there the job is only failed."""
 
-    def __init__(self, job_id: str, worker: str):
-        super().__init__(daemon=True, name=f"heartbeat-{job_id[:8]}")
-        self.job_id, self.worker, self._stop_event = job_id, worker, threading.Event()
+    def __init__(self, ctx: JobContext):
+        super().__init__(daemon=True, name=f"heartbeat-{ctx.job.id[:8]}")
+        self.ctx, self._stop_event = ctx, threading.Event()
 
     def run(self) -> None:
-        while not self._stop_event.wait(HEARTBEAT_S):
+        job_id, worker = self.ctx.job.id, self.ctx.worker
+        while not self._stop_event.wait(min(HEARTBEAT_S, STALL_AFTER_S / 4)):
+            stalled = time.monotonic() - self.ctx.touched
+            if stalled > STALL_AFTER_S:
+                self._stalled(job_id, worker, stalled)
+                return
             try:
-                jobs.heartbeat(self.job_id, self.worker)
+                jobs.heartbeat(job_id, worker.name)
             except Exception as e:  # the database blinked; the next beat tries again
-                log.warning("heartbeat for %s failed: %s", self.job_id, e)
+                log.warning("heartbeat for %s failed: %s", job_id, e)
+
+    def _stalled(self, job_id: str, worker: Worker, stalled: float) -> None:
+        reason = f"stalled: no progress for {stalled:.0f} s (SAEJOBS_STALL_AFTER={STALL_AFTER_S:g})"
+        log.error("job %s %s", job_id, reason)
+        try:
+            if worker.local:
+                jobs.finish(job_id, "failed", worker=worker.name, error=reason)
+                return
+            if jobs.requeue(job_id, f"{reason}; worker {worker.name} ended, job handed on", worker=worker.name):
+                from tasks.submit import send
+
+                send(job_id)
+        finally:
+            if not worker.local:
+                logging.shutdown()
+                os._exit(75)  # EX_TEMPFAIL: the hung call cannot be interrupted from Python
 
     def stop(self) -> None:
         self._stop_event.set()

@@ -6,10 +6,17 @@ forever waiting for a message that was never sent.
 
 from __future__ import annotations
 
+import logging
+import math
+import os
+
 from db import jobs
 from db.models import Job
+from db.states import JobKind
 from engine.errors import SaejobsError, UsageError
-from tasks.app import SHARED_QUEUE, app, broker_url, gpu_queue
+from tasks.app import DOWNLOAD_QUEUE, SHARED_QUEUE, Target, app, broker_url
+
+log = logging.getLogger("saejobs.submit")
 
 SEND_TIMEOUT_S = 3
 
@@ -35,20 +42,58 @@ def check_broker_url(url: str) -> None:
                          "or amqp://user@host:port/vhost")
 
 
-def submit(kind: str, params: dict, *, sae_id: str | None = None, gpu: int | None = None, local: bool = False) -> Job:
-    queue = gpu_queue(gpu) if gpu is not None else SHARED_QUEUE
+def submit(kind: str, params: dict, *, sae_id: str | None = None, gpu: Target | None = None, local: bool = False,
+           shard_size: int | None = None) -> Job:
+    """A queued sweep is split into shards (``shard_plan``) that any worker takes; a ``--local`` one runs
+    whole in the caller's process."""
+    queue = queue_for(kind, gpu)
     if not local:
         check_broker_url(broker_url())
-    job = jobs.create(kind, params, sae_id=sae_id, queue=None if local else queue, requested_gpu=gpu)
+    shards = shard_plan(params, shard_size) if kind == JobKind.SWEEP and not local else None
+    job = jobs.create(kind, params, sae_id=sae_id, queue=None if local else queue,
+                      requested_gpu=gpu.index if gpu else None, requested_host=gpu.host if gpu else None,
+                      shards=shards)
     if not local:  # a local job is run by the caller (``runner.execute``), in its own process
-        dispatch(job.id, queue)
+        dispatch(job.id, [c.id for c in jobs.shards(job.id)] or [job.id], queue)
     return jobs.get(job.id)
 
 
-def dispatch(job_id: str, queue: str | None = None) -> None:
-    """Send the job's message; if the broker is out, fail the row now and say how to send it again."""
+def queue_for(kind: str, gpu: Target | None) -> str:
+    """Downloads go to their own queue (download workers, and GPU workers only when asked to), so a
+    transfer never holds a GPU worker's only slot; ``--gpu`` picks one GPU's queue."""
+    if gpu is not None:
+        return gpu.queue
+    return DOWNLOAD_QUEUE if kind == JobKind.DOWNLOAD else SHARED_QUEUE
+
+
+SHARD_CONFIGS = int(os.environ.get("SAEJOBS_SHARD_CONFIGS", 256))  # at most; about one GPU batch of rows
+
+
+def shard_plan(params: dict, shard_size: int | None = None) -> list[dict]:
+    """Configuration ranges ``[lo, hi)`` of the sweep's grid (its order is fixed by the request): at most
+    ``SHARD_CONFIGS`` each, and, when several workers are live, small enough that each gets about two
+    (one worker alone gets one shard: splitting would only add claims)."""
+    from db import workers
+    from engine.request import SweepRequest
+
+    total = len(SweepRequest.from_params(params).configs(""))
+    if shard_size is None:
+        live = sum(SHARED_QUEUE in (w.queues or []) for w in workers.listing(live_within_s=workers.LIVE_WITHIN_S))
+        shard_size = max(1, min(SHARD_CONFIGS, math.ceil(total / (2 * live if live > 1 else 1))))
+    return [{"shard": [lo, min(lo + shard_size, total)]} for lo in range(0, total, shard_size)]
+
+
+def dispatch(job_id: str, message_ids: list[str], queue: str | None = None) -> None:
+    """Send the job's messages (its own, or its shards'); if the broker is out, fail the rows now and say
+    how to send them again. A shard whose send failed after others went out is sent by the orphan check."""
     try:
-        send(job_id, queue)
+        for i, mid in enumerate(message_ids):
+            try:
+                send(mid, queue)
+            except BrokerUnavailable:
+                if i == 0:
+                    raise
+                log.warning("job %s: could not send shard %s; the orphan check sends it", job_id, mid)
     except BrokerUnavailable as e:
         jobs.abandon(job_id, str(e))
         raise BrokerUnavailable(f"{e} — job {job_id[:8]} not queued (recorded as failed); "

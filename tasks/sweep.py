@@ -6,51 +6,57 @@ unique (sweep, config_key) constraint makes a duplicate write impossible anyway.
 
 from __future__ import annotations
 
-from db import results, saes
-from engine import failpoints, provenance, registry
-from engine.errors import NotFoundError
+from db import jobs, results
+from engine import failpoints, provenance
+from engine.chat import template_id as chat_template_id, to_json as chat_json
 from engine.registry.entry import PARAMS_FILES
 from engine.request import SweepRequest
+from engine.score import score_outputs
 from engine.sweep import Runner, chunks, default_batch_size, load_vector
 from engine.verify import check_pairing
+from tasks.saefiles import local_copy, resolve_entry
 
 
 def run(ctx) -> dict:
     import torch
 
-    req = SweepRequest.from_params(ctx.params)
+    shard = ctx.params.get("shard")  # [lo, hi): this job runs those configurations of its parent sweep
+    sweep_job = ctx.job.parent_id or ctx.job.id
+    req = SweepRequest.from_params(jobs.get(sweep_job).params if shard else ctx.params)
     settings = req.settings
-    entry = registry.get(req.sae)
+    entry = resolve_entry(req.sae)
     req.check_features(entry.d_sae, entry.id)
-    row = saes.get(entry.id)
-    if row is None or not row.local_path:
-        raise NotFoundError(f"SAE '{entry.id}' is not downloaded; run `saejobs download {entry.id}` first")
+    row, folder = local_copy(ctx, entry)
     for v in req.vectors:
         v.check()
     vectors = {v.label: load_vector(v.path) for v in req.vectors}
     sae_sha = _params_sha256(row.files)
     steering_id = f"{entry.id}@{sae_sha}" + "".join(f"+{n}" for n in sorted(vectors))
     configs = req.configs(steering_id)
+    if shard:
+        configs = configs[shard[0]:shard[1]]
 
     source = req.model or entry.model_hf
     ctx.progress(0.0, f"loading SAE {entry.id}", force=True)  # first: a broken SAE fails before a model load
-    sae = ctx.worker.cache.sae(entry, row.local_path)
+    sae = ctx.worker.cache.sae(entry, str(folder))
     ctx.progress(0.0, f"loading model {source}", force=True)
     lm = ctx.worker.cache.model(source, getattr(torch, req.dtype))
     check_pairing(entry, sae, lm)
-    runner = Runner(lm, sae, entry.hook_name, settings, vectors)
+    runner = Runner(lm, sae, entry.hook_name, settings, vectors, req.chat_template)
     failpoints.hit("sweep.loaded")
 
-    prov = {"sae_sha256": sae_sha, "sae_path": row.local_path, "model": lm.model_id, "model_source": source,
+    prov = {"sae_sha256": sae_sha, "sae_path": str(folder), "model": lm.model_id, "model_source": source,
             "model_revision": lm.revision, "dtype": str(lm.dtype).removeprefix("torch."), "device": str(lm.device),
             "hook_name": entry.hook_name, "sampling_semantics": settings.sampling_semantics.description,
-            "bos": "prepended unless the prompt starts with it", "versions": provenance.versions()}
-    sweep_id = results.ensure_sweep(ctx.job.id, entry.id, lm.model_id,
+            "bos": "prepended unless the prompt starts with it", "versions": provenance.versions(),
+            **({"chat": f"rendered by the chat template ({chat_template_id(req.chat_template)}), "
+                        "add_generation_prompt, tokenized without special tokens"} if req.chats else {})}
+    sweep_id = results.ensure_sweep(sweep_job, entry.id, lm.model_id,
                                     {**req.to_params(), "settings": settings.to_json()}, prov)
     stored = results.config_keys(sweep_id)
     todo = [c for c in configs if c.key not in stored]
     total, done = len(configs), len(configs) - len(todo)
-    longest = max(len(runner.prompt_ids(pr)) for pr in req.prompts)
+    longest = max((len(runner.ids(c)) for c in configs), default=1)  # a chat without a template fails here
     size = req.batch_size or default_batch_size(lm, longest, settings.n_tokens)
     ctx.progress(done / total, f"{done}/{total} generations ({len(todo)} to run, batch {size})", force=True)
     for chunk in chunks(todo, size):
@@ -59,14 +65,18 @@ def run(ctx) -> dict:
                          f"{_chunk} rows at token {step}/{n}")
         outs = runner.run(chunk, on_step)
         failpoints.hit("sweep.chunk_generated")
-        results.add_generations(sweep_id, [
-            {"config_key": c.key, "type": c.type, "features": [dict(f) for f in c.features], "prompt": c.prompt,
-             "prompt_token_ids": runner.prompt_ids(c.prompt), "seed": c.seed, "sampling": settings.to_json(),
-             "output": text, "token_ids": g.token_ids, "logprobs": g.logprobs} for c, g, text in outs])
+        ctx.progress(done / total, f"{done}/{total} generations; scoring {len(chunk)}", force=True)
+        scores = score_outputs(runner, outs, req.features)  # stored with the chunk, in its transaction
+        results.add_generations(sweep_id, owner=(ctx.job.id, ctx.worker.name), rows=[
+            {"config_key": c.key, "type": c.type, "features": [dict(f) for f in c.features],
+             "prompt": runner.prompt_text(c), "prompt_token_ids": runner.ids(c),
+             "messages": chat_json(c.chat) if c.chat else None, "seed": c.seed, "sampling": settings.to_json(),
+             "output": text, "token_ids": g.token_ids, "logprobs": g.logprobs, "scores": sc}
+            for (c, g, text), sc in zip(outs, scores)])
         failpoints.hit("sweep.chunk_stored")
         done += len(chunk)
         ctx.progress(done / total, f"{done}/{total} generations", force=True)
-    return {"sweep_id": sweep_id, "sae": entry.id, "model": lm.model_id, "generations": total,
+    return {"sweep_id": sweep_id, "sae": entry.id, "model": lm.model_id, "generations": total, "shard_size": total,
             "ran_now": len(todo), "batch_size": min(size, runner.max_rows)}
 
 

@@ -4,18 +4,18 @@ real text through the worker's cached model; the verdict is recorded with its ev
 from __future__ import annotations
 
 from db import results, saes
-from engine import provenance, registry
-from engine.errors import NotFoundError
+from engine import provenance
 from engine.verify import check_pairing, functional, structural
+from tasks.saefiles import local_copy, resolve_entry
 
 
 def run(ctx) -> dict:
     p = ctx.params
-    entry = registry.get(p["sae"])
-    row = saes.get(entry.id)
-    folder = p.get("path") or (row.local_path if row else None)
-    if not folder:
-        raise NotFoundError(f"SAE '{entry.id}' is not downloaded; run `saejobs download {entry.id}` first")
+    entry = resolve_entry(p["sae"])
+    if p.get("path"):  # a folder on the worker's host, verified as it is
+        row, folder = saes.get(entry.id), p["path"]
+    else:
+        row, folder = local_copy(ctx, entry)
     structural_only = p.get("structural_only", False)
     share = 1.0 if structural_only else 0.2
     report = structural(entry, folder, row.files if row else None, lambda f, m: ctx.progress(share * f, m))

@@ -83,8 +83,9 @@ def test_retry_only_failed_or_cancelled(db_url):
     job = jobs.create("download", {})
     claim(job.id)
     jobs.finish(job.id, "failed", worker="w1", error="boom")
-    again = jobs.reset_for_retry(job.id)
-    assert (again.state, again.error) == ("queued", None)
+    assert jobs.reset_for_retry(job.id) == [job.id]
+    again = jobs.get(job.id)
+    assert (again.state, again.error, again.attempts) == ("queued", None, 0)  # a fresh budget of attempts
     assert claim(again.id, "w2")
     jobs.finish(job.id, "succeeded", worker="w2")
     with pytest.raises(UsageError, match="only failed or cancelled"):
@@ -157,8 +158,9 @@ def test_models_and_migrations_agree(db_url):
     from alembic.migration import MigrationContext
 
     from db.models import Base
-    from db.session import get_engine
+    from db.session import check_schema, get_engine
 
+    check_schema()  # a new database: created on first use
     with get_engine().connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
@@ -167,7 +169,98 @@ def test_models_and_migrations_agree(db_url):
 def test_the_schema_revision_a_process_checks_is_alembics_head(db_url):
     """The fast path's constant cannot drift from the migrations: a new migration must update it."""
     from db import migrate
-    from db.session import get_engine
+    from db.session import check_schema, get_engine
 
+    check_schema()
     assert migrate.SCHEMA_REVISION == migrate.head()
     assert migrate.is_current(get_engine()) and migrate.current(get_engine()) == migrate.SCHEMA_REVISION
+
+
+def test_an_older_or_newer_schema_is_refused_and_upgrade_is_a_step(db_url):
+    """No process migrates a database in use: an older one is refused naming `saejobs db upgrade`, which
+    then migrates it; a newer one (migrated by a newer saejobs) is refused naming the code to upgrade."""
+    from sqlalchemy import text
+
+    from db import migrate
+    from db.session import SchemaMismatch, dispose_all, get_engine
+
+    eng = get_engine()
+    migrate.upgrade(eng, "0001")
+    dispose_all()
+    with pytest.raises(SchemaMismatch, match=r"schema 0001, older than .* run `saejobs db upgrade`"):
+        jobs.listing()
+    assert migrate.stamped(get_engine()) == "0001"  # refused, not migrated
+    assert migrate.migrate(get_engine()) == ("0001", migrate.SCHEMA_REVISION)
+    dispose_all()
+    assert jobs.listing() == []
+    with get_engine().begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    dispose_all()
+    with pytest.raises(SchemaMismatch, match=r"schema 0099, newer than this saejobs .* upgrade saejobs on this host"):
+        jobs.listing()
+    with pytest.raises(SchemaMismatch, match="newer than this saejobs"):
+        migrate.migrate(get_engine())
+
+
+def test_attempts_are_bounded_and_the_last_error_kept(db_url, monkeypatch):
+    """A job that keeps losing its worker fails after SAEJOBS_MAX_ATTEMPTS with the last reason, whichever
+    path meets the limit: the reaper's requeue, or a late delivery's claim."""
+    monkeypatch.setenv("SAEJOBS_MAX_ATTEMPTS", "2")
+    job = jobs.create("sweep", {})
+    assert claim(job.id, "w1") and jobs.requeue(job.id, "worker lost (no heartbeat)", worker="w1")
+    assert jobs.get(job.id).error == "worker lost (no heartbeat)"  # kept while it waits
+    assert claim(job.id, "w2")
+    assert not jobs.requeue(job.id, "worker lost again", worker="w2")  # out of attempts: not sent again
+    got = jobs.get(job.id)
+    assert (got.state, got.error) == ("failed", "gave up after 2 attempts; last: worker lost again")
+    other = jobs.create("sweep", {})
+    with session() as s:
+        s.get(Job, other.id).attempts = 2
+    assert not claim(other.id, "w3")  # a message still on the queue cannot run it a third time
+    assert jobs.get(other.id).state == "failed" and jobs.get(other.id).error.startswith("gave up after 2 attempts")
+
+
+def test_a_stale_owner_writes_no_results(db_url):
+    """w1 is cut off, its job handed on to w2: w1's chunk is refused whole, w2's is stored."""
+    job = jobs.create("sweep", {})
+    sid = results.ensure_sweep(job.id, "sae", "model", {}, {})
+    row = {"type": "DEFAULT", "features": [], "prompt": "p", "prompt_token_ids": [2], "seed": 42, "sampling": {},
+           "output": "p x", "token_ids": [4], "logprobs": None}
+    assert claim(job.id, "w1")
+    assert results.add_generations(sid, [{**row, "config_key": "a"}], owner=(job.id, "w1")) == 1
+    _age_heartbeat(job.id, 120)
+    assert jobs.requeue(job.id, "worker lost", stale_after=60) and claim(job.id, "w2")
+    with pytest.raises(JobCancelled):
+        results.add_generations(sid, [{**row, "config_key": "b"}], owner=(job.id, "w1"))
+    assert not jobs.requeue(job.id, "w1 hands back", worker="w1")  # nor can it hand back w2's job
+    assert results.add_generations(sid, [{**row, "config_key": "b"}], owner=(job.id, "w2")) == 1
+    assert results.config_keys(sid) == {"a", "b"} and jobs.get(job.id).worker == "w2"
+
+
+def test_a_sweeps_shards_make_one_job(db_url):
+    """Progress is the shards' mean; the last shard to end ends the sweep; cancel and retry act on all."""
+    parent = jobs.create("sweep", {"sae": "x"}, queue="saejobs", shards=[{"shard": [0, 5]}, {"shard": [5, 8]}])
+    a, b = jobs.shards(parent.id)
+    assert (jobs.get(parent.id).queue, a.queue, a.params, b.params) == (None, "saejobs", {"shard": [0, 5]}, {"shard": [5, 8]})
+    assert not claim(parent.id)  # the parent is never run itself
+    assert [j.id for j in jobs.listing()] == [parent.id]  # shards only on request
+    assert claim(a.id, "w1") and jobs.get(parent.id).state == "running"
+    jobs.report(a.id, 0.5, worker="w1")
+    assert jobs.get(parent.id).progress == pytest.approx(0.25)
+    assert jobs.finish(a.id, "succeeded", worker="w1", result={"sweep_id": 7, "shard_size": 5, "ran_now": 5})
+    assert jobs.get(parent.id).state == "running" and jobs.get(parent.id).message == "1/2 shards done"
+    assert claim(b.id, "w2")
+    assert jobs.finish(b.id, "failed", worker="w2", error="boom")
+    got = jobs.get(parent.id)
+    assert (got.state, got.error) == ("failed", "1 of 2 shards failed; first: boom")
+    assert jobs.reset_for_retry(parent.id) == [b.id]  # only what did not succeed runs again
+    assert jobs.get(parent.id).state == "queued" and jobs.get(a.id).state == "succeeded"
+    assert claim(b.id, "w3")
+    jobs.cancel(parent.id)
+    assert {jobs.get(i).state for i in (parent.id, b.id)} == {"cancelled"}
+    with pytest.raises(JobCancelled):
+        jobs.report(b.id, 0.9, worker="w3")
+    jobs.reset_for_retry(parent.id)
+    assert claim(b.id, "w3") and jobs.finish(b.id, "succeeded", worker="w3", result={"sweep_id": 7, "shard_size": 3})
+    got = jobs.get(parent.id)
+    assert (got.state, got.progress, got.result["generations"], got.result["sweep_id"]) == ("succeeded", 1.0, 8, 7)

@@ -161,3 +161,18 @@ def test_a_gemma_scope_2_folder_downloads_its_safetensors_and_config_json(db, ho
     for name, f in files.items():
         assert f["sha256"] == hashlib.sha256((sae.mirror_folder / name).read_bytes()).hexdigest()
     assert {r.path.rsplit("/", 1)[-1] for r in hub.requests("GET")} >= {"config.json"}
+
+
+def test_this_hosts_disk_errors_are_permanent_the_networks_transient():
+    """A read-only or full disk fails the job at once (another attempt here cannot help); a dropped
+    connection is retried."""
+    import errno
+
+    from engine import hub, registry
+    from engine.errors import DiskFullError, StorageError, TransientError
+
+    entry = registry.get("gemma-2-2b/20-gemmascope-res-16k")
+    for code in (errno.EROFS, errno.ENOSPC, errno.EACCES):
+        assert isinstance(hub._mapped(entry, "params.npz", OSError(code, "no")), StorageError)
+    assert issubclass(DiskFullError, StorageError)
+    assert isinstance(hub._mapped(entry, "params.npz", ConnectionResetError(errno.ECONNRESET, "reset")), TransientError)

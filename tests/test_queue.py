@@ -62,7 +62,8 @@ def test_a_failed_job_can_be_retried(db_url, start_worker, tiny_sae):
     assert "not downloaded" in res.stderr and "Traceback" not in res.stderr
     submitted(saejobs("download", tiny_sae.id, "--source", str(tiny_sae.mirror), "--wait", "--json"))
     again = submitted(saejobs("jobs", "retry", failed["id"][:8], "--wait", "--json"))
-    assert again["id"] == failed["id"] and again["state"] == "succeeded" and again["attempts"] == 2
+    # the same row, with a fresh budget of attempts (SAEJOBS_MAX_ATTEMPTS counts from the retry)
+    assert again["id"] == failed["id"] and again["state"] == "succeeded" and again["attempts"] == 1
     assert saejobs("jobs", "retry", failed["id"]).returncode == 2  # succeeded jobs are not retried
 
 
@@ -95,7 +96,9 @@ def test_gpu_job_reaches_only_that_gpus_worker(db_url, start_worker, tiny_sae):
     assert job["gpu"] == "1" and job["queue"] == "saejobs.gpu1" and "gpu1" in job["worker"]
     listed = json.loads(saejobs("workers", "--json").stdout)
     pinned = next(w for w in listed if w["gpu"] == "1")
-    assert "CUDA_VISIBLE_DEVICES=1" in pinned["device"] and pinned["queues"] == ["saejobs.gpu1", "saejobs"]
+    # GPU 1 of any host, GPU 1 of this host (--gpu HOST:1), then any job; no downloads unless sent to its GPU
+    assert "CUDA_VISIBLE_DEVICES=1" in pinned["device"]
+    assert pinned["queues"] == ["saejobs.gpu1", f"saejobs.gpu1@{pinned['host']}", "saejobs"]
     assert {w["state"] for w in listed} <= {"idle", "busy"} and len(listed) == 2
     assert cpu.terminate() == 0 and gpu1.terminate() == 0
     listed = json.loads(saejobs("workers", "--json").stdout)

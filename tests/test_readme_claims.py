@@ -90,8 +90,9 @@ def test_db_upgrade_creates_and_reports_the_schema(db_url):
     from db import migrate
 
     first = submitted(saejobs("db", "upgrade", "--json"))
-    assert first["revision"] == first["head"] == migrate.head()
-    assert submitted(saejobs("db", "upgrade", "--json")) == first  # idempotent
+    assert first["revision"] == first["head"] == migrate.head() and first["from"] is None  # created
+    again = submitted(saejobs("db", "upgrade", "--json"))
+    assert again == {**first, "from": migrate.head()}  # idempotent
 
 
 def test_worker_on_two_gpus_runs_one_pinned_process_each(db_url, broker, tmp_path):

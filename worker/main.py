@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -34,7 +33,7 @@ def run_many(gpus: list[int], loglevel: str) -> int:
     return max(p.wait() for p in procs)
 
 
-def run(gpu: int | None, loglevel: str = "info") -> None:
+def run(gpu: int | None, loglevel: str = "info", downloads_only: bool = False) -> None:
     if gpu is not None:
         # In a container the one reserved GPU is device 0 whatever its host index (docker-compose.yml).
         os.environ["CUDA_VISIBLE_DEVICES"] = os.environ.get("SAEJOBS_CUDA_VISIBLE_DEVICES", str(gpu))
@@ -43,20 +42,32 @@ def run(gpu: int | None, loglevel: str = "info") -> None:
         os.environ.setdefault("SAEJOBS_DEVICE", "cpu")
     from celery.signals import worker_shutting_down
 
-    from db.session import set_role
+    from db.session import SchemaMismatch, check_schema, set_role
     from engine.cache import EngineCache
     from tasks import runner
-    from tasks.app import SHARED_QUEUE, app, gpu_queue
+    from tasks.app import DOWNLOAD_QUEUE, SHARED_QUEUE, app, gpu_queue
 
     set_role("worker")
-    host = socket.gethostname()
-    label = f"gpu{gpu}" if gpu is not None else "cpu"
+    try:  # a wrong schema stops the worker now, with one line; an unreachable database is waited for
+        check_schema()
+    except SchemaMismatch as e:
+        print(f"saejobs: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except Exception as e:
+        log.warning("database not reachable yet (%s); the worker starts and registers once it is", e)
+    host = runner.host_name()
+    label = "downloads" if downloads_only else f"gpu{gpu}" if gpu is not None else "cpu"
     name = f"saejobs-{label}-{os.getpid()}@{host}"
     device = os.environ["SAEJOBS_DEVICE"]
     w = runner.Worker(name=name, host=host, gpu=None if gpu is None else str(gpu), device=device,
                       cache=EngineCache(device=device))
     runner.set_worker(w)
-    queues = [gpu_queue(gpu), SHARED_QUEUE] if gpu is not None else [SHARED_QUEUE]
+    if downloads_only:  # transfers only: a GPU worker's one slot never waits on the network
+        queues = [DOWNLOAD_QUEUE]
+    elif gpu is not None:  # this GPU on any host, this GPU on this host, then any job
+        queues = [gpu_queue(gpu), gpu_queue(gpu, host), SHARED_QUEUE]
+    else:
+        queues = [SHARED_QUEUE, DOWNLOAD_QUEUE]
     beat = Beat(w, queues)
     beat.start()
     worker_shutting_down.connect(lambda **_: runner.shutting_down.set(), weak=False)
@@ -76,22 +87,38 @@ class Beat(threading.Thread):
 
     def run(self) -> None:
         from db import workers
-        from tasks.runner import HEARTBEAT_S
+        from db.session import SchemaMismatch
+        from tasks.runner import HEARTBEAT_S, STALE_AFTER_S
 
-        workers.register(self.worker, self.queues, os.environ.get("CUDA_VISIBLE_DEVICES"))
-        last_orphan_check = 0.0
+        registered, last_orphan_check = False, 0.0
+        in_touch_since = last_beat = None  # monotonic: since when this worker's beats have come through on time
         while True:
-            try:
+            try:  # registering inside the loop: a worker started before its database shows up once it is up
+                if not registered:
+                    workers.register(self.worker, self.queues, os.environ.get("CUDA_VISIBLE_DEVICES"))
+                    registered = True
                 workers.beat(self.worker)
-                reap(alive=self.worker.name)
+                now = time.monotonic()
+                if last_beat is None or now - last_beat > 2 * HEARTBEAT_S + 1:
+                    in_touch_since = now  # cut off (a database outage) or just started: others were too
+                last_beat = now
+                # Reap only after STALE_AFTER_S in touch: after an outage every live worker's beats resume
+                # within a beat or two, so only the dead stay stale — no healthy job is taken.
+                if now - in_touch_since >= STALE_AFTER_S:
+                    reap(alive=self.worker.name)
                 if time.monotonic() - last_orphan_check > ORPHAN_AFTER_S / 2:
                     last_orphan_check = time.monotonic()
                     resend_orphans()
+            except SchemaMismatch as e:  # the database was migrated under this worker: stop, say why
+                log.error("%s; stopping", e)
+                os.kill(os.getpid(), signal.SIGTERM)
+                break
             except Exception as e:  # database or broker blinked; try again next beat
                 log.warning("beat failed: %s", e)
             if self._stop_event.wait(HEARTBEAT_S):
                 break
-        workers.stopped(self.worker)
+        if registered:
+            workers.stopped(self.worker)
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -138,10 +165,11 @@ def main(argv: list[str] | None = None) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--gpu", type=int)
     where.add_argument("--cpu", action="store_true")
+    where.add_argument("--downloads", action="store_true")
     p.add_argument("--loglevel", default="info")
     a = p.parse_args(argv)
     logging.basicConfig(level=a.loglevel.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    run(a.gpu, a.loglevel)
+    run(a.gpu, a.loglevel, downloads_only=a.downloads)
 
 
 if __name__ == "__main__":

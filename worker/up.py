@@ -99,8 +99,9 @@ def start(gpus: list[int] | None, cpu: bool, loglevel: str) -> Stack:
     if not broker_answers(stack.broker):
         stack.embedded_broker = start_broker(stack.broker)
     gpus = [] if cpu else (gpus if gpus is not None else visible_gpus())
-    for where in ([["--gpu", str(g)] for g in gpus] or [["--cpu"]]):
-        name = f"gpu{where[1]}" if where[0] == "--gpu" else "cpu"
+    # GPU workers do not take downloads (a transfer would hold a GPU's only slot): a download worker does
+    for where in ([["--gpu", str(g)] for g in gpus] + [["--downloads"]] if gpus else [["--cpu"]]):
+        name = f"gpu{where[1]}" if where[0] == "--gpu" else where[0].removeprefix("--")
         stack.workers[name] = subprocess.Popen([sys.executable, "-m", "worker.main", *where, "--loglevel", loglevel],
                                                start_new_session=True)
     return stack

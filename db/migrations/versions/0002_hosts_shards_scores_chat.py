@@ -1,7 +1,7 @@
 """hosts, shards, scores and chat
 
 Sharded sweeps (``jobs.parent_id``), routing to a host (``jobs.requested_host``), per-job deadlines
-(``jobs.deadline_at``), per-host SAE copies (``sae_copies``), scores of each generation
+(``jobs.deadline_at``), per-host SAE copies (``sae_copies``, and ``saes.source``: the mirror other hosts fetch from), scores of each generation
 (``generations.scores``) and the chat conversation a generation continued (``generations.messages``).
 
 Revision ID: 0002
@@ -26,6 +26,8 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('deadline_at', db.models.UTCDateTime(), nullable=True))
         batch_op.create_index(batch_op.f('ix_jobs_parent_id'), ['parent_id'], unique=False)
         batch_op.create_foreign_key('fk_jobs_parent_id', 'jobs', ['parent_id'], ['id'], ondelete='CASCADE')
+    with op.batch_alter_table('saes', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('source', sa.Text(), nullable=True))
     op.create_table('sae_copies',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('sae_id', sa.String(length=300), nullable=False),
@@ -47,6 +49,8 @@ def downgrade() -> None:
         batch_op.drop_column('messages')
         batch_op.drop_column('scores')
     op.drop_table('sae_copies')
+    with op.batch_alter_table('saes', schema=None) as batch_op:
+        batch_op.drop_column('source')
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.drop_constraint('fk_jobs_parent_id', type_='foreignkey')
         batch_op.drop_index(batch_op.f('ix_jobs_parent_id'))

@@ -1,0 +1,67 @@
+"""Each host its own verified copy of an SAE: the ``saes`` row holds the checksums every copy must match,
+``sae_copies`` which host holds one where. A job that lands on a host without a copy fetches one there
+(from the mirror the SAE was downloaded from, else the Hub), checks every file's sha256 against the
+recorded ones, records the copy, then runs — so a sweep's shards can run on any host."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from db import saes
+from db.models import Sae
+from engine import download, registry
+from engine.errors import IntegrityError, NotFoundError
+from engine.registry.entry import SaeEntry
+
+
+def resolve_entry(sae_id: str) -> SaeEntry:
+    """The registry's entry, else the one recorded with the download: an SAE registered on the host that
+    downloaded it (``registry.d``) is known to workers on every host."""
+    try:
+        return registry.get(sae_id)
+    except NotFoundError:
+        row = saes.get(sae_id)
+        if row is None or not row.entry:
+            raise
+        from engine.registry.custom import parse
+
+        return parse(row.entry, f"the entry recorded with {sae_id}'s download")
+
+
+def local_copy(ctx, entry: SaeEntry) -> tuple[Sae, Path]:
+    """(the SAE's row, the folder holding this host's verified copy), fetching it first if need be."""
+    row = saes.get(entry.id)
+    if row is None or not row.files:
+        raise NotFoundError(f"SAE '{entry.id}' is not downloaded; run `saejobs download {entry.id}` first")
+    host = ctx.worker.host
+    copy = saes.copy_on(entry.id, host)
+    if copy is not None and saes.present(row, entry, copy.path):
+        return row, Path(copy.path)
+    dest = download.local_folder(entry)
+    with download.folder_lock(dest):
+        for folder in (dest, row.local_path):  # already here (another worker of this host, a shared disk)?
+            if folder and saes.present(row, entry, folder) and _matches(row, Path(folder), ctx):
+                saes.record_copy(entry.id, host, Path(folder), row.files)
+                return row, Path(folder)
+        ctx.progress(0.0, f"fetching {entry.id} to {host}", force=True)
+        if row.source:
+            digests = download.fetch_from_mirror(entry, Path(row.source), dest, ctx.progress)
+        else:
+            from engine import hub
+
+            digests, _ = hub.fetch(entry, dest, ctx.progress)
+        _check(row, digests, host)
+        saes.record_copy(entry.id, host, dest, row.files)
+    return row, dest
+
+
+def _matches(row: Sae, folder: Path, ctx) -> bool:
+    ctx.progress(0.0, f"checking the copy in {folder}", force=True)
+    return all(download.sha256_file(folder / name) == meta["sha256"] for name, meta in row.files.items())
+
+
+def _check(row: Sae, digests: dict[str, str], host: str) -> None:
+    for name, meta in row.files.items():
+        if digests.get(name) != meta["sha256"]:
+            raise IntegrityError(f"{row.id}: {name} fetched on {host} has sha256 {str(digests.get(name))[:12]}, "
+                                 f"the recorded download {meta['sha256'][:12]}; refusing to run on other bytes")

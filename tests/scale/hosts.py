@@ -1,0 +1,69 @@
+"""Several "hosts" on one machine: worker processes with their own ``SAEJOBS_HOME`` (so no shared SAE
+cache) and ``SAEJOBS_HOST``, one PostgreSQL, one Redis — and, for one host, a clock running ahead
+(libfaketime's ``LD_PRELOAD`` library, from the ``libfaketime`` wheel: the whole process's time moves,
+not a knob inside saejobs)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
+
+from db import jobs
+from db.models import JobEvent
+from db.session import session
+
+
+def host_env(root: Path, host: str, **extra: str) -> dict[str, str]:
+    home = root / f"host-{host}"
+    home.mkdir(exist_ok=True)
+    return {"SAEJOBS_HOME": str(home), "SAEJOBS_HOST": host, **extra}
+
+
+def clock_ahead(seconds: int) -> dict[str, str]:
+    import libfaketime
+
+    return {"LD_PRELOAD": str(Path(libfaketime._get_lib_path()) / "libfaketime.so.1"), "FAKETIME": f"+{seconds}s",
+            "DONT_FAKE_MONOTONIC": "1", "FAKETIME_NO_CACHE": "1"}
+
+
+@pytest.fixture
+def pg_url(home, monkeypatch):
+    """A fresh database on the session's PostgreSQL (the shared database of a multi-host setup)."""
+    from db.session import dispose_all
+    from tests.dbfixtures import PG_ADMIN, _pg_admin
+
+    name = f"saejobs_scale_{uuid.uuid4().hex[:12]}"
+    with _pg_admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
+    monkeypatch.setenv("SAEJOBS_DB", url)
+    yield url
+    dispose_all()
+    with _pg_admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def events(job_id: str) -> list[tuple[str, str]]:
+    with session() as s:
+        return [(e.state, e.message or "") for e in s.scalars(select(JobEvent).where(JobEvent.job_id == job_id)
+                                                               .order_by(JobEvent.id))]
+
+
+def claims(parent_id: str) -> dict[str, list[str]]:
+    """Shard id → the workers that claimed it, in order (from its ``running on W`` events)."""
+    return {j.id: [m.removeprefix("running on ") for st, m in events(j.id) if st == "running" and m.startswith("running on ")]
+            for j in jobs.shards(parent_id)}
+
+
+def handed_on(parent_id: str) -> list[str]:
+    """Shards a reaper took from their worker."""
+    return [j.id for j in jobs.shards(parent_id) if any("worker lost" in m for _, m in events(j.id))]
+
+
+def env_without(*names: str) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in names}
