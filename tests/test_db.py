@@ -264,3 +264,15 @@ def test_a_sweeps_shards_make_one_job(db_url):
     assert claim(b.id, "w3") and jobs.finish(b.id, "succeeded", worker="w3", result={"sweep_id": 7, "shard_size": 3})
     got = jobs.get(parent.id)
     assert (got.state, got.progress, got.result["generations"], got.result["sweep_id"]) == ("succeeded", 1.0, 8, 7)
+
+
+def test_a_job_past_its_deadline_stops_at_its_next_report(db_url):
+    job = jobs.create("sweep", {"timeout_s": 5})
+    assert claim(job.id, "w1")
+    jobs.report(job.id, 0.1, worker="w1")
+    with session() as s:  # the attempt started long enough ago
+        row = s.get(Job, job.id)
+        row.deadline_at = row.deadline_at - __import__("datetime").timedelta(seconds=10)
+    with pytest.raises(jobs.DeadlineExceeded, match="deadline passed"):
+        jobs.report(job.id, 0.2, worker="w1")
+    assert jobs.get(job.id).progress == pytest.approx(0.1)  # nothing written past the deadline

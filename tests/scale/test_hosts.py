@@ -153,3 +153,21 @@ def test_schemas_that_do_not_match_are_refused_not_migrated(home, pg_url, broker
     assert "older than this saejobs" in line and "saejobs db upgrade" in line
     dispose_all()
     assert migrate.stamped(get_engine()) == "0001"  # the CLI did not migrate it under its workers
+
+
+def test_a_hung_job_ends_its_worker_and_is_handed_on(home, pg_url, broker, start_worker, tiny_gemma2_dir, tmp_path):
+    """The watchdog: a job held at a failpoint makes no progress calls (as a hung transfer or kernel would);
+    after SAEJOBS_STALL_AFTER its worker hands it on and exits 75 (its heartbeat alone would have kept it
+    forever); another worker finishes the sweep."""
+    sae = make(home, d_model=64, d_sae=256, layer=1)
+    submitted(saejobs("download", sae.id, "--source", str(sae.mirror), "--local", "--json"))
+    hold = Hold(tmp_path, "sweep.loaded:1")
+    hung = start_worker("--cpu", env={**hold.env, "SAEJOBS_STALL_AFTER": "3"})
+    job = submitted(saejobs("sweep", "--sae", sae.id, "--feature", "1", "--strength", "4", "--prompt", "Hi",
+                            "--n-tokens", "2", "--model", str(tiny_gemma2_dir), "--json"))
+    assert hung.proc.wait(timeout=120) == 75  # held at the failpoint (or still loading): no progress for 3 s
+    shard = jobs.shards(job["id"])[0]
+    assert shard.state == "queued" and shard.error.startswith("stalled: no progress for")
+    start_worker("--cpu")
+    done = final(job["id"], timeout=180)
+    assert done.state == "succeeded" and jobs.shards(job["id"])[0].attempts == 2
