@@ -49,9 +49,18 @@ def show(job_id, events, as_json) -> None:
 
     job = store.get(job_id)
     data = store.as_dict(job, events=events)
+    shards = store.shards(job.id)
+    if shards:
+        data["shards"] = [{k: store.as_dict(c)[k] for k in ("id", "state", "progress", "attempts", "host", "worker",
+                                                              "error", "params")} for c in shards]
 
     def render():
-        table(f"job {job.id}", ["field", "value"], ((k, v) for k, v in data.items() if k != "events"))
+        table(f"job {job.id}", ["field", "value"], ((k, v) for k, v in data.items() if k not in ("events", "shards")))
+        if shards:
+            table(f"{len(shards)} shards", ["id", "configurations", "state", "progress", "attempts", "host", "last error"],
+                  ([c["id"][:8], "{}-{}".format(*c["params"].get("shard", ["?", "?"])), c["state"],
+                    f"{100 * (c['progress'] or 0):.0f}%", c["attempts"], c["host"] or "", (c["error"] or "")[:50]]
+                   for c in data["shards"]))
         if events:
             table("events", ["at", "state", "progress", "message"],
                   ([e["at"], e["state"], f"{100 * e['progress']:.0f}%", e["message"]] for e in data["events"]))
@@ -125,7 +134,8 @@ def results(job_id, kind, as_json, as_csv, fmt, out) -> None:
             raise UsageError(f"{out.resolve().parent}: no such directory")
         from saejobs.frame import write_parquet
 
-        click.echo(write_parquet(store.get(job_id).id, out))
+        path = write_parquet(store.get(job_id).id, out)
+        emit({"file": str(path), "format": fmt}, as_json, lambda: click.echo(path))
         return
     if job_id is None:
         found = [j for j in store.listing(state="succeeded", kind=kind, limit=200)]
