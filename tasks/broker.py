@@ -31,7 +31,7 @@ def pending_job_ids(job_ids: list[str], queues: set[str], url: str | None = None
         for raw in client.hvals(channel.unacked_key):  # [message, exchange, routing_key]
             try:
                 found.update(message_job_ids(json.dumps(json.loads(raw)[0])))
-            except (ValueError, TypeError, IndexError, KeyError):
+            except (ValueError, TypeError, IndexError, KeyError, AttributeError):
                 continue
     return found & set(job_ids)
 
@@ -47,5 +47,5 @@ def message_job_ids(raw: bytes | str) -> set[str]:
             body = base64.b64decode(body)
         args = json.loads(body)[0]
         return {a for a in args if isinstance(a, str)}
-    except (ValueError, TypeError, KeyError, IndexError):
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):  # not a message of ours
         return set()
