@@ -31,7 +31,8 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from cli import complete, db_cmd, demo_cmd, jobs_cmd, neuronpedia_cmd, saes_cmd, submit_cmd, worker_cmd
+    from cli import (complete, db_cmd, demo_cmd, jobs_cmd, neuronpedia_cmd, saes_cmd, score_cmd, submit_cmd,
+                     worker_cmd)
 
     cli.add_command(saes_cmd.saes)
     cli.add_command(db_cmd.db)
@@ -44,7 +45,7 @@ def _register() -> None:
     cli.add_command(complete.completion)
     cli.add_command(neuronpedia_cmd.neuronpedia)
     cli.add_command(neuronpedia_cmd.compare)
-    for cmd in submit_cmd.COMMANDS:
+    for cmd in submit_cmd.COMMANDS + score_cmd.COMMANDS:
         cli.add_command(cmd)
 
 

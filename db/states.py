@@ -14,6 +14,8 @@ class JobKind(StrEnum):
     DOWNLOAD = "download"
     VERIFY = "verify"
     SWEEP = "sweep"
+    SCORE = "score"  # fill in a stored sweep's missing scores (tasks/score.py)
+    SEARCH = "search"  # strength search: rounds of sweeps (tasks/search.py)
 
 
 class JobState(StrEnum):

@@ -41,7 +41,7 @@ class Score(StrEnum):
     DISTINCT_2 = "distinct_2"
     LONGEST_REPEAT = "longest_repeat"  # tokens in the longest n-gram that occurs at least twice
     STOPPED_AT_EOS = "stopped_at_eos"
-    N_TOKENS = "n_tokens"  # completion tokens scored for concept and degeneration (EOS excluded)
+    COMPLETION_TOKENS = "completion_tokens"  # tokens scored for concept and degeneration (EOS excluded)
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,7 @@ def _row(item: Item, sums: list[float], feats: list[int], member: "torch.Tensor"
             Score.CONCEPT_MEAN: _mean([c["mean"] for c in concept.values()]),
             Score.CONCEPT_FIRE_RATE: _mean([c["fire_rate"] for c in concept.values()]),
             Score.NLL: nll, Score.PERPLEXITY: None if nll is None else math.exp(min(nll, 700.0)),
-            **repetition(body), Score.STOPPED_AT_EOS: stopped, Score.N_TOKENS: n_text}
+            **repetition(body), Score.STOPPED_AT_EOS: stopped, Score.COMPLETION_TOKENS: n_text}
 
 
 def repetition(tokens: Sequence[int]) -> dict:

@@ -40,8 +40,10 @@ def html(rows: list[dict], title: str, max_nll_increase: float = search.DEFAULT_
             c = search.choose(pts, default_nll, max_nll_increase)
             pick = c.strength if c else None
         body.append(f"<h2>feature {feature}</h2>")
-        body.append(_plot(feature, pts, base.get((feature, "*")), default_nll, pick))
+        body.append(_plot(feature, pts, base.get((feature, "*")), default_nll, pick, max_nll_increase))
         sections.append(_generations(feature, pts, rows))
+    defaults = "".join(_gen(r) for r in rows if r["type"] == "DEFAULT")
+    sections.insert(0, f'<section class="point" id="default"><h3>DEFAULT (unsteered)</h3>{defaults}</section>')
     unscored = sum(1 for r in rows if not r.get("scores"))
     if unscored:
         body.append(f'<p class="note">{unscored} generations have no scores (run <code>saejobs score JOB</code>).</p>')
@@ -55,11 +57,12 @@ def _anchor(feature: int, strength: float) -> str:
 
 
 def _plot(feature: int, pts: list[search.Point], base_concept: float | None, base_nll: float | None,
-          pick: float | None) -> str:
+          pick: float | None, max_nll_increase: float) -> str:
     xs = [p.strength for p in pts]
     x0, x1 = min(xs), max(xs)
     cs = [p.concept for p in pts] + [base_concept or 0.0]
-    ns = [p.nll for p in pts if p.nll is not None] + ([base_nll] if base_nll is not None else [])
+    bound = None if base_nll is None else base_nll + max_nll_increase
+    ns = [p.nll for p in pts if p.nll is not None] + ([base_nll, bound] if base_nll is not None else [])
     c1 = max(max(cs), 1e-9)
     n0, n1 = (min(ns), max(ns)) if ns else (0.0, 1.0)
     n1 = n1 if n1 > n0 else n0 + 1.0
@@ -90,6 +93,10 @@ def _plot(feature: int, pts: list[search.Point], base_concept: float | None, bas
     if base_nll is not None:
         out.append(f'<line class="baseline" x1="{PAD}" x2="{W - PAD}" y1="{yn(base_nll):.1f}" y2="{yn(base_nll):.1f}" '
                    f'stroke="{NLL}" stroke-dasharray="4 4"><title>DEFAULT NLL {base_nll:.3f}</title></line>')
+    if bound is not None:
+        out.append(f'<line class="bound" x1="{PAD}" x2="{W - PAD}" y1="{yn(bound):.1f}" y2="{yn(bound):.1f}" '
+                   f'stroke="{NLL}" stroke-dasharray="1 3"/><text x="{W - PAD - 4}" y="{yn(bound) - 4:.1f}" '
+                   f'fill="{NLL}" text-anchor="end">NLL bound {bound:.2f}</text>')
     if pick is not None:
         out.append(f'<line class="chosen" x1="{x(pick):.1f}" x2="{x(pick):.1f}" y1="{PAD}" y2="{H - PAD}" '
                    f'stroke="#2ca02c" stroke-width="2"/><text x="{x(pick) + 4:.1f}" y="{PAD + 12}" fill="#2ca02c">'
@@ -118,12 +125,15 @@ def _generations(feature: int, pts: list[search.Point], rows: list[dict]) -> str
             by_strength[float(f[0]["strength"])].append(r)
     out = []
     for p in pts:
-        gens = "".join(
-            f'<div class="gen"><div class="text">{escape(r["output"])}</div><div class="scores">seed {r["seed"]}; '
-            f'{escape(_scores(r.get("scores")))}</div></div>' for r in by_strength.get(p.strength, []))
+        gens = "".join(_gen(r) for r in by_strength.get(p.strength, []))
         out.append(f'<section class="point" id="{_anchor(feature, p.strength)}"><h3>feature {feature} at strength '
                    f"{p.strength:g}</h3>{gens}</section>")
     return "".join(out)
+
+
+def _gen(r: dict) -> str:
+    return (f'<div class="gen"><div class="text">{escape(r["output"])}</div><div class="scores">seed {r["seed"]}; '
+            f'{escape(_scores(r.get("scores")))}</div></div>')
 
 
 def _scores(sc: dict | None) -> str:

@@ -98,7 +98,7 @@ def with_steering_rows(params: dict[str, np.ndarray], directions: np.ndarray,
 
 
 def word_readers(acts: torch.Tensor, examples: list[torch.Tensor], ridge: float = 0.1,
-                 fire_at: float = 0.35) -> dict[str, np.ndarray]:
+                 fire_at: float = 0.5) -> dict[str, np.ndarray]:
     """Encoder columns that detect concepts in activations, one per ``examples[i]`` (k_i, d_model): the
     activations at the concept's tokens, against the background ``acts`` (N, d_model).
 

@@ -13,7 +13,7 @@ from engine.score import Score
 
 FLAT_SCORES = [s.value for s in Score if s is not Score.CONCEPT]
 COLUMNS = ["job", "round", "id", "type", "feature", "strength", "features", "prompt", "seed", "output", "n_tokens",
-           *FLAT_SCORES, "concept", "config_key"]
+           *FLAT_SCORES, "concept", "config_key"]  # n_tokens: generated (EOS included); completion_tokens: scored
 NESTED = ("features", "concept")
 
 

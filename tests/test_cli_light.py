@@ -48,6 +48,7 @@ def loaded(tmp_path, *args: str, env: dict | None = None) -> set[str]:
     (("verify", "gemma-2-2b/20-gemmascope-res-16k", "--structural-only"), {"sqlalchemy"}),
     (("sweep", "--sae", "gemma-2-2b/20-gemmascope-res-16k", "--feature", "1", "--strength", "5", "--prompt", "p"),
      {"sqlalchemy"}),
+    (("search", "--sae", "gemma-2-2b/20-gemmascope-res-16k", "--feature", "1", "--prompt", "p"), {"sqlalchemy"}),
 ])
 def test_each_command_loads_only_what_it_needs(home, tmp_path, args, may_load):  # noqa: F811
     """Submitting a job (here to a dead broker: the same imports, then exit 6) loads neither torch nor

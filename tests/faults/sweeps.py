@@ -83,6 +83,9 @@ def account(ledger, job_id: str) -> None:
     """A finished fault sweep's rows into the ledger: expected, and lost (missing configurations)."""
     ledger.add("rows_expected", N_CONFIGS)
     ledger.add("rows_lost", N_CONFIGS - len(outputs(job_id)))
+    unscored = [r["config_key"] for r in results.generation_rows(job_id) if not r["scores"]]
+    ledger.add("rows_unscored", len(unscored))  # scores are written in their chunk's transaction
+    assert not unscored, f"{len(unscored)} rows stored without their scores"
 
 
 def outputs(job_id: str) -> dict[str, list[int]]:

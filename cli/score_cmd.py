@@ -1,0 +1,140 @@
+"""``saejobs score|search|report``: scores of steered generations, the strength that works, and a page.
+
+``score`` and ``search`` are jobs (``tasks/score.py``, ``tasks/search.py``) with the usual ``--wait``,
+``--local``, ``--gpu``; ``report`` reads the database and writes one HTML file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import click
+
+from cli.complete import job_ids, sae_ids
+from cli.output import emit, json_option
+from cli.submit_cmd import _floats, _ints, submission
+from engine.errors import UsageError
+
+DEFAULT_RANGE = "0:400"
+
+
+@click.command()
+@click.argument("job_id", shell_complete=job_ids)
+@submission
+def score(job_id: str):
+    """Score a stored sweep's generations that have no scores yet (sweeps score as they run)."""
+    from db import jobs, results
+
+    job = jobs.get(job_id)
+    if job.kind != "sweep" or results.sweep_for_job(job.id) is None:
+        raise UsageError(f"job {job.id[:8]} is a {job.kind} job with no stored sweep; score takes a sweep job")
+    return "score", {"job": job.id}, job.sae_id
+
+
+def _range(ctx, param, value: str) -> tuple[float, float]:
+    lo, sep, hi = value.partition(":")
+    try:
+        a, b = float(lo), float(hi)
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not LO:HI (two numbers)") from None
+    if not sep or not (math.isfinite(a) and math.isfinite(b)) or a >= b:
+        raise click.BadParameter(f"'{value}' is not LO:HI with finite LO < HI")
+    return a, b
+
+
+@click.command()
+@click.option("--sae", required=True, shell_complete=sae_ids, help="SAE id (Neuronpedia id or repo/folder path).")
+@click.option("--feature", "features", multiple=True, callback=_ints, required=True,
+              help="Feature index (repeat or comma-separate).")
+@click.option("--prompt", "prompts", multiple=True, required=True, help="Prompt (repeatable).")
+@click.option("--range", "range_", default=DEFAULT_RANGE, show_default=True, callback=_range,
+              help="Strengths searched, LO:HI.")
+@click.option("--max-nll-increase", default=1.0, show_default=True, type=click.FloatRange(0, 100),
+              help="Fluency bound: NLL (nats/token) at most the DEFAULT's plus this.")
+@click.option("--points", default=5, show_default=True, type=click.IntRange(2, 64), help="Coarse grid points.")
+@click.option("--rounds", default=1, show_default=True, type=click.IntRange(0, 6),
+              help="Refinement rounds after the coarse grid (each halves the step around the best).")
+@click.option("--seed", "seeds", multiple=True, callback=_ints, help="Seeds (default 42).")
+@click.option("--n-tokens", default=32, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--model", "model_source", help="Model source (default: the SAE's model).")
+@click.option("--dtype", default="float32", show_default=True)
+@submission
+def search(sae, features, prompts, range_, max_nll_increase, points, rounds, seeds, n_tokens, model_source, dtype):
+    """Find, per feature × prompt, the strength with the highest concept score whose fluency stays
+    within --max-nll-increase of the DEFAULT's: a coarse grid, then refinement, each round one sweep."""
+    from engine import registry
+    from engine.request import Settings, SweepRequest
+
+    entry = registry.get(sae)
+    req = SweepRequest(sae=entry.id, features=features, strengths=range_, prompts=prompts, seeds=seeds,
+                       settings=Settings(n_tokens=n_tokens), model=model_source, dtype=dtype)  # validates
+    req.check_features(entry.d_sae, entry.id)
+    params = {"sae": entry.id, "features": list(req.features), "prompts": list(req.prompts),
+              "seeds": list(req.seeds), "lo": range_[0], "hi": range_[1], "max_nll_increase": max_nll_increase,
+              "points": points, "refine_rounds": rounds, "n_tokens": n_tokens, "model": model_source, "dtype": dtype}
+    return "search", params, entry.id
+
+
+@click.command()
+@click.argument("job_id", shell_complete=job_ids)
+@click.option("--html", "html_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the report to this file.")
+@click.option("--max-nll-increase", type=click.FloatRange(0, 100),
+              help="Fluency bound for the marked strength (default: the search's, else 1.0).")
+@json_option
+def report(job_id: str, html_path: Path, max_nll_increase: float | None, as_json: bool) -> None:
+    """One self-contained HTML page: per feature, concept and fluency against strength, the DEFAULT
+    baseline, the chosen strength, and the generations behind each point."""
+    from engine import score_report, search as rule
+
+    job, rows, chosen, bound = _rows(job_id)
+    if max_nll_increase is not None:
+        bound, chosen = max_nll_increase, None
+    if not rows:
+        raise UsageError(f"job {job.id[:8]} has no generations to report")
+    page = score_report.html(rows, f"saejobs {job.kind} {job.id[:8]} — {job.sae_id}", bound or
+                             rule.DEFAULT_MAX_NLL_INCREASE, chosen)
+    _write(html_path, page)
+    features = sorted({r["features"][0]["index"] for r in rows if r["type"] == "STEERED"
+                       and len(r["features"]) == 1 and "index" in r["features"][0]})
+    emit({"job": job.id, "html": str(html_path), "features": features, "generations": len(rows),
+          "unscored": sum(1 for r in rows if not r.get("scores"))}, as_json,
+         lambda: click.echo(f"{html_path} ({len(features)} features, {len(rows)} generations)"))
+
+
+def _rows(job_id: str):
+    """(job, generation rows, chosen strengths or None, fluency bound or None) of a sweep or a search."""
+    from db import jobs, results
+
+    job = jobs.get(job_id)
+    if job.kind == "sweep":
+        return job, results.generation_rows(job.id), None, None
+    if job.kind == "search":
+        res = job.result or {}
+        rows = [r for j in res.get("rounds", []) for r in results.generation_rows(j)]
+        picks: dict[int, set] = {}
+        for c in res.get("chosen", []):
+            picks.setdefault(c["feature"], set()).add(c["strength"])
+        chosen = {f: s.pop() for f, s in picks.items() if len(s) == 1 and None not in s}  # one per feature
+        return job, rows, chosen, res.get("max_nll_increase")
+    raise UsageError(f"job {job.id[:8]} is a {job.kind} job; report takes a sweep or a search")
+
+
+def _write(path: Path, text: str) -> None:
+    """Written beside ``path`` and renamed: never half a page."""
+    path = path.resolve()
+    if not path.parent.is_dir():
+        raise UsageError(f"{path.parent}: no such directory")
+    fd, tmp = tempfile.mkstemp(prefix=".saejobs-", suffix=".html.tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+COMMANDS = [score, search, report]

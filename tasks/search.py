@@ -1,0 +1,89 @@
+"""Search job: per feature × prompt, the strength that maximises the concept score within a fluency
+bound (``engine.search``), in a few rounds, each round one batched sweep job.
+
+Each round's sweep is submitted through ``tasks.submit`` as a job of its own (its rows, scores and
+provenance stored and shown like any sweep's) and run by the worker that runs the search, in its
+process: a search that waited for other workers could wait forever on a host with one worker. The
+chosen strengths and every curve are the search job's result.
+"""
+
+from __future__ import annotations
+
+from db import jobs, results
+from db.jobs import JobCancelled
+from db.states import JobKind
+from engine import search
+from engine.errors import SaejobsError, TransientError
+from engine.request import Settings, SweepRequest
+
+
+def request(p: dict, strengths: list[float]) -> SweepRequest:
+    return SweepRequest(sae=p["sae"], features=tuple(p["features"]), strengths=tuple(strengths),
+                        prompts=tuple(p["prompts"]), seeds=tuple(p.get("seeds") or (42,)),
+                        settings=Settings(n_tokens=p.get("n_tokens", 32)), model=p.get("model"),
+                        dtype=p.get("dtype") or "float32")
+
+
+def run(ctx) -> dict:
+    p = ctx.params
+    lo, hi, bound = float(p["lo"]), float(p["hi"]), float(p["max_nll_increase"])
+    rounds = 1 + int(p.get("refine_rounds", search.REFINE_ROUNDS))
+    strengths = search.coarse_grid(lo, hi, int(p.get("points", search.COARSE_POINTS)))
+    step = (hi - lo) / max(len(strengths) - 1, 1)
+    rows: list[dict] = []
+    round_jobs: list[str] = []
+    for i in range(rounds):
+        ctx.progress(i / rounds, f"round {i + 1}/{rounds}: strengths {', '.join(f'{s:g}' for s in strengths)}",
+                     force=True)
+        job_id = _run_round(ctx, request(p, strengths))
+        round_jobs.append(job_id)
+        rows += results.generation_rows(job_id)
+        curves, base = search.curves(rows)
+        best = [c.strength for k, pts in curves.items() if (c := search.choose(pts, base.get((-1, k[1])), bound))]
+        done = {pt.strength for pts in curves.values() for pt in pts}
+        step /= 2
+        strengths = search.refine(best, 2 * step, lo, hi, done)
+        if not strengths:
+            break
+    curves, base = search.curves(rows)
+    chosen = []
+    for (feature, prompt), pts in sorted(curves.items()):
+        default_nll = base.get((-1, prompt))
+        c = search.choose(pts, default_nll, bound)
+        text = next((r["output"] for r in rows if c and r["type"] == "STEERED" and r["prompt"] == prompt
+                     and r["features"][0]["index"] == feature and r["features"][0]["strength"] == c.strength), None)
+        chosen.append({"feature": feature, "prompt": prompt, "strength": c.strength if c else None,
+                       "concept": c.concept if c else None, "nll": c.nll if c else None, "default_nll": default_nll,
+                       "default_concept": base.get((feature, prompt)), "nll_bound": None if default_nll is None
+                       else default_nll + bound, "output": text})
+    ctx.progress(1.0, "; ".join(f"feature {c['feature']} on {c['prompt'][:24]!r}: "
+                                + ("no strength within the bound" if c["strength"] is None else
+                                   f"strength {c['strength']:g} (concept {c['concept']:.3g}, NLL {c['nll']:.3f})")
+                                for c in chosen), force=True)
+    return {"sae": p["sae"], "rounds": round_jobs, "max_nll_increase": bound, "range": [lo, hi], "chosen": chosen,
+            "curves": [{"feature": f, "prompt": pr, "points": [vars(pt) for pt in pts]}
+                       for (f, pr), pts in sorted(curves.items())]}
+
+
+def _run_round(ctx, req: SweepRequest) -> str:
+    """Submit the round's sweep (a row, no message) and run it here; its id once it succeeded."""
+    from tasks.runner import HandBack, execute
+    from tasks.submit import submit
+
+    job = submit(JobKind.SWEEP, req.to_params(), sae_id=req.sae, local=True)
+    try:
+        outcome = execute(job.id, ctx.worker)
+    finally:
+        ctx.worker.current_job = ctx.job.id
+    if outcome == "succeeded":
+        return job.id
+    if outcome == "handed_back":
+        raise HandBack(ctx.job.id)
+    ended = jobs.get(job.id)
+    if outcome == "cancelled":
+        raise JobCancelled(ctx.job.id)
+    if outcome == "transient":
+        raise TransientError(f"round sweep {job.id[:8]}: {ended.error}")
+    err = SaejobsError(f"round sweep {job.id[:8]} failed: {ended.error}")
+    err.exit_code = (ended.result or {}).get("exit_code", 1)
+    raise err
