@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cli.complete import job_ids
+from cli.complete import job_ids, sae_ids
 from cli.output import console, emit, json_option, table
 from engine.errors import UsageError
 
@@ -47,6 +47,29 @@ def request(config: str, inference_url: str | None, fetch: bool, api: str | None
         for c in out["caveats"]:
             console().print(f"[yellow]note:[/] {c}")
     emit(out, as_json, render)
+
+
+@neuronpedia.command("feature")
+@click.argument("sae", shell_complete=sae_ids)
+@click.argument("index", type=click.IntRange(0))
+@click.option("--fetch", is_flag=True, help="Ask Neuronpedia's public API what it says about the feature.")
+@json_option
+def feature(sae: str, index: int, fetch: bool, as_json: bool) -> None:
+    """Where Neuronpedia shows feature INDEX of SAE; with --fetch, its explanations, maxActApprox (the
+    strength Neuronpedia's steering UI starts from) and top positive/negative logits."""
+    from tasks import neuronpedia as np_tasks
+
+    got = np_tasks.feature(sae, index, fetch)
+
+    def render() -> None:
+        rows = [["page", got["page"]], ["api", got["url"]]]
+        if fetch:
+            rows += [["explanations", " | ".join(got["explanations"]) or "(none)"],
+                     ["maxActApprox", got["max_act_approx"]], ["density", got["density"]],
+                     ["top logits", " ".join(got["pos_str"][:10])],
+                     ["bottom logits", " ".join(got["neg_str"][:10])]]
+        table(f"{got['model']}/{got['source']}/{got['index']}", ["field", "value"], rows)
+    emit(got, as_json, render)
 
 
 @neuronpedia.command("import")

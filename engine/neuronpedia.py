@@ -42,6 +42,7 @@ from engine.errors import UsageError
 
 PUBLIC_URL = "https://neuronpedia.org/api/steer"
 PUBLIC_CHAT_URL = "https://neuronpedia.org/api/steer-chat"
+FEATURE_URL = "https://neuronpedia.org/api/feature"  # GET {FEATURE_URL}/{modelId}/{layer}/{index}
 INFERENCE_PATHS = {False: "/steer/completion", True: "/steer/completion-chat"}  # by "is a chat"
 APIS = ("public", "inference")
 TYPES = ("STEERED", "DEFAULT")
@@ -244,3 +245,26 @@ def parse_saved(doc: Any) -> list[tuple[str, dict, dict, dict]]:
         api, canonical = parse_request(request, f"{where}.request")
         out.append((api, request, canonical, parse_response(response, f"{where}.response", is_chat_body(request))))
     return out
+
+
+def parse_feature(body: Any, where: str = "feature") -> dict:
+    """A feature from ``GET /api/feature/{modelId}/{layer}/{index}``: the fields the published client's
+    ``FeatureRequest.get`` reads (``modelId, layer, index, frac_nonzero, explanations[].description``,
+    PyPI ``neuronpedia`` 1.2.1 ``requests/feature_request.py``, ``np_explanation.py``) and the webapp's
+    ``maxActApprox`` and ``pos_str``/``neg_str`` (top logits), each checked; texts stay untrusted data."""
+    index = _need(body, "index", (str, int), where)
+    if not str(index).isdigit():
+        raise SchemaError(f"{where}.index: '{str(index)[:20]}' is not a feature index")
+    explanations = [_need(e, "description", str, f"{where}.explanations[{i}]")
+                    for i, e in enumerate(_need(body, "explanations", list, where))]
+    optional = {}
+    for key, kinds in (("maxActApprox", NUMBER), ("frac_nonzero", NUMBER), ("pos_str", list), ("neg_str", list)):
+        if body.get(key) is not None:
+            optional[key] = _need(body, key, kinds, where)
+    for key in ("pos_str", "neg_str"):
+        if any(not isinstance(t, str) for t in optional.get(key, [])):
+            raise SchemaError(f"{where}.{key}: expected a list of strings")
+    return {"model": _need(body, "modelId", str, where), "source": _need(body, "layer", str, where),
+            "index": int(index), "explanations": explanations, "max_act_approx": optional.get("maxActApprox"),
+            "density": optional.get("frac_nonzero"), "pos_str": optional.get("pos_str", []),
+            "neg_str": optional.get("neg_str", [])}

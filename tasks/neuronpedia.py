@@ -114,6 +114,39 @@ def fetch(ref: str, api: str, inference_url: str | None = None, timeout: float =
     return import_saved({"request": body, "response": answer})[0]
 
 
+def feature(sae: str, index: int, fetch: bool = False, timeout: float = 60) -> dict:
+    """Where Neuronpedia shows an SAE's feature (its page, its API URL) and, with ``fetch``, what it says
+    about it: explanations, ``maxActApprox`` (the steering strength its UI starts from) and top logits."""
+    entry = registry.get(sae)
+    if not 0 <= index < entry.d_sae:
+        raise UsageError(f"feature {index} is out of range for {entry.id} (d_sae {entry.d_sae})")
+    model, source = np_api.model_and_source(entry)
+    if entry.neuronpedia_id is None:
+        raise UsageError(f"{entry.id} has no Neuronpedia id: Neuronpedia does not host this SAE")
+    base = os.environ.get("NEURONPEDIA_API_URL", np_api.PUBLIC_URL).rstrip("/").rsplit("/", 1)[0]
+    url = f"{base}/feature/{model}/{source}/{index}"
+    out = {"sae": entry.id, "model": model, "source": source, "index": index, "url": url,
+           "page": f"https://neuronpedia.org/{model}/{source}/{index}"}
+    if not fetch:
+        return out
+    key = os.environ.get("NEURONPEDIA_API_KEY")
+    req = urllib.request.Request(url, headers={"Accept": "application/json", **({"X-Api-Key": key} if key else {})})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            body = json.loads(r.read().decode())
+    except urllib.error.HTTPError as e:
+        kind = TransientError if e.code >= 500 or e.code == 429 else UsageError
+        raise kind(f"Neuronpedia answered HTTP {e.code} for {url}") from None
+    except (urllib.error.URLError, TimeoutError, OSError) as e:
+        raise TransientError(f"cannot reach {url}: {getattr(e, 'reason', e)}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise np_api.SchemaError(f"{url} did not answer JSON") from None
+    got = np_api.parse_feature(body)
+    if (got["model"], got["source"], got["index"]) != (model, source, index):
+        raise np_api.SchemaError(f"{url} answered for {got['model']}/{got['source']}/{got['index']}")
+    return {**out, **got}
+
+
 def compare(sweep_job: str, run: int | None = None, store_rows: bool = True) -> dict:
     """Per configuration with a Neuronpedia answer: exact match, token agreement, first divergence,
     edit distance, and whether the DEFAULT texts agree (the model/precision control)."""
