@@ -18,7 +18,7 @@ from db.session import session
 from engine import chat, demo
 from engine.errors import UsageError
 from engine.registry import custom
-from engine.request import Settings, SweepRequest
+from engine.request import SweepRequest
 from tests.dbfixtures import home  # noqa: F401
 from tests.queue_harness import broker, start_worker  # noqa: F401
 from tests.test_queue import one_clean_line, saejobs, submitted
