@@ -284,8 +284,10 @@ def requeue(job_id: str, reason: str, *, worker: str | None = None, stale_after:
 def abandon(job_id: str, error: str, url: str | None = None) -> None:
     """Queued → failed, for a job whose message never reached the broker: nothing waits forever."""
     with session(url) as s:
-        for job in s.scalars(select(Job).where(or_(Job.id == job_id, Job.parent_id == job_id), Job.state == "queued")):
-            _end(s, job, "failed", db_now(s), error=error)
+        rows = s.scalars(select(Job).where(or_(Job.id == job_id, Job.parent_id == job_id), Job.state == "queued"))
+        for job in sorted(rows, key=lambda j: j.id == job_id):  # shards first: the last one settles the sweep
+            if job.state == "queued":
+                _end(s, job, "failed", db_now(s), error=error)
 
 
 @retried
@@ -319,11 +321,15 @@ def reset_for_retry(job_id: str, url: str | None = None) -> list[str]:
         if me.state not in ("failed", "cancelled"):
             raise UsageError(f"job {job.id} is {job.state}; only failed or cancelled jobs can be retried")
         again = [r for r in rows if r.state in ("failed", "cancelled")]
+        if me.parent_id is not None:  # one shard again: its sweep is open again until that shard ends
+            parent = s.get(Job, me.parent_id)
+            if parent.state in ("failed", "cancelled"):
+                again.append(parent)
         for r in again:
             r.state, r.error, r.finished_at, r.worker, r.attempts = "queued", None, None, None, 0
             r.message = "queued (retry)"
             s.add(JobEvent(job_id=r.id, state="queued", progress=r.progress, message="queued (retry)"))
-        return [r.id for r in again if r.id != job.id] or [job.id]
+        return [r.id for r in again if r.id != job.id and r.id != me.parent_id] or [job.id]
 
 
 @retried

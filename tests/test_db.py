@@ -276,3 +276,20 @@ def test_a_job_past_its_deadline_stops_at_its_next_report(db_url):
     with pytest.raises(jobs.DeadlineExceeded, match="deadline passed"):
         jobs.report(job.id, 0.2, worker="w1")
     assert jobs.get(job.id).progress == pytest.approx(0.1)  # nothing written past the deadline
+
+
+def test_retrying_one_shard_reopens_its_sweep_and_abandon_fails_it_once(db_url):
+    parent = jobs.create("sweep", {}, queue="saejobs", shards=[{"shard": [0, 1]}, {"shard": [1, 2]}])
+    a, b = jobs.shards(parent.id)
+    assert claim(a.id, "w1") and jobs.finish(a.id, "succeeded", worker="w1", result={"shard_size": 1})
+    assert claim(b.id, "w1") and jobs.finish(b.id, "failed", worker="w1", error="boom")
+    assert jobs.get(parent.id).state == "failed"
+    assert jobs.reset_for_retry(b.id) == [b.id]
+    assert jobs.get(parent.id).state in ("queued", "running")
+    assert claim(b.id, "w2") and jobs.finish(b.id, "succeeded", worker="w2", result={"shard_size": 1})
+    assert jobs.get(parent.id).state == "succeeded"
+    other = jobs.create("sweep", {}, queue="saejobs", shards=[{"shard": [0, 1]}, {"shard": [1, 2]}])
+    jobs.abandon(other.id, "broker unreachable at redis://x")
+    got = jobs.get(other.id)
+    assert got.state == "failed" and "broker unreachable" in got.error
+    assert [e.state for e in got.events].count("failed") == 1
