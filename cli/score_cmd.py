@@ -45,6 +45,12 @@ def _range(ctx, param, value: str) -> tuple[float, float]:
     return a, b
 
 
+def _finite(ctx, param, value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):  # FloatRange lets NaN through
+        raise click.BadParameter(f"{value} is not a finite number")
+    return value
+
+
 @click.command()
 @click.option("--sae", required=True, shell_complete=sae_ids, help="SAE id (Neuronpedia id or repo/folder path).")
 @click.option("--feature", "features", multiple=True, callback=_ints, required=True,
@@ -52,7 +58,7 @@ def _range(ctx, param, value: str) -> tuple[float, float]:
 @click.option("--prompt", "prompts", multiple=True, required=True, help="Prompt (repeatable).")
 @click.option("--range", "range_", default=DEFAULT_RANGE, show_default=True, callback=_range,
               help="Strengths searched, LO:HI.")
-@click.option("--max-nll-increase", default=1.0, show_default=True, type=click.FloatRange(0, 100),
+@click.option("--max-nll-increase", default=1.0, show_default=True, type=click.FloatRange(0, 100), callback=_finite,
               help="Fluency bound: NLL (nats/token) at most the DEFAULT's plus this.")
 @click.option("--points", default=5, show_default=True, type=click.IntRange(2, 64), help="Coarse grid points.")
 @click.option("--rounds", default=1, show_default=True, type=click.IntRange(0, 6),
@@ -82,7 +88,7 @@ def search(sae, features, prompts, range_, max_nll_increase, points, rounds, see
 @click.argument("job_id", shell_complete=job_ids)
 @click.option("--html", "html_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Write the report to this file.")
-@click.option("--max-nll-increase", type=click.FloatRange(0, 100),
+@click.option("--max-nll-increase", type=click.FloatRange(0, 100), callback=_finite,
               help="Fluency bound for the marked strength (default: the search's, else 1.0).")
 @json_option
 def report(job_id: str, html_path: Path, max_nll_increase: float | None, as_json: bool) -> None:

@@ -93,6 +93,16 @@ CASES = [  # id, args (or a function of home returning them), env, exit code, wh
     ("custom entry whose folder escapes the cache", _escaping_entry, {}, 3, "must be a relative path without '..'"),
     ("config.json with wrong types", _config_types, {}, 3, "hf_hook_point_in"),
     ("Neuronpedia JSON off the schema", _neuronpedia, {}, 2, "$.request.features: expected a list, got str"),
+    ("search range reversed", ["search", "--sae", SAE, "--feature", "1", "--prompt", "x", "--range", "400:0"], {}, 2,
+     "finite LO < HI"),
+    ("search range not numbers", ["search", "--sae", SAE, "--feature", "1", "--prompt", "x", "--range", "a:b"], {}, 2,
+     "is not LO:HI"),
+    ("search feature >= d_sae", ["search", "--sae", SAE, "--feature", "16384", "--prompt", "x"], {}, 2,
+     "feature 16384 is out of range"),
+    ("search NLL bound NaN", ["search", "--sae", SAE, "--feature", "1", "--prompt", "x", "--max-nll-increase", "nan"],
+     {}, 2, "--max-nll-increase"),
+    ("score an unknown job", ["score", "0123456789"], {}, 2, "no job '0123456789'"),
+    ("report of an unknown job", ["report", "0123456789", "--html", "r.html"], {}, 2, "no job '0123456789'"),
 ]
 
 
