@@ -153,6 +153,9 @@ def results(job_id, kind, as_json, as_csv, fmt, out) -> None:
         else:
             res_grid = res.sweep_grid(rows)
             table(f"sweep {job.id[:8]} ({job.sae_id})", res_grid["columns"], res_grid["rows"])
+    elif job.kind == "search":  # the chosen strength per feature × prompt; the curves are in `jobs show --json`
+        _out((job.result or {}).get("chosen", []), ["feature", "prompt", "strength", "concept", "nll", "default_nll",
+                                                    "nll_bound", "output"], as_json, as_csv, f"search {job.id[:8]}")
     elif job.kind == "verify":
         rows = [res.verification_dict(v) for v in res.verifications(job_id=job.id)]
         for r in rows:

@@ -158,7 +158,8 @@ def test_sweep_scores_backfill_results_parquet_and_report(home, gemma3, mirror, 
 
 
 @pytest.mark.model
-def test_search_finds_a_strength_where_the_word_appears_within_the_bound_twice_the_same(home, gemma3, mirror):
+def test_search_finds_a_strength_where_the_word_appears_within_the_bound_twice_the_same(home, gemma3, mirror, tmp_path):
+    import saejobs
     from engine.registry import custom
 
     custom.write([demo.ENTRY], "demo")
@@ -173,6 +174,12 @@ def test_search_finds_a_strength_where_the_word_appears_within_the_bound_twice_t
     assert len(first["result"]["rounds"]) == 2  # a coarse grid, then one refinement, each one sweep job
     strengths = {p["strength"] for p in first["result"]["curves"][0]["points"]}
     assert {0, 100, 200, 300, 400} < strengths
+    assert json.loads(_cli("results", first["id"], "--json").stdout) == first["result"]["chosen"]
+    df = saejobs.results(first["id"])  # every round's generations, with the round's sweep job
+    assert df["round"].nunique() == 2 and len(df) == 2 * 1 + len(strengths)
+    page = tmp_path / "search.html"
+    assert _ok(_cli("report", first["id"], "--html", str(page), "--json"))["features"] == [0]
+    assert f"chosen {pick['strength']:g}" in page.read_text()
     bad = _cli("search", "--sae", demo.ENTRY.id, "--feature", "0", "--prompt", "x", "--range", "5:1", "--local")
     assert bad.exit_code == 2 and "LO < HI" in bad.output
 
