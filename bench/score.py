@@ -73,7 +73,8 @@ def main() -> int:
         alone = score.score_outputs(runner, [outs[i]], features)[0]
         c, g, _ = outs[i]
         ref = reference_nll(lm, runner.ids(c), g.token_ids)
-        same = (math.isclose(alone["nll"], scores[i]["nll"], abs_tol=1e-4) and math.isclose(ref, scores[i]["nll"], abs_tol=1e-3)
+        same = (math.isclose(alone["nll"], scores[i]["nll"], abs_tol=1e-4)
+                and math.isclose(ref, scores[i]["nll"], abs_tol=1e-3)
                 and all(math.isclose(alone["concept"][k]["mean"], v["mean"], abs_tol=1e-2)
                         for k, v in scores[i]["concept"].items()))
         ok &= same

@@ -15,7 +15,7 @@ import click
 
 from cli.complete import job_ids, sae_ids
 from cli.output import emit, json_option
-from cli.submit_cmd import _floats, _ints, submission
+from cli.submit_cmd import _ints, submission
 from engine.errors import UsageError
 
 DEFAULT_RANGE = "0:400"

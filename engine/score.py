@@ -165,8 +165,9 @@ def repetition(tokens: Sequence[int]) -> dict:
     n-gram occurring at least twice (overlaps allowed; 0 when no token repeats)."""
     t = list(tokens)
     longest, n = 0, 1
+    # a repeated (n+1)-gram contains a repeated n-gram: stop at the first n with no repeat
     while n < len(t) and len({tuple(t[i:i + n]) for i in range(len(t) - n + 1)}) < len(t) - n + 1:
-        longest, n = n, n + 1  # an n-gram repeats; a longer repeat contains a repeated n-gram, so stop at the first n without
+        longest, n = n, n + 1
     bigrams = list(zip(t, t[1:]))
     return {Score.DISTINCT_1: len(set(t)) / len(t) if t else 1.0,
             Score.DISTINCT_2: len(set(bigrams)) / len(bigrams) if bigrams else 1.0,
