@@ -92,18 +92,18 @@ def get(job_id: str, url: str | None = None) -> Job:
 
 
 @retried
-def claim(job_id: str, *, worker: str, host: str, gpu: str | None, stale_after: float, url: str | None = None) -> bool:
-    """Move a queued job (or one whose worker died) to running; False when someone else has it, or when
-    it has used up its attempts (it is then failed with its last error).
+def claim(job_id: str, *, worker: str, host: str, gpu: str | None, url: str | None = None) -> bool:
+    """Move a queued job to running; False when someone else has it, or when it has used up its attempts
+    (it is then failed with its last error).
 
     A job already running under this worker's own name is claimable too: a worker runs one job at a
-    time, so that row is left from a claim whose commit went through but whose answer was lost.
+    time, so that row is left from a claim whose commit went through but whose answer was lost. A job
+    whose worker went silent is not claimable here: only a reaper hands it on (``requeue`` with
+    ``stale_after``), after its own grace — so a duplicate message never takes a slow worker's job.
     """
     with session(url) as s:
         now = db_now(s)
-        claimable = or_(Job.state == "queued",
-                        (Job.state == "running") & (Job.worker == worker),
-                        (Job.state == "running") & (Job.heartbeat_at < now - timedelta(seconds=stale_after)))
+        claimable = or_(Job.state == "queued", (Job.state == "running") & (Job.worker == worker))
         params = s.scalar(select(Job.params).where(Job.id == job_id)) or {}
         timeout = params.get("timeout_s")
         child = aliased(Job)
@@ -176,8 +176,8 @@ def _settle_parent(s, parent_id: str, now: datetime, note: str | None = None) ->
                   **{k: results[0][k] for k in ("sae", "model") if k in results[0]}}
         _end(s, parent, "succeeded", now, result=result)
         return
-    bad = next(r for r in rows if r.state != "succeeded")
     failed = sum(r.state == "failed" for r in rows)
+    bad = next(r for r in rows if r.state == ("failed" if failed else "cancelled"))
     state = "failed" if failed else "cancelled"
     _end(s, parent, state, now, error=f"{len(rows) - done} of {len(rows)} shards {state}; first: {bad.error or bad.state}",
          result=bad.result if failed else None)

@@ -121,7 +121,7 @@ def kinds() -> dict[str, Callable[[JobContext], dict]]:
 
 def execute(job_id: str, worker: Worker) -> str:
     """Run the job; returns how it ended: succeeded, failed, cancelled, skipped, handed_back, transient."""
-    if not jobs.claim(job_id, worker=worker.name, host=worker.host, gpu=worker.gpu, stale_after=STALE_AFTER_S):
+    if not jobs.claim(job_id, worker=worker.name, host=worker.host, gpu=worker.gpu):
         log.info("job %s: not claimable (already running elsewhere or finished); skipped", job_id)
         return "skipped"
     job = jobs.get(job_id)

@@ -39,10 +39,9 @@ def local_copy(ctx, entry: SaeEntry) -> tuple[Sae, Path]:
         return row, Path(copy.path)
     dest = download.local_folder(entry)
     with download.folder_lock(dest):
-        for folder in (dest, row.local_path):  # already here (another worker of this host, a shared disk)?
-            if folder and saes.present(row, entry, folder) and _matches(row, Path(folder), ctx):
-                saes.record_copy(entry.id, host, Path(folder), row.files)
-                return row, Path(folder)
+        if saes.present(row, entry, dest) and _matches(row, dest, ctx):  # another worker here (or a shared home)
+            saes.record_copy(entry.id, host, dest, row.files)
+            return row, dest
         ctx.progress(0.0, f"fetching {entry.id} to {host}", force=True)
         if row.source:
             digests = download.fetch_from_mirror(entry, Path(row.source), dest, ctx.progress)

@@ -15,8 +15,8 @@ from engine.errors import NotFoundError, UsageError
 from tests.dbfixtures import db_url, home  # noqa: F401
 
 
-def claim(job_id, worker="w1", stale_after=30.0):
-    return jobs.claim(job_id, worker=worker, host="h", gpu=None, stale_after=stale_after)
+def claim(job_id, worker="w1"):
+    return jobs.claim(job_id, worker=worker, host="h", gpu=None)
 
 
 def test_lifecycle_records_progress_events_and_result(db_url):
@@ -48,6 +48,7 @@ def test_a_dead_workers_job_is_handed_on_and_the_old_worker_stops(db_url):
     assert job.id in jobs.stale_running(60)
     assert job.id in jobs.stale_running(60, alive="w2")
     assert job.id not in jobs.stale_running(60, alive="w1")  # a worker never reaps its own job: it is alive
+    assert not claim(job.id, "w2")  # a duplicate message does not take it: only a reaper hands it on
     assert jobs.requeue(job.id, "worker lost", stale_after=60)
     assert not jobs.requeue(job.id, "second reaper", stale_after=60)
     assert claim(job.id, "w2")
@@ -127,7 +128,7 @@ def _hammer(url: str, n: int, out) -> None:
     try:
         for i in range(n):
             job = j.create("verify", {"i": i})
-            assert j.claim(job.id, worker=f"p{os.getpid()}", host="h", gpu=None, stale_after=30)
+            assert j.claim(job.id, worker=f"p{os.getpid()}", host="h", gpu=None)
             for k in range(3):
                 j.report(job.id, k / 3, f"step {k}", worker=f"p{os.getpid()}")
             assert j.finish(job.id, "succeeded", worker=f"p{os.getpid()}")
