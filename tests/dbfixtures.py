@@ -59,7 +59,15 @@ def db_url(request, home, monkeypatch):
         return
     if not pg_available():
         pytest.skip(f"no PostgreSQL at {make_url(PG_ADMIN).render_as_string()}")
-    name = f"saejobs_test_{uuid.uuid4().hex[:12]}"
+    yield from fresh_pg_database(monkeypatch)
+
+
+def fresh_pg_database(monkeypatch, prefix: str = "saejobs_test"):
+    """A new database on the session's PostgreSQL as ``$SAEJOBS_DB`` (a fixture body: yields its URL,
+    drops it afterwards)."""
+    from db.session import dispose_all
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with _pg_admin() as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)

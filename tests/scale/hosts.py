@@ -5,13 +5,10 @@ not a knob inside saejobs)."""
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.engine import make_url
 
 from db import jobs
 from db.models import JobEvent
@@ -34,18 +31,9 @@ def clock_ahead(seconds: int) -> dict[str, str]:
 @pytest.fixture
 def pg_url(home, monkeypatch):
     """A fresh database on the session's PostgreSQL (the shared database of a multi-host setup)."""
-    from db.session import dispose_all
-    from tests.dbfixtures import PG_ADMIN, _pg_admin
+    from tests.dbfixtures import fresh_pg_database
 
-    name = f"saejobs_scale_{uuid.uuid4().hex[:12]}"
-    with _pg_admin() as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
-    monkeypatch.setenv("SAEJOBS_DB", url)
-    yield url
-    dispose_all()
-    with _pg_admin() as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    yield from fresh_pg_database(monkeypatch, "saejobs_scale")
 
 
 def events(job_id: str) -> list[tuple[str, str]]:
@@ -63,7 +51,3 @@ def claims(parent_id: str) -> dict[str, list[str]]:
 def handed_on(parent_id: str) -> list[str]:
     """Shards a reaper took from their worker."""
     return [j.id for j in jobs.shards(parent_id) if any("worker lost" in m for _, m in events(j.id))]
-
-
-def env_without(*names: str) -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in names}
