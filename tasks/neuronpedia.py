@@ -99,19 +99,25 @@ def fetch(ref: str, api: str, inference_url: str | None = None, timeout: float =
         url = inference_url.rstrip("/") + np_api.INFERENCE_PATHS[exported["chat"]]
         secret = os.environ.get("NEURONPEDIA_INFERENCE_SECRET")
         headers = {"X-SECRET-KEY": secret} if secret else {}
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json", **headers})
+    answer = _json_call(urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                               headers={"Content-Type": "application/json", **headers}), timeout)
+    return import_saved({"request": body, "response": answer})[0]
+
+
+def _json_call(req: urllib.request.Request, timeout: float):
+    """One call to Neuronpedia, its JSON answer; 5xx/429 and network errors are transient, other HTTP
+    errors the request's fault, anything but JSON a schema error."""
+    url = req.full_url
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
-            answer = json.loads(r.read().decode())
+            return json.loads(r.read().decode())
     except urllib.error.HTTPError as e:
         kind = TransientError if e.code >= 500 or e.code == 429 else UsageError
         raise kind(f"Neuronpedia answered HTTP {e.code} for {url}") from None
     except (urllib.error.URLError, TimeoutError, OSError) as e:
         raise TransientError(f"cannot reach {url}: {getattr(e, 'reason', e)}") from None
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise np_api.SchemaError(f"{url} did not answer JSON") from None
-    return import_saved({"request": body, "response": answer})[0]
 
 
 def feature(sae: str, index: int, fetch: bool = False, timeout: float = 60) -> dict:
@@ -130,17 +136,8 @@ def feature(sae: str, index: int, fetch: bool = False, timeout: float = 60) -> d
     if not fetch:
         return out
     key = os.environ.get("NEURONPEDIA_API_KEY")
-    req = urllib.request.Request(url, headers={"Accept": "application/json", **({"X-Api-Key": key} if key else {})})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            body = json.loads(r.read().decode())
-    except urllib.error.HTTPError as e:
-        kind = TransientError if e.code >= 500 or e.code == 429 else UsageError
-        raise kind(f"Neuronpedia answered HTTP {e.code} for {url}") from None
-    except (urllib.error.URLError, TimeoutError, OSError) as e:
-        raise TransientError(f"cannot reach {url}: {getattr(e, 'reason', e)}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise np_api.SchemaError(f"{url} did not answer JSON") from None
+    body = _json_call(urllib.request.Request(
+        url, headers={"Accept": "application/json", **({"X-Api-Key": key} if key else {})}), timeout)
     got = np_api.parse_feature(body)
     if (got["model"], got["source"], got["index"]) != (model, source, index):
         raise np_api.SchemaError(f"{url} answered for {got['model']}/{got['source']}/{got['index']}")
