@@ -10,9 +10,8 @@ MAX_RETRIES = 3
 
 @app.task(bind=True, name="saejobs.run_job", max_retries=MAX_RETRIES)
 def run_job(self, job_id: str) -> str:
-    from tasks.runner import current_worker
-
     from db.session import SchemaMismatch
+    from tasks.runner import current_worker
 
     try:
         outcome = runner.execute(job_id, current_worker())
