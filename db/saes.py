@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from sqlalchemy import select
 
 from db.models import Sae, SaeCopy
 from db.session import db_now, retried, session
-from engine.registry.entry import SaeEntry
+from engine.registry.entry import PARAMS_FILES, SaeEntry
 
 
 @retried
@@ -50,9 +49,17 @@ def record_copy(sae_id: str, host: str, folder: Path, files: dict[str, dict], ur
 def _record_copy(s, sae_id: str, host: str, folder: Path, files: dict[str, dict]) -> None:
     row = s.scalar(select(SaeCopy).where(SaeCopy.sae_id == sae_id, SaeCopy.host == host)) or SaeCopy(sae_id=sae_id, host=host)
     row.path, row.verified_at = str(folder), db_now(s)
-    row.sha256 = next((f["sha256"] for f in files.values()), None) if len(files) == 1 else \
-        hashlib.sha256("".join(f"{n}:{files[n]['sha256']}" for n in sorted(files)).encode()).hexdigest()
+    row.sha256 = params_sha256(files)
     s.add(row)
+
+
+def params_sha256(files: dict | None) -> str | None:
+    """The parameters file's sha256 among an SAE's recorded files: what names its weights in a sweep's
+    steering id and in each host's copy."""
+    for name in PARAMS_FILES:
+        if files and name in files:
+            return files[name]["sha256"]
+    return None
 
 
 @retried

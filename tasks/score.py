@@ -8,13 +8,13 @@ stored, so a re-run or a kill loses or doubles nothing), and ``--local`` still r
 
 from __future__ import annotations
 
+from db import saes
 from db import scores as store
 from engine import score
 from engine.errors import IntegrityError, NotFoundError
 from engine.request import SweepRequest
 from engine.verify import check_pairing
 from tasks.saefiles import local_copy, resolve_entry
-from tasks.sweep import _params_sha256
 
 CHUNK = 64  # rows scored and written together
 
@@ -30,7 +30,7 @@ def run(ctx) -> dict:
     entry = resolve_entry(req.sae)
     row, folder = local_copy(ctx, entry)
     sha = (sweep.provenance or {}).get("sae_sha256")
-    if sha and sha != _params_sha256(row.files):
+    if sha and sha != saes.params_sha256(row.files):
         raise IntegrityError(f"the SAE {entry.id} changed since sweep {target[:8]} ran (sha256 {sha[:12]}...); "
                              "its scores would not describe the features it steered")
     total = len(rows)

@@ -6,10 +6,9 @@ unique (sweep, config_key) constraint makes a duplicate write impossible anyway.
 
 from __future__ import annotations
 
-from db import jobs, results
+from db import jobs, results, saes
 from engine import failpoints, provenance
 from engine.chat import template_id as chat_template_id, to_json as chat_json
-from engine.registry.entry import PARAMS_FILES
 from engine.request import SweepRequest
 from engine.score import score_outputs
 from engine.sweep import Runner, chunks, default_batch_size, load_vector
@@ -30,7 +29,7 @@ def run(ctx) -> dict:
     for v in req.vectors:
         v.check()
     vectors = {v.label: load_vector(v.path) for v in req.vectors}
-    sae_sha = _params_sha256(row.files)
+    sae_sha = saes.params_sha256(row.files)
     steering_id = f"{entry.id}@{sae_sha}" + "".join(f"+{n}" for n in sorted(vectors))
     configs = req.configs(steering_id)
     if shard:
@@ -78,11 +77,3 @@ def run(ctx) -> dict:
         ctx.progress(done / total, f"{done}/{total} generations", force=True)
     return {"sweep_id": sweep_id, "sae": entry.id, "model": lm.model_id, "generations": total, "shard_size": total,
             "ran_now": len(todo), "batch_size": min(size, runner.max_rows)}
-
-
-def _params_sha256(files: dict | None) -> str | None:
-    for name in PARAMS_FILES:
-        if files and name in files:
-            return files[name]["sha256"]
-    return None
-
