@@ -7,7 +7,7 @@ import time
 
 def wait_job(job_id: str, timeout: float = 600, poll: float = 0.005):
     """The job's row once it succeeded; exits the bench with its error otherwise."""
-    from db import jobs
+    from saejobs.db import jobs
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SAEJOBS = [sys.executable, "-m", "cli.main"]  # what the `saejobs` script runs
+SAEJOBS = [sys.executable, "-m", "saejobs.cli.main"]  # what the `saejobs` script runs
 
 
 def wall(cmd: list[str], runs: int) -> float:
@@ -44,13 +44,13 @@ def main() -> int:
     home = Path(tempfile.mkdtemp(prefix="saejobs-bench-cli-"))
     os.environ.update(SAEJOBS_HOME=str(home), SAEJOBS_BROKER=a.broker)
     os.environ.pop("SAEJOBS_DB", None)
-    from worker import up
+    from saejobs.worker import up
 
     broker = None if up.broker_answers(a.broker) else up.start_broker(a.broker)
     import redis
 
     redis.Redis.from_url(a.broker).flushdb()
-    from db import jobs
+    from saejobs.db import jobs
     from tests.synthetic_saes import make
 
     for _ in range(50):

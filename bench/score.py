@@ -43,19 +43,19 @@ def main() -> int:
 
     import torch
 
-    from engine import demo, score
-    from engine.models import load_model
-    from engine.request import Settings, plan
-    from engine.sae import load_sae
-    from engine.sweep import Runner
+    from saejobs.engine import demo, score
+    from saejobs.engine.models import load_model
+    from saejobs.engine.request import Settings, plan_configs
+    from saejobs.engine.sae import load_sae
+    from saejobs.engine.sweep import SweepGenerator
 
     lm = load_model("gemma-3-270m-gguf", torch.float32, a.device)
     sae = load_sae(demo.ENTRY, demo.build(lm, Path(tempfile.mkdtemp())), device=a.device)
     settings = Settings(n_tokens=a.n_tokens)
     features = [0, 1, 2, 3]
-    configs = plan(features, [], [50, 100, 200, 300], ["Once upon a time", "The weather today is"], [42], False,
+    configs = plan_configs(features, [], [50, 100, 200, 300], ["Once upon a time", "The weather today is"], [42], False,
                    settings, "bench")
-    runner = Runner(lm, sae, demo.ENTRY.hook_name, settings)
+    runner = SweepGenerator(lm, sae, demo.ENTRY.hook_name, settings)
     score.score_outputs(runner, runner.run(configs[:2]), features)  # warm-up (allocator, kernels)
 
     gen_s, score_s = [], []

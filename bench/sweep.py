@@ -33,20 +33,20 @@ os.environ.setdefault("SAEJOBS_MODEL_CACHE", str(Path.home() / ".cache" / "saejo
 def batched_vs_one_by_one(device: str) -> bool:
     import torch
 
-    from engine import demo
-    from engine.models import load_model
-    from engine.sae import load_sae
-    from engine.request import Settings, plan
-    from engine.sweep import Runner
+    from saejobs.engine import demo
+    from saejobs.engine.models import load_model
+    from saejobs.engine.sae import load_sae
+    from saejobs.engine.request import Settings, plan_configs
+    from saejobs.engine.sweep import SweepGenerator
 
     lm = load_model("gemma-3-270m-gguf", torch.float32, device)
     folder = demo.build(lm, Path(tempfile.mkdtemp()))
     sae = load_sae(demo.ENTRY, folder, device=device)
     settings = Settings(n_tokens=32)
-    configs = [c for c in plan([0, 1, 2, 3], [], [25, 50, 100, 200], ["Once upon a time"], [42], False, settings, "bench")
+    configs = [c for c in plan_configs([0, 1, 2, 3], [], [25, 50, 100, 200], ["Once upon a time"], [42], False, settings, "bench")
                if c.type == "STEERED"]
     assert len(configs) == 16
-    runner = Runner(lm, sae, demo.ENTRY.hook_name, settings)
+    runner = SweepGenerator(lm, sae, demo.ENTRY.hook_name, settings)
     runner.run(configs[:2])  # warm-up (allocator, kernels)
     t0 = time.perf_counter()
     batched = runner.run(configs)
@@ -66,24 +66,24 @@ def warm_vs_cold_worker() -> None:
     import redis
 
     redis.Redis.from_url(os.environ["SAEJOBS_BROKER"]).flushdb()
-    from engine import demo
-    from engine.models import load_model
-    from engine.registry import custom
-    from engine.request import Settings, SweepRequest
-    from tasks.runner import execute
-    from tasks.submit import submit
-    from tasks.runner import local_worker
+    from saejobs.engine import demo
+    from saejobs.engine.models import load_model
+    from saejobs.engine.registry import custom
+    from saejobs.engine.request import Settings, SweepRequest
+    from saejobs.tasks.runner import execute
+    from saejobs.tasks.submit import submit
+    from saejobs.tasks.runner import local_executor
 
     lm = load_model("gemma-3-270m-gguf")
     demo.build(lm, home / "mirror")
     custom.write([demo.ENTRY], "demo")
     execute(submit("download", {"sae": demo.ENTRY.id, "source": str(home / "mirror")}, sae_id=demo.ENTRY.id,
-                   local=True).id, local_worker())
+                   local=True).id, local_executor())
     params = SweepRequest(sae=demo.ENTRY.id, model="gemma-3-270m-gguf", features=(0,), strengths=(100.0,),
                           prompts=("Once upon a time",), settings=Settings(n_tokens=8)).to_params()
     log = open(home / "worker.log", "w")
     t0 = time.perf_counter()
-    worker = subprocess.Popen([sys.executable, "-m", "worker.main", "--cpu", "--loglevel", "warning"], cwd=ROOT,
+    worker = subprocess.Popen([sys.executable, "-m", "saejobs.worker.main", "--cpu", "--loglevel", "warning"], cwd=ROOT,
                               env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT)
     try:
         cold_job = wait_job(submit("sweep", params, sae_id=demo.ENTRY.id).id)
@@ -106,10 +106,10 @@ def warm_vs_cold_worker() -> None:
 def sae_load() -> bool:
     import torch
 
-    from engine import sae as sae_mod
-    from engine.formats import read_params
-    from engine.registry import get
-    from engine.synthetic import random_params, write_sae
+    from saejobs.engine import sae as sae_mod
+    from saejobs.engine.formats import read_params
+    from saejobs.engine.registry import get
+    from saejobs.engine.synthetic import random_params, write_sae
 
     entry = get("gemma-2-2b/20-gemmascope-res-16k")
     folder = write_sae(Path(tempfile.mkdtemp()) / "sae", "gemma-scope", random_params(entry.d_model, entry.d_sae))

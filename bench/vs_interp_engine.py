@@ -36,18 +36,18 @@ def main() -> None:
     from interp_engine.steer import SteerSpec, generate_stream, steer
     from interp_engine.steer_specs import SteerMethod
 
-    from engine import demo
-    from engine.models import load_model
-    from engine.sae import load_sae
-    from engine.request import Settings, plan
-    from engine.sweep import Runner
+    from saejobs.engine import demo
+    from saejobs.engine.models import load_model
+    from saejobs.engine.sae import load_sae
+    from saejobs.engine.request import Settings, plan_configs
+    from saejobs.engine.sweep import SweepGenerator
 
     lm = load_model("gemma-3-270m-gguf", torch.float32, a.device)
     sae = load_sae(demo.ENTRY, demo.build(lm, Path(tempfile.mkdtemp())), device=a.device)
     settings = Settings(n_tokens=a.n_tokens)
-    configs = [c for c in plan([0, 1, 2, 3], [], [25, 50, 100, 200], ["Once upon a time"], [42], False, settings,
+    configs = [c for c in plan_configs([0, 1, 2, 3], [], [25, 50, 100, 200], ["Once upon a time"], [42], False, settings,
                                "bench") if c.type == "STEERED"]
-    runner = Runner(lm, sae, demo.ENTRY.hook_name, settings)
+    runner = SweepGenerator(lm, sae, demo.ENTRY.hook_name, settings)
     oracle = EagerModel(lm.model.config._name_or_path, hf_model=lm.model, tokenizer=lm.tokenizer)
 
     def interp_engine(cfg, temperature: float = 0.0) -> list[int]:
@@ -76,7 +76,7 @@ def main() -> None:
     if a.sampled:
         theirs = [interp_engine(c, a.sampled) for c in configs]
         for semantics in ("interp-engine", "transformerlens"):
-            r = Runner(lm, sae, demo.ENTRY.hook_name, Settings(n_tokens=a.n_tokens, temperature=a.sampled,
+            r = SweepGenerator(lm, sae, demo.ENTRY.hook_name, Settings(n_tokens=a.n_tokens, temperature=a.sampled,
                                                               sampling_semantics=semantics))
             same = sum(g.token_ids == t for (_, g, _), t in zip(r.run(configs), theirs))
             print(f"temperature {a.sampled}, seed 42, saejobs --sampling {semantics}: "

@@ -9,19 +9,19 @@ from __future__ import annotations
 import click
 from click.shell_completion import CompletionItem, get_completion_class
 
-from cli.output import json_option
+from saejobs.cli.output import json_option
 
 MAX_ITEMS = 200
 
 
 def sae_ids(ctx, param, incomplete: str) -> list[CompletionItem]:
-    from engine import registry
+    from saejobs.engine import registry
 
     return [CompletionItem(e.id) for e in registry.entries() if e.id.startswith(incomplete)][:MAX_ITEMS]
 
 
 def job_ids(ctx, param, incomplete: str) -> list[CompletionItem]:
-    from db import jobs
+    from saejobs.db import jobs
 
     try:
         found = jobs.listing(limit=MAX_ITEMS)
@@ -37,7 +37,7 @@ def completion(shell: str, as_json: bool) -> None:
     """Print the completion script for SHELL: eval "$(saejobs completion bash)" in ~/.bashrc."""
     import json
 
-    from cli.main import cli
+    from saejobs.cli.main import cli
 
     script = get_completion_class(shell)(cli, {}, "saejobs", "_SAEJOBS_COMPLETE").source()
     click.echo(json.dumps({"shell": shell, "script": script}) if as_json else script)

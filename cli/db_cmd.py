@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from cli.output import emit, json_option
+from saejobs.cli.output import emit, json_option
 
 
 @click.group()
@@ -19,8 +19,8 @@ def upgrade(as_json: bool) -> None:
     """Create or migrate the database to this saejobs' schema (stop the workers first)."""
     from sqlalchemy.exc import OperationalError
 
-    from db import migrate
-    from db.session import DatabaseError, database_url, get_engine, redact
+    from saejobs.db import migrate
+    from saejobs.db.session import DatabaseError, database_url, get_engine, redact
 
     eng = get_engine()
     try:

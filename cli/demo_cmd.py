@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.output import console, emit, json_option, table
+from saejobs.cli.output import console, emit, json_option, table
 
 
 @click.command()
@@ -19,21 +19,21 @@ def demo(strengths: str, n_tokens: int, as_json: bool) -> None:
     """
     import torch
 
-    from cli.follow import run_local
-    from db import jobs, results
-    from engine import demo as demo_sae
-    from engine import paths
-    from engine.errors import SaejobsError
-    from engine.registry import custom
-    from engine.request import Settings, SweepRequest
-    from tasks.submit import submit
-    from tasks.runner import local_worker
+    from saejobs.cli.follow import run_local
+    from saejobs.db import jobs, results
+    from saejobs.engine import demo as demo_sae
+    from saejobs.engine import paths
+    from saejobs.engine.errors import SaejobsError
+    from saejobs.engine.registry import custom
+    from saejobs.engine.request import Settings, SweepRequest
+    from saejobs.tasks.submit import submit
+    from saejobs.tasks.runner import local_executor
 
     quiet = as_json
     say = (lambda *a: None) if quiet else console().print
     say("[bold]saejobs demo[/]: Gemma 3 270M (PyPI package) + a [yellow]synthetic[/] Gemma-Scope-2-format SAE")
     say("loading Gemma 3 270M (the first run converts the GGUF once: about a minute)...")
-    lm = local_worker().cache.model("gemma-3-270m-gguf", torch.float32)
+    lm = local_executor().cache.model("gemma-3-270m-gguf", torch.float32)
     mirror = paths.home() / "demo-mirror"
     demo_sae.build(lm, mirror)
     custom.write([demo_sae.ENTRY], "demo")

@@ -13,7 +13,7 @@ import time
 
 import click
 
-from db.states import FINAL_STATES
+from saejobs.db.states import FINAL_STATES
 
 POLL_FIRST_S, POLL_MAX_S = 0.01, 0.25  # read the row often at first (short jobs end soon), then back off
 EXIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 8}
@@ -25,8 +25,8 @@ def follow(job_id: str, *, quiet: bool = False, timeout: float | None = None, ru
     and starts over when the job changes state, so a quick job's end is seen within milliseconds."""
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-    from cli.output import err_console
-    from db import jobs
+    from saejobs.cli.output import err_console
+    from saejobs.db import jobs
 
     deadline = None if timeout is None else time.monotonic() + timeout
     delay, seen = POLL_FIRST_S, None
@@ -58,15 +58,15 @@ def follow(job_id: str, *, quiet: bool = False, timeout: float | None = None, ru
 
 def run_local(job_id: str, *, quiet: bool = False):
     """Run the job in this process (no broker) while following it; Ctrl-C cancels it cleanly."""
-    from db import jobs
-    from tasks.runner import execute, local_worker
+    from saejobs.db import jobs
+    from saejobs.tasks.runner import execute, local_executor
 
     errors: list[BaseException] = []
 
     def target() -> None:
         try:  # a sweep split into shards (a retried queued sweep): its shards in turn, then it has ended
             for jid in [c.id for c in jobs.shards(job_id) if c.state == "queued"] or [job_id]:
-                execute(jid, local_worker())
+                execute(jid, local_executor())
         except BaseException as e:  # surfaced below; the row already says what happened
             errors.append(e)
 
@@ -97,7 +97,7 @@ def _verification(result: dict) -> None:
 
 def finish(job, as_json: bool) -> None:
     """Print the final job and exit with its state's code (non-zero unless it succeeded)."""
-    from db import jobs
+    from saejobs.db import jobs
 
     if as_json:
         click.echo(json.dumps(jobs.as_dict(job), indent=2, default=str))

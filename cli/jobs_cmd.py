@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from cli.complete import job_ids
-from cli.follow import finish, follow, run_local
-from cli.output import emit, json_option, table, write_csv
-from db.states import JobKind, JobState
-from engine.errors import UsageError
+from saejobs.cli.complete import job_ids
+from saejobs.cli.follow import finish, follow, run_local
+from saejobs.cli.output import emit, json_option, table, write_csv
+from saejobs.db.states import JobKind, JobState
+from saejobs.engine.errors import UsageError
 
 STATES = [s.value for s in JobState]
 KINDS = [k.value for k in JobKind]
@@ -30,7 +30,7 @@ def jobs() -> None:
 @json_option
 def list_(state, kind, limit, shards, as_json) -> None:
     """Most recent jobs first."""
-    from db import jobs as store
+    from saejobs.db import jobs as store
 
     found = store.listing(state=state, kind=kind, limit=limit, shards=shards)
     emit([store.as_dict(j) for j in found], as_json, lambda: table(
@@ -45,7 +45,7 @@ def list_(state, kind, limit, shards, as_json) -> None:
 @json_option
 def show(job_id, events, as_json) -> None:
     """Everything about one job (an id prefix of 4+ characters is enough)."""
-    from db import jobs as store
+    from saejobs.db import jobs as store
 
     job = store.get(job_id)
     data = store.as_dict(job, events=events)
@@ -73,7 +73,7 @@ def show(job_id, events, as_json) -> None:
 @json_option
 def watch(job_id, timeout, as_json) -> None:
     """Follow a job's progress until it ends; non-zero exit unless it succeeded."""
-    from db import jobs as store
+    from saejobs.db import jobs as store
 
     finish(follow(store.get(job_id).id, quiet=as_json, timeout=timeout), as_json)
 
@@ -83,7 +83,7 @@ def watch(job_id, timeout, as_json) -> None:
 @json_option
 def cancel(job_id, as_json) -> None:
     """Cancel a queued or running job (a running one stops at its next progress report)."""
-    from db import jobs as store
+    from saejobs.db import jobs as store
 
     job = store.cancel(job_id)
     emit(store.as_dict(job), as_json, lambda: click.echo(f"{job.id} cancelled"))
@@ -97,8 +97,8 @@ def cancel(job_id, as_json) -> None:
 def retry(job_id, wait, local, as_json) -> None:
     """Queue a failed or cancelled job again, with the same parameters and id (a sweep: the shards that
     did not succeed), with a fresh budget of attempts."""
-    from db import jobs as store
-    from tasks.submit import dispatch
+    from saejobs.db import jobs as store
+    from saejobs.tasks.submit import dispatch
 
     job = store.get(job_id)
     again = store.reset_for_retry(job.id)  # the job's own id, or a sweep's shards that did not succeed
@@ -122,8 +122,8 @@ def retry(job_id, wait, local, as_json) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="File for --format.")
 def results(job_id, kind, as_json, as_csv, fmt, out) -> None:
     """Results of finished jobs, or one job's results in full (a sweep as a strength × feature grid)."""
-    from db import jobs as store
-    from db import results as res
+    from saejobs.db import jobs as store
+    from saejobs.db import results as res
 
     if as_json and as_csv:
         raise UsageError("--json and --csv are exclusive")

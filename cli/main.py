@@ -10,8 +10,8 @@ import sys
 
 import click
 
-from cli.output import fail
-from engine.errors import SaejobsError
+from saejobs.cli.output import fail
+from saejobs.engine.errors import SaejobsError
 
 
 class Group(click.Group):
@@ -31,7 +31,7 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from cli import (complete, db_cmd, demo_cmd, jobs_cmd, neuronpedia_cmd, saes_cmd, score_cmd, submit_cmd,
+    from saejobs.cli import (complete, db_cmd, demo_cmd, jobs_cmd, neuronpedia_cmd, saes_cmd, score_cmd, submit_cmd,
                      worker_cmd)
 
     cli.add_command(saes_cmd.saes)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from cli.complete import job_ids, sae_ids
-from cli.output import console, emit, json_option, table
-from engine.errors import UsageError
+from saejobs.cli.complete import job_ids, sae_ids
+from saejobs.cli.output import console, emit, json_option, table
+from saejobs.engine.errors import UsageError
 
 
 @click.group()
@@ -30,7 +30,7 @@ def request(config: str, inference_url: str | None, fetch: bool, api: str | None
     steer-chat endpoints' for a chat generation (--chat sweeps), the completion endpoints' otherwise.
 
     CONFIG is a generation id or a config key prefix, as `saejobs results JOB --json` shows them."""
-    from tasks import neuronpedia as np_tasks
+    from saejobs.tasks import neuronpedia as np_tasks
 
     if fetch:
         got = np_tasks.fetch(config, api or ("inference" if inference_url else "public"), inference_url)
@@ -57,7 +57,7 @@ def request(config: str, inference_url: str | None, fetch: bool, api: str | None
 def feature(sae: str, index: int, fetch: bool, as_json: bool) -> None:
     """Where Neuronpedia shows feature INDEX of SAE; with --fetch, its explanations, maxActApprox (the
     strength Neuronpedia's steering UI starts from) and top positive/negative logits."""
-    from tasks import neuronpedia as np_tasks
+    from saejobs.tasks import neuronpedia as np_tasks
 
     got = np_tasks.feature(sae, index, fetch)
 
@@ -79,7 +79,7 @@ def import_(file: Path, as_json: bool) -> None:
     """Store saved answers: {"request": BODY, "response": ANSWER} or a list of them, either API.
 
     Each is matched to the stored configuration its request describes, or kept as a standalone run."""
-    from tasks import neuronpedia as np_tasks
+    from saejobs.tasks import neuronpedia as np_tasks
 
     try:
         doc = json.loads(file.read_text(encoding="utf-8"))
@@ -102,9 +102,9 @@ def import_(file: Path, as_json: bool) -> None:
 @json_option
 def compare(sweep: str, run: int | None, html_path: Path | None, as_json: bool) -> None:
     """Compare a sweep's generations with the Neuronpedia answers matched to it."""
-    from db import jobs
-    from engine.report import html
-    from tasks import neuronpedia as np_tasks
+    from saejobs.db import jobs
+    from saejobs.engine.report import html
+    from saejobs.tasks import neuronpedia as np_tasks
 
     job = jobs.get(sweep)
     result = np_tasks.compare(job.id, run)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from cli.complete import sae_ids
-from cli.output import emit, json_option, table
-from engine.registry.entry import SaeSite
+from saejobs.cli.complete import sae_ids
+from saejobs.cli.output import emit, json_option, table
+from saejobs.engine.registry.entry import SaeSite
 
 COLUMNS = ["id", "folder", "hook_name", "d_sae", "l0"]
 OPTIONAL = ("folder", "hook_name")  # dropped, in this order, before an id would have to fold
@@ -38,8 +38,8 @@ def saes() -> None:
 @json_option
 def list_(model: str | None, site: str | None, wide: bool, as_json: bool) -> None:
     """SAEs with a Neuronpedia id (a narrow terminal gets fewer columns, never shortened ids)."""
-    from cli.output import console
-    from engine import registry
+    from saejobs.cli.output import console
+    from saejobs.engine import registry
 
     found = registry.entries(model=model, site=site)
 
@@ -55,7 +55,7 @@ def list_(model: str | None, site: str | None, wide: bool, as_json: bool) -> Non
 @json_option
 def show(ids: tuple[str, ...], as_json: bool) -> None:
     """Everything saejobs knows about an SAE. One id prints an object, several an array."""
-    from engine import registry
+    from saejobs.engine import registry
 
     found = [registry.get(i) for i in ids]
     data = [e.to_json() for e in found]
@@ -69,7 +69,7 @@ def show(ids: tuple[str, ...], as_json: bool) -> None:
 @json_option
 def available(model: str, layer: int | None, as_json: bool) -> None:
     """The widths and L0 folders that really exist on the Hub for MODEL (asks the Hub's tree API)."""
-    from engine import hub  # huggingface_hub loads only here
+    from saejobs.engine import hub  # huggingface_hub loads only here
 
     found = hub.available(model, layer)
     groups: dict[tuple, list[str]] = {}
@@ -82,7 +82,7 @@ def available(model: str, layer: int | None, as_json: bool) -> None:
 
 def _order(item: tuple) -> tuple:
     (repo, site, layer, width), _ = item
-    from engine.registry.regenerate import WIDTHS
+    from saejobs.engine.registry.regenerate import WIDTHS
 
     return repo, site, layer, WIDTHS.get(width, 0)
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import click
 
-from cli.complete import job_ids, sae_ids
-from cli.output import emit, json_option
-from cli.submit_cmd import _ints, submission
-from engine.errors import UsageError
+from saejobs.cli.complete import job_ids, sae_ids
+from saejobs.cli.output import emit, json_option
+from saejobs.cli.submit_cmd import _ints, submission
+from saejobs.engine.errors import UsageError
 
 DEFAULT_RANGE = "0:400"
 
@@ -26,7 +26,7 @@ DEFAULT_RANGE = "0:400"
 @submission
 def score(job_id: str):
     """Score a stored sweep's generations that have no scores yet (sweeps score as they run)."""
-    from db import jobs, results
+    from saejobs.db import jobs, results
 
     job = jobs.get(job_id)
     if job.kind != "sweep" or results.sweep_for_job(job.id) is None:
@@ -71,8 +71,8 @@ def _finite(ctx, param, value: float | None) -> float | None:
 def search(sae, features, prompts, range_, max_nll_increase, points, rounds, seeds, n_tokens, model_source, dtype):
     """Find, per feature × prompt, the strength with the highest concept score whose fluency stays
     within --max-nll-increase of the DEFAULT's: a coarse grid, then refinement, each round one sweep."""
-    from engine import registry
-    from engine.request import Settings, SweepRequest
+    from saejobs.engine import registry
+    from saejobs.engine.request import Settings, SweepRequest
 
     entry = registry.get(sae)
     req = SweepRequest(sae=entry.id, features=features, strengths=range_, prompts=prompts, seeds=seeds,
@@ -94,7 +94,7 @@ def search(sae, features, prompts, range_, max_nll_increase, points, rounds, see
 def report(job_id: str, html_path: Path, max_nll_increase: float | None, as_json: bool) -> None:
     """One self-contained HTML page: per feature, concept and fluency against strength, the DEFAULT
     baseline, the chosen strength, and the generations behind each point."""
-    from engine import score_report, search as rule
+    from saejobs.engine import score_report, search as rule
 
     job, rows, chosen, bound = _rows(job_id)
     if max_nll_increase is not None:
@@ -113,7 +113,7 @@ def report(job_id: str, html_path: Path, max_nll_increase: float | None, as_json
 
 def _rows(job_id: str):
     """(job, generation rows, chosen strengths or None, fluency bound or None) of a sweep or a search."""
-    from db import jobs, results
+    from saejobs.db import jobs, results
 
     job = jobs.get(job_id)
     if job.kind == "sweep":

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import click
 
-from cli.complete import sae_ids
-from cli.follow import finish, follow, run_local
-from cli.output import json_option
-from engine.errors import UsageError
-from engine.request import DTYPES, SamplingSemantics
-from engine.steering import SteerMethod
+from saejobs.cli.complete import sae_ids
+from saejobs.cli.follow import finish, follow, run_local
+from saejobs.cli.output import json_option
+from saejobs.engine.errors import UsageError
+from saejobs.engine.request import DTYPES, SamplingSemantics
+from saejobs.engine.steering import SteerMethod
 
 
 def submission(f):
@@ -39,9 +39,9 @@ def submission(f):
 
 def enqueue(kind: str, params: dict, *, sae_id: str | None, wait: bool, local: bool, gpu: str | None,
             quiet: bool, as_json: bool) -> None:
-    from db import jobs
-    from tasks.app import Target
-    from tasks.submit import submit
+    from saejobs.db import jobs
+    from saejobs.tasks.app import Target
+    from saejobs.tasks.submit import submit
 
     if local and gpu is not None:
         raise UsageError("--gpu picks a worker's queue; it cannot be combined with --local")
@@ -64,7 +64,7 @@ def enqueue(kind: str, params: dict, *, sae_id: str | None, wait: bool, local: b
 @submission
 def download(sae: str, source: Path | None):
     """Fetch an SAE's files (Neuronpedia id or repo/folder path) into the cache and record checksums."""
-    from engine import registry
+    from saejobs.engine import registry
 
     entry = registry.get(sae)
     params = {"sae": entry.id}
@@ -86,7 +86,7 @@ def download(sae: str, source: Path | None):
 def verify(sae: str, path: Path | None, structural_only: bool, model_source: str | None, dtype: str, max_tokens: int):
     """Check an SAE: its files (checksums, keys, shapes, values, config) and, on its model, L0, FVU,
     cosine, delta loss and dead features on a bundled text, judged against the registry's L0."""
-    from engine import registry
+    from saejobs.engine import registry
 
     entry = registry.get(sae)
     params = {"sae": entry.id, "structural_only": structural_only, "dtype": dtype, "max_tokens": max_tokens}
@@ -166,8 +166,8 @@ def sweep(sae, features, vectors, strengths, prompts, prompts_file, chat_file, s
           n_tokens, temperature, freq_penalty, sampling_semantics, presence_penalty, top_k, top_p, steer_special_tokens,
           strength_multiplier, method, normalize, combine, n_logprobs, model_source, dtype, batch_size, shard_size):
     """Steering sweep: features × strengths × prompts (or chats) × seeds, plus DEFAULT per prompt × seed."""
-    from engine import chat, registry
-    from engine.request import Settings, SweepRequest, Vector
+    from saejobs.engine import chat, registry
+    from saejobs.engine.request import Settings, SweepRequest, Vector
 
     entry = registry.get(sae)
     prompts = list(prompts)

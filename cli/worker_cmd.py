@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from cli.output import emit, json_option, table
-from engine.errors import UsageError
+from saejobs.cli.output import emit, json_option, table
+from saejobs.engine.errors import UsageError
 
 
 def _gpus(ctx, param, value):
@@ -35,7 +35,7 @@ def worker(gpus, cpu, downloads, loglevel) -> None:
     import logging
     import sys
 
-    from worker.main import run, run_many
+    from saejobs.worker.main import run, run_many
 
     if bool(gpus) + cpu + downloads != 1:
         raise UsageError("say what to run: --gpu N (or --gpu 0,1), --cpu or --downloads")
@@ -58,7 +58,7 @@ def up(gpus, cpu, loglevel, as_json) -> None:
     import json
     import sys
 
-    from worker import up as stack_up
+    from saejobs.worker import up as stack_up
 
     if gpus and cpu:
         raise UsageError("--gpu and --cpu are exclusive")
@@ -79,8 +79,8 @@ def up(gpus, cpu, loglevel, as_json) -> None:
 @json_option
 def workers(show_all, as_json) -> None:
     """Live workers: host, GPU, what they have loaded and what they are running."""
-    from db import workers as store
-    from tasks.runner import STALE_AFTER_S
+    from saejobs.db import workers as store
+    from saejobs.tasks.runner import STALE_AFTER_S
 
     found = store.listing(live_within_s=None if show_all else STALE_AFTER_S)
     data = [store.as_dict(w) for w in found]

@@ -23,10 +23,10 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import aliased
 
-from db.models import Job, JobEvent
-from db.states import FINAL_STATES
-from db.session import db_now, retried, session
-from engine.errors import NotFoundError, SaejobsError, UsageError
+from saejobs.db.models import Job, JobEvent
+from saejobs.db.states import FINAL_STATES
+from saejobs.db.session import db_now, retried, session
+from saejobs.engine.errors import NotFoundError, SaejobsError, UsageError
 
 
 def max_attempts() -> int:

@@ -46,12 +46,12 @@ def known(revision: str) -> bool:
 def migrate(eng: Engine) -> tuple[str | None, str]:
     """``saejobs db upgrade``: under the schema lock, from the stamped revision to this code's head.
     Returns (before, after)."""
-    from db.session import schema_lock
+    from saejobs.db.session import schema_lock
 
     with schema_lock(eng):
         before = stamped(eng)
         if before is not None and not known(before):
-            from db.session import SchemaMismatch
+            from saejobs.db.session import SchemaMismatch
 
             raise SchemaMismatch(f"database schema {before} is newer than this saejobs ({SCHEMA_REVISION}): "
                                  "upgrade saejobs, not the database")

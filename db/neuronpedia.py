@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from db.models import Comparison, Generation, NeuronpediaRun, Sweep
-from db.session import retried, session
+from saejobs.db.models import Comparison, Generation, NeuronpediaRun, Sweep
+from saejobs.db.session import retried, session
 
 
 @retried

@@ -7,10 +7,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from db import jobs
-from db.models import Generation, Job, Sweep, Verification
-from db.session import retried, session
-from engine import failpoints
+from saejobs.db import jobs
+from saejobs.db.models import Generation, Job, Sweep, Verification
+from saejobs.db.session import retried, session
+from saejobs.engine import failpoints
 
 
 @retried

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from db.models import Sae, SaeCopy
-from db.session import db_now, retried, session
-from engine.registry.entry import PARAMS_FILES, SaeEntry
+from saejobs.db.models import Sae, SaeCopy
+from saejobs.db.session import db_now, retried, session
+from saejobs.engine.registry.entry import PARAMS_FILES, SaeEntry
 
 
 @retried

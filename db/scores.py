@@ -10,8 +10,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from db.models import Generation, Sweep
-from db.session import retried, session
+from saejobs.db.models import Generation, Sweep
+from saejobs.db.session import retried, session
 
 
 @retried

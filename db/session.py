@@ -26,8 +26,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine import paths
-from engine.errors import SaejobsError, UsageError
+from saejobs.engine import paths
+from saejobs.engine.errors import SaejobsError, UsageError
 
 log = logging.getLogger("saejobs.db")
 BUSY_TIMEOUT_MS = int(os.environ.get("SAEJOBS_SQLITE_BUSY_MS", 30_000))
@@ -158,7 +158,7 @@ class SchemaMismatch(SaejobsError):
 def _check_schema(eng: Engine) -> None:
     """A current database passes with one query. A new, empty one is created (nobody can be using it);
     one older or newer than this code is refused with one line that says what to run."""
-    from db.migrate import SCHEMA_REVISION, is_current, stamped
+    from saejobs.db.migrate import SCHEMA_REVISION, is_current, stamped
 
     if is_current(eng):
         return
@@ -167,14 +167,14 @@ def _check_schema(eng: Engine) -> None:
     found = stamped(eng)
     if found is None:
         with schema_lock(eng):
-            from db.migrate import upgrade
+            from saejobs.db.migrate import upgrade
 
             if stamped(eng) is None:
                 upgrade(eng)
         return
     if found == SCHEMA_REVISION:
         return
-    from db.migrate import known
+    from saejobs.db.migrate import known
 
     where = redact(str(eng.url))
     if known(found):

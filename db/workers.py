@@ -10,8 +10,8 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from db.models import Worker as WorkerRow
-from db.session import db_now, retried, session
+from saejobs.db.models import Worker as WorkerRow
+from saejobs.db.session import db_now, retried, session
 
 LIVE_WITHIN_S = float(os.environ.get("SAEJOBS_STALE_AFTER", 30))  # as tasks.runner.STALE_AFTER_S
 

@@ -83,14 +83,14 @@ class EngineCache:
     def model(self, source: str, dtype=None):
         import torch
 
-        from engine.models import estimate_bytes, load_model
+        from saejobs.engine.models import estimate_bytes, load_model
 
         dtype = dtype or torch.float32
         return self.get(("model", source, str(dtype), self.device),
                         lambda: load_model(source, dtype=dtype, device=self.device), estimate_bytes(source, dtype))
 
     def sae(self, entry, folder: Path):
-        from engine.sae import load_sae
+        from saejobs.engine.sae import load_sae
 
         weights = 4 * (2 * entry.d_model * entry.d_sae + 3 * entry.d_sae + entry.d_model)  # float32, threshold floor
         return self.get(("sae", entry.id, str(folder), self.device), lambda: load_sae(entry, folder, device=self.device),

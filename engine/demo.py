@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.registry.entry import SaeEntry, SaeFormat, SaeSite
-from engine.synthetic import from_activations, gemma_scope_2_config, with_steering_rows, word_readers, write_sae
+from saejobs.engine.registry.entry import SaeEntry, SaeFormat, SaeSite
+from saejobs.engine.synthetic import from_activations, gemma_scope_2_config, with_steering_rows, word_readers, write_sae
 
 WORDS = (" dog", " ocean", " music", " space")
 LAYER = 6
@@ -41,8 +41,8 @@ def build(lm, mirror: Path) -> Path:
     text (``engine.synthetic.from_activations``), with the threshold set for an L0 of ``L0``, so the
     functional verification has something real to measure and passes.
     """
-    from engine.evaluate import CALIBRATION_TEXT, windows
-    from engine.hooks import capture
+    from saejobs.engine.evaluate import CALIBRATION_TEXT, windows
+    from saejobs.engine.hooks import capture
 
     ids = windows(lm.tokenizer, CALIBRATION_TEXT.read_text())
     acts = capture(lm, ENTRY.hook_name, ids.to(lm.device))[:, 1:].flatten(0, 1)
@@ -60,7 +60,7 @@ def _word_acts(lm, word: str):
     """The layer-6 activations at ``word``'s token in each of ``CONTEXTS`` (k, d_model)."""
     import torch
 
-    from engine.hooks import capture
+    from saejobs.engine.hooks import capture
 
     tok = lm.tokenizer
     target = tok(word, add_special_tokens=False).input_ids[0]

@@ -16,9 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from engine import failpoints, paths
-from engine.errors import DiskFullError, IntegrityError, NotFoundError, UsageError
-from engine.registry.entry import SaeEntry
+from saejobs.engine import failpoints, paths
+from saejobs.engine.errors import DiskFullError, IntegrityError, NotFoundError, UsageError
+from saejobs.engine.registry.entry import SaeEntry
 
 CHUNK = 1 << 20
 Progress = Callable[[float, str], None]

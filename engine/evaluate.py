@@ -17,8 +17,8 @@ from typing import Callable
 
 import torch
 
-from engine.hooks import hook
-from engine.sae import JumpReLUSAE
+from saejobs.engine.hooks import hook
+from saejobs.engine.sae import JumpReLUSAE
 
 DATA = Path(__file__).parent / "data"
 EVAL_TEXT = DATA / "alice-chapter-1.txt"

@@ -35,8 +35,8 @@ from typing import Callable
 
 import torch
 
-from engine.hooks import hook
-from engine.request import SamplingSemantics
+from saejobs.engine.hooks import hook
+from saejobs.engine.request import SamplingSemantics
 SYNC_EVERY = 8  # off the CPU, look whether every row has stopped once per this many steps (one host sync)
 
 
@@ -100,7 +100,7 @@ def generate(lm, rows: list[Row], sampling: Sampling, *, hook_name: str | None =
     eos = tok.eos_token_id if sampling.stop_at_eos else None  # the tokenizer's EOS only, as both references
     B, n = len(rows), sampling.n_tokens
     input_ids, mask = _left_padded(rows, pad, device)
-    choose = Chooser(rows, sampling, lm.config.vocab_size, device, input_ids, mask)
+    choose = TokenSampler(rows, sampling, lm.config.vocab_size, device, input_ids, mask)
     tokens = torch.full((B, n), pad, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     k = sampling.n_logprobs
@@ -123,7 +123,7 @@ def generate(lm, rows: list[Row], sampling: Sampling, *, hook_name: str | None =
                 chosen_lp[:, step] = lp.gather(1, nxt[:, None])[:, 0]
                 top = torch.topk(lp, k, dim=-1)
                 top_lp[:, step], top_ids[:, step] = top.values, top.indices
-            choose.saw(nxt)
+            choose.update_penalties(nxt)
             ran = step + 1
             if eos is not None:
                 done |= nxt == eos
@@ -166,7 +166,7 @@ def _collect(tokens, eos, chosen_lp, top_lp, top_ids, ran) -> list[Generated]:
     return out
 
 
-class Chooser:
+class TokenSampler:
     """The next token of every row, on the device: per-step state (penalties) and per-row generators."""
 
     def __init__(self, rows: list[Row], s: Sampling, vocab: int, device: torch.device, input_ids: torch.Tensor,
@@ -183,7 +183,7 @@ class Chooser:
         if self.interp and s.presence_penalty:
             self.seen = torch.zeros((len(rows), vocab), dtype=torch.bool, device=device)
 
-    def saw(self, nxt: torch.Tensor) -> None:
+    def update_penalties(self, nxt: torch.Tensor) -> None:
         if self.counts is not None:
             self.counts.scatter_add_(1, nxt[:, None], torch.ones_like(nxt[:, None], dtype=torch.float32))
         if self.seen is not None:

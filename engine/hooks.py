@@ -24,8 +24,8 @@ from typing import Callable, Iterator
 
 import torch
 
-from engine.errors import SaejobsError, UsageError
-from engine.registry.entry import SaeSite
+from saejobs.engine.errors import SaejobsError, UsageError
+from saejobs.engine.registry.entry import SaeSite
 
 SUFFIXES = {site.hook_suffix: site for site in SaeSite}
 PATTERN = re.compile(r"^blocks\.(\d+)\.(" + "|".join(re.escape(s) for s in SUFFIXES) + ")$")

@@ -25,10 +25,10 @@ from huggingface_hub.file_download import http_get
 from huggingface_hub.utils import build_hf_headers
 from tqdm.auto import tqdm
 
-from engine import failpoints, paths
-from engine.download import CHUNK, check_disk_space, disk_full, sha256_file
-from engine.errors import IntegrityError, NotFoundError, StorageError, TransientError, UsageError
-from engine.registry.entry import GEMMA_SCOPE_2_PREFIXES, PARAMS_FILES, SaeEntry, SaeFormat, SaeSite
+from saejobs.engine import failpoints, paths
+from saejobs.engine.download import CHUNK, check_disk_space, disk_full, sha256_file
+from saejobs.engine.errors import IntegrityError, NotFoundError, StorageError, TransientError, UsageError
+from saejobs.engine.registry.entry import GEMMA_SCOPE_2_PREFIXES, PARAMS_FILES, SaeEntry, SaeFormat, SaeSite
 
 # Errors of this host's disk that a retry cannot fix (full, quota, read-only, not permitted)
 LOCAL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
@@ -143,7 +143,7 @@ def alternatives(entry: SaeEntry) -> list[str]:
                     (mine["layer"], mine["width"], mine["site"])]
     except Exception:  # the listing is a courtesy: fall back to what the registry knows
         pass
-    from engine import registry
+    from saejobs.engine import registry
 
     try:
         return registry.folders(entry.repo_id, layer=entry.layer, width=entry.width)
@@ -172,7 +172,7 @@ def hub_folders(repo_id: str, under: str | None = None) -> list[str]:
 
 def available(model: str, layer: int | None = None) -> list[dict]:
     """The Hub's real SAE folders for a model (repos from the registry), with layer, width and L0."""
-    from engine import registry
+    from saejobs.engine import registry
 
     model_id = registry.model_info(model)["id"]
     out = []

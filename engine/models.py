@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from engine import paths
-from engine.errors import FormatError, NotFoundError, SaejobsError
-from engine.paths import GEMMA3_270M_ALIAS  # torch-free, for the CLI
+from saejobs.engine import paths
+from saejobs.engine.errors import FormatError, NotFoundError, SaejobsError
+from saejobs.engine.paths import GEMMA3_270M_ALIAS  # torch-free, for the CLI
 
 GEMMA3_270M_ID = "google/gemma-3-270m"
 MARKER = "saejobs-converted.json"  # written last into a converted copy: its presence means complete

@@ -38,7 +38,7 @@ import json
 import shlex
 from typing import Any
 
-from engine.errors import UsageError
+from saejobs.engine.errors import UsageError
 
 PUBLIC_URL = "https://neuronpedia.org/api/steer"
 PUBLIC_CHAT_URL = "https://neuronpedia.org/api/steer-chat"

@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
 
-from engine import chat
-from engine.errors import IntegrityError, UsageError
-from engine.steering import SteerMethod, steer_method
+from saejobs.engine import chat
+from saejobs.engine.errors import IntegrityError, UsageError
+from saejobs.engine.steering import SteerMethod, steer_method
 
 MAX_PROMPT_CHARS = 32_000  # about 8k tokens: longer belongs in a file of shorter prompts, not one generation
 MAX_TOKENS = 4096
@@ -36,7 +36,7 @@ class SamplingSemantics(StrEnum):
     """Whose sampling a sweep reproduces (``engine.generate`` implements each, and cites its source).
 
     To add one: a member, its ``description`` (recorded with every run) and its branch in
-    ``engine.generate.Chooser``.
+    ``engine.generate.TokenSampler``.
     """
 
     TRANSFORMERLENS = "transformerlens"  # Neuronpedia's TransformerLens-era server
@@ -94,7 +94,7 @@ class Settings:
                              "use --presence-penalty with --sampling interp-engine")
 
     def sampling(self):
-        from engine.generate import Sampling
+        from saejobs.engine.generate import Sampling
 
         return Sampling(self.n_tokens, self.temperature, self.freq_penalty, self.n_logprobs,
                         semantics=self.sampling_semantics, presence_penalty=self.presence_penalty, top_k=self.top_k,
@@ -112,7 +112,7 @@ STEERING_ONLY = ("method", "normalize", "strength_multiplier", "steer_special_to
 
 
 @dataclass(frozen=True)
-class Config:
+class SweepConfig:
     type: str  # STEERED | DEFAULT
     features: tuple  # ({"index": 7650, "strength": 50.0} | {"vector": "v.npy@0123abcd4567", "strength": ..}, ...)
     prompt: str  # "" for a chat
@@ -132,7 +132,7 @@ class Config:
 _LATER_DEFAULTS = {k: Settings().to_json()[k] for k in LATER_SETTINGS}
 
 
-def config_key(cfg: Config, settings: Settings, steering_id: str) -> str:
+def config_key(cfg: SweepConfig, settings: Settings, steering_id: str) -> str:
     """Hash of everything that determines the output; ``steering_id`` names the SAE/vectors used."""
     kept = {k: v for k, v in settings.to_json().items() if k not in _LATER_DEFAULTS or v != _LATER_DEFAULTS[k]}
     payload = {**cfg.to_json(), "settings": kept if cfg.type == "STEERED" else
@@ -141,9 +141,9 @@ def config_key(cfg: Config, settings: Settings, steering_id: str) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def plan(features: list[int], vectors: list[str], strengths: list[float], prompts: list[str], seeds: list[int],
+def plan_configs(features: list[int], vectors: list[str], strengths: list[float], prompts: list[str], seeds: list[int],
          combine: bool, settings: Settings, steering_id: str, chats: list[chat.Conversation] = (),
-         chat_template: str | None = None) -> list[Config]:
+         chat_template: str | None = None) -> list[SweepConfig]:
     """The grid, DEFAULT rows first (one per prompt or chat × seed); ``vectors`` are vector labels. Inputs
     are assumed valid and distinct (``SweepRequest`` makes them so)."""
     terms = [{"index": int(i)} for i in features] + [{"vector": v} for v in vectors]
@@ -151,8 +151,8 @@ def plan(features: list[int], vectors: list[str], strengths: list[float], prompt
     inputs = [(p, ()) for p in prompts] + [("", c) for c in chats]
     template = chat.template_id(chat_template)
 
-    def row(kind: str, fs: tuple, p: str, c: chat.Conversation, seed: int) -> Config:
-        return Config(kind, fs, p, int(seed), chat=c, chat_template=template if c else "")
+    def row(kind: str, fs: tuple, p: str, c: chat.Conversation, seed: int) -> SweepConfig:
+        return SweepConfig(kind, fs, p, int(seed), chat=c, chat_template=template if c else "")
 
     out = [row("DEFAULT", (), p, c, s) for p, c in inputs for s in seeds]
     for group in groups:
@@ -175,7 +175,7 @@ class Vector:
 
     @classmethod
     def of(cls, path: str | Path) -> Vector:
-        from engine.download import sha256_file
+        from saejobs.engine.download import sha256_file
 
         p = Path(path).resolve()
         if not p.is_file():
@@ -186,7 +186,7 @@ class Vector:
 
     def check(self) -> None:
         """The file still holds what was submitted."""
-        from engine.download import sha256_file
+        from saejobs.engine.download import sha256_file
 
         if not Path(self.path).is_file():
             raise UsageError(f"steering vector '{self.path}' is gone (it is read where the job runs)")
@@ -253,8 +253,8 @@ class SweepRequest:
         if bad := [f for f in self.features if f >= d_sae]:
             raise UsageError(f"feature {bad[0]} is out of range for {sae_id} (d_sae {d_sae})")
 
-    def configs(self, steering_id: str) -> list[Config]:
-        return plan(list(self.features), [v.label for v in self.vectors], list(self.strengths), list(self.prompts),
+    def configs(self, steering_id: str) -> list[SweepConfig]:
+        return plan_configs(list(self.features), [v.label for v in self.vectors], list(self.strengths), list(self.prompts),
                     list(self.seeds), self.combine, self.settings, steering_id, list(self.chats), self.chat_template)
 
     def to_params(self) -> dict:

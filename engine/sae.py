@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from engine.formats import PARAM_NAMES, check_params, module_for, read_params
-from engine.registry.entry import SaeEntry
+from saejobs.engine.formats import PARAM_NAMES, check_params, module_for, read_params
+from saejobs.engine.registry.entry import SaeEntry
 
 CONVERTED_FILE = "saejobs.safetensors"
 CONVERTED_VERSION = "1"

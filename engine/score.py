@@ -92,7 +92,7 @@ def _group_rows(lm, longest: int) -> int:
 def _score_group(lm, sae, hook_name: str, items: list[Item]) -> list[dict]:
     import torch
 
-    from engine.hooks import hook
+    from saejobs.engine.hooks import hook
 
     device = torch.device(lm.device)
     tok = lm.tokenizer

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections import defaultdict
 from html import escape
 
-from engine import search
-from engine.report import CSS as BASE_CSS
+from saejobs.engine import search
+from saejobs.engine.report import CSS as BASE_CSS
 
 CSS = BASE_CSS + """
 .plot{display:block;margin:8px 0 4px} .gen{margin:4px 0 10px;padding:6px 8px;border:1px solid #ddd}

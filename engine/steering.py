@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from engine.errors import UsageError
+from saejobs.engine.errors import UsageError
 
 if TYPE_CHECKING:
     import torch

@@ -8,12 +8,12 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from engine import chat
-from engine.cache import release_memory
-from engine.errors import FormatError, OutOfMemory, UsageError
-from engine.generate import Generated, Row, generate, output_text, prompt_ids
-from engine.request import Config, Settings
-from engine.steering import BatchSteering, Steer, coefficient, prepare_vector
+from saejobs.engine import chat
+from saejobs.engine.cache import release_memory
+from saejobs.engine.errors import FormatError, OutOfMemory, UsageError
+from saejobs.engine.generate import Generated, Row, generate, output_text, prompt_ids
+from saejobs.engine.request import SweepConfig, Settings
+from saejobs.engine.steering import BatchSteering, Steer, coefficient, prepare_vector
 
 
 def load_vector(path: str | Path) -> torch.Tensor:
@@ -39,7 +39,7 @@ def load_vector(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(arr.copy())
 
 
-class Runner:
+class SweepGenerator:
     """Runs configurations of one sweep against a loaded model and SAE, chunk by chunk."""
 
     def __init__(self, lm, sae, hook_name: str, settings: Settings, vectors: dict[str, torch.Tensor] | None = None,
@@ -63,15 +63,15 @@ class Runner:
             self._chats[conv] = text, chat.prompt_ids(self.lm.tokenizer, conv, self.chat_template, self.lm.model_id)
         return self._chats[conv]
 
-    def ids(self, cfg: Config) -> list[int]:
+    def ids(self, cfg: SweepConfig) -> list[int]:
         """The token ids a configuration's generation continues: the prompt with BOS, or the rendered chat."""
         return self._chat(cfg.chat)[1] if cfg.chat else self.prompt_ids(cfg.prompt)
 
-    def prompt_text(self, cfg: Config) -> str:
+    def prompt_text(self, cfg: SweepConfig) -> str:
         """What a generation row stores as its prompt: the prompt, or the chat as the template rendered it."""
         return self._chat(cfg.chat)[0] if cfg.chat else cfg.prompt
 
-    def steers(self, cfg: Config) -> list[Steer]:
+    def steers(self, cfg: SweepConfig) -> list[Steer]:
         out = []
         for f in cfg.features:
             if "index" in f:
@@ -81,8 +81,8 @@ class Runner:
             out.append(Steer(v, coefficient(f["strength"], self.settings.strength_multiplier), self.settings.method))
         return out
 
-    def run(self, configs: list[Config], on_step: Callable[[int, int], None] | None = None
-            ) -> list[tuple[Config, Generated, str]]:
+    def run(self, configs: list[SweepConfig], on_step: Callable[[int, int], None] | None = None
+            ) -> list[tuple[SweepConfig, Generated, str]]:
         """Generate ``configs`` in batches of at most ``max_rows``: (config, generated tokens, output text) each.
 
         A batch that runs out of device memory is split in half and retried, and ``max_rows`` remembers
@@ -103,7 +103,7 @@ class Runner:
         self.max_rows = max(1, len(configs) // 2)
         return self.run(configs, on_step)
 
-    def _run(self, configs: list[Config], on_step) -> list[tuple[Config, Generated, str]]:
+    def _run(self, configs: list[SweepConfig], on_step) -> list[tuple[SweepConfig, Generated, str]]:
         rows = [Row(self.ids(c), c.seed) for c in configs]
         keep = None if self.settings.steer_special_tokens else self._non_special(rows)
         steering = BatchSteering([self.steers(c) for c in configs], self.width, self.settings.method, keep)
@@ -111,7 +111,7 @@ class Runner:
                         steer=steering if steering.active else None, on_step=on_step)
         return [(c, g, self._output(c, r, g)) for c, r, g in zip(configs, rows, gens)]
 
-    def _output(self, cfg: Config, row: Row, g: Generated) -> str:
+    def _output(self, cfg: SweepConfig, row: Row, g: Generated) -> str:
         """A prompt's output is the prompt and its completion; a chat's is the assistant turn alone, read
         as Neuronpedia's chat endpoint reads it: each token decoded alone and the pieces joined (EOS too:
         interp-engine's ``GenStep.token_str``), then cut at the first end-of-turn marker."""
@@ -144,7 +144,7 @@ class Runner:
         return int(self.sae.W_dec.shape[1])
 
 
-def chunks(configs: list[Config], size: int) -> Iterator[list[Config]]:
+def chunks(configs: list[SweepConfig], size: int) -> Iterator[list[SweepConfig]]:
     for i in range(0, len(configs), size):
         yield configs[i:i + size]
 

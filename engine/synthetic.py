@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from engine.formats import gemma_scope, gemma_scope_2
-from engine.registry.entry import SaeEntry, SaeFormat, SaeSite
+from saejobs.engine.formats import gemma_scope, gemma_scope_2
+from saejobs.engine.registry.entry import SaeEntry, SaeFormat, SaeSite
 
 
 def random_params(d_model: int, d_sae: int, seed: int = 0) -> dict[str, np.ndarray]:

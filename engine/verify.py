@@ -13,11 +13,11 @@ from typing import Callable
 
 import torch
 
-from engine.download import sha256_file
-from engine.errors import SaejobsError, UsageError
-from engine.formats import gemma_scope_2
-from engine.registry.entry import SaeEntry, SaeFormat, SaeSite
-from engine.sae import load_sae
+from saejobs.engine.download import sha256_file
+from saejobs.engine.errors import SaejobsError, UsageError
+from saejobs.engine.formats import gemma_scope_2
+from saejobs.engine.registry.entry import SaeEntry, SaeFormat, SaeSite
+from saejobs.engine.sae import load_sae
 
 
 @dataclass
@@ -116,7 +116,7 @@ def check_pairing(entry: SaeEntry, sae, lm) -> None:
 def functional(report: Report, entry: SaeEntry, sae, lm, *, max_tokens: int = 2048, context: int = 128,
                progress: Callable[[float, str], None] = lambda f, m: None) -> Report:
     """Measure the SAE on the bundled text at its hook and judge the numbers against the expectation."""
-    from engine import evaluate
+    from saejobs.engine import evaluate
 
     ids = evaluate.windows(lm.tokenizer, context=context)[: max(1, max_tokens // context)]
     m = evaluate.evaluate(lm, sae, entry.hook_name, ids, progress=progress)

@@ -8,8 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from engine.errors import UsageError
-from engine.score import Score
+from saejobs.engine.errors import UsageError
+from saejobs.engine.score import Score
 
 FLAT_SCORES = [s.value for s in Score if s is not Score.CONCEPT]
 COLUMNS = ["job", "round", "id", "type", "feature", "strength", "features", "prompt", "seed", "output", "n_tokens",
@@ -19,8 +19,8 @@ NESTED = ("features", "concept")
 
 def rows(job_id: str, url: str | None = None) -> list[dict[str, Any]]:
     """Flat rows of a sweep job, or of every round of a search job (``round``: the round's sweep job)."""
-    from db import jobs, results
-    from db.states import JobKind
+    from saejobs.db import jobs, results
+    from saejobs.db.states import JobKind
 
     job = jobs.get(job_id, url=url)
     if job.kind == JobKind.SWEEP:

@@ -38,7 +38,7 @@ class Target:
 
     @classmethod
     def parse(cls, text: str) -> Target:
-        from engine.errors import UsageError
+        from saejobs.engine.errors import UsageError
 
         host, _, index = str(text).rpartition(":")
         if not index.isdigit() or (_ and not host):
@@ -48,7 +48,7 @@ class Target:
 
 # No fixups: the default Django one imports Celery's worker machinery into every process that merely
 # sends a message (the CLI), and saejobs has no Django.
-app = Celery("saejobs", include=["tasks.celery_tasks"], fixups=[])
+app = Celery("saejobs", include=["saejobs.tasks.celery_tasks"], fixups=[])
 app.conf.update(
     broker_url=broker_url(),
     task_serializer="json",

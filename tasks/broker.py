@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import json
 
-from tasks.app import app, broker_url
+from saejobs.tasks.app import app, broker_url
 
 
 def pending_job_ids(job_ids: list[str], queues: set[str], url: str | None = None) -> set[str]:

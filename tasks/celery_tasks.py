@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from tasks import runner
-from tasks.app import app
+from saejobs.tasks import runner
+from saejobs.tasks.app import app
 
 MAX_RETRIES = 3
 
 
 @app.task(bind=True, name="saejobs.run_job", max_retries=MAX_RETRIES)
 def run_job(self, job_id: str) -> str:
-    from db.session import SchemaMismatch
-    from tasks.runner import current_worker
+    from saejobs.db.session import SchemaMismatch
+    from saejobs.tasks.runner import current_executor
 
     try:
-        outcome = runner.execute(job_id, current_worker())
+        outcome = runner.execute(job_id, current_executor())
     except SchemaMismatch as e:  # back on the queue for a worker whose code matches; this one stops (its beat)
         from celery.exceptions import Reject
 
@@ -22,7 +22,7 @@ def run_job(self, job_id: str) -> str:
     if outcome == "transient":
         raise self.retry(countdown=min(60, 2 ** (self.request.retries + 1)))
     if outcome == "handed_back":
-        from tasks.submit import send
+        from saejobs.tasks.submit import send
 
         send(job_id)
     return outcome

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from db import saes
-from engine import download, registry
+from saejobs.db import saes
+from saejobs.engine import download, registry
 
 
 def run(ctx) -> dict:
     entry = registry.get(ctx.params["sae"])
     dest = download.local_folder(entry)
-    host = ctx.worker.host
+    host = ctx.executor.host
     with download.folder_lock(dest):
         row = saes.get(entry.id)
         copy = saes.copy_on(entry.id, host)
@@ -23,7 +23,7 @@ def run(ctx) -> dict:
         if source:
             digests = download.fetch_from_mirror(entry, Path(source), dest, ctx.progress)
         else:
-            from engine import hub  # huggingface_hub loads only for Hub downloads
+            from saejobs.engine import hub  # huggingface_hub loads only for Hub downloads
 
             digests, revision = hub.fetch(entry, dest, ctx.progress)
         files = {name: {"sha256": d, "size": (dest / name).stat().st_size} for name, d in digests.items()}

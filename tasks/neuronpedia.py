@@ -8,11 +8,11 @@ import os
 import urllib.error
 import urllib.request
 
-from db import neuronpedia as store
-from engine import neuronpedia as np_api
-from engine import registry
-from engine.compare import agreement, common_prefix
-from engine.errors import NotFoundError, TransientError, UsageError
+from saejobs.db import neuronpedia as store
+from saejobs.engine import neuronpedia as np_api
+from saejobs.engine import registry
+from saejobs.engine.compare import agreement, common_prefix
+from saejobs.engine.errors import NotFoundError, TransientError, UsageError
 
 
 def _generation(ref: str) -> dict:
@@ -147,7 +147,7 @@ def feature(sae: str, index: int, fetch: bool = False, timeout: float = 60) -> d
 def compare(sweep_job: str, run: int | None = None, store_rows: bool = True) -> dict:
     """Per configuration with a Neuronpedia answer: exact match, token agreement, first divergence,
     edit distance, and whether the DEFAULT texts agree (the model/precision control)."""
-    from engine.models import load_tokenizer
+    from saejobs.engine.models import load_tokenizer
 
     pairs = store.runs_for_sweep(sweep_job, run)
     if not pairs:

@@ -15,14 +15,14 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from db import jobs, workers
-from db.jobs import JobCancelled
-from db.models import Job
-from db.states import JobKind
-from db.session import DatabaseError
-from engine import failpoints
-from engine.cache import EngineCache
-from engine.errors import SaejobsError, TransientError
+from saejobs.db import jobs, workers
+from saejobs.db.jobs import JobCancelled
+from saejobs.db.models import Job
+from saejobs.db.states import JobKind
+from saejobs.db.session import DatabaseError
+from saejobs.engine import failpoints
+from saejobs.engine.cache import EngineCache
+from saejobs.engine.errors import SaejobsError, TransientError
 
 log = logging.getLogger("saejobs.runner")
 
@@ -45,8 +45,9 @@ def host_name() -> str:
 
 
 @dataclass
-class Worker:
-    """Who runs jobs in this process, and what it keeps loaded between them."""
+class Executor:
+    """This process as a job executor (a Celery worker, or the CLI for ``--local``): its worker name, device
+    and the engine cache it keeps loaded between jobs. (``db.models.Worker`` is its registered row.)"""
 
     name: str = field(default_factory=lambda: f"local@{host_name()}:{os.getpid()}")
     host: str = field(default_factory=host_name)
@@ -60,7 +61,7 @@ class Worker:
 @dataclass
 class JobContext:
     job: Job
-    worker: Worker
+    executor: Executor
     _last: float = 0.0
     touched: float = field(default_factory=time.monotonic)  # the last progress call, written or not: the watchdog reads it
 
@@ -75,33 +76,33 @@ class JobContext:
         now = self.touched = time.monotonic()
         if force or now - self._last >= PROGRESS_EVERY_S or fraction >= 1.0:
             self._last = now
-            jobs.report(self.job.id, min(max(fraction, 0.0), 1.0), message, worker=self.worker.name)
+            jobs.report(self.job.id, min(max(fraction, 0.0), 1.0), message, worker=self.executor.name)
 
 
-_worker: Worker | None = None  # this process's one Worker: its engine cache lives as long as the process
+_executor: Executor | None = None  # this process's one Executor: its engine cache lives as long as the process
 
 
-def current_worker() -> Worker:
+def current_executor() -> Executor:
     """The Celery worker's identity (``worker.main`` sets it before it consumes)."""
-    global _worker
-    if _worker is None:
+    global _executor
+    if _executor is None:
         dev = _device()
-        _worker = Worker(name=f"worker@{host_name()}:{os.getpid()}", device=dev, cache=EngineCache(device=dev))
-    return _worker
+        _executor = Executor(name=f"worker@{host_name()}:{os.getpid()}", device=dev, cache=EngineCache(device=dev))
+    return _executor
 
 
-def set_worker(worker: Worker) -> None:
-    global _worker
-    _worker = worker
+def set_executor(worker: Executor) -> None:
+    global _executor
+    _executor = worker
 
 
-def local_worker() -> Worker:
+def local_executor() -> Executor:
     """For ``--local``: the CLI process itself runs the job."""
-    global _worker
-    if _worker is None:
+    global _executor
+    if _executor is None:
         dev = _device()
-        _worker = Worker(device=dev, cache=EngineCache(device=dev), local=True)
-    return _worker
+        _executor = Executor(device=dev, cache=EngineCache(device=dev), local=True)
+    return _executor
 
 
 def _device() -> str:
@@ -111,7 +112,7 @@ def _device() -> str:
 
 
 def kinds() -> dict[str, Callable[[JobContext], dict]]:
-    from tasks import download, score, search, sweep, verify
+    from saejobs.tasks import download, score, search, sweep, verify
 
     bodies = {JobKind.DOWNLOAD: download.run, JobKind.VERIFY: verify.run, JobKind.SWEEP: sweep.run,
               JobKind.SCORE: score.run, JobKind.SEARCH: search.run}
@@ -119,7 +120,7 @@ def kinds() -> dict[str, Callable[[JobContext], dict]]:
     return bodies
 
 
-def execute(job_id: str, worker: Worker) -> str:
+def execute(job_id: str, worker: Executor) -> str:
     """Run the job; returns how it ended: succeeded, failed, cancelled, skipped, handed_back, transient."""
     if not jobs.claim(job_id, worker=worker.name, host=worker.host, gpu=worker.gpu):
         log.info("job %s: not claimable (already running elsewhere or finished); skipped", job_id)
@@ -162,7 +163,7 @@ def execute(job_id: str, worker: Worker) -> str:
         _show_job(worker)
 
 
-def _show_job(worker: Worker) -> None:
+def _show_job(worker: Executor) -> None:
     if worker.local:
         return
     try:
@@ -183,7 +184,7 @@ class _Heartbeat(threading.Thread):
         self.ctx, self._stop_event = ctx, threading.Event()
 
     def run(self) -> None:
-        job_id, worker = self.ctx.job.id, self.ctx.worker
+        job_id, worker = self.ctx.job.id, self.ctx.executor
         while not self._stop_event.wait(min(HEARTBEAT_S, STALL_AFTER_S / 4)):
             stalled = time.monotonic() - self.ctx.touched
             if stalled > STALL_AFTER_S:
@@ -194,7 +195,7 @@ class _Heartbeat(threading.Thread):
             except Exception as e:  # the database blinked; the next beat tries again
                 log.warning("heartbeat for %s failed: %s", job_id, e)
 
-    def _stalled(self, job_id: str, worker: Worker, stalled: float) -> None:
+    def _stalled(self, job_id: str, worker: Executor, stalled: float) -> None:
         reason = f"stalled: no progress for {stalled:.0f} s (SAEJOBS_STALL_AFTER={STALL_AFTER_S:g})"
         log.error("job %s %s", job_id, reason)
         try:
@@ -202,7 +203,7 @@ class _Heartbeat(threading.Thread):
                 jobs.finish(job_id, "failed", worker=worker.name, error=reason)
                 return
             if jobs.requeue(job_id, f"{reason}; worker {worker.name} ended, job handed on", worker=worker.name):
-                from tasks.submit import send
+                from saejobs.tasks.submit import send
 
                 send(job_id)
         finally:

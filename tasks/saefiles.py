@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from db import saes
-from db.models import Sae
-from engine import download, registry
-from engine.errors import IntegrityError, NotFoundError
-from engine.registry.entry import SaeEntry
+from saejobs.db import saes
+from saejobs.db.models import Sae
+from saejobs.engine import download, registry
+from saejobs.engine.errors import IntegrityError, NotFoundError
+from saejobs.engine.registry.entry import SaeEntry
 
 
 def resolve_entry(sae_id: str) -> SaeEntry:
@@ -23,7 +23,7 @@ def resolve_entry(sae_id: str) -> SaeEntry:
         row = saes.get(sae_id)
         if row is None or not row.entry:
             raise
-        from engine.registry.custom import parse
+        from saejobs.engine.registry.custom import parse
 
         return parse(row.entry, f"the entry recorded with {sae_id}'s download")
 
@@ -33,7 +33,7 @@ def local_copy(ctx, entry: SaeEntry) -> tuple[Sae, Path]:
     row = saes.get(entry.id)
     if row is None or not row.files:
         raise NotFoundError(f"SAE '{entry.id}' is not downloaded; run `saejobs download {entry.id}` first")
-    host = ctx.worker.host
+    host = ctx.executor.host
     copy = saes.copy_on(entry.id, host)
     if copy is not None and saes.present(row, entry, copy.path):
         return row, Path(copy.path)
@@ -46,7 +46,7 @@ def local_copy(ctx, entry: SaeEntry) -> tuple[Sae, Path]:
         if row.source:
             digests = download.fetch_from_mirror(entry, Path(row.source), dest, ctx.progress)
         else:
-            from engine import hub
+            from saejobs.engine import hub
 
             digests, _ = hub.fetch(entry, dest, ctx.progress)
         _check(row, digests, host)

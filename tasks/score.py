@@ -8,13 +8,13 @@ stored, so a re-run or a kill loses or doubles nothing), and ``--local`` still r
 
 from __future__ import annotations
 
-from db import saes
-from db import scores as store
-from engine import score
-from engine.errors import IntegrityError, NotFoundError
-from engine.request import SweepRequest
-from engine.verify import check_pairing
-from tasks.saefiles import local_copy, resolve_entry
+from saejobs.db import saes
+from saejobs.db import scores as store
+from saejobs.engine import score
+from saejobs.engine.errors import IntegrityError, NotFoundError
+from saejobs.engine.request import SweepRequest
+from saejobs.engine.verify import check_pairing
+from saejobs.tasks.saefiles import local_copy, resolve_entry
 
 CHUNK = 64  # rows scored and written together
 
@@ -35,10 +35,10 @@ def run(ctx) -> dict:
                              "its scores would not describe the features it steered")
     total = len(rows)
     ctx.progress(0.0, f"loading SAE {entry.id}", force=True)
-    sae = ctx.worker.cache.sae(entry, str(folder))
+    sae = ctx.executor.cache.sae(entry, str(folder))
     source = req.model or entry.model_hf
     ctx.progress(0.0, f"loading model {source}", force=True)
-    lm = ctx.worker.cache.model(source, getattr(torch, req.dtype))
+    lm = ctx.executor.cache.model(source, getattr(torch, req.dtype))
     check_pairing(entry, sae, lm)
     written = 0
     for start in range(0, total, CHUNK):

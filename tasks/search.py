@@ -9,12 +9,12 @@ chosen strengths and every curve are the search job's result.
 
 from __future__ import annotations
 
-from db import jobs, results
-from db.jobs import JobCancelled
-from db.states import JobKind
-from engine import search
-from engine.errors import SaejobsError, TransientError
-from engine.request import Settings, SweepRequest
+from saejobs.db import jobs, results
+from saejobs.db.jobs import JobCancelled
+from saejobs.db.states import JobKind
+from saejobs.engine import search
+from saejobs.engine.errors import SaejobsError, TransientError
+from saejobs.engine.request import Settings, SweepRequest
 
 
 def request(p: dict, strengths: list[float]) -> SweepRequest:
@@ -67,14 +67,14 @@ def run(ctx) -> dict:
 
 def _run_round(ctx, req: SweepRequest) -> str:
     """Submit the round's sweep (a row, no message) and run it here; its id once it succeeded."""
-    from tasks.runner import HandBack, execute
-    from tasks.submit import submit
+    from saejobs.tasks.runner import HandBack, execute
+    from saejobs.tasks.submit import submit
 
     job = submit(JobKind.SWEEP, req.to_params(), sae_id=req.sae, local=True)
     try:
-        outcome = execute(job.id, ctx.worker)
+        outcome = execute(job.id, ctx.executor)
     finally:
-        ctx.worker.current_job = ctx.job.id
+        ctx.executor.current_job = ctx.job.id
     if outcome == "succeeded":
         return job.id
     if outcome == "handed_back":

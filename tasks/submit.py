@@ -10,11 +10,11 @@ import logging
 import math
 import os
 
-from db import jobs
-from db.models import Job
-from db.states import JobKind
-from engine.errors import SaejobsError, UsageError
-from tasks.app import DOWNLOAD_QUEUE, SHARED_QUEUE, Target, app, broker_url
+from saejobs.db import jobs
+from saejobs.db.models import Job
+from saejobs.db.states import JobKind
+from saejobs.engine.errors import SaejobsError, UsageError
+from saejobs.tasks.app import DOWNLOAD_QUEUE, SHARED_QUEUE, Target, app, broker_url
 
 log = logging.getLogger("saejobs.submit")
 
@@ -26,7 +26,7 @@ class BrokerUnavailable(SaejobsError):
 
 
 def redact(url: str) -> str:
-    from db.session import redact as _redact
+    from saejobs.db.session import redact as _redact
 
     return _redact(url) if "://" in url else url
 
@@ -73,8 +73,8 @@ def shard_plan(params: dict, shard_size: int | None = None) -> list[dict]:
     """Configuration ranges ``[lo, hi)`` of the sweep's grid (its order is fixed by the request): at most
     ``SHARD_CONFIGS`` each, and, when several workers are live, small enough that each gets about two
     (one worker alone gets one shard: splitting would only add claims)."""
-    from db import workers
-    from engine.request import SweepRequest
+    from saejobs.db import workers
+    from saejobs.engine.request import SweepRequest
 
     total = len(SweepRequest.from_params(params).configs(""))
     if shard_size is None:

@@ -6,14 +6,14 @@ unique (sweep, config_key) constraint makes a duplicate write impossible anyway.
 
 from __future__ import annotations
 
-from db import jobs, results, saes
-from engine import failpoints, provenance
-from engine.chat import template_id as chat_template_id, to_json as chat_json
-from engine.request import SweepRequest
-from engine.score import score_outputs
-from engine.sweep import Runner, chunks, default_batch_size, load_vector
-from engine.verify import check_pairing
-from tasks.saefiles import local_copy, resolve_entry
+from saejobs.db import jobs, results, saes
+from saejobs.engine import failpoints, provenance
+from saejobs.engine.chat import template_id as chat_template_id, to_json as chat_json
+from saejobs.engine.request import SweepRequest
+from saejobs.engine.score import score_outputs
+from saejobs.engine.sweep import SweepGenerator, chunks, default_batch_size, load_vector
+from saejobs.engine.verify import check_pairing
+from saejobs.tasks.saefiles import local_copy, resolve_entry
 
 
 def run(ctx) -> dict:
@@ -37,11 +37,11 @@ def run(ctx) -> dict:
 
     source = req.model or entry.model_hf
     ctx.progress(0.0, f"loading SAE {entry.id}", force=True)  # first: a broken SAE fails before a model load
-    sae = ctx.worker.cache.sae(entry, str(folder))
+    sae = ctx.executor.cache.sae(entry, str(folder))
     ctx.progress(0.0, f"loading model {source}", force=True)
-    lm = ctx.worker.cache.model(source, getattr(torch, req.dtype))
+    lm = ctx.executor.cache.model(source, getattr(torch, req.dtype))
     check_pairing(entry, sae, lm)
-    runner = Runner(lm, sae, entry.hook_name, settings, vectors, req.chat_template)
+    runner = SweepGenerator(lm, sae, entry.hook_name, settings, vectors, req.chat_template)
     failpoints.hit("sweep.loaded")
 
     prov = {"sae_sha256": sae_sha, "sae_path": str(folder), "model": lm.model_id, "model_source": source,
@@ -66,7 +66,7 @@ def run(ctx) -> dict:
         failpoints.hit("sweep.chunk_generated")
         ctx.progress(done / total, f"{done}/{total} generations; scoring {len(chunk)}", force=True)
         scores = score_outputs(runner, outs, req.features)  # stored with the chunk, in its transaction
-        results.add_generations(sweep_id, owner=(ctx.job.id, ctx.worker.name), rows=[
+        results.add_generations(sweep_id, owner=(ctx.job.id, ctx.executor.name), rows=[
             {"config_key": c.key, "type": c.type, "features": [dict(f) for f in c.features],
              "prompt": runner.prompt_text(c), "prompt_token_ids": runner.ids(c),
              "messages": chat_json(c.chat) if c.chat else None, "seed": c.seed, "sampling": settings.to_json(),

@@ -3,10 +3,10 @@ real text through the worker's cached model; the verdict is recorded with its ev
 
 from __future__ import annotations
 
-from db import results, saes
-from engine import provenance
-from engine.verify import check_pairing, functional, structural
-from tasks.saefiles import local_copy, resolve_entry
+from saejobs.db import results, saes
+from saejobs.engine import provenance
+from saejobs.engine.verify import check_pairing, functional, structural
+from saejobs.tasks.saefiles import local_copy, resolve_entry
 
 
 def run(ctx) -> dict:
@@ -24,9 +24,9 @@ def run(ctx) -> dict:
         import torch
 
         source = p.get("model") or entry.model_hf
-        sae = ctx.worker.cache.sae(entry, folder)
+        sae = ctx.executor.cache.sae(entry, folder)
         ctx.progress(share, f"loading model {source}", force=True)
-        lm = ctx.worker.cache.model(source, getattr(torch, p.get("dtype", "float32")))
+        lm = ctx.executor.cache.model(source, getattr(torch, p.get("dtype", "float32")))
         check_pairing(entry, sae, lm)
         functional(report, entry, sae, lm, max_tokens=p.get("max_tokens", 2048),
                    progress=lambda f, m: ctx.progress(share + (1 - share) * f, m))

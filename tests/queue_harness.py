@@ -46,7 +46,7 @@ class WorkerProcess:
         self.log = log
         full_env = {**os.environ, **FAST, **(env or {})}
         self._out = open(log, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "worker.main", *(args or []), "--loglevel", "info"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "saejobs.worker.main", *(args or []), "--loglevel", "info"],
                                      env=full_env, stdout=self._out, stderr=subprocess.STDOUT,
                                      cwd=Path(__file__).resolve().parents[1])
 

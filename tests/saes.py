@@ -1,6 +1,6 @@
 """SaeEntry values for tests that must not depend on the registry's data."""
 
-from engine.registry.entry import SaeEntry
+from saejobs.engine.registry.entry import SaeEntry
 
 
 def entry(fmt: str = "gemma-scope", d_model: int = 32, d_sae: int = 64, layer: int = 3, site: str = "res") -> SaeEntry:

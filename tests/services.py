@@ -21,7 +21,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from worker.up import answers, redis_server_binary  # the redis-server saejobs up starts; the fault tests' too
+from saejobs.worker.up import answers, redis_server_binary  # the redis-server saejobs up starts; the fault tests' too
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/15"
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.registry import custom
-from engine.registry.entry import SaeEntry
-from engine.synthetic import gemma_scope_2_config, random_params, write_sae
+from saejobs.engine.registry import custom
+from saejobs.engine.registry.entry import SaeEntry
+from saejobs.engine.synthetic import gemma_scope_2_config, random_params, write_sae
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.synthetic import random_params, write_sae
+from saejobs.engine.synthetic import random_params, write_sae
 from tests.dbfixtures import home  # noqa: F401
 from tests.synthetic_saes import make
 from tests.test_queue import saejobs
@@ -46,7 +46,7 @@ def test_verify_names_the_problem(home, how, says):
 def test_sweep_on_a_broken_sae_fails_with_the_reason(home):
     sae = make(home, d_model=64, d_sae=256)
     assert saejobs("download", sae.id, "--source", str(sae.mirror), "--local", "--quiet").returncode == 0
-    from engine.download import local_folder
+    from saejobs.engine.download import local_folder
 
     corrupt(local_folder(sae.entry), "transposed")
     res = saejobs("sweep", "--sae", sae.id, "--feature", "1", "--strength", "1", "--prompt", "x", "--model",

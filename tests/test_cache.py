@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.cache import EngineCache
+from saejobs.engine.cache import EngineCache
 
 
 def module(n_floats: int) -> torch.nn.Module:
@@ -56,8 +56,8 @@ def test_room_is_made_before_a_new_item_loads():
 
 
 def test_model_size_is_estimated_from_the_files_a_load_reads(tiny_gemma2_dir):
-    from engine.cache import nbytes
-    from engine.models import estimate_bytes, load_model
+    from saejobs.engine.cache import nbytes
+    from saejobs.engine.models import estimate_bytes, load_model
 
     lm, lm16 = load_model(str(tiny_gemma2_dir)), load_model(str(tiny_gemma2_dir), torch.bfloat16)
     for model, dtype in ((lm, torch.float32), (lm16, torch.bfloat16)):

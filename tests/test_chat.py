@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from db import neuronpedia as store
-from db import results
-from db.models import Job
-from db.session import session
-from engine import chat, demo
-from engine.errors import UsageError
-from engine.registry import custom
-from engine.request import SweepRequest
+from saejobs.db import neuronpedia as store
+from saejobs.db import results
+from saejobs.db.models import Job
+from saejobs.db.session import session
+from saejobs.engine import chat, demo
+from saejobs.engine.errors import UsageError
+from saejobs.engine.registry import custom
+from saejobs.engine.request import SweepRequest
 from tests.dbfixtures import home  # noqa: F401
 from tests.queue_harness import broker, start_worker  # noqa: F401
 from tests.test_queue import one_clean_line, saejobs, submitted

@@ -20,7 +20,7 @@ PROBE = """
 import json, sys
 args, out = json.loads(sys.argv[1]), sys.argv[2]
 sys.argv = ["saejobs", *args]
-from cli.main import main
+from saejobs.cli.main import main
 try:
     main()
 except SystemExit:
@@ -58,7 +58,7 @@ def test_each_command_loads_only_what_it_needs(home, tmp_path, args, may_load): 
 
 
 def test_saes_list_in_80_columns_prints_every_id_whole():
-    res = subprocess.run([sys.executable, "-m", "cli.main", "saes", "list"], cwd=ROOT, capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-m", "saejobs.cli.main", "saes", "list"], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "COLUMNS": "80"}, timeout=60)
     assert res.returncode == 0, res.stderr
     ids = [e["id"] for e in json.loads(saejobs("saes", "list", "--json").stdout)]
@@ -66,24 +66,24 @@ def test_saes_list_in_80_columns_prints_every_id_whole():
     assert len(ids) > 500 and max(len(line) for line in lines) <= 80
     cells = {cell.strip() for line in lines for cell in line.split("│")}
     assert not [i for i in ids if i not in cells], "ids clipped or folded"
-    wide = subprocess.run([sys.executable, "-m", "cli.main", "saes", "list", "--wide"], cwd=ROOT, capture_output=True,
+    wide = subprocess.run([sys.executable, "-m", "saejobs.cli.main", "saes", "list", "--wide"], cwd=ROOT, capture_output=True,
                           text=True, env={**os.environ, "COLUMNS": "80"}, timeout=60)
     assert "folder" in wide.stdout and "…" not in wide.stdout  # every column: long cells fold, none is clipped
 
 
 def complete(*words: str, env: dict | None = None) -> list[str]:
     """What bash would offer after ``words`` (the last one being typed), through click's protocol."""
-    res = subprocess.run([sys.executable, "-m", "cli.main"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+    res = subprocess.run([sys.executable, "-m", "saejobs.cli.main"], cwd=ROOT, capture_output=True, text=True, timeout=60,
                          env={**os.environ, **(env or {}), "_SAEJOBS_COMPLETE": "bash_complete",
                               "COMP_WORDS": " ".join(("saejobs", *words)), "COMP_CWORD": str(len(words))})
     return [line.split(",", 1)[1] for line in res.stdout.splitlines()]
 
 
 def test_shell_completion_of_commands_sae_ids_and_job_ids(home):  # noqa: F811
-    from db import jobs
+    from saejobs.db import jobs
 
     assert "completion" in complete("compl") and "jobs" in complete("jo")
-    from engine import registry
+    from saejobs.engine import registry
 
     want = {e.id for e in registry.entries() if e.id.startswith("gemma-3-270m/5-gemmascope-2-res")}
     assert len(want) > 1 and set(complete("sweep", "--sae", "gemma-3-270m/5-gemmascope-2-res")) == want

@@ -7,14 +7,14 @@ import io
 
 from click.testing import CliRunner
 
-from cli.main import cli
+from saejobs.cli.main import cli
 from tests.dbfixtures import home  # noqa: F401
 
 NASTY = "[/bold] closes nothing [red]x[/red] \x1b[2J\x1b]0;pwned\x07 end"
 
 
 def _sweep_with(outputs: list[str]) -> str:
-    from db import jobs, results
+    from saejobs.db import jobs, results
 
     job = jobs.create("sweep", {"sae": "x"}, sae_id="test/sae")
     sweep = results.ensure_sweep(job.id, "test/sae", "m", {}, {})
@@ -27,7 +27,7 @@ def _sweep_with(outputs: list[str]) -> str:
 
 
 def test_results_print_markup_and_escapes_literally(home, monkeypatch):  # noqa: F811
-    from cli import output
+    from saejobs.cli import output
 
     monkeypatch.setattr(output.console(), "width", 400)  # one line per cell, so the text can be matched whole
     job = _sweep_with(["plain", NASTY])

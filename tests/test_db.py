@@ -7,11 +7,11 @@ import multiprocessing as mp
 import pytest
 from sqlalchemy import func, select
 
-from db import jobs, results
-from db.jobs import JobCancelled
-from db.models import Generation, Job, JobEvent
-from db.session import session
-from engine.errors import NotFoundError, UsageError
+from saejobs.db import jobs, results
+from saejobs.db.jobs import JobCancelled
+from saejobs.db.models import Generation, Job, JobEvent
+from saejobs.db.session import session
+from saejobs.engine.errors import NotFoundError, UsageError
 from tests.dbfixtures import db_url, home  # noqa: F401
 
 
@@ -62,7 +62,7 @@ def test_a_dead_workers_job_is_handed_on_and_the_old_worker_stops(db_url):
 def _age_heartbeat(job_id, seconds):
     from datetime import timedelta
 
-    from db.models import utcnow
+    from saejobs.db.models import utcnow
 
     with session() as s:
         s.get(Job, job_id).heartbeat_at = utcnow() - timedelta(seconds=seconds)
@@ -123,7 +123,7 @@ def _hammer(url: str, n: int, out) -> None:
     import os
 
     os.environ["SAEJOBS_DB"] = url
-    from db import jobs as j
+    from saejobs.db import jobs as j
 
     try:
         for i in range(n):
@@ -158,8 +158,8 @@ def test_models_and_migrations_agree(db_url):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from db.models import Base
-    from db.session import check_schema, get_engine
+    from saejobs.db.models import Base
+    from saejobs.db.session import check_schema, get_engine
 
     check_schema()  # a new database: created on first use
     with get_engine().connect() as conn:
@@ -169,8 +169,8 @@ def test_models_and_migrations_agree(db_url):
 
 def test_the_schema_revision_a_process_checks_is_alembics_head(db_url):
     """The fast path's constant cannot drift from the migrations: a new migration must update it."""
-    from db import migrate
-    from db.session import check_schema, get_engine
+    from saejobs.db import migrate
+    from saejobs.db.session import check_schema, get_engine
 
     check_schema()
     assert migrate.SCHEMA_REVISION == migrate.head()
@@ -182,8 +182,8 @@ def test_an_older_or_newer_schema_is_refused_and_upgrade_is_a_step(db_url):
     then migrates it; a newer one (migrated by a newer saejobs) is refused naming the code to upgrade."""
     from sqlalchemy import text
 
-    from db import migrate
-    from db.session import SchemaMismatch, dispose_all, get_engine
+    from saejobs.db import migrate
+    from saejobs.db.session import SchemaMismatch, dispose_all, get_engine
 
     eng = get_engine()
     migrate.upgrade(eng, "0001")

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from db import jobs
-from db.models import Sae
-from db.session import session
-from engine import registry
+from saejobs.db import jobs
+from saejobs.db.models import Sae
+from saejobs.db.session import session
+from saejobs.engine import registry
 from tests.dbfixtures import home  # noqa: F401
 from tests.hub_server import HubServer
 from tests.queue_harness import broker, start_worker  # noqa: F401
@@ -86,7 +86,7 @@ def error_line(res) -> str:
 
 
 def home_folder(sae):
-    from engine.download import local_folder
+    from saejobs.engine.download import local_folder
 
     return local_folder(sae.entry)
 
@@ -168,8 +168,8 @@ def test_this_hosts_disk_errors_are_permanent_the_networks_transient():
     connection is retried."""
     import errno
 
-    from engine import hub, registry
-    from engine.errors import DiskFullError, StorageError, TransientError
+    from saejobs.engine import hub, registry
+    from saejobs.engine.errors import DiskFullError, StorageError, TransientError
 
     entry = registry.get("gemma-2-2b/20-gemmascope-res-16k")
     for code in (errno.EROFS, errno.ENOSPC, errno.EACCES):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.errors import FormatError, IntegrityError
-from engine.sae import CONVERTED_FILE, load_sae
-from engine.synthetic import gemma_scope_2_config, random_params, write_sae
+from saejobs.engine.errors import FormatError, IntegrityError
+from saejobs.engine.sae import CONVERTED_FILE, load_sae
+from saejobs.engine.synthetic import gemma_scope_2_config, random_params, write_sae
 from tests.saes import entry
 
 FORMATS = ["gemma-scope", "gemma-scope-2"]
@@ -48,7 +48,7 @@ def test_converted_copy_is_used_then_invalidated(tmp_path, fmt, monkeypatch):
     load_sae(e, tmp_path)
     assert (tmp_path / CONVERTED_FILE).exists()
     with monkeypatch.context() as m:
-        m.setattr("engine.sae.read_params", lambda *a: pytest.fail("original files parsed again"))
+        m.setattr("saejobs.engine.sae.read_params", lambda *a: pytest.fail("original files parsed again"))
         sae = load_sae(e, tmp_path)
     np.testing.assert_array_equal(sae.W_enc.numpy(), params["W_enc"])
     changed = dict(params, b_dec=params["b_dec"] + 1)

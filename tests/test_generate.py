@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import generate as gen
-from engine.errors import OutOfMemory
-from engine.sae import load_sae
-from engine.request import Settings, plan
-from engine.sweep import CPU_MAX_ROWS, Runner, default_batch_size, row_bytes
-from engine.synthetic import random_params, write_sae
+from saejobs.engine import generate as gen
+from saejobs.engine.errors import OutOfMemory
+from saejobs.engine.sae import load_sae
+from saejobs.engine.request import Settings, plan_configs
+from saejobs.engine.sweep import CPU_MAX_ROWS, SweepGenerator, default_batch_size, row_bytes
+from saejobs.engine.synthetic import random_params, write_sae
 from tests.saes import entry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ def tiny_sae(tiny_gemma2, tmp_path_factory):
 
 
 def configs(settings, n_features=4, seeds=(1, 2)):
-    return plan(list(range(n_features)), [], [2.0, 8.0], ["hello there", "a much longer prompt than that"],
+    return plan_configs(list(range(n_features)), [], [2.0, 8.0], ["hello there", "a much longer prompt than that"],
                 list(seeds), False, settings, "t")
 
 
@@ -54,7 +54,7 @@ def test_no_host_copy_per_step(tiny_gemma2, tiny_sae, monkeypatch):
     def copies(n_tokens: int, **sampling) -> int:
         counted["n"] = 0
         s = Settings(n_tokens=n_tokens, n_logprobs=2, **sampling)
-        Runner(tiny_gemma2, sae, e.hook_name, s).run(configs(s))
+        SweepGenerator(tiny_gemma2, sae, e.hook_name, s).run(configs(s))
         return counted["n"]
 
     for sampling in ({}, {"temperature": 0.9, "freq_penalty": 0.5},
@@ -84,7 +84,7 @@ def test_sampling_draws_as_torch_multinomial_per_row(tiny_gemma2):
 def test_sampled_bf16_is_drawn_from_bf16_logits(tiny_sae, monkeypatch):
     """interp-engine samples from the logits as the model returns them: the probabilities a bf16 model's
     draw sees are bf16, not an upcast copy."""
-    from engine.models import tiny_gemma2 as make
+    from saejobs.engine.models import tiny_gemma2 as make
 
     e, sae = tiny_sae
     lm = make(seed=0, dtype=torch.bfloat16)
@@ -98,7 +98,7 @@ def test_sampled_bf16_is_drawn_from_bf16_logits(tiny_sae, monkeypatch):
     for semantics, dtype in (("interp-engine", torch.bfloat16), ("transformerlens", torch.float32)):
         seen.clear()
         s = Settings(n_tokens=3, temperature=0.8, sampling_semantics=semantics)
-        Runner(lm, sae, e.hook_name, s).run(configs(s)[:4])
+        SweepGenerator(lm, sae, e.hook_name, s).run(configs(s)[:4])
         assert seen and all(d == dtype for d, _ in seen), (semantics, seen)
 
 
@@ -106,7 +106,7 @@ def test_batch_that_runs_out_of_memory_is_split_and_gives_the_same_tokens(tiny_g
     e, sae = tiny_sae
     s = Settings(n_tokens=5, temperature=0.7)
     cs = configs(s)
-    whole = Runner(tiny_gemma2, sae, e.hook_name, s).run(cs)
+    whole = SweepGenerator(tiny_gemma2, sae, e.hook_name, s).run(cs)
     model = tiny_gemma2.model
     forward = model.forward
     batches = []
@@ -118,13 +118,13 @@ def test_batch_that_runs_out_of_memory_is_split_and_gives_the_same_tokens(tiny_g
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return forward(*a, **k)
     monkeypatch.setattr(model, "forward", tight)
-    runner = Runner(tiny_gemma2, sae, e.hook_name, s)
+    runner = SweepGenerator(tiny_gemma2, sae, e.hook_name, s)
     split = runner.run(cs)
     assert [g.token_ids for _, g, _ in split] == [g.token_ids for _, g, _ in whole]
     assert len(cs) == 36 and max(batches) == 36 and runner.max_rows == 2  # 36 -> 18 -> 9 -> 4 -> 2 rows: fits
     monkeypatch.setattr(model, "forward", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("OOM")))
     with pytest.raises(OutOfMemory, match="out of memory generating one row"):
-        Runner(tiny_gemma2, sae, e.hook_name, s).run(cs[:1])
+        SweepGenerator(tiny_gemma2, sae, e.hook_name, s).run(cs[:1])
 
 
 def test_batch_size_from_memory(tiny_gemma2, gemma3, monkeypatch):
@@ -145,7 +145,7 @@ def test_progress_callback_every_step_and_stop_mid_chunk(tiny_gemma2, tiny_sae):
     e, sae = tiny_sae
     s = Settings(n_tokens=6)
     steps = []
-    Runner(tiny_gemma2, sae, e.hook_name, s).run(configs(s), on_step=lambda i, n: steps.append((i, n)))
+    SweepGenerator(tiny_gemma2, sae, e.hook_name, s).run(configs(s), on_step=lambda i, n: steps.append((i, n)))
     assert steps[-1] == (6, 6) and [i for i, _ in steps] == list(range(1, 7))
 
     class Stop(Exception):
@@ -155,7 +155,7 @@ def test_progress_callback_every_step_and_stop_mid_chunk(tiny_gemma2, tiny_sae):
         if i == 2:
             raise Stop
     with pytest.raises(Stop):
-        Runner(tiny_gemma2, sae, e.hook_name, s).run(configs(s), on_step=stop)
+        SweepGenerator(tiny_gemma2, sae, e.hook_name, s).run(configs(s), on_step=stop)
 
 
 def test_bench_gpu_small_on_cpu_checks_identity(gemma3, tmp_path):

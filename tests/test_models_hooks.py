@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import paths
-from engine.errors import NotFoundError, SaejobsError, UsageError
-from engine.hooks import HookPoint, capture, hook, parse_hook
-from engine.models import load_model
+from saejobs.engine import paths
+from saejobs.engine.errors import NotFoundError, SaejobsError, UsageError
+from saejobs.engine.hooks import HookPoint, capture, hook, parse_hook
+from saejobs.engine.models import load_model
 
 GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 
@@ -108,7 +108,7 @@ def test_layer_out_of_range(gemma3):
 
 @pytest.mark.model
 def test_converted_copy_is_reused(gemma3, monkeypatch):
-    from engine import models
+    from saejobs.engine import models
 
     monkeypatch.setattr(models, "_convert", lambda *a: pytest.fail("the GGUF was converted again"))
     again = load_model("gemma-3-270m-gguf")
@@ -133,7 +133,7 @@ def test_gguf_path_finds_the_same_copy(gemma3):
 
 @pytest.mark.model
 def test_greedy_text_is_coherent(gemma3):
-    from engine.generate import Row, Sampling, generate, output_text, prompt_ids
+    from saejobs.engine.generate import Row, Sampling, generate, output_text, prompt_ids
 
     prompt = "The capital of France is the city of"  # (bare "...France is" continues without naming it)
     p = prompt_ids(gemma3.tokenizer, prompt)
@@ -183,7 +183,7 @@ def test_hook_replacement_must_keep_shape_and_dtype(tiny_gemma2):
 
 
 def test_tiny_gemma2_is_deterministic_and_reloads_from_a_directory(tiny_gemma2, tmp_path):
-    from engine.models import tiny_gemma2 as make
+    from saejobs.engine.models import tiny_gemma2 as make
 
     assert make(seed=0).revision == tiny_gemma2.revision != make(seed=1).revision
     tiny_gemma2.model.save_pretrained(tmp_path)

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from db import neuronpedia as store
-from db import results
-from engine import demo
-from engine.registry import custom
+from saejobs.db import neuronpedia as store
+from saejobs.db import results
+from saejobs.engine import demo
+from saejobs.engine.registry import custom
 from tests.dbfixtures import home  # noqa: F401
 from tests.test_queue import saejobs, submitted
 

@@ -31,9 +31,9 @@ from neuronpedia_inference_client.models.steer_completion_post200_response impor
 from neuronpedia_inference_client.models.steer_completion_request import SteerCompletionRequest
 from pydantic import ValidationError
 
-from engine import neuronpedia as np_api
-from engine.request import Settings
-from tasks.neuronpedia import bodies
+from saejobs.engine import neuronpedia as np_api
+from saejobs.engine.request import Settings
+from saejobs.tasks.neuronpedia import bodies
 
 SAE = "gemma-2-2b/20-gemmascope-res-16k"
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Write one sentence."}]

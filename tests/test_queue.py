@@ -9,16 +9,16 @@ import sys
 
 from sqlalchemy import select
 
-from db import jobs
-from db.models import Job, JobEvent, Sae
-from db.session import session
+from saejobs.db import jobs
+from saejobs.db.models import Job, JobEvent, Sae
+from saejobs.db.session import session
 from tests.dbfixtures import db_url, home  # noqa: F401
 from tests.queue_harness import broker, start_worker, wait_for  # noqa: F401
 from tests.synthetic_saes import tiny_sae  # noqa: F401
 
 
 def saejobs(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([sys.executable, "-m", "saejobs.cli.main", *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
 
 

@@ -37,7 +37,7 @@ def test_two_downloads_of_one_sae_make_one_copy(home, tmp_path):
     file present and transfers nothing."""
     sae = make(home)
     hold = Hold(tmp_path, "download.file_written:1")
-    cmd = [sys.executable, "-m", "cli.main", "download", sae.id, "--source", str(sae.mirror), "--local", "--json"]
+    cmd = [sys.executable, "-m", "saejobs.cli.main", "download", sae.id, "--source", str(sae.mirror), "--local", "--json"]
     first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, **hold.env})
     hold.wait(60)
@@ -57,7 +57,7 @@ def test_disk_space_is_checked_before_a_transfer(home, monkeypatch):
 
     from click.testing import CliRunner
 
-    from cli.main import cli
+    from saejobs.cli.main import cli
 
     sae = make(home)
     usage = namedtuple("usage", "total used free")
@@ -87,7 +87,7 @@ def test_a_mirror_file_is_checked_against_its_sha256_sidecar(home, sidecar, code
 
 
 def test_db_upgrade_creates_and_reports_the_schema(db_url):
-    from db import migrate
+    from saejobs.db import migrate
 
     first = submitted(saejobs("db", "upgrade", "--json"))
     assert first["revision"] == first["head"] == migrate.head() and first["from"] is None  # created
@@ -99,7 +99,7 @@ def test_worker_on_two_gpus_runs_one_pinned_process_each(db_url, broker, tmp_pat
     """No GPU needed: each child sets CUDA_VISIBLE_DEVICES before torch loads and registers its GPU."""
     log_path = tmp_path / "workers.log"
     log = open(log_path, "w")
-    parent = subprocess.Popen([sys.executable, "-m", "cli.main", "worker", "--gpu", "0,1", "--loglevel", "info"],
+    parent = subprocess.Popen([sys.executable, "-m", "saejobs.cli.main", "worker", "--gpu", "0,1", "--loglevel", "info"],
                               cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         def registered():

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from engine import registry
-from engine.errors import FormatError, NotFoundError, UsageError
+from saejobs.engine import registry
+from saejobs.engine.errors import FormatError, NotFoundError, UsageError
 from tests.dbfixtures import home  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,10 +139,10 @@ def test_path_escapes_are_refused(bad):
 def _invoke(args):
     """``saejobs ...`` through the real entry group; the bare ``saes`` group if the CLI cannot be imported yet."""
     try:
-        from cli.main import cli
+        from saejobs.cli.main import cli
         return CliRunner().invoke(cli, args), True
     except ImportError:
-        from cli.saes_cmd import saes
+        from saejobs.cli.saes_cmd import saes
         return CliRunner().invoke(saes, args[1:]), False
 
 
@@ -171,11 +171,11 @@ def test_custom_registry_entries(home):
 
 def test_data_files_ship_as_package_data():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert "registry/data/*.yaml" in pyproject["tool"]["setuptools"]["package-data"]["engine"]
+    assert "registry/data/*.yaml" in pyproject["tool"]["setuptools"]["package-data"]["saejobs.engine"]
     for name in ("saes.yaml", "folders.yaml", "models.yaml"):
         head = (registry.DATA / name).read_text().splitlines()[:3]
         assert any("sae-lens" in line and "pretrained_saes.yaml" in line for line in head)
-        assert any("python -m engine.registry.regenerate" in line for line in head)
+        assert any("python -m saejobs.engine.registry.regenerate" in line for line in head)
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +188,7 @@ def saelens_listing() -> Path:
 
 
 def test_regenerate_reproduces_the_committed_data(tmp_path, saelens_listing):
-    from engine.registry.regenerate import main
+    from saejobs.engine.registry.regenerate import main
 
     main(["--saelens-yaml", str(saelens_listing), "--out", str(tmp_path)])
     for name in ("saes.yaml", "folders.yaml", "models.yaml"):

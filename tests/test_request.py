@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.errors import IntegrityError, UsageError
-from engine.request import Settings, SweepRequest, Vector
+from saejobs.engine.errors import IntegrityError, UsageError
+from saejobs.engine.request import Settings, SweepRequest, Vector
 
 ROOT = Path(__file__).resolve().parents[1]
 

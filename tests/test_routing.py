@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from db.states import JobKind
-from engine.errors import UsageError
-from tasks.app import DOWNLOAD_QUEUE, SHARED_QUEUE, Target
-from tasks.broker import message_job_ids
-from tasks.submit import queue_for, shard_plan
+from saejobs.db.states import JobKind
+from saejobs.engine.errors import UsageError
+from saejobs.tasks.app import DOWNLOAD_QUEUE, SHARED_QUEUE, Target
+from saejobs.tasks.broker import message_job_ids
+from saejobs.tasks.submit import queue_for, shard_plan
 from tests.dbfixtures import home  # noqa: F401
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import sae as sae_module
-from engine.sae import JumpReLUSAE
+from saejobs.engine import sae as sae_module
+from saejobs.engine.sae import JumpReLUSAE
 
 
 def reference(p: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import demo, score, search
-from engine.request import Settings, plan
-from engine.sweep import Runner
+from saejobs.engine import demo, score, search
+from saejobs.engine.request import Settings, plan_configs
+from saejobs.engine.sweep import SweepGenerator
 from tests.dbfixtures import home  # noqa: F401
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -50,7 +50,7 @@ def mirror(gemma3, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def demo_sae(mirror):
-    from engine.sae import load_sae
+    from saejobs.engine.sae import load_sae
 
     return load_sae(demo.ENTRY, mirror / demo.ENTRY.repo_id / demo.ENTRY.folder)
 
@@ -62,8 +62,8 @@ def test_concept_rises_with_strength_fluency_falls_at_the_high_end_default_near_
     highest strength the NLL is above the DEFAULT's; the DEFAULT's concept is ~0 on every feature."""
     settings = Settings(n_tokens=16, normalize=True)
     strengths = [0, 100, 200, 300, 400]
-    runner = Runner(gemma3, demo_sae, demo.ENTRY.hook_name, settings)
-    outs = runner.run(plan(list(WORDS), [], strengths, PROMPTS, [42], False, settings, "demo"))
+    runner = SweepGenerator(gemma3, demo_sae, demo.ENTRY.hook_name, settings)
+    outs = runner.run(plan_configs(list(WORDS), [], strengths, PROMPTS, [42], False, settings, "demo"))
     scores = score.score_outputs(runner, outs, list(WORDS))
     rows = [{"type": c.type, "features": [dict(f) for f in c.features], "prompt": "*", "scores": s}
             for (c, _, _), s in zip(outs, scores)]
@@ -87,7 +87,7 @@ def test_concept_rises_with_strength_fluency_falls_at_the_high_end_default_near_
 def _cli(*args):
     from click.testing import CliRunner
 
-    from cli.main import cli
+    from saejobs.cli.main import cli
 
     return CliRunner().invoke(cli, list(args))
 
@@ -105,9 +105,9 @@ def test_sweep_scores_backfill_results_parquet_and_report(home, gemma3, mirror, 
     import pandas as pd
 
     import saejobs
-    from db.models import Generation
-    from db.session import session
-    from engine.registry import custom
+    from saejobs.db.models import Generation
+    from saejobs.db.session import session
+    from saejobs.engine.registry import custom
 
     custom.write([demo.ENTRY], "demo")
     _ok(_cli("download", demo.ENTRY.id, "--source", str(mirror), "--local", "--json"))
@@ -160,7 +160,7 @@ def test_sweep_scores_backfill_results_parquet_and_report(home, gemma3, mirror, 
 @pytest.mark.model
 def test_search_finds_a_strength_where_the_word_appears_within_the_bound_twice_the_same(home, gemma3, mirror, tmp_path):
     import saejobs
-    from engine.registry import custom
+    from saejobs.engine.registry import custom
 
     custom.write([demo.ENTRY], "demo")
     _ok(_cli("download", demo.ENTRY.id, "--source", str(mirror), "--local", "--json"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from db import jobs, results
+from saejobs.db import jobs, results
 from tests.dbfixtures import home  # noqa: F401
 from tests.queue_harness import broker, start_worker  # noqa: F401
 from tests.synthetic_saes import make

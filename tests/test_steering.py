@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.errors import UsageError
-from engine.steering import BatchSteering, Steer, apply, coefficient, prepare_vector
+from saejobs.engine.errors import UsageError
+from saejobs.engine.steering import BatchSteering, Steer, apply, coefficient, prepare_vector
 
 
 def test_simple_additive_with_and_without_normalisation():
@@ -70,9 +70,9 @@ def test_config_keys_survive_new_settings_at_their_defaults():
     import hashlib
     import json
 
-    from engine.request import Config, Settings, config_key
+    from saejobs.engine.request import SweepConfig, Settings, config_key
 
-    cfg = Config("STEERED", ({"index": 1, "strength": 2.0},), "p", 42)
+    cfg = SweepConfig("STEERED", ({"index": 1, "strength": 2.0},), "p", 42)
     before = {"method": "SIMPLE_ADDITIVE", "normalize": False, "strength_multiplier": 1.0, "n_tokens": 32,
               "temperature": 0.0, "freq_penalty": 0.0, "n_logprobs": 0}
     key = hashlib.sha256(json.dumps({**cfg.to_json(), "settings": before, "steering": "s"},
@@ -83,7 +83,7 @@ def test_config_keys_survive_new_settings_at_their_defaults():
 
 
 def test_mixing_the_two_sampling_semantics_is_refused():
-    from engine.request import Settings
+    from saejobs.engine.request import Settings
 
     with pytest.raises(UsageError, match="--sampling interp-engine"):
         Settings(presence_penalty=1.0)

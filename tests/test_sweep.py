@@ -9,12 +9,12 @@ import json
 import pytest
 import torch
 
-from engine import demo
-from engine.generate import Row, Sampling, generate, prompt_ids
-from engine.sae import load_sae
-from engine.steering import SteerMethod
-from engine.request import Settings, plan
-from engine.sweep import Runner
+from saejobs.engine import demo
+from saejobs.engine.generate import Row, Sampling, generate, prompt_ids
+from saejobs.engine.sae import load_sae
+from saejobs.engine.steering import SteerMethod
+from saejobs.engine.request import Settings, plan_configs
+from saejobs.engine.sweep import SweepGenerator
 from tests.dbfixtures import home  # noqa: F401
 
 pytestmark = pytest.mark.model
@@ -29,14 +29,14 @@ def demo_sae(gemma3, tmp_path_factory):
 
 
 def run(gemma3, sae, configs, settings=Settings(n_tokens=24), batch=None):
-    runner = Runner(gemma3, sae, demo.ENTRY.hook_name, settings)
+    runner = SweepGenerator(gemma3, sae, demo.ENTRY.hook_name, settings)
     if batch is None:
         return runner.run(configs)
     return [o for i in range(0, len(configs), batch) for o in runner.run(configs[i:i + batch])]
 
 
 def grid(features, strengths, prompts=PROMPTS, seeds=(42,), settings=Settings(n_tokens=24), combine=False):
-    return plan(features, [], strengths, list(prompts), list(seeds), combine, settings, "demo")
+    return plan_configs(features, [], strengths, list(prompts), list(seeds), combine, settings, "demo")
 
 
 def completion(out):
@@ -112,8 +112,8 @@ def test_sweep_job_end_to_end_and_results_views(home, gemma3, tmp_path):
     """saejobs sweep --local on the demo SAE; the grid as a table, JSON and CSV."""
     from click.testing import CliRunner
 
-    from cli.main import cli
-    from engine.registry import custom
+    from saejobs.cli.main import cli
+    from saejobs.engine.registry import custom
 
     mirror = tmp_path / "mirror"
     demo.build(gemma3, mirror)
@@ -139,26 +139,26 @@ def test_sweep_job_end_to_end_and_results_views(home, gemma3, tmp_path):
 
 def test_plan_grid_and_combine():
     s = Settings()
-    one = plan([1, 2], [], [0, 5, 10], ["a", "b"], [1, 2], False, s, "x")
+    one = plan_configs([1, 2], [], [0, 5, 10], ["a", "b"], [1, 2], False, s, "x")
     assert len(one) == 2 * 2 + 2 * 3 * 2 * 2 and sum(c.type == "DEFAULT" for c in one) == 4
-    both = plan([1, 2], [], [0, 5, 10], ["a"], [1], True, s, "x")
+    both = plan_configs([1, 2], [], [0, 5, 10], ["a"], [1], True, s, "x")
     assert [len(c.features) for c in both] == [0, 2, 2, 2]
     assert len({c.key for c in one}) == len(one)
-    assert plan([1], [], [5], ["a"], [1], False, s, "x")[1].key != plan([1], [], [5], ["a"], [1], False, s, "y")[1].key
+    assert plan_configs([1], [], [5], ["a"], [1], False, s, "x")[1].key != plan_configs([1], [], [5], ["a"], [1], False, s, "y")[1].key
 
 
 def test_a_raw_vector_steers_like_the_feature_it_copies(gemma3, demo_sae, tmp_path):
     import numpy as np
 
-    from engine.request import Vector
-    from engine.sweep import load_vector
+    from saejobs.engine.request import Vector
+    from saejobs.engine.sweep import load_vector
 
     path = tmp_path / "dog.npy"
     np.save(path, demo_sae.W_dec[0].numpy())
     vector = Vector.of(path)
     settings = Settings(n_tokens=16)
-    runner = Runner(gemma3, demo_sae, demo.ENTRY.hook_name, settings, {vector.label: load_vector(path)})
-    configs = plan([0], [vector.label], [200], PROMPTS[:2], [42], False, settings, "v")
+    runner = SweepGenerator(gemma3, demo_sae, demo.ENTRY.hook_name, settings, {vector.label: load_vector(path)})
+    configs = plan_configs([0], [vector.label], [200], PROMPTS[:2], [42], False, settings, "v")
     out = runner.run(configs)
     by_prompt = {}
     for c, g, _ in out:
@@ -170,14 +170,14 @@ def test_a_raw_vector_steers_like_the_feature_it_copies(gemma3, demo_sae, tmp_pa
 
 @pytest.mark.parametrize("site, hook, width", [("mlp", "blocks.4.hook_mlp_out", 640), ("att", "blocks.4.attn.hook_z", 1024)])
 def test_steering_at_mlp_out_and_attn_z(gemma3, tmp_path, site, hook, width):
-    from engine.registry.entry import SaeEntry
-    from engine.synthetic import random_params, write_sae
+    from saejobs.engine.registry.entry import SaeEntry
+    from saejobs.engine.synthetic import random_params, write_sae
 
     entry = SaeEntry(id=f"t/{site}", model="gemma-3-270m", model_hf="google/gemma-3-270m", repo_id="t/r", folder=site,
                      files=("params.npz",), format="gemma-scope", site=site, hook_name=hook, layer=4, d_model=width,
                      d_sae=32, l0=None, architecture="jumprelu", width="32", neuronpedia_id=None)
     sae = load_sae(entry, write_sae(tmp_path / site, "gemma-scope", random_params(width, 32)))
     settings = Settings(n_tokens=12)
-    outs = Runner(gemma3, sae, hook, settings).run(plan([3], [], [0, 400], PROMPTS[:1], [42], False, settings, "s"))
+    outs = SweepGenerator(gemma3, sae, hook, settings).run(plan_configs([3], [], [0, 400], PROMPTS[:1], [42], False, settings, "s"))
     default, zero, strong = (o[1].token_ids for o in outs)
     assert zero == default and strong != default

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from db import results
+from saejobs.db import results
 from tests.dbfixtures import db_url, home  # noqa: F401
 from tests.queue_harness import broker, start_worker  # noqa: F401
 from tests.synthetic_saes import make

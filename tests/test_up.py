@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from db import jobs
+from saejobs.db import jobs
 from tests.dbfixtures import home  # noqa: F401
 from tests.faults.sweeps import N_CONFIGS, Hold, sqlite_db, stored, sweep_args  # noqa: F401
 from tests.queue_harness import FAST, wait_for
 from tests.services import free_port
-from worker.up import answers
+from saejobs.worker.up import answers
 from tests.test_queue import saejobs, submitted
 
 pytestmark = pytest.mark.model
@@ -35,7 +35,7 @@ def test_up_runs_a_workstation_and_ctrl_c_hands_the_running_job_back(home, sqlit
     hold = Hold(tmp_path, f"sweep.chunk_stored:{first_chunks + 2}")  # the second sweep, two chunks in
     log = open(tmp_path / "up.log", "w")
     info: dict = {}
-    up = subprocess.Popen([sys.executable, "-m", "cli.main", "up", "--json"], cwd=ROOT, stdout=log,
+    up = subprocess.Popen([sys.executable, "-m", "saejobs.cli.main", "up", "--json"], cwd=ROOT, stdout=log,
                           stderr=subprocess.STDOUT, env={**os.environ, **FAST, **hold.env})
     try:
         text = lambda: (tmp_path / "up.log").read_text()  # noqa: E731

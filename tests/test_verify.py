@@ -14,12 +14,12 @@ import math
 import pytest
 import torch
 
-from engine import evaluate
-from engine.hooks import capture
-from engine.registry import custom
-from engine.registry.entry import SaeEntry
-from engine.sae import JumpReLUSAE
-from engine.synthetic import from_activations, gemma_scope_2_config, write_sae
+from saejobs.engine import evaluate
+from saejobs.engine.hooks import capture
+from saejobs.engine.registry import custom
+from saejobs.engine.registry.entry import SaeEntry
+from saejobs.engine.sae import JumpReLUSAE
+from saejobs.engine.synthetic import from_activations, gemma_scope_2_config, write_sae
 from tests.dbfixtures import home  # noqa: F401
 from tests.queue_harness import broker, start_worker  # noqa: F401
 from tests.test_queue import saejobs

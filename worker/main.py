@@ -21,7 +21,7 @@ ORPHAN_AFTER_S = float(os.environ.get("SAEJOBS_ORPHAN_AFTER", 120))
 
 def run_many(gpus: list[int], loglevel: str) -> int:
     """One pinned child per GPU; SIGTERM/SIGINT are passed on so each hands back its job."""
-    procs = [subprocess.Popen([sys.executable, "-m", "worker.main", "--gpu", str(g), "--loglevel", loglevel]) for g in gpus]
+    procs = [subprocess.Popen([sys.executable, "-m", "saejobs.worker.main", "--gpu", str(g), "--loglevel", loglevel]) for g in gpus]
 
     def forward(signum, _frame):
         for p in procs:
@@ -42,10 +42,10 @@ def run(gpu: int | None, loglevel: str = "info", downloads_only: bool = False) -
         os.environ.setdefault("SAEJOBS_DEVICE", "cpu")
     from celery.signals import worker_shutting_down
 
-    from db.session import SchemaMismatch, check_schema, set_role
-    from engine.cache import EngineCache
-    from tasks import runner
-    from tasks.app import DOWNLOAD_QUEUE, SHARED_QUEUE, app, gpu_queue
+    from saejobs.db.session import SchemaMismatch, check_schema, set_role
+    from saejobs.engine.cache import EngineCache
+    from saejobs.tasks import runner
+    from saejobs.tasks.app import DOWNLOAD_QUEUE, SHARED_QUEUE, app, gpu_queue
 
     set_role("worker")
     try:  # a wrong schema stops the worker now, with one line; an unreachable database is waited for
@@ -59,9 +59,9 @@ def run(gpu: int | None, loglevel: str = "info", downloads_only: bool = False) -
     label = "downloads" if downloads_only else f"gpu{gpu}" if gpu is not None else "cpu"
     name = f"saejobs-{label}-{os.getpid()}@{host}"
     device = os.environ["SAEJOBS_DEVICE"]
-    w = runner.Worker(name=name, host=host, gpu=None if gpu is None else str(gpu), device=device,
+    w = runner.Executor(name=name, host=host, gpu=None if gpu is None else str(gpu), device=device,
                       cache=EngineCache(device=device))
-    runner.set_worker(w)
+    runner.set_executor(w)
     if downloads_only:  # transfers only: a GPU worker's one slot never waits on the network
         queues = [DOWNLOAD_QUEUE]
     elif gpu is not None:  # this GPU on any host, this GPU on this host, then any job
@@ -86,9 +86,9 @@ class Beat(threading.Thread):
         self.worker, self.queues, self._stop_event = worker, queues, threading.Event()
 
     def run(self) -> None:
-        from db import workers
-        from db.session import SchemaMismatch
-        from tasks.runner import HEARTBEAT_S, STALE_AFTER_S
+        from saejobs.db import workers
+        from saejobs.db.session import SchemaMismatch
+        from saejobs.tasks.runner import HEARTBEAT_S, STALE_AFTER_S
 
         registered, last_orphan_check = False, 0.0
         in_touch_since = last_beat = None  # monotonic: since when this worker's beats have come through on time
@@ -128,9 +128,9 @@ class Beat(threading.Thread):
 def reap(alive: str | None = None) -> list[str]:
     """Hand on jobs whose worker stopped beating (never ``alive``'s own); the conditional requeue lets
     one reaper win."""
-    from db import jobs
-    from tasks.runner import STALE_AFTER_S
-    from tasks.submit import send
+    from saejobs.db import jobs
+    from saejobs.tasks.runner import STALE_AFTER_S
+    from saejobs.tasks.submit import send
 
     handed = []
     for job_id in jobs.stale_running(STALE_AFTER_S, alive=alive):
@@ -143,9 +143,9 @@ def reap(alive: str | None = None) -> list[str]:
 
 def resend_orphans() -> list[str]:
     """Send again the queued jobs whose message the broker no longer has (e.g. Redis restarted)."""
-    from db import jobs
-    from tasks.broker import pending_job_ids
-    from tasks.submit import send
+    from saejobs.db import jobs
+    from saejobs.tasks.broker import pending_job_ids
+    from saejobs.tasks.submit import send
 
     waiting = jobs.waiting_since(ORPHAN_AFTER_S)
     if not waiting:

@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from engine import paths
-from engine.errors import UsageError
+from saejobs.engine import paths
+from saejobs.engine.errors import UsageError
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -93,7 +93,7 @@ def start_broker(url: str) -> subprocess.Popen:
 
 
 def start(gpus: list[int] | None, cpu: bool, loglevel: str) -> Stack:
-    from tasks.app import broker_url
+    from saejobs.tasks.app import broker_url
 
     stack = Stack(broker_url())
     if not broker_answers(stack.broker):
@@ -102,7 +102,7 @@ def start(gpus: list[int] | None, cpu: bool, loglevel: str) -> Stack:
     # GPU workers do not take downloads (a transfer would hold a GPU's only slot): a download worker does
     for where in ([["--gpu", str(g)] for g in gpus] + [["--downloads"]] if gpus else [["--cpu"]]):
         name = f"gpu{where[1]}" if where[0] == "--gpu" else where[0].removeprefix("--")
-        stack.workers[name] = subprocess.Popen([sys.executable, "-m", "worker.main", *where, "--loglevel", loglevel],
+        stack.workers[name] = subprocess.Popen([sys.executable, "-m", "saejobs.worker.main", *where, "--loglevel", loglevel],
                                                start_new_session=True)
     return stack
 
@@ -131,6 +131,6 @@ def run(stack: Stack, say=print) -> int:
 
 
 def _redact(url: str) -> str:
-    from tasks.submit import redact
+    from saejobs.tasks.submit import redact
 
     return redact(url)

@@ -1,6 +1,6 @@
 from alembic import context
 
-from db.models import Base
+from saejobs.db.models import Base
 
 engine = context.config.attributes["engine"]
 with engine.begin() as connection:

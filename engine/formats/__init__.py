@@ -12,9 +12,9 @@ from types import ModuleType
 
 import torch
 
-from engine.errors import FormatError, IntegrityError
-from engine.formats import gemma_scope, gemma_scope_2
-from engine.registry.entry import SaeEntry, SaeFormat
+from saejobs.engine.errors import FormatError, IntegrityError
+from saejobs.engine.formats import gemma_scope, gemma_scope_2
+from saejobs.engine.registry.entry import SaeEntry, SaeFormat
 
 FORMATS: dict[str, ModuleType] = {SaeFormat.GEMMA_SCOPE: gemma_scope, SaeFormat.GEMMA_SCOPE_2: gemma_scope_2}
 assert set(FORMATS) == set(SaeFormat), "every SaeFormat needs a reader"

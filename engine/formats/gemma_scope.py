@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.errors import FormatError
-from engine.registry.entry import SaeFormat
+from saejobs.engine.errors import FormatError
+from saejobs.engine.registry.entry import SaeFormat
 
 PARAMS_FILE = SaeFormat.GEMMA_SCOPE.params_file
 FILES = SaeFormat.GEMMA_SCOPE.files

@@ -15,8 +15,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from engine.errors import FormatError
-from engine.registry.entry import SaeFormat
+from saejobs.engine.errors import FormatError
+from saejobs.engine.registry.entry import SaeFormat
 
 PARAMS_FILE = SaeFormat.GEMMA_SCOPE_2.params_file
 CONFIG_FILE = SaeFormat.GEMMA_SCOPE_2.config_file

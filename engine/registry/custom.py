@@ -12,9 +12,9 @@ from pathlib import Path
 
 import yaml
 
-from engine import paths
-from engine.errors import FormatError
-from engine.registry.entry import SaeEntry, SaeFormat
+from saejobs.engine import paths
+from saejobs.engine.errors import FormatError
+from saejobs.engine.registry.entry import SaeEntry, SaeFormat
 
 FIELDS = {f.name: f.type for f in fields(SaeEntry)}
 OPTIONAL = {"l0", "neuronpedia_id"}

@@ -1,7 +1,7 @@
 """Regenerate the registry's data files from SAELens' published listing.
 
     pip download sae-lens --no-deps -d /tmp/pkgs && unzip -o /tmp/pkgs/sae_lens-*.whl -d /tmp/pkgs/saelens
-    python -m engine.registry.regenerate --saelens-yaml /tmp/pkgs/saelens/sae_lens/pretrained_saes.yaml
+    python -m saejobs.engine.registry.regenerate --saelens-yaml /tmp/pkgs/saelens/sae_lens/pretrained_saes.yaml
 
 SAELens' ``pretrained_saes.yaml`` names, for each Gemma Scope release, the folder of every SAE and,
 for those Neuronpedia serves, its Neuronpedia id. The canonical 16k residual SAEs have a different
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from engine.registry.entry import GEMMA_SCOPE_2_PREFIXES, SaeFormat, SaeSite
+from saejobs.engine.registry.entry import GEMMA_SCOPE_2_PREFIXES, SaeFormat, SaeSite
 
 DATA = Path(__file__).parent / "data"
 WIDTHS = {"4k": 2**12, "16k": 2**14, "32k": 2**15, "65k": 2**16, "131k": 2**17, "262k": 2**18, "524k": 2**19,
@@ -174,7 +174,7 @@ def _header(version: str, what: str, notes: dict) -> str:
     lines = [
         f"{what}",
         f"Generated from sae-lens {version} sae_lens/pretrained_saes.yaml; do not edit. Regenerate with",
-        "  python -m engine.registry.regenerate --saelens-yaml .../sae_lens/pretrained_saes.yaml",
+        "  python -m saejobs.engine.registry.regenerate --saelens-yaml .../sae_lens/pretrained_saes.yaml",
         "Read: gemma-scope-* (Gemma 2, params.npz) and gemma-scope-2-* (Gemma 3, params.safetensors) res/mlp/att",
         "JumpReLU SAEs. Skipped, not SAEs saejobs steers with:",
         *(f"  release {r}" for r in sorted(notes["skipped_releases"])),
@@ -215,7 +215,7 @@ def regenerate(listing: Path, out: Path, version: str | None = None) -> dict[str
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m engine.registry.regenerate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m saejobs.engine.registry.regenerate", description=__doc__.split("\n\n")[0])
     p.add_argument("--saelens-yaml", type=Path, required=True, help="sae_lens/pretrained_saes.yaml from the sae-lens wheel")
     p.add_argument("--out", type=Path, default=DATA, help=f"folder to write (default: {DATA})")
     p.add_argument("--saelens-version", help="version for the header (default: read next to the YAML)")

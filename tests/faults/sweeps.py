@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from db import results
-from db.models import Generation
-from db.session import session
+from saejobs.db import results
+from saejobs.db.models import Generation
+from saejobs.db.session import session
 from tests.synthetic_saes import make
 from tests.test_queue import saejobs, submitted
 
@@ -70,7 +70,7 @@ def held(start_worker, args: list[str], folder, spec: str = "sweep.chunk_stored:
 
 def under_way(start_worker, args: list[str], past: float = 0.2):
     """A worker, and a sweep it has taken past ``past`` of its configurations."""
-    from db import jobs
+    from saejobs.db import jobs
     from tests.queue_harness import wait_for
 
     worker = start_worker()

@@ -11,9 +11,9 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from db.models import Generation, Job
-from db.session import session
-from engine.synthetic import gemma_scope_2_config, random_params, write_sae
+from saejobs.db.models import Generation, Job
+from saejobs.db.session import session
+from saejobs.engine.synthetic import gemma_scope_2_config, random_params, write_sae
 from tests.dbfixtures import home  # noqa: F401
 from tests.synthetic_saes import make
 from tests.test_queue import saejobs

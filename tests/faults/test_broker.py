@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from db import jobs
+from saejobs.db import jobs
 from tests.dbfixtures import home  # noqa: F401
 from tests.faults.servers import RedisServer
 from tests.faults.sweeps import N_CONFIGS, sqlite_db, stored, sweep_args  # noqa: F401
@@ -98,11 +98,11 @@ def test_redis_restart_loses_no_queued_or_running_job(home, sqlite_db, redis_ser
 
 def test_only_json_travels_and_a_pickled_message_is_never_unpickled(home, sqlite_db, redis_server, start_worker,
                                                                     tmp_path, ledger):
-    from tasks.app import app
+    from saejobs.tasks.app import app
 
     assert app.conf.accept_content == ["json"] and app.conf.task_serializer == "json"
     job = jobs.create("download", {"sae": "nothing/at-all"})  # no queue: the orphan resender leaves it be
-    from tasks.submit import send
+    from saejobs.tasks.submit import send
 
     send(job.id)
     (msg,) = queued_messages(redis_server)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from db import jobs
+from saejobs.db import jobs
 from tests.dbfixtures import home  # noqa: F401
 from tests.faults.sweeps import N_CONFIGS, account, held, outputs, sqlite_db, stored, sweep_args  # noqa: F401
 from tests.queue_harness import broker, start_worker, wait_for  # noqa: F401

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from db import jobs
+from saejobs.db import jobs
 from tests.dbfixtures import home  # noqa: F401
 from tests.faults.servers import PostgresServer
 from tests.faults.sweeps import N_CONFIGS, account, outputs, sqlite_db, stored, sweep_args  # noqa: F401

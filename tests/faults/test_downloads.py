@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from db import jobs, saes
+from saejobs.db import jobs, saes
 from tests.dbfixtures import home  # noqa: F401
 from tests.faults.sweeps import Hold
 from tests.queue_harness import broker, start_worker, wait_for  # noqa: F401

@@ -23,13 +23,13 @@ from interp_engine.model import EagerModel
 from interp_engine.steer import SteerMask, SteerSpec, generate_stream, steer
 from interp_engine.steer_specs import SteerMethod
 
-from engine import chat, evaluate
-from engine.hooks import capture
-from engine.registry.entry import SaeEntry
-from engine.sae import load_sae
-from engine.request import Config, Settings
-from engine.sweep import Runner
-from engine.synthetic import from_activations, gemma_scope_2_config, with_steering_rows, write_sae
+from saejobs.engine import chat, evaluate
+from saejobs.engine.hooks import capture
+from saejobs.engine.registry.entry import SaeEntry
+from saejobs.engine.sae import load_sae
+from saejobs.engine.request import SweepConfig, Settings
+from saejobs.engine.sweep import SweepGenerator
+from saejobs.engine.synthetic import from_activations, gemma_scope_2_config, with_steering_rows, write_sae
 
 pytestmark = pytest.mark.model
 # Every case runs on the CPU, and on the GPU as well where one is present: sampling draws from per-row
@@ -92,7 +92,7 @@ def lm(request, gemma3):
     """Gemma 3 270M on each device (the session's CPU copy, or a fresh load on the GPU)."""
     if request.param == "cpu":
         return gemma3
-    from engine.models import load_model
+    from saejobs.engine.models import load_model
 
     return load_model("gemma-3-270m-gguf", torch.float32, request.param)
 
@@ -149,9 +149,9 @@ def oracle_steps(oracle, sae, case: Case, prompt_ids: list[int], steered: bool) 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_the_same_tokens_as_interp_engine(case, lm, saes, oracle):
     sae = saes[case.layer]
-    runner = Runner(lm, sae, f"blocks.{case.layer}.hook_resid_post", settings_of(case))
+    runner = SweepGenerator(lm, sae, f"blocks.{case.layer}.hook_resid_post", settings_of(case))
     feats = tuple({"index": i, "strength": s} for i, s in case.features)
-    configs = [Config(kind, feats if kind == "STEERED" else (), prompt, case.seed)
+    configs = [SweepConfig(kind, feats if kind == "STEERED" else (), prompt, case.seed)
                for prompt in (case.prompt, OTHER_PROMPT) for kind in ("STEERED", "DEFAULT")]
     ours = runner.run(configs)  # one batch of four rows, two prompt lengths
     for cfg, generated, _ in ours:
@@ -167,10 +167,10 @@ def test_the_same_tokens_as_interp_engine(case, lm, saes, oracle):
     elif "EOS" in case.name:
         assert 1 < len(steered) < N_TOKENS and steered[-1] == lm.tokenizer.eos_token_id
     if case.normalize and case.method == "SIMPLE_ADDITIVE":  # the row's norm must matter here, or equality with normalize on would prove nothing
-        raw = Runner(lm, sae, runner.hook_name, Settings(**{**settings_of(case).__dict__, "normalize": False}))
+        raw = SweepGenerator(lm, sae, runner.hook_name, Settings(**{**settings_of(case).__dict__, "normalize": False}))
         assert raw.run(configs[:1])[0][1].token_ids != steered
     if not case.special:  # the mask must matter here, or equality with interp-engine would prove nothing
-        unmasked = Runner(lm, sae, runner.hook_name, Settings(**{**settings_of(case).__dict__,
+        unmasked = SweepGenerator(lm, sae, runner.hook_name, Settings(**{**settings_of(case).__dict__,
                                                                      "steer_special_tokens": True}))
         assert unmasked.run(configs[:1])[0][1].token_ids != steered
     if case.prompt.startswith("<bos>"):
@@ -197,10 +197,10 @@ CHAT_CASES = [
 @pytest.mark.parametrize("case", CHAT_CASES, ids=[c.name for c in CHAT_CASES])
 def test_chat_the_same_tokens_as_interp_engine(case, lm, saes, oracle):
     sae, tok, template = saes[case.layer], lm.tokenizer, chat.read_template(TEMPLATE)
-    runner = Runner(lm, sae, f"blocks.{case.layer}.hook_resid_post", settings_of(case), chat_template=template)
+    runner = SweepGenerator(lm, sae, f"blocks.{case.layer}.hook_resid_post", settings_of(case), chat_template=template)
     feats = tuple({"index": i, "strength": s} for i, s in case.features)
     convs = [chat.conversation(c) for c in CHATS]
-    configs = [Config(kind, feats if kind == "STEERED" else (), "", case.seed, chat=conv,
+    configs = [SweepConfig(kind, feats if kind == "STEERED" else (), "", case.seed, chat=conv,
                       chat_template=chat.template_id(template)) for conv in convs for kind in ("STEERED", "DEFAULT")]
     ours = runner.run(configs)  # one batch of four rows, two conversation lengths
     for cfg, generated, text in ours:
@@ -222,7 +222,7 @@ def test_chat_the_same_tokens_as_interp_engine(case, lm, saes, oracle):
     assert steered != default, "the steering must change something, or the case tests nothing"
     if not case.special:  # the mask (BOS here: the turn markers are not special to this tokenizer) must matter
         assert {tok.bos_token_id} == {t for t in runner.ids(configs[2]) if t in set(tok.all_special_ids)}
-        unmasked = Runner(lm, sae, runner.hook_name, Settings(**{**settings_of(case).__dict__,
+        unmasked = SweepGenerator(lm, sae, runner.hook_name, Settings(**{**settings_of(case).__dict__,
                                                                      "steer_special_tokens": True}),
                           chat_template=template)
         assert [o[1].token_ids for o in unmasked.run(configs[::2])] != [ours[0][1].token_ids, steered]

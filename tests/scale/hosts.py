@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from db import jobs
-from db.models import JobEvent
-from db.session import session
+from saejobs.db import jobs
+from saejobs.db.models import JobEvent
+from saejobs.db.session import session
 
 
 def host_env(root: Path, host: str, **extra: str) -> dict[str, str]:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from db import jobs, saes
+from saejobs.db import jobs, saes
 from tests.dbfixtures import home  # noqa: F401
 from tests.faults.servers import PostgresServer
 from tests.faults.sweeps import Hold, stored
@@ -138,8 +138,8 @@ def test_a_worker_started_before_postgres_registers_once_it_is_up(home, broker, 
 def test_schemas_that_do_not_match_are_refused_not_migrated(home, pg_url, broker, start_worker, tmp_path):
     from sqlalchemy import text
 
-    from db import migrate
-    from db.session import dispose_all, get_engine
+    from saejobs.db import migrate
+    from saejobs.db.session import dispose_all, get_engine
 
     submitted(saejobs("jobs", "list", "--json"))  # a new database: created
     with get_engine().begin() as conn:

@@ -5,8 +5,7 @@ Revises:
 Create Date: 2026-11-25
 """
 from alembic import op
-import sqlalchemy as sa
-import db.models
+import sqlalchemy as sa  # types spelt out here: a migration must not change when db/models.py does
 
 
 revision = '0001'
@@ -32,10 +31,10 @@ def upgrade() -> None:
     sa.Column('worker', sa.String(length=200), nullable=True),
     sa.Column('host', sa.String(length=200), nullable=True),
     sa.Column('gpu', sa.String(length=20), nullable=True),
-    sa.Column('created_at', db.models.UTCDateTime(), nullable=False),
-    sa.Column('started_at', db.models.UTCDateTime(), nullable=True),
-    sa.Column('finished_at', db.models.UTCDateTime(), nullable=True),
-    sa.Column('heartbeat_at', db.models.UTCDateTime(), nullable=True),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('started_at', sa.DateTime(), nullable=True),
+    sa.Column('finished_at', sa.DateTime(), nullable=True),
+    sa.Column('heartbeat_at', sa.DateTime(), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('jobs', schema=None) as batch_op:
@@ -54,7 +53,7 @@ def upgrade() -> None:
     sa.Column('files', sa.JSON(), nullable=True),
     sa.Column('config', sa.JSON(), nullable=True),
     sa.Column('revision', sa.String(length=80), nullable=True),
-    sa.Column('downloaded_at', db.models.UTCDateTime(), nullable=True),
+    sa.Column('downloaded_at', sa.DateTime(), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('saes', schema=None) as batch_op:
@@ -67,17 +66,17 @@ def upgrade() -> None:
     sa.Column('gpu', sa.String(length=20), nullable=True),
     sa.Column('device', sa.String(length=100), nullable=True),
     sa.Column('queues', sa.JSON(), nullable=False),
-    sa.Column('started_at', db.models.UTCDateTime(), nullable=False),
-    sa.Column('heartbeat_at', db.models.UTCDateTime(), nullable=False),
+    sa.Column('started_at', sa.DateTime(), nullable=False),
+    sa.Column('heartbeat_at', sa.DateTime(), nullable=False),
     sa.Column('current_job', sa.String(length=36), nullable=True),
     sa.Column('cached', sa.JSON(), nullable=True),
-    sa.Column('stopped_at', db.models.UTCDateTime(), nullable=True),
+    sa.Column('stopped_at', sa.DateTime(), nullable=True),
     sa.PrimaryKeyConstraint('name')
     )
     op.create_table('job_events',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('job_id', sa.String(length=36), nullable=False),
-    sa.Column('at', db.models.UTCDateTime(), nullable=False),
+    sa.Column('at', sa.DateTime(), nullable=False),
     sa.Column('state', sa.String(length=20), nullable=False),
     sa.Column('progress', sa.Float(), nullable=False),
     sa.Column('message', sa.Text(), nullable=True),
@@ -94,7 +93,7 @@ def upgrade() -> None:
     sa.Column('model', sa.String(length=300), nullable=False),
     sa.Column('settings', sa.JSON(), nullable=False),
     sa.Column('provenance', sa.JSON(), nullable=False),
-    sa.Column('created_at', db.models.UTCDateTime(), nullable=False),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('job_id')
@@ -110,7 +109,7 @@ def upgrade() -> None:
     sa.Column('reasons', sa.JSON(), nullable=False),
     sa.Column('metrics', sa.JSON(), nullable=False),
     sa.Column('provenance', sa.JSON(), nullable=False),
-    sa.Column('created_at', db.models.UTCDateTime(), nullable=False),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('job_id', name='uq_verification_job')
@@ -131,7 +130,7 @@ def upgrade() -> None:
     sa.Column('output', sa.Text(), nullable=False),
     sa.Column('token_ids', sa.JSON(), nullable=False),
     sa.Column('logprobs', sa.JSON(), nullable=True),
-    sa.Column('created_at', db.models.UTCDateTime(), nullable=False),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['sweep_id'], ['sweeps.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('sweep_id', 'config_key', name='uq_generation_config')
@@ -145,7 +144,7 @@ def upgrade() -> None:
     sa.Column('api', sa.String(length=40), nullable=False),
     sa.Column('request', sa.JSON(), nullable=False),
     sa.Column('outputs', sa.JSON(), nullable=False),
-    sa.Column('created_at', db.models.UTCDateTime(), nullable=False),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['generation_id'], ['generations.id'], ondelete='SET NULL'),
     sa.PrimaryKeyConstraint('id')
     )
@@ -154,7 +153,7 @@ def upgrade() -> None:
     sa.Column('sweep_id', sa.Integer(), nullable=False),
     sa.Column('neuronpedia_run_id', sa.Integer(), nullable=True),
     sa.Column('metrics', sa.JSON(), nullable=False),
-    sa.Column('created_at', db.models.UTCDateTime(), nullable=False),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['neuronpedia_run_id'], ['neuronpedia_runs.id'], ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['sweep_id'], ['sweeps.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id')

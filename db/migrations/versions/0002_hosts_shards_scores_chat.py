@@ -9,8 +9,7 @@ Revises: 0001
 Create Date: 2026-11-26
 """
 from alembic import op
-import sqlalchemy as sa
-import db.models
+import sqlalchemy as sa  # types spelt out here: a migration must not change when db/models.py does
 
 
 revision = '0002'
@@ -23,7 +22,7 @@ def upgrade() -> None:
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.add_column(sa.Column('parent_id', sa.String(length=36), nullable=True))
         batch_op.add_column(sa.Column('requested_host', sa.String(length=200), nullable=True))
-        batch_op.add_column(sa.Column('deadline_at', db.models.UTCDateTime(), nullable=True))
+        batch_op.add_column(sa.Column('deadline_at', sa.DateTime(), nullable=True))
         batch_op.create_index(batch_op.f('ix_jobs_parent_id'), ['parent_id'], unique=False)
         batch_op.create_foreign_key('fk_jobs_parent_id', 'jobs', ['parent_id'], ['id'], ondelete='CASCADE')
     with op.batch_alter_table('saes', schema=None) as batch_op:
@@ -34,7 +33,7 @@ def upgrade() -> None:
     sa.Column('host', sa.String(length=200), nullable=False),
     sa.Column('path', sa.Text(), nullable=False),
     sa.Column('sha256', sa.String(length=64), nullable=True),
-    sa.Column('verified_at', db.models.UTCDateTime(), nullable=False),
+    sa.Column('verified_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['sae_id'], ['saes.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('sae_id', 'host', name='uq_sae_copy_host')
