@@ -33,11 +33,11 @@ def job_ids(ctx, param, incomplete: str) -> list[CompletionItem]:
 @click.command()
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
 @json_option
-def completion(shell: str, as_json: bool) -> None:
+@click.pass_context
+def completion(ctx: click.Context, shell: str, as_json: bool) -> None:
     """Print the completion script for SHELL: eval "$(saejobs completion bash)" in ~/.bashrc."""
     import json
 
-    from saejobs.cli.main import cli
-
-    script = get_completion_class(shell)(cli, {}, "saejobs", "_SAEJOBS_COMPLETE").source()
+    root = ctx.find_root().command  # the group this command was added to (no import of cli.main back)
+    script = get_completion_class(shell)(root, {}, "saejobs", "_SAEJOBS_COMPLETE").source()
     click.echo(json.dumps({"shell": shell, "script": script}) if as_json else script)

@@ -32,7 +32,7 @@ def cli() -> None:
 
 def _register() -> None:
     from saejobs.cli import (complete, db_cmd, demo_cmd, jobs_cmd, neuronpedia_cmd, saes_cmd, score_cmd, submit_cmd,
-                     worker_cmd)
+                             worker_cmd)
 
     cli.add_command(saes_cmd.saes)
     cli.add_command(db_cmd.db)

@@ -16,7 +16,8 @@ from saejobs.cli.complete import sae_ids
 from saejobs.cli.follow import finish, follow, run_local
 from saejobs.cli.output import json_option
 from saejobs.engine.errors import UsageError
-from saejobs.engine.request import DTYPES, SamplingSemantics
+from saejobs.engine.request import DTYPES
+from saejobs.engine.sampling import SamplingSemantics
 from saejobs.engine.steering import SteerMethod
 
 

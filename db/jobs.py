@@ -45,13 +45,14 @@ class JobCancelled(Exception):
 
 def create(kind: str, params: dict[str, Any], *, sae_id: str | None = None, queue: str | None = None,
            requested_gpu: int | None = None, requested_host: str | None = None,
-           shards: list[dict[str, Any]] | None = None, url: str | None = None) -> Job:
+           shards: list[dict[str, Any]] | None = None, job_id: str | None = None, url: str | None = None) -> Job:
     """The ids are drawn once, outside the retried insert: a replayed insert cannot make a second job.
     With ``shards`` (each shard's params), the job is a parent and its shards are queued in the same
-    transaction; the parent itself takes no queue."""
+    transaction; the parent itself takes no queue. With ``job_id`` (a job's child, named by its parent),
+    an existing row of that id is returned as it is."""
     fields = dict(kind=kind, params=params, sae_id=sae_id, requested_gpu=requested_gpu, requested_host=requested_host)
     children = [(str(uuid.uuid4()), p) for p in shards or []]
-    return _insert(str(uuid.uuid4()), {**fields, "queue": None if shards else queue},
+    return _insert(job_id or str(uuid.uuid4()), {**fields, "queue": None if shards else queue},
                    [(i, {**fields, "params": p, "queue": queue}) for i, p in children], url)
 
 

@@ -30,13 +30,13 @@ itself; where they differ, each row calls ``torch.multinomial``.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from saejobs.engine.hooks import hook
-from saejobs.engine.request import SamplingSemantics
+from saejobs.engine.sampling import Sampling, SamplingSemantics  # noqa: F401 (Sampling re-exported)
 SYNC_EVERY = 8  # off the CPU, look whether every row has stopped once per this many steps (one host sync)
 
 
@@ -51,20 +51,6 @@ class Generated:
     token_ids: list[int]  # generated tokens only (the EOS that stopped it included)
     logprobs: list[dict] | None = None  # per generated token: {"token", "logprob", "top": [[id, logprob], ...]}
     stopped_at_eos: bool = False
-
-
-@dataclass
-class Sampling:
-    n_tokens: int = 32
-    temperature: float = 0.0
-    freq_penalty: float = 0.0
-    n_logprobs: int = 0
-    stop_at_eos: bool = True
-    semantics: SamplingSemantics = SamplingSemantics.TRANSFORMERLENS
-    presence_penalty: float = 0.0  # interp-engine semantics only
-    top_k: int = 0  # interp-engine semantics only; 0 = off
-    top_p: float = 1.0  # interp-engine semantics only; 1 = off
-    extra: dict = field(default_factory=dict)
 
 
 def prompt_ids(tokenizer, prompt: str) -> list[int]:
@@ -97,7 +83,7 @@ def generate(lm, rows: list[Row], sampling: Sampling, *, hook_name: str | None =
     model, tok = lm.model, lm.tokenizer
     device = next(model.parameters()).device
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    eos = tok.eos_token_id if sampling.stop_at_eos else None  # the tokenizer's EOS only, as both references
+    eos = tok.eos_token_id  # the tokenizer's EOS only, as both references
     B, n = len(rows), sampling.n_tokens
     input_ids, mask = _left_padded(rows, pad, device)
     choose = TokenSampler(rows, sampling, lm.config.vocab_size, device, input_ids, mask)
@@ -172,7 +158,7 @@ class TokenSampler:
     def __init__(self, rows: list[Row], s: Sampling, vocab: int, device: torch.device, input_ids: torch.Tensor,
                  mask: torch.Tensor):
         self.s = s
-        self.interp = s.semantics == SamplingSemantics.INTERP_ENGINE
+        self.interp = s.sampling_semantics == SamplingSemantics.INTERP_ENGINE
         sampled = s.temperature > 0
         self.gens = [torch.Generator(device=device).manual_seed(int(r.seed)) for r in rows] if sampled else []
         self.counts = None  # TransformerLens: tokens so far (prompt included), float32

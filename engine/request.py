@@ -24,81 +24,32 @@ from pathlib import Path
 
 from saejobs.engine import chat
 from saejobs.engine.errors import IntegrityError, UsageError
+from saejobs.engine.sampling import Sampling
 from saejobs.engine.steering import SteerMethod, steer_method
 
 MAX_PROMPT_CHARS = 32_000  # about 8k tokens: longer belongs in a file of shorter prompts, not one generation
-MAX_TOKENS = 4096
-MAX_LOGPROBS = 100
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-class SamplingSemantics(StrEnum):
-    """Whose sampling a sweep reproduces (``engine.generate`` implements each, and cites its source).
-
-    To add one: a member, its ``description`` (recorded with every run) and its branch in
-    ``engine.generate.TokenSampler``.
-    """
-
-    TRANSFORMERLENS = "transformerlens"  # Neuronpedia's TransformerLens-era server
-    INTERP_ENGINE = "interp-engine"  # Neuronpedia's server today
-
-    @property
-    def description(self) -> str:
-        return {
-            SamplingSemantics.TRANSFORMERLENS: "transformerlens-4.3 sample_logits (temperature, freq_penalty); "
-                                               "per-row torch.Generator(seed) on the model's device",
-            SamplingSemantics.INTERP_ENGINE: "interp-engine-1.14 _sample_next (presence_penalty, temperature, top_k, "
-                                             "top_p); per-row torch.Generator(seed) on the model's device",
-        }[self]
-
-
 @dataclass(frozen=True)
-class Settings:
-    """What applies to every configuration of a sweep (stored with it, part of every key)."""
+class Settings(Sampling):
+    """What applies to every configuration of a sweep (stored with it, part of every key): how tokens are
+    sampled (``Sampling``'s fields) and how the model is steered."""
 
     method: SteerMethod = SteerMethod.SIMPLE_ADDITIVE
     normalize: bool = False
     strength_multiplier: float = 1.0
-    n_tokens: int = 32
-    temperature: float = 0.0
-    freq_penalty: float = 0.0
-    n_logprobs: int = 0
-    sampling_semantics: SamplingSemantics = SamplingSemantics.TRANSFORMERLENS
-    presence_penalty: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
     steer_special_tokens: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         object.__setattr__(self, "method", steer_method(self.method))
-        try:
-            object.__setattr__(self, "sampling_semantics", SamplingSemantics(self.sampling_semantics))
-        except ValueError:
-            raise UsageError(f"unknown sampling semantics '{self.sampling_semantics}'; expected one of "
-                             f"{', '.join(SamplingSemantics)}") from None
-        for name in ("strength_multiplier", "temperature", "freq_penalty", "presence_penalty", "top_p"):
-            if not math.isfinite(getattr(self, name)):
-                raise UsageError(f"{name} must be a finite number, not {getattr(self, name)}")
-        if not 1 <= self.n_tokens <= MAX_TOKENS:
-            raise UsageError(f"n_tokens must be between 1 and {MAX_TOKENS}, not {self.n_tokens}")
-        if not 0 <= self.n_logprobs <= MAX_LOGPROBS:
-            raise UsageError(f"n_logprobs must be between 0 and {MAX_LOGPROBS}, not {self.n_logprobs}")
-        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
-            raise UsageError("temperature and top_k must not be negative, and top_p must be in (0, 1]")
-        if self.sampling_semantics == SamplingSemantics.TRANSFORMERLENS and (
-                self.presence_penalty or self.top_k or self.top_p != 1.0):
-            raise UsageError("presence_penalty, top_k and top_p belong to interp-engine sampling; "
-                             "add --sampling interp-engine")
-        if self.sampling_semantics == SamplingSemantics.INTERP_ENGINE and self.freq_penalty:
-            raise UsageError("freq_penalty is TransformerLens-era sampling (interp-engine ignores it); "
-                             "use --presence-penalty with --sampling interp-engine")
+        if not math.isfinite(self.strength_multiplier):
+            raise UsageError(f"strength_multiplier must be a finite number, not {self.strength_multiplier}")
 
-    def sampling(self):
-        from saejobs.engine.generate import Sampling
-
-        return Sampling(self.n_tokens, self.temperature, self.freq_penalty, self.n_logprobs,
-                        semantics=self.sampling_semantics, presence_penalty=self.presence_penalty, top_k=self.top_k,
-                        top_p=self.top_p)
+    def sampling(self) -> Sampling:
+        """The generation part alone, as ``engine.generate`` takes it."""
+        return Sampling(**{f.name: getattr(self, f.name) for f in fields(Sampling)})
 
     def to_json(self) -> dict:
         return {k: str(v) if isinstance(v, StrEnum) else v for k, v in asdict(self).items()}

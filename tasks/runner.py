@@ -12,13 +12,14 @@ import socket
 import threading
 import time
 import traceback
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from saejobs.db import jobs, workers
 from saejobs.db.jobs import JobCancelled
 from saejobs.db.models import Job
-from saejobs.db.states import JobKind
+from saejobs.db.states import JobKind, JobState
 from saejobs.db.session import DatabaseError
 from saejobs.engine import failpoints
 from saejobs.engine.cache import EngineCache
@@ -60,8 +61,15 @@ class Executor:
 
 @dataclass
 class JobContext:
+    """What a job body gets: its row, the executor running it, progress, and children it runs in-process.
+
+    A child (a search's round) reports to its parent as well: the parent's stall timer and progress move
+    with it, and a cancelled parent stops it."""
+
     job: Job
     executor: Executor
+    parent: "JobContext | None" = None
+    span: tuple[float, float] = (0.0, 1.0)  # the part of the parent's progress this child covers
     _last: float = 0.0
     touched: float = field(default_factory=time.monotonic)  # the last progress call, written or not: the watchdog reads it
 
@@ -77,6 +85,50 @@ class JobContext:
         if force or now - self._last >= PROGRESS_EVERY_S or fraction >= 1.0:
             self._last = now
             jobs.report(self.job.id, min(max(fraction, 0.0), 1.0), message, worker=self.executor.name)
+        if self.parent is not None:
+            lo, hi = self.span
+            self.parent.progress(lo + (hi - lo) * min(max(fraction, 0.0), 1.0), message)
+
+    def run_child(self, kind: str, params: dict, *, key: str, sae_id: str | None = None,
+                  span: tuple[float, float] = (0.0, 1.0)) -> Job:
+        """Run a child job (its own row, results and provenance) here, in this process, and return its row
+        once it succeeded. The child's id is derived from this job's id and ``key``, so a handed-on parent
+        finds the children it already ran (succeeded: not run again; handed back or requeued: run now;
+        taken by another worker after a crash: waited for; failed in a run before ``jobs retry``: run again)
+        instead of starting over."""
+        child = jobs.create(kind, params, sae_id=sae_id, job_id=child_id(self.job.id, key))
+        ran = False
+        while True:
+            child = jobs.get(child.id)
+            if child.state == JobState.SUCCEEDED:
+                return child
+            if child.state in (JobState.FAILED, JobState.CANCELLED) and not ran:
+                jobs.reset_for_retry(child.id)  # ended in an earlier run of this parent, which was retried since
+            elif child.state == JobState.QUEUED or child.worker == self.executor.name:  # (or left running by us)
+                ran = True
+                outcome = execute(child.id, self.executor, parent=self, span=span)
+                if outcome == "handed_back":  # this worker is stopping: the parent goes back too, and resumes here
+                    raise HandBack(self.job.id)
+                if outcome in ("transient", "database_unavailable"):  # the parent retries later, from this child
+                    raise TransientError(f"{kind} {child.id[:8]}: {jobs.get(child.id).error or outcome}")
+            elif child.state == JobState.RUNNING:  # handed on to another worker by a reaper: wait for it
+                self.progress(span[0], f"waiting for {kind} {child.id[:8]} on {child.worker}")
+                time.sleep(min(HEARTBEAT_S, 1.0))
+            else:
+                raise _child_error(child)
+
+
+def child_id(parent_id: str, key: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"saejobs:{parent_id}:{key}"))
+
+
+def _child_error(child: Job) -> SaejobsError:
+    """A child that ended without succeeding fails its parent with the child's own reason and exit code."""
+    if child.state == JobState.CANCELLED:
+        return SaejobsError(f"{child.kind} {child.id[:8]} was cancelled")
+    err = SaejobsError(f"{child.kind} {child.id[:8]} failed: {child.error}")
+    err.exit_code = (child.result or {}).get("exit_code", 1)
+    return err
 
 
 _executor: Executor | None = None  # this process's one Executor: its engine cache lives as long as the process
@@ -120,14 +172,16 @@ def kinds() -> dict[str, Callable[[JobContext], dict]]:
     return bodies
 
 
-def execute(job_id: str, worker: Executor) -> str:
-    """Run the job; returns how it ended: succeeded, failed, cancelled, skipped, handed_back, transient."""
+def execute(job_id: str, worker: Executor, *, parent: JobContext | None = None,
+            span: tuple[float, float] = (0.0, 1.0)) -> str:
+    """Run the job; returns how it ended: succeeded, failed, cancelled, skipped, handed_back, transient.
+    ``parent``: the job that runs this one as its child (``JobContext.run_child``)."""
     if not jobs.claim(job_id, worker=worker.name, host=worker.host, gpu=worker.gpu):
         log.info("job %s: not claimable (already running elsewhere or finished); skipped", job_id)
         return "skipped"
     job = jobs.get(job_id)
-    ctx = JobContext(job, worker)
-    worker.current_job = job_id
+    ctx = JobContext(job, worker, parent=parent, span=span)
+    outer_job, worker.current_job = worker.current_job, job_id
     _show_job(worker)
     beat = _Heartbeat(ctx)
     beat.start()
@@ -135,7 +189,13 @@ def execute(job_id: str, worker: Executor) -> str:
         result = kinds()[job.kind](ctx)
         failpoints.hit("runner.before_finish")
         return "succeeded" if jobs.finish(job_id, "succeeded", worker=worker.name, result=result) else "cancelled"
-    except JobCancelled:
+    except JobCancelled as e:
+        if e.args and e.args[0] != job_id:  # raised by its parent: cancelled (the child ends) or moved (handed back)
+            if jobs.get(e.args[0]).state == JobState.CANCELLED:
+                jobs.finish(job_id, JobState.CANCELLED, worker=worker.name, error=f"job {e.args[0][:8]} cancelled")
+            else:
+                jobs.requeue(job_id, f"handed back: job {e.args[0][:8]} moved", worker=worker.name)
+            raise  # the parent stops here too
         return "cancelled"
     except HandBack:
         return "handed_back" if jobs.requeue(job_id, "handed back: worker shutting down", worker=worker.name) else "failed"
@@ -159,7 +219,7 @@ def execute(job_id: str, worker: Executor) -> str:
         return "failed"
     finally:
         beat.stop()
-        worker.current_job = None
+        worker.current_job = outer_job
         _show_job(worker)
 
 

@@ -1,19 +1,18 @@
 """Search job: per feature × prompt, the strength that maximises the concept score within a fluency
 bound (``engine.search``), in a few rounds, each round one batched sweep job.
 
-Each round's sweep is submitted through ``tasks.submit`` as a job of its own (its rows, scores and
-provenance stored and shown like any sweep's) and run by the worker that runs the search, in its
-process: a search that waited for other workers could wait forever on a host with one worker. The
-chosen strengths and every curve are the search job's result.
+Each round's sweep is a child job of its own (its rows, scores and provenance stored and shown like any
+sweep's), run by the worker that runs the search, in its process (``JobContext.run_child``): a search
+that waited for other workers could wait forever on a host with one worker. A round's progress is the
+search's, and a search handed on resumes from the rounds it finished. The chosen strengths and every
+curve are the search job's result.
 """
 
 from __future__ import annotations
 
-from saejobs.db import jobs, results
-from saejobs.db.jobs import JobCancelled
+from saejobs.db import results
 from saejobs.db.states import JobKind
 from saejobs.engine import search
-from saejobs.engine.errors import SaejobsError, TransientError
 from saejobs.engine.request import Settings, SweepRequest
 
 
@@ -35,7 +34,9 @@ def run(ctx) -> dict:
     for i in range(rounds):
         ctx.progress(i / rounds, f"round {i + 1}/{rounds}: strengths {', '.join(f'{s:g}' for s in strengths)}",
                      force=True)
-        job_id = _run_round(ctx, request(p, strengths))
+        req = request(p, strengths)
+        job_id = ctx.run_child(JobKind.SWEEP, req.to_params(), key=f"round-{i}", sae_id=req.sae,
+                               span=(i / rounds, (i + 1) / rounds)).id
         round_jobs.append(job_id)
         rows += results.generation_rows(job_id)
         curves, base = search.curves(rows)
@@ -63,27 +64,3 @@ def run(ctx) -> dict:
     return {"sae": p["sae"], "rounds": round_jobs, "max_nll_increase": bound, "range": [lo, hi], "chosen": chosen,
             "curves": [{"feature": f, "prompt": pr, "points": [vars(pt) for pt in pts]}
                        for (f, pr), pts in sorted(curves.items())]}
-
-
-def _run_round(ctx, req: SweepRequest) -> str:
-    """Submit the round's sweep (a row, no message) and run it here; its id once it succeeded."""
-    from saejobs.tasks.runner import HandBack, execute
-    from saejobs.tasks.submit import submit
-
-    job = submit(JobKind.SWEEP, req.to_params(), sae_id=req.sae, local=True)
-    try:
-        outcome = execute(job.id, ctx.executor)
-    finally:
-        ctx.executor.current_job = ctx.job.id
-    if outcome == "succeeded":
-        return job.id
-    if outcome == "handed_back":
-        raise HandBack(ctx.job.id)
-    ended = jobs.get(job.id)
-    if outcome == "cancelled":
-        raise JobCancelled(ctx.job.id)
-    if outcome == "transient":
-        raise TransientError(f"round sweep {job.id[:8]}: {ended.error}")
-    err = SaejobsError(f"round sweep {job.id[:8]} failed: {ended.error}")
-    err.exit_code = (ended.result or {}).get("exit_code", 1)
-    raise err
