@@ -109,7 +109,8 @@ def retry(job_id, wait, local, as_json) -> None:
     if wait:
         finish(follow(job.id, quiet=as_json), as_json)
     else:
-        emit(store.as_dict(store.get(job.id)), as_json, lambda: click.echo(f"{job.id} queued"))
+        now = store.get(job.id)  # queued; or succeeded: a sweep whose shards had all succeeded
+        emit(store.as_dict(now), as_json, lambda: click.echo(f"{job.id} {now.state}"))
 
 
 @click.command()

@@ -105,8 +105,10 @@ def claim(job_id: str, *, worker: str, host: str, gpu: str | None, url: str | No
     with session(url) as s:
         now = db_now(s)
         claimable = or_(Job.state == "queued", (Job.state == "running") & (Job.worker == worker))
-        params = s.scalar(select(Job.params).where(Job.id == job_id)) or {}
-        timeout = params.get("timeout_s")
+        params, parent_id = s.execute(select(Job.params, Job.parent_id).where(Job.id == job_id)).first() or ({}, None)
+        if parent_id is not None:  # a shard's deadline is its sweep's (--timeout is given for the whole sweep)
+            params = s.scalar(select(Job.params).where(Job.id == parent_id)) or {}
+        timeout = (params or {}).get("timeout_s")
         child = aliased(Job)
         res = s.execute(
             update(Job).where(Job.id == job_id, ~select(child.id).where(child.parent_id == job_id).exists())
@@ -156,17 +158,22 @@ def _settle_parent(s, parent_id: str, now: datetime, note: str | None = None) ->
     handed back), else running; when none is left running or queued it ends: succeeded if every
     shard did, else failed (or cancelled) naming the first shard's error."""
     parent = s.scalar(select(Job).where(Job.id == parent_id).with_for_update())
-    if parent is None or parent.state in FINAL_STATES:
-        return
     rows = s.execute(select(Job.state, Job.progress, Job.error, Job.result).where(Job.parent_id == parent_id)
                      .order_by(Job.created_at, Job.id)).all()
-    parent.progress = sum(r.progress or 0.0 for r in rows) / max(len(rows), 1)
+    if parent is None or not rows:
+        return
     done = sum(r.state == "succeeded" for r in rows)
+    failed = sum(r.state == "failed" for r in rows)
+    ended = "succeeded" if done == len(rows) else "failed" if failed else "cancelled"
+    if parent.state == ended and all(r.state in FINAL_STATES for r in rows):
+        return  # already what its shards say (no second event)
+    parent.progress = sum(r.progress or 0.0 for r in rows) / len(rows)
     parent.message = f"{note} ({done}/{len(rows)} shards done)" if note else f"{done}/{len(rows)} shards done"
     if any(r.state not in FINAL_STATES for r in rows):
         waiting = all(r.state == "queued" for r in rows)  # none started or ended: the sweep waits as a whole
-        if waiting != (parent.state == "queued"):
-            parent.state = "queued" if waiting else "running"
+        state = "queued" if waiting else "running"
+        if parent.state != state:
+            parent.state, parent.finished_at = state, None
             s.add(JobEvent(job_id=parent_id, state=parent.state, progress=parent.progress, message=parent.message))
         return
     if done == len(rows):
@@ -177,9 +184,8 @@ def _settle_parent(s, parent_id: str, now: datetime, note: str | None = None) ->
                   **{k: results[0][k] for k in ("sae", "model") if k in results[0]}}
         _end(s, parent, "succeeded", now, result=result)
         return
-    failed = sum(r.state == "failed" for r in rows)
-    bad = next(r for r in rows if r.state == ("failed" if failed else "cancelled"))
-    state = "failed" if failed else "cancelled"
+    bad = next(r for r in rows if r.state == ended)
+    state = ended
     _end(s, parent, state, now, error=f"{len(rows) - done} of {len(rows)} shards {state}; first: {bad.error or bad.state}",
          result=bad.result if failed else None)
 
@@ -267,8 +273,8 @@ def requeue(job_id: str, reason: str, *, worker: str | None = None, stale_after:
         if worker is not None:
             q = q.where(Job.worker == worker)
         job = s.scalar(q)
-        if job is None:
-            return False
+        if job is None or s.scalar(select(Job.id).where(Job.parent_id == job_id).limit(1)) is not None:
+            return False  # gone, or a sweep whose state is its shards' (never handed on itself)
         if job.attempts >= max_attempts():
             _end(s, job, "failed", now, error=f"gave up after {job.attempts} attempts; last: {reason}")
             return False
@@ -330,7 +336,13 @@ def reset_for_retry(job_id: str, url: str | None = None) -> list[str]:
             r.state, r.error, r.finished_at, r.worker, r.attempts = "queued", None, None, None, 0
             r.message = "queued (retry)"
             s.add(JobEvent(job_id=r.id, state="queued", progress=r.progress, message="queued (retry)"))
-        return [r.id for r in again if r.id != job.id and r.id != me.parent_id] or [job.id]
+        if len(rows) > 1:  # a sweep: queued again for its shards that did not succeed
+            shards_again = [r.id for r in again if r.id != job.id]
+            if not shards_again:  # every shard had succeeded: the sweep is done, nothing to send
+                s.flush()
+                _settle_parent(s, job.id, db_now(s))
+            return shards_again
+        return [r.id for r in again if r.id != me.parent_id] or [job.id]
 
 
 @retried
@@ -340,7 +352,9 @@ def stale_running(stale_after: float, *, alive: str | None = None, url: str | No
     job on. Judged by the database's clock."""
     with session(url) as s:
         cutoff = db_now(s) - timedelta(seconds=stale_after)
-        q = select(Job.id).where(Job.state == "running", Job.heartbeat_at < cutoff)
+        shard = aliased(Job)
+        q = select(Job.id).where(Job.state == "running", Job.heartbeat_at < cutoff,  # a sweep runs only in its shards
+                                 ~select(shard.id).where(shard.parent_id == Job.id).exists())
         if alive is not None:
             q = q.where(or_(Job.worker.is_(None), Job.worker != alive))
         return list(s.scalars(q))

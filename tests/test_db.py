@@ -294,3 +294,47 @@ def test_retrying_one_shard_reopens_its_sweep_and_abandon_fails_it_once(db_url):
     got = jobs.get(other.id)
     assert got.state == "failed" and "broker unreachable" in got.error
     assert [e.state for e in got.events].count("failed") == 1
+
+
+def test_a_sweep_is_never_reaped_and_its_state_always_follows_its_shards(db_url, monkeypatch):
+    """After ``jobs retry`` the sweep's own row keeps the heartbeat of its last end: it must not look like
+    a dead worker's job (handed on as "worker lost", or failed for its shards' attempts while they run)."""
+    from datetime import timedelta
+
+    monkeypatch.setenv("SAEJOBS_MAX_ATTEMPTS", "2")
+    parent = jobs.create("sweep", {}, queue="saejobs", shards=[{"shard": [0, 1]}, {"shard": [1, 2]}])
+    a, b = jobs.shards(parent.id)
+    assert claim(a.id, "w1") and jobs.finish(a.id, "failed", worker="w1", error="boom")
+    assert claim(b.id, "w1") and jobs.finish(b.id, "succeeded", worker="w1", result={"shard_size": 1})
+    assert jobs.get(parent.id).state == "failed"
+    assert jobs.reset_for_retry(parent.id) == [a.id]
+    assert claim(a.id, "w2") and jobs.get(parent.id).state == "running"
+    with session() as s:  # the sweep's heartbeat is as old as its last end; shard a is on its 2nd (last) attempt
+        row = s.get(Job, parent.id)
+        row.heartbeat_at = row.heartbeat_at - timedelta(hours=1)
+        s.get(Job, a.id).attempts = 2
+    assert parent.id not in jobs.stale_running(30)
+    assert not jobs.requeue(parent.id, "worker lost (no heartbeat); handed on", stale_after=30)
+    assert jobs.get(parent.id).state == "running"
+    assert jobs.finish(a.id, "succeeded", worker="w2", result={"shard_size": 1})
+    assert jobs.get(parent.id).state == "succeeded"
+
+
+def test_retrying_a_sweep_whose_shards_all_succeeded_settles_it(db_url):
+    """A sweep row left failed while every shard succeeded (as the reaper used to leave it) is not put back
+    in the queue with nothing to run: retry derives it from its shards."""
+    parent = jobs.create("sweep", {}, queue="saejobs", shards=[{"shard": [0, 1]}])
+    (a,) = jobs.shards(parent.id)
+    assert claim(a.id) and jobs.finish(a.id, "succeeded", worker="w1", result={"shard_size": 1})
+    with session() as s:
+        s.get(Job, parent.id).state = "failed"
+    assert jobs.reset_for_retry(parent.id) == []
+    assert jobs.get(parent.id).state == "succeeded"
+
+
+def test_a_queued_sweeps_shards_carry_its_deadline(db_url):
+    parent = jobs.create("sweep", {"timeout_s": 5}, queue="saejobs", shards=[{"shard": [0, 1]}])
+    (a,) = jobs.shards(parent.id)
+    assert claim(a.id)
+    got = jobs.get(a.id)
+    assert got.deadline_at is not None and (got.deadline_at - got.started_at).total_seconds() == pytest.approx(5)
