@@ -346,17 +346,18 @@ def reset_for_retry(job_id: str, url: str | None = None) -> list[str]:
 
 
 @retried
-def stale_running(stale_after: float, *, alive: str | None = None, url: str | None = None) -> list[str]:
-    """Running jobs whose worker has not been heard from: it died (SIGKILL, host lost). ``alive`` is the
-    asking worker's name: it knows it is alive, so a late beat of its own (a busy CPU) never hands its
-    job on. Judged by the database's clock."""
+def stale_running(stale_after: float, *, running: str | None = None, url: str | None = None) -> list[str]:
+    """Running jobs whose worker has not been heard from: it died (SIGKILL, host lost). ``running`` is the
+    job the asking worker is running now: it knows that one is alive, so a late beat of its own (a busy
+    CPU) never hands it on — while a job of its own it has given up (a long database outage) is reaped
+    like any other, even by a worker alone. Judged by the database's clock."""
     with session(url) as s:
         cutoff = db_now(s) - timedelta(seconds=stale_after)
         shard = aliased(Job)
         q = select(Job.id).where(Job.state == "running", Job.heartbeat_at < cutoff,  # a sweep runs only in its shards
                                  ~select(shard.id).where(shard.parent_id == Job.id).exists())
-        if alive is not None:
-            q = q.where(or_(Job.worker.is_(None), Job.worker != alive))
+        if running is not None:
+            q = q.where(Job.id != running)
         return list(s.scalars(q))
 
 

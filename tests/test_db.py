@@ -46,8 +46,12 @@ def test_a_dead_workers_job_is_handed_on_and_the_old_worker_stops(db_url):
     assert job.id not in jobs.stale_running(60)
     _age_heartbeat(job.id, 120)
     assert job.id in jobs.stale_running(60)
-    assert job.id in jobs.stale_running(60, alive="w2")
-    assert job.id not in jobs.stale_running(60, alive="w1")  # a worker never reaps its own job: it is alive
+    assert job.id not in jobs.stale_running(60, running=job.id)  # the asking worker runs it: it is alive
+    lost = jobs.create("sweep", {})  # w1's earlier job, given up (e.g. after a database outage): w1 reaps it
+    assert claim(lost.id, "w1")
+    _age_heartbeat(lost.id, 120)
+    assert lost.id in jobs.stale_running(60, running=job.id)
+    assert jobs.requeue(lost.id, "worker lost", stale_after=60)
     assert not claim(job.id, "w2")  # a duplicate message does not take it: only a reaper hands it on
     assert jobs.requeue(job.id, "worker lost", stale_after=60)
     assert not jobs.requeue(job.id, "second reaper", stale_after=60)

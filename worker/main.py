@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -20,17 +19,25 @@ ORPHAN_AFTER_S = float(os.environ.get("SAEJOBS_ORPHAN_AFTER", 120))
 
 
 def run_many(gpus: list[int], loglevel: str) -> int:
-    """One pinned child per GPU; SIGTERM/SIGINT are passed on so each hands back its job."""
-    procs = [subprocess.Popen([sys.executable, "-m", "saejobs.worker.main", "--gpu", str(g), "--loglevel", loglevel]) for g in gpus]
+    """One pinned child per GPU, restarted when its job hung (exit 75); SIGTERM/SIGINT are passed on so
+    each hands back its job. Another exit of a child stops the others."""
+    from saejobs.worker.supervise import Supervisor
 
-    def forward(signum, _frame):
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    return max(p.wait() for p in procs)
+    sup = Supervisor(say=lambda line: print(line, file=sys.stderr, flush=True))
+    for g in gpus:
+        sup.start(f"gpu{g}", [sys.executable, "-m", "saejobs.worker.main", "--gpu", str(g), "--loglevel", loglevel])
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, _frame: stopping.append(signum))
+    reason = None
+    while not stopping and reason is None:
+        reason = sup.step()
+        time.sleep(0.2)
+    if reason:
+        print(f"saejobs: {reason}; stopping the other workers", file=sys.stderr, flush=True)
+    sup.signal_all(stopping[0] if stopping else signal.SIGTERM)
+    codes = sup.wait_all()
+    return max(codes.values(), default=0) or (1 if reason else 0)
 
 
 def run(gpu: int | None, loglevel: str = "info", downloads_only: bool = False) -> None:
@@ -105,7 +112,7 @@ class Beat(threading.Thread):
                 # Reap only after STALE_AFTER_S in touch: after an outage every live worker's beats resume
                 # within a beat or two, so only the dead stay stale — no healthy job is taken.
                 if now - in_touch_since >= STALE_AFTER_S:
-                    reap(alive=self.worker.name)
+                    reap(running=self.worker.current_job)
                 if time.monotonic() - last_orphan_check > ORPHAN_AFTER_S / 2:
                     last_orphan_check = time.monotonic()
                     resend_orphans()
@@ -125,15 +132,15 @@ class Beat(threading.Thread):
         self.join(timeout=10)
 
 
-def reap(alive: str | None = None) -> list[str]:
-    """Hand on jobs whose worker stopped beating (never ``alive``'s own); the conditional requeue lets
-    one reaper win."""
+def reap(running: str | None = None) -> list[str]:
+    """Hand on jobs whose worker stopped beating (never ``running``, the asking worker's job now); the
+    conditional requeue lets one reaper win."""
     from saejobs.db import jobs
     from saejobs.tasks.runner import STALE_AFTER_S
     from saejobs.tasks.submit import send
 
     handed = []
-    for job_id in jobs.stale_running(STALE_AFTER_S, alive=alive):
+    for job_id in jobs.stale_running(STALE_AFTER_S, running=running):
         if jobs.requeue(job_id, "worker lost (no heartbeat); handed on", stale_after=STALE_AFTER_S):
             send(job_id)
             handed.append(job_id)

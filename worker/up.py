@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from saejobs.engine import paths
 from saejobs.engine.errors import UsageError
+from saejobs.worker.supervise import Supervisor
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -31,7 +32,11 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 class Stack:
     broker: str
     embedded_broker: subprocess.Popen | None = None
-    workers: dict[str, subprocess.Popen] = field(default_factory=dict)
+    supervisor: Supervisor = field(default_factory=Supervisor)
+
+    @property
+    def workers(self) -> dict[str, subprocess.Popen]:
+        return self.supervisor.procs
 
     def describe(self) -> dict:
         return {"broker": _redact(self.broker),
@@ -102,8 +107,8 @@ def start(gpus: list[int] | None, cpu: bool, loglevel: str) -> Stack:
     # GPU workers do not take downloads (a transfer would hold a GPU's only slot): a download worker does
     for where in ([["--gpu", str(g)] for g in gpus] + [["--downloads"]] if gpus else [["--cpu"]]):
         name = f"gpu{where[1]}" if where[0] == "--gpu" else where[0].removeprefix("--")
-        stack.workers[name] = subprocess.Popen([sys.executable, "-m", "saejobs.worker.main", *where, "--loglevel", loglevel],
-                                               start_new_session=True)
+        stack.supervisor.start(name, [sys.executable, "-m", "saejobs.worker.main", *where, "--loglevel", loglevel],
+                               start_new_session=True)
     return stack
 
 
@@ -115,19 +120,19 @@ def run(stack: Stack, say=print) -> int:
         stopping.append(signum)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    while not stopping and all(p.poll() is None for p in stack.workers.values()):
+    reason = None
+    while not stopping and reason is None:
+        reason = stack.supervisor.step()  # a worker that exited 75 (hung job handed on) is started afresh
         time.sleep(0.2)
-    say("saejobs up: stopping (running jobs are handed back to the queue)")
-    for p in stack.workers.values():
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    codes = {name: p.wait() for name, p in stack.workers.items()}
+    say("saejobs up: stopping" + (f" ({reason})" if reason else "") + " (running jobs are handed back to the queue)")
+    stack.supervisor.signal_all(signal.SIGTERM)
+    codes = stack.supervisor.wait_all()
     if stack.embedded_broker is not None:
         stack.embedded_broker.terminate()
         stack.embedded_broker.wait(timeout=30)
     failed = {n: c for n, c in codes.items() if c != 0}
     say("saejobs up: stopped" + (f"; workers that did not exit cleanly: {failed}" if failed else ""))
-    return 1 if failed else 0
+    return 1 if failed or reason else 0
 
 
 def _redact(url: str) -> str:
