@@ -14,20 +14,29 @@ def db() -> None:
 
 
 @db.command()
+@click.option("--force", is_flag=True, help="Migrate even while live workers use the database (they stop at their "
+                                            "next beat).")
 @json_option
-def upgrade(as_json: bool) -> None:
-    """Create or migrate the database to this saejobs' schema (stop the workers first)."""
+def upgrade(force: bool, as_json: bool) -> None:
+    """Create or migrate the database to this saejobs' schema (stop the workers first).
+
+    On SQLite the file is first copied beside itself (NAME.bak-REVISION-TIME); the migration is one
+    transaction, rolled back whole if it fails."""
     from sqlalchemy.exc import OperationalError
 
     from saejobs.db import migrate
+    from saejobs.db import upgrade as step
     from saejobs.db.session import DatabaseError, database_url, get_engine, redact
 
     eng = get_engine()
     try:
-        before, after = migrate.migrate(eng)
+        done = step.run(eng, force=force)
     except OperationalError as e:
         raise DatabaseError(f"database '{redact(database_url())}' unavailable: "
                             f"{str(e.orig).strip().splitlines()[0]}") from None
-    data = {"url": redact(database_url()), "from": before, "revision": after, "head": migrate.head()}
+    data = {"url": redact(database_url()), "from": done.before, "revision": done.after, "head": migrate.head(),
+            "backup": str(done.backup) if done.backup else None}
     emit(data, as_json, lambda: click.echo(
-        f"{data['url']}: at revision {after}" + (f" (was {before})" if before != after else " (already current)")))
+        f"{data['url']}: at revision {done.after}"
+        + (f" (was {done.before})" if done.before != done.after else " (already current)")
+        + (f"; backup: {done.backup}" if done.backup else "")))

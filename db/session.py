@@ -11,7 +11,6 @@ guarded (conditional updates, unique keys).
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import logging
 import os
@@ -26,17 +25,15 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from saejobs.db import migrate
+from saejobs.db.errors import DatabaseError, SchemaMismatch, redact  # also imported from here by callers
 from saejobs.engine import paths
-from saejobs.engine.errors import SaejobsError, UsageError
+from saejobs.engine.errors import UsageError
 
 log = logging.getLogger("saejobs.db")
 BUSY_TIMEOUT_MS = int(os.environ.get("SAEJOBS_SQLITE_BUSY_MS", 30_000))
 RETRY_S = {"cli": 5.0, "worker": 120.0}
 _role = "cli"
-
-
-class DatabaseError(SaejobsError):
-    exit_code = 4
 
 
 def set_role(role: str) -> None:
@@ -91,13 +88,6 @@ def database_url() -> str:
     return url
 
 
-def redact(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<unparseable URL>"
-
-
 def get_engine(url: str | None = None) -> Engine:
     """The process's engine for ``url`` (default: ``database_url()`` as the environment says now)."""
     return _engine(url or database_url())
@@ -148,73 +138,23 @@ def _tune_sqlite(eng: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-class SchemaMismatch(SaejobsError):
-    """The database's schema is not this code's: migrating is a deliberate step (``saejobs db upgrade``),
-    never a side effect of a worker or a CLI call while other workers use the database."""
-
-    exit_code = 4
-
-
-def _check_schema(eng: Engine) -> None:
-    """A current database passes with one query. A new, empty one is created (nobody can be using it);
-    one older or newer than this code is refused with one line that says what to run."""
-    from saejobs.db.migrate import SCHEMA_REVISION, is_current, stamped
-
-    if is_current(eng):
-        return
-    with eng.connect():  # unreachable: an outage (``retried`` waits it out), not a schema problem
-        pass
-    found = stamped(eng)
-    if found is None:
-        with schema_lock(eng):
-            from saejobs.db.migrate import upgrade
-
-            if stamped(eng) is None:
-                upgrade(eng)
-        return
-    if found == SCHEMA_REVISION:
-        return
-    from saejobs.db.migrate import known
-
-    where = redact(str(eng.url))
-    if known(found):
-        raise SchemaMismatch(f"database '{where}' has schema {found}, older than this saejobs' {SCHEMA_REVISION}: "
-                             "stop its workers and run `saejobs db upgrade`")
-    raise SchemaMismatch(f"database '{where}' has schema {found}, newer than this saejobs ({SCHEMA_REVISION}): "
-                         "upgrade saejobs on this host")
-
-
 def check_schema(url: str | None = None) -> None:
     """For a starting worker: SchemaMismatch now, rather than on its first job."""
-    _check_schema(get_engine(url))
+    migrate.check(get_engine(url))
 
 
-LOCK_TIMEOUT_S = float(os.environ.get("SAEJOBS_MIGRATION_LOCK_S", 60))
-
-
-@contextmanager
-def schema_lock(eng: Engine, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-    """One migrator at a time; on PostgreSQL an advisory lock tried until ``timeout``, then one line
-    (a migration never waits forever behind a session that holds a lock)."""
-    if eng.dialect.name == "sqlite" and eng.url.database not in (None, "", ":memory:"):
-        with open(f"{eng.url.database}.lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            yield
-    elif eng.dialect.name == "postgresql":
-        with eng.connect() as conn:
-            deadline = time.monotonic() + timeout
-            while not conn.execute(text("SELECT pg_try_advisory_lock(727274)")).scalar():
-                if time.monotonic() > deadline:
-                    raise DatabaseError(f"another process has held the schema lock for {timeout:.0f} s; "
-                                        "is a migration still running?")
-                time.sleep(0.2)
-            try:
-                yield
-            finally:
-                conn.execute(text("SELECT pg_advisory_unlock(727274)"))
-                conn.commit()
-    else:
-        yield
+def schema_unchanged(s: Session) -> None:
+    """For a running worker, at each beat: its sessions were made once, when the schema matched; a migration
+    since (``db upgrade --force`` under it) raises SchemaMismatch here, before the beat writes anything."""
+    try:
+        found = migrate.revision_in(s.connection())
+    except DBAPIError as e:
+        if outage(e):
+            raise
+        found = None  # no alembic_version any more: not this worker's schema either
+    if found != migrate.SCHEMA_REVISION:
+        raise SchemaMismatch(f"database '{redact(str(s.bind.url))}' is now at schema {found}, not the "
+                             f"{migrate.SCHEMA_REVISION} this worker started with (migrated under it)")
 
 
 def db_now(s: Session) -> datetime:
@@ -231,7 +171,7 @@ def _sessionmaker(url: str) -> sessionmaker[Session]:
     """Made once the schema is known to match: an unreachable database raises here (and is retried), so
     a process started before its database checks again on the next transaction."""
     eng = get_engine(url)
-    _check_schema(eng)
+    migrate.check(eng)
     return sessionmaker(eng, expire_on_commit=False)
 
 

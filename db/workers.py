@@ -11,7 +11,7 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from saejobs.db.models import Worker as WorkerRow
-from saejobs.db.session import db_now, retried, session
+from saejobs.db.session import db_now, retried, schema_unchanged, session
 
 LIVE_WITHIN_S = float(os.environ.get("SAEJOBS_STALE_AFTER", 30))  # as tasks.runner.STALE_AFTER_S
 
@@ -30,7 +30,9 @@ def register(worker, queues: list[str], cuda_visible: str | None, url: str | Non
 
 @retried
 def beat(worker, url: str | None = None) -> None:
+    """SchemaMismatch, with nothing written, once the database has been migrated under the worker."""
     with session(url) as s:
+        schema_unchanged(s)
         row = s.get(WorkerRow, worker.name)
         if row is None:
             return

@@ -186,7 +186,7 @@ def test_an_older_or_newer_schema_is_refused_and_upgrade_is_a_step(db_url):
     then migrates it; a newer one (migrated by a newer saejobs) is refused naming the code to upgrade."""
     from sqlalchemy import text
 
-    from saejobs.db import migrate
+    from saejobs.db import migrate, upgrade
     from saejobs.db.session import SchemaMismatch, dispose_all, get_engine
 
     eng = get_engine()
@@ -195,7 +195,8 @@ def test_an_older_or_newer_schema_is_refused_and_upgrade_is_a_step(db_url):
     with pytest.raises(SchemaMismatch, match=r"schema 0001, older than .* run `saejobs db upgrade`"):
         jobs.listing()
     assert migrate.stamped(get_engine()) == "0001"  # refused, not migrated
-    assert migrate.migrate(get_engine()) == ("0001", migrate.SCHEMA_REVISION)
+    done = upgrade.run(get_engine())
+    assert (done.before, done.after) == ("0001", migrate.SCHEMA_REVISION)
     dispose_all()
     assert jobs.listing() == []
     with get_engine().begin() as conn:
@@ -204,7 +205,7 @@ def test_an_older_or_newer_schema_is_refused_and_upgrade_is_a_step(db_url):
     with pytest.raises(SchemaMismatch, match=r"schema 0099, newer than this saejobs .* upgrade saejobs on this host"):
         jobs.listing()
     with pytest.raises(SchemaMismatch, match="newer than this saejobs"):
-        migrate.migrate(get_engine())
+        upgrade.run(get_engine())
 
 
 def test_attempts_are_bounded_and_the_last_error_kept(db_url, monkeypatch):

@@ -83,14 +83,19 @@ def run(gpu: int | None, loglevel: str = "info", downloads_only: bool = False) -
                          f"--loglevel={loglevel}", "--without-gossip", "--without-mingle"])
     finally:
         beat.stop()
+    if beat.schema_changed is not None:  # as at start: a schema that is not this code's is exit 4
+        sys.exit(beat.schema_changed.exit_code)
 
 
 class Beat(threading.Thread):
-    """Worker row heartbeat and the reaper of jobs whose worker died (SIGKILL, lost host)."""
+    """Worker row heartbeat and the reaper of jobs whose worker died (SIGKILL, lost host). Each beat first
+    reads the schema's revision: a database migrated under the worker (``db upgrade --force``) stops it
+    within one beat, as a warm shutdown (its job handed back), exit 4, writing nothing more of its own."""
 
     def __init__(self, worker, queues: list[str]):
         super().__init__(daemon=True, name="saejobs-beat")
         self.worker, self.queues, self._stop_event = worker, queues, threading.Event()
+        self.schema_changed: Exception | None = None
 
     def run(self) -> None:
         from saejobs.db import workers
@@ -116,15 +121,16 @@ class Beat(threading.Thread):
                 if time.monotonic() - last_orphan_check > ORPHAN_AFTER_S / 2:
                     last_orphan_check = time.monotonic()
                     resend_orphans()
-            except SchemaMismatch as e:  # the database was migrated under this worker: stop, say why
-                log.error("%s; stopping", e)
+            except SchemaMismatch as e:  # the database was migrated under this worker: stop consuming, say why
+                self.schema_changed = e
+                log.error("%s; this worker stops (exit %d)", e, e.exit_code)
                 os.kill(os.getpid(), signal.SIGTERM)
                 break
             except Exception as e:  # database or broker blinked; try again next beat
                 log.warning("beat failed: %s", e)
             if self._stop_event.wait(HEARTBEAT_S):
                 break
-        if registered:
+        if registered and self.schema_changed is None:  # its row is not ours to write under another schema
             workers.stopped(self.worker)
 
     def stop(self) -> None:
