@@ -66,6 +66,7 @@ class SaeCopy(Base):
     host: Mapped[str] = mapped_column(String(200))
     path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str | None] = mapped_column(String(64))  # the parameters file's, as checked on that host
+    files: Mapped[dict | None] = mapped_column(JSON)  # name -> {"size", "mtime_ns"} of each file when checked
     verified_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -15,8 +15,11 @@ from saejobs.engine import failpoints
 
 @retried
 def record_verification(job_id: str, sae_id: str, verdict: str, reasons: list, metrics: dict, provenance: dict,
-                        url: str | None = None) -> None:
+                        *, owner: tuple[str, str] | None = None, url: str | None = None) -> None:
+    """``owner`` (job id, worker): written only while that worker still runs the job (see ``add_generations``)."""
     with session(url) as s:
+        if owner is not None and not jobs.owned(s, *owner):
+            raise jobs.JobCancelled(owner[0])
         row = s.scalar(select(Verification).where(Verification.job_id == job_id)) or Verification(job_id=job_id)
         row.sae_id, row.verdict, row.reasons, row.metrics, row.provenance = sae_id, verdict, reasons, metrics, provenance
         s.add(row)
@@ -39,10 +42,14 @@ def verification_dict(v: Verification) -> dict[str, Any]:
 
 
 @retried
-def ensure_sweep(job_id: str, sae_id: str, model: str, settings: dict, provenance: dict, url: str | None = None) -> int:
+def ensure_sweep(job_id: str, sae_id: str, model: str, settings: dict, provenance: dict, *,
+                 owner: tuple[str, str] | None = None, url: str | None = None) -> int:
     """The sweep row of a job, created on its first run; a re-run keeps the row (and its generations).
-    Shards of one sweep may race to create it: the loser reads the winner's row."""
+    Shards of one sweep may race to create it: the loser reads the winner's row. ``owner`` (the running
+    job, its worker): nothing is written once that worker has lost the job."""
     with session(url) as s:
+        if owner is not None and not jobs.owned(s, *owner):
+            raise jobs.JobCancelled(owner[0])
         row = s.scalar(select(Sweep).where(Sweep.job_id == job_id))
         if row is None:
             try:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from saejobs.db import jobs
 from saejobs.db.models import Sae, SaeCopy
 from saejobs.db.session import db_now, retried, session
 from saejobs.engine.registry.entry import PARAMS_FILES, SaeEntry
@@ -20,9 +21,12 @@ def get(sae_id: str, url: str | None = None) -> Sae | None:
 @retried
 def record_download(entry: SaeEntry, folder: Path, files: dict[str, dict], config: dict | None = None,
                     revision: str | None = None, *, host: str | None = None, source: str | None = None,
-                    url: str | None = None) -> Sae:
-    """The SAE's checksums (what every host's copy must match) and, with ``host``, that host's copy."""
+                    owner: tuple[str, str] | None = None, url: str | None = None) -> Sae:
+    """The SAE's checksums (what every host's copy must match) and, with ``host``, that host's copy.
+    ``owner`` (job id, worker): nothing is written once that worker has lost the job."""
     with session(url) as s:
+        if owner is not None and not jobs.owned(s, *owner):
+            raise jobs.JobCancelled(owner[0])
         row = s.get(Sae, entry.id) or Sae(id=entry.id)
         row.neuronpedia_id = entry.neuronpedia_id
         row.repo_id, row.folder, row.format = entry.repo_id, entry.folder, entry.format
@@ -47,10 +51,27 @@ def record_copy(sae_id: str, host: str, folder: Path, files: dict[str, dict], ur
 
 
 def _record_copy(s, sae_id: str, host: str, folder: Path, files: dict[str, dict]) -> None:
+    """``files``: the SAE's recorded files, which the copy in ``folder`` has just been checked against."""
     row = s.scalar(select(SaeCopy).where(SaeCopy.sae_id == sae_id, SaeCopy.host == host)) or SaeCopy(sae_id=sae_id, host=host)
     row.path, row.verified_at = str(folder), db_now(s)
     row.sha256 = params_sha256(files)
+    row.files = file_stats(Path(folder), files)
     s.add(row)
+
+
+def file_stats(folder: Path, names) -> dict[str, dict] | None:
+    """Size and modification time of each file: cheap to compare, and changed by any rewrite."""
+    try:
+        return {n: {"size": (st := (folder / n).stat()).st_size, "mtime_ns": st.st_mtime_ns} for n in sorted(names)}
+    except OSError:
+        return None
+
+
+def copy_is_current(row: Sae, copy: SaeCopy) -> bool:
+    """This host's copy holds the SAE's current bytes: checked against the digest recorded now (not at an
+    earlier download of other bytes), and its files unchanged since (same sizes and mtimes)."""
+    return (copy.sha256 is not None and copy.sha256 == params_sha256(row.files) and copy.files is not None
+            and set(copy.files) == set(row.files or {}) and file_stats(Path(copy.path), copy.files) == copy.files)
 
 
 def params_sha256(files: dict | None) -> str | None:

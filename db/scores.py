@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from saejobs.db import jobs
 from saejobs.db.models import Generation, Sweep
 from saejobs.db.session import retried, session
 
@@ -27,10 +28,13 @@ def unscored(job_id: str, url: str | None = None) -> tuple[Sweep | None, list[di
 
 
 @retried
-def set_scores(scores: dict[int, dict], url: str | None = None) -> int:
+def set_scores(scores: dict[int, dict], *, owner: tuple[str, str] | None = None, url: str | None = None) -> int:
     """Write a chunk's scores in one transaction, only where none are stored (a re-run or a sweep that
-    scored the row meanwhile wins); returns how many were written."""
+    scored the row meanwhile wins); returns how many were written. ``owner`` (job id, worker): nothing is
+    written once that worker has lost the job."""
     with session(url) as s:
+        if owner is not None and not jobs.owned(s, *owner):
+            raise jobs.JobCancelled(owner[0])
         n = 0
         for g in s.scalars(select(Generation).where(Generation.id.in_(list(scores)))):
             if g.scores is None:

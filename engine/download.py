@@ -73,8 +73,11 @@ def mirror_source(entry: SaeEntry, mirror: Path) -> Path:
     raise NotFoundError(f"mirror '{mirror}' has no folder '{entry.folder}' (looked in {entry.repo_id}/ and at its top)")
 
 
-def fetch_from_mirror(entry: SaeEntry, mirror: Path, dest: Path, progress: Progress) -> dict[str, str]:
-    """Copy the entry's files from ``mirror`` into ``dest``; returns each file's sha256."""
+def fetch_from_mirror(entry: SaeEntry, mirror: Path, dest: Path, progress: Progress,
+                      expected: dict[str, str] | None = None) -> dict[str, str]:
+    """Copy the entry's files from ``mirror`` into ``dest``; returns each file's sha256. ``expected``
+    (name → sha256, e.g. the recorded download's) is checked before a file is renamed into place, as a
+    ``FILE.sha256`` sidecar is."""
     src = mirror_source(entry, mirror)
     files = [src / name for name in entry.files]
     for f in files:
@@ -90,7 +93,8 @@ def fetch_from_mirror(entry: SaeEntry, mirror: Path, dest: Path, progress: Progr
             done += n
             progress(done / total if total else 1.0, f"{_name}: {done / 1e6:.1f}/{total / 1e6:.1f} MB")
 
-        digests[f.name] = _copy_verified(f, dest / f.name, step, expected=_sidecar_sha256(f))
+        digests[f.name] = _copy_verified(f, dest / f.name, step,
+                                         expected=(expected or {}).get(f.name) or _sidecar_sha256(f))
     return digests
 
 

@@ -217,11 +217,14 @@ def _download(url: str, part: Path, size: int | None, headers: dict, step: Calla
         return f.h.hexdigest()
 
 
-def fetch(entry: SaeEntry, dest: Path, progress: Callable[[float, str], None]) -> tuple[dict[str, str], str | None]:
-    """Download the entry's files into ``dest``; returns ({name: sha256}, the Hub's commit hash)."""
+def fetch(entry: SaeEntry, dest: Path, progress: Callable[[float, str], None], *, revision: str | None = None,
+          expected: dict[str, str] | None = None) -> tuple[dict[str, str], str | None]:
+    """Download the entry's files into ``dest`` (at ``revision``, a commit, else the default branch);
+    returns ({name: sha256}, the Hub's commit hash). ``expected`` (name → sha256, a recorded download's)
+    is checked before each file is renamed into place, as the Hub's own LFS etag is."""
     metas = {}
     for name in entry.files:
-        url = hub_url(entry, name)
+        url = hub_url(entry, name, revision)
         try:
             metas[name] = (url, get_hf_file_metadata(url, endpoint=endpoint()))
         except Exception as e:
@@ -240,17 +243,22 @@ def fetch(entry: SaeEntry, dest: Path, progress: Callable[[float, str], None]) -
     digests, commit = {}, None
     for name, (url, meta) in metas.items():
         commit = commit or meta.commit_hash
-        digests[name] = _fetch_file(entry, name, url, meta, dest, step)
+        digests[name] = _fetch_file(entry, name, url, meta, dest, step, (expected or {}).get(name))
     return digests, commit
 
 
-def hub_url(entry: SaeEntry, name: str) -> str:
-    return hf_hub_url(entry.repo_id, f"{entry.folder}/{name}", endpoint=endpoint())
+def hub_url(entry: SaeEntry, name: str, revision: str | None = None) -> str:
+    return hf_hub_url(entry.repo_id, f"{entry.folder}/{name}", revision=revision, endpoint=endpoint())
 
 
-def _fetch_file(entry: SaeEntry, name: str, url: str, meta, dest: Path, step: Callable[[int], None]) -> str:
+def _fetch_file(entry: SaeEntry, name: str, url: str, meta, dest: Path, step: Callable[[int], None],
+                recorded: str | None = None) -> str:
     final, part = dest / name, dest / f"{name}.part"
-    expected = meta.etag if meta.etag and SHA256.match(meta.etag) else None  # LFS: the etag is the sha256
+    etag = meta.etag if meta.etag and SHA256.match(meta.etag) else None  # LFS: the etag is the sha256
+    if recorded and etag and etag != recorded:
+        raise IntegrityError(f"{_where(entry, name)}: the Hub serves sha256 {etag[:12]}…, not the recorded "
+                             f"download's {recorded[:12]}…; refusing other bytes")
+    expected = recorded or etag
     if final.is_file() and final.stat().st_size == meta.size:
         digest = sha256_file(final)
         if expected is None or digest == expected:  # already here and right: no transfer

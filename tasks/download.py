@@ -27,7 +27,8 @@ def run(ctx) -> dict:
 
             digests, revision = hub.fetch(entry, dest, ctx.progress)
         files = {name: {"sha256": d, "size": (dest / name).stat().st_size} for name, d in digests.items()}
-        saes.record_download(entry, dest, files, revision=revision, host=host, source=source)
+        saes.record_download(entry, dest, files, revision=revision, host=host, source=source,
+                             owner=(ctx.job.id, ctx.executor.name))
     ctx.progress(1.0, "downloaded", force=True)
     return {"sae": entry.id, "path": str(dest), "files": files,
             "transferred_bytes": sum(f["size"] for f in files.values())}

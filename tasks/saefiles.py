@@ -1,7 +1,9 @@
 """Each host its own verified copy of an SAE: the ``saes`` row holds the checksums every copy must match,
 ``sae_copies`` which host holds one where. A job that lands on a host without a copy fetches one there
-(from the mirror the SAE was downloaded from, else the Hub), checks every file's sha256 against the
-recorded ones, records the copy, then runs — so a sweep's shards can run on any host."""
+(from the mirror the SAE was downloaded from, else the Hub at the recorded revision), checks every file's
+sha256 against the recorded ones before it is renamed into place, records the copy, then runs — so a
+sweep's shards can run on any host. A copy is reused while it matches the SAE's current digest and its
+files' sizes and mtimes are those checked; otherwise it is hashed again (and fetched again if it differs)."""
 
 from __future__ import annotations
 
@@ -35,20 +37,21 @@ def local_copy(ctx, entry: SaeEntry) -> tuple[Sae, Path]:
         raise NotFoundError(f"SAE '{entry.id}' is not downloaded; run `saejobs download {entry.id}` first")
     host = ctx.executor.host
     copy = saes.copy_on(entry.id, host)
-    if copy is not None and saes.present(row, entry, copy.path):
+    if copy is not None and saes.copy_is_current(row, copy):
         return row, Path(copy.path)
     dest = download.local_folder(entry)
     with download.folder_lock(dest):
-        if saes.present(row, entry, dest) and _matches(row, dest, ctx):  # another worker here (or a shared home)
+        if saes.present(row, entry, dest) and _matches(row, dest, ctx):  # re-hashed: changed, or another worker's
             saes.record_copy(entry.id, host, dest, row.files)
             return row, dest
         ctx.progress(0.0, f"fetching {entry.id} to {host}", force=True)
+        expected = {name: meta["sha256"] for name, meta in row.files.items()}  # checked before each rename
         if row.source:
-            digests = download.fetch_from_mirror(entry, Path(row.source), dest, ctx.progress)
+            digests = download.fetch_from_mirror(entry, Path(row.source), dest, ctx.progress, expected=expected)
         else:
             from saejobs.engine import hub
 
-            digests, _ = hub.fetch(entry, dest, ctx.progress)
+            digests, _ = hub.fetch(entry, dest, ctx.progress, revision=row.revision, expected=expected)
         _check(row, digests, host)
         saes.record_copy(entry.id, host, dest, row.files)
     return row, dest

@@ -47,6 +47,7 @@ def run(ctx) -> dict:
                  for r in part]
         out = score.score(lm, sae, entry.hook_name, items,
                           on_group=lambda n, _s=start: ctx.progress((_s + n) / total, f"{_s + n}/{total} scored"))
-        written += store.set_scores({r["id"]: s for r, s in zip(part, out)})
+        written += store.set_scores({r["id"]: s for r, s in zip(part, out)},
+                                   owner=(ctx.job.id, ctx.executor.name))
         ctx.progress((start + len(part)) / total, f"{start + len(part)}/{total} scored", force=True)
     return {"scored_job": target, "sweep_id": sweep.id, "scored": written, "unscored_before": total}

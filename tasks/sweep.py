@@ -51,7 +51,8 @@ def run(ctx) -> dict:
             **({"chat": f"rendered by the chat template ({chat_template_id(req.chat_template)}), "
                         "add_generation_prompt, tokenized without special tokens"} if req.chats else {})}
     sweep_id = results.ensure_sweep(sweep_job, entry.id, lm.model_id,
-                                    {**req.to_params(), "settings": settings.to_json()}, prov)
+                                    {**req.to_params(), "settings": settings.to_json()}, prov,
+                                    owner=(ctx.job.id, ctx.executor.name))
     stored = results.config_keys(sweep_id)
     todo = [c for c in configs if c.key not in stored]
     total, done = len(configs), len(configs) - len(todo)

@@ -32,7 +32,8 @@ def run(ctx) -> dict:
                    progress=lambda f, m: ctx.progress(share + (1 - share) * f, m))
         prov.update(model=lm.model_id, model_source=source, model_revision=lm.revision,
                     dtype=str(lm.dtype).removeprefix("torch."), device=str(lm.device))
-    results.record_verification(ctx.job.id, entry.id, report.verdict, report.reasons, report.metrics, prov)
+    results.record_verification(ctx.job.id, entry.id, report.verdict, report.reasons, report.metrics, prov,
+                                owner=(ctx.job.id, ctx.executor.name))
     ctx.progress(1.0, f"verdict {report.verdict}", force=True)
     return {"sae": entry.id, "verdict": report.verdict, "reasons": report.reasons,
             "functional": report.metrics.get("functional")}

@@ -343,3 +343,41 @@ def test_a_queued_sweeps_shards_carry_its_deadline(db_url):
     assert claim(a.id)
     got = jobs.get(a.id)
     assert got.deadline_at is not None and (got.deadline_at - got.started_at).total_seconds() == pytest.approx(5)
+
+
+def test_a_worker_that_lost_its_job_writes_nothing(db_url):
+    """Every write a running job makes checks its owner in the same transaction: the worker it was taken
+    from (declared dead, job handed on) cannot overwrite the new owner's verdict, checksums, scores or
+    provenance."""
+    from saejobs.db import saes, scores
+    from saejobs.db.models import Sae, Sweep, Verification
+    from tests.saes import entry
+
+    e = entry()
+    job = jobs.create("verify", {"sae": e.id})
+    assert claim(job.id, "w1")
+    _age_heartbeat(job.id, 120)
+    assert jobs.requeue(job.id, "worker lost", stale_after=60) and claim(job.id, "w2")
+    results.record_verification(job.id, e.id, "PASS", [], {}, {}, owner=(job.id, "w2"))
+    sweep_id = results.ensure_sweep(job.id, e.id, "m", {}, {"by": "w2"}, owner=(job.id, "w2"))
+    saes.record_download(e, __import__("pathlib").Path("/x"), {"params.npz": {"sha256": "a" * 64, "size": 1}},
+                         owner=(job.id, "w2"))
+    results.add_generations(sweep_id, [{"config_key": "k", "type": "DEFAULT", "features": [], "prompt": "p",
+                                        "seed": 1, "output": "o", "token_ids": [1], "prompt_token_ids": [2], "sampling": {}}],
+                          owner=(job.id, "w2"))
+    gen_id = results.generation_rows(job.id)[0]["id"]
+    stale = (job.id, "w1")
+    with pytest.raises(JobCancelled):
+        results.record_verification(job.id, e.id, "FAIL", ["stale"], {}, {}, owner=stale)
+    with pytest.raises(JobCancelled):
+        results.ensure_sweep(job.id, e.id, "m", {}, {"by": "w1"}, owner=stale)
+    with pytest.raises(JobCancelled):
+        saes.record_download(e, __import__("pathlib").Path("/y"), {"params.npz": {"sha256": "b" * 64, "size": 1}},
+                             owner=stale)
+    with pytest.raises(JobCancelled):
+        scores.set_scores({gen_id: {"nll": 1.0}}, owner=stale)
+    with session() as s:
+        assert s.scalar(select(Verification.verdict).where(Verification.job_id == job.id)) == "PASS"
+        assert s.get(Sweep, sweep_id).provenance == {"by": "w2"}
+        assert s.get(Sae, e.id).files["params.npz"]["sha256"] == "a" * 64
+        assert s.get(Generation, gen_id).scores is None

@@ -5,8 +5,7 @@ Revises: ${down_revision | comma,n}
 Create Date: ${create_date}
 """
 from alembic import op
-import sqlalchemy as sa
-import db.models
+import sqlalchemy as sa  # types spelt out here: a migration must not change when db/models.py does
 ${imports if imports else ""}
 
 revision = ${repr(up_revision)}

@@ -1,0 +1,87 @@
+"""Each host's copy of an SAE holds the bytes recorded now: a copy is reused only while it matches the SAE's
+current digest and its files are the ones checked; fetched bytes are checked before they are renamed into
+place. Two "hosts" are two ``SAEJOBS_HOST``/``SAEJOBS_HOME`` pairs on one database, each a real CLI process
+running its job ``--local``; expected digests come from hashlib on the files themselves."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+
+import numpy as np
+
+from tests.dbfixtures import home  # noqa: F401
+from tests.faults.sweeps import sqlite_db  # noqa: F401
+from tests.synthetic_saes import make
+from tests.test_queue import one_clean_line, saejobs, submitted
+
+
+def host_b(home, tmp_path):
+    """Host B's own home (SAE cache), knowing the test SAE's id as host A does (its registry.d)."""
+    b = tmp_path / "home-b"
+    shutil.copytree(home / "registry.d", b / "registry.d")
+    return b
+
+
+def on(host: str, home_dir, *args: str):
+    return saejobs(*args, env={"SAEJOBS_HOST": host, "SAEJOBS_HOME": str(home_dir)})
+
+
+def sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def rewrite_same_shape(npz) -> None:
+    """New values, same keys, shapes and file size: a re-released SAE no size check can tell apart."""
+    with np.load(npz) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["W_dec"] = arrays["W_dec"] + np.float32(0.5)
+    size = npz.stat().st_size
+    np.savez(npz, **arrays)
+    assert npz.stat().st_size == size
+
+
+def test_a_copy_follows_a_redownload_and_a_changed_copy_is_hashed_again(home, sqlite_db, tmp_path):  # noqa: F811
+    sae = make(home)
+    params = sae.mirror_folder / "params.npz"
+    home_b = host_b(home, tmp_path)
+    submitted(on("host-a", home, "download", sae.id, "--source", str(sae.mirror), "--local", "--json"))
+    first = submitted(on("host-b", home_b, "verify", sae.id, "--structural-only", "--local", "--json"))
+    copy_b = home_b / "saes" / sae.entry.repo_id / sae.entry.folder / "params.npz"
+    assert first["result"]["verdict"] != "FAIL" and sha(copy_b) == sha(params)
+    # the SAE is downloaded again, with other bytes of the same shape: host B must not go on with the old ones
+    rewrite_same_shape(params)
+    shutil.rmtree(home / "saes")
+    submitted(on("host-a", home, "download", sae.id, "--source", str(sae.mirror), "--local", "--json"))
+    again = submitted(on("host-b", home_b, "verify", sae.id, "--structural-only", "--local", "--json"))
+    assert again["result"]["verdict"] != "FAIL", again["result"]["reasons"]
+    assert sha(copy_b) == sha(params)  # fetched anew
+    # host B's copy changed on its disk (same size): hashed again, found wrong, fetched again
+    data = bytearray(copy_b.read_bytes())
+    data[-100] ^= 0xFF
+    copy_b.write_bytes(bytes(data))
+    third = submitted(on("host-b", home_b, "verify", sae.id, "--structural-only", "--local", "--json"))
+    assert third["result"]["verdict"] != "FAIL" and sha(copy_b) == sha(params)
+
+
+def test_a_byte_changed_on_the_mirror_is_refused_before_it_lands(home, sqlite_db, tmp_path):  # noqa: F811
+    """Host B fetches from the mirror after a byte changed there: exit 3, and no file with those bytes in
+    B's cache (checked before the rename), nothing recorded for B."""
+    sae = make(home)
+    params = sae.mirror_folder / "params.npz"
+    home_b = host_b(home, tmp_path)
+    submitted(on("host-a", home, "download", sae.id, "--source", str(sae.mirror), "--local", "--json"))
+    recorded = sha(params)
+    data = bytearray(params.read_bytes())
+    data[-100] ^= 0xFF
+    params.write_bytes(bytes(data))
+    res = on("host-b", home_b, "verify", sae.id, "--structural-only", "--local", "--json")
+    line = one_clean_line(res, 3)
+    assert "sha256" in line
+    folder = home_b / "saes" / sae.entry.repo_id / sae.entry.folder
+    assert not (folder / "params.npz").exists() and not (folder / "params.npz.part").exists()
+    from saejobs.db import saes
+
+    assert [c.host for c in saes.copies(sae.id)] == ["host-a"] and saes.get(sae.id).files["params.npz"]["sha256"] == recorded
+    assert os.environ.get("SAEJOBS_DB") == sqlite_db
