@@ -18,7 +18,7 @@ from typing import Any, Callable
 from saejobs.db import jobs, workers
 from saejobs.db.jobs import JobCancelled
 from saejobs.db.models import Job
-from saejobs.db.states import JobKind
+from saejobs.db.states import JobKind, JobState
 from saejobs.db.session import DatabaseError
 from saejobs.engine import failpoints
 from saejobs.engine.cache import EngineCache
@@ -134,14 +134,14 @@ def execute(job_id: str, worker: Executor) -> str:
     try:
         result = kinds()[job.kind](ctx)
         failpoints.hit("runner.before_finish")
-        return "succeeded" if jobs.finish(job_id, "succeeded", worker=worker.name, result=result) else "cancelled"
+        return "succeeded" if jobs.finish(job_id, JobState.SUCCEEDED, worker=worker.name, result=result) else "cancelled"
     except JobCancelled:
         return "cancelled"
     except HandBack:
         return "handed_back" if jobs.requeue(job_id, "handed back: worker shutting down", worker=worker.name) else "failed"
     except TransientError as e:
         if worker.local:  # nothing would pick a requeued job up: fail it, saying it is worth retrying
-            jobs.finish(job_id, "failed", worker=worker.name, error=f"{e} (transient: `saejobs jobs retry {job_id[:8]}` "
+            jobs.finish(job_id, JobState.FAILED, worker=worker.name, error=f"{e} (transient: `saejobs jobs retry {job_id[:8]}` "
                         "tries again)", result={"error_type": type(e).__name__, "exit_code": e.exit_code})
             return "failed"
         # False: out of attempts, failed with this error as the last one
@@ -150,12 +150,12 @@ def execute(job_id: str, worker: Executor) -> str:
         log.error("job %s: %s; left for the reaper", job_id, e)
         return "database_unavailable"
     except SaejobsError as e:  # the error's class decides the CLI's exit code (2 usage, 3 integrity, ...)
-        jobs.finish(job_id, "failed", worker=worker.name, error=str(e),
+        jobs.finish(job_id, JobState.FAILED, worker=worker.name, error=str(e),
                     result={"error_type": type(e).__name__, "exit_code": e.exit_code})
         return "failed"
     except Exception as e:  # a bug: keep the traceback in the log, a readable line in the row
         log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
-        jobs.finish(job_id, "failed", worker=worker.name, error=f"internal error: {type(e).__name__}: {e}")
+        jobs.finish(job_id, JobState.FAILED, worker=worker.name, error=f"internal error: {type(e).__name__}: {e}")
         return "failed"
     finally:
         beat.stop()
@@ -200,7 +200,7 @@ class _Heartbeat(threading.Thread):
         log.error("job %s %s", job_id, reason)
         try:
             if worker.local:
-                jobs.finish(job_id, "failed", worker=worker.name, error=reason)
+                jobs.finish(job_id, JobState.FAILED, worker=worker.name, error=reason)
                 return
             if jobs.requeue(job_id, f"{reason}; worker {worker.name} ended, job handed on", worker=worker.name):
                 from saejobs.tasks.submit import send

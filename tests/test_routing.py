@@ -7,6 +7,7 @@ import pytest
 
 from saejobs.db.states import JobKind
 from saejobs.engine.errors import UsageError
+from saejobs.engine.request import SweepRequest
 from saejobs.tasks.app import DOWNLOAD_QUEUE, SHARED_QUEUE, Target
 from saejobs.tasks.broker import message_job_ids
 from saejobs.tasks.submit import queue_for, shard_plan
@@ -29,7 +30,7 @@ def test_downloads_never_wait_in_a_gpu_workers_queue_unless_sent_there():
 
 
 def test_shards_cover_the_grid_once_in_order(home):
-    params = {"sae": "x", "features": [1, 2, 3], "strengths": [0, 1, 2, 4], "prompts": ["a", "b"], "seeds": [1, 2]}
+    params = SweepRequest(sae="x", features=(1, 2, 3), strengths=(0, 1, 2, 4), prompts=("a", "b"), seeds=(1, 2))
     total = 2 * 2 + 3 * 4 * 2 * 2  # DEFAULT per prompt × seed, then the grid
     for size in (1, 7, 52, 500):
         shards = [p["shard"] for p in shard_plan(params, size)]
