@@ -21,10 +21,10 @@ def demo(strengths: str, n_tokens: int, as_json: bool) -> None:
 
     from saejobs.cli.follow import run_local
     from saejobs.db import jobs, results
+    from saejobs.db.states import JobKind, JobState
     from saejobs.engine import demo as demo_sae
     from saejobs.engine import paths
     from saejobs.engine.errors import SaejobsError
-    from saejobs.db.states import JobKind, JobState
     from saejobs.engine.job_requests import DownloadRequest, VerifyRequest
     from saejobs.engine.registry import custom
     from saejobs.engine.request import Settings, SweepRequest
