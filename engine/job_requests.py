@@ -82,7 +82,7 @@ class DownloadRequest:
 
     def __post_init__(self) -> None:
         _text("sae", self.sae)
-        object.__setattr__(self, "source", _absolute("--source", self.source))
+        object.__setattr__(self, "source", _absolute("source", self.source))
 
     def to_params(self) -> dict:
         return {"sae": self.sae, **({"source": self.source} if self.source is not None else {})}
@@ -105,7 +105,7 @@ class VerifyRequest:
 
     def __post_init__(self) -> None:
         _text("sae", self.sae)
-        object.__setattr__(self, "path", _absolute("--path", self.path))
+        object.__setattr__(self, "path", _absolute("path", self.path))
         _flag("structural_only", self.structural_only)
         if self.model is not None:
             _text("model", self.model)

@@ -33,12 +33,12 @@ def search(**kw) -> SearchRequest:
 
 @pytest.mark.parametrize("build, says", [
     (lambda: DownloadRequest(""), "sae must be a non-empty string"),
-    (lambda: DownloadRequest(SAE, source="mirror"), "--source must be an absolute path"),
+    (lambda: DownloadRequest(SAE, source="mirror"), "source must be an absolute path"),
     (lambda: VerifyRequest(SAE, max_tokens=64), "max_tokens must be an integer from 128 to 65536, not 64"),
     (lambda: VerifyRequest(SAE, max_tokens=100_000), "max_tokens must be an integer from 128"),
     (lambda: VerifyRequest(SAE, max_tokens="2048"), "max_tokens must be an integer"),
     (lambda: VerifyRequest(SAE, dtype="float8"), "unknown dtype 'float8'; expected one of float32"),
-    (lambda: VerifyRequest(SAE, path="relative/folder"), "--path must be an absolute path"),
+    (lambda: VerifyRequest(SAE, path="relative/folder"), "path must be an absolute path"),
     (lambda: VerifyRequest(SAE, structural_only="yes"), "structural_only must be true or false"),
     (lambda: VerifyRequest(SAE, model=""), "model must be a non-empty string"),
     (lambda: ScoreRequest(""), "job must be a non-empty string"),
