@@ -21,9 +21,11 @@ def demo(strengths: str, n_tokens: int, as_json: bool) -> None:
 
     from saejobs.cli.follow import run_local
     from saejobs.db import jobs, results
+    from saejobs.db.states import JobKind, JobState
     from saejobs.engine import demo as demo_sae
     from saejobs.engine import paths
     from saejobs.engine.errors import SaejobsError
+    from saejobs.engine.job_requests import DownloadRequest, VerifyRequest
     from saejobs.engine.registry import custom
     from saejobs.engine.request import Settings, SweepRequest
     from saejobs.tasks.submit import submit
@@ -39,22 +41,23 @@ def demo(strengths: str, n_tokens: int, as_json: bool) -> None:
     custom.write([demo_sae.ENTRY], "demo")
     sae = demo_sae.ENTRY.id
 
-    steps = [("download", {"sae": sae, "source": str(mirror)}), ("verify", {"sae": sae, "model": "gemma-3-270m-gguf", "max_tokens": 1024})]
+    steps = [DownloadRequest(sae, source=str(mirror)), VerifyRequest(sae, model="gemma-3-270m-gguf", max_tokens=1024)]
     summary = {}
-    for kind, params in steps:
+    for req in steps:
+        kind = JobKind.of(req)
         say(f"[bold]{kind}[/] {sae}")
-        job = run_local(submit(kind, params, sae_id=sae, local=True).id, quiet=quiet)
-        if job.state != "succeeded":
+        job = run_local(submit(req, sae_id=sae, local=True).id, quiet=quiet)
+        if job.state != JobState.SUCCEEDED:
             raise SaejobsError(f"demo {kind} job {job.id} {job.state}: {job.error}")
         summary[kind] = jobs.as_dict(job)
-    sweep_params = SweepRequest(sae=sae, model="gemma-3-270m-gguf", features=(0, 1, 2),
-                                strengths=tuple(float(s) for s in strengths.split(",")), prompts=("Once upon a time",),
-                                settings=Settings(n_tokens=n_tokens)).to_params()
+    sweep = SweepRequest(sae=sae, model="gemma-3-270m-gguf", features=(0, 1, 2),
+                         strengths=tuple(float(s) for s in strengths.split(",")), prompts=("Once upon a time",),
+                         settings=Settings(n_tokens=n_tokens))
     say(f"[bold]sweep[/] features 0,1,2 ({', '.join(repr(w) for w in demo_sae.WORDS[:3])}) × strengths {strengths}")
-    job = run_local(submit("sweep", sweep_params, sae_id=sae, local=True).id, quiet=quiet)
-    if job.state != "succeeded":
+    job = run_local(submit(sweep, sae_id=sae, local=True).id, quiet=quiet)
+    if job.state != JobState.SUCCEEDED:
         raise SaejobsError(f"demo sweep job {job.id} {job.state}: {job.error}")
-    summary["sweep"] = jobs.as_dict(job)
+    summary[JobKind.SWEEP] = jobs.as_dict(job)
     rows = results.generation_rows(job.id)
 
     def render():

@@ -13,10 +13,10 @@ import time
 
 import click
 
-from saejobs.db.states import FINAL_STATES
+from saejobs.db.states import FINAL_STATES, JobKind, JobState
 
 POLL_FIRST_S, POLL_MAX_S = 0.01, 0.25  # read the row often at first (short jobs end soon), then back off
-EXIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 8}
+EXIT_CODES = {JobState.SUCCEEDED: 0, JobState.FAILED: 1, JobState.CANCELLED: 8}
 
 
 def follow(job_id: str, *, quiet: bool = False, timeout: float | None = None, running=None):
@@ -65,7 +65,7 @@ def run_local(job_id: str, *, quiet: bool = False):
 
     def target() -> None:
         try:  # a sweep split into shards (a retried queued sweep): its shards in turn, then it has ended
-            for jid in [c.id for c in jobs.shards(job_id) if c.state == "queued"] or [job_id]:
+            for jid in [c.id for c in jobs.shards(job_id) if c.state == JobState.QUEUED] or [job_id]:
                 execute(jid, local_executor())
         except BaseException as e:  # surfaced below; the row already says what happened
             errors.append(e)
@@ -101,19 +101,20 @@ def finish(job, as_json: bool) -> None:
 
     if as_json:
         click.echo(json.dumps(jobs.as_dict(job), indent=2, default=str))
-    elif job.state == "succeeded":
-        click.echo(f"{job.id} succeeded" + (f": {job.message}" if job.message and job.message != "succeeded" else ""))
-        if job.kind == "verify":
+    elif job.state == JobState.SUCCEEDED:
+        click.echo(f"{job.id} succeeded" + (f": {job.message}" if job.message and job.message != JobState.SUCCEEDED
+                                            else ""))
+        if job.kind == JobKind.VERIFY:
             _verification(job.result or {})
-    verdict = (job.result or {}).get("verdict") if job.state == "succeeded" else None
+    verdict = (job.result or {}).get("verdict") if job.state == JobState.SUCCEEDED else None
     if verdict == "FAIL":  # the job worked; the SAE did not pass: scripts must see that
         fails = [r for r in (job.result or {}).get("reasons") or [] if r.startswith("FAIL: ")] or ["FAIL: no reason recorded"]
         click.echo(f"saejobs: error: {job.sae_id} failed verification: {fails[0].removeprefix('FAIL: ')}", err=True)
         sys.exit(3)
-    if job.state != "succeeded":
+    if job.state != JobState.SUCCEEDED:
         if job.state in FINAL_STATES:
             click.echo(f"saejobs: error: job {job.id} {job.state}: {job.error or job.message}", err=True)
         else:
             click.echo(f"saejobs: error: job {job.id} still {job.state} ({job.message})", err=True)
-        code = (job.result or {}).get("exit_code") if job.state == "failed" else None
+        code = (job.result or {}).get("exit_code") if job.state == JobState.FAILED else None
         sys.exit(code if isinstance(code, int) and code > 0 else EXIT_CODES.get(job.state, 9))

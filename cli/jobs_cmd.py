@@ -139,13 +139,13 @@ def results(job_id, kind, as_json, as_csv, fmt, out) -> None:
         emit({"file": str(path), "format": fmt}, as_json, lambda: click.echo(path))
         return
     if job_id is None:
-        found = [j for j in store.listing(state="succeeded", kind=kind, limit=200)]
+        found = [j for j in store.listing(state=JobState.SUCCEEDED, kind=kind, limit=200)]
         rows = [{"job": j.id, "kind": j.kind, "sae": j.sae_id, "finished_at": j.finished_at, "summary": res.summary(j)}
                 for j in found]
         _out(rows, ["job", "kind", "sae", "finished_at", "summary"], as_json, as_csv, f"{len(rows)} results")
         return
     job = store.get(job_id)
-    if job.kind == "sweep":
+    if job.kind == JobKind.SWEEP:
         rows = res.generation_rows(job.id)
         cols = ["type", "features", "strengths", "prompt", "seed", "output", "n_tokens"]
         if as_json or as_csv:  # a chat sweep's rows also carry their whole conversation
@@ -154,10 +154,10 @@ def results(job_id, kind, as_json, as_csv, fmt, out) -> None:
         else:
             res_grid = res.sweep_grid(rows)
             table(f"sweep {job.id[:8]} ({job.sae_id})", res_grid["columns"], res_grid["rows"])
-    elif job.kind == "search":  # the chosen strength per feature × prompt; the curves are in `jobs show --json`
+    elif job.kind == JobKind.SEARCH:  # the chosen strength per feature × prompt; the curves are in `jobs show --json`
         _out((job.result or {}).get("chosen", []), ["feature", "prompt", "strength", "concept", "nll", "default_nll",
                                                     "nll_bound", "output"], as_json, as_csv, f"search {job.id[:8]}")
-    elif job.kind == "verify":
+    elif job.kind == JobKind.VERIFY:
         rows = [res.verification_dict(v) for v in res.verifications(job_id=job.id)]
         for r in rows:
             r.update({k: r["metrics"].get("functional", {}).get(k) for k in FUNCTIONAL})

@@ -16,9 +16,12 @@ import click
 from saejobs.cli.complete import job_ids, sae_ids
 from saejobs.cli.output import emit, json_option
 from saejobs.cli.submit_cmd import _ints, submission
+from saejobs.db.states import JobKind
 from saejobs.engine.errors import UsageError
+from saejobs.engine.job_requests import MAX_NLL_INCREASE, MAX_REFINE_ROUNDS, MAX_SEARCH_POINTS, ScoreRequest, SearchRequest
+from saejobs.engine.request import DTYPES, MAX_TOKENS
 
-DEFAULT_RANGE = "0:400"
+DEFAULT_RANGE = f"{SearchRequest.lo:g}:{SearchRequest.hi:g}"
 
 
 @click.command()
@@ -29,9 +32,9 @@ def score(job_id: str):
     from saejobs.db import jobs, results
 
     job = jobs.get(job_id)
-    if job.kind != "sweep" or results.sweep_for_job(job.id) is None:
+    if job.kind != JobKind.SWEEP or results.sweep_for_job(job.id) is None:
         raise UsageError(f"job {job.id[:8]} is a {job.kind} job with no stored sweep; score takes a sweep job")
-    return "score", {"job": job.id}, job.sae_id
+    return ScoreRequest(job.id), job.sae_id
 
 
 def _range(ctx, param, value: str) -> tuple[float, float]:
@@ -58,37 +61,37 @@ def _finite(ctx, param, value: float | None) -> float | None:
 @click.option("--prompt", "prompts", multiple=True, required=True, help="Prompt (repeatable).")
 @click.option("--range", "range_", default=DEFAULT_RANGE, show_default=True, callback=_range,
               help="Strengths searched, LO:HI.")
-@click.option("--max-nll-increase", default=1.0, show_default=True, type=click.FloatRange(0, 100), callback=_finite,
+@click.option("--max-nll-increase", default=SearchRequest.max_nll_increase, show_default=True,
+              type=click.FloatRange(0, MAX_NLL_INCREASE), callback=_finite,
               help="Fluency bound: NLL (nats/token) at most the DEFAULT's plus this.")
-@click.option("--points", default=5, show_default=True, type=click.IntRange(2, 64), help="Coarse grid points.")
-@click.option("--rounds", default=1, show_default=True, type=click.IntRange(0, 6),
+@click.option("--points", default=SearchRequest.points, show_default=True, type=click.IntRange(2, MAX_SEARCH_POINTS),
+              help="Coarse grid points.")
+@click.option("--rounds", default=SearchRequest.refine_rounds, show_default=True,
+              type=click.IntRange(0, MAX_REFINE_ROUNDS),
               help="Refinement rounds after the coarse grid (each halves the step around the best).")
 @click.option("--seed", "seeds", multiple=True, callback=_ints, help="Seeds (default 42).")
-@click.option("--n-tokens", default=32, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--n-tokens", default=SearchRequest.n_tokens, show_default=True, type=click.IntRange(1, MAX_TOKENS))
 @click.option("--model", "model_source", help="Model source (default: the SAE's model).")
-@click.option("--dtype", default="float32", show_default=True)
+@click.option("--dtype", default=SearchRequest.dtype, show_default=True, type=click.Choice(DTYPES))
 @submission
 def search(sae, features, prompts, range_, max_nll_increase, points, rounds, seeds, n_tokens, model_source, dtype):
     """Find, per feature × prompt, the strength with the highest concept score whose fluency stays
     within --max-nll-increase of the DEFAULT's: a coarse grid, then refinement, each round one sweep."""
     from saejobs.engine import registry
-    from saejobs.engine.request import Settings, SweepRequest
 
     entry = registry.get(sae)
-    req = SweepRequest(sae=entry.id, features=features, strengths=range_, prompts=prompts, seeds=seeds,
-                       settings=Settings(n_tokens=n_tokens), model=model_source, dtype=dtype)  # validates
+    req = SearchRequest(sae=entry.id, features=tuple(features), prompts=tuple(prompts), seeds=tuple(seeds),
+                        lo=range_[0], hi=range_[1], max_nll_increase=max_nll_increase, points=points,
+                        refine_rounds=rounds, n_tokens=n_tokens, model=model_source, dtype=dtype)
     req.check_features(entry.d_sae, entry.id)
-    params = {"sae": entry.id, "features": list(req.features), "prompts": list(req.prompts),
-              "seeds": list(req.seeds), "lo": range_[0], "hi": range_[1], "max_nll_increase": max_nll_increase,
-              "points": points, "refine_rounds": rounds, "n_tokens": n_tokens, "model": model_source, "dtype": dtype}
-    return "search", params, entry.id
+    return req, entry.id
 
 
 @click.command()
 @click.argument("job_id", shell_complete=job_ids)
 @click.option("--html", "html_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Write the report to this file.")
-@click.option("--max-nll-increase", type=click.FloatRange(0, 100), callback=_finite,
+@click.option("--max-nll-increase", type=click.FloatRange(0, MAX_NLL_INCREASE), callback=_finite,
               help="Fluency bound for the marked strength (default: the search's, else 1.0).")
 @json_option
 def report(job_id: str, html_path: Path, max_nll_increase: float | None, as_json: bool) -> None:
@@ -116,9 +119,9 @@ def _rows(job_id: str):
     from saejobs.db import jobs, results
 
     job = jobs.get(job_id)
-    if job.kind == "sweep":
+    if job.kind == JobKind.SWEEP:
         return job, results.generation_rows(job.id), None, None
-    if job.kind == "search":
+    if job.kind == JobKind.SEARCH:
         res = job.result or {}
         rows = [r for j in res.get("rounds", []) for r in results.generation_rows(j)]
         picks: dict[int, set] = {}

@@ -16,6 +16,7 @@ from saejobs.cli.complete import sae_ids
 from saejobs.cli.follow import finish, follow, run_local
 from saejobs.cli.output import json_option
 from saejobs.engine.errors import UsageError
+from saejobs.engine.job_requests import EVAL_WINDOW, MAX_EVAL_TOKENS, DownloadRequest, JobRequest, VerifyRequest
 from saejobs.engine.request import DTYPES
 from saejobs.engine.sampling import SamplingSemantics
 from saejobs.engine.steering import SteerMethod
@@ -30,24 +31,23 @@ def submission(f):
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
     @json_option
     @functools.wraps(f)
-    def wrapper(*args, wait, local, gpu, timeout, quiet, as_json, **kwargs):
-        kind, params, sae_id = f(*args, **kwargs)
-        if timeout is not None:
-            params["timeout_s"] = timeout
-        enqueue(kind, params, sae_id=sae_id, wait=wait, local=local, gpu=gpu, quiet=quiet, as_json=as_json)
+    def wrapper(*args, wait, local, gpu, timeout, quiet, as_json, shard_size=None, **kwargs):
+        request, sae_id = f(*args, **kwargs)  # the command builds the job's typed request (its kind is the type's)
+        enqueue(request, sae_id=sae_id, wait=wait, local=local, gpu=gpu, quiet=quiet, as_json=as_json,
+                timeout_s=timeout, shard_size=shard_size)  # --shard-size: sweep's only; scheduling, not the request
     return wrapper
 
 
-def enqueue(kind: str, params: dict, *, sae_id: str | None, wait: bool, local: bool, gpu: str | None,
-            quiet: bool, as_json: bool) -> None:
+def enqueue(request: JobRequest, *, sae_id: str | None, wait: bool, local: bool, gpu: str | None,
+            quiet: bool, as_json: bool, timeout_s: float | None = None, shard_size: int | None = None) -> None:
     from saejobs.db import jobs
     from saejobs.tasks.app import Target
     from saejobs.tasks.submit import submit
 
     if local and gpu is not None:
         raise UsageError("--gpu picks a worker's queue; it cannot be combined with --local")
-    job = submit(kind, params, sae_id=sae_id, gpu=Target.parse(gpu) if gpu is not None else None, local=local,
-                 shard_size=params.pop("shard_size", None))
+    job = submit(request, sae_id=sae_id, gpu=Target.parse(gpu) if gpu is not None else None, local=local,
+                 shard_size=shard_size, timeout_s=timeout_s)
     if local:
         finish(run_local(job.id, quiet=quiet or as_json), as_json)
     elif wait:
@@ -68,10 +68,7 @@ def download(sae: str, source: Path | None):
     from saejobs.engine import registry
 
     entry = registry.get(sae)
-    params = {"sae": entry.id}
-    if source is not None:
-        params["source"] = str(source.resolve())
-    return "download", params, entry.id
+    return DownloadRequest(entry.id, source=str(source.resolve()) if source is not None else None), entry.id
 
 
 @click.command()
@@ -80,8 +77,9 @@ def download(sae: str, source: Path | None):
               help="Verify this folder instead of the downloaded copy.")
 @click.option("--structural-only", is_flag=True, help="Only the file checks; no model is loaded.")
 @click.option("--model", "model_source", help="Model source for the functional checks (default: the SAE's model).")
-@click.option("--dtype", default="float32", show_default=True, type=click.Choice(DTYPES))
-@click.option("--max-tokens", default=2048, show_default=True, type=click.IntRange(128, 65536),
+@click.option("--dtype", default=VerifyRequest.dtype, show_default=True, type=click.Choice(DTYPES))
+@click.option("--max-tokens", default=VerifyRequest.max_tokens, show_default=True,
+              type=click.IntRange(EVAL_WINDOW, MAX_EVAL_TOKENS),
               help="Tokens of the bundled evaluation text to run (128-token windows).")
 @submission
 def verify(sae: str, path: Path | None, structural_only: bool, model_source: str | None, dtype: str, max_tokens: int):
@@ -90,12 +88,9 @@ def verify(sae: str, path: Path | None, structural_only: bool, model_source: str
     from saejobs.engine import registry
 
     entry = registry.get(sae)
-    params = {"sae": entry.id, "structural_only": structural_only, "dtype": dtype, "max_tokens": max_tokens}
-    if model_source:
-        params["model"] = model_source
-    if path is not None:
-        params["path"] = str(path.resolve())
-    return "verify", params, entry.id
+    return VerifyRequest(entry.id, path=str(path.resolve()) if path is not None else None,
+                         structural_only=structural_only, model=model_source or None, dtype=dtype,
+                         max_tokens=max_tokens), entry.id
 
 
 def _floats(ctx, param, value):
@@ -165,7 +160,7 @@ def _ints(ctx, param, value):
 @submission
 def sweep(sae, features, vectors, strengths, prompts, prompts_file, chat_file, system, chat_template_file, seeds,
           n_tokens, temperature, freq_penalty, sampling_semantics, presence_penalty, top_k, top_p, steer_special_tokens,
-          strength_multiplier, method, normalize, combine, n_logprobs, model_source, dtype, batch_size, shard_size):
+          strength_multiplier, method, normalize, combine, n_logprobs, model_source, dtype, batch_size):
     """Steering sweep: features × strengths × prompts (or chats) × seeds, plus DEFAULT per prompt × seed."""
     from saejobs.engine import chat, registry
     from saejobs.engine.request import Settings, SweepRequest, Vector
@@ -188,10 +183,7 @@ def sweep(sae, features, vectors, strengths, prompts, prompts_file, chat_file, s
     req.check_features(entry.d_sae, entry.id)
     if chats and template is None and chat.model_template(model_source or entry.model_hf) is False:
         raise UsageError(chat.NO_TEMPLATE.format(model=model_source or entry.model_hf))  # None: the worker checks
-    params = req.to_params()
-    if shard_size is not None:
-        params["shard_size"] = shard_size  # scheduling, not part of the request: popped before the row is written
-    return "sweep", params, entry.id
+    return req, entry.id
 
 
 COMMANDS = [download, verify, sweep]

@@ -24,13 +24,18 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import aliased
 
 from saejobs.db.models import Job, JobEvent
-from saejobs.db.states import FINAL_STATES
+from saejobs.db.states import FINAL_STATES, JobKind, JobState
 from saejobs.db.session import db_now, retried, session
 from saejobs.engine.errors import NotFoundError, SaejobsError, UsageError
 
 
+DEFAULT_MAX_ATTEMPTS = 3
+
+
 def max_attempts() -> int:
-    return max(1, int(os.environ.get("SAEJOBS_MAX_ATTEMPTS", 3)))
+    """The one attempts limit: claims of a job, whichever path delivered it (``tasks.celery_tasks`` lists
+    them; Celery's own retry counter is switched off there)."""
+    return max(1, int(os.environ.get("SAEJOBS_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS)))
 
 
 class DeadlineExceeded(SaejobsError):
@@ -43,7 +48,7 @@ class JobCancelled(Exception):
     """Raised inside a running job when its row says it was cancelled; the task stops there."""
 
 
-def create(kind: str, params: dict[str, Any], *, sae_id: str | None = None, queue: str | None = None,
+def create(kind: JobKind, params: dict[str, Any], *, sae_id: str | None = None, queue: str | None = None,
            requested_gpu: int | None = None, requested_host: str | None = None,
            shards: list[dict[str, Any]] | None = None, job_id: str | None = None, url: str | None = None) -> Job:
     """The ids are drawn once, outside the retried insert: a replayed insert cannot make a second job.
@@ -61,15 +66,15 @@ def _insert(job_id: str, fields: dict[str, Any], children: list[tuple[str, dict]
     with session(url) as s:
         job = s.get(Job, job_id)
         if job is None:
-            message = f"queued ({len(children)} shards)" if children else "queued"
-            job = Job(id=job_id, state="queued", progress=0.0, attempts=0, message=message, **fields)
+            message = f"queued ({len(children)} shards)" if children else JobState.QUEUED
+            job = Job(id=job_id, state=JobState.QUEUED, progress=0.0, attempts=0, message=message, **fields)
             s.add(job)
-            s.add(JobEvent(job_id=job_id, state="queued", progress=0.0, message=message))
+            s.add(JobEvent(job_id=job_id, state=JobState.QUEUED, progress=0.0, message=message))
             s.flush()
             for child_id, child in children:
-                s.add(Job(id=child_id, state="queued", progress=0.0, attempts=0, message="queued", parent_id=job_id,
-                          **child))
-                s.add(JobEvent(job_id=child_id, state="queued", progress=0.0, message="queued"))
+                s.add(Job(id=child_id, state=JobState.QUEUED, progress=0.0, attempts=0, message=JobState.QUEUED,
+                          parent_id=job_id, **child))
+                s.add(JobEvent(job_id=child_id, state=JobState.QUEUED, progress=0.0, message=JobState.QUEUED))
     return job
 
 
@@ -104,28 +109,29 @@ def claim(job_id: str, *, worker: str, host: str, gpu: str | None, url: str | No
     """
     with session(url) as s:
         now = db_now(s)
-        claimable = or_(Job.state == "queued", (Job.state == "running") & (Job.worker == worker))
+        claimable = or_(Job.state == JobState.QUEUED, (Job.state == JobState.RUNNING) & (Job.worker == worker))
         params, parent_id = s.execute(select(Job.params, Job.parent_id).where(Job.id == job_id)).first() or ({}, None)
-        if parent_id is not None:  # a shard's deadline is its sweep's (--timeout is given for the whole sweep)
-            params = s.scalar(select(Job.params).where(Job.id == parent_id)) or {}
         timeout = (params or {}).get("timeout_s")
+        if timeout is None and parent_id is not None:  # a shard written before shards carried their sweep's
+            timeout = (s.scalar(select(Job.params).where(Job.id == parent_id)) or {}).get("timeout_s")
         child = aliased(Job)
         res = s.execute(
             update(Job).where(Job.id == job_id, ~select(child.id).where(child.parent_id == job_id).exists())
             .where(claimable, Job.attempts < max_attempts())
-            .values(state="running", worker=worker, host=host, gpu=gpu, attempts=Job.attempts + 1,
-                    started_at=now, heartbeat_at=now, message="running",
+            .values(state=JobState.RUNNING, worker=worker, host=host, gpu=gpu, attempts=Job.attempts + 1,
+                    started_at=now, heartbeat_at=now, message=JobState.RUNNING,
                     deadline_at=now + timedelta(seconds=timeout) if timeout else None)
         )
         if res.rowcount != 1:
             _give_up(s, job_id, now, claimable)
             return False
-        s.add(JobEvent(job_id=job_id, state="running", progress=_progress(s, job_id), message=f"running on {worker}"))
+        s.add(JobEvent(job_id=job_id, state=JobState.RUNNING, progress=_progress(s, job_id),
+                       message=f"running on {worker}"))
         parent = s.scalar(select(Job.parent_id).where(Job.id == job_id))
         if parent is not None:  # the sweep shows its latest claim: who runs it, and the most attempts a shard took
-            s.execute(update(Job).where(Job.id == parent, Job.state == "queued")
-                      .values(state="running", started_at=now, message="running"))
-            s.execute(update(Job).where(Job.id == parent, Job.state == "running")
+            s.execute(update(Job).where(Job.id == parent, Job.state == JobState.QUEUED)
+                      .values(state=JobState.RUNNING, started_at=now, message=JobState.RUNNING))
+            s.execute(update(Job).where(Job.id == parent, Job.state == JobState.RUNNING)
                       .values(worker=worker, host=host, gpu=gpu,
                               attempts=select(func.max(child.attempts)).where(child.parent_id == parent)
                               .scalar_subquery()))
@@ -136,16 +142,17 @@ def _give_up(s, job_id: str, now: datetime, claimable) -> None:
     """A claimable job out of attempts fails here, once, with its last error (then no delivery can run it)."""
     job = s.scalar(select(Job).where(Job.id == job_id, claimable, Job.attempts >= max_attempts()))
     if job is not None:
-        _end(s, job, "failed", now, error=f"gave up after {job.attempts} attempts; last: {job.error or job.message}")
+        _end(s, job, JobState.FAILED, now,
+             error=f"gave up after {job.attempts} attempts; last: {job.error or job.message}")
 
 
-def _end(s, job: Job, state: str, now: datetime, *, error: str | None = None, result: dict | None = None) -> None:
+def _end(s, job: Job, state: JobState, now: datetime, *, error: str | None = None, result: dict | None = None) -> None:
     """Put ``job`` (locked or just read in this transaction) in a final state, and its parent when it was
     the last shard standing."""
     job.state, job.finished_at, job.heartbeat_at = state, now, now
     job.error, job.result = error, result
     job.message = error or state
-    if state == "succeeded":
+    if state == JobState.SUCCEEDED:
         job.progress = 1.0
     s.add(JobEvent(job_id=job.id, state=state, progress=job.progress, message=error or state))
     if job.parent_id is not None:
@@ -162,16 +169,16 @@ def _settle_parent(s, parent_id: str, now: datetime, note: str | None = None) ->
                      .order_by(Job.created_at, Job.id)).all()
     if parent is None or not rows:
         return
-    done = sum(r.state == "succeeded" for r in rows)
-    failed = sum(r.state == "failed" for r in rows)
-    ended = "succeeded" if done == len(rows) else "failed" if failed else "cancelled"
+    done = sum(r.state == JobState.SUCCEEDED for r in rows)
+    failed = sum(r.state == JobState.FAILED for r in rows)
+    ended = JobState.SUCCEEDED if done == len(rows) else JobState.FAILED if failed else JobState.CANCELLED
     if parent.state == ended and all(r.state in FINAL_STATES for r in rows):
         return  # already what its shards say (no second event)
     parent.progress = sum(r.progress or 0.0 for r in rows) / len(rows)
     parent.message = f"{note} ({done}/{len(rows)} shards done)" if note else f"{done}/{len(rows)} shards done"
     if any(r.state not in FINAL_STATES for r in rows):
-        waiting = all(r.state == "queued" for r in rows)  # none started or ended: the sweep waits as a whole
-        state = "queued" if waiting else "running"
+        waiting = all(r.state == JobState.QUEUED for r in rows)  # none started or ended: the sweep waits as a whole
+        state = JobState.QUEUED if waiting else JobState.RUNNING
         if parent.state != state:
             parent.state, parent.finished_at = state, None
             s.add(JobEvent(job_id=parent_id, state=parent.state, progress=parent.progress, message=parent.message))
@@ -182,7 +189,7 @@ def _settle_parent(s, parent_id: str, now: datetime, note: str | None = None) ->
                   "shards": len(rows), "generations": sum(r.get("shard_size", 0) for r in results),
                   "ran_now": sum(r.get("ran_now", 0) for r in results),
                   **{k: results[0][k] for k in ("sae", "model") if k in results[0]}}
-        _end(s, parent, "succeeded", now, result=result)
+        _end(s, parent, JobState.SUCCEEDED, now, result=result)
         return
     bad = next(r for r in rows if r.state == ended)
     state = ended
@@ -204,19 +211,19 @@ def report(job_id: str, progress: float, message: str | None = None, *, worker: 
     """
     with session(url) as s:
         now = db_now(s)
-        stmt = update(Job).where(Job.id == job_id, Job.state == "running")
+        stmt = update(Job).where(Job.id == job_id, Job.state == JobState.RUNNING)
         if worker is not None:
             stmt = stmt.where(Job.worker == worker)
         res = s.execute(stmt.where(or_(Job.deadline_at.is_(None), Job.deadline_at >= now))
                         .values(progress=progress, message=message, heartbeat_at=now))
         if res.rowcount == 1:
-            s.add(JobEvent(job_id=job_id, state="running", progress=progress, message=message))
+            s.add(JobEvent(job_id=job_id, state=JobState.RUNNING, progress=progress, message=message))
             parent = s.scalar(select(Job.parent_id).where(Job.id == job_id))
             if parent is not None:
                 _settle_parent(s, parent, now)
             return
         job = s.get(Job, job_id)
-        if job is not None and job.state == "running" and (worker is None or job.worker == worker):
+        if job is not None and job.state == JobState.RUNNING and (worker is None or job.worker == worker):
             raise DeadlineExceeded(f"deadline passed ({job.params.get('timeout_s'):g} s after the attempt started "
                                    f"at {job.started_at:%H:%M:%S}); stopped at {100 * job.progress:.0f}%")
     raise JobCancelled(job_id)
@@ -225,7 +232,7 @@ def report(job_id: str, progress: float, message: str | None = None, *, worker: 
 @retried
 def heartbeat(job_id: str, worker: str, url: str | None = None) -> None:
     with session(url) as s:
-        s.execute(update(Job).where(Job.id == job_id, Job.state == "running", Job.worker == worker)
+        s.execute(update(Job).where(Job.id == job_id, Job.state == JobState.RUNNING, Job.worker == worker)
                   .values(heartbeat_at=db_now(s)))
 
 
@@ -233,19 +240,19 @@ def owned(s, job_id: str, worker: str | None) -> bool:
     """Inside a writing transaction: lock the job's row and say whether ``worker`` still runs it. Rows a
     job writes (its results) are written only when this holds, so a stale owner's write is refused
     instead of racing the rightful owner's."""
-    q = select(Job.id).where(Job.id == job_id, Job.state == "running").with_for_update()
+    q = select(Job.id).where(Job.id == job_id, Job.state == JobState.RUNNING).with_for_update()
     if worker is not None:
         q = q.where(Job.worker == worker)
     return s.scalar(q) is not None
 
 
 @retried
-def finish(job_id: str, state: str, *, worker: str | None = None, result: dict | None = None,
+def finish(job_id: str, state: JobState, *, worker: str | None = None, result: dict | None = None,
            error: str | None = None, url: str | None = None) -> bool:
     """Running → final state. False when the job is no longer this worker's (cancelled, handed on)."""
     assert state in FINAL_STATES
     with session(url) as s:
-        q = select(Job).where(Job.id == job_id, Job.state == "running").with_for_update()
+        q = select(Job).where(Job.id == job_id, Job.state == JobState.RUNNING).with_for_update()
         if worker is not None:
             q = q.where(Job.worker == worker)
         job = s.scalar(q)
@@ -267,7 +274,7 @@ def requeue(job_id: str, reason: str, *, worker: str | None = None, stale_after:
     """
     with session(url) as s:
         now = db_now(s)
-        q = select(Job).where(Job.id == job_id, Job.state == "running").with_for_update()
+        q = select(Job).where(Job.id == job_id, Job.state == JobState.RUNNING).with_for_update()
         if stale_after is not None:
             q = q.where(Job.heartbeat_at < now - timedelta(seconds=stale_after))
         if worker is not None:
@@ -276,11 +283,11 @@ def requeue(job_id: str, reason: str, *, worker: str | None = None, stale_after:
         if job is None or s.scalar(select(Job.id).where(Job.parent_id == job_id).limit(1)) is not None:
             return False  # gone, or a sweep whose state is its shards' (never handed on itself)
         if job.attempts >= max_attempts():
-            _end(s, job, "failed", now, error=f"gave up after {job.attempts} attempts; last: {reason}")
+            _end(s, job, JobState.FAILED, now, error=f"gave up after {job.attempts} attempts; last: {reason}")
             return False
-        job.state, job.worker, job.heartbeat_at, job.deadline_at = "queued", None, None, None
+        job.state, job.worker, job.heartbeat_at, job.deadline_at = JobState.QUEUED, None, None, None
         job.message = job.error = reason
-        s.add(JobEvent(job_id=job_id, state="queued", progress=job.progress, message=reason))
+        s.add(JobEvent(job_id=job_id, state=JobState.QUEUED, progress=job.progress, message=reason))
         if job.parent_id is not None:
             s.flush()
             _settle_parent(s, job.parent_id, now, note=reason)
@@ -291,10 +298,11 @@ def requeue(job_id: str, reason: str, *, worker: str | None = None, stale_after:
 def abandon(job_id: str, error: str, url: str | None = None) -> None:
     """Queued → failed, for a job whose message never reached the broker: nothing waits forever."""
     with session(url) as s:
-        rows = s.scalars(select(Job).where(or_(Job.id == job_id, Job.parent_id == job_id), Job.state == "queued"))
+        rows = s.scalars(select(Job).where(or_(Job.id == job_id, Job.parent_id == job_id),
+                                           Job.state == JobState.QUEUED))
         for job in sorted(rows, key=lambda j: j.id == job_id):  # shards first: the last one settles the sweep
-            if job.state == "queued":
-                _end(s, job, "failed", db_now(s), error=error)
+            if job.state == JobState.QUEUED:
+                _end(s, job, JobState.FAILED, db_now(s), error=error)
 
 
 @retried
@@ -304,13 +312,13 @@ def cancel(job_id: str, url: str | None = None) -> Job:
     with session(url) as s:
         now = db_now(s)
         rows = list(s.scalars(select(Job).where(or_(Job.id == job.id, Job.parent_id == job.id),
-                                                Job.state.in_(("queued", "running"))).with_for_update()))
+                                                Job.state.in_((JobState.QUEUED, JobState.RUNNING))).with_for_update()))
         if not any(r.id == job.id for r in rows):
             raise UsageError(f"job {job.id} is {job.state}; only queued or running jobs can be cancelled")
         for r in sorted(rows, key=lambda r: r.id == job.id):  # shards first: the parent is settled by its own cancel
-            if r.state in ("queued", "running"):
-                r.state, r.finished_at, r.message = "cancelled", now, "cancelled"
-                s.add(JobEvent(job_id=r.id, state="cancelled", progress=r.progress, message="cancelled"))
+            if r.state in (JobState.QUEUED, JobState.RUNNING):
+                r.state, r.finished_at, r.message = JobState.CANCELLED, now, JobState.CANCELLED
+                s.add(JobEvent(job_id=r.id, state=JobState.CANCELLED, progress=r.progress, message=JobState.CANCELLED))
         s.flush()
         if job.parent_id is not None:
             _settle_parent(s, job.parent_id, now)
@@ -325,17 +333,17 @@ def reset_for_retry(job_id: str, url: str | None = None) -> list[str]:
     with session(url) as s:
         rows = list(s.scalars(select(Job).where(or_(Job.id == job.id, Job.parent_id == job.id)).with_for_update()))
         me = next(r for r in rows if r.id == job.id)
-        if me.state not in ("failed", "cancelled"):
+        if me.state not in (JobState.FAILED, JobState.CANCELLED):
             raise UsageError(f"job {job.id} is {job.state}; only failed or cancelled jobs can be retried")
-        again = [r for r in rows if r.state in ("failed", "cancelled")]
+        again = [r for r in rows if r.state in (JobState.FAILED, JobState.CANCELLED)]
         if me.parent_id is not None:  # one shard again: its sweep is open again until that shard ends
             parent = s.get(Job, me.parent_id)
-            if parent.state in ("failed", "cancelled"):
+            if parent.state in (JobState.FAILED, JobState.CANCELLED):
                 again.append(parent)
         for r in again:
-            r.state, r.error, r.finished_at, r.worker, r.attempts = "queued", None, None, None, 0
+            r.state, r.error, r.finished_at, r.worker, r.attempts = JobState.QUEUED, None, None, None, 0
             r.message = "queued (retry)"
-            s.add(JobEvent(job_id=r.id, state="queued", progress=r.progress, message="queued (retry)"))
+            s.add(JobEvent(job_id=r.id, state=JobState.QUEUED, progress=r.progress, message="queued (retry)"))
         if len(rows) > 1:  # a sweep: queued again for its shards that did not succeed
             shards_again = [r.id for r in again if r.id != job.id]
             if not shards_again:  # every shard had succeeded: the sweep is done, nothing to send
@@ -354,7 +362,7 @@ def stale_running(stale_after: float, *, running: str | None = None, url: str | 
     with session(url) as s:
         cutoff = db_now(s) - timedelta(seconds=stale_after)
         shard = aliased(Job)
-        q = select(Job.id).where(Job.state == "running", Job.heartbeat_at < cutoff,  # a sweep runs only in its shards
+        q = select(Job.id).where(Job.state == JobState.RUNNING, Job.heartbeat_at < cutoff,  # a sweep runs only in its shards
                                  ~select(shard.id).where(shard.parent_id == Job.id).exists())
         if running is not None:
             q = q.where(Job.id != running)
@@ -368,13 +376,13 @@ def waiting_since(seconds: float, url: str | None = None) -> list[tuple[str, str
         cutoff = db_now(s) - timedelta(seconds=seconds)
         last_change = (select(JobEvent.at).where(JobEvent.job_id == Job.id).order_by(JobEvent.id.desc())
                        .limit(1).scalar_subquery())
-        rows = s.execute(select(Job.id, Job.queue).where(Job.state == "queued", Job.queue.is_not(None),
+        rows = s.execute(select(Job.id, Job.queue).where(Job.state == JobState.QUEUED, Job.queue.is_not(None),
                                                          last_change < cutoff))
         return [(r[0], r[1]) for r in rows]
 
 
 @retried
-def listing(*, state: str | None = None, kind: str | None = None, limit: int = 50, shards: bool = False,
+def listing(*, state: JobState | None = None, kind: JobKind | None = None, limit: int = 50, shards: bool = False,
             url: str | None = None) -> list[Job]:
     """Most recent first; a sweep's shards only with ``shards`` (the sweep's own row speaks for them)."""
     with session(url) as s:

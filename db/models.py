@@ -13,6 +13,8 @@ from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text,
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from saejobs.db.states import JobState
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -74,7 +76,7 @@ class Job(Base):
     __tablename__ = "jobs"
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     kind: Mapped[str] = mapped_column(String(20), index=True)
-    state: Mapped[str] = mapped_column(String(20), index=True, default="queued")
+    state: Mapped[str] = mapped_column(String(20), index=True, default=JobState.QUEUED)
     params: Mapped[dict[str, Any]]
     sae_id: Mapped[str | None] = mapped_column(String(300), index=True)
     queue: Mapped[str | None] = mapped_column(String(100))

@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from saejobs.db import jobs
 from saejobs.db.models import Generation, Job, Sweep, Verification
 from saejobs.db.session import retried, session
+from saejobs.db.states import JobKind
 from saejobs.engine import failpoints
 
 
@@ -148,12 +149,12 @@ def _natural(label: str):
 
 def summary(job: Job) -> str:
     r = job.result or {}
-    if job.kind == "sweep":
+    if job.kind == JobKind.SWEEP:
         return f"{r.get('generations', '?')} generations, sweep {r.get('sweep_id')}"
-    if job.kind == "verify":
+    if job.kind == JobKind.VERIFY:
         return f"verdict {r.get('verdict')}"
-    if job.kind == "score":
+    if job.kind == JobKind.SCORE:
         return f"{r.get('scored', '?')} generations of job {str(r.get('scored_job'))[:8]} scored"
-    if job.kind == "search":
+    if job.kind == JobKind.SEARCH:
         return ", ".join(f"feature {c['feature']} at {c['strength']}" for c in r.get("chosen", [])) or "nothing chosen"
     return f"{r.get('path', '')} ({r.get('transferred_bytes', 0)} bytes transferred)"

@@ -29,6 +29,7 @@ from saejobs.engine.steering import SteerMethod, steer_method
 
 MAX_PROMPT_CHARS = 32_000  # about 8k tokens: longer belongs in a file of shorter prompts, not one generation
 DTYPES = ("float32", "bfloat16", "float16")
+DEFAULT_DTYPE = DTYPES[0]
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ class SweepRequest:
     settings: Settings = Settings()
     combine: bool = False
     model: str | None = None  # model source; None: the SAE's model
-    dtype: str = "float32"
+    dtype: str = DEFAULT_DTYPE
     batch_size: int | None = None  # None: sized by memory
 
     def __post_init__(self) -> None:
@@ -227,7 +228,7 @@ class SweepRequest:
         return cls(sae=p["sae"], features=tuple(p.get("features") or ()), vectors=vectors,
                    strengths=tuple(p.get("strengths") or ()), prompts=tuple(p.get("prompts") or ()),
                    seeds=tuple(p.get("seeds") or (42,)), settings=settings, combine=bool(p.get("combine")),
-                   model=p.get("model"), dtype=p.get("dtype") or "float32", batch_size=p.get("batch_size"),
+                   model=p.get("model"), dtype=p.get("dtype") or DEFAULT_DTYPE, batch_size=p.get("batch_size"),
                    chats=tuple(chat.conversation(c, f"conversation {i + 1}")
                                for i, c in enumerate(p.get("chats") or ())),
                    chat_template=p.get("chat_template"))

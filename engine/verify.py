@@ -16,6 +16,7 @@ import torch
 from saejobs.engine.download import sha256_file
 from saejobs.engine.errors import SaejobsError, UsageError
 from saejobs.engine.formats import gemma_scope_2
+from saejobs.engine.job_requests import EVAL_WINDOW
 from saejobs.engine.registry.entry import SaeEntry, SaeFormat, SaeSite
 from saejobs.engine.sae import load_sae
 
@@ -113,9 +114,10 @@ def check_pairing(entry: SaeEntry, sae, lm) -> None:
                          f"{entry.hook_name}: wrong model for this SAE?")
 
 
-def functional(report: Report, entry: SaeEntry, sae, lm, *, max_tokens: int = 2048, context: int = 128,
+def functional(report: Report, entry: SaeEntry, sae, lm, *, max_tokens: int, context: int = EVAL_WINDOW,
                progress: Callable[[float, str], None] = lambda f, m: None) -> Report:
-    """Measure the SAE on the bundled text at its hook and judge the numbers against the expectation."""
+    """Measure the SAE on the bundled text at its hook and judge the numbers against the expectation
+    (``max_tokens``: the job's ``VerifyRequest.max_tokens``, whose default is the one place it is written)."""
     from saejobs.engine import evaluate
 
     ids = evaluate.windows(lm.tokenizer, context=context)[: max(1, max_tokens // context)]

@@ -6,10 +6,12 @@ from pathlib import Path
 
 from saejobs.db import saes
 from saejobs.engine import download, registry
+from saejobs.engine.job_requests import DownloadRequest
 
 
 def run(ctx) -> dict:
-    entry = registry.get(ctx.params["sae"])
+    req = DownloadRequest.from_params(ctx.params)
+    entry = registry.get(req.sae)
     dest = download.local_folder(entry)
     host = ctx.executor.host
     with download.folder_lock(dest):
@@ -19,7 +21,7 @@ def run(ctx) -> dict:
             saes.record_copy(entry.id, host, dest, row.files)
             ctx.progress(1.0, "already present and verified; nothing transferred", force=True)
             return {"sae": entry.id, "path": str(dest), "files": row.files, "transferred_bytes": 0}
-        source, revision = ctx.params.get("source"), None
+        source, revision = req.source, None
         if source:
             digests = download.fetch_from_mirror(entry, Path(source), dest, ctx.progress)
         else:

@@ -14,6 +14,7 @@ import time
 import traceback
 import uuid
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Callable
 
 from saejobs.db import jobs, workers
@@ -33,6 +34,18 @@ STALL_AFTER_S = float(os.environ.get("SAEJOBS_STALL_AFTER", 900))  # no progress
 PROGRESS_EVERY_S = 0.5
 
 shutting_down = threading.Event()  # set by the worker on SIGTERM: running jobs hand themselves back
+
+
+class Outcome(StrEnum):
+    """How ``execute`` left a job (not a job state: a job handed back or retried later is queued again)."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"  # not claimable: running elsewhere, finished, or out of attempts
+    HANDED_BACK = "handed_back"  # this worker is stopping; back in the queue
+    TRANSIENT = "transient"  # back in the queue, to be retried
+    DATABASE_UNAVAILABLE = "database_unavailable"  # left running for the reaper
 
 
 class HandBack(Exception):
@@ -107,9 +120,9 @@ class JobContext:
             elif child.state == JobState.QUEUED or child.worker == self.executor.name:  # (or left running by us)
                 ran = True
                 outcome = execute(child.id, self.executor, parent=self, span=span)
-                if outcome == "handed_back":  # this worker is stopping: the parent goes back too, and resumes here
+                if outcome == Outcome.HANDED_BACK:  # this worker is stopping: the parent goes back too, and resumes here
                     raise HandBack(self.job.id)
-                if outcome in ("transient", "database_unavailable"):  # the parent retries later, from this child
+                if outcome in (Outcome.TRANSIENT, Outcome.DATABASE_UNAVAILABLE):  # the parent retries later, from this child
                     raise TransientError(f"{kind} {child.id[:8]}: {jobs.get(child.id).error or outcome}")
             elif child.state == JobState.RUNNING:  # handed on to another worker by a reaper: wait for it
                 self.progress(span[0], f"waiting for {kind} {child.id[:8]} on {child.worker}")
@@ -173,12 +186,12 @@ def kinds() -> dict[str, Callable[[JobContext], dict]]:
 
 
 def execute(job_id: str, worker: Executor, *, parent: JobContext | None = None,
-            span: tuple[float, float] = (0.0, 1.0)) -> str:
+            span: tuple[float, float] = (0.0, 1.0)) -> Outcome:
     """Run the job; returns how it ended: succeeded, failed, cancelled, skipped, handed_back, transient.
     ``parent``: the job that runs this one as its child (``JobContext.run_child``)."""
     if not jobs.claim(job_id, worker=worker.name, host=worker.host, gpu=worker.gpu):
         log.info("job %s: not claimable (already running elsewhere or finished); skipped", job_id)
-        return "skipped"
+        return Outcome.SKIPPED
     job = jobs.get(job_id)
     ctx = JobContext(job, worker, parent=parent, span=span)
     outer_job, worker.current_job = worker.current_job, job_id
@@ -188,7 +201,7 @@ def execute(job_id: str, worker: Executor, *, parent: JobContext | None = None,
     try:
         result = kinds()[job.kind](ctx)
         failpoints.hit("runner.before_finish")
-        return "succeeded" if jobs.finish(job_id, "succeeded", worker=worker.name, result=result) else "cancelled"
+        return Outcome.SUCCEEDED if jobs.finish(job_id, JobState.SUCCEEDED, worker=worker.name, result=result) else Outcome.CANCELLED
     except JobCancelled as e:
         if e.args and e.args[0] != job_id:  # raised by its parent: cancelled (the child ends) or moved (handed back)
             if jobs.get(e.args[0]).state == JobState.CANCELLED:
@@ -196,27 +209,27 @@ def execute(job_id: str, worker: Executor, *, parent: JobContext | None = None,
             else:
                 jobs.requeue(job_id, f"handed back: job {e.args[0][:8]} moved", worker=worker.name)
             raise  # the parent stops here too
-        return "cancelled"
+        return Outcome.CANCELLED
     except HandBack:
-        return "handed_back" if jobs.requeue(job_id, "handed back: worker shutting down", worker=worker.name) else "failed"
+        return Outcome.HANDED_BACK if jobs.requeue(job_id, "handed back: worker shutting down", worker=worker.name) else Outcome.FAILED
     except TransientError as e:
         if worker.local:  # nothing would pick a requeued job up: fail it, saying it is worth retrying
-            jobs.finish(job_id, "failed", worker=worker.name, error=f"{e} (transient: `saejobs jobs retry {job_id[:8]}` "
+            jobs.finish(job_id, JobState.FAILED, worker=worker.name, error=f"{e} (transient: `saejobs jobs retry {job_id[:8]}` "
                         "tries again)", result={"error_type": type(e).__name__, "exit_code": e.exit_code})
-            return "failed"
+            return Outcome.FAILED
         # False: out of attempts, failed with this error as the last one
-        return "transient" if jobs.requeue(job_id, f"transient error, will retry: {e}", worker=worker.name) else "failed"
+        return Outcome.TRANSIENT if jobs.requeue(job_id, f"transient error, will retry: {e}", worker=worker.name) else Outcome.FAILED
     except DatabaseError as e:  # nothing can be written now; the reaper hands the job on once it is back
         log.error("job %s: %s; left for the reaper", job_id, e)
-        return "database_unavailable"
+        return Outcome.DATABASE_UNAVAILABLE
     except SaejobsError as e:  # the error's class decides the CLI's exit code (2 usage, 3 integrity, ...)
-        jobs.finish(job_id, "failed", worker=worker.name, error=str(e),
+        jobs.finish(job_id, JobState.FAILED, worker=worker.name, error=str(e),
                     result={"error_type": type(e).__name__, "exit_code": e.exit_code})
-        return "failed"
+        return Outcome.FAILED
     except Exception as e:  # a bug: keep the traceback in the log, a readable line in the row
         log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
-        jobs.finish(job_id, "failed", worker=worker.name, error=f"internal error: {type(e).__name__}: {e}")
-        return "failed"
+        jobs.finish(job_id, JobState.FAILED, worker=worker.name, error=f"internal error: {type(e).__name__}: {e}")
+        return Outcome.FAILED
     finally:
         beat.stop()
         worker.current_job = outer_job
@@ -260,7 +273,7 @@ class _Heartbeat(threading.Thread):
         log.error("job %s %s", job_id, reason)
         try:
             if worker.local:
-                jobs.finish(job_id, "failed", worker=worker.name, error=reason)
+                jobs.finish(job_id, JobState.FAILED, worker=worker.name, error=reason)
                 return
             if jobs.requeue(job_id, f"{reason}; worker {worker.name} ended, job handed on", worker=worker.name):
                 from saejobs.tasks.submit import send

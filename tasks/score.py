@@ -12,6 +12,7 @@ from saejobs.db import saes
 from saejobs.db import scores as store
 from saejobs.engine import score
 from saejobs.engine.errors import IntegrityError, NotFoundError
+from saejobs.engine.job_requests import ScoreRequest
 from saejobs.engine.request import SweepRequest
 from saejobs.engine.verify import check_pairing
 from saejobs.tasks.saefiles import local_copy, resolve_entry
@@ -22,7 +23,7 @@ CHUNK = 64  # rows scored and written together
 def run(ctx) -> dict:
     import torch
 
-    target = ctx.params["job"]
+    target = ScoreRequest.from_params(ctx.params).job
     sweep, rows = store.unscored(target)
     if sweep is None:
         raise NotFoundError(f"job {target[:8]} has no stored sweep to score")

@@ -13,29 +13,22 @@ from __future__ import annotations
 from saejobs.db import results
 from saejobs.db.states import JobKind
 from saejobs.engine import search
-from saejobs.engine.request import Settings, SweepRequest
-
-
-def request(p: dict, strengths: list[float]) -> SweepRequest:
-    return SweepRequest(sae=p["sae"], features=tuple(p["features"]), strengths=tuple(strengths),
-                        prompts=tuple(p["prompts"]), seeds=tuple(p.get("seeds") or (42,)),
-                        settings=Settings(n_tokens=p.get("n_tokens", 32)), model=p.get("model"),
-                        dtype=p.get("dtype") or "float32")
+from saejobs.engine.job_requests import SearchRequest
 
 
 def run(ctx) -> dict:
-    p = ctx.params
-    lo, hi, bound = float(p["lo"]), float(p["hi"]), float(p["max_nll_increase"])
-    rounds = 1 + int(p.get("refine_rounds", search.REFINE_ROUNDS))
-    strengths = search.coarse_grid(lo, hi, int(p.get("points", search.COARSE_POINTS)))
+    req = SearchRequest.from_params(ctx.params)
+    lo, hi, bound = req.lo, req.hi, req.max_nll_increase
+    rounds = 1 + req.refine_rounds
+    strengths = search.coarse_grid(lo, hi, req.points)
     step = (hi - lo) / max(len(strengths) - 1, 1)
     rows: list[dict] = []
     round_jobs: list[str] = []
     for i in range(rounds):
         ctx.progress(i / rounds, f"round {i + 1}/{rounds}: strengths {', '.join(f'{s:g}' for s in strengths)}",
                      force=True)
-        req = request(p, strengths)
-        job_id = ctx.run_child(JobKind.SWEEP, req.to_params(), key=f"round-{i}", sae_id=req.sae,
+        sweep = req.round(strengths)
+        job_id = ctx.run_child(JobKind.SWEEP, sweep.to_params(), key=f"round-{i}", sae_id=sweep.sae,
                                span=(i / rounds, (i + 1) / rounds)).id
         round_jobs.append(job_id)
         rows += results.generation_rows(job_id)
@@ -61,6 +54,6 @@ def run(ctx) -> dict:
                                 + ("no strength within the bound" if c["strength"] is None else
                                    f"strength {c['strength']:g} (concept {c['concept']:.3g}, NLL {c['nll']:.3f})")
                                 for c in chosen), force=True)
-    return {"sae": p["sae"], "rounds": round_jobs, "max_nll_increase": bound, "range": [lo, hi], "chosen": chosen,
+    return {"sae": req.sae, "rounds": round_jobs, "max_nll_increase": bound, "range": [lo, hi], "chosen": chosen,
             "curves": [{"feature": f, "prompt": pr, "points": [vars(pt) for pt in pts]}
                        for (f, pr), pts in sorted(curves.items())]}

@@ -14,6 +14,8 @@ from saejobs.db import jobs
 from saejobs.db.models import Job
 from saejobs.db.states import JobKind
 from saejobs.engine.errors import SaejobsError, UsageError
+from saejobs.engine.job_requests import JobRequest
+from saejobs.engine.request import SweepRequest
 from saejobs.tasks.app import DOWNLOAD_QUEUE, SHARED_QUEUE, Target, app, broker_url
 
 log = logging.getLogger("saejobs.submit")
@@ -42,15 +44,28 @@ def check_broker_url(url: str) -> None:
                          "or amqp://user@host:port/vhost")
 
 
-def submit(kind: str, params: dict, *, sae_id: str | None = None, gpu: Target | None = None, local: bool = False,
-           shard_size: int | None = None) -> Job:
-    """A queued sweep is split into shards (``shard_plan``) that any worker takes; a ``--local`` one runs
-    whole in the caller's process."""
+def submit(request: JobRequest | str, params: dict | None = None, *, sae_id: str | None = None,
+           gpu: Target | None = None, local: bool = False, shard_size: int | None = None,
+           timeout_s: float | None = None) -> Job:
+    """Write the job's row from its typed request (its kind is the request's, ``JobKind.of``) and send it.
+
+    A queued sweep is split into shards (``shard_plan``) that any worker takes; a ``--local`` one runs
+    whole in the caller's process. ``timeout_s`` (``--timeout``) is the deadline of each attempt, stored
+    beside the request's params (on every shard of a sweep: shards are what workers claim).
+    ``submit(kind, params)`` (a row's params, e.g. the bench scripts') builds the kind's request from
+    them first, so every row written holds a validated request either way."""
+    if params is not None:
+        kind = JobKind(request)
+        timeout_s = params.get("timeout_s") if timeout_s is None else timeout_s
+        request = kind.request_type.from_params(params)
+    kind = JobKind.of(request)
     queue = queue_for(kind, gpu)
     if not local:
         check_broker_url(broker_url())
-    shards = shard_plan(params, shard_size) if kind == JobKind.SWEEP and not local else None
-    job = jobs.create(kind, params, sae_id=sae_id, queue=None if local else queue,
+    deadline = {"timeout_s": timeout_s} if timeout_s is not None else {}
+    shards = ([{**s, **deadline} for s in shard_plan(request, shard_size)]
+              if kind == JobKind.SWEEP and not local else None)
+    job = jobs.create(kind, {**request.to_params(), **deadline}, sae_id=sae_id, queue=None if local else queue,
                       requested_gpu=gpu.index if gpu else None, requested_host=gpu.host if gpu else None,
                       shards=shards)
     if not local:  # a local job is run by the caller (``runner.execute``), in its own process
@@ -69,14 +84,13 @@ def queue_for(kind: str, gpu: Target | None) -> str:
 SHARD_CONFIGS = int(os.environ.get("SAEJOBS_SHARD_CONFIGS", 256))  # at most; about one GPU batch of rows
 
 
-def shard_plan(params: dict, shard_size: int | None = None) -> list[dict]:
+def shard_plan(request: SweepRequest, shard_size: int | None = None) -> list[dict]:
     """Configuration ranges ``[lo, hi)`` of the sweep's grid (its order is fixed by the request): at most
     ``SHARD_CONFIGS`` each, and, when several workers are live, small enough that each gets about two
     (one worker alone gets one shard: splitting would only add claims)."""
     from saejobs.db import workers
-    from saejobs.engine.request import SweepRequest
 
-    total = len(SweepRequest.from_params(params).configs(""))
+    total = len(request.configs(""))
     if shard_size is None:
         live = sum(SHARED_QUEUE in (w.queues or []) for w in workers.listing(live_within_s=workers.LIVE_WITHIN_S))
         shard_size = max(1, min(SHARD_CONFIGS, math.ceil(total / (2 * live if live > 1 else 1))))

@@ -5,30 +5,31 @@ from __future__ import annotations
 
 from saejobs.db import results, saes
 from saejobs.engine import provenance
+from saejobs.engine.job_requests import VerifyRequest
 from saejobs.engine.verify import check_pairing, functional, structural
 from saejobs.tasks.saefiles import local_copy, resolve_entry
 
 
 def run(ctx) -> dict:
-    p = ctx.params
-    entry = resolve_entry(p["sae"])
-    if p.get("path"):  # a folder on the worker's host, verified as it is
-        row, folder = saes.get(entry.id), p["path"]
+    req = VerifyRequest.from_params(ctx.params)
+    entry = resolve_entry(req.sae)
+    if req.path:  # a folder on the worker's host, verified as it is
+        row, folder = saes.get(entry.id), req.path
     else:
         row, folder = local_copy(ctx, entry)
-    structural_only = p.get("structural_only", False)
+    structural_only = req.structural_only
     share = 1.0 if structural_only else 0.2
     report = structural(entry, folder, row.files if row else None, lambda f, m: ctx.progress(share * f, m))
     prov = {"sae_sha256": report.metrics.get("sha256"), "path": str(folder), "versions": provenance.versions()}
     if report.verdict != "FAIL" and not structural_only:
         import torch
 
-        source = p.get("model") or entry.model_hf
+        source = req.model or entry.model_hf
         sae = ctx.executor.cache.sae(entry, folder)
         ctx.progress(share, f"loading model {source}", force=True)
-        lm = ctx.executor.cache.model(source, getattr(torch, p.get("dtype", "float32")))
+        lm = ctx.executor.cache.model(source, getattr(torch, req.dtype))
         check_pairing(entry, sae, lm)
-        functional(report, entry, sae, lm, max_tokens=p.get("max_tokens", 2048),
+        functional(report, entry, sae, lm, max_tokens=req.max_tokens,
                    progress=lambda f, m: ctx.progress(share + (1 - share) * f, m))
         prov.update(model=lm.model_id, model_source=source, model_revision=lm.revision,
                     dtype=str(lm.dtype).removeprefix("torch."), device=str(lm.device))

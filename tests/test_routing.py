@@ -7,6 +7,7 @@ import pytest
 
 from saejobs.db.states import JobKind
 from saejobs.engine.errors import UsageError
+from saejobs.engine.request import SweepRequest
 from saejobs.tasks.app import DOWNLOAD_QUEUE, SHARED_QUEUE, Target
 from saejobs.tasks.broker import message_job_ids
 from saejobs.tasks.submit import queue_for, shard_plan
@@ -29,13 +30,13 @@ def test_downloads_never_wait_in_a_gpu_workers_queue_unless_sent_there():
 
 
 def test_shards_cover_the_grid_once_in_order(home):
-    params = {"sae": "x", "features": [1, 2, 3], "strengths": [0, 1, 2, 4], "prompts": ["a", "b"], "seeds": [1, 2]}
+    req = SweepRequest(sae="x", features=(1, 2, 3), strengths=(0, 1, 2, 4), prompts=("a", "b"), seeds=(1, 2))
     total = 2 * 2 + 3 * 4 * 2 * 2  # DEFAULT per prompt × seed, then the grid
     for size in (1, 7, 52, 500):
-        shards = [p["shard"] for p in shard_plan(params, size)]
+        shards = [p["shard"] for p in shard_plan(req, size)]
         assert shards[0][0] == 0 and shards[-1][1] == total
         assert all(a[1] == b[0] for a, b in zip(shards, shards[1:])) and all(hi - lo <= size for lo, hi in shards)
-    assert [p["shard"] for p in shard_plan(params)] == [[0, total]]  # no live worker: one shard
+    assert [p["shard"] for p in shard_plan(req)] == [[0, total]]  # no live worker: one shard
 
 
 def test_a_broker_message_names_its_job_and_nothing_else_crashes_the_check():

@@ -1,0 +1,204 @@
+"""One typed request for each job kind besides the sweep (``engine.request.SweepRequest``): download,
+verify, score and search. Torch-free, like the sweep's.
+
+Each crosses every seam of its job the way a ``SweepRequest`` does: the CLI builds it from options, the
+job row stores ``to_params()``, and the task reads its params only through ``from_params()``. So:
+
+* every default is written once, as the field's default here (the CLI's option defaults read them);
+* a value is checked once, at construction: a bad one raises ``UsageError`` with one line naming it,
+  whether it came from the command line or from a row written elsewhere;
+* ``to_params()`` writes exactly the keys the job rows have always held (a worker still on the previous
+  release reads a new row, and ``jobs show --json`` shows the same params);
+* ``from_params()`` reads a row of any age: a key absent or ``None`` takes the field's default, and keys
+  that are not the request's (``timeout_s``, which ``tasks.submit`` adds for the attempt's deadline)
+  are left to their readers.
+
+Which request a kind takes is ``db.states.JobKind.request_type`` (one mapping, checked by the tests).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+
+from saejobs.engine import search
+from saejobs.engine.errors import UsageError
+from saejobs.engine.request import DEFAULT_DTYPE, DTYPES, Settings, SweepRequest
+
+EVAL_WINDOW = 128  # tokens per window of the bundled evaluation text (engine.verify.functional's context)
+MAX_EVAL_TOKENS = 65_536
+MAX_SEARCH_POINTS = 64
+MAX_REFINE_ROUNDS = 6
+MAX_NLL_INCREASE = 100.0  # nats per token: beyond this the bound admits anything
+
+
+def _from_params(cls, p: dict, what: str):
+    """``cls`` built from the row's keys that are its fields (absent or ``None``: the field's default)."""
+    known = {f.name: p[f.name] for f in fields(cls) if p.get(f.name) is not None}
+    if missing := [f.name for f in fields(cls) if f.default is MISSING and f.name not in known]:
+        raise UsageError(f"{what} job's params lack {', '.join(missing)}")
+    return cls(**known)
+
+
+def _text(name: str, value) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise UsageError(f"{name} must be a non-empty string, not {value!r}")
+
+
+def _absolute(name: str, value) -> str | None:
+    """A path read where the job runs: absolute, as the CLI resolves it on the submitting host."""
+    if value is None:
+        return None
+    if not str(value).strip() or not Path(value).is_absolute():
+        raise UsageError(f"{name} must be an absolute path (it is read where the job runs), not '{value}'")
+    return str(value)
+
+
+def _integer(name: str, value, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise UsageError(f"{name} must be an integer from {lo} to {hi}, not {value!r}")
+    return value
+
+
+def _number(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UsageError(f"{name} must be a finite number, not {value!r}")
+    return float(value)
+
+
+def _flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise UsageError(f"{name} must be true or false, not {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class DownloadRequest:
+    """``saejobs download``: the registry's files for one SAE, from the Hub or a local mirror."""
+
+    sae: str  # the registry's id (the CLI resolves what the user typed to it)
+    source: str | None = None  # a local mirror laid out like the Hub (REPO/FOLDER/FILE); None: the Hub
+
+    def __post_init__(self) -> None:
+        _text("sae", self.sae)
+        object.__setattr__(self, "source", _absolute("source", self.source))
+
+    def to_params(self) -> dict:
+        return {"sae": self.sae, **({"source": self.source} if self.source is not None else {})}
+
+    @classmethod
+    def from_params(cls, p: dict) -> DownloadRequest:
+        return _from_params(cls, p, "a download")
+
+
+@dataclass(frozen=True)
+class VerifyRequest:
+    """``saejobs verify``: the SAE's files, then (unless ``structural_only``) its behaviour on its model."""
+
+    sae: str
+    path: str | None = None  # a folder on the worker's host, verified as it is; None: the downloaded copy
+    structural_only: bool = False
+    model: str | None = None  # model source for the functional checks; None: the SAE's model
+    dtype: str = DEFAULT_DTYPE
+    max_tokens: int = 2048  # tokens of the bundled evaluation text, in EVAL_WINDOW-token windows
+
+    def __post_init__(self) -> None:
+        _text("sae", self.sae)
+        object.__setattr__(self, "path", _absolute("path", self.path))
+        _flag("structural_only", self.structural_only)
+        if self.model is not None:
+            _text("model", self.model)
+        if self.dtype not in DTYPES:
+            raise UsageError(f"unknown dtype '{self.dtype}'; expected one of {', '.join(DTYPES)}")
+        _integer("max_tokens", self.max_tokens, EVAL_WINDOW, MAX_EVAL_TOKENS)
+
+    def to_params(self) -> dict:
+        return {"sae": self.sae, "structural_only": self.structural_only, "dtype": self.dtype,
+                "max_tokens": self.max_tokens, **({"model": self.model} if self.model is not None else {}),
+                **({"path": self.path} if self.path is not None else {})}
+
+    @classmethod
+    def from_params(cls, p: dict) -> VerifyRequest:
+        return _from_params(cls, p, "a verify")
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """``saejobs score``: fill in the missing scores of a stored sweep's generations."""
+
+    job: str  # the sweep job's full id
+
+    def __post_init__(self) -> None:
+        _text("job", self.job)
+
+    def to_params(self) -> dict:
+        return {"job": self.job}
+
+    @classmethod
+    def from_params(cls, p: dict) -> ScoreRequest:
+        return _from_params(cls, p, "a score")
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """``saejobs search``: per feature × prompt, the strength in ``[lo, hi]`` with the highest concept
+    score whose NLL stays within ``max_nll_increase`` of the DEFAULT's (``engine.search``): a coarse grid
+    of ``points`` strengths, then ``refine_rounds`` rounds, each round one sweep (``round``)."""
+
+    sae: str
+    features: tuple[int, ...]
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...] = ()  # (): the sweep's default seed
+    lo: float = 0.0
+    hi: float = 400.0
+    max_nll_increase: float = search.DEFAULT_MAX_NLL_INCREASE
+    points: int = search.COARSE_POINTS
+    refine_rounds: int = search.REFINE_ROUNDS
+    n_tokens: int = Settings.n_tokens
+    model: str | None = None  # None: the SAE's model
+    dtype: str = DEFAULT_DTYPE
+
+    def __post_init__(self) -> None:
+        s = object.__setattr__
+        _text("sae", self.sae)
+        if not self.features:
+            raise UsageError("no feature to search: give --feature INDEX")
+        lo, hi = _number("range LO", self.lo), _number("range HI", self.hi)
+        if lo >= hi:
+            raise UsageError(f"search range {lo:g}:{hi:g} is not LO:HI with LO < HI")
+        s(self, "lo", lo)
+        s(self, "hi", hi)
+        bound = _number("max_nll_increase", self.max_nll_increase)
+        if not 0 <= bound <= MAX_NLL_INCREASE:
+            raise UsageError(f"max_nll_increase must be from 0 to {MAX_NLL_INCREASE:g}, not {bound:g}")
+        s(self, "max_nll_increase", bound)
+        _integer("points", self.points, 2, MAX_SEARCH_POINTS)
+        _integer("refine_rounds", self.refine_rounds, 0, MAX_REFINE_ROUNDS)
+        probe = self.round((lo, hi))  # the rounds' sweeps are valid: features, prompts, seeds, n_tokens, dtype
+        s(self, "features", probe.features)  # as the sweep has them: integers, each once
+        s(self, "prompts", probe.prompts)
+        s(self, "seeds", probe.seeds)
+
+    def round(self, strengths) -> SweepRequest:
+        """One round's sweep: every feature × prompt × seed at ``strengths``."""
+        return SweepRequest(sae=self.sae, features=tuple(self.features), strengths=tuple(strengths),
+                            prompts=tuple(self.prompts), seeds=tuple(self.seeds),
+                            settings=Settings(n_tokens=self.n_tokens), model=self.model, dtype=self.dtype)
+
+    def check_features(self, d_sae: int, sae_id: str) -> None:
+        self.round((self.lo,)).check_features(d_sae, sae_id)
+
+    def to_params(self) -> dict:
+        return {"sae": self.sae, "features": list(self.features), "prompts": list(self.prompts),
+                "seeds": list(self.seeds), "lo": self.lo, "hi": self.hi, "max_nll_increase": self.max_nll_increase,
+                "points": self.points, "refine_rounds": self.refine_rounds, "n_tokens": self.n_tokens,
+                "model": self.model, "dtype": self.dtype}
+
+    @classmethod
+    def from_params(cls, p: dict) -> SearchRequest:
+        return _from_params(cls, p, "a search")
+
+
+JobRequest = DownloadRequest | VerifyRequest | SweepRequest | ScoreRequest | SearchRequest
+"""What a job row's params are: one of these (``db.states.JobKind.request_type`` says which)."""
