@@ -8,7 +8,8 @@ COPY cli cli
 COPY tasks tasks
 COPY db db
 COPY worker worker
-RUN pip install --no-cache-dir -e '.[postgres]'
+COPY saejobs saejobs
+RUN pip install --no-cache-dir '.[postgres]'
 ENV SAEJOBS_HOME=/data
 VOLUME /data
 ENTRYPOINT ["saejobs"]

@@ -19,7 +19,8 @@ from saejobs.cli.submit_cmd import _ints, submission
 from saejobs.db.states import JobKind
 from saejobs.engine.errors import UsageError
 from saejobs.engine.job_requests import MAX_NLL_INCREASE, MAX_REFINE_ROUNDS, MAX_SEARCH_POINTS, ScoreRequest, SearchRequest
-from saejobs.engine.request import DTYPES, MAX_TOKENS
+from saejobs.engine.request import DTYPES
+from saejobs.engine.sampling import MAX_TOKENS
 
 DEFAULT_RANGE = f"{SearchRequest.lo:g}:{SearchRequest.hi:g}"
 
