@@ -118,3 +118,15 @@ def test_every_dependency_is_used():
     assert not unused, f"declared in pyproject's dependencies but never imported (drop, or say why in RUNTIME_ONLY): {unused}"
     stale = sorted(name for name in RUNTIME_ONLY if name in imported or name not in core)
     assert not stale, f"RUNTIME_ONLY entries that are imported or no longer declared: {stale}"
+
+
+def test_constraints_pin_every_declared_dependency_within_its_floor():
+    from packaging.specifiers import SpecifierSet
+
+    lines = [ln for ln in (ROOT / "constraints.txt").read_text().splitlines() if ln and not ln.startswith("#")]
+    pins = dict((canonical(n), v) for n, _, v in (ln.partition("==") for ln in lines))
+    wrong = [f"{g or 'dependencies'}: {name}{spec} pinned {pins.get(name, 'nowhere')}"
+             for g, names in declared().items() for name, spec in names.items()
+             if name not in pins or pins[name] not in SpecifierSet(spec)]
+    assert not wrong, f"constraints.txt (python .ci/constraints.py --write) does not satisfy pyproject: {wrong}"
+    assert "saejobs" not in pins and not any("+" in v for v in pins.values())
