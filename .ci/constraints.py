@@ -18,8 +18,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
-HEADER = ("# The versions CI last passed with: python .ci/constraints.py --write, where the README's test command"
-          " passed.\n# Install exactly these: pip install torch==2.13.0 && pip install -c constraints.txt -e '.[test]'\n")
+HEADER = ("# The versions CI last passed with (python .ci/constraints.py --write where the README's test command"
+          " passed).\n# Install exactly these: pip install torch==2.13.0 && pip install -c constraints.txt"
+          " -e '.[test]'\n")
 
 
 def closure(roots: list[str]) -> dict[str, str]:

@@ -218,13 +218,14 @@ def _download(url: str, part: Path, size: int | None, headers: dict, step: Calla
 
 
 def hub_http_get(url: str, f, offset: int, size: int | None, headers: dict) -> None:
-    """The one call of ``huggingface_hub.file_download.http_get``: internal (not in huggingface_hub's
-    ``__all__``), so what saejobs relies on is pinned here and in tests/test_private_apis.py.
+    """The one call of ``huggingface_hub.file_download.http_get``: internal (neither exported nor
+    documented), so what saejobs relies on is pinned here and in tests/test_private_apis.py.
 
     Written against huggingface_hub 2.4 (its ``http_get`` is unchanged since 2.0, our floor): with
     ``resume_size`` > 0 it sends ``Range: bytes=N-`` and writes from ``f``'s position on; a server that
     answers 200 instead makes it seek ``f`` back ``resume_size`` bytes and ``truncate()``; a dropped
-    connection is resumed in-call; HTTP errors raise ``HfHubHTTPError``, network ones ``httpx2.TransportError``.
+    connection is resumed in-call; HTTP errors raise ``HfHubHTTPError``, network ones
+    ``httpx2.TransportError``.
     """
     http_get(url, f, resume_size=offset, headers=headers, expected_size=size, tqdm_class=_Silent)
 

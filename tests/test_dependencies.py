@@ -115,7 +115,8 @@ def test_every_dependency_is_used():
     imported = {d for module in imports() for d in distributions(module)}
     core = set(declared()[""])
     unused = sorted(core - imported - set(RUNTIME_ONLY))
-    assert not unused, f"declared in pyproject's dependencies but never imported (drop, or say why in RUNTIME_ONLY): {unused}"
+    assert not unused, ("declared in pyproject's dependencies but never imported (drop them, or say why in "
+                        f"RUNTIME_ONLY): {unused}")
     stale = sorted(name for name in RUNTIME_ONLY if name in imported or name not in core)
     assert not stale, f"RUNTIME_ONLY entries that are imported or no longer declared: {stale}"
 
