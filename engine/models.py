@@ -212,13 +212,10 @@ def _convert(gguf: Path, copy: Path, model_id: str, sha256: str) -> None:
     with FileLock(str(copy) + ".lock"):
         if (copy / MARKER).is_file():  # another process converted it while we waited
             return
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        model.hf_quantizer = None  # weights are plain tensors now; save_pretrained refuses a quantised model
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+        model = dequantised_gguf(gguf)
         tmp = Path(tempfile.mkdtemp(prefix=f".{copy.name}.", dir=copy.parent))
         try:
             model.save_pretrained(tmp)
@@ -229,6 +226,29 @@ def _convert(gguf: Path, copy: Path, model_id: str, sha256: str) -> None:
             os.rename(tmp, copy)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def dequantised_gguf(gguf: Path) -> torch.nn.Module:
+    """A GGUF's model with every weight a plain float32 tensor and no quantizer, so ``save_pretrained``
+    writes an ordinary copy: the one place that relies on transformers' GGUF loading internals.
+
+    Written against transformers 5.24 (the same in 5.18, our floor), checked by tests/test_private_apis.py:
+    ``from_pretrained(gguf_file=...)`` attaches a ``GgufHfQuantizer`` (``model.hf_quantizer``,
+    ``config.quantization_config``) that ``save_pretrained`` refuses, and leaves weights in GGUF blocks
+    where the ``kernels`` package has a matmul kernel; ``GgufConfig(dequantize=True)`` unpacks every
+    weight and removes the quantizer (``HfQuantizer.remove_quantization_config``). A transformers that
+    no longer does so fails the conversion here instead of saving blocks or refusing later.
+    """
+    from transformers import AutoModelForCausalLM, GgufConfig
+
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                 quantization_config=GgufConfig(dequantize=True))
+    packed = [n for n, p in model.named_parameters() if not p.is_floating_point()]
+    quantizer = getattr(model, "hf_quantizer", None) or getattr(model.config, "quantization_config", None)
+    if packed or quantizer is not None:
+        raise SaejobsError(f"{gguf.name}: transformers left this GGUF quantised after GgufConfig(dequantize=True) "
+                           f"({quantizer!r}; packed: {packed[:3]}); saejobs was written against transformers 5.24")
+    return model
 
 
 def _stamp(path: Path) -> str:

@@ -4,36 +4,48 @@ Redis here may run without persistence; if it restarts, queued messages are gone
 stay ``queued`` in the database. Workers compare the two and send again what the broker lost (a
 duplicate message is harmless: the claim is atomic).
 
-Where the messages lie is read from kombu's own Redis channel (its public ``sep``, ``priority_steps``
-and ``unacked_key`` attributes: a queue is one list per priority step), not hard-coded. Each message is parsed
-once — Celery's message protocol 2: a JSON envelope whose ``headers.id``/``argsrepr`` and base64 body
-``[args, kwargs, embed]`` carry the job id — so the check is linear in the number of messages.
+Where the messages lie is read from kombu's own Redis channel (``redis_messages``, the one place that
+touches kombu's internals), not hard-coded. Each message is parsed once — Celery's message protocol 2:
+a JSON envelope whose ``headers.id``/``argsrepr`` and base64 body ``[args, kwargs, embed]`` carry the
+job id — so the check is linear in the number of messages.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
 
 from saejobs.tasks.app import app, broker_url
 
 
 def pending_job_ids(job_ids: list[str], queues: set[str], url: str | None = None) -> set[str]:
     """Which of ``job_ids`` still have a message waiting or being run, according to the broker."""
+    found: set[str] = set()
     with app.connection_for_read(url or broker_url()) as conn:
-        channel = conn.default_channel
-        client = channel.client
-        keys = {q if not p else f"{q}{channel.sep}{p}" for q in queues for p in channel.priority_steps}
-        found: set[str] = set()
-        for key in keys:
-            for raw in client.lrange(key, 0, -1):
-                found.update(message_job_ids(raw))
-        for raw in client.hvals(channel.unacked_key):  # [message, exchange, routing_key]
-            try:
-                found.update(message_job_ids(json.dumps(json.loads(raw)[0])))
-            except (ValueError, TypeError, IndexError, KeyError, AttributeError):
-                continue
+        for raw in redis_messages(conn, queues):
+            found.update(message_job_ids(raw))
     return found & set(job_ids)
+
+
+def redis_messages(conn, queues: set[str]) -> Iterator[bytes | str]:
+    """Every message kombu's Redis transport holds for ``queues``: waiting, and delivered but not acked.
+
+    kombu internals, written against kombu 5.7 (the same in 5.3.4, our floor), checked by
+    tests/test_private_apis.py: the channel's ``client`` (a redis-py client), a queue is one list per
+    step of ``priority_steps``, named ``queue`` for step 0 and ``queue + sep + step`` for the others,
+    and unacked messages are the values of the hash ``unacked_key``, each JSON ``[message, exchange,
+    routing_key]``.
+    """
+    channel = conn.default_channel
+    client = channel.client
+    for key in {q if not p else f"{q}{channel.sep}{p}" for q in queues for p in channel.priority_steps}:
+        yield from client.lrange(key, 0, -1)
+    for raw in client.hvals(channel.unacked_key):
+        try:
+            yield json.dumps(json.loads(raw)[0])
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError):
+            continue
 
 
 def message_job_ids(raw: bytes | str) -> set[str]:

@@ -8,7 +8,8 @@ or ``ETag``, ``X-Linked-Size`` or ``Content-Length``, ``Location``; errors from 
 ``Content-Range``); ``GET /api/models/{repo}/tree/{rev}[/{quoted path}]?recursive=&expand=``.
 LFS files are answered as the Hub does: 302 to a CDN on another origin (``localhost`` here, so the
 client must drop the token), ETag = sha256. Small files (``*.json``) are git blobs served in place.
-Faults on demand (``fail``): 401, 404, 500, a connection cut half way, corrupted bytes; ``rate`` slows bodies.
+Faults on demand (``fail``): 401, 404, 500, a connection cut half way, corrupted bytes, a Range ignored
+(``norange``: 200 and the whole file); ``rate`` slows bodies.
 ``/api/agent-harnesses`` (huggingface_hub's daily telemetry fetch) answers an empty registry.
 """
 
@@ -39,7 +40,7 @@ class HubFile:
 
 @dataclass
 class Fault:
-    kind: str  # "401" | "404" | "500" | "cut" | "corrupt"
+    kind: str  # "401" | "404" | "500" | "cut" | "corrupt" | "norange"
     match: str  # substring of the request path
     times: int  # how many matching requests it hits
     on: tuple[str, ...] = ("HEAD", "GET")
@@ -222,11 +223,13 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 return
             if f is None:
                 return self._error(404, None, "no such object")
-            kind = hub._fault(self.command, f"{path} {f.path}", ("cut", "corrupt")) if body else None
+            kind = hub._fault(self.command, f"{path} {f.path}", ("cut", "corrupt", "norange")) if body else None
             start = 0
             rng = self.headers.get("Range")
             headers = {**(extra or {"ETag": f'"{f.sha256}"'}), "Content-Type": "application/octet-stream",
                        "Accept-Ranges": "bytes"}
+            if kind == "norange":  # as a CDN that ignores Range (200, the whole file) does
+                rng = None
             if rng and rng.startswith("bytes=") and rng.endswith("-"):
                 start = int(rng[6:-1])
                 if start >= f.size:
