@@ -217,7 +217,10 @@ def report(job_id: str, progress: float, message: str | None = None, *, worker: 
             return
         job = s.get(Job, job_id)
         if job is not None and job.state == "running" and (worker is None or job.worker == worker):
-            raise DeadlineExceeded(f"deadline passed ({job.params.get('timeout_s'):g} s after the attempt started "
+            params = job.params or {}
+            if job.parent_id is not None:  # a shard's deadline is its sweep's --timeout (claim reads it there too)
+                params = s.scalar(select(Job.params).where(Job.id == job.parent_id)) or {}
+            raise DeadlineExceeded(f"deadline passed ({params.get('timeout_s'):g} s after the attempt started "
                                    f"at {job.started_at:%H:%M:%S}); stopped at {100 * job.progress:.0f}%")
     raise JobCancelled(job_id)
 

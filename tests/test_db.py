@@ -284,6 +284,23 @@ def test_a_job_past_its_deadline_stops_at_its_next_report(db_url):
     assert jobs.get(job.id).progress == pytest.approx(0.1)  # nothing written past the deadline
 
 
+def test_a_shard_past_its_sweeps_deadline_says_so_in_its_error(db_url):
+    """A shard's params carry no timeout_s (its sweep's do): the deadline's message reads the sweep's, and
+    the sweep fails naming it, with the deadline's exit code."""
+    from datetime import timedelta
+
+    parent = jobs.create("sweep", {"timeout_s": 5}, queue="saejobs", shards=[{"shard": [0, 1]}])
+    (a,) = jobs.shards(parent.id)
+    assert claim(a.id, "w1")
+    with session() as s:
+        row = s.get(Job, a.id)
+        row.deadline_at = row.deadline_at - timedelta(seconds=10)
+    with pytest.raises(jobs.DeadlineExceeded, match=r"^deadline passed \(5 s after the attempt started at "
+                                                    r"\d\d:\d\d:\d\d\); stopped at 0%$") as e:
+        jobs.report(a.id, 0.2, worker="w1")
+    assert e.value.exit_code == 5
+
+
 def test_retrying_one_shard_reopens_its_sweep_and_abandon_fails_it_once(db_url):
     parent = jobs.create("sweep", {}, queue="saejobs", shards=[{"shard": [0, 1]}, {"shard": [1, 2]}])
     a, b = jobs.shards(parent.id)

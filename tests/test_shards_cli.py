@@ -19,7 +19,7 @@ pytestmark = pytest.mark.model
 def test_jobs_show_list_shards_and_lookups_by_a_shards_id(home, sqlite_db, start_worker, tiny_gemma2_dir, tmp_path):
     args = sweep_args(home, tiny_gemma2_dir, n_tokens=6)
     w = start_worker()
-    done = submitted(saejobs(*args, "--shard-size", "10", "--wait"))
+    done = submitted(saejobs(*args, "--shard-size", "10", "--wait", timeout=1200))  # a 2-core machine, loaded
     assert done["state"] == "succeeded" and done["result"]["shards"] == 4 and done["result"]["generations"] == N_CONFIGS
 
     shown = submitted(saejobs("jobs", "show", done["id"][:8], "--json"))
