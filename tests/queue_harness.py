@@ -25,8 +25,19 @@ CLEAN_LOG_SUITES = ("faults", "scale")  # tests/faults, tests/scale
 
 
 def log_problems(text: str, tolerate: tuple[str, ...] = ()) -> list[str]:
-    """The lines of a worker log that say one of LOG_PROBLEMS, less those the test made on purpose."""
-    return [ln for ln in text.splitlines() if any(p in ln for p in LOG_PROBLEMS) and not any(t in ln for t in tolerate)]
+    """The lines of a worker log that say one of LOG_PROBLEMS, less those the test made on purpose: a line is
+    tolerated when it contains one of ``tolerate``; a Traceback when its exception line (the first line
+    after it that is not indented) does — so tolerating "ConnectionError" never hides a TypeError."""
+    lines, bad = text.splitlines(), []
+    for i, ln in enumerate(lines):
+        if not any(p in ln for p in LOG_PROBLEMS):
+            continue
+        said = ln
+        if "Traceback" in ln:
+            said = next((x for x in lines[i + 1:] if x.strip() and not x.startswith((" ", "\t"))), ln)
+        if not any(t in said for t in tolerate):
+            bad.append(ln if said == ln else f"{ln} ... {said}")
+    return bad
 
 
 def flush(url: str = BROKER) -> None:
