@@ -99,7 +99,7 @@ def test_postgres_down_longer_than_stale_after(home, broker, start_worker, tiny_
         server.crash()
         time.sleep(2 * stale + 1)
         server.start()
-        hold.wait()  # the victim holds its shard (it got there before or after the outage)
+        hold.wait(600)  # the victim holds its shard (it got there before or after the outage)
         time.sleep(2 * stale + 1)  # every reaper has been in touch long enough to reap by now
         assert handed_on(parent["id"]) == [], claims(parent["id"])  # the outage handed nothing on
         (held,) = [j.id for j in jobs.shards(parent["id"]) if j.state == "running" and str(victim.proc.pid) in (j.worker or "")]
