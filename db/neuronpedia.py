@@ -79,7 +79,9 @@ def runs_for_sweep(sweep_job: str, only: int | None = None, url: str | None = No
 @retried
 def record_comparisons(sweep_job: str, rows: list[tuple[int, dict]], url: str | None = None) -> None:
     with session(url) as s:
-        sweep = s.scalar(select(Sweep).where(Sweep.job_id == sweep_job))
+        from saejobs.db.results import _sweep_of
+
+        sweep = _sweep_of(s, sweep_job)  # as runs_for_sweep: a sweep's id or a shard's
         s.add_all(Comparison(sweep_id=sweep.id, neuronpedia_run_id=run, metrics=m) for run, m in rows)
 
 
