@@ -224,7 +224,10 @@ def report(job_id: str, progress: float, message: str | None = None, *, worker: 
             return
         job = s.get(Job, job_id)
         if job is not None and job.state == JobState.RUNNING and (worker is None or job.worker == worker):
-            raise DeadlineExceeded(f"deadline passed ({job.params.get('timeout_s'):g} s after the attempt started "
+            timeout = (job.params or {}).get("timeout_s")
+            if timeout is None and job.parent_id is not None:  # a shard written before shards carried it
+                timeout = (s.scalar(select(Job.params).where(Job.id == job.parent_id)) or {}).get("timeout_s")
+            raise DeadlineExceeded(f"deadline passed ({timeout:g} s after the attempt started "
                                    f"at {job.started_at:%H:%M:%S}); stopped at {100 * job.progress:.0f}%")
     raise JobCancelled(job_id)
 

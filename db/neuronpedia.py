@@ -58,7 +58,9 @@ def store_runs(runs: list[tuple[str, dict, dict, int | None]], url: str | None =
 def runs_for_sweep(sweep_job: str, only: int | None = None, url: str | None = None) -> list[dict]:
     """Each run matched to this sweep: the run, its STEERED generation and the DEFAULT of the same prompt/seed."""
     with session(url) as s:
-        sweep = s.scalar(select(Sweep).where(Sweep.job_id == sweep_job))
+        from saejobs.db.results import _sweep_of
+
+        sweep = _sweep_of(s, sweep_job)  # a sweep's id, or one of its shards' (the shard wrote into its sweep)
         if sweep is None:
             return []
         q = (select(NeuronpediaRun, Generation).join(Generation, NeuronpediaRun.generation_id == Generation.id)
@@ -77,7 +79,9 @@ def runs_for_sweep(sweep_job: str, only: int | None = None, url: str | None = No
 @retried
 def record_comparisons(sweep_job: str, rows: list[tuple[int, dict]], url: str | None = None) -> None:
     with session(url) as s:
-        sweep = s.scalar(select(Sweep).where(Sweep.job_id == sweep_job))
+        from saejobs.db.results import _sweep_of
+
+        sweep = _sweep_of(s, sweep_job)  # as runs_for_sweep: a sweep's id or a shard's
         s.add_all(Comparison(sweep_id=sweep.id, neuronpedia_run_id=run, metrics=m) for run, m in rows)
 
 

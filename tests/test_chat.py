@@ -5,6 +5,8 @@ on the assistant turn."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -155,6 +157,21 @@ def test_a_chat_sweep_runs_through_the_queue_and_locally_with_the_same_rows(home
     whole = next(r for r in exported if r["type"] == "DEFAULT")["conversation"]
     assert whole[:-1] == next(r for r in exported if r["type"] == "DEFAULT")["messages"]
     assert whole[-1]["role"] == "assistant"
+    # the assistant turn exported is the stored continuation: the turn the model's tokens decode to (checked
+    # against the tokenizer, not the product's own rows), in --json and in --csv alike
+    stored = {r["config_key"]: r for r in a}
+    assert len(exported) == len(stored)
+    for r in exported:
+        turn = gemma3.tokenizer.decode(stored[r["config_key"]]["token_ids"]).split("<end_of_turn>")[0].strip()
+        assert r["output"] == stored[r["config_key"]]["output"] == turn and turn, (r, turn)
+        assert r["conversation"] == [*stored[r["config_key"]]["messages"], {"role": "assistant", "content": r["output"]}]
+    assert len({r["conversation"][-1]["content"] for r in exported}) > 1  # steered turns differ from the DEFAULT's
+    res = saejobs("results", local["id"], "--csv")
+    assert res.returncode == 0, res.stderr
+    parsed = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert [r["config_key"] for r in parsed] == [r["config_key"] for r in exported]
+    for row, r in zip(parsed, exported):
+        assert row["output"] == r["output"] and json.loads(row["conversation"]) == r["conversation"], row
 
 
 @pytest.mark.model

@@ -284,6 +284,23 @@ def test_a_job_past_its_deadline_stops_at_its_next_report(db_url):
     assert jobs.get(job.id).progress == pytest.approx(0.1)  # nothing written past the deadline
 
 
+def test_a_shard_past_its_sweeps_deadline_says_so_in_its_error(db_url):
+    """A shard's params carry no timeout_s (its sweep's do): the deadline's message reads the sweep's, and
+    the sweep fails naming it, with the deadline's exit code."""
+    from datetime import timedelta
+
+    parent = jobs.create("sweep", {"timeout_s": 5}, queue="saejobs", shards=[{"shard": [0, 1]}])
+    (a,) = jobs.shards(parent.id)
+    assert claim(a.id, "w1")
+    with session() as s:
+        row = s.get(Job, a.id)
+        row.deadline_at = row.deadline_at - timedelta(seconds=10)
+    with pytest.raises(jobs.DeadlineExceeded, match=r"^deadline passed \(5 s after the attempt started at "
+                                                    r"\d\d:\d\d:\d\d\); stopped at 0%$") as e:
+        jobs.report(a.id, 0.2, worker="w1")
+    assert e.value.exit_code == 5
+
+
 def test_retrying_one_shard_reopens_its_sweep_and_abandon_fails_it_once(db_url):
     parent = jobs.create("sweep", {}, queue="saejobs", shards=[{"shard": [0, 1]}, {"shard": [1, 2]}])
     a, b = jobs.shards(parent.id)
@@ -381,3 +398,32 @@ def test_a_worker_that_lost_its_job_writes_nothing(db_url):
         assert s.get(Sweep, sweep_id).provenance == {"by": "w2"}
         assert s.get(Sae, e.id).files["params.npz"]["sha256"] == "a" * 64
         assert s.get(Generation, gen_id).scores is None
+
+
+def test_neuronpedia_runs_and_comparisons_are_found_by_a_shards_id(home):
+    """``compare SHARD_ID``: the runs matched to the shard's sweep, and their comparisons recorded on it (both
+    looked the sweep up by its own job id only: none found, then an AttributeError)."""
+    from saejobs.db import neuronpedia as np_store
+    from saejobs.db.models import Comparison, Generation, NeuronpediaRun, Sweep
+
+    parent = jobs.create("sweep", {}, queue="saejobs", shards=[{"shard": [0, 1]}, {"shard": [1, 2]}])
+    a, b = jobs.shards(parent.id)
+    with session() as s:
+        sweep = Sweep(job_id=parent.id, sae_id="x", model="m", settings={}, provenance={})
+        s.add(sweep)
+        s.flush()
+        g = Generation(sweep_id=sweep.id, config_key="k1", type="STEERED", features=[{"index": 1, "strength": 2.0}],
+                       prompt="p", prompt_token_ids=[2, 3], seed=1, sampling={}, output="p x", token_ids=[4],
+                       logprobs=None, scores=None, messages=None)
+        s.add(g)
+        s.flush()
+        s.add(NeuronpediaRun(api="inference", request={}, outputs={"STEERED": "p x"}, generation_id=g.id))
+        sweep_id = sweep.id
+    by_sweep = np_store.runs_for_sweep(parent.id)
+    assert len(by_sweep) == 1
+    for shard in (a.id, b.id):
+        assert np_store.runs_for_sweep(shard) == by_sweep
+    np_store.record_comparisons(b.id, [(by_sweep[0]["run"], {"exact": True})])
+    with session() as s:
+        assert [(c.sweep_id, c.metrics) for c in s.query(Comparison).all()] == [(sweep_id, {"exact": True})]
+    assert np_store.runs_for_sweep("no-such-job") == []

@@ -48,3 +48,49 @@ def test_a_broker_message_names_its_job_and_nothing_else_crashes_the_check():
     assert message_job_ids(json.dumps(msg)) == {"job-1"}
     assert message_job_ids(json.dumps({**msg, "headers": {"task": "other"}})) == set()
     assert message_job_ids(b"not json") == message_job_ids(b"[]") == set()
+
+
+def _worker(name: str):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(name=name, host="h", gpu=None, device="cpu", current_job=None,
+                           cache=SimpleNamespace(describe=lambda: []))
+
+
+def test_shards_are_never_empty_and_about_two_per_live_worker_that_takes_shards(home):
+    from saejobs.db import workers
+    from saejobs.tasks.app import DOWNLOAD_QUEUE
+
+    params = {"sae": "x", "features": list(range(10)), "strengths": [0, 1, 2, 4, 8], "prompts": ["a", "b"], "seeds": [1]}
+    total = 2 + 10 * 5 * 2  # 102
+    for size in (1, 5, 7, 101, 102, 103):
+        shards = [p["shard"] for p in shard_plan(params, size)]
+        assert all(lo < hi for lo, hi in shards), (size, shards)  # no empty shard, the last one included
+        assert len(shards) == -(-total // size) and sum(hi - lo for lo, hi in shards) == total
+    for i in range(3):
+        workers.register(_worker(f"w{i}"), [SHARED_QUEUE], None)
+    workers.register(_worker("downloads"), [DOWNLOAD_QUEUE], None)  # takes no shard: not counted
+    gone = _worker("gone")
+    workers.register(gone, [SHARED_QUEUE], None)
+    workers.stopped(gone)  # stopped: not counted
+    shards = [p["shard"] for p in shard_plan(params)]
+    assert [hi - lo for lo, hi in shards] == [17] * 6, shards  # 3 live workers: ceil(102 / 6) = 17 each
+    workers.stopped(_worker("w2"))
+    assert [hi - lo for lo, hi in (p["shard"] for p in shard_plan(params))] == [26, 26, 26, 24]  # 2 live: ceil(102/4)
+
+
+def test_the_shard_cap_is_read_from_saejobs_shard_configs(home):
+    """SAEJOBS_SHARD_CONFIGS caps a shard even with no live worker (one shard would hold the whole grid)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json; from saejobs.tasks.submit import shard_plan; print(json.dumps([p['shard'] for p in "
+            "shard_plan({'sae': 'x', 'features': list(range(10)), 'strengths': [0, 1, 2, 4, 8], 'prompts': ['a', 'b'],"
+            " 'seeds': [1]})]))")
+    for cap, want in (("40", [[0, 40], [40, 80], [80, 102]]), ("256", [[0, 102]]), ("1000", [[0, 102]])):
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "SAEJOBS_SHARD_CONFIGS": cap},
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout.strip().splitlines()[-1]) == want, (cap, out.stdout)

@@ -41,6 +41,22 @@ def test_search_rule_takes_the_most_conceptual_strength_within_the_fluency_bound
     assert search.refine([400], 100, 0, 400, {350, 400}) == []
 
 
+def test_search_rule_takes_the_best_admissible_point_not_the_first_or_the_last():
+    """The README's search, as a curve (in no particular order): 200 has more concept than 300 but breaks
+    the bound, 400 too; 100 is the first admissible point, 350 the last: the answer is 300."""
+    P = search.Point
+    pts = [P(350, 10.0, 2.0, 1), P(100, 0.5, 1.4, 1), P(0, 0.0, 1.22, 1), P(200, 26.3, 3.26, 1), P(300, 24.2, 2.26, 1),
+           P(400, 40.0, 5.12, 1), P(250, 99.0, None, 1), P(150, 24.2, 2.5, 1)]
+    pick = search.choose(pts, 1.22, 1.5)
+    assert (pick.strength, pick.concept, pick.nll) == (150, 24.2, 2.5)  # a tie on concept: the weaker strength
+    pick = search.choose(pts[:-1], 1.22, 1.5)
+    assert (pick.strength, pick.concept, pick.nll) == (300, 24.2, 2.26)  # bound 2.72: not 200 (3.26), not 400
+    assert search.choose(pts[:-1], 1.22, 2.1).strength == 200  # bound 3.32 admits 200
+    assert search.choose(pts[:-1], None, 0.0).strength == 400  # no DEFAULT NLL: no bound; an unscored point never
+    assert search.choose([P(-300, 24.2, 2.0, 1), P(300, 24.2, 2.0, 1), P(-100, 1.0, 1.0, 1)], 1.0, 5).strength == -300
+    assert search.choose([P(-300, 24.2, 2.0, 1), P(200, 24.2, 2.0, 1)], 1.0, 5).strength == 200  # weaker by |s|
+
+
 @pytest.fixture(scope="module")
 def mirror(gemma3, tmp_path_factory) -> Path:
     m = tmp_path_factory.mktemp("mirror")
@@ -170,6 +186,16 @@ def test_search_finds_a_strength_where_the_word_appears_within_the_bound_twice_t
     (pick,) = first["result"]["chosen"]
     assert pick == second["result"]["chosen"][0] and first["result"]["curves"] == second["result"]["curves"]
     assert " dog" in pick["output"].removeprefix("Once upon a time"), pick
+    # the README's figures (strength search section): 300 chosen, concept 24.2, NLL 2.26 within 2.72 (DEFAULT
+    # 1.22); 200 scores higher on concept (26.3) but its NLL (3.26) is over the bound, 400 too (5.12)
+    assert pick["strength"] == 300 and pick["concept"] == pytest.approx(24.2, abs=0.05), pick
+    assert pick["nll"] == pytest.approx(2.26, abs=0.005) and pick["default_nll"] == pytest.approx(1.22, abs=0.005)
+    assert pick["default_concept"] == 0 and pick["output"] == ("Once upon a time when I was a child, I was a dog "
+                                                                "that I didn't do")
+    by_strength = {p["strength"]: p for p in first["result"]["curves"][0]["points"]}
+    assert by_strength[200]["concept"] == pytest.approx(26.3, abs=0.05) and by_strength[200]["concept"] > pick["concept"]
+    assert by_strength[200]["nll"] == pytest.approx(3.26, abs=0.005) and by_strength[400]["nll"] == pytest.approx(5.12, abs=0.005)
+    assert sorted(by_strength) == [0, 100, 200, 250, 300, 350, 400]  # 2 rounds: the coarse grid, then 250/350
     assert pick["nll"] <= pick["default_nll"] + 1.5 and pick["concept"] > pick["default_concept"] + 1
     assert len(first["result"]["rounds"]) == 2  # a coarse grid, then one refinement, each one sweep job
     strengths = {p["strength"] for p in first["result"]["curves"][0]["points"]}

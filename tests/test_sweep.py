@@ -137,6 +137,25 @@ def test_sweep_job_end_to_end_and_results_views(home, gemma3, tmp_path):
     assert r.exit_code == 2 and "out of range" in r.output
 
 
+def test_combined_rows_steer_with_every_feature_at_once(gemma3, demo_sae):
+    """--combine: one row per strength steering features 0 and 1 together. Its tokens differ from either
+    feature's own row at that strength and from the DEFAULT (not a single-feature row relabelled); the
+    DEFAULT is the single-feature grid's, token for token."""
+    prompts = PROMPTS[:2]
+    single = run(gemma3, demo_sae, grid([0, 1], [200], prompts=prompts))
+    both = run(gemma3, demo_sae, grid([0, 1], [200], prompts=prompts, combine=True))
+    default = {o[0].prompt: o[1].token_ids for o in single if o[0].type == "DEFAULT"}
+    alone = {(o[0].prompt, o[0].features[0]["index"]): o[1].token_ids for o in single if o[0].type == "STEERED"}
+    assert len(alone) == 2 * len(prompts) and all(alone[(p, 0)] != alone[(p, 1)] for p in prompts)
+    assert {o[0].prompt: o[1].token_ids for o in both if o[0].type == "DEFAULT"} == default
+    combined = [o for o in both if o[0].type == "STEERED"]
+    assert [(c.prompt, [(f["index"], f["strength"]) for f in c.features]) for c, _, _ in combined] == \
+        [(p, [(0, 200), (1, 200)]) for p in prompts]
+    for c, g, _ in combined:
+        assert g.token_ids != alone[(c.prompt, 0)] and g.token_ids != alone[(c.prompt, 1)], c.prompt
+        assert g.token_ids != default[c.prompt], c.prompt
+
+
 def test_plan_grid_and_combine():
     s = Settings()
     one = plan_configs([1, 2], [], [0, 5, 10], ["a", "b"], [1, 2], False, s, "x")

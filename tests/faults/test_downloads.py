@@ -100,7 +100,8 @@ def test_disk_full_mid_file_deletes_the_partial_file_and_says_so(db, hub, served
             except OSError:
                 break
     done = wait_for(lambda: (j := jobs.get(job["id"])).state in ("succeeded", "failed") and j, 120, "the download")
-    assert done.state == "failed" and done.result["exit_code"] == 7, (done.state, done.error)
+    assert done.state == "failed" and done.attempts == 1, (done.state, done.attempts, done.error)  # not retried
+    assert done.result["exit_code"] == 7, (done.state, done.error)
     assert "disk full while writing params.npz" in done.error and "partial file deleted" in done.error
     assert [f for f in cache_files(small_disk.parent) if f != filler.name] == []  # no params.npz, no .part
     assert saes.get(served.id) is None or saes.get(served.id).local_path is None

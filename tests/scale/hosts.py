@@ -5,6 +5,8 @@ not a knob inside saejobs)."""
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,16 @@ def clock_ahead(seconds: int) -> dict[str, str]:
 
     return {"LD_PRELOAD": str(Path(libfaketime._get_lib_path()) / "libfaketime.so.1"), "FAKETIME": f"+{seconds}s",
             "DONT_FAKE_MONOTONIC": "1", "FAKETIME_NO_CACHE": "1"}
+
+
+def clock_offset(worker) -> float:
+    """How far the worker's clock (its own ``time.time()``, which stamps its log lines) is ahead of this
+    process's: the stamp of its `` ready.`` line less our time now. Call it as soon as ``wait_ready`` has
+    seen that line: on our clock the answer is at most 0 (less the seconds since), never tens of seconds
+    ahead; a skewed worker's is its skew less those seconds."""
+    now = time.time()
+    (line,) = [ln for ln in worker.text().splitlines() if ln.endswith(" ready.")]
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp() - now
 
 
 @pytest.fixture

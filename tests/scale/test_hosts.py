@@ -13,7 +13,7 @@ from tests.dbfixtures import home  # noqa: F401
 from tests.faults.servers import PostgresServer
 from tests.faults.sweeps import Hold, stored
 from tests.queue_harness import FAST, broker, start_worker, wait_for  # noqa: F401
-from tests.scale.hosts import claims, clock_ahead, events, handed_on, host_env, pg_url  # noqa: F401
+from tests.scale.hosts import claims, clock_ahead, clock_offset, events, handed_on, host_env, pg_url  # noqa: F401
 from tests.synthetic_saes import make
 from tests.test_queue import one_clean_line, saejobs, submitted
 from tests.test_sweep_queue import generations
@@ -51,8 +51,11 @@ def test_a_sweep_shared_by_three_workers_on_two_hosts(home, pg_url, broker, star
     assert local["state"] == "succeeded" and local["result"]["generations"] == N_CONFIGS
     hold = Hold(tmp_path, "sweep.chunk_stored:1")
     a1 = start_worker("--cpu", env=host_env(tmp_path, "hostA", **patient))
+    assert clock_offset(a1) < 1  # our clock: its ready line is stamped before now
     victim = start_worker("--cpu", env=host_env(tmp_path, "hostA", **patient, **hold.env))
     b1 = start_worker("--cpu", env=host_env(tmp_path, "hostB", **patient, **clock_ahead(60)))
+    skew = clock_offset(b1)
+    assert skew >= 50, f"the clock preload did not take: hostB's worker is {skew:.1f} s ahead, not ~60"
     parent = submitted(saejobs(*args, "--shard-size", "20"))
     hold.wait()  # the victim has stored its shard's first chunk and is held there
     victim.kill()
@@ -78,24 +81,36 @@ def test_a_sweep_shared_by_three_workers_on_two_hosts(home, pg_url, broker, star
 
 def test_postgres_down_longer_than_stale_after(home, broker, start_worker, tiny_gemma2_dir, tmp_path, monkeypatch):
     """The database every worker shares goes down for twice SAEJOBS_STALE_AFTER mid-sweep: when it is back no
-    reaper takes a healthy job (each waits to be in touch that long first), no shard runs twice, no row is
-    doubled, and the sweep finishes."""
+    reaper takes a healthy job (each waits to be in touch that long first) — not even the shard of a worker
+    held at a failpoint — no row is doubled, and the sweep finishes. The reaper still works after the outage:
+    the held worker, SIGKILLed once the database has been back for twice SAEJOBS_STALE_AFTER, has its shard
+    (and only it) handed on to the other worker. Both workers may log "beat failed" while the database is
+    down (the outage is the test's own doing); a Traceback is never tolerated."""
     server = PostgresServer().start()
+    stale = float(FAST["SAEJOBS_STALE_AFTER"])
     try:
         monkeypatch.setenv("SAEJOBS_DB", server.url)
         args = sweep_args(home, tiny_gemma2_dir, n_tokens=8)
-        start_worker("--cpu", env=host_env(tmp_path, "hostA"))
-        start_worker("--cpu", env=host_env(tmp_path, "hostB"))
+        hold = Hold(tmp_path, "sweep.chunk_stored:6")
+        survivor = start_worker("--cpu", env=host_env(tmp_path, "hostA"), tolerate=("beat failed",))
+        victim = start_worker("--cpu", env=host_env(tmp_path, "hostB", **hold.env), tolerate=("beat failed",))
         parent = submitted(saejobs(*args, "--shard-size", "50"))
         wait_for(lambda: stored(parent["id"]) >= 8, 180, "the first rows")
         server.crash()
-        time.sleep(2 * float(FAST["SAEJOBS_STALE_AFTER"]) + 1)
+        time.sleep(2 * stale + 1)
         server.start()
+        hold.wait(600)  # the victim holds its shard (it got there before or after the outage)
+        time.sleep(2 * stale + 1)  # every reaper has been in touch long enough to reap by now
+        assert handed_on(parent["id"]) == [], claims(parent["id"])  # the outage handed nothing on
+        (held,) = [j.id for j in jobs.shards(parent["id"]) if j.state == "running" and str(victim.proc.pid) in (j.worker or "")]
+        victim.kill()
         done = final(parent["id"])
         assert done.state == "succeeded", done.error
         assert stored(parent["id"]) == N_CONFIGS
         by_shard = claims(parent["id"])
-        assert handed_on(parent["id"]) == [] and all(len(ws) == 1 for ws in by_shard.values()), by_shard
+        assert handed_on(parent["id"]) == [held], {s: events(s) for s in by_shard}  # the killed worker's, after
+        assert [w.rsplit("-", 1)[1].split("@")[0] for w in by_shard[held]] == [str(victim.proc.pid), str(survivor.proc.pid)]
+        assert all(len(ws) == 1 for s, ws in by_shard.items() if s != held), by_shard
     finally:
         server.close()
 
