@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from saejobs.db import results
 from saejobs.db.models import Comparison, Generation, NeuronpediaRun, Sweep
 from saejobs.db.session import retried, session
 
@@ -32,7 +33,8 @@ def steered(sweep_job: str | None = None, url: str | None = None) -> list[dict]:
     with session(url) as s:
         q = select(Generation, Sweep).join(Sweep, Generation.sweep_id == Sweep.id).where(Generation.type == "STEERED")
         if sweep_job:
-            q = q.where(Sweep.job_id == sweep_job)
+            sweep = results.sweep_of(s, sweep_job)  # a shard's id finds its sweep
+            q = q.where(Sweep.id == (sweep.id if sweep else None))
         return [_as_dict(g, sw) for g, sw in s.execute(q.order_by(Generation.id)).all()]
 
 
@@ -58,9 +60,9 @@ def store_runs(runs: list[tuple[str, dict, dict, int | None]], url: str | None =
 def runs_for_sweep(sweep_job: str, only: int | None = None, url: str | None = None) -> list[dict]:
     """Each run matched to this sweep: the run, its STEERED generation and the DEFAULT of the same prompt/seed."""
     with session(url) as s:
-        from saejobs.db.results import _sweep_of
+        from saejobs.db.results import sweep_of
 
-        sweep = _sweep_of(s, sweep_job)  # a sweep's id, or one of its shards' (the shard wrote into its sweep)
+        sweep = sweep_of(s, sweep_job)  # a sweep's id, or one of its shards' (the shard wrote into its sweep)
         if sweep is None:
             return []
         q = (select(NeuronpediaRun, Generation).join(Generation, NeuronpediaRun.generation_id == Generation.id)
@@ -79,9 +81,9 @@ def runs_for_sweep(sweep_job: str, only: int | None = None, url: str | None = No
 @retried
 def record_comparisons(sweep_job: str, rows: list[tuple[int, dict]], url: str | None = None) -> None:
     with session(url) as s:
-        from saejobs.db.results import _sweep_of
+        from saejobs.db.results import sweep_of
 
-        sweep = _sweep_of(s, sweep_job)  # as runs_for_sweep: a sweep's id or a shard's
+        sweep = sweep_of(s, sweep_job)  # as runs_for_sweep: a sweep's id or a shard's
         s.add_all(Comparison(sweep_id=sweep.id, neuronpedia_run_id=run, metrics=m) for run, m in rows)
 
 

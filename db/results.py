@@ -94,10 +94,10 @@ def add_generations(sweep_id: int, rows: list[dict], *, owner: tuple[str, str] |
 @retried
 def sweep_for_job(job_id: str, url: str | None = None) -> Sweep | None:
     with session(url) as s:
-        return _sweep_of(s, job_id)
+        return sweep_of(s, job_id)
 
 
-def _sweep_of(s, job_id: str) -> Sweep | None:
+def sweep_of(s, job_id: str) -> Sweep | None:
     """The sweep a job wrote: its own, or for a shard its sweep's."""
     return s.scalar(select(Sweep).where(Sweep.job_id == job_id)) or s.scalar(
         select(Sweep).where(Sweep.job_id == select(Job.parent_id).where(Job.id == job_id).scalar_subquery()))
@@ -106,7 +106,7 @@ def _sweep_of(s, job_id: str) -> Sweep | None:
 @retried
 def generation_rows(job_id: str, url: str | None = None) -> list[dict[str, Any]]:
     with session(url) as s:
-        sweep = _sweep_of(s, job_id)
+        sweep = sweep_of(s, job_id)
         if sweep is None:
             return []
         gens = s.scalars(select(Generation).where(Generation.sweep_id == sweep.id).order_by(Generation.id))

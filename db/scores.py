@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from saejobs.db import jobs
 from saejobs.db.models import Generation, Sweep
+from saejobs.db import results
 from saejobs.db.session import retried, session
 
 
@@ -19,7 +20,7 @@ from saejobs.db.session import retried, session
 def unscored(job_id: str, url: str | None = None) -> tuple[Sweep | None, list[dict[str, Any]]]:
     """The sweep of ``job_id`` and its generations whose ``scores`` is NULL (id, type, features, ids)."""
     with session(url) as s:
-        sweep = s.scalar(select(Sweep).where(Sweep.job_id == job_id))
+        sweep = results.sweep_of(s, job_id)  # a shard's id finds its sweep
         if sweep is None:
             return None, []
         gens = s.scalars(select(Generation).where(Generation.sweep_id == sweep.id).order_by(Generation.id))

@@ -427,3 +427,8 @@ def test_neuronpedia_runs_and_comparisons_are_found_by_a_shards_id(home):
     with session() as s:
         assert [(c.sweep_id, c.metrics) for c in s.query(Comparison).all()] == [(sweep_id, {"exact": True})]
     assert np_store.runs_for_sweep("no-such-job") == []
+    from saejobs.db import scores
+
+    for shard in (a.id, b.id):  # `score SHARD_ID` and the export of a shard's steered rows find the sweep too
+        assert [g["id"] for g in scores.unscored(shard)[1]] == [g["id"] for g in scores.unscored(parent.id)[1]] != []
+        assert [g["id"] for g in np_store.steered(shard)] == [g["id"] for g in np_store.steered(parent.id)] != []
