@@ -56,8 +56,7 @@ def run(gpu: int | None, loglevel: str = "info", downloads_only: bool = False) -
     except Exception as e:
         log.warning("database not reachable yet (%s); the worker starts and registers once it is", e)
     host = runner.host_name()
-    label = "downloads" if downloads_only else f"gpu{gpu}" if gpu is not None else "cpu"
-    name = f"saejobs-{label}-{os.getpid()}@{host}"
+    name = worker_name("downloads" if downloads_only else f"gpu{gpu}" if gpu is not None else "cpu", host)
     device = os.environ["SAEJOBS_DEVICE"]
     w = runner.Executor(name=name, host=host, gpu=None if gpu is None else str(gpu), device=device,
                       cache=EngineCache(device=device))
@@ -76,6 +75,17 @@ def run(gpu: int | None, loglevel: str = "info", downloads_only: bool = False) -
                          f"--loglevel={loglevel}", "--without-gossip", "--without-mingle"])
     finally:
         beat.stop()
+
+
+def worker_name(label: str, host: str) -> str:
+    """``saejobs-{label}-{pid}-{random}@{host}``, e.g. ``saejobs-gpu0-1-k3x9q2@node2``: unique per process
+    start. PID and host alone are not: in docker compose every worker is its container's PID 1 and the
+    containers of one machine share ``SAEJOBS_HOST``, and two workers with one name would both pass every
+    owner check on one job. The random part (6 base-36 characters, drawn from ``secrets``) tells them apart."""
+    import secrets
+
+    alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
+    return f"saejobs-{label}-{os.getpid()}-{''.join(secrets.choice(alphabet) for _ in range(6))}@{host}"
 
 
 class Beat(threading.Thread):
