@@ -44,9 +44,15 @@ def run(gpu: int | None, loglevel: str = "info", downloads_only: bool = False) -
 
     from saejobs.db.session import SchemaMismatch, check_schema, set_role
     from saejobs.engine.cache import EngineCache
+    from saejobs.engine.errors import UsageError
     from saejobs.tasks import runner
-    from saejobs.tasks.app import DOWNLOAD_QUEUE, SHARED_QUEUE, app, gpu_queue
+    from saejobs.tasks.app import DOWNLOAD_QUEUE, SHARED_QUEUE, app, gpu_queue, remote_control
 
+    try:
+        app.conf.worker_enable_remote_control = remote_control(strict=True)
+    except UsageError as e:
+        print(f"saejobs: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
     set_role("worker")
     try:  # a wrong schema stops the worker now, with one line; an unreachable database is waited for
         check_schema()
