@@ -105,10 +105,11 @@ def _size(obj: Any, budget: int, depth: int = 0) -> int:
             raise _too_big("nesting deeper than 100")
         items = obj.items() if isinstance(obj, dict) else object.__getattribute__(obj, "_Namespace__attrs").items() \
             if isinstance(obj, jinja2.utils.Namespace) else obj
-        total = 2
+        pairs, total = isinstance(obj, (dict, jinja2.utils.Namespace)), 2
         for item in items:
-            total += 2 + (_size(item[0], budget - total, depth + 1) + _size(item[1], budget - total, depth + 1)
-                          if isinstance(obj, (dict, jinja2.utils.Namespace)) else _size(item, budget - total, depth + 1))
+            left = budget - total
+            total += 2 + (_size(item[0], left, depth + 1) + _size(item[1], left, depth + 1) if pairs
+                          else _size(item, left, depth + 1))
             if total > budget:
                 return total
         return total

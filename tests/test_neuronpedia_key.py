@@ -102,7 +102,9 @@ def test_the_key_is_dropped_on_a_redirect_to_another_origin(home, servers):
 
 def test_a_redirect_within_the_origin_keeps_the_key(home, servers):
     def plan(method, path):
-        return redirect("/api/v2" + path[len("/api"):], 301) if path.startswith("/api/feature/") else json_answer(ANSWER)
+        if path.startswith("/api/feature/"):
+            return redirect("/api/v2" + path[len("/api"):], 301)
+        return json_answer(ANSWER)
 
     origin = servers(plan)
     assert submitted(feature_fetch(origin.url))["max_act_approx"] == 41.5
@@ -115,7 +117,8 @@ def stored_generation() -> int:
     sweep_id = results.ensure_sweep(job.id, SAE, "google/gemma-2-2b", {}, {})
     results.add_generations(sweep_id, [{
         "config_key": "k-1", "type": "STEERED", "features": [{"index": int(FEATURE), "strength": 50.0}],
-        "prompt": "Once upon a time", "prompt_token_ids": [2, 7], "seed": 16, "sampling": Settings(n_tokens=8).to_json(),
+        "prompt": "Once upon a time", "prompt_token_ids": [2, 7], "seed": 16,
+        "sampling": Settings(n_tokens=8).to_json(),
         "output": "Once upon a time, Paris", "token_ids": [9], "logprobs": None, "scores": None, "messages": None}])
     return store.steered()[0]["id"]
 
@@ -129,10 +132,11 @@ def test_a_steer_request_redirected_elsewhere_arrives_without_the_key(home, serv
     gen = stored_generation()
 
     def answer_only_with_the_key(method, path):  # as Neuronpedia does: 401 without it
+        if elsewhere.seen[-1][2] == KEY:
+            return json_answer({"STEERED": "x", "DEFAULT": "y"})
         return json_answer({"error": "unauthorized"}, 401)
 
-    elsewhere = servers(lambda method, path: (json_answer({"STEERED": "x", "DEFAULT": "y"})
-                                              if elsewhere.seen[-1][2] == KEY else answer_only_with_the_key(method, path)))
+    elsewhere = servers(answer_only_with_the_key)
     origin = servers(lambda method, path: redirect(elsewhere.url + "/api/steer", 303))
     res = steer_fetch(gen, origin.url)
     assert origin.seen == [("POST", "/api/steer", KEY)]
