@@ -173,6 +173,8 @@ def sweep(sae, features, vectors, strengths, prompts, prompts_file, chat_file, s
         raise UsageError("--system and --chat-template go with --chat FILE")
     chats = chat.load(chat_file, system) if chat_file is not None else []
     template = chat.read_template(chat_template_file) if chat_template_file is not None else None
+    if template is not None:
+        chat.check_renders(template, chats)  # too large, looping or loading a file: refused before anything is queued
     settings = Settings(method=method.upper(), normalize=normalize, strength_multiplier=strength_multiplier,
                         n_tokens=n_tokens, temperature=temperature, freq_penalty=freq_penalty, n_logprobs=n_logprobs,
                         sampling_semantics=sampling_semantics, presence_penalty=presence_penalty, top_k=top_k,

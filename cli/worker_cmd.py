@@ -26,19 +26,25 @@ def _gpus(ctx, param, value):
 @click.option("--downloads", is_flag=True, help="A worker for download jobs only (GPU workers do not take them).")
 @click.option("--loglevel", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-def worker(gpus, cpu, downloads, loglevel) -> None:
+@click.option("--remote-control", is_flag=True,
+              help="Obey Celery remote control (Flower's worker pages, celery inspect); off by default: anyone "
+                   "who can write to the broker could shut the worker down (also SAEJOBS_REMOTE_CONTROL=1).")
+def worker(gpus, cpu, downloads, loglevel, remote_control) -> None:
     """Run a long-lived worker: one job at a time per GPU, models and SAEs kept loaded between jobs.
 
     SIGTERM hands the running job back to the queue at its next progress report; a worker killed
     outright has its job handed on by the other workers once its heartbeat goes stale.
     """
     import logging
+    import os
     import sys
 
     from saejobs.worker.main import run, run_many
 
     if bool(gpus) + cpu + downloads != 1:
         raise UsageError("say what to run: --gpu N (or --gpu 0,1), --cpu or --downloads")
+    if remote_control:
+        os.environ["SAEJOBS_REMOTE_CONTROL"] = "1"  # read when the worker (each child of --gpu 0,1) starts
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if gpus and len(gpus) > 1:
         sys.exit(run_many(gpus, loglevel))

@@ -10,7 +10,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.sql.expression import FunctionElement
 from sqlalchemy.types import TypeDecorator
 
 from saejobs.db.states import JobState
@@ -18,6 +20,31 @@ from saejobs.db.states import JobState
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+class db_clock(FunctionElement):  # noqa: N801 (a SQL function, spelt as one)
+    """The database server's clock as naive UTC, in SQL: a column default that the INSERT itself evaluates,
+    so the row is stamped by the clock ``db.session.db_now`` reads (the one staleness and waiting are judged
+    by), never by the writing host's. No schema change: the default lives in the INSERT, not the DDL."""
+
+    type = DateTime()
+    name = "db_clock"
+    inherit_cache = True
+
+
+@compiles(db_clock)
+def _db_clock(element, compiler, **kw) -> str:
+    return "CURRENT_TIMESTAMP"
+
+
+@compiles(db_clock, "sqlite")
+def _db_clock_sqlite(element, compiler, **kw) -> str:  # as db_now; six digits of seconds, as SQLAlchemy writes them
+    return "strftime('%Y-%m-%d %H:%M:%f000', 'now')"
+
+
+@compiles(db_clock, "postgresql")
+def _db_clock_postgresql(element, compiler, **kw) -> str:  # naive UTC whatever the session's TimeZone
+    return "(CURRENT_TIMESTAMP AT TIME ZONE 'UTC')"
 
 
 class UTCDateTime(TypeDecorator):
@@ -105,7 +132,7 @@ class JobEvent(Base):
     __tablename__ = "job_events"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    at: Mapped[datetime] = mapped_column(default=utcnow)
+    at: Mapped[datetime] = mapped_column(default=db_clock())  # the database's clock, as waiting_since reads it
     state: Mapped[str] = mapped_column(String(20))
     progress: Mapped[float] = mapped_column(Float)
     message: Mapped[str | None] = mapped_column(Text)

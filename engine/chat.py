@@ -14,9 +14,12 @@ interp-engine 1.14 helpers it calls (``chat_compose.py``: ``strip_wire_reasoning
 - the answer's assistant turn is the generated text up to the first end-of-turn marker
   (``<end_of_turn>``, ``<|im_end|>``, ...), stripped; nothing generated gives no turn.
 
-A template given as a file is rendered by transformers' own ``apply_chat_template`` (its sandboxed
-Jinja environment), as it would render the model's own. The reasoning-tag and harmony families'
-read-back (``<think>`` re-opening, channels) is not reproduced: Gemma has neither.
+A template (given as a file, or the model's own) is rendered in transformers' sandboxed Jinja
+environment with the arguments ``apply_chat_template`` gives it, to the same text, but bounded in size
+and time and refused when it loads another file (``engine.chat_template``); a submission renders each
+conversation once with its template file, so such a template is refused before anything is queued. The
+reasoning-tag and harmony families' read-back (``<think>`` re-opening, channels) is not reproduced:
+Gemma has neither.
 """
 
 from __future__ import annotations
@@ -122,9 +125,9 @@ def load(path: Path, system: str | None = None) -> list[Conversation]:
 
 
 def read_template(path: Path) -> str:
-    """A Jinja chat template file, checked for syntax now (it is rendered, sandboxed, where the job runs)."""
-    import jinja2.ext
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    """A Jinja chat template file, checked for syntax and for loading other files now (it is rendered,
+    sandboxed and bounded, where the job runs; ``check_renders`` tries it at submission)."""
+    from saejobs.engine import chat_template
 
     if path.stat().st_size > MAX_TEMPLATE_BYTES:
         raise UsageError(f"{path}: {path.stat().st_size} bytes is too long for a chat template")
@@ -134,12 +137,25 @@ def read_template(path: Path) -> str:
         raise UsageError(f"{path}: not UTF-8 text") from None
     if not text.strip():
         raise UsageError(f"{path}: the chat template is empty")
-    try:
-        ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                      extensions=[jinja2.ext.loopcontrols]).parse(text)
-    except jinja2.TemplateSyntaxError as e:
-        raise UsageError(f"{path}: not a Jinja template ({e.message} at line {e.lineno})") from None
+    chat_template.check_self_contained(text, str(path))
     return text
+
+
+def check_renders(template: str, convs: list[Conversation]) -> None:
+    """At submission: each conversation rendered once with the template file, within the bounds the worker
+    applies, so a template that would produce too much, loop or load another file is refused before
+    anything is queued. The tokenizer's special tokens are not known here (they are left undefined): other
+    template errors may depend on them and are left to the worker, which reports them as one line too."""
+    from saejobs.engine import chat_template
+
+    chat_template.max_chars(), chat_template.render_seconds()  # a bad limit is the user's to fix: said now
+    for conv in convs:
+        try:
+            chat_template.render(template, for_render(conv))
+        except chat_template.TemplateLimit:
+            raise
+        except Exception:  # noqa: BLE001 (raise_exception, undefined names...: the worker decides, with its tokenizer)
+            continue
 
 
 def template_id(template: str | None) -> str:
@@ -166,22 +182,35 @@ def has_template(tokenizer) -> bool:
 
 
 def render(tokenizer, conv: Conversation, template: str | None, model: str = "the model") -> str:
-    """The prompt text: the given template, else the tokenizer's own (refused when it has none)."""
-    import jinja2
+    """The prompt text: the given template, else the tokenizer's own (refused when it has none), rendered
+    as ``apply_chat_template(messages, tokenize=False, add_generation_prompt=True)`` renders it, bounded
+    (``engine.chat_template``). Every failure is one line (exit 2)."""
+    from saejobs.engine import chat_template
 
     if template is None and not has_template(tokenizer):
         raise UsageError(NO_TEMPLATE.format(model=model))
     try:
-        return tokenizer.apply_chat_template(for_render(conv), chat_template=template, tokenize=False,
-                                             add_generation_prompt=True)
-    except jinja2.TemplateError as e:  # SecurityError (sandbox), raise_exception(...), undefined names
-        raise UsageError(f"the chat template failed to render: {str(e).splitlines()[0][:200]}") from None
+        source = template if template is not None else tokenizer.get_chat_template()
+        return chat_template.render(source, for_render(conv), dict(tokenizer.special_tokens_map))
+    except UsageError:
+        raise
+    except Exception as e:  # noqa: BLE001 SecurityError (sandbox), raise_exception(...), 1/0, a type error...
+        import jinja2
+
+        text = str(e).splitlines()[0][:200] if str(e) else ""
+        what = text if isinstance(e, jinja2.TemplateError) else f"{type(e).__name__}: {text}".rstrip(": ")
+        raise UsageError(f"the chat template failed to render: {what}") from None
+
+
+def text_ids(tokenizer, text: str) -> list[int]:
+    """A rendered conversation's token ids, special tokens not added (the template holds BOS)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return list(ids[0] if ids and isinstance(ids[0], list) else ids)
 
 
 def prompt_ids(tokenizer, conv: Conversation, template: str | None, model: str = "the model") -> list[int]:
     """The rendered conversation's token ids, special tokens not added (the template holds BOS)."""
-    ids = tokenizer(render(tokenizer, conv, template, model), add_special_tokens=False)["input_ids"]
-    return list(ids[0] if ids and isinstance(ids[0], list) else ids)
+    return text_ids(tokenizer, render(tokenizer, conv, template, model))
 
 
 def assistant_turn(text: str) -> str:

@@ -60,7 +60,7 @@ class SweepGenerator:
     def _chat(self, conv: chat.Conversation) -> tuple[str, list[int]]:
         if conv not in self._chats:
             text = chat.render(self.lm.tokenizer, conv, self.chat_template, self.lm.model_id)
-            self._chats[conv] = text, chat.prompt_ids(self.lm.tokenizer, conv, self.chat_template, self.lm.model_id)
+            self._chats[conv] = text, chat.text_ids(self.lm.tokenizer, text)  # rendered once
         return self._chats[conv]
 
     def ids(self, cfg: SweepConfig) -> list[int]:

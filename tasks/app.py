@@ -20,6 +20,28 @@ def broker_url() -> str:
     return os.environ.get("SAEJOBS_BROKER") or DEFAULT_BROKER
 
 
+_ON, _OFF = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def remote_control(strict: bool = False) -> bool:
+    """Whether workers obey Celery's remote control (``SAEJOBS_REMOTE_CONTROL``, default off).
+
+    Remote control is a broadcast queue in the broker that every worker consumes: whoever can write to the
+    broker can make every worker shut down, stop consuming its queues or restart its pool. saejobs needs
+    none of it — ``saejobs workers`` reads the database's workers table, ``jobs cancel`` writes the job's
+    row, which the worker reads at its next progress report — so it is off unless asked for (Flower's
+    worker pages and ``celery inspect`` use it). ``strict``: a value that is neither on nor off is refused
+    (a worker starting), instead of read as off (anything merely importing the app)."""
+    from saejobs.engine.errors import UsageError
+
+    raw = os.environ.get("SAEJOBS_REMOTE_CONTROL", "").strip().lower()
+    if raw in _ON:
+        return True
+    if raw not in _OFF and strict:
+        raise UsageError(f"SAEJOBS_REMOTE_CONTROL is {raw!r}: give 1 (workers obey Celery's remote control) or 0")
+    return False
+
+
 def gpu_queue(gpu: int, host: str | None = None) -> str:
     """One GPU's queue: ``saejobs.gpu0`` is GPU 0 of any host, ``saejobs.gpu0@node2`` node2's."""
     return f"{SHARED_QUEUE}.gpu{gpu}" + (f"@{host}" if host else "")
@@ -71,4 +93,5 @@ app.conf.update(
         "socket_timeout": 10,
     },
     worker_hijack_root_logger=False,
+    worker_enable_remote_control=remote_control(),  # off: no broadcast (shutdown, cancel_consumer...) is received
 )

@@ -3,16 +3,21 @@ match them to configurations, compare. Plain functions the CLI calls; nothing he
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import urllib.error
 import urllib.request
+from urllib.parse import urlsplit
 
 from saejobs.db import neuronpedia as store
 from saejobs.engine import neuronpedia as np_api
 from saejobs.engine import registry
 from saejobs.engine.compare import agreement, common_prefix
 from saejobs.engine.errors import NotFoundError, TransientError, UsageError
+
+MAX_ANSWER_BYTES = 16 * 2**20  # a steer or feature answer is kB to a few MB; SAEJOBS_NEURONPEDIA_MAX_BYTES
+KEY_HEADER, SECRET_HEADER = "X-Api-Key", "X-SECRET-KEY"
 
 
 def _generation(ref: str) -> dict:
@@ -90,7 +95,8 @@ def fetch(ref: str, api: str, inference_url: str | None = None, timeout: float =
         key = os.environ.get("NEURONPEDIA_API_KEY")
         if not key:
             raise UsageError("--fetch from the public API needs NEURONPEDIA_API_KEY (or use --inference-url)")
-        url, headers = os.environ.get("NEURONPEDIA_API_URL", np_api.PUBLIC_URL), {"X-Api-Key": key}
+        url, headers = os.environ.get("NEURONPEDIA_API_URL", np_api.PUBLIC_URL), {KEY_HEADER: key}
+        check_key_transport(url)
         if exported["chat"]:  # NEURONPEDIA_API_URL names /api/steer; steer-chat is beside it
             url = url.rstrip("/").rsplit("/", 1)[0] + "/steer-chat"
     else:
@@ -98,19 +104,92 @@ def fetch(ref: str, api: str, inference_url: str | None = None, timeout: float =
             raise UsageError("--api inference needs --inference-url (e.g. http://localhost:5002/v1)")
         url = inference_url.rstrip("/") + np_api.INFERENCE_PATHS[exported["chat"]]
         secret = os.environ.get("NEURONPEDIA_INFERENCE_SECRET")
-        headers = {"X-SECRET-KEY": secret} if secret else {}
+        headers = {SECRET_HEADER: secret} if secret else {}
     answer = _json_call(urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                                headers={"Content-Type": "application/json", **headers}), timeout)
     return import_saved({"request": body, "response": answer})[0]
 
 
+def same_origin(a: str, b: str) -> bool:
+    """Whether two URLs share an origin (scheme, host, port; RFC 6454): where a secret header may follow."""
+    def origin(url: str) -> tuple[str, str, int | None]:
+        u = urlsplit(url)
+        try:
+            port = u.port or {"http": 80, "https": 443}.get(u.scheme.lower())
+        except ValueError:  # a port that is not a number: no origin matches it
+            port = -1
+        return u.scheme.lower(), (u.hostname or "").lower(), port
+    return origin(a) == origin(b)
+
+
+def _loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_key_transport(url: str) -> None:
+    """``NEURONPEDIA_API_KEY`` travels over https only, or over plain http to this machine (a local
+    stand-in or a tunnel): refused before anything is sent otherwise."""
+    u = urlsplit(url)
+    if u.scheme.lower() == "https" or (u.scheme.lower() == "http" and _loopback(u.hostname)):
+        return
+    raise UsageError(f"NEURONPEDIA_API_KEY is sent only over https (or plain http to this machine), and "
+                     f"NEURONPEDIA_API_URL is {u.scheme or 'no'}://{u.hostname or ''}: use https://")
+
+
+class _KeepSecretsHome(urllib.request.HTTPRedirectHandler):
+    """Follows redirects as urllib does, but the secret headers (the API key, the inference secret) go
+    only to the origin the request was first sent to: a redirect anywhere else (another host, port or
+    scheme, plain http included) is followed without them — as ``engine.hub`` keeps HF_TOKEN from the CDN."""
+
+    def __init__(self, origin_url: str):
+        self.origin_url = origin_url
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and not same_origin(self.origin_url, newurl):
+            for name in (KEY_HEADER, SECRET_HEADER):
+                new.remove_header(name.capitalize())  # urllib keys headers as str.capitalize() spells them
+        return new
+
+
+def max_answer_bytes() -> int:
+    raw = os.environ.get("SAEJOBS_NEURONPEDIA_MAX_BYTES")
+    try:
+        return int(raw) if raw else MAX_ANSWER_BYTES
+    except ValueError:
+        raise UsageError(f"SAEJOBS_NEURONPEDIA_MAX_BYTES must be a number of bytes, not {raw!r}") from None
+
+
+def _read_capped(r, url: str) -> bytes:
+    """The answer's bytes, at most ``max_answer_bytes()``: a longer one is refused whole (never stored)."""
+    cap = max_answer_bytes()
+    too_big = np_api.SchemaError(f"{url} answered more than {cap} bytes (SAEJOBS_NEURONPEDIA_MAX_BYTES); "
+                                 "nothing stored")
+    length = r.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) > cap:
+        raise too_big
+    data = r.read(cap + 1)
+    if len(data) > cap:
+        raise too_big
+    return data
+
+
 def _json_call(req: urllib.request.Request, timeout: float):
     """One call to Neuronpedia, its JSON answer; 5xx/429 and network errors are transient, other HTTP
-    errors the request's fault, anything but JSON a schema error."""
+    errors the request's fault, anything but JSON a schema error. Secrets stay with ``req``'s origin
+    across redirects; the answer is size-limited."""
     url = req.full_url
+    opener = urllib.request.build_opener(_KeepSecretsHome(url))
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return json.loads(r.read().decode())
+        with opener.open(req, timeout=timeout) as r:
+            return json.loads(_read_capped(r, url).decode())
     except urllib.error.HTTPError as e:
         kind = TransientError if e.code >= 500 or e.code == 429 else UsageError
         raise kind(f"Neuronpedia answered HTTP {e.code} for {url}") from None
@@ -136,8 +215,10 @@ def feature(sae: str, index: int, fetch: bool = False, timeout: float = 60) -> d
     if not fetch:
         return out
     key = os.environ.get("NEURONPEDIA_API_KEY")
+    if key:
+        check_key_transport(url)
     body = _json_call(urllib.request.Request(
-        url, headers={"Accept": "application/json", **({"X-Api-Key": key} if key else {})}), timeout)
+        url, headers={"Accept": "application/json", **({KEY_HEADER: key} if key else {})}), timeout)
     got = np_api.parse_feature(body)
     if (got["model"], got["source"], got["index"]) != (model, source, index):
         raise np_api.SchemaError(f"{url} answered for {got['model']}/{got['source']}/{got['index']}")

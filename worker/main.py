@@ -51,9 +51,15 @@ def run(gpu: int | None, loglevel: str = "info", downloads_only: bool = False) -
 
     from saejobs.db.session import SchemaMismatch, check_schema, set_role
     from saejobs.engine.cache import EngineCache
+    from saejobs.engine.errors import UsageError
     from saejobs.tasks import runner
-    from saejobs.tasks.app import DOWNLOAD_QUEUE, SHARED_QUEUE, app, gpu_queue
+    from saejobs.tasks.app import DOWNLOAD_QUEUE, SHARED_QUEUE, app, gpu_queue, remote_control
 
+    try:
+        app.conf.worker_enable_remote_control = remote_control(strict=True)
+    except UsageError as e:
+        print(f"saejobs: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
     set_role("worker")
     try:  # a wrong schema stops the worker now, with one line; an unreachable database is waited for
         check_schema()
@@ -63,8 +69,7 @@ def run(gpu: int | None, loglevel: str = "info", downloads_only: bool = False) -
     except Exception as e:
         log.warning("database not reachable yet (%s); the worker starts and registers once it is", e)
     host = runner.host_name()
-    label = "downloads" if downloads_only else f"gpu{gpu}" if gpu is not None else "cpu"
-    name = f"saejobs-{label}-{os.getpid()}@{host}"
+    name = worker_name("downloads" if downloads_only else f"gpu{gpu}" if gpu is not None else "cpu", host)
     device = os.environ["SAEJOBS_DEVICE"]
     w = runner.Executor(name=name, host=host, gpu=None if gpu is None else str(gpu), device=device,
                       cache=EngineCache(device=device))
@@ -85,6 +90,17 @@ def run(gpu: int | None, loglevel: str = "info", downloads_only: bool = False) -
         beat.stop()
     if beat.schema_changed is not None:  # as at start: a schema that is not this code's is exit 4
         sys.exit(beat.schema_changed.exit_code)
+
+
+def worker_name(label: str, host: str) -> str:
+    """``saejobs-{label}-{pid}-{random}@{host}``, e.g. ``saejobs-gpu0-1-k3x9q2@node2``: unique per process
+    start. PID and host alone are not: in docker compose every worker is its container's PID 1 and the
+    containers of one machine share ``SAEJOBS_HOST``, and two workers with one name would both pass every
+    owner check on one job. The random part (6 base-36 characters, drawn from ``secrets``) tells them apart."""
+    import secrets
+
+    alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
+    return f"saejobs-{label}-{os.getpid()}-{''.join(secrets.choice(alphabet) for _ in range(6))}@{host}"
 
 
 class Beat(threading.Thread):

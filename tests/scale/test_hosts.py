@@ -67,7 +67,7 @@ def test_a_sweep_shared_by_three_workers_on_two_hosts(home, pg_url, broker, star
     by_shard = claims(parent["id"])
     ran = {w.split("@")[1]: set() for ws in by_shard.values() for w in ws}
     names = {w for ws in by_shard.values() for w in ws}
-    assert {n.rsplit("-", 1)[1].split("@")[0] for n in names} == {str(p.proc.pid) for p in (a1, victim, b1)}, by_shard
+    assert {n.split("@")[0].split("-")[2] for n in names} == {str(p.proc.pid) for p in (a1, victim, b1)}, by_shard
     assert set(ran) == {"hostA", "hostB"}
     lost = handed_on(parent["id"])
     assert len(lost) == 1 and len(by_shard[lost[0]]) == 2, {s: events(s) for s in lost}  # the victim's shard, redone
