@@ -132,9 +132,10 @@ def test_a_users_own_modules_never_shadow_saejobs(home, tmp_path, monkeypatch): 
     finally:
         if up.poll() is None:
             up.kill()
-        for pid in (info.get("workers") or {}).values():
+        for pid in [*(info.get("workers") or {}).values(), info.get("embedded_broker_pid")]:  # nothing outlives it
             try:
-                os.kill(pid, signal.SIGKILL)
+                if pid:
+                    os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         log.close()

@@ -58,9 +58,10 @@ def test_up_runs_a_workstation_and_ctrl_c_hands_the_running_job_back(home, sqlit
     finally:
         if up.poll() is None:
             up.kill()
-        for pid in (info.get("workers") or {}).values():
+        for pid in [*(info.get("workers") or {}).values(), info.get("embedded_broker_pid")]:  # nothing outlives it
             try:
-                os.kill(pid, signal.SIGKILL)
+                if pid:
+                    os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         log.close()
