@@ -171,3 +171,48 @@ def test_bench_gpu_small_on_cpu_checks_identity(gemma3, tmp_path):
     assert figures["exact.gemma3-270m.float32.T0.7.identical_to_interp_engine"] == "16/16"
     assert figures["exact.gemma3-270m.float32.T1.0.identical_to_interp_engine"] == "16/16"
     assert "throughput.32x8.tokens_per_s" in figures
+
+
+def transformerlens_reference(model, prompt_ids: list[int], seed: int, n_tokens: int, temperature: float,
+                              freq_penalty: float, eos: int) -> list[int]:
+    """One request as Neuronpedia's TransformerLens-era server generates it, written out step by step on a
+    plain transformers model (batch of one, no padding, KV cache): ``torch.manual_seed(seed)``, then per
+    step TransformerLens 4.3 ``utilities/logits_utils.py:sample_logits``: ``logits / temperature``; row by
+    row ``- freq_penalty * torch.bincount(tokens so far, minlength=vocab)`` where the tokens so far are
+    ``generate``'s ``current_tokens`` (the prompt, BOS included, and what was generated); ``float32``;
+    ``Categorical(logits=...).sample()``; stop after EOS."""
+    torch.manual_seed(seed)
+    tokens = torch.tensor([prompt_ids])
+    out = model(input_ids=tokens, use_cache=True)
+    generated = []
+    for _ in range(n_tokens):
+        final_logits = out.logits[:, -1, :] / temperature
+        for b in range(final_logits.shape[0]):
+            final_logits[b] = final_logits[b] - freq_penalty * torch.bincount(tokens[b], minlength=final_logits.shape[-1])
+        nxt = torch.distributions.categorical.Categorical(logits=final_logits.to(torch.float32)).sample()
+        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        generated.append(int(nxt[0]))
+        if generated[-1] == eos:
+            break
+        out = model(input_ids=nxt[:, None], past_key_values=out.past_key_values, use_cache=True)
+    return generated
+
+
+@pytest.mark.model
+@torch.no_grad()
+def test_frequency_penalty_counts_the_prompt_as_transformerlens_does(gemma3):
+    """``--sampling transformerlens`` with a frequency penalty: every row of one batched, left-padded
+    generation (``engine.generate``, as a sweep's chunk runs; prompts of different lengths whose words
+    repeat, a seed each) has the tokens ``transformerlens_reference`` gives that prompt and seed alone."""
+    tok = gemma3.tokenizer
+    prompts = ["the cat and the dog and the cat and the dog and the", "Once upon a time, once upon a time,",
+               "red red red red red red red red"]
+    ids = [tok(p)["input_ids"] for p in prompts]  # the tokenizer adds BOS itself
+    assert all(i[0] == tok.bos_token_id and i == gen.prompt_ids(tok, p) for i, p in zip(ids, prompts))
+    rows = [gen.Row(i, seed) for i, seed in zip(ids, (3, 42, 7))]
+    ours = gen.generate(gemma3, rows, Settings(n_tokens=16, temperature=0.8, freq_penalty=1.5).sampling())
+    plain = gen.generate(gemma3, rows, Settings(n_tokens=16, temperature=0.8).sampling())
+    for row, mine, unpenalised in zip(rows, ours, plain):
+        want = transformerlens_reference(gemma3.model, row.prompt_ids, row.seed, 16, 0.8, 1.5, tok.eos_token_id)
+        assert mine.token_ids == want, (tok.decode(row.prompt_ids), row.seed, tok.decode(mine.token_ids), tok.decode(want))
+        assert mine.token_ids != unpenalised.token_ids, "the penalty must change something, or this tests nothing"
