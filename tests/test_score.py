@@ -140,30 +140,38 @@ def reference_scores(lm, params: dict, prompt: list[int], generated: list[int], 
 @pytest.fixture(scope="module")
 def read_on_all(gemma3, grid) -> tuple[list, list[dict]]:
     """Every row of the grid and three rows that stopped at EOS (a completion cut and ended with EOS, as the
-    generator hands such a row over: after 0, 5 and 10 tokens), each read on all four word features,
-    scored as one batch (left-padded): (items, scores)."""
+    generator hands such a row over: after 10, 5 and 0 tokens) and two rows with " dog" at the edges of
+    the completion's window, each read on all four word features, scored as one batch (left-padded):
+    (items, scores)."""
     runner, outs = grid
     eos = gemma3.tokenizer.eos_token_id
     items = [score.Item(runner.ids(c), g.token_ids, list(WORDS)) for c, g, _ in outs]
     items += [score.Item(items[i].prompt_ids, list(items[i].token_ids[:k]) + [eos], list(WORDS))
-              for i, k in ((1, 0), (2, 5), (3, 10))]
+              for i, k in ((1, 10), (2, 5), (3, 0))]
+    tok = gemma3.tokenizer
+    # the window's edges: " dog" as the completion's last token before its EOS, and as the prompt's last token
+    dog_last, dog_before = (tok(t, add_special_tokens=False)["input_ids"]
+                            for t in (" there was a little dog", " in the park and then went home."))
+    items += [score.Item(tok("Once upon a time")["input_ids"], dog_last + [eos], list(WORDS)),
+              score.Item(tok("I walked my dog")["input_ids"], dog_before, list(WORDS))]
     return items, score.score(gemma3, runner.sae, demo.ENTRY.hook_name, items)
 
 
 @pytest.mark.model
 def test_scores_equal_an_independent_computation_eos_included(gemma3, grid, read_on_all, sae_file):
-    """``read_on_all``'s DEFAULT rows, rows steered at 200 and 400 on two prompts, and its EOS rows equal
-    ``reference_scores`` (each reader also on rows that other features steered)."""
+    """``read_on_all``'s DEFAULT rows, rows steered at 200 and 400 on two prompts, its EOS rows and its two
+    window-edge rows equal ``reference_scores`` (each reader also on rows that other features steered)."""
     runner, outs = grid
     items, got = read_on_all
     tok = gemma3.tokenizer
     assert all(it.prompt_ids == tok(c.prompt)["input_ids"] for it, (c, _, _) in zip(items, outs))
     checked = [i for i, (c, _, _) in enumerate(outs) if c.type == "DEFAULT" or (
         c.prompt in PROMPTS[:2] and c.features[0]["strength"] in (200, 400))] + list(range(len(outs), len(items)))
-    assert len(checked) == 4 + 4 * 2 * 2 + 3
+    assert len(checked) == 4 + 4 * 2 * 2 + 3 + 2
+    refs = {}
     for i in checked:
         it, mine = items[i], got[i]
-        ref = reference_scores(gemma3, sae_file, list(it.prompt_ids), list(it.token_ids), list(WORDS))
+        ref = refs[i] = reference_scores(gemma3, sae_file, list(it.prompt_ids), list(it.token_ids), list(WORDS))
         where = (tok.decode(it.token_ids), mine, ref)
         assert mine["nll"] == pytest.approx(ref["nll"], rel=1e-4, abs=1e-4), where
         assert mine["perplexity"] == pytest.approx(math.exp(ref["nll"]), rel=1e-3), where
@@ -173,7 +181,9 @@ def test_scores_equal_an_independent_computation_eos_included(gemma3, grid, read
         for f, c in ref["concept"].items():
             assert mine["concept"][f]["mean"] == pytest.approx(c["mean"], rel=1e-3, abs=1e-3), (f, where)
             assert mine["concept"][f]["fire_rate"] == pytest.approx(c["fire_rate"], abs=1e-9), (f, where)
-    assert [got[i]["stopped_at_eos"] for i in checked[-3:]] == [True] * 3
+    assert [got[i]["stopped_at_eos"] for i in checked[-5:]] == [True] * 4 + [False]
+    edges = [refs[i]["concept"]["0"] for i in checked[-2:]]
+    assert edges[0]["fire_rate"] > 0 and edges[1]["fire_rate"] == 0, edges  # " dog" read at the end, not before
     assert sum(got[i]["concept_mean"] > 0 for i in checked) >= 8, "the readers fired on too few rows to test anything"
 
 
