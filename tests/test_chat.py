@@ -227,5 +227,7 @@ def test_submitting_a_chat_sweep_loads_neither_torch_nor_transformers(home, tmp_
     f.write_text(json.dumps(CONVERSATIONS))
     common = ("sweep", "--sae", "gemma-3-270m/5-gemmascope-2-res-16k", "--feature", "1", "--strength", "5", "--chat",
               str(f), "--model", "gemma-3-270m-gguf")
-    assert loaded(tmp_path, *common, "--chat-template", str(TEMPLATE), env=DEAD_BROKER) <= {"sqlalchemy"}
-    assert loaded(tmp_path, *common, env=DEAD_BROKER) == set()  # refused from the GGUF's header, before any database
+    got, code, stderr = loaded(tmp_path, *common, "--chat-template", str(TEMPLATE), env=DEAD_BROKER)
+    assert got <= {"sqlalchemy"} and code == 6, (got, code, stderr)  # validated, then the dead broker
+    got, code, stderr = loaded(tmp_path, *common, env=DEAD_BROKER)
+    assert got == set() and code == 2 and "no chat template" in stderr, (got, code, stderr)  # refused from the GGUF's header, before any database

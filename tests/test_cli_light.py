@@ -21,40 +21,52 @@ import json, sys
 args, out = json.loads(sys.argv[1]), sys.argv[2]
 sys.argv = ["saejobs", *args]
 from saejobs.cli.main import main
+code = "returned without exiting"
 try:
     main()
-except SystemExit:
-    pass
+except SystemExit as e:
+    code = e.code if e.code is None or isinstance(e.code, int) else str(e.code)
 heavy = %r
-json.dump(sorted(m for m in heavy if m in sys.modules), open(out, "w"))
+json.dump({"modules": sorted(m for m in heavy if m in sys.modules), "code": code}, open(out, "w"))
 """ % (HEAVY,)
 DEAD_BROKER = {"SAEJOBS_BROKER": "redis://127.0.0.1:1/0"}
 
 
-def loaded(tmp_path, *args: str, env: dict | None = None) -> set[str]:
+def loaded(tmp_path, *args: str, env: dict | None = None) -> tuple[set[str], int | str | None, str]:
+    """(heavy modules loaded, the exit code ``main`` ended with, stderr) of one command in a fresh process."""
     out = tmp_path / "modules.json"
-    subprocess.run([sys.executable, "-c", PROBE, json.dumps(args), str(out)], cwd=ROOT, capture_output=True,
-                   timeout=120, env={**os.environ, **(env or {})})
-    return set(json.loads(out.read_text()))
+    res = subprocess.run([sys.executable, "-c", PROBE, json.dumps(args), str(out)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, env={**os.environ, **(env or {})})
+    assert out.is_file(), res.stderr[-2000:]  # the probe itself must finish: a crash is not "loaded nothing"
+    got = json.loads(out.read_text())
+    return set(got["modules"]), got["code"], res.stderr
 
 
-@pytest.mark.parametrize("args, may_load", [
-    (("--help",), set()),
-    (("saes", "list"), set()),
-    (("saes", "show", "gemma-2-2b/20-gemmascope-res-16k"), set()),
-    (("jobs", "list"), {"sqlalchemy"}),
-    (("results",), {"sqlalchemy"}),
-    (("workers",), {"sqlalchemy"}),
-    (("verify", "gemma-2-2b/20-gemmascope-res-16k", "--structural-only"), {"sqlalchemy"}),
+COMMANDS = [  # (arguments, the heavy modules it may load, its exit code)
+    (("--help",), set(), 0),
+    (("saes", "list"), set(), 0),
+    (("saes", "show", "gemma-2-2b/20-gemmascope-res-16k"), set(), 0),
+    (("jobs", "list"), {"sqlalchemy"}, 0),
+    (("results",), {"sqlalchemy"}, 0),
+    (("workers",), {"sqlalchemy"}, 0),
+    (("verify", "gemma-2-2b/20-gemmascope-res-16k", "--structural-only"), {"sqlalchemy"}, 6),
     (("sweep", "--sae", "gemma-2-2b/20-gemmascope-res-16k", "--feature", "1", "--strength", "5", "--prompt", "p"),
-     {"sqlalchemy"}),
-    (("search", "--sae", "gemma-2-2b/20-gemmascope-res-16k", "--feature", "1", "--prompt", "p"), {"sqlalchemy"}),
-])
-def test_each_command_loads_only_what_it_needs(home, tmp_path, args, may_load):  # noqa: F811
+     {"sqlalchemy"}, 6),
+    (("search", "--sae", "gemma-2-2b/20-gemmascope-res-16k", "--feature", "1", "--prompt", "p"), {"sqlalchemy"}, 6),
+]
+
+
+@pytest.mark.parametrize("args, may_load, code", COMMANDS, ids=[" ".join(a[:2]) for a, _, _ in COMMANDS])
+def test_each_command_loads_only_what_it_needs(home, tmp_path, args, may_load, code):  # noqa: F811
     """Submitting a job (here to a dead broker: the same imports, then exit 6) loads neither torch nor
-    transformers; listing and help load no database either; nothing loads Celery's worker machinery."""
-    got = loaded(tmp_path, *args, env=DEAD_BROKER)
+    transformers; listing and help load no database either; nothing loads Celery's worker machinery.
+    Each command must end as it should (0, or 6 for the dead broker), so a command refused early (a bad
+    argument, exit 2) cannot pass for one that loaded nothing."""
+    got, exit_code, stderr = loaded(tmp_path, *args, env=DEAD_BROKER)
+    assert exit_code == code or (code == 0 and exit_code is None), (args, exit_code, stderr[-2000:])
     assert got <= may_load, f"saejobs {' '.join(args)} loaded {sorted(got - may_load)}"
+    if code == 6:  # one line naming the broker, with no traceback
+        assert len(stderr.strip().splitlines()) == 1 and "broker" in stderr.lower(), stderr
 
 
 def test_saes_list_in_80_columns_prints_every_id_whole():

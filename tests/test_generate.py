@@ -171,3 +171,51 @@ def test_bench_gpu_small_on_cpu_checks_identity(gemma3, tmp_path):
     assert figures["exact.gemma3-270m.float32.T0.7.identical_to_interp_engine"] == "16/16"
     assert figures["exact.gemma3-270m.float32.T1.0.identical_to_interp_engine"] == "16/16"
     assert "throughput.32x8.tokens_per_s" in figures
+
+
+def transformerlens_reference(model, prompt_ids: list[int], seed: int, n_tokens: int, temperature: float,
+                              freq_penalty: float, eos: int) -> list[int]:
+    """One request as Neuronpedia's TransformerLens-era server generates it, written out step by step on a
+    plain transformers model (batch of one, no padding, KV cache): ``torch.manual_seed(seed)``, then per
+    step TransformerLens 4.3 ``utilities/logits_utils.py:sample_logits``: ``logits / temperature``; row by
+    row ``- freq_penalty * torch.bincount(tokens so far, minlength=vocab)`` where the tokens so far are
+    ``generate``'s ``current_tokens`` (the prompt, BOS included, and what was generated); ``float32``;
+    ``Categorical(logits=...).sample()``; stop after EOS."""
+    import inspect
+
+    cache = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    torch.manual_seed(seed)
+    tokens = torch.tensor([prompt_ids])
+    out = model(input_ids=tokens, use_cache=True)
+    generated = []
+    for _ in range(n_tokens):
+        final_logits = out.logits[:, -1, :] / temperature
+        for b in range(final_logits.shape[0]):
+            final_logits[b] = final_logits[b] - freq_penalty * torch.bincount(tokens[b], minlength=final_logits.shape[-1])
+        nxt = torch.distributions.categorical.Categorical(logits=final_logits.to(torch.float32)).sample()
+        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        generated.append(int(nxt[0]))
+        if generated[-1] == eos:
+            break
+        out = model(input_ids=nxt[:, None], use_cache=True, **{cache: getattr(out, cache)})
+    return generated
+
+
+@pytest.mark.model
+@torch.no_grad()
+def test_frequency_penalty_counts_the_prompt_as_transformerlens_does(gemma3):
+    """``--sampling transformerlens`` with a frequency penalty: every row of one batched, left-padded
+    generation (``engine.generate``, as a sweep's chunk runs; prompts of different lengths whose words
+    repeat, a seed each) has the tokens ``transformerlens_reference`` gives that prompt and seed alone.
+    Temperature 0.5 so that the penalty's place (after the division) matters by a factor of 2."""
+    tok = gemma3.tokenizer
+    prompts = ["the cat and the dog and the cat and the dog and the", "Once upon a time, once upon a time,",
+               "red red red red red red red red"]
+    ids = [tok(p)["input_ids"] for p in prompts]  # the tokenizer adds BOS itself
+    assert all(i[0] == tok.bos_token_id and i == gen.prompt_ids(tok, p) for i, p in zip(ids, prompts))
+    rows = [gen.Row(i, seed) for i, seed in zip(ids, (3, 42, 7))]
+    ours = gen.generate(gemma3, rows, Settings(n_tokens=16, temperature=0.5, freq_penalty=1.0).sampling())
+    want = [transformerlens_reference(gemma3.model, r.prompt_ids, r.seed, 16, 0.5, 1.0, tok.eos_token_id) for r in rows]
+    assert [g.token_ids for g in ours] == want, [(tok.decode(g.token_ids), tok.decode(w)) for g, w in zip(ours, want)]
+    plain = gen.generate(gemma3, rows, Settings(n_tokens=16, temperature=0.5).sampling())
+    assert [g.token_ids for g in plain] != want, "the penalty must change something, or this tests nothing"

@@ -18,6 +18,7 @@ same texts from them.
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 from neuronpedia.np_feature import SteerFeature
@@ -37,12 +38,16 @@ from saejobs.tasks.neuronpedia import bodies
 
 SAE = "gemma-2-2b/20-gemmascope-res-16k"
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Write one sentence."}]
-SETTINGS = {  # every body-relevant setting away from its default somewhere
-    "default": Settings(n_tokens=16),
-    "orthogonal, normalized, logprobs": Settings(method="ORTHOGONAL_DECOMP", normalize=True, strength_multiplier=4.0,
-                                                 n_tokens=24, temperature=0.5, freq_penalty=1.0, n_logprobs=5),
-    "special tokens off": Settings(n_tokens=8, steer_special_tokens=False),
+REQUESTS = {  # every body-relevant setting away from its default somewhere
+    "default": dict(n_tokens=16),
+    "orthogonal, normalized, logprobs": dict(method="ORTHOGONAL_DECOMP", normalize=True, strength_multiplier=4.0,
+                                             n_tokens=24, temperature=0.5, freq_penalty=1.0, n_logprobs=5),
+    "special tokens off": dict(n_tokens=8, steer_special_tokens=False),
 }
+SETTINGS = {name: Settings(**kw) for name, kw in REQUESTS.items()}
+# what a request leaves out means (the request's own defaults, written out here rather than read from Settings)
+UNSET = dict(method="SIMPLE_ADDITIVE", normalize=False, strength_multiplier=1.0, temperature=0.0, freq_penalty=0.0,
+             n_logprobs=0, steer_special_tokens=True)
 FEATURES = {"one": [{"index": 7650, "strength": 50.0}],
             "two": [{"index": 7650, "strength": -20.0}, {"index": 12, "strength": 3.5}]}
 
@@ -101,6 +106,38 @@ def test_every_exported_body_passes_the_published_clients(name, settings, featur
     conforms(SteerCompletionChatPostRequest if chat else SteerCompletionRequest, out["inference"]["body"])
     assert out["public"]["body"] == client_payload(chat, settings, features, 16)
     assert out["public"]["url"] == "https://neuronpedia.org/api/" + ("steer-chat" if chat else "steer")
+
+
+@pytest.mark.parametrize("name, settings, features, chat", CASES, ids=[c[0] for c in CASES])
+def test_every_exported_body_carries_the_values_of_its_request(name, settings, features, chat):
+    """The bodies' values, field by field, against the request that produced the generation (the
+    ``REQUESTS`` keywords, the features, seed 16, the prompt or conversation), not against saejobs'
+    own export: a body that hard-codes the method or normalisation, drops the multiplier or swaps a
+    feature's strength would still pass the clients' type checks above."""
+    want = {**UNSET, **REQUESTS[name.split(" / ")[0]]}
+    out = bodies(generation(settings, features, chat))
+    model, source = "gemma-2-2b", "20-gemmascope-res-16k"  # SAE's Neuronpedia model and source ids
+    inference = {"model": model, "steer_method": want["method"], "normalize_steering": want["normalize"],
+                 "types": ["STEERED", "DEFAULT"],
+                 "features": [{"model": model, "source": source, "index": f["index"], "strength": f["strength"]}
+                              for f in features],
+                 "n_completion_tokens": want["n_tokens"], "temperature": want["temperature"],
+                 "strength_multiplier": want["strength_multiplier"], "freq_penalty": want["freq_penalty"], "seed": 16}
+    inference.update({"prompt": MESSAGES, "steer_special_tokens": want["steer_special_tokens"]} if chat
+                     else {"prompt": "Once upon a time"})
+    if want["n_logprobs"]:
+        inference["n_logprobs"] = want["n_logprobs"]
+    assert _plain(out["inference"]["body"]) == inference
+    public = {"modelId": model,
+              "features": [{"modelId": model, "layer": source, "index": f["index"], "strength": f["strength"]}
+                           for f in features],
+              "temperature": want["temperature"], "n_tokens": want["n_tokens"], "freq_penalty": want["freq_penalty"],
+              "seed": 16, "strength_multiplier": want["strength_multiplier"]}
+    public.update({"defaultChatMessages": MESSAGES, "steeredChatMessages": MESSAGES,
+                   "steer_special_tokens": want["steer_special_tokens"]} if chat else {"prompt": "Once upon a time"})
+    assert out["public"]["body"] == public
+    assert json.loads(out["inference"]["curl"].split(" -d ", 1)[1].strip("'")) == out["inference"]["body"]
+    assert json.loads(out["public"]["curl"].split(" -d ", 1)[1].strip("'")) == public
 
 
 MISSPELLED = [  # (api, chat, path to rename, new name)

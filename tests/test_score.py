@@ -5,6 +5,8 @@ HTML report rendered in headless Chromium; the notebook API and Parquet."""
 from __future__ import annotations
 
 import json
+import math
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -71,15 +73,24 @@ def demo_sae(mirror):
     return load_sae(demo.ENTRY, mirror / demo.ENTRY.repo_id / demo.ENTRY.folder)
 
 
+STRENGTHS = [0, 100, 200, 300, 400]
+
+
+@pytest.fixture(scope="module")
+def grid(gemma3, demo_sae):
+    """The README's grid: word features 0–3 × strengths 0…400 along the unit directions (--normalize)
+    × 4 prompts, 16 greedy tokens, one batched sweep: (runner, its outputs)."""
+    settings = Settings(n_tokens=16, normalize=True)
+    runner = SweepGenerator(gemma3, demo_sae, demo.ENTRY.hook_name, settings)
+    return runner, runner.run(plan_configs(list(WORDS), [], STRENGTHS, PROMPTS, [42], False, settings, "demo"))
+
+
 @pytest.mark.model
-def test_concept_rises_with_strength_fluency_falls_at_the_high_end_default_near_zero(gemma3, demo_sae):
+def test_concept_rises_with_strength_fluency_falls_at_the_high_end_default_near_zero(grid):
     """Strengths 0…400 along the unit directions (--normalize): per word feature the concept score
     (mean over 4 prompts) does not fall over the low range and rises above the DEFAULT's; at the
     highest strength the NLL is above the DEFAULT's; the DEFAULT's concept is ~0 on every feature."""
-    settings = Settings(n_tokens=16, normalize=True)
-    strengths = [0, 100, 200, 300, 400]
-    runner = SweepGenerator(gemma3, demo_sae, demo.ENTRY.hook_name, settings)
-    outs = runner.run(plan_configs(list(WORDS), [], strengths, PROMPTS, [42], False, settings, "demo"))
+    runner, outs = grid
     scores = score.score_outputs(runner, outs, list(WORDS))
     rows = [{"type": c.type, "features": [dict(f) for f in c.features], "prompt": "*", "scores": s}
             for (c, _, _), s in zip(outs, scores)]
@@ -98,6 +109,119 @@ def test_concept_rises_with_strength_fluency_falls_at_the_high_end_default_near_
         assert b["nll"] == pytest.approx(a["nll"], abs=1e-4) and b["concept"].keys() == a["concept"].keys()
         for k in b["concept"]:
             assert b["concept"][k]["mean"] == pytest.approx(a["concept"][k]["mean"], abs=1e-2)
+
+
+@pytest.fixture(scope="module")
+def sae_file(mirror) -> dict:
+    """The demo SAE's own tensors, read from its file with safetensors (Gemma Scope 2's lowercase keys)."""
+    from safetensors.numpy import load_file
+
+    return load_file(str(mirror / demo.ENTRY.repo_id / demo.ENTRY.folder / "params.safetensors"))
+
+
+def reference_scores(lm, params: dict, prompt: list[int], generated: list[int], features: list[int]) -> dict:
+    """NLL and concept of one generation without saejobs: one unpadded forward of the plain transformers
+    model; the NLL is the mean of ``-log_softmax`` at every generated token, the EOS that ended it included
+    (README, Scores: "the completion given the prompt (the EOS that ended it included)"); the concept is
+    the JumpReLU of the file's own tensors (``pre = x @ W_enc + b_enc; relu(pre) * (pre > threshold)``) on
+    the output of decoder layer ``demo.LAYER`` (a plain forward hook), over the completion's tokens
+    without that EOS."""
+    import numpy as np
+    import torch
+
+    seen = []
+    handle = lm.model.model.layers[demo.LAYER].register_forward_hook(
+        lambda module, args, out: seen.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        with torch.no_grad():
+            # the logits at the last prompt token and every generated one but the last
+            logits = lm.model(input_ids=torch.tensor([prompt + generated]),
+                              logits_to_keep=len(generated) + 1).logits[0, :-1].double()
+    finally:
+        handle.remove()
+    p = len(prompt)
+    logp = torch.log_softmax(logits, dim=-1)
+    nll = -float(logp[torch.arange(len(generated)), torch.tensor(generated)].mean())
+    stopped = generated[-1] == lm.tokenizer.eos_token_id
+    x = seen[0][0, p:len(prompt) + len(generated) - stopped].double().numpy()
+    concept = {}
+    for f in features:
+        pre = x @ params["w_enc"][:, f].astype(np.float64) + float(params["b_enc"][f])
+        acts = np.maximum(pre, 0) * (pre > float(params["threshold"][f]))
+        n = max(len(acts), 1)  # a row that stopped at once has no completion tokens: 0
+        concept[str(f)] = {"mean": float(acts.sum()) / n, "fire_rate": float((acts > 0).sum()) / n}
+    return {"nll": nll, "concept": concept, "stopped_at_eos": stopped, "completion_tokens": len(x)}
+
+
+@pytest.fixture(scope="module")
+def read_on_all(gemma3, grid) -> tuple[list, list[dict]]:
+    """Every row of the grid and three rows that stopped at EOS (a completion cut and ended with EOS, as the
+    generator hands such a row over: after 10, 5 and 0 tokens) and two rows with " dog" at the edges of
+    the completion's window, each read on all four word features, scored as one batch (left-padded):
+    (items, scores)."""
+    runner, outs = grid
+    eos = gemma3.tokenizer.eos_token_id
+    items = [score.Item(runner.ids(c), g.token_ids, list(WORDS)) for c, g, _ in outs]
+    items += [score.Item(items[i].prompt_ids, list(items[i].token_ids[:k]) + [eos], list(WORDS))
+              for i, k in ((1, 10), (2, 5), (3, 0))]
+    tok = gemma3.tokenizer
+    # the window's edges: " dog" as the completion's last token before its EOS, and as the prompt's last token
+    dog_last, dog_before = (tok(t, add_special_tokens=False)["input_ids"]
+                            for t in (" there was a little dog", " in the park and then went home."))
+    items += [score.Item(tok("Once upon a time")["input_ids"], dog_last + [eos], list(WORDS)),
+              score.Item(tok("I walked my dog")["input_ids"], dog_before, list(WORDS))]
+    return items, score.score(gemma3, runner.sae, demo.ENTRY.hook_name, items)
+
+
+@pytest.mark.model
+def test_scores_equal_an_independent_computation_eos_included(gemma3, grid, read_on_all, sae_file):
+    """``read_on_all``'s DEFAULT rows, rows steered at 200 and 400 on two prompts, its EOS rows and its two
+    window-edge rows equal ``reference_scores`` (each reader also on rows that other features steered)."""
+    runner, outs = grid
+    items, got = read_on_all
+    tok = gemma3.tokenizer
+    assert all(it.prompt_ids == tok(c.prompt)["input_ids"] for it, (c, _, _) in zip(items, outs))
+    checked = [i for i, (c, _, _) in enumerate(outs) if c.type == "DEFAULT" or (
+        c.prompt in PROMPTS[:2] and c.features[0]["strength"] in (200, 400))] + list(range(len(outs), len(items)))
+    assert len(checked) == 4 + 4 * 2 * 2 + 3 + 2
+    refs = {}
+    for i in checked:
+        it, mine = items[i], got[i]
+        ref = refs[i] = reference_scores(gemma3, sae_file, list(it.prompt_ids), list(it.token_ids), list(WORDS))
+        where = (tok.decode(it.token_ids), mine, ref)
+        assert mine["nll"] == pytest.approx(ref["nll"], rel=1e-4, abs=1e-4), where
+        assert mine["perplexity"] == pytest.approx(math.exp(ref["nll"]), rel=1e-3), where
+        assert mine["stopped_at_eos"] is ref["stopped_at_eos"], where
+        assert mine["completion_tokens"] == ref["completion_tokens"], where
+        assert mine["concept"].keys() == ref["concept"].keys(), where
+        for f, c in ref["concept"].items():
+            assert mine["concept"][f]["mean"] == pytest.approx(c["mean"], rel=1e-3, abs=1e-3), (f, where)
+            assert mine["concept"][f]["fire_rate"] == pytest.approx(c["fire_rate"], abs=1e-9), (f, where)
+    assert [got[i]["stopped_at_eos"] for i in checked[-5:]] == [True] * 4 + [False]
+    edges = [refs[i]["concept"]["0"] for i in checked[-2:]]
+    assert edges[0]["fire_rate"] > 0 and edges[1]["fire_rate"] == 0, edges  # " dog" read at the end, not before
+    assert sum(got[i]["concept_mean"] > 0 for i in checked) >= 8, "the readers fired on too few rows to test anything"
+
+
+@pytest.mark.model
+def test_concept_is_specific_to_the_steered_feature(grid, read_on_all):
+    """Reader f on the rows steering f (mean over the 4 prompts, at f's best strength) is far above reader
+    f on the rows steering any other feature g, at any strength (``read_on_all``'s scores, whose values
+    the test above checks against the reference)."""
+    _, outs = grid
+    _, got = read_on_all
+    reading: dict[tuple[int, int, float], list[float]] = {}  # (reader, steered, strength) -> per prompt
+    for (c, _, _), sc in zip(outs, got):
+        if c.type == "STEERED":
+            (steered,) = c.features
+            for f in WORDS:
+                reading.setdefault((f, steered["index"], steered["strength"]), []).append(sc["concept"][str(f)]["mean"])
+    mean = {k: sum(v) / len(v) for k, v in reading.items()}
+    for f in WORDS:
+        own = max(mean[(f, f, s)] for s in STRENGTHS)
+        other = max(mean[(f, g, s)] for g in WORDS if g != f for s in STRENGTHS)
+        assert own > 10 and own > 5 * other, (WORDS[f], own, other,
+                                             {g: [round(mean[(f, g, s)], 2) for s in STRENGTHS] for g in WORDS})
 
 
 def _cli(*args):
@@ -165,7 +289,7 @@ def test_sweep_scores_backfill_results_parquet_and_report(home, gemma3, mirror, 
     info = _ok(_cli("report", job["id"], "--html", str(page), "--json"))
     assert info["features"] == [0, 3] and info["unscored"] == 0
     text = page.read_text()
-    assert "<script>" not in text and "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert_self_contained_and_linked(text, points=2 * 3)  # 3 strengths × 2 features
     dom = _chromium(page, "score-report.png")
     assert dom.count('class="plot"') == 2 and 'data-feature="0"' in dom and 'data-feature="3"' in dom
     assert '<b id="injected">' not in dom and '&lt;b id="injected"&gt;' in dom  # shown as text, not markup
@@ -206,8 +330,74 @@ def test_search_finds_a_strength_where_the_word_appears_within_the_bound_twice_t
     page = tmp_path / "search.html"
     assert _ok(_cli("report", first["id"], "--html", str(page), "--json"))["features"] == [0]
     assert f"chosen {pick['strength']:g}" in page.read_text()
+    assert_self_contained_and_linked(page.read_text(), points=len(strengths))
     bad = _cli("search", "--sae", demo.ENTRY.id, "--feature", "0", "--prompt", "x", "--range", "5:1", "--local")
     assert bad.exit_code == 2 and "LO < HI" in bad.output
+
+
+SVG_NS = 'xmlns="http://www.w3.org/2000/svg"'
+
+
+def assert_self_contained_and_linked(text: str, points: int) -> None:
+    """A report page runs nothing and fetches nothing: no ``<script`` element in any case or spacing, no
+    ``http://`` or ``https://`` anywhere but the inline SVG's namespace, no event-handler attribute, no
+    ``url(``/``@import`` in its style; and its ``points`` plot points each link to an element of the page
+    (every ``href`` is a fragment whose id exists)."""
+    from html.parser import HTMLParser
+
+    assert not re.search(r"<\s*script\b", text, re.I), "a script element"
+    bare = text.replace(SVG_NS, "")
+    assert not re.search(r"https?://", bare, re.I), re.findall(r".{0,40}https?://.{0,40}", bare, re.I)
+
+    class Page(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.ids: list[str] = []
+            self.links: list[tuple[str, str]] = []  # (class, href or src)
+            self.style, self._in_style = "", False
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            assert tag != "script" and not [k for k in a if k.startswith("on")], (tag, a)
+            if "id" in a:
+                self.ids.append(a["id"])
+            if "href" in a or "src" in a:
+                self.links.append((a.get("class", ""), a.get("href") or a.get("src")))
+            self._in_style = tag == "style"
+
+        def handle_data(self, data):
+            if self._in_style:
+                self.style += data
+
+    page = Page()
+    page.feed(text)
+    assert "url(" not in page.style and "@import" not in page.style
+    assert len(page.ids) == len(set(page.ids)), "duplicate ids"
+    assert sum(cls == "point" for cls, _ in page.links) == points, page.links
+    dangling = [h for _, h in page.links if not (h.startswith("#") and h[1:] in page.ids)]
+    assert not dangling, (dangling, page.ids)
+
+
+def test_report_page_links_every_point_to_its_generations_and_is_inert():
+    """``score_report.html`` on hand-made scored rows (negative, fractional and large strengths; a search's
+    chosen strengths; generated text carrying markup and a URL-like script): the page passes
+    ``assert_self_contained_and_linked`` with one link per plot point."""
+    from saejobs.engine import score_report
+
+    strengths = [-50.0, 0.0, 12.5, 150.0, 300.0]
+
+    def sc(concept: float, nll: float) -> dict:
+        return {"concept": {}, "concept_mean": concept, "concept_fire_rate": 0.1, "nll": nll, "distinct_2": 1.0,
+                "longest_repeat": 0, "stopped_at_eos": False}
+    rows = [{"type": "STEERED", "features": [{"index": f, "strength": s}], "prompt": p, "seed": 42,
+             "output": f"{p} <SCRIPT src=//x.example/a.js></SCRIPT> at {s}", "scores": sc(s / 10, 1 + s / 100)}
+            for f in (0, 3) for s in strengths for p in ("a", "b")]
+    rows += [{"type": "DEFAULT", "features": [], "prompt": p, "seed": 42, "output": p + '<img src=x onerror="1">',
+              "scores": {**sc(0.0, 1.2), "concept": {"0": {"mean": 0.0}, "3": {"mean": 0.0}}}} for p in ("a", "b")]
+    for chosen in (None, {0: 150.0, 3: 12.5}):  # a sweep's report, a search's
+        page = score_report.html(rows, "t", 1.0, chosen)
+        assert_self_contained_and_linked(page, points=2 * len(strengths))
+        assert "&lt;SCRIPT" in page and "onerror" not in page.replace("onerror=&quot;", "")
 
 
 def _chromium(page: Path, shot_name: str) -> str:
