@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from tests.dbfixtures import home  # noqa: F401
-from tests.queue_harness import FAST, wait_for
+from tests.queue_harness import FAST
 from tests.services import free_port
 from tests.synthetic_saes import make
+from tests.up_harness import running_up
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"saejobs": "saejobs", "cli": "saejobs/cli", "db": "saejobs/db", "engine": "saejobs/engine",
@@ -115,28 +116,11 @@ def test_a_users_own_modules_never_shadow_saejobs(home, tmp_path, monkeypatch): 
                    "print(sorted(m for m in sys.modules if m.split('.')[0] in ('engine','db','tasks','cli','worker')))")
     assert imported.returncode == 0 and imported.stdout.strip() == "[]", imported.stderr
     assert run("-m", "saejobs.cli.main", "saes", "list", "--json").returncode == 0
-    log = open(tmp_path / "up.log", "w")
-    up = subprocess.Popen([sys.executable, "-m", "saejobs.cli.main", "up", "--json"], cwd=cwd, env=env, stdout=log,
-                          stderr=subprocess.STDOUT)
-    info: dict = {}
-    try:
-        text = lambda: (tmp_path / "up.log").read_text(errors="replace")  # noqa: E731
-        first = lambda: next((x for x in text().splitlines() if x.startswith('{"broker"')), None)  # noqa: E731
-        info.update(json.loads(wait_for(first, 60, "saejobs up to say what it started")))
+    with running_up(cwd, env, tmp_path / "up.log") as up:
         done = run("-m", "saejobs.cli.main", "download", sae.id, "--source", str(sae.mirror), "--wait", "--json")
-        assert done.returncode == 0, (done.stderr, text()[-3000:])
+        assert done.returncode == 0, (done.stderr, up.text()[-3000:])
         job = json.loads(done.stdout)
         assert job["state"] == "succeeded" and job["worker"].startswith("saejobs-cpu-")  # up's spawned worker
-        up.send_signal(signal.SIGINT)
-        assert up.wait(timeout=120) == 0, text()[-3000:]
-    finally:
-        if up.poll() is None:
-            up.kill()
-        for pid in [*(info.get("workers") or {}).values(), info.get("embedded_broker_pid")]:  # nothing outlives it
-            try:
-                if pid:
-                    os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        log.close()
+        up.proc.send_signal(signal.SIGINT)
+        assert up.proc.wait(timeout=120) == 0, up.text()[-3000:]
     assert sorted(p.name for p in marks.iterdir()) == []

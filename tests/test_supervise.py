@@ -4,10 +4,8 @@ stops the stack. Real child processes; the supervisor is the one ``saejobs up`` 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,6 +18,7 @@ from tests.faults.sweeps import Hold, sqlite_db, stored, sweep_args  # noqa: F40
 from tests.queue_harness import FAST, wait_for
 from tests.services import free_port
 from tests.test_queue import saejobs, submitted
+from tests.up_harness import running_up
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,31 +84,14 @@ def test_saejobs_up_restarts_a_worker_whose_job_hung_and_the_job_finishes(home, 
     monkeypatch.setenv("SAEJOBS_BROKER", f"redis://127.0.0.1:{free_port()}/0")
     hold = Hold(tmp_path, "sweep.chunk_stored:1")
     env = {**os.environ, **FAST, **hold.env, "SAEJOBS_STALL_AFTER": "45", "SAEJOBS_RESTART_BACKOFF": "0.5"}
-    log = open(tmp_path / "up.log", "w")
-    up = subprocess.Popen([sys.executable, "-m", "saejobs.cli.main", "up", "--json"], cwd=ROOT, stdout=log,
-                          stderr=subprocess.STDOUT, env=env)
-    info: dict = {}
-    try:
-        text = lambda: (tmp_path / "up.log").read_text(errors="replace")  # noqa: E731
-        first = lambda: next((x for x in text().splitlines() if x.startswith('{"broker"')), None)  # noqa: E731
-        info.update(json.loads(wait_for(first, 60, "saejobs up to say what it started")))
+    with running_up(ROOT, env, tmp_path / "up.log") as up:
         job = submitted(saejobs(*sweep_args(home, tiny_gemma2_dir, n_tokens=8, batch_size=4)))
         hold.wait()
-        wait_for(lambda: "exited 75" in text(), 120, "the hung worker to exit 75 and up to say so")
+        wait_for(lambda: "exited 75" in up.text(), 120, "the hung worker to exit 75 and up to say so")
         hold.release()  # the fresh worker passes the failpoint
         done = wait_for(lambda: (j := jobs.get(job["id"])).state in ("succeeded", "failed") and j, 180,
                         "the sweep on the fresh worker")
         assert done.state == "succeeded" and stored(job["id"]) == done.result["generations"]
-        assert up.poll() is None  # the stack lives on
-        up.send_signal(signal.SIGINT)
-        assert up.wait(timeout=120) == 0, text()[-3000:]
-    finally:
-        if up.poll() is None:
-            up.kill()
-        for pid in [*(info.get("workers") or {}).values(), info.get("embedded_broker_pid")]:  # nothing outlives it
-            try:
-                if pid:
-                    os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        log.close()
+        assert up.proc.poll() is None  # the stack lives on
+        up.proc.send_signal(signal.SIGINT)
+        assert up.proc.wait(timeout=120) == 0, up.text()[-3000:]

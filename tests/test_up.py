@@ -4,12 +4,9 @@ hands the running job back to the queue."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,10 +14,11 @@ import pytest
 from saejobs.db import jobs
 from tests.dbfixtures import home  # noqa: F401
 from tests.faults.sweeps import N_CONFIGS, Hold, sqlite_db, stored, sweep_args  # noqa: F401
-from tests.queue_harness import FAST, wait_for
+from tests.queue_harness import FAST
 from tests.services import free_port
 from saejobs.worker.up import answers
 from tests.test_queue import saejobs, submitted
+from tests.up_harness import running_up
 
 pytestmark = pytest.mark.model
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,35 +31,19 @@ def test_up_runs_a_workstation_and_ctrl_c_hands_the_running_job_back(home, sqlit
     monkeypatch.setenv("SAEJOBS_BROKER", f"redis://127.0.0.1:{port}/0")
     first_chunks = math.ceil(N_CONFIGS / 4)
     hold = Hold(tmp_path, f"sweep.chunk_stored:{first_chunks + 2}")  # the second sweep, two chunks in
-    log = open(tmp_path / "up.log", "w")
-    info: dict = {}
-    up = subprocess.Popen([sys.executable, "-m", "saejobs.cli.main", "up", "--json"], cwd=ROOT, stdout=log,
-                          stderr=subprocess.STDOUT, env={**os.environ, **FAST, **hold.env})
-    try:
-        text = lambda: (tmp_path / "up.log").read_text()  # noqa: E731
-        first_line = lambda: next((x for x in text().splitlines() if x.startswith('{"broker"')), None)  # noqa: E731
-        info.update(json.loads(wait_for(first_line, 60, "saejobs up to say what it started")))
-        assert info["embedded_broker_pid"] and list(info["workers"]) == ["cpu"]
+    env = {**os.environ, **FAST, **hold.env}
+    with running_up(ROOT, env, tmp_path / "up.log") as up:
+        assert up.info["embedded_broker_pid"] and list(up.info["workers"]) == ["cpu"]
         assert answers("127.0.0.1", port)
         args = sweep_args(home, tiny_gemma2_dir, n_tokens=8, batch_size=4)
         first = submitted(saejobs(*args, "--wait"))  # runs through on up's worker
         assert first["state"] == "succeeded" and first["result"]["generations"] == stored(first["id"]) == N_CONFIGS
         second = submitted(saejobs(*args))  # the worker holds after two of its chunks
         hold.wait()
-        up.send_signal(signal.SIGINT)  # Ctrl-C
+        up.proc.send_signal(signal.SIGINT)  # Ctrl-C
         hold.release()
-        assert up.wait(timeout=120) == 0, text()[-3000:]
+        assert up.proc.wait(timeout=120) == 0, up.text()[-3000:]
         handed = jobs.get(second["id"])
         assert handed.state == "queued" and "handed back" in handed.message
         assert not answers("127.0.0.1", port)  # the embedded broker stopped too
-        assert "celery@" in text() or "ready." in text()  # the worker's own log went to up's output
-    finally:
-        if up.poll() is None:
-            up.kill()
-        for pid in [*(info.get("workers") or {}).values(), info.get("embedded_broker_pid")]:  # nothing outlives it
-            try:
-                if pid:
-                    os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        log.close()
+        assert "celery@" in up.text() or "ready." in up.text()  # the worker's own log went to up's output
