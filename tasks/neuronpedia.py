@@ -228,8 +228,11 @@ def feature(sae: str, index: int, fetch: bool = False, timeout: float = 60) -> d
 def compare(sweep_job: str, run: int | None = None, store_rows: bool = True) -> dict:
     """Per configuration with a Neuronpedia answer: exact match, token agreement, first divergence,
     edit distance, and whether the DEFAULT texts agree (the model/precision control)."""
+    from saejobs.db import jobs
     from saejobs.engine.models import load_tokenizer
 
+    found = jobs.get(sweep_job)
+    sweep_job = found.parent_id or found.id  # a shard's id (or a prefix) names its sweep
     pairs = store.runs_for_sweep(sweep_job, run)
     if not pairs:
         raise NotFoundError(f"no Neuronpedia answer is matched to sweep {sweep_job}"
