@@ -117,12 +117,13 @@ class JobContext:
                 return child
             if child.state in (JobState.FAILED, JobState.CANCELLED) and not ran:
                 jobs.reset_for_retry(child.id)  # ended in an earlier run of this parent, which was retried since
-            elif child.state == JobState.QUEUED or child.worker == self.executor.name:  # (or left running by us)
-                ran = True
+            elif child.state == JobState.QUEUED or (child.state == JobState.RUNNING
+                                                    and child.worker == self.executor.name):
+                ran = True  # queued, or left running by this worker (a claim whose answer was lost)
                 outcome = execute(child.id, self.executor, parent=self, span=span)
-                if outcome == Outcome.HANDED_BACK:  # this worker is stopping: the parent goes back too, and resumes here
+                if outcome == Outcome.HANDED_BACK:  # this worker is stopping: the parent goes back too, resumes here
                     raise HandBack(self.job.id)
-                if outcome in (Outcome.TRANSIENT, Outcome.DATABASE_UNAVAILABLE):  # the parent retries later, from this child
+                if outcome in (Outcome.TRANSIENT, Outcome.DATABASE_UNAVAILABLE):  # the parent retries from this child
                     raise TransientError(f"{kind} {child.id[:8]}: {jobs.get(child.id).error or outcome}")
             elif child.state == JobState.RUNNING:  # handed on to another worker by a reaper: wait for it
                 self.progress(span[0], f"waiting for {kind} {child.id[:8]} on {child.worker}")

@@ -97,3 +97,21 @@ def test_a_rounds_progress_feeds_its_searchs_watchdog(home, sqlite_db):
     child.progress(0.5, "round 2: half", force=True)
     assert parent.touched > 0.0
     assert jobs.get(search.id).progress == pytest.approx(0.75)  # half of the second half
+
+
+def test_a_round_that_fails_fails_its_search_once(home, sqlite_db):  # noqa: F811
+    """A child that fails ends ``run_child`` with the child's reason and exit code — it is not run again in
+    the same call (a failed row keeps its worker's name: that is not a claim left running)."""
+    from saejobs.db.states import JobKind
+    from saejobs.engine.errors import SaejobsError
+    from saejobs.tasks.runner import Executor, JobContext
+
+    search = jobs.create(JobKind.SEARCH, {"sae": "x"})
+    ex = Executor(name="w@test")
+    assert jobs.claim(search.id, worker=ex.name, host="h", gpu=None)
+    ctx = JobContext(jobs.get(search.id), ex)
+    with pytest.raises(SaejobsError, match="failed") as raised:
+        ctx.run_child(JobKind.SWEEP, {"sae": "x"}, key="round-0")  # not a valid sweep: the round fails at once
+    assert raised.value.exit_code == 2
+    (rnd,) = [j for j in all_jobs() if j.kind == "sweep"]
+    assert rnd.state == "failed" and rnd.attempts == 1
