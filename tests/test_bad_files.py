@@ -11,8 +11,8 @@ from tests.synthetic_saes import make
 from tests.test_queue import saejobs
 
 
-def corrupt(folder, how):
-    params = random_params(64, 256)
+def corrupt(folder, how, d_model=64):
+    params = random_params(d_model, 256)
     if how == "transposed":
         params["W_dec"] = np.ascontiguousarray(params["W_dec"].T)
     elif how == "nan":
@@ -44,11 +44,11 @@ def test_verify_names_the_problem(home, how, says):
 
 
 def test_sweep_on_a_broken_sae_fails_with_the_reason(home):
-    sae = make(home, d_model=64, d_sae=256)
+    """Broken on the mirror, so the download records the broken bytes' digest (a local copy changed after its
+    download is fetched again instead: tests/test_copies.py)."""
+    sae = make(home, d_model=640, d_sae=256)  # gemma-3-270m's width: the width check at submit passes, the load refuses
+    corrupt(sae.mirror_folder, "transposed", d_model=640)
     assert saejobs("download", sae.id, "--source", str(sae.mirror), "--local", "--quiet").returncode == 0
-    from saejobs.engine.download import local_folder
-
-    corrupt(local_folder(sae.entry), "transposed")
     res = saejobs("sweep", "--sae", sae.id, "--feature", "1", "--strength", "1", "--prompt", "x", "--model",
                   "gemma-3-270m-gguf", "--local", "--quiet")
     assert res.returncode == 3  # FormatError's code, from the failed job's row

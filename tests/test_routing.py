@@ -61,7 +61,8 @@ def test_shards_are_never_empty_and_about_two_per_live_worker_that_takes_shards(
     from saejobs.db import workers
     from saejobs.tasks.app import DOWNLOAD_QUEUE
 
-    params = {"sae": "x", "features": list(range(10)), "strengths": [0, 1, 2, 4, 8], "prompts": ["a", "b"], "seeds": [1]}
+    params = SweepRequest.from_params(
+        {"sae": "x", "features": list(range(10)), "strengths": [0, 1, 2, 4, 8], "prompts": ["a", "b"], "seeds": [1]})
     total = 2 + 10 * 5 * 2  # 102
     for size in (1, 5, 7, 101, 102, 103):
         shards = [p["shard"] for p in shard_plan(params, size)]
@@ -86,9 +87,9 @@ def test_the_shard_cap_is_read_from_saejobs_shard_configs(home):
     import subprocess
     import sys
 
-    code = ("import json; from saejobs.tasks.submit import shard_plan; print(json.dumps([p['shard'] for p in "
-            "shard_plan({'sae': 'x', 'features': list(range(10)), 'strengths': [0, 1, 2, 4, 8], 'prompts': ['a', 'b'],"
-            " 'seeds': [1]})]))")
+    code = ("import json; from saejobs.tasks.submit import shard_plan; from saejobs.engine.request import SweepRequest; "
+            "print(json.dumps([p['shard'] for p in shard_plan(SweepRequest.from_params({'sae': 'x', 'features': "
+            "list(range(10)), 'strengths': [0, 1, 2, 4, 8], 'prompts': ['a', 'b'], 'seeds': [1]}))]))")
     for cap, want in (("40", [[0, 40], [40, 80], [80, 102]]), ("256", [[0, 102]]), ("1000", [[0, 102]])):
         out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "SAEJOBS_SHARD_CONFIGS": cap},
                              capture_output=True, text=True, timeout=300)

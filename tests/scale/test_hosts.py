@@ -109,7 +109,7 @@ def test_postgres_down_longer_than_stale_after(home, broker, start_worker, tiny_
         assert stored(parent["id"]) == N_CONFIGS
         by_shard = claims(parent["id"])
         assert handed_on(parent["id"]) == [held], {s: events(s) for s in by_shard}  # the killed worker's, after
-        assert [w.rsplit("-", 1)[1].split("@")[0] for w in by_shard[held]] == [str(victim.proc.pid), str(survivor.proc.pid)]
+        assert [w.split("@")[0].split("-")[2] for w in by_shard[held]] == [str(victim.proc.pid), str(survivor.proc.pid)]
         assert all(len(ws) == 1 for s, ws in by_shard.items() if s != held), by_shard
     finally:
         server.close()
