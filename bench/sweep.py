@@ -133,8 +133,11 @@ def sae_load() -> bool:
 
 def _load_phase(job) -> float:
     """From the job's "loading SAE" event to its first "generations" event (seconds)."""
-    start = next(e.at for e in job.events if (e.message or "").startswith("loading SAE"))
-    ready = next(e.at for e in job.events if "generations" in (e.message or ""))
+    from saejobs.db import jobs
+
+    events = jobs.events(job.id, limit=10_000)
+    start = next(e.at for e in events if (e.message or "").startswith("loading SAE"))
+    ready = next(e.at for e in events if "generations" in (e.message or ""))
     return (ready - start).total_seconds()
 
 

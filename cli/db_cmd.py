@@ -40,3 +40,20 @@ def upgrade(force: bool, as_json: bool) -> None:
         f"{data['url']}: at revision {done.after}"
         + (f" (was {done.before})" if done.before != done.after else " (already current)")
         + (f"; backup: {done.backup}" if done.backup else "")))
+
+
+@db.command()
+@click.option("--older-than", "older_than", default=None, metavar="AGE",
+              help="Prune the events of jobs that ended more than AGE ago (30d, 12h, 90m, 45s). "
+                   "[default: 30d]")
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@json_option
+def prune(older_than: str | None, dry_run: bool, as_json: bool) -> None:
+    """Delete old job history: the events of jobs that ended more than --older-than ago, each job's
+    last event kept. Jobs, results and scores are never deleted."""
+    from saejobs.db import retention
+    from saejobs.db.session import database_url, redact
+
+    done = retention.prune(retention.duration_s(older_than or retention.DEFAULT_RETENTION), dry_run=dry_run)
+    emit({"url": redact(database_url()), **done}, as_json, lambda: click.echo(
+        f"{'would delete' if dry_run else 'deleted'} {done['events']} events of jobs ended before {done['cutoff']}"))

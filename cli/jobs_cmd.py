@@ -41,14 +41,19 @@ def list_(state, kind, limit, shards, as_json) -> None:
 
 @jobs.command()
 @click.argument("job_id", shell_complete=job_ids)
-@click.option("--events", is_flag=True, help="Include every state change and progress report.")
+@click.option("--events", is_flag=True, help="Include its latest state changes and progress reports (a page).")
+@click.option("--before", type=click.IntRange(1), help="With --events: the page before this event id.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000), help="Events per page.")
 @json_option
-def show(job_id, events, as_json) -> None:
+def show(job_id, events, before, limit, as_json) -> None:
     """Everything about one job (an id prefix of 4+ characters is enough)."""
     from saejobs.db import jobs as store
 
     job = store.get(job_id)
-    data = store.as_dict(job, events=events)
+    page = store.events(job.id, limit=limit, before=before) if events or before else None
+    data = store.as_dict(job, events=page)
+    if page is not None:
+        data["events_total"] = store.event_count(job.id)
     shards = store.shards(job.id)
     if shards:
         data["shards"] = [{k: store.as_dict(c)[k] for k in ("id", "state", "progress", "attempts", "host", "worker",
@@ -61,9 +66,10 @@ def show(job_id, events, as_json) -> None:
                   ([c["id"][:8], "{}-{}".format(*c["params"].get("shard", ["?", "?"])), c["state"],
                     f"{100 * (c['progress'] or 0):.0f}%", c["attempts"], c["host"] or "", (c["error"] or "")[:50]]
                    for c in data["shards"]))
-        if events:
-            table("events", ["at", "state", "progress", "message"],
-                  ([e["at"], e["state"], f"{100 * e['progress']:.0f}%", e["message"]] for e in data["events"]))
+        if page is not None:
+            more = f"; older: --before {page[0].id}" if page and len(page) == limit else ""
+            table(f"events ({len(page)} of {data['events_total']}{more})", ["id", "at", "state", "progress", "message"],
+                  ([e["id"], e["at"], e["state"], f"{100 * e['progress']:.0f}%", e["message"]] for e in data["events"]))
     emit(data, as_json, render)
 
 

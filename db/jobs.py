@@ -25,7 +25,7 @@ from sqlalchemy.orm import aliased
 
 from saejobs.db.models import Job, JobEvent
 from saejobs.db.states import FINAL_STATES, JobKind, JobState
-from saejobs.db.session import db_now, retried, session
+from saejobs.db.session import db_now, read_session, retried, session
 from saejobs.engine.errors import NotFoundError, SaejobsError, UsageError
 
 
@@ -80,21 +80,41 @@ def _insert(job_id: str, fields: dict[str, Any], children: list[tuple[str, dict]
 
 @retried
 def shards(job_id: str, url: str | None = None) -> list[Job]:
-    with session(url) as s:
+    with read_session(url) as s:
         return list(s.scalars(select(Job).where(Job.parent_id == job_id).order_by(Job.created_at, Job.id)))
 
 
 @retried
 def get(job_id: str, url: str | None = None) -> Job:
-    with session(url) as s:
+    with read_session(url) as s:
         job = s.get(Job, job_id)
         if job is None:
             matches = s.scalars(select(Job).where(Job.id.startswith(job_id)).limit(2)).all() if len(job_id) >= 4 else []
             if len(matches) != 1:
                 raise NotFoundError(f"no job '{job_id}'")
             job = matches[0]
-        job.events  # loaded while the session is open
-        return job
+        return job  # without its events (a long job has many): ``events`` reads them a page at a time
+
+
+EVENTS_PAGE = 100
+
+
+@retried
+def events(job_id: str, *, limit: int = EVENTS_PAGE, before: int | None = None, url: str | None = None
+           ) -> list[JobEvent]:
+    """A page of a job's events, oldest first: its ``limit`` latest, or those before event id ``before``
+    (the first id of the page shown, to page back) — never all of a long job's history at once."""
+    with read_session(url) as s:
+        q = select(JobEvent).where(JobEvent.job_id == job_id)
+        if before is not None:
+            q = q.where(JobEvent.id < before)
+        return list(s.scalars(q.order_by(JobEvent.id.desc()).limit(limit)))[::-1]
+
+
+@retried
+def event_count(job_id: str, url: str | None = None) -> int:
+    with read_session(url) as s:
+        return s.scalar(select(func.count()).select_from(JobEvent).where(JobEvent.job_id == job_id)) or 0
 
 
 @retried
@@ -197,17 +217,36 @@ def _settle_parent(s, parent_id: str, now: datetime, note: str | None = None) ->
          result=bad.result if failed else None)
 
 
+EVENT_STEP = 0.05  # progress moved this much since the job's latest event: a new event
+
+
+def event_every_s() -> float:
+    """Progress events are coalesced: a plain report adds a row only when progress moved ``EVENT_STEP``
+    since the job's latest event, or that event is this old (``SAEJOBS_EVENT_EVERY_S``, default 30 s);
+    in between only the job's own row (progress, message, heartbeat) changes. Milestones (a phase
+    starting, a chunk stored) always add one. A job's history stays readable in rows, not one per beat."""
+    return float(os.environ.get("SAEJOBS_EVENT_EVERY_S", 30))
+
+
+def _worth_an_event(s, job_id: str, progress: float, now: datetime) -> bool:
+    last = s.execute(select(JobEvent.at, JobEvent.progress).where(JobEvent.job_id == job_id)
+                     .order_by(JobEvent.id.desc()).limit(1)).first()
+    return (last is None or abs(progress - (last.progress or 0.0)) >= EVENT_STEP
+            or last.at <= now - timedelta(seconds=event_every_s()))
+
+
 def _progress(s, job_id: str) -> float:
     return s.scalar(select(Job.progress).where(Job.id == job_id)) or 0.0
 
 
 @retried
 def report(job_id: str, progress: float, message: str | None = None, *, worker: str | None = None,
-           url: str | None = None) -> None:
+           milestone: bool = False, url: str | None = None) -> None:
     """Record progress and heartbeat; raise JobCancelled if the job was cancelled or handed on meanwhile,
     DeadlineExceeded once its deadline has passed (then nothing is written: the runner fails it).
 
     Guarded on ``worker``: a worker that lost its claim (declared dead, job handed on) stops here.
+    An event row is added for a ``milestone``, else only as ``event_every_s`` says (coalesced).
     """
     with session(url) as s:
         now = db_now(s)
@@ -217,7 +256,8 @@ def report(job_id: str, progress: float, message: str | None = None, *, worker: 
         res = s.execute(stmt.where(or_(Job.deadline_at.is_(None), Job.deadline_at >= now))
                         .values(progress=progress, message=message, heartbeat_at=now))
         if res.rowcount == 1:
-            s.add(JobEvent(job_id=job_id, state=JobState.RUNNING, progress=progress, message=message))
+            if milestone or _worth_an_event(s, job_id, progress, now):
+                s.add(JobEvent(job_id=job_id, state=JobState.RUNNING, progress=progress, message=message))
             parent = s.scalar(select(Job.parent_id).where(Job.id == job_id))
             if parent is not None:
                 _settle_parent(s, parent, now)
@@ -362,7 +402,7 @@ def stale_running(stale_after: float, *, running: str | None = None, url: str | 
     job the asking worker is running now: it knows that one is alive, so a late beat of its own (a busy
     CPU) never hands it on — while a job of its own it has given up (a long database outage) is reaped
     like any other, even by a worker alone. Judged by the database's clock."""
-    with session(url) as s:
+    with read_session(url) as s:
         cutoff = db_now(s) - timedelta(seconds=stale_after)
         shard = aliased(Job)
         q = select(Job.id).where(Job.state == JobState.RUNNING, Job.heartbeat_at < cutoff,  # a sweep runs only in its shards
@@ -375,7 +415,7 @@ def stale_running(stale_after: float, *, running: str | None = None, url: str | 
 @retried
 def waiting_since(seconds: float, url: str | None = None) -> list[tuple[str, str]]:
     """(id, queue) of queued jobs sent to a queue that have waited longer than ``seconds``."""
-    with session(url) as s:
+    with read_session(url) as s:
         cutoff = db_now(s) - timedelta(seconds=seconds)
         last_change = (select(JobEvent.at).where(JobEvent.job_id == Job.id).order_by(JobEvent.id.desc())
                        .limit(1).scalar_subquery())
@@ -388,7 +428,7 @@ def waiting_since(seconds: float, url: str | None = None) -> list[tuple[str, str
 def listing(*, state: JobState | None = None, kind: JobKind | None = None, limit: int = 50, shards: bool = False,
             url: str | None = None) -> list[Job]:
     """Most recent first; a sweep's shards only with ``shards`` (the sweep's own row speaks for them)."""
-    with session(url) as s:
+    with read_session(url) as s:
         q = select(Job).order_by(Job.created_at.desc()).limit(limit)
         if not shards:
             q = q.where(Job.parent_id.is_(None))
@@ -399,14 +439,15 @@ def listing(*, state: JobState | None = None, kind: JobKind | None = None, limit
         return list(s.scalars(q))
 
 
-def as_dict(job: Job, events: bool = False) -> dict[str, Any]:
+def as_dict(job: Job, events: list[JobEvent] | None = None) -> dict[str, Any]:
+    """``events``: a page of them (``events()``), listed under "events" when given."""
     d = {c: _jsonable(getattr(job, c)) for c in (
         "id", "kind", "state", "progress", "message", "error", "attempts", "sae_id", "queue", "requested_gpu",
         "worker", "host", "gpu", "params", "result", "created_at", "started_at", "finished_at", "parent_id",
         "requested_host", "deadline_at")}
-    if events:
-        d["events"] = [{"at": _jsonable(e.at), "state": e.state, "progress": e.progress, "message": e.message}
-                       for e in job.events]
+    if events is not None:
+        d["events"] = [{"id": e.id, "at": _jsonable(e.at), "state": e.state, "progress": e.progress,
+                        "message": e.message} for e in events]
     return d
 
 

@@ -1,8 +1,10 @@
 """Database engines and sessions for any SQLAlchemy URL (SQLite by default, PostgreSQL for clusters).
 
 SQLite is set up for several worker processes writing at once: WAL journal, a busy timeout, and
-``BEGIN IMMEDIATE`` so a transaction takes the write lock up front instead of failing with
-"database is locked" when it upgrades from reading to writing. Beyond that, every function of the
+``BEGIN IMMEDIATE`` so a writing transaction takes the write lock up front instead of failing with
+"database is locked" when it upgrades from reading to writing. A ``read_session`` begins deferred
+(plain ``BEGIN``): under WAL it reads a snapshot without the write lock, so a watcher polling a job
+never queues behind (or in front of) a worker's heartbeat. Beyond that, every function of the
 ``db`` package is one transaction wrapped in ``retried``: a database locked for longer than the busy
 timeout, or a PostgreSQL server restarting, is waited out (workers: 120 s, the CLI: 5 s), then one
 clear error. Re-running is safe because each transaction is all-or-nothing and its writes are
@@ -100,6 +102,7 @@ def dispose_all() -> None:
     _ENGINES.clear()
     _engine.cache_clear()
     _sessionmaker.cache_clear()
+    _read_sessionmaker.cache_clear()
 
 
 _ENGINES: list[Engine] = []
@@ -135,7 +138,7 @@ def _tune_sqlite(eng: Engine) -> None:
 
     @event.listens_for(eng, "begin")
     def _begin(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
 
 def check_schema(url: str | None = None) -> None:
@@ -179,4 +182,23 @@ def _sessionmaker(url: str) -> sessionmaker[Session]:
 def session(url: str | None = None) -> Iterator[Session]:
     """A transaction: committed when the block ends, rolled back (nothing half-written) on error."""
     with _sessionmaker(url or database_url()).begin() as s:
+        yield s
+
+
+READ_ONLY = "saejobs_read_only"  # the execution option a read session's connections carry
+
+
+@functools.cache
+def _read_sessionmaker(url: str) -> sessionmaker[Session]:
+    eng = get_engine(url).execution_options(**{READ_ONLY: True})
+    if not migrate.is_current(eng):  # a current schema is seen without the write lock; else as writers do
+        _sessionmaker(url)
+    return sessionmaker(eng, expire_on_commit=False)
+
+
+@contextmanager
+def read_session(url: str | None = None) -> Iterator[Session]:
+    """A transaction that only reads: on SQLite a deferred ``BEGIN`` (no write lock; WAL gives it a
+    snapshot), elsewhere an ordinary one. Writes in it are a bug (SQLite would take the lock late)."""
+    with _read_sessionmaker(url or database_url()).begin() as s:
         yield s

@@ -97,7 +97,8 @@ class JobContext:
         now = self.touched = time.monotonic()
         if force or now - self._last >= PROGRESS_EVERY_S or fraction >= 1.0:
             self._last = now
-            jobs.report(self.job.id, min(max(fraction, 0.0), 1.0), message, worker=self.executor.name)
+            jobs.report(self.job.id, min(max(fraction, 0.0), 1.0), message, worker=self.executor.name,
+                        milestone=force)
         if self.parent is not None:
             lo, hi = self.span
             self.parent.progress(lo + (hi - lo) * min(max(fraction, 0.0), 1.0), message)

@@ -56,7 +56,7 @@ def test_download_through_the_queue_records_the_lfs_sha256_and_a_second_transfer
     start_worker()
     job = submitted(saejobs("download", served.id, "--wait", "--json"))
     assert job["state"] == "succeeded", job
-    assert any(0 < e.progress < 1 for e in jobs.get(job["id"]).events)
+    assert any(0 < e.progress < 1 for e in jobs.events(job["id"]))
     hub_file = hub.repos[served.entry.repo_id][f"{served.entry.folder}/params.npz"]
     with session() as s:
         row = s.get(Sae, served.id)

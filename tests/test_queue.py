@@ -42,9 +42,10 @@ def test_enqueue_run_succeed_with_progress(db_url, start_worker, tiny_sae):
     assert job["state"] == "succeeded" and job["progress"] == 1.0 and job["attempts"] == 1
     assert job["worker"].startswith("saejobs-cpu-")
     got = jobs.get(job["id"])
-    states = [e.state for e in got.events]
+    events = jobs.events(got.id)
+    states = [e.state for e in events]
     assert states[0] == "queued" and states[1] == "running" and states[-1] == "succeeded"
-    assert any(0 < e.progress < 1 for e in got.events), [(e.state, e.progress) for e in got.events]
+    assert any(0 < e.progress < 1 for e in events), [(e.state, e.progress) for e in events]
     with session() as s:
         row = s.get(Sae, tiny_sae.id)
         assert row.files["params.npz"]["size"] == (tiny_sae.mirror_folder / "params.npz").stat().st_size
