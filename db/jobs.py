@@ -20,7 +20,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.orm import aliased
 
 from saejobs.db.models import Job, JobEvent
@@ -183,37 +183,42 @@ def _end(s, job: Job, state: JobState, now: datetime, *, error: str | None = Non
 def _settle_parent(s, parent_id: str, now: datetime, note: str | None = None) -> None:
     """Parent progress is its shards' mean, its state queued while every shard waits (``note``: why, e.g.
     handed back), else running; when none is left running or queued it ends: succeeded if every
-    shard did, else failed (or cancelled) naming the first shard's error."""
+    shard did, else failed (or cancelled) naming the first shard's error. Read as one aggregate query
+    (a progress report of one shard does not fetch its siblings); their rows only once, at the end."""
     parent = s.scalar(select(Job).where(Job.id == parent_id).with_for_update())
-    rows = s.execute(select(Job.state, Job.progress, Job.error, Job.result).where(Job.parent_id == parent_id)
-                     .order_by(Job.created_at, Job.id)).all()
-    if parent is None or not rows:
+
+    def count(cond):
+        return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
+
+    n, total, done, failed, queued, open_ = s.execute(select(
+        func.count(), func.coalesce(func.sum(Job.progress), 0.0), count(Job.state == JobState.SUCCEEDED),
+        count(Job.state == JobState.FAILED), count(Job.state == JobState.QUEUED),
+        count(Job.state.not_in(list(FINAL_STATES)))).where(Job.parent_id == parent_id)).one()
+    if parent is None or not n:
         return
-    done = sum(r.state == JobState.SUCCEEDED for r in rows)
-    failed = sum(r.state == JobState.FAILED for r in rows)
-    ended = JobState.SUCCEEDED if done == len(rows) else JobState.FAILED if failed else JobState.CANCELLED
-    if parent.state == ended and all(r.state in FINAL_STATES for r in rows):
+    ended = JobState.SUCCEEDED if done == n else JobState.FAILED if failed else JobState.CANCELLED
+    if parent.state == ended and not open_:
         return  # already what its shards say (no second event)
-    parent.progress = sum(r.progress or 0.0 for r in rows) / len(rows)
-    parent.message = f"{note} ({done}/{len(rows)} shards done)" if note else f"{done}/{len(rows)} shards done"
-    if any(r.state not in FINAL_STATES for r in rows):
-        waiting = all(r.state == JobState.QUEUED for r in rows)  # none started or ended: the sweep waits as a whole
-        state = JobState.QUEUED if waiting else JobState.RUNNING
+    parent.progress = total / n
+    parent.message = f"{note} ({done}/{n} shards done)" if note else f"{done}/{n} shards done"
+    if open_:
+        state = JobState.QUEUED if queued == n else JobState.RUNNING  # none started or ended: the sweep waits
         if parent.state != state:
             parent.state, parent.finished_at = state, None
             s.add(JobEvent(job_id=parent_id, state=parent.state, progress=parent.progress, message=parent.message))
         return
-    if done == len(rows):
-        results = [r.result or {} for r in rows]
+    shards_in_order = select(Job.state, Job.error, Job.result).where(Job.parent_id == parent_id).order_by(
+        Job.created_at, Job.id)
+    if done == n:
+        results = [r.result or {} for r in s.execute(shards_in_order)]
         result = {"sweep_id": next((r.get("sweep_id") for r in results if r.get("sweep_id")), None),
-                  "shards": len(rows), "generations": sum(r.get("shard_size", 0) for r in results),
+                  "shards": n, "generations": sum(r.get("shard_size", 0) for r in results),
                   "ran_now": sum(r.get("ran_now", 0) for r in results),
                   **{k: results[0][k] for k in ("sae", "model") if k in results[0]}}
         _end(s, parent, JobState.SUCCEEDED, now, result=result)
         return
-    bad = next(r for r in rows if r.state == ended)
-    state = ended
-    _end(s, parent, state, now, error=f"{len(rows) - done} of {len(rows)} shards {state}; first: {bad.error or bad.state}",
+    bad = s.execute(shards_in_order.where(Job.state == ended).limit(1)).one()
+    _end(s, parent, ended, now, error=f"{n - done} of {n} shards {ended}; first: {bad.error or bad.state}",
          result=bad.result if failed else None)
 
 

@@ -12,13 +12,13 @@ from sqlalchemy import select
 
 from saejobs.db import results
 from saejobs.db.models import Comparison, Generation, NeuronpediaRun, Sweep
-from saejobs.db.session import retried, session
+from saejobs.db.session import read_session, retried, session
 
 
 @retried
 def generation(ref: str, url: str | None = None) -> dict | None:
     """A stored generation by id or by a unique prefix of its config key, with its sweep's SAE and job."""
-    with session(url) as s:
+    with read_session(url) as s:
         q = select(Generation, Sweep).join(Sweep, Generation.sweep_id == Sweep.id)
         rows = s.execute(q.where(Generation.id == int(ref)) if ref.isdigit() else
                          q.where(Generation.config_key.startswith(ref))).all()
@@ -30,7 +30,7 @@ def generation(ref: str, url: str | None = None) -> dict | None:
 @retried
 def steered(sweep_job: str | None = None, url: str | None = None) -> list[dict]:
     """STEERED generations (of one sweep job, or all) with their sweep's SAE and settings."""
-    with session(url) as s:
+    with read_session(url) as s:
         q = select(Generation, Sweep).join(Sweep, Generation.sweep_id == Sweep.id).where(Generation.type == "STEERED")
         if sweep_job:
             sweep = results.sweep_of(s, sweep_job)  # a shard's id finds its sweep
@@ -59,7 +59,7 @@ def store_runs(runs: list[tuple[str, dict, dict, int | None]], url: str | None =
 @retried
 def runs_for_sweep(sweep_job: str, only: int | None = None, url: str | None = None) -> list[dict]:
     """Each run matched to this sweep: the run, its STEERED generation and the DEFAULT of the same prompt/seed."""
-    with session(url) as s:
+    with read_session(url) as s:
         from saejobs.db.results import sweep_of
 
         sweep = sweep_of(s, sweep_job)  # a sweep's id, or one of its shards' (the shard wrote into its sweep)
@@ -89,6 +89,6 @@ def record_comparisons(sweep_job: str, rows: list[tuple[int, dict]], url: str | 
 
 @retried
 def run_count(url: str | None = None) -> int:
-    with session(url) as s:
+    with read_session(url) as s:
         return len(s.scalars(select(NeuronpediaRun.id)).all())
 

@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 
 from saejobs.db import jobs
 from saejobs.db.models import Generation, Job, Sweep, Verification
-from saejobs.db.session import retried, session
+from saejobs.db.session import read_session, retried, session
 from saejobs.db.states import JobKind
 from saejobs.engine import failpoints
 
@@ -28,7 +28,7 @@ def record_verification(job_id: str, sae_id: str, verdict: str, reasons: list, m
 
 @retried
 def verifications(sae_id: str | None = None, job_id: str | None = None, url: str | None = None) -> list[Verification]:
-    with session(url) as s:
+    with read_session(url) as s:
         q = select(Verification).order_by(Verification.id.desc())
         if sae_id:
             q = q.where(Verification.sae_id == sae_id)
@@ -67,7 +67,7 @@ def ensure_sweep(job_id: str, sae_id: str, model: str, settings: dict, provenanc
 
 @retried
 def config_keys(sweep_id: int, url: str | None = None) -> set[str]:
-    with session(url) as s:
+    with read_session(url) as s:
         return set(s.scalars(select(Generation.config_key).where(Generation.sweep_id == sweep_id)))
 
 
@@ -93,7 +93,7 @@ def add_generations(sweep_id: int, rows: list[dict], *, owner: tuple[str, str] |
 
 @retried
 def sweep_for_job(job_id: str, url: str | None = None) -> Sweep | None:
-    with session(url) as s:
+    with read_session(url) as s:
         return sweep_of(s, job_id)
 
 
@@ -105,7 +105,7 @@ def sweep_of(s, job_id: str) -> Sweep | None:
 
 @retried
 def generation_rows(job_id: str, url: str | None = None) -> list[dict[str, Any]]:
-    with session(url) as s:
+    with read_session(url) as s:
         sweep = sweep_of(s, job_id)
         if sweep is None:
             return []

@@ -8,13 +8,13 @@ from sqlalchemy import select
 
 from saejobs.db import jobs
 from saejobs.db.models import Sae, SaeCopy
-from saejobs.db.session import db_now, retried, session
+from saejobs.db.session import db_now, read_session, retried, session
 from saejobs.engine.registry.entry import PARAMS_FILES, SaeEntry
 
 
 @retried
 def get(sae_id: str, url: str | None = None) -> Sae | None:
-    with session(url) as s:
+    with read_session(url) as s:
         return s.get(Sae, sae_id)
 
 
@@ -85,13 +85,13 @@ def params_sha256(files: dict | None) -> str | None:
 
 @retried
 def copy_on(sae_id: str, host: str, url: str | None = None) -> SaeCopy | None:
-    with session(url) as s:
+    with read_session(url) as s:
         return s.scalar(select(SaeCopy).where(SaeCopy.sae_id == sae_id, SaeCopy.host == host))
 
 
 @retried
 def copies(sae_id: str, url: str | None = None) -> list[SaeCopy]:
-    with session(url) as s:
+    with read_session(url) as s:
         return list(s.scalars(select(SaeCopy).where(SaeCopy.sae_id == sae_id).order_by(SaeCopy.host)))
 
 

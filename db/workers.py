@@ -11,7 +11,7 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from saejobs.db.models import Worker as WorkerRow
-from saejobs.db.session import db_now, retried, schema_unchanged, session
+from saejobs.db.session import db_now, read_session, retried, schema_unchanged, session
 
 LIVE_WITHIN_S = float(os.environ.get("SAEJOBS_STALE_AFTER", 30))  # as tasks.runner.STALE_AFTER_S
 
@@ -63,7 +63,7 @@ def stopped(worker, url: str | None = None) -> None:
 def listing(live_within_s: float | None, url: str | None = None) -> list[WorkerRow]:
     """Workers heard from within ``live_within_s`` and not stopped; all of them when None. Each row
     carries ``alive`` (judged by the database's clock, at the time of this read)."""
-    with session(url) as s:
+    with read_session(url) as s:
         now = db_now(s)
         q = select(WorkerRow).order_by(WorkerRow.host, WorkerRow.gpu, WorkerRow.name)
         if live_within_s is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
@@ -28,6 +29,7 @@ from saejobs.engine.sampling import Sampling
 from saejobs.engine.steering import SteerMethod, steer_method
 
 MAX_PROMPT_CHARS = 32_000  # about 8k tokens: longer belongs in a file of shorter prompts, not one generation
+DEFAULT_MAX_CONFIGS = 1_000_000  # a sweep's grid at most (``SAEJOBS_MAX_CONFIGS``): one row each in the database
 DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_DTYPE = DTYPES[0]
 
@@ -112,6 +114,35 @@ def plan_configs(features: list[int], vectors: list[str], strengths: list[float]
             fs = tuple({**t, "strength": float(strength)} for t in group)
             out += [row("STEERED", fs, p, c, s) for p, c in inputs for s in seeds]
     return [replace(c, key=config_key(c, settings, steering_id)) for c in out]
+
+
+def grid_size(n_terms: int, n_strengths: int, n_inputs: int, n_seeds: int, combine: bool) -> int:
+    """How many configurations ``plan_configs`` makes, without making them."""
+    return n_inputs * n_seeds * (1 + (1 if combine else n_terms) * n_strengths)
+
+
+def plan_slice(features: list[int], vectors: list[str], strengths: list[float], prompts: list[str], seeds: list[int],
+               combine: bool, settings: Settings, steering_id: str, chats: list[chat.Conversation] = (),
+               chat_template: str | None = None, lo: int = 0, hi: int | None = None) -> list[SweepConfig]:
+    """Configurations ``[lo, hi)`` of ``plan_configs``' grid, each found from its index in that order
+    (DEFAULT block of inputs × seeds, then per group per strength the same block): a shard plans its
+    own slice in time proportional to it, never the whole grid."""
+    terms = [{"index": int(i)} for i in features] + [{"vector": v} for v in vectors]
+    inputs = [(p, ()) for p in prompts] + [("", c) for c in chats]
+    template = chat.template_id(chat_template)
+    block = len(inputs) * len(seeds)  # one DEFAULT row, or one (group, strength)'s rows
+    total = grid_size(len(terms), len(strengths), len(inputs), len(seeds), combine)
+    out = []
+    for i in range(max(lo, 0), total if hi is None else min(hi, total)):
+        fs: tuple = ()
+        if i >= block:
+            group, rest = divmod(i - block, len(strengths) * block)
+            strength = float(strengths[rest // block])
+            fs = tuple({**t, "strength": strength} for t in (terms if combine else [terms[group]]))
+        (p, c), seed = inputs[i % block // len(seeds)], seeds[i % len(seeds)]
+        cfg = SweepConfig("STEERED" if fs else "DEFAULT", fs, p, int(seed), chat=c, chat_template=template if c else "")
+        out.append(replace(cfg, key=config_key(cfg, settings, steering_id)))
+    return out
 
 
 @dataclass(frozen=True)
@@ -205,9 +236,25 @@ class SweepRequest:
         if bad := [f for f in self.features if f >= d_sae]:
             raise UsageError(f"feature {bad[0]} is out of range for {sae_id} (d_sae {d_sae})")
 
-    def configs(self, steering_id: str) -> list[SweepConfig]:
-        return plan_configs(list(self.features), [v.label for v in self.vectors], list(self.strengths), list(self.prompts),
-                    list(self.seeds), self.combine, self.settings, steering_id, list(self.chats), self.chat_template)
+    def configs(self, steering_id: str, lo: int | None = None, hi: int | None = None) -> list[SweepConfig]:
+        """The whole grid, or with ``lo``/``hi`` its slice ``[lo, hi)`` (a shard's: planned alone)."""
+        grid = (list(self.features), [v.label for v in self.vectors], list(self.strengths), list(self.prompts),
+                list(self.seeds), self.combine, self.settings, steering_id, list(self.chats), self.chat_template)
+        if lo is None and hi is None:
+            return plan_configs(*grid)
+        return plan_slice(*grid, lo=lo or 0, hi=hi)
+
+    def check_size(self) -> None:
+        """At submission: a grid over ``SAEJOBS_MAX_CONFIGS`` is refused (a typo of a range, not a sweep)."""
+        limit = int(os.environ.get("SAEJOBS_MAX_CONFIGS") or DEFAULT_MAX_CONFIGS)
+        if (n := self.size()) > limit:
+            raise UsageError(f"the grid has {n:,} configurations; the limit is {limit:,} (SAEJOBS_MAX_CONFIGS): "
+                             "fewer features, strengths, prompts or seeds, or split the sweep")
+
+    def size(self) -> int:
+        """How many configurations the grid has (what ``SAEJOBS_MAX_CONFIGS`` limits)."""
+        return grid_size(len(self.features) + len(self.vectors), len(self.strengths),
+                         len(self.prompts) + len(self.chats), len(self.seeds), self.combine)
 
     def to_params(self) -> dict:
         """The job's ``params``: flat, JSON, the settings beside the grid (as jobs have always stored them)."""

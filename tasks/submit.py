@@ -59,6 +59,8 @@ def submit(request: JobRequest | str, params: dict | None = None, *, sae_id: str
         timeout_s = params.get("timeout_s") if timeout_s is None else timeout_s
         request = kind.request_type.from_params(params)
     kind = JobKind.of(request)
+    if kind == JobKind.SWEEP:
+        request.check_size()
     queue = queue_for(kind, gpu)
     if not local:
         check_broker_url(broker_url())
@@ -90,7 +92,7 @@ def shard_plan(request: SweepRequest, shard_size: int | None = None) -> list[dic
     (one worker alone gets one shard: splitting would only add claims)."""
     from saejobs.db import workers
 
-    total = len(request.configs(""))
+    total = request.size()
     if shard_size is None:
         live = sum(SHARED_QUEUE in (w.queues or []) for w in workers.listing(live_within_s=workers.LIVE_WITHIN_S))
         shard_size = max(1, min(SHARD_CONFIGS, math.ceil(total / (2 * live if live > 1 else 1))))

@@ -31,9 +31,7 @@ def run(ctx) -> dict:
     vectors = {v.label: load_vector(v.path) for v in req.vectors}
     sae_sha = saes.params_sha256(row.files)
     steering_id = f"{entry.id}@{sae_sha}" + "".join(f"+{n}" for n in sorted(vectors))
-    configs = req.configs(steering_id)
-    if shard:
-        configs = configs[shard[0]:shard[1]]
+    configs = req.configs(steering_id, *shard) if shard else req.configs(steering_id)  # a shard plans its slice only
 
     source = req.model or entry.model_hf
     ctx.progress(0.0, f"loading SAE {entry.id}", force=True)  # first: a broken SAE fails before a model load
