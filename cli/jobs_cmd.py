@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 import click
 
 from saejobs.cli.complete import job_ids
 from saejobs.cli.follow import finish, follow, run_local
-from saejobs.cli.output import emit, json_option, table, write_csv
+from saejobs.cli.output import emit, json_option, table, write_csv, write_json_list
 from saejobs.db.states import JobKind, JobState
 from saejobs.engine.errors import UsageError
 
@@ -152,13 +153,12 @@ def results(job_id, kind, as_json, as_csv, fmt, out) -> None:
         return
     job = store.get(job_id)
     if job.kind == JobKind.SWEEP:
-        rows = res.generation_rows(job.id)
         cols = ["type", "features", "strengths", "prompt", "seed", "output", "n_tokens"]
-        if as_json or as_csv:  # a chat sweep's rows also carry their whole conversation
-            chats = ["conversation"] if any(r["messages"] is not None for r in rows) else []
-            _out(rows, cols + chats + ["token_ids", "config_key"], as_json, as_csv, None)
+        if as_json or as_csv:  # streamed a page at a time; a chat sweep's rows also carry their conversation
+            chats = ["conversation"] if res.has_chats(job.id) else []
+            _out(res.iter_generation_rows(job.id), cols + chats + ["token_ids", "config_key"], as_json, as_csv, None)
         else:
-            res_grid = res.sweep_grid(rows)
+            res_grid = res.sweep_grid(res.generation_rows(job.id))
             table(f"sweep {job.id[:8]} ({job.sae_id})", res_grid["columns"], res_grid["rows"])
     elif job.kind == JobKind.SEARCH:  # the chosen strength per feature × prompt; the curves are in `jobs show --json`
         _out((job.result or {}).get("chosen", []), ["feature", "prompt", "strength", "concept", "nll", "default_nll",
@@ -178,11 +178,9 @@ def results(job_id, kind, as_json, as_csv, fmt, out) -> None:
              as_json, as_csv, f"{job.kind} {job.id[:8]}")
 
 
-def _out(rows: list[dict], columns: list[str], as_json: bool, as_csv: bool, title: str | None) -> None:
-    import json
-
+def _out(rows: Iterable[dict], columns: list[str], as_json: bool, as_csv: bool, title: str | None) -> None:
     if as_json:
-        click.echo(json.dumps(rows, indent=2, default=str))
+        write_json_list(rows)
     elif as_csv:
         write_csv(columns, ([_cell(r.get(c)) for c in columns] for r in rows))
     else:

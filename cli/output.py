@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import io
 import json
 import re
 import sys
@@ -72,11 +71,21 @@ def csv_cell(value: Any) -> Any:
 
 
 def write_csv(columns: list[str], rows: Iterable[Iterable[Any]]) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf)
+    """Row by row as ``rows`` yields them (an export streams; nothing is gathered first)."""
+    w = csv.writer(sys.stdout)
     w.writerow([csv_cell(c) for c in columns])
-    w.writerows([csv_cell(v) for v in r] for r in rows)
-    sys.stdout.write(buf.getvalue())
+    for r in rows:
+        w.writerow([csv_cell(v) for v in r])
+
+
+def write_json_list(items: Iterable[Any]) -> None:
+    """What ``json.dumps(list(items), indent=2, default=str)`` prints, one item at a time."""
+    first = True
+    for item in items:
+        sys.stdout.write(("[\n  " if first else ",\n  ")
+                         + json.dumps(item, indent=2, default=str).replace("\n", "\n  "))
+        first = False
+    sys.stdout.write("[]\n" if first else "\n]\n")
 
 
 def fail(message: str, code: int = 1) -> None:

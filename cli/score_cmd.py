@@ -103,48 +103,43 @@ def report(job_id: str, html_path: Path, max_nll_increase: float | None, as_json
     job, rows, chosen, bound = _rows(job_id)
     if max_nll_increase is not None:
         bound, chosen = max_nll_increase, None
-    if not rows:
-        raise UsageError(f"job {job.id[:8]} has no generations to report")
-    page = score_report.html(rows, f"saejobs {job.kind} {job.id[:8]} — {job.sae_id}", bound or
-                             rule.DEFAULT_MAX_NLL_INCREASE, chosen)
-    _write(html_path, page)
-    features = sorted({r["features"][0]["index"] for r in rows if r["type"] == "STEERED"
-                       and len(r["features"]) == 1 and "index" in r["features"][0]})
-    emit({"job": job.id, "html": str(html_path), "features": features, "generations": len(rows),
-          "unscored": sum(1 for r in rows if not r.get("scores"))}, as_json,
-         lambda: click.echo(f"{html_path} ({len(features)} features, {len(rows)} generations)"))
+    path = html_path.resolve()
+    if not path.parent.is_dir():
+        raise UsageError(f"{path.parent}: no such directory")
+    fd, tmp = tempfile.mkstemp(prefix=".saejobs-", suffix=".html.tmp", dir=path.parent)
+    try:  # written beside the file and renamed: never half a page; streamed: one page of rows in memory
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            seen = score_report.write(rows, f, f"saejobs {job.kind} {job.id[:8]} — {job.sae_id}",
+                                      bound or rule.DEFAULT_MAX_NLL_INCREASE, chosen)
+        if not seen["generations"]:
+            raise UsageError(f"job {job.id[:8]} has no generations to report")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    emit({"job": job.id, "html": str(html_path), "features": seen["features"], "generations": seen["generations"],
+          "unscored": seen["unscored"]}, as_json,
+         lambda: click.echo(f"{html_path} ({len(seen['features'])} features, {seen['generations']} generations)"))
 
 
 def _rows(job_id: str):
-    """(job, generation rows, chosen strengths or None, fluency bound or None) of a sweep or a search."""
+    """(job, its generation rows as a stream, chosen strengths or None, fluency bound or None) of a sweep or
+    a search (every round's rows)."""
+    from itertools import chain
+
     from saejobs.db import jobs, results
 
     job = jobs.get(job_id)
     if job.kind == JobKind.SWEEP:
-        return job, results.generation_rows(job.id), None, None
+        return job, results.iter_generation_rows(job.id), None, None
     if job.kind == JobKind.SEARCH:
         res = job.result or {}
-        rows = [r for j in res.get("rounds", []) for r in results.generation_rows(j)]
+        rows = chain.from_iterable(results.iter_generation_rows(j) for j in res.get("rounds", []))
         picks: dict[int, set] = {}
         for c in res.get("chosen", []):
             picks.setdefault(c["feature"], set()).add(c["strength"])
         chosen = {f: s.pop() for f, s in picks.items() if len(s) == 1 and None not in s}  # one per feature
         return job, rows, chosen, res.get("max_nll_increase")
     raise UsageError(f"job {job.id[:8]} is a {job.kind} job; report takes a sweep or a search")
-
-
-def _write(path: Path, text: str) -> None:
-    """Written beside ``path`` and renamed: never half a page."""
-    path = path.resolve()
-    if not path.parent.is_dir():
-        raise UsageError(f"{path.parent}: no such directory")
-    fd, tmp = tempfile.mkstemp(prefix=".saejobs-", suffix=".html.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 COMMANDS = [score, search, report]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
-from sqlalchemy import select
+from sqlalchemy import String, cast, func, select
 from sqlalchemy.exc import IntegrityError
 
 from saejobs.db import jobs
@@ -103,13 +103,49 @@ def sweep_of(s, job_id: str) -> Sweep | None:
         select(Sweep).where(Sweep.job_id == select(Job.parent_id).where(Job.id == job_id).scalar_subquery()))
 
 
-@retried
+EXPORT_PAGE = 500  # generations read per transaction by an export: its memory is a page, not the sweep
+
+
 def generation_rows(job_id: str, url: str | None = None) -> list[dict[str, Any]]:
+    """Every generation of a job's sweep, as dicts (small sweeps; exports use ``iter_generation_rows``)."""
+    return list(iter_generation_rows(job_id, url=url))
+
+
+def iter_generation_rows(job_id: str, *, page: int = EXPORT_PAGE, url: str | None = None) -> Iterator[dict[str, Any]]:
+    """The same rows in id order, read a page at a time (each page its own short read transaction), so
+    exporting a 100k-row sweep holds one page in memory and never blocks a writer."""
+    sweep_id = _sweep_id(job_id, url=url)
+    after = 0
+    while sweep_id is not None:
+        rows = _page(sweep_id, after, page, url=url)
+        yield from rows
+        if len(rows) < page:
+            return
+        after = rows[-1]["id"]
+
+
+@retried
+def has_chats(job_id: str, url: str | None = None) -> bool:
+    """Whether any generation of the job's sweep continues a chat (an export's columns, before its rows)."""
     with read_session(url) as s:
         sweep = sweep_of(s, job_id)
-        if sweep is None:
-            return []
-        gens = s.scalars(select(Generation).where(Generation.sweep_id == sweep.id).order_by(Generation.id))
+        as_text = func.coalesce(cast(Generation.messages, String), "null")  # JSON null or SQL NULL: no chat
+        return sweep is not None and s.scalar(select(Generation.id).where(
+            Generation.sweep_id == sweep.id, as_text != "null").limit(1)) is not None
+
+
+@retried
+def _sweep_id(job_id: str, url: str | None = None) -> int | None:
+    with read_session(url) as s:
+        sweep = sweep_of(s, job_id)
+        return None if sweep is None else sweep.id
+
+
+@retried
+def _page(sweep_id: int, after: int, limit: int, url: str | None = None) -> list[dict[str, Any]]:
+    with read_session(url) as s:
+        gens = s.scalars(select(Generation).where(Generation.sweep_id == sweep_id, Generation.id > after)
+                         .order_by(Generation.id).limit(limit))
         return [{"id": g.id, "config_key": g.config_key, "type": g.type, "features": g.features,
                  "feature": _feature_label(g.features), "strengths": [f["strength"] for f in g.features],
                  "prompt": g.prompt, "prompt_token_ids": g.prompt_token_ids, "seed": g.seed, "sampling": g.sampling,

@@ -7,8 +7,11 @@ Generated text is untrusted: every string goes through ``html.escape``, in text 
 
 from __future__ import annotations
 
+import io
+import tempfile
 from collections import defaultdict
 from html import escape
+from typing import Iterable, Iterator, TextIO
 
 from saejobs.engine import search
 from saejobs.engine.report import CSS as BASE_CSS
@@ -21,35 +24,76 @@ CONCEPT, NLL = "#1f77b4", "#d62728"
 W, H, PAD = 680, 260, 48
 
 
-def html(rows: list[dict], title: str, max_nll_increase: float = search.DEFAULT_MAX_NLL_INCREASE,
+def html(rows: Iterable[dict], title: str, max_nll_increase: float = search.DEFAULT_MAX_NLL_INCREASE,
          chosen: dict[int, float] | None = None) -> str:
-    """``rows``: ``generation_rows`` dicts with scores. ``chosen``: feature → strength (a search's
-    answer); otherwise chosen here by ``engine.search.choose`` on the curve averaged over prompts."""
-    pooled = [{**r, "prompt": "*"} for r in rows]
-    curves, base = search.curves(pooled)
-    default_nll = base.get((-1, "*"))
-    body = [f"<h1>{escape(title)}</h1>",
-            f"<p>Concept: the steered feature's mean activation on the generated tokens (unsteered pass); "
-            f"fluency: mean NLL of the completion (nats/token). Means over prompts and seeds. The chosen strength "
-            f"has the highest concept score with NLL ≤ DEFAULT + {max_nll_increase:g}. Click a point for its "
-            f"generations.</p>"]
-    sections = []
-    for (feature, _), pts in sorted(curves.items()):
-        pick = (chosen or {}).get(feature)
-        if pick is None:
-            c = search.choose(pts, default_nll, max_nll_increase)
-            pick = c.strength if c else None
-        body.append(f"<h2>feature {feature}</h2>")
-        body.append(_plot(feature, pts, base.get((feature, "*")), default_nll, pick, max_nll_increase))
-        sections.append(_generations(feature, pts, rows))
-    defaults = "".join(_gen(r) for r in rows if r["type"] == "DEFAULT")
-    sections.insert(0, f'<section class="point" id="default"><h3>DEFAULT (unsteered)</h3>{defaults}</section>')
-    unscored = sum(1 for r in rows if not r.get("scores"))
-    if unscored:
-        body.append(f'<p class="note">{unscored} generations have no scores (run <code>saejobs score JOB</code>).</p>')
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
-            f"<style>{CSS}</style></head><body>" + "".join(body) + "<h2>Generations</h2>" + "".join(sections)
-            + "</body></html>")
+    """The page as one string (``write`` into memory)."""
+    buf = io.StringIO()
+    write(rows, buf, title, max_nll_increase, chosen)
+    return buf.getvalue()
+
+
+def write(rows: Iterable[dict], out: TextIO, title: str, max_nll_increase: float = search.DEFAULT_MAX_NLL_INCREASE,
+          chosen: dict[int, float] | None = None) -> dict:
+    """Write the page to ``out`` from one pass over ``rows`` (``generation_rows`` dicts with scores, e.g.
+    streamed a page at a time): the curves accumulate as rows pass, each generation's HTML is spooled to a
+    temporary file under its point, and the page is written once the curves are known — memory for the
+    curves, not the sweep. ``chosen``: feature → strength (a search's answer); otherwise chosen here by
+    ``engine.search.choose`` on the curve averaged over prompts. Returns the generations, unscored and
+    features counted."""
+    spool = tempfile.TemporaryFile()
+    where: dict[object, list[tuple[int, int]]] = defaultdict(list)  # point → (offset, length) in the spool
+    seen = {"generations": 0, "unscored": 0, "features": set()}
+
+    def passing():
+        for r in rows:
+            seen["generations"] += 1
+            seen["unscored"] += not r.get("scores")
+            f = r["features"]
+            one = r["type"] == "STEERED" and len(f) == 1 and "index" in f[0]
+            if one:
+                seen["features"].add(f[0]["index"])
+            if r["type"] == "DEFAULT" or one:
+                text = _gen(r).encode()
+                where["default" if r["type"] == "DEFAULT" else (f[0]["index"], float(f[0]["strength"]))].append(
+                    (spool.tell(), len(text)))
+                spool.write(text)
+            yield {**r, "prompt": "*"}
+
+    def spooled(point) -> Iterator[str]:
+        for offset, length in where.get(point, ()):
+            spool.seek(offset)
+            yield spool.read(length).decode()
+
+    with spool:
+        curves, base = search.curves(passing())
+        default_nll = base.get((-1, "*"))
+        out.write(f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+                  f"<style>{CSS}</style></head><body><h1>{escape(title)}</h1>"
+                  f"<p>Concept: the steered feature's mean activation on the generated tokens (unsteered pass); "
+                  f"fluency: mean NLL of the completion (nats/token). Means over prompts and seeds. The chosen strength "
+                  f"has the highest concept score with NLL ≤ DEFAULT + {max_nll_increase:g}. Click a point for its "
+                  f"generations.</p>")
+        for (feature, _), pts in sorted(curves.items()):
+            pick = (chosen or {}).get(feature)
+            if pick is None:
+                c = search.choose(pts, default_nll, max_nll_increase)
+                pick = c.strength if c else None
+            out.write(f"<h2>feature {feature}</h2>")
+            out.write(_plot(feature, pts, base.get((feature, "*")), default_nll, pick, max_nll_increase))
+        if seen["unscored"]:
+            out.write(f'<p class="note">{seen["unscored"]} generations have no scores (run <code>saejobs score JOB'
+                      f"</code>).</p>")
+        out.write('<h2>Generations</h2><section class="point" id="default"><h3>DEFAULT (unsteered)</h3>')
+        out.writelines(spooled("default"))
+        out.write("</section>")
+        for (feature, _), pts in sorted(curves.items()):
+            for p in pts:
+                out.write(f'<section class="point" id="{_anchor(feature, p.strength)}"><h3>feature {feature} at '
+                          f"strength {p.strength:g}</h3>")
+                out.writelines(spooled((feature, p.strength)))
+                out.write("</section>")
+        out.write("</body></html>")
+    return {**seen, "features": sorted(seen["features"])}
 
 
 def _anchor(feature: int, strength: float) -> str:
@@ -114,20 +158,6 @@ def _plot(feature: int, pts: list[search.Point], base_concept: float | None, bas
                    + (f'<circle cx="{x(p.strength):.1f}" cy="{yn(p.nll):.1f}" r="4" fill="{NLL}"/>'
                       if p.nll is not None else "") + "</a>")
     out.append("</svg>")
-    return "".join(out)
-
-
-def _generations(feature: int, pts: list[search.Point], rows: list[dict]) -> str:
-    by_strength: dict[float, list[dict]] = defaultdict(list)
-    for r in rows:
-        f = r["features"]
-        if r["type"] == "STEERED" and len(f) == 1 and f[0].get("index") == feature:
-            by_strength[float(f[0]["strength"])].append(r)
-    out = []
-    for p in pts:
-        gens = "".join(_gen(r) for r in by_strength.get(p.strength, []))
-        out.append(f'<section class="point" id="{_anchor(feature, p.strength)}"><h3>feature {feature} at strength '
-                   f"{p.strength:g}</h3>{gens}</section>")
     return "".join(out)
 
 
