@@ -1,5 +1,6 @@
 """``saejobs db``: the schema step. Workers and the CLI never migrate a database in use: they refuse an
-older or newer schema with one line naming this command (a new, empty database is created on first use)."""
+older or newer schema with one line naming this command (a new, empty database is created on first use);
+and ``db prune``, the retention step for job history (``db.retention``)."""
 
 from __future__ import annotations
 
