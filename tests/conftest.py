@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,46 @@ def pytest_configure(config):
 
     services.ensure_redis()
     services.ensure_postgres()
+    if os.environ.get("SAEJOBS_EXPECT_CUDA") == "1":
+        import torch
+
+        if not torch.cuda.is_available():  # the cuda cases would quietly not exist: a GPU run that tested no GPU
+            raise pytest.UsageError("SAEJOBS_EXPECT_CUDA=1 but torch sees no CUDA device "
+                                    f"(torch {torch.__version__}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+
+
+class OurDeprecations(logging.Handler):
+    """transformers says some deprecations as log lines (``logger.warning_once``), not warnings: keep those
+    emitted while a saejobs module is on the stack (our calls; a reference's own calls are not ours)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.said: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "deprecat" not in record.getMessage().lower():
+            return
+        f = sys._getframe()
+        while f is not None:
+            if f.f_globals.get("__name__", "").startswith("saejobs."):
+                self.said.append(f"{record.name}: {record.getMessage()} (called from {f.f_globals['__name__']})")
+                return
+            f = f.f_back
+
+
+DEPRECATIONS = OurDeprecations()
+logging.getLogger("transformers").addHandler(DEPRECATIONS)
+
+
+@pytest.fixture(autouse=True)
+def no_deprecation_lines_for_our_calls():
+    """Fail the test during which saejobs code made transformers log a deprecation (issue 25.5); our own
+    deprecation warnings are errors by pyproject's ``filterwarnings``."""
+    DEPRECATIONS.said.clear()
+    yield
+    said, DEPRECATIONS.said[:] = list(DEPRECATIONS.said), []
+    if said:
+        pytest.fail(f"transformers logged a deprecation for a saejobs call: {said[0]}", pytrace=False)
 
 
 def pytest_report_header(config):
