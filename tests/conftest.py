@@ -101,3 +101,45 @@ def tiny_gemma2_dir(gemma3) -> Path:
     from tests.models import tiny_gemma2_dir as make
 
     return make(gemma3)
+
+
+# The fault suite's summary (tests/faults/conftest.py writes one ledger per pytest process): the process that
+# runs the session — xdist's controller, which sees every test's report, or the only process — sums them.
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+_faults_spent = {"s": 0.0, "tests": 0}
+
+
+def _runs_the_session(config) -> bool:
+    return not hasattr(config, "workerinput")
+
+
+def pytest_sessionstart(session):
+    if _runs_the_session(session.config):
+        for old in ARTIFACTS.glob("faults-ledger-*.json"):
+            old.unlink()
+
+
+def pytest_runtest_logreport(report) -> None:
+    if "tests/faults/" in report.nodeid.replace("\\", "/"):
+        _faults_spent["s"] += report.duration
+        _faults_spent["tests"] += report.when == "call"
+
+
+def pytest_sessionfinish(session):
+    import json
+    from collections import Counter
+
+    parts = sorted(ARTIFACTS.glob("faults-ledger-*.json"))
+    if not _runs_the_session(session.config) or not parts:
+        return
+    totals: Counter[str] = Counter()
+    figures: dict[str, float] = {}
+    for p in parts:
+        part = json.loads(p.read_text())
+        totals.update(part["totals"])
+        for k, v in part["figures_s"].items():
+            figures[k] = max(v, figures.get(k, v))  # the worst value seen is kept
+        p.unlink()
+    summary = {"totals": dict(sorted(totals.items())), "figures_s": {k: round(v, 2) for k, v in sorted(figures.items())},
+               "tests": _faults_spent["tests"], "suite_s": round(_faults_spent["s"], 1)}
+    (ARTIFACTS / "faults-summary.json").write_text(json.dumps(summary, indent=2) + "\n")
