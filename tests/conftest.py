@@ -88,6 +88,17 @@ def gemma3():
 
 
 @pytest.fixture(scope="session")
+def demo_mirror(gemma3, tmp_path_factory) -> Path:
+    """The demo SAE (``engine/demo.py``) written once per pytest process into a Hub-like mirror; tests download
+    from it (``--source``) and never write into it."""
+    from saejobs.engine import demo
+
+    mirror = tmp_path_factory.mktemp("demo-mirror")
+    demo.build(gemma3, mirror)
+    return mirror
+
+
+@pytest.fixture(scope="session")
 def tiny_gemma2():
     """A tiny random Gemma 2 with a byte-level tokenizer, built in memory: no real model needed."""
     from saejobs.engine.models import tiny_gemma2 as make
