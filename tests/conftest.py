@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,46 @@ def pytest_configure(config):
 
     services.ensure_redis()
     services.ensure_postgres()
+    if os.environ.get("SAEJOBS_EXPECT_CUDA") == "1":
+        import torch
+
+        if not torch.cuda.is_available():  # the cuda cases would quietly not exist: a GPU run that tested no GPU
+            raise pytest.UsageError("SAEJOBS_EXPECT_CUDA=1 but torch sees no CUDA device "
+                                    f"(torch {torch.__version__}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+
+
+class OurDeprecations(logging.Handler):
+    """transformers says some deprecations as log lines (``logger.warning_once``), not warnings: keep those
+    emitted while a saejobs module is on the stack (our calls; a reference's own calls are not ours)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.said: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "deprecat" not in record.getMessage().lower():
+            return
+        f = sys._getframe()
+        while f is not None:
+            if f.f_globals.get("__name__", "").startswith("saejobs."):
+                self.said.append(f"{record.name}: {record.getMessage()} (called from {f.f_globals['__name__']})")
+                return
+            f = f.f_back
+
+
+DEPRECATIONS = OurDeprecations()
+logging.getLogger("transformers").addHandler(DEPRECATIONS)
+
+
+@pytest.fixture(autouse=True)
+def no_deprecation_lines_for_our_calls():
+    """Fail the test during which saejobs code made transformers log a deprecation (issue 25.5); our own
+    deprecation warnings are errors by pyproject's ``filterwarnings``."""
+    DEPRECATIONS.said.clear()
+    yield
+    said, DEPRECATIONS.said[:] = list(DEPRECATIONS.said), []
+    if said:
+        pytest.fail(f"transformers logged a deprecation for a saejobs call: {said[0]}", pytrace=False)
 
 
 def pytest_report_header(config):
@@ -46,6 +88,17 @@ def gemma3():
 
 
 @pytest.fixture(scope="session")
+def demo_mirror(gemma3, tmp_path_factory) -> Path:
+    """The demo SAE (``engine/demo.py``) written once per pytest process into a Hub-like mirror; tests download
+    from it (``--source``) and never write into it."""
+    from saejobs.engine import demo
+
+    mirror = tmp_path_factory.mktemp("demo-mirror")
+    demo.build(gemma3, mirror)
+    return mirror
+
+
+@pytest.fixture(scope="session")
 def tiny_gemma2():
     """A tiny random Gemma 2 with a byte-level tokenizer, built in memory: no real model needed."""
     from saejobs.engine.models import tiny_gemma2 as make
@@ -59,3 +112,45 @@ def tiny_gemma2_dir(gemma3) -> Path:
     from tests.models import tiny_gemma2_dir as make
 
     return make(gemma3)
+
+
+# The fault suite's summary (tests/faults/conftest.py writes one ledger per pytest process): the process that
+# runs the session — xdist's controller, which sees every test's report, or the only process — sums them.
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+_faults_spent = {"s": 0.0, "tests": 0}
+
+
+def _runs_the_session(config) -> bool:
+    return not hasattr(config, "workerinput")
+
+
+def pytest_sessionstart(session):
+    if _runs_the_session(session.config):
+        for old in ARTIFACTS.glob("faults-ledger-*.json"):
+            old.unlink()
+
+
+def pytest_runtest_logreport(report) -> None:
+    if "tests/faults/" in report.nodeid.replace("\\", "/"):
+        _faults_spent["s"] += report.duration
+        _faults_spent["tests"] += report.when == "call"
+
+
+def pytest_sessionfinish(session):
+    import json
+    from collections import Counter
+
+    parts = sorted(ARTIFACTS.glob("faults-ledger-*.json"))
+    if not _runs_the_session(session.config) or not parts:
+        return
+    totals: Counter[str] = Counter()
+    figures: dict[str, float] = {}
+    for p in parts:
+        part = json.loads(p.read_text())
+        totals.update(part["totals"])
+        for k, v in part["figures_s"].items():
+            figures[k] = max(v, figures.get(k, v))  # the worst value seen is kept
+        p.unlink()
+    summary = {"totals": dict(sorted(totals.items())), "figures_s": {k: round(v, 2) for k, v in sorted(figures.items())},
+               "tests": _faults_spent["tests"], "suite_s": round(_faults_spent["s"], 1)}
+    (ARTIFACTS / "faults-summary.json").write_text(json.dumps(summary, indent=2) + "\n")

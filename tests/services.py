@@ -58,9 +58,23 @@ def postgres_user() -> str:
         return "pgserver"
 
 
+def xdist_index() -> int:
+    """This pytest-xdist worker's number (gw0 → 0), 0 without xdist."""
+    return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+
+
+def own_redis_db(url: str) -> str:
+    """``url`` with a Redis database of this xdist worker's own (15, 14, ... counting down from the one
+    given): the queue tests flush their database around each test, so two workers must never share one."""
+    u = make_url(url)
+    base = int(u.database or 0)
+    return u.set(database=str((base - xdist_index()) % 16)).render_as_string(hide_password=False)
+
+
 def ensure_redis() -> None:
     url = make_url(os.environ.get("SAEJOBS_TEST_BROKER", DEFAULT_BROKER))
     if answers(url.host or "127.0.0.1", url.port or 6379):
+        os.environ["SAEJOBS_TEST_BROKER"] = own_redis_db(url.render_as_string(hide_password=False))
         return
     folder = tempfile.mkdtemp(prefix="saejobs-test-redis-")
     port = free_port()
@@ -68,7 +82,7 @@ def ensure_redis() -> None:
                              "--appendonly", "no", "--dir", folder], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     atexit.register(_stop, proc, folder)
     come_up(lambda: answers("127.0.0.1", port), 20, "the private redis-server")
-    os.environ["SAEJOBS_TEST_BROKER"] = f"redis://127.0.0.1:{port}/15"
+    os.environ["SAEJOBS_TEST_BROKER"] = f"redis://127.0.0.1:{port}/15"  # this worker's own server
     started.append(f"Redis (nothing answered at {url.host}:{url.port}): {redis_server_binary()} on port {port}")
 
 

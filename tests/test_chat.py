@@ -110,10 +110,9 @@ def test_chats_travel_in_the_typed_request_and_never_share_a_key_with_prompts():
 
 
 @pytest.fixture
-def demo_sae(home, gemma3):
-    demo.build(gemma3, home / "mirror")
+def demo_sae(home, demo_mirror):
     custom.write([demo.ENTRY], "demo")
-    assert saejobs("download", demo.ENTRY.id, "--source", str(home / "mirror"), "--local", "-q").returncode == 0
+    assert saejobs("download", demo.ENTRY.id, "--source", str(demo_mirror), "--local", "-q").returncode == 0
     return demo.ENTRY
 
 

@@ -69,11 +69,10 @@ class StandIn:
 
 
 @pytest.fixture
-def sweep(home, gemma3):
+def sweep(home, demo_mirror):
     """A real sweep on Gemma 3 270M with the demo SAE: features 0 and 1 × strengths 0 and 150."""
-    demo.build(gemma3, home / "mirror")
     custom.write([demo.ENTRY], "demo")
-    assert saejobs("download", demo.ENTRY.id, "--source", str(home / "mirror"), "--local", "-q").returncode == 0
+    assert saejobs("download", demo.ENTRY.id, "--source", str(demo_mirror), "--local", "-q").returncode == 0
     job = submitted(saejobs("sweep", "--sae", demo.ENTRY.id, "--feature", "0,1", "--strength", "0,150", "--prompt",
                             "Once upon a time", "--n-tokens", "12", "--model", "gemma-3-270m-gguf", "--local", "--json"))
     rows = results.generation_rows(job["id"])

@@ -60,10 +60,8 @@ def test_search_rule_takes_the_best_admissible_point_not_the_first_or_the_last()
 
 
 @pytest.fixture(scope="module")
-def mirror(gemma3, tmp_path_factory) -> Path:
-    m = tmp_path_factory.mktemp("mirror")
-    demo.build(gemma3, m)
-    return m
+def mirror(demo_mirror) -> Path:
+    return demo_mirror
 
 
 @pytest.fixture(scope="module")

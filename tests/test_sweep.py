@@ -22,10 +22,8 @@ PROMPTS = ["Once upon a time", "The weather today is", "My favourite thing about
 
 
 @pytest.fixture(scope="module")
-def demo_sae(gemma3, tmp_path_factory):
-    mirror = tmp_path_factory.mktemp("mirror")
-    folder = demo.build(gemma3, mirror)
-    return load_sae(demo.ENTRY, folder)
+def demo_sae(demo_mirror):
+    return load_sae(demo.ENTRY, demo_mirror / demo.ENTRY.repo_id / demo.ENTRY.folder)
 
 
 def run(gemma3, sae, configs, settings=Settings(n_tokens=24), batch=None):
@@ -108,15 +106,14 @@ def test_logprobs_of_chosen_and_top_k(gemma3, demo_sae):
         assert lp["logprob"] == pytest.approx(lp["top"][0][1]) and lp["logprob"] <= 0
 
 
-def test_sweep_job_end_to_end_and_results_views(home, gemma3, tmp_path):
+def test_sweep_job_end_to_end_and_results_views(home, demo_mirror, tmp_path):
     """saejobs sweep --local on the demo SAE; the grid as a table, JSON and CSV."""
     from click.testing import CliRunner
 
     from saejobs.cli.main import cli
     from saejobs.engine.registry import custom
 
-    mirror = tmp_path / "mirror"
-    demo.build(gemma3, mirror)
+    mirror = demo_mirror
     custom.write([demo.ENTRY], "demo")
     cli_ = CliRunner()
     r = cli_.invoke(cli, ["download", demo.ENTRY.id, "--source", str(mirror), "--local", "--json"])
