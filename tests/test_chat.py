@@ -174,6 +174,49 @@ def test_a_chat_sweep_runs_through_the_queue_and_locally_with_the_same_rows(home
 
 
 @pytest.mark.model
+def test_a_chat_sweep_renders_with_the_models_own_template(home, tiny_gemma2_dir, tmp_path):
+    """No --chat-template: the model's own template renders the conversations. The model is the tiny Gemma 2
+    folder with a ``chat_template.jinja`` beside its tokenizer files (as transformers saves a template), one
+    that writes "Own: " into the opened model turn, so no other template can pass. Expected: plain
+    transformers on that folder (``AutoTokenizer`` → ``apply_chat_template`` → tokenize, no special tokens
+    added), on the messages as written (no reasoning block to drop)."""
+    from transformers import AutoTokenizer
+
+    from tests.synthetic_saes import make
+
+    model_dir = tmp_path / "tiny-gemma-2-own-template"
+    model_dir.mkdir()
+    for f in tiny_gemma2_dir.iterdir():
+        (model_dir / f.name).symlink_to(f)
+    gemma = TEMPLATE.read_text()
+    own = gemma.replace("'<start_of_turn>model\\n'", "'<start_of_turn>model\\nOwn: '")
+    assert own != gemma
+    (model_dir / "chat_template.jinja").write_text(own)
+    sae = make(home, d_model=64, d_sae=256, layer=1)
+    submitted(saejobs("download", sae.id, "--source", str(sae.mirror), "--local", "--json"))
+    convs = [[{"role": "user", "content": "Write one sentence about the sea."}],
+             [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello!"},
+              {"role": "user", "content": "Name a colour."}]]
+    f = tmp_path / "chats.json"
+    f.write_text(json.dumps(convs))
+    job = submitted(saejobs("sweep", "--sae", sae.id, "--feature", "3", "--strength", "0,8", "--chat", str(f),
+                            "--system", "Be brief.", "--n-tokens", "3", "--model", str(model_dir), "--local", "--json"))
+    assert job["state"] == "succeeded"
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    rows = results.generation_rows(job["id"])
+    assert len(rows) == 2 * 3  # per conversation: DEFAULT, strengths 0 and 8
+    want = {}
+    for conv in convs:
+        messages = [{"role": "system", "content": "Be brief."}, *conv]
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert text.endswith("<start_of_turn>model\nOwn: ") and text.startswith("<bos><start_of_turn>user\nBe brief.")
+        want[conv[-1]["content"]] = (messages, text, tok(text, add_special_tokens=False)["input_ids"])
+    for r in rows:
+        messages, text, ids = want[r["messages"][-1]["content"]]
+        assert r["messages"] == messages and r["prompt"] == text and r["prompt_token_ids"] == ids, r
+
+
+@pytest.mark.model
 def test_a_model_without_a_chat_template_is_refused_in_one_line_and_nothing_is_queued(home, demo_sae, tmp_path):
     line = one_clean_line(saejobs(*chat_args(tmp_path)), 2)
     assert "has no chat template" in line and "--chat-template FILE" in line

@@ -85,3 +85,46 @@ def test_a_byte_changed_on_the_mirror_is_refused_before_it_lands(home, sqlite_db
 
     assert [c.host for c in saes.copies(sae.id)] == ["host-a"] and saes.get(sae.id).files["params.npz"]["sha256"] == recorded
     assert os.environ.get("SAEJOBS_DB") == sqlite_db
+
+
+def test_a_multi_file_saes_copy_digest_is_its_parameters_files(home, sqlite_db, tmp_path, tiny_gemma2_dir):  # noqa: F811
+    """A Gemma Scope 2 SAE is two files (params.safetensors, config.json): each host's copy records the
+    parameters file's sha256 (hashlib on the mirror's file), not config.json's nor one over both, and the SAE's
+    recorded files are both, each with its own digest. Then a byte changed in the mirror's parameters file:
+    host C's sweep is refused (exit 3) before any generation, and nothing lands in its cache."""
+    sae = make(home, fmt="gemma-scope-2", d_sae=256)
+    params, config = sae.mirror_folder / "params.safetensors", sae.mirror_folder / "config.json"
+    assert sha(params) != sha(config)
+    home_b = host_b(home, tmp_path)
+    submitted(on("host-a", home, "download", sae.id, "--source", str(sae.mirror), "--local", "--json"))
+    assert submitted(on("host-b", home_b, "verify", sae.id, "--structural-only", "--local", "--json"))["state"] == "succeeded"
+    from saejobs.db import saes
+
+    files = saes.get(sae.id).files
+    assert set(files) == {"params.safetensors", "config.json"}
+    assert files["params.safetensors"]["sha256"] == sha(params) and files["config.json"]["sha256"] == sha(config)
+    got = {c.host: c.sha256 for c in saes.copies(sae.id)}
+    assert got == {"host-a": sha(params), "host-b": sha(params)}, got
+    copy_b = home_b / "saes" / sae.entry.repo_id / sae.entry.folder
+    assert sha(copy_b / "params.safetensors") == sha(params) and sha(copy_b / "config.json") == sha(config)
+
+    data = bytearray(params.read_bytes())
+    data[-100] ^= 0xFF
+    params.write_bytes(bytes(data))
+    home_c = tmp_path / "home-c"
+    shutil.copytree(home / "registry.d", home_c / "registry.d")
+    res = on("host-c", home_c, "sweep", "--sae", sae.id, "--feature", "1", "--strength", "0,4", "--prompt", "Hi",
+             "--n-tokens", "2", "--model", str(tiny_gemma2_dir), "--local", "--json")
+    assert "sha256" in one_clean_line(res, 3)
+    from saejobs.db import results
+    from saejobs.db.models import Job
+    from saejobs.db.session import session
+    from sqlalchemy import select
+
+    with session() as s:
+        (job,) = s.scalars(select(Job).where(Job.kind == "sweep")).all()
+        assert job.state == "failed"
+    assert results.generation_rows(job.id) == []
+    folder_c = home_c / "saes" / sae.entry.repo_id / sae.entry.folder
+    assert not (folder_c / "params.safetensors").exists() and not (folder_c / "params.safetensors.part").exists()
+    assert {c.host for c in saes.copies(sae.id)} == {"host-a", "host-b"}

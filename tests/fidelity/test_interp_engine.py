@@ -7,6 +7,15 @@ and 17: ± principal axes of the model's own activations plus three token direct
 one, STEERED and DEFAULT, in one left-padded batch with a different steering vector per row; every
 row must equal interp-engine's one-request-at-a-time generation (``steer`` + ``generate_stream``,
 ``torch.manual_seed(seed)`` first), EOS included.
+
+The oracle's inputs come from outside saejobs: prompt ids from interp-engine's own tokenizer layer
+(``EagerModel.to_tokens``, TransformerLens semantics) after Neuronpedia's string-level BOS rule
+(``completion.py``: ``bos_token + prompt`` unless it already starts with it), and decoder rows read
+from the SAE's ``params.safetensors`` with ``safetensors`` itself, not from saejobs' loaded SAE; saejobs'
+prompt ids must equal those ids. (Neuronpedia's ``completion.py`` then passes
+``prepend_bos=tokenizer_prepends_bos`` on its EagerModel path, which for Gemma's tokenizer, one that adds
+BOS itself, gives ``[bos, bos, ...]``; its vLLM path and its activation endpoints pass ``prepend_bos=False``,
+one BOS, as saejobs does and as the reference here does.)
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from interp_engine import compose_assistant_turns, strip_wire_reasoning
 from interp_engine.model import EagerModel
@@ -114,7 +124,12 @@ def saes(lm, tmp_path_factory):
         folder = tmp_path_factory.mktemp(f"sae{layer}")
         write_sae(folder, entry.format, p, gemma_scope_2_config(entry))
         out[layer] = load_sae(entry, folder, device=lm.device)
+        # the oracle's decoder rows: the file's own tensor (Gemma Scope 2 spells it w_dec), read by safetensors
+        ROWS[(torch.device(lm.device).type, layer)] = load_file(str(folder / "params.safetensors"))["w_dec"].float().to(lm.device)
     return out
+
+
+ROWS: dict = {}  # (device type, layer) -> the SAE file's decoder matrix, as safetensors reads it
 
 
 @pytest.fixture(scope="module")
@@ -133,11 +148,21 @@ def oracle_tokens(oracle, sae, case: Case, prompt_ids: list[int], steered: bool)
     return [step.token_id for step in oracle_steps(oracle, sae, case, prompt_ids, steered)]
 
 
+def oracle_prompt_ids(oracle, prompt: str) -> list[int]:
+    """The prompt's ids as Neuronpedia's server makes them, through interp-engine's own tokenizer layer:
+    BOS prepended to the text unless it starts with it, then ``to_tokens`` adding no second one."""
+    bos = oracle.tokenizer.bos_token
+    text = prompt if prompt.startswith(bos) else bos + prompt
+    return [int(t) for t in oracle.to_tokens(text, prepend_bos=False, truncate=False)[0].tolist()]
+
+
 def oracle_steps(oracle, sae, case: Case, prompt_ids: list[int], steered: bool) -> list:
-    """interp-engine's generation steps (token id and ``token_str``) for one request."""
+    """interp-engine's generation steps (token id and ``token_str``) for one request; the steering vectors
+    are the SAE file's decoder rows (``sae`` only says which file: its device and layer)."""
     s = settings_of(case)
+    w_dec = ROWS[(sae.W_dec.device.type, case.layer)]
     ids = torch.tensor([prompt_ids], device=oracle.device)  # generate_stream takes a batch of one; steer() the prompt's ids
-    specs = [SteerSpec(sae.W_dec[i].clone(), case.layer, s.strength_multiplier * strength, METHODS[case.method],
+    specs = [SteerSpec(w_dec[i].clone(), case.layer, s.strength_multiplier * strength, METHODS[case.method],
                        point="resid_post", normalize=case.normalize) for i, strength in case.features]
     mask = None if case.special else SteerMask.SPECIAL_TOKENS
     ctx = steer(oracle, specs, prompt_token_ids=ids[0], position_mask=mask) if steered else contextlib.nullcontext()
@@ -155,7 +180,8 @@ def test_the_same_tokens_as_interp_engine(case, lm, saes, oracle):
                for prompt in (case.prompt, OTHER_PROMPT) for kind in ("STEERED", "DEFAULT")]
     ours = runner.run(configs)  # one batch of four rows, two prompt lengths
     for cfg, generated, _ in ours:
-        ids = runner.prompt_ids(cfg.prompt)
+        ids = oracle_prompt_ids(oracle, cfg.prompt)
+        assert runner.prompt_ids(cfg.prompt) == ids, (cfg.prompt, runner.prompt_ids(cfg.prompt), ids)
         theirs = oracle_tokens(oracle, sae, case, ids, steered=cfg.type == "STEERED")
         assert generated.token_ids == theirs, (cfg.type, cfg.prompt, lm.tokenizer.decode(generated.token_ids),
                                                lm.tokenizer.decode(theirs))
