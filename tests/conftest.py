@@ -12,8 +12,17 @@ import pytest
 from saejobs.engine import paths
 
 def pytest_configure(config):
-    """Redis and PostgreSQL: the ones the tests are pointed at, or private real ones started now."""
+    """Redis and PostgreSQL: the ones the tests are pointed at, or private real ones started now. Under xdist,
+    one compute thread per process (the worker, and the CLI and worker processes its tests start): two xdist
+    workers each running torch on every core oversubscribe a small machine, and OpenMP's spinning threads then
+    run many times slower than one thread each (a tiny sweep took minutes)."""
     from tests import services
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, "1")
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(1)
 
     services.ensure_redis()
     services.ensure_postgres()
