@@ -92,7 +92,7 @@ def test_bad_settings_are_refused(bad, says):
 
 def test_building_a_request_needs_no_torch(tmp_path):
     code = ("import sys, numpy as np; np.save(sys.argv[1], np.ones(3, np.float32));"
-            "from engine.request import SweepRequest, Settings, Vector;"
+            "from saejobs.engine.request import SweepRequest, Settings, Vector;"
             "r = SweepRequest(sae='s', features=(1,), vectors=(Vector.of(sys.argv[1]),), strengths=(1,), prompts=('p',));"
             "r.configs('x'); r.to_params();"
             "assert 'torch' not in sys.modules, 'torch was imported'")
