@@ -24,12 +24,6 @@ def request(**kw) -> SweepRequest:
     return SweepRequest(**{"sae": "s", "features": (5,), "strengths": (10.0,), "prompts": ("p",), **kw})
 
 
-def refused(what: type[Exception] = UsageError, **kw) -> str:
-    with pytest.raises(what) as e:
-        request(**kw)
-    return str(e.value)
-
-
 def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -111,26 +105,9 @@ def test_plan_slice_starts_at_the_first_configuration_by_default():
     assert rows(got) == SMALL_GRID[:3]
 
 
-# --- refusals, word for word, and their boundaries --------------------------------------------------------
+# --- refusals, word for word, and their boundaries (the request's own checks: test_request.py) ---------------
 
 CHAT_LAST_TURN = "the last message must be the user's (the steered assistant turn answers it)"
-
-
-@pytest.mark.parametrize("bad, says", [
-    ({"features": (), "vectors": ()}, "nothing to steer with: give --feature INDEX or --vector FILE"),
-    ({"strengths": ()}, "no strength: give --strength, e.g. 0,10,50"),
-    ({"prompts": ()}, "no prompt: give --prompt TEXT, --prompts-file FILE or --chat FILE"),
-    ({"chats": (HI,)}, "give prompts or chat conversations (--chat), not both"),
-    ({"chat_template": "{{ messages }}"}, "--chat-template renders --chat conversations; there are none"),
-    ({"prompts": ("a", " \n")}, "a prompt is empty"),
-    ({"prompts": ("x" * 32_001,)}, "a prompt has 32001 characters; the limit is 32000"),
-    ({"dtype": "float8"}, "unknown dtype 'float8'; expected one of float32, bfloat16, float16"),
-    ({"batch_size": 0}, "batch size must be at least 1, not 0"),
-    ({"features": (4, -2, -3)}, "feature -3 is out of range (feature indices start at 0)"),
-    ({"strengths": (1.0, float("inf"))}, "strength inf is not a finite number"),
-])
-def test_a_bad_request_says_exactly_what_is_wrong(bad, says):
-    assert refused(**bad) == says
 
 
 def test_the_limits_themselves_are_accepted():

@@ -135,7 +135,8 @@ def test_vector_messages_name_the_vector():
 def test_an_unknown_method_lists_the_known_ones():
     with pytest.raises(UsageError) as e:
         steer_method("PROJECTION_CAP")
-    assert str(e.value) == "unknown steering method 'PROJECTION_CAP'; expected one of SIMPLE_ADDITIVE, ORTHOGONAL_DECOMP"
+    assert str(e.value) == ("unknown steering method 'PROJECTION_CAP'; "
+                            "expected one of SIMPLE_ADDITIVE, ORTHOGONAL_DECOMP")
 
 
 def test_a_method_without_its_case_fails_naming_it():

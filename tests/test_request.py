@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from saejobs.engine.chat import Message, Role
 from saejobs.engine.errors import IntegrityError, UsageError
 from saejobs.engine.request import Settings, SweepRequest, Vector
 
@@ -63,19 +64,22 @@ def test_a_job_stored_before_the_typed_request_still_reads():
 
 
 @pytest.mark.parametrize("bad, says", [
-    ({"features": (), "vectors": ()}, "nothing to steer with"),
-    ({"features": (-1,)}, "feature -1 is out of range"),
-    ({"strengths": (float("nan"),)}, "strength nan is not a finite number"),
-    ({"strengths": ()}, "no strength"),
-    ({"prompts": ()}, "no prompt"),
-    ({"prompts": ("  ",)}, "a prompt is empty"),
-    ({"prompts": ("x" * 40_000,)}, "the limit is 32000"),
-    ({"dtype": "float8"}, "unknown dtype"),
-    ({"batch_size": 0}, "batch size must be at least 1"),
+    ({"features": (), "vectors": ()}, "nothing to steer with: give --feature INDEX or --vector FILE"),
+    ({"features": (4, -2, -3)}, "feature -3 is out of range (feature indices start at 0)"),
+    ({"strengths": (1.0, float("nan"))}, "strength nan is not a finite number"),
+    ({"strengths": ()}, "no strength: give --strength, e.g. 0,10,50"),
+    ({"prompts": ()}, "no prompt: give --prompt TEXT, --prompts-file FILE or --chat FILE"),
+    ({"chats": ((Message(Role.USER, "hi"),),)}, "give prompts or chat conversations (--chat), not both"),
+    ({"chat_template": "{{ messages }}"}, "--chat-template renders --chat conversations; there are none"),
+    ({"prompts": ("a", " \n")}, "a prompt is empty"),
+    ({"prompts": ("x" * 32_001,)}, "a prompt has 32001 characters; the limit is 32000"),
+    ({"dtype": "float8"}, "unknown dtype 'float8'; expected one of float32, bfloat16, float16"),
+    ({"batch_size": 0}, "batch size must be at least 1, not 0"),
 ])
 def test_bad_requests_are_refused_with_what_is_wrong(bad, says):
-    with pytest.raises(UsageError, match=says):
+    with pytest.raises(UsageError) as e:
         request(**bad)
+    assert str(e.value) == says  # word for word: the CLI prints it as the one line the user reads
 
 
 @pytest.mark.parametrize("bad, says", [
