@@ -253,7 +253,8 @@ def test_an_attempts_limit_of_one_fails_a_handed_back_job(db, monkeypatch):
     job = jobs.create("verify", {})
     assert claim(job.id)
     assert not jobs.requeue(job.id, "worker lost", worker="w1")
-    assert (row(db, job.id)["state"], row(db, job.id)["error"]) == ("failed", "gave up after 1 attempts; last: worker lost")
+    got = row(db, job.id)
+    assert (got["state"], got["error"]) == ("failed", "gave up after 1 attempts; last: worker lost")
     monkeypatch.setenv("SAEJOBS_MAX_ATTEMPTS", "0")  # below one: one
     assert jobs.max_attempts() == 1
 
