@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.orm import aliased
 
-from saejobs.db.models import Job, JobEvent
+from saejobs.db.models import Job, JobEvent, utcnow
 from saejobs.db.states import FINAL_STATES, JobKind, JobState
 from saejobs.db.session import db_now, read_session, retried, session
 from saejobs.engine.errors import NotFoundError, SaejobsError, UsageError
@@ -71,9 +71,10 @@ def _insert(job_id: str, fields: dict[str, Any], children: list[tuple[str, dict]
             s.add(job)
             s.add(JobEvent(job_id=job_id, state=JobState.QUEUED, progress=0.0, message=message))
             s.flush()
-            for child_id, child in children:
+            made = utcnow()  # one stamp a microsecond apart each: their order is the order given, not their ids'
+            for n, (child_id, child) in enumerate(children):
                 s.add(Job(id=child_id, state=JobState.QUEUED, progress=0.0, attempts=0, message=JobState.QUEUED,
-                          parent_id=job_id, **child))
+                          parent_id=job_id, created_at=made + timedelta(microseconds=n), **child))
                 s.add(JobEvent(job_id=child_id, state=JobState.QUEUED, progress=0.0, message=JobState.QUEUED))
     return job
 
