@@ -67,6 +67,26 @@ markers = [
 """
 
 
+def undecorated(source: str) -> str:
+    """mutmut 3 leaves decorated functions unmutated (a decorator runs at definition time), which would hide
+    db/jobs.py's every ``@retried`` function. So in the staged copy a top-level ``@d`` / ``def f`` becomes a
+    plain ``def f`` and ``f = d(f)`` at the end of the module: the same object under the same name by the
+    time anything calls it, now with mutmut's trampoline inside the decorator."""
+    lines, out, wrap, pending = source.splitlines(), [], [], []
+    for line in lines:
+        if line.startswith("@") and not line.startswith("@dataclass"):
+            pending.append(line[1:].strip())
+            continue
+        if pending and line.startswith("def "):
+            name = line[4:].split("(", 1)[0].strip()
+            wrap.extend(f"{name} = {d}({name})" for d in reversed(pending))
+        elif pending:
+            out.extend("@" + d for d in pending)
+        pending = []
+        out.append(line)
+    return "\n".join(out + ["", "# .ci/mutation/run.py: the decorators, applied after mutmut's trampolines", *wrap, ""])
+
+
 def stage(module: str) -> Path:
     """A fresh copy of the package in its import layout, with the tests, for one module's run."""
     where = STAGE / slug(module)
@@ -79,6 +99,8 @@ def stage(module: str) -> Path:
     shutil.copytree(ROOT / "tests", where / "tests", ignore=shutil.ignore_patterns("__pycache__"))
     tests = [t for t in MODULES[module] if (ROOT / t).exists()]
     folder, _, rest = module.partition("/")
+    target = pkg / PACKAGES[folder] / rest
+    target.write_text(undecorated(target.read_text()))
     only = f'"saejobs/{PACKAGES[folder]}/{rest}"'
     (where / "pyproject.toml").write_text(PYPROJECT.format(only=only, tests=", ".join(f'"{t}"' for t in tests)))
     return where
