@@ -49,13 +49,15 @@ def lm() -> LoadedModel:
     return tiny_lm()
 
 
-def make_sae(d_model: int, n: int = 6, seed: int = 1) -> SimpleNamespace:
+def make_sae(d_model: int, n: int = 7, seed: int = 1) -> SimpleNamespace:
     """The three tensors ``score`` reads; thresholds at the median pre-activation scale so that some
     tokens fire and some do not."""
     g = torch.Generator().manual_seed(seed)
     W = torch.randn((d_model, n), generator=g)
     b = torch.randn(n, generator=g) * 0.1
     thr = torch.rand(n, generator=g) * 2.0
+    W[:, -1] *= 0.02  # the last feature fires weakly: activations between its threshold and 1
+    b[-1], thr[-1] = 0.0, 0.001
     return SimpleNamespace(W_enc=W, b_enc=b, threshold_floor=thr)
 
 
@@ -83,7 +85,9 @@ def reference(lm, sae, prompt: list[int], gen: list[int], feats: list[int]) -> d
         n = len(body)
         concept[str(f)] = {"mean": float(act.sum()) / n if n else 0.0,
                            "fire_rate": float((act > 0).sum()) / n if n else 0.0}
-    return {"nll": nll, "concept": concept, "n_text": len(body), "stopped": stopped}
+    return {"nll": nll, "concept": concept, "n_text": len(body), "stopped": stopped, "body": body,
+            "max_act": {str(f): float((x @ sae.W_enc[:, f].double() + float(sae.b_enc[f])).max()) if len(body) else 0.0
+                        for f in feats}}
 
 
 def close(a, b, tol=1e-4):
@@ -96,6 +100,8 @@ def check(got: dict, want: dict) -> None:
     assert close(got["perplexity"], None if want["nll"] is None else math.exp(want["nll"]), 1e-3)
     assert got["completion_tokens"] == want["n_text"]
     assert got["stopped_at_eos"] is want["stopped"]
+    d1, d2, longest = ref_repetition(want["body"])
+    assert (got["distinct_1"], got["distinct_2"], got["longest_repeat"]) == (d1, d2, longest)
     assert set(got["concept"]) == set(want["concept"])
     for f, c in want["concept"].items():
         assert close(got["concept"][f]["mean"], c["mean"]), (f, got["concept"][f], c)
@@ -112,7 +118,8 @@ ITEMS = [
     ([BOS, 40, 41, 42, 43, 44, 45], [50, 51, 52, 53, EOS], [0, 2]),
     ([BOS, 60], [61, 62, 63, 64, 65, 66, 67], [2, 5]),
     ([BOS, 70, 71, 72], [73, EOS], [1]),
-    ([BOS, 80, 81, 82, 83], [84, 85, 86], [0, 3, 5]),
+    ([BOS, 80, 81, 82, 83], [84, 85, 86], [0, 3, 5, 6]),
+    ([BOS, 90, 91], [92, 93, 92], [4, 6]),
 ]
 
 
@@ -123,9 +130,20 @@ def test_scores_of_a_padded_batch_equal_each_row_alone(lm):
     assert len(got) == len(ITEMS)
     for row, (p, g, f) in zip(got, ITEMS):
         check(row, reference(lm, sae, p, g, f))
-    # and the reference itself is not trivial: features fire on some tokens and not on others
+    # and the reference itself is not trivial: features fire on some tokens and not on others, and the
+    # weak feature fires with activations below 1
     rates = [c["fire_rate"] for row in got for c in row["concept"].values()]
     assert any(0 < r < 1 for r in rates)
+    weak = [reference(lm, sae, p, g, f) for p, g, f in ITEMS if 6 in f]
+    assert all(w["concept"]["6"]["fire_rate"] > 0 and w["max_act"]["6"] < 1 for w in weak)
+
+
+def test_concept_is_read_in_the_sae_dtype(lm):
+    """An SAE kept in another dtype than the model (float64 here) reads the activation cast to its own."""
+    sae = make_sae(lm.config.hidden_size)
+    wide = SimpleNamespace(W_enc=sae.W_enc.double(), b_enc=sae.b_enc.double(), threshold_floor=sae.threshold_floor.double())
+    p, g, f = ITEMS[0]
+    check(sc.score(lm, wide, HOOK, [sc.Item(p, g, f)])[0], reference(lm, sae, p, g, f))
 
 
 def test_field_names_are_the_stored_ones():
@@ -229,7 +247,7 @@ def test_groups_by_memory_in_order_with_progress(lm, monkeypatch):
     monkeypatch.setattr(sc, "CPU_LOGITS_BYTES", 2 * (longest + 1) * V * 8 + 1)
     assert sc._group_rows(lm, longest) == 2
     sae = make_sae(lm.config.hidden_size)
-    items = ITEMS + [ITEMS[1]]
+    items = ITEMS
     calls = []
     got = sc.score(lm, sae, HOOK, [sc.Item(*i) for i in items], on_group=calls.append)
     assert calls == [2, 4, 5]
@@ -245,6 +263,16 @@ def test_group_rows_from_memory():
     assert sc._group_rows(cpu, 99) == (512 * 2**20) // (100 * 1000 * 8)
     huge = SimpleNamespace(device="cpu", config=SimpleNamespace(vocab_size=10**9))
     assert sc._group_rows(huge, 10) == 1
+
+
+def test_group_rows_never_round_up_past_the_budget(monkeypatch):
+    """Integer floor division: a budget one byte short of three rows gives two, even where a float quotient
+    would round up to 3.0 (sizes past 2**53)."""
+    lm = SimpleNamespace(device="cpu", config=SimpleNamespace(vocab_size=2**52))
+    per_row = (0 + 1) * 2**52 * 4 * 2
+    monkeypatch.setattr(sc, "CPU_LOGITS_BYTES", 3 * per_row - 1)
+    assert float(3 * per_row - 1) / per_row == 3.0  # what a float division would make of it
+    assert sc._group_rows(lm, 0) == 2
 
 
 def test_group_rows_on_a_gpu_take_a_quarter_of_free_memory(monkeypatch):
@@ -296,7 +324,8 @@ def ref_repetition(t: list[int]) -> tuple[float, float, int]:
 
 
 @pytest.mark.parametrize("tokens", [[], [5], [5, 5], [1, 2, 3], [1, 2, 1, 2, 1], [7, 7, 7, 7], [1, 2, 3, 1, 2, 3, 4],
-                                    [9, 8, 9, 8, 9, 8, 9], [1, 2, 3, 4, 1, 2, 3, 4]])
+                                    [9, 8, 9, 8, 9, 8, 9], [1, 2, 3, 4, 1, 2, 3, 4], [1, 1, 2, 2],
+                                    [5, 6, 5, 7]])
 def test_repetition_matches_its_definition(tokens):
     got = sc.repetition(tokens)
     assert set(got) == {"distinct_1", "distinct_2", "longest_repeat"}
