@@ -272,3 +272,13 @@ def test_the_check_catches_a_trick_that_differs_anywhere_it_looks(where, monkeyp
     assert gen._exponential_trick_holds(CPU, dtype) is False
     assert gen._exponential_trick_holds(CPU, torch.float64) is (where == "bfloat16")  # checked on its own
     assert gen._TRICK[("cpu", dtype)] is False
+
+
+def test_the_check_leaves_the_global_generator_alone(monkeypatch):
+    """The one-time check draws its test probabilities from its own seeded generator: the first sampled
+    sweep does not move torch's global random state (a caller's ``torch.manual_seed`` stream)."""
+    monkeypatch.setattr(gen, "_TRICK", {})
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    assert gen._exponential_trick_holds(CPU, torch.float32) is True
+    assert torch.equal(torch.get_rng_state(), before)
