@@ -1,0 +1,332 @@
+"""``engine.score`` against an independent computation on a tiny random Gemma 2 (fast: no real model).
+
+Expected values come from plain torch in the test: the NLL from one unpadded forward per row and
+``log_softmax``; the concept from a plain forward hook on the decoder layer and JumpReLU on the SAE
+tensors; the degeneration figures from their definitions written out here. These tests exist for the
+mutation check of ``engine/score.py`` (issue 25 item 4) and are fast enough to run per mutant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from saejobs.engine import score as sc
+from saejobs.engine.models import LoadedModel, byte_tokenizer
+
+LAYER = 1
+HOOK = f"blocks.{LAYER}.hook_resid_post"
+EOS, PAD, BOS = 1, 0, 2
+FIELDS = {"concept", "concept_mean", "concept_fire_rate", "nll", "perplexity", "distinct_1", "distinct_2",
+          "longest_repeat", "stopped_at_eos", "completion_tokens"}
+
+
+def tiny_lm(seed: int = 0, scale: float = 1.0) -> LoadedModel:
+    """A 2-layer random Gemma 2 with the byte tokenizer; no logit soft-capping, so ``scale`` (on the tied
+    embedding) can make the logits, and so the NLL, as large as a test needs."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    tok = byte_tokenizer()
+    cfg = Gemma2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=128,
+                       sliding_window=64, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD,
+                       final_logit_softcapping=None, attn_implementation="eager")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Gemma2ForCausalLM(cfg)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(scale)
+    model.eval()
+    return LoadedModel(model, tok, "tiny", "tiny", "random", torch.float32, "cpu")
+
+
+@pytest.fixture(scope="module")
+def lm() -> LoadedModel:
+    return tiny_lm()
+
+
+def make_sae(d_model: int, n: int = 7, seed: int = 1) -> SimpleNamespace:
+    """The three tensors ``score`` reads; thresholds at the median pre-activation scale so that some
+    tokens fire and some do not."""
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn((d_model, n), generator=g)
+    b = torch.randn(n, generator=g) * 0.1
+    thr = torch.rand(n, generator=g) * 2.0
+    W[:, -1] *= 0.02  # the last feature fires weakly: activations between its threshold and 1
+    b[-1], thr[-1] = 0.0, 0.001
+    return SimpleNamespace(W_enc=W, b_enc=b, threshold_floor=thr)
+
+
+def reference(lm, sae, prompt: list[int], gen: list[int], feats: list[int]) -> dict:
+    """One row alone: unpadded forward, log_softmax NLL over the completion (EOS included), the layer's
+    output through a plain forward hook and JumpReLU (strictly above the threshold) over the completion
+    without its final EOS."""
+    seen = []
+    handle = lm.model.model.layers[LAYER].register_forward_hook(lambda m, i, o: seen.append(o[0] if isinstance(o, tuple) else o))
+    try:
+        with torch.no_grad():
+            logits = lm.model(input_ids=torch.tensor([prompt + gen])).logits[0].double()
+    finally:
+        handle.remove()
+    lp = torch.log_softmax(logits, -1)
+    P = len(prompt)
+    nll = -sum(float(lp[P - 1 + i, t]) for i, t in enumerate(gen)) / len(gen) if gen else None
+    stopped = bool(gen) and gen[-1] == EOS
+    body = gen[:-1] if stopped else gen
+    x = seen[0][0, P:P + len(body)].double()
+    concept = {}
+    for f in feats:
+        pre = x @ sae.W_enc[:, f].double() + float(sae.b_enc[f])
+        act = torch.where(pre > float(sae.threshold_floor[f]), pre, torch.zeros_like(pre))
+        n = len(body)
+        concept[str(f)] = {"mean": float(act.sum()) / n if n else 0.0,
+                           "fire_rate": float((act > 0).sum()) / n if n else 0.0}
+    return {"nll": nll, "concept": concept, "n_text": len(body), "stopped": stopped, "body": body,
+            "max_act": {str(f): float((x @ sae.W_enc[:, f].double() + float(sae.b_enc[f])).max()) if len(body) else 0.0
+                        for f in feats}}
+
+
+def close(a, b, tol=1e-4):
+    return a is None and b is None or a is not None and b is not None and math.isclose(a, b, rel_tol=tol, abs_tol=tol)
+
+
+def check(got: dict, want: dict) -> None:
+    assert set(got) == FIELDS
+    assert close(got["nll"], want["nll"]), (got["nll"], want["nll"])
+    assert close(got["perplexity"], None if want["nll"] is None else math.exp(want["nll"]), 1e-3)
+    assert got["completion_tokens"] == want["n_text"]
+    assert got["stopped_at_eos"] is want["stopped"]
+    d1, d2, longest = ref_repetition(want["body"])
+    assert (got["distinct_1"], got["distinct_2"], got["longest_repeat"]) == (d1, d2, longest)
+    assert set(got["concept"]) == set(want["concept"])
+    for f, c in want["concept"].items():
+        assert close(got["concept"][f]["mean"], c["mean"]), (f, got["concept"][f], c)
+        assert close(got["concept"][f]["fire_rate"], c["fire_rate"]), (f, got["concept"][f], c)
+    means = [c["mean"] for c in want["concept"].values()]
+    rates = [c["fire_rate"] for c in want["concept"].values()]
+    assert close(got["concept_mean"], sum(means) / len(means) if means else None)
+    assert close(got["concept_fire_rate"], sum(rates) / len(rates) if rates else None)
+
+
+# Rows of different prompt and completion lengths, some ending at EOS, with overlapping feature sets,
+# so that left-padding, the completion mask, the EOS exclusion and the feature membership all matter.
+ITEMS = [
+    ([BOS, 40, 41, 42, 43, 44, 45], [50, 51, 52, 53, EOS], [0, 2]),
+    ([BOS, 60], [61, 62, 63, 64, 65, 66, 67], [2, 5]),
+    ([BOS, 70, 71, 72], [73, EOS], [1]),
+    ([BOS, 80, 81, 82, 83], [84, 85, 86], [0, 3, 5, 6]),
+    ([BOS, 90, 91], [92, 93, 92], [4, 6]),
+]
+
+
+def test_scores_of_a_padded_batch_equal_each_row_alone(lm):
+    sae = make_sae(lm.config.hidden_size)
+    items = [sc.Item(p, g, f) for p, g, f in ITEMS]
+    got = sc.score(lm, sae, HOOK, items)
+    assert len(got) == len(ITEMS)
+    for row, (p, g, f) in zip(got, ITEMS):
+        check(row, reference(lm, sae, p, g, f))
+    # and the reference itself is not trivial: features fire on some tokens and not on others, and the
+    # weak feature fires with activations below 1
+    rates = [c["fire_rate"] for row in got for c in row["concept"].values()]
+    assert any(0 < r < 1 for r in rates)
+    weak = [reference(lm, sae, p, g, f) for p, g, f in ITEMS if 6 in f]
+    assert all(w["concept"]["6"]["fire_rate"] > 0 and w["max_act"]["6"] < 1 for w in weak)
+
+
+def test_concept_is_read_in_the_sae_dtype(lm):
+    """An SAE kept in another dtype than the model (float64 here) reads the activation cast to its own."""
+    sae = make_sae(lm.config.hidden_size)
+    wide = SimpleNamespace(W_enc=sae.W_enc.double(), b_enc=sae.b_enc.double(), threshold_floor=sae.threshold_floor.double())
+    p, g, f = ITEMS[0]
+    check(sc.score(lm, wide, HOOK, [sc.Item(p, g, f)])[0], reference(lm, sae, p, g, f))
+
+
+def test_field_names_are_the_stored_ones():
+    assert {str(s) for s in sc.Score} == FIELDS
+    assert sc.Score.CONCEPT == "concept" and sc.Score.NLL == "nll" and sc.Score.PERPLEXITY == "perplexity"
+    assert sc.Score.CONCEPT_MEAN == "concept_mean" and sc.Score.CONCEPT_FIRE_RATE == "concept_fire_rate"
+    assert sc.Score.DISTINCT_1 == "distinct_1" and sc.Score.DISTINCT_2 == "distinct_2"
+    assert sc.Score.LONGEST_REPEAT == "longest_repeat" and sc.Score.STOPPED_AT_EOS == "stopped_at_eos"
+    assert sc.Score.COMPLETION_TOKENS == "completion_tokens"
+
+
+def test_threshold_itself_does_not_fire_and_zero_activation_is_not_a_fire(lm):
+    """JumpReLU fires strictly above the threshold: a feature whose pre-activation equals its threshold
+    on every token (zero encoder column, bias = threshold) has activation 0 and fire rate 0; a feature
+    with threshold 0 and bias 0 on a zero column is never counted as firing either."""
+    d = lm.config.hidden_size
+    W = torch.zeros((d, 3))
+    W[:, 2] = torch.randn(d, generator=torch.Generator().manual_seed(5))
+    sae = SimpleNamespace(W_enc=W, b_enc=torch.tensor([0.75, 0.0, 0.0]), threshold_floor=torch.tensor([0.75, 0.0, 0.0]))
+    p, g = [BOS, 40, 41], [42, 43, 44, 45]
+    row = sc.score(lm, sae, HOOK, [sc.Item(p, g, [0, 1, 2])])[0]
+    assert row["concept"]["0"] == {"mean": 0.0, "fire_rate": 0.0}
+    assert row["concept"]["1"] == {"mean": 0.0, "fire_rate": 0.0}
+    check(row, reference(lm, sae, p, g, [0, 1, 2]))
+    assert 0 < row["concept"]["2"]["fire_rate"] < 1
+
+
+def test_only_eos_and_empty_completions(lm):
+    """A completion that is only EOS: NLL of that EOS, no concept tokens (mean and fire rate 0). No
+    completion at all (in a group with one): NLL and perplexity None, degeneration of nothing."""
+    sae = make_sae(lm.config.hidden_size)
+    p = [BOS, 40, 41, 42]
+    rows = sc.score(lm, sae, HOOK, [sc.Item(p, [EOS], [1, 4]), sc.Item(p, [43, 44], [4])])
+    check(rows[0], reference(lm, sae, p, [EOS], [1, 4]))
+    assert rows[0]["concept"] == {"1": {"mean": 0.0, "fire_rate": 0.0}, "4": {"mean": 0.0, "fire_rate": 0.0}}
+    assert rows[0]["completion_tokens"] == 0 and rows[0]["stopped_at_eos"] is True
+    assert rows[0]["distinct_1"] == 1.0 and rows[0]["longest_repeat"] == 0
+    check(rows[1], reference(lm, sae, p, [43, 44], [4]))
+    empty = sc.score(lm, sae, HOOK, [sc.Item(p, [], []), sc.Item(p, [43], [])])[0]  # beside a row that has one
+    assert empty["nll"] is None and empty["perplexity"] is None and empty["concept"] == {}
+    assert empty["concept_mean"] is None and empty["concept_fire_rate"] is None
+    assert empty["stopped_at_eos"] is False and empty["completion_tokens"] == 0
+    assert sc.score(lm, sae, HOOK, []) == []
+
+
+def test_no_features_scores_fluency_and_degeneration(lm):
+    sae = make_sae(lm.config.hidden_size)
+    p, g = [BOS, 40, 41], [42, 42, 43, EOS]
+    row = sc.score(lm, sae, HOOK, [sc.Item(p, g, [])])[0]
+    check(row, reference(lm, sae, p, g, []))
+    assert row["concept"] == {} and row["concept_mean"] is None
+    assert row["distinct_1"] == 2 / 3 and row["longest_repeat"] == 1
+
+
+def test_tokenizer_without_eos_or_pad(lm):
+    """No EOS: nothing is a stop, the last token counts for concept and degeneration; no pad token:
+    padding with id 0 (masked out) changes nothing."""
+    plain = dataclasses.replace(lm, tokenizer=SimpleNamespace(eos_token_id=None, pad_token_id=None))
+    sae = make_sae(lm.config.hidden_size)
+    items = [([BOS, 40, 41, 42, 43], [50, EOS], [0]), ([BOS, 60], [61, 62, EOS, 63], [0])]
+    rows = sc.score(plain, sae, HOOK, [sc.Item(*i) for i in items])
+    for row, (p, g, f) in zip(rows, items):
+        want = reference(lm, sae, p, g, f)
+        body = g  # without an EOS id nothing is excluded
+        assert row["stopped_at_eos"] is False and row["completion_tokens"] == len(body)
+        assert close(row["nll"], want["nll"])
+        assert row["distinct_1"] == len(set(body)) / len(body)
+    # the concept over every generated token (EOS id included) equals the reference's over a non-EOS row
+    p, g = items[0][0], items[0][1]
+    seen = []
+    h = lm.model.model.layers[LAYER].register_forward_hook(lambda m, i, o: seen.append(o))
+    with torch.no_grad():
+        lm.model(input_ids=torch.tensor([p + g]))
+    h.remove()
+    x = seen[0][0, len(p):].double()
+    pre = x @ sae.W_enc[:, 0].double() + float(sae.b_enc[0])
+    act = torch.where(pre > float(sae.threshold_floor[0]), pre, torch.zeros_like(pre))
+    assert close(rows[0]["concept"]["0"]["mean"], float(act.mean()))
+
+
+def test_perplexity_is_capped_at_exp_700(lm):
+    """An NLL above 700 (a model with enormous logits, the least likely tokens) gives exp(700), not an
+    overflow."""
+    loud = tiny_lm(scale=1e4)
+    p = [BOS, 40, 41]
+    with torch.no_grad():
+        logits = loud.model(input_ids=torch.tensor([p])).logits[0, -1]
+    g = [int(logits.argmin())]
+    sae = make_sae(loud.config.hidden_size)
+    want = reference(loud, sae, p, g, [])
+    assert want["nll"] > 700
+    row = sc.score(loud, sae, HOOK, [sc.Item(p, g, [])])[0]
+    assert close(row["nll"], want["nll"]) and row["perplexity"] == math.exp(700.0)
+
+
+def test_groups_by_memory_in_order_with_progress(lm, monkeypatch):
+    """With a budget that holds two rows, five items are scored in groups of 2, 2, 1, in order, with a
+    progress call after each group; each equals its row alone."""
+    V = lm.config.vocab_size
+    longest = max(len(g) for _, g, _ in ITEMS)
+    monkeypatch.setattr(sc, "CPU_LOGITS_BYTES", 2 * (longest + 1) * V * 8 + 1)
+    assert sc._group_rows(lm, longest) == 2
+    sae = make_sae(lm.config.hidden_size)
+    items = ITEMS
+    calls = []
+    got = sc.score(lm, sae, HOOK, [sc.Item(*i) for i in items], on_group=calls.append)
+    assert calls == [2, 4, 5]
+    for row, (p, g, f) in zip(got, items):
+        check(row, reference(lm, sae, p, g, f))
+
+
+def test_group_rows_from_memory():
+    """Per row: (longest + 1) positions of float32 logits and logsumexp's temporary; a quarter of free
+    device memory on a GPU, 512 MiB on a CPU; at least one row."""
+    cpu = SimpleNamespace(device="cpu", config=SimpleNamespace(vocab_size=1000))
+    assert sc._group_rows(cpu, 15) == (512 * 2**20) // (16 * 1000 * 8)
+    assert sc._group_rows(cpu, 99) == (512 * 2**20) // (100 * 1000 * 8)
+    huge = SimpleNamespace(device="cpu", config=SimpleNamespace(vocab_size=10**9))
+    assert sc._group_rows(huge, 10) == 1
+
+
+def test_group_rows_never_round_up_past_the_budget(monkeypatch):
+    """Integer floor division: a budget one byte short of three rows gives two, even where a float quotient
+    would round up to 3.0 (sizes past 2**53)."""
+    lm = SimpleNamespace(device="cpu", config=SimpleNamespace(vocab_size=2**52))
+    per_row = (0 + 1) * 2**52 * 4 * 2
+    monkeypatch.setattr(sc, "CPU_LOGITS_BYTES", 3 * per_row - 1)
+    assert float(3 * per_row - 1) / per_row == 3.0  # what a float division would make of it
+    assert sc._group_rows(lm, 0) == 2
+
+
+def test_group_rows_on_a_gpu_take_a_quarter_of_free_memory(monkeypatch):
+    free = 64 * 2**30
+    asked = []
+
+    def mem_get_info(device):
+        asked.append(torch.device(device))
+        return free, 80 * 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    gpu = SimpleNamespace(device="cuda:1", config=SimpleNamespace(vocab_size=262144))
+    assert sc._group_rows(gpu, 31) == int(free / 4 // (32 * 262144 * 8))
+    assert asked == [torch.device("cuda:1")]
+    free = 10
+    assert sc._group_rows(gpu, 31) == 1
+
+
+def test_concept_features_of_a_row():
+    """A row's own SAE features (those with an index); a DEFAULT row (no features) gets the sweep's; a row
+    steering only non-SAE vectors has none."""
+    assert sc.concept_features([{"index": "3", "strength": 2.0}, {"index": 7}], [1, 2]) == [3, 7]
+    assert sc.concept_features([], ["4", 5]) == [4, 5]
+    assert sc.concept_features([{"vector": [0.1]}], [4, 5]) == []
+    assert sc.concept_features([{"vector": [0.1]}, {"index": 9}], [4]) == [9]
+
+
+def test_score_outputs_scores_each_output_with_its_features(lm):
+    sae = make_sae(lm.config.hidden_size)
+    prompts = {"a": [BOS, 40, 41, 42], "b": [BOS, 60]}
+    runner = SimpleNamespace(lm=lm, sae=sae, hook_name=HOOK, ids=lambda c: prompts[c.prompt])
+    outs = [(SimpleNamespace(prompt="a", features=[{"index": 3}]), SimpleNamespace(token_ids=[50, 51, EOS]), "t"),
+            (SimpleNamespace(prompt="b", features=[]), SimpleNamespace(token_ids=[61, 62]), "u")]
+    got = sc.score_outputs(runner, outs, [1, 4])
+    check(got[0], reference(lm, sae, prompts["a"], [50, 51, EOS], [3]))
+    check(got[1], reference(lm, sae, prompts["b"], [61, 62], [1, 4]))
+
+
+def ref_repetition(t: list[int]) -> tuple[float, float, int]:
+    """distinct-n by definition and the longest n-gram occurring at least twice by brute force."""
+    d1 = len(set(t)) / len(t) if t else 1.0
+    bi = [tuple(t[i:i + 2]) for i in range(len(t) - 1)]
+    d2 = len(set(bi)) / len(bi) if bi else 1.0
+    longest = 0
+    for n in range(1, len(t) + 1):
+        grams = [tuple(t[i:i + n]) for i in range(len(t) - n + 1)]
+        if len(set(grams)) < len(grams):
+            longest = n
+    return d1, d2, longest
+
+
+@pytest.mark.parametrize("tokens", [[], [5], [5, 5], [1, 2, 3], [1, 2, 1, 2, 1], [7, 7, 7, 7], [1, 2, 3, 1, 2, 3, 4],
+                                    [9, 8, 9, 8, 9, 8, 9], [1, 2, 3, 4, 1, 2, 3, 4], [1, 1, 2, 2],
+                                    [5, 6, 5, 7]])
+def test_repetition_matches_its_definition(tokens):
+    got = sc.repetition(tokens)
+    assert set(got) == {"distinct_1", "distinct_2", "longest_repeat"}
+    assert (got["distinct_1"], got["distinct_2"], got["longest_repeat"]) == ref_repetition(tokens)
