@@ -12,7 +12,9 @@ batched left-padded generation gives the same tokens per row as one row alone (c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import math
 import os
@@ -172,10 +174,8 @@ def _from_gguf(gguf: Path, stem: str, sha256: str, model_id: str, dtype, device:
 
 def _load(where, source: str, revision: str, dtype, device: str, model_id: str, **kw) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # jobs report their own progress; a tqdm bar on stderr is noise
-
+    _no_progress_bars()
     try:
         tok = AutoTokenizer.from_pretrained(where, **kw)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, attn_implementation="eager", **kw)
@@ -185,6 +185,14 @@ def _load(where, source: str, revision: str, dtype, device: str, model_id: str, 
         raise FormatError(f"cannot load model '{source}': {_first_line(e)}") from None
     model.to(device).eval()
     return LoadedModel(model, tok, source, model_id, revision, dtype, device)
+
+
+def _no_progress_bars() -> None:
+    """Jobs report their own progress; transformers' tqdm bars (loading, GGUF dequantising, writing
+    shards) on stderr are noise, and break a refused command's one clear line when a conversion runs."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def _from_hub(repo_id: str, dtype, device: str) -> LoadedModel:
@@ -214,12 +222,16 @@ def _convert(gguf: Path, copy: Path, model_id: str, sha256: str) -> None:
             return
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = dequantised_gguf(gguf)
+        _no_progress_bars()
         tmp = Path(tempfile.mkdtemp(prefix=f".{copy.name}.", dir=copy.parent))
         try:
-            model.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
+            # transformers' GGUF reader draws a plain tqdm bar ("Converting and de-quantizing GGUF tensors")
+            # that disable_progress_bar does not reach: keep it off the command's stderr.
+            with contextlib.redirect_stderr(io.StringIO()):
+                tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+                model = dequantised_gguf(gguf)
+                model.save_pretrained(tmp)
+                tok.save_pretrained(tmp)
             (tmp / MARKER).write_text(json.dumps({"from": str(gguf), "sha256": sha256, "model_id": model_id}))
             if copy.exists():  # a half copy from an older, unlocked writer
                 shutil.rmtree(copy)

