@@ -46,6 +46,19 @@ def home(tmp_path, monkeypatch):
     dispose_all()
 
 
+@pytest.fixture
+def sqlite_url(home, monkeypatch):
+    """``$SAEJOBS_DB`` on a fresh SQLite file, for tests where the database's kind is not what they test
+    (routing, pinning, steering through the queue): the SQL they run is the SQL ``db_url``'s tests run on
+    both kinds (tests/test_db*.py, migrations, exports) and the multi-host suites run on PostgreSQL."""
+    from saejobs.db.session import dispose_all
+
+    url = f"sqlite:///{home / 'saejobs.db'}"
+    monkeypatch.setenv("SAEJOBS_DB", url)
+    yield url
+    dispose_all()
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request, home, monkeypatch):
     """``$SAEJOBS_DB`` pointing at an empty database of each kind."""

@@ -159,9 +159,11 @@ def test_progress_callback_every_step_and_stop_mid_chunk(tiny_gemma2, tiny_sae):
 
 
 def test_bench_gpu_small_on_cpu_checks_identity(gemma3, tmp_path):
-    """``bench/gpu.py --device cpu --small`` runs every part and every identity check (and exits 0)."""
+    """``bench/gpu.py --device cpu --small --parts exact`` runs every exactness check against interp-engine
+    (and exits 0). Its throughput part times a CPU, which says nothing; the device run owns it."""
     out = tmp_path / "gpu.json"
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--device", "cpu", "--small", "--out", str(out)],
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--device", "cpu", "--small", "--parts", "exact",
+                        "--out", str(out)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     import json
@@ -170,7 +172,7 @@ def test_bench_gpu_small_on_cpu_checks_identity(gemma3, tmp_path):
     assert figures["failures"] == []
     assert figures["exact.gemma3-270m.float32.T0.7.identical_to_interp_engine"] == "16/16"
     assert figures["exact.gemma3-270m.float32.T1.0.identical_to_interp_engine"] == "16/16"
-    assert "throughput.32x8.tokens_per_s" in figures
+    assert not any(k.startswith("throughput.") for k in figures)
 
 
 def transformerlens_reference(model, prompt_ids: list[int], seed: int, n_tokens: int, temperature: float,

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from saejobs.db import jobs
 from saejobs.db.models import Job, JobEvent, Sae
 from saejobs.db.session import session
-from tests.dbfixtures import db_url, home  # noqa: F401
+from tests.dbfixtures import db_url, home, sqlite_url  # noqa: F401
 from tests.queue_harness import broker, start_worker, wait_for  # noqa: F401
 from tests.synthetic_saes import tiny_sae  # noqa: F401
 
@@ -89,7 +89,7 @@ def test_broker_unreachable_fails_fast_and_leaves_nothing_queued(db_url, tiny_sa
         assert s.scalars(select(Job.state)).all() == ["failed"]
 
 
-def test_gpu_job_reaches_only_that_gpus_worker(db_url, start_worker, tiny_sae):
+def test_gpu_job_reaches_only_that_gpus_worker(sqlite_url, start_worker, tiny_sae):
     """``--gpu 1`` routes to queue saejobs.gpu1; its worker pinned CUDA_VISIBLE_DEVICES=1 before torch."""
     cpu = start_worker("--cpu")
     gpu1 = start_worker("--gpu", "1", env={"SAEJOBS_DEVICE": "cpu"})  # no GPU here: pinning is what is tested

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.dbfixtures import db_url, home  # noqa: F401
+from tests.dbfixtures import db_url, home, sqlite_url  # noqa: F401
 from tests.faults.sweeps import Hold
 from tests.queue_harness import broker, wait_for  # noqa: F401
 from tests.synthetic_saes import make
@@ -95,7 +95,7 @@ def test_db_upgrade_creates_and_reports_the_schema(db_url):
     assert again == {**first, "from": migrate.head()}  # idempotent
 
 
-def test_worker_on_two_gpus_runs_one_pinned_process_each(db_url, broker, tmp_path):
+def test_worker_on_two_gpus_runs_one_pinned_process_each(sqlite_url, broker, tmp_path):
     """No GPU needed: each child sets CUDA_VISIBLE_DEVICES before torch loads and registers its GPU."""
     log_path = tmp_path / "workers.log"
     log = open(log_path, "w")
@@ -123,7 +123,7 @@ def test_worker_on_two_gpus_runs_one_pinned_process_each(db_url, broker, tmp_pat
 
 
 @pytest.mark.model
-def test_combine_steers_all_features_at_once(home, db_url, tiny_gemma2_dir):
+def test_combine_steers_all_features_at_once(home, sqlite_url, tiny_gemma2_dir):
     sae = make(home, d_model=64, d_sae=256, layer=1)
     submitted(saejobs("download", sae.id, "--source", str(sae.mirror), "--local", "--json"))
     job = submitted(saejobs("sweep", "--sae", sae.id, "--feature", "1,2,3", "--strength", "0,8", "--prompt", "Hi",

@@ -62,8 +62,10 @@ def test_strength_zero_equals_default_token_for_token(gemma3, demo_sae):
 
 @pytest.mark.parametrize("method", list(SteerMethod))
 def test_batched_equals_one_by_one_with_prompts_of_different_lengths(gemma3, demo_sae, method):
-    settings = Settings(method=method, n_tokens=20)
-    configs = grid([0, 2], [0, 150] if method == "SIMPLE_ADDITIVE" else [0.5, 3.0], settings=settings)
+    # Two features (rows steer with different vectors) and four prompts of different lengths (padding); strength 0
+    # against DEFAULT has its own test. 12 configurations × 12 tokens, batched and then one at a time.
+    settings = Settings(method=method, n_tokens=12)
+    configs = grid([0, 2], [150] if method == "SIMPLE_ADDITIVE" else [3.0], settings=settings)
     assert len({len(prompt_ids(gemma3.tokenizer, p)) for p in PROMPTS}) > 1  # padding is exercised
     batched = run(gemma3, demo_sae, configs, settings)
     alone = run(gemma3, demo_sae, configs, settings, batch=1)
@@ -72,8 +74,8 @@ def test_batched_equals_one_by_one_with_prompts_of_different_lengths(gemma3, dem
 
 
 def test_same_seed_same_text_at_temperature(gemma3, demo_sae):
-    settings = Settings(n_tokens=20, temperature=0.9, freq_penalty=1.0)
-    configs = grid([1], [100], seeds=(1, 2), settings=settings)
+    settings = Settings(n_tokens=12, temperature=0.9, freq_penalty=1.0)
+    configs = grid([1], [100], prompts=PROMPTS[:2], seeds=(1, 2), settings=settings)
     a = run(gemma3, demo_sae, configs, settings)
     b = run(gemma3, demo_sae, configs, settings, batch=1)
     assert [o[2] for o in a] == [o[2] for o in b]

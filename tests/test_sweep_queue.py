@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from saejobs.db import results
-from tests.dbfixtures import db_url, home  # noqa: F401
+from tests.dbfixtures import home, sqlite_url  # noqa: F401
 from tests.queue_harness import broker, start_worker  # noqa: F401
 from tests.synthetic_saes import make
 from tests.test_queue import saejobs, submitted
@@ -20,7 +20,7 @@ N_CONFIGS = 2 + 4 * 4 * 2  # DEFAULT per prompt, then features × strengths × p
 
 
 @pytest.fixture
-def sweep_args(home, db_url, tiny_gemma2_dir):
+def sweep_args(home, sqlite_url, tiny_gemma2_dir):
     sae = make(home, d_model=64, d_sae=256, layer=1)
     submitted(saejobs("download", sae.id, "--source", str(sae.mirror), "--local", "--json"))
     return ["sweep", "--sae", sae.id, "--feature", "1,2,3,4", "--strength", "0,4,8,16", "--prompt", "Once upon a time",
