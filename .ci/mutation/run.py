@@ -140,7 +140,8 @@ def run(module: str, show: bool) -> dict:
     equivalent = sum(1 for n, s in status.items() if s == "survived" and n in explained)
     other = {s for s in status.values()} - {"killed", "survived", "timeout", "caught by type check"}
     summary = {"module": module, "mutants": len(status), "killed": killed, "equivalent": equivalent,
-               "survived": len(survivors), "no_tests": sum(1 for s in status.values() if s == "no tests"),
+               "survived": len(survivors), "timeouts": sum(1 for s in status.values() if s == "timeout"),
+               "no_tests": sum(1 for s in status.values() if s == "no tests"),
                "share_killed": round((killed + equivalent) / counted, 4) if counted else 0.0,
                "other_states": sorted(other)}
     if show:

@@ -156,9 +156,23 @@ def oracle_prompt_ids(oracle, prompt: str) -> list[int]:
     return [int(t) for t in oracle.to_tokens(text, prepend_bos=False, truncate=False)[0].tolist()]
 
 
+UNSTEERED: dict = {}  # an unsteered request's steps, by everything that decides them: computed once per run
+
+
 def oracle_steps(oracle, sae, case: Case, prompt_ids: list[int], steered: bool) -> list:
     """interp-engine's generation steps (token id and ``token_str``) for one request; the steering vectors
-    are the SAE file's decoder rows (``sae`` only says which file: its device and layer)."""
+    are the SAE file's decoder rows (``sae`` only says which file: its device and layer). An unsteered
+    request depends only on its prompt ids, sampling and seed, so most cases share their DEFAULT references."""
+    s = settings_of(case)
+    if not steered:
+        key = (sae.W_dec.device.type, tuple(prompt_ids), s.temperature, s.top_k, s.top_p, s.presence_penalty, case.seed)
+        if key not in UNSTEERED:
+            UNSTEERED[key] = _oracle_steps(oracle, sae, case, prompt_ids, steered)
+        return UNSTEERED[key]
+    return _oracle_steps(oracle, sae, case, prompt_ids, steered)
+
+
+def _oracle_steps(oracle, sae, case: Case, prompt_ids: list[int], steered: bool) -> list:
     s = settings_of(case)
     w_dec = ROWS[(sae.W_dec.device.type, case.layer)]
     ids = torch.tensor([prompt_ids], device=oracle.device)  # generate_stream takes a batch of one; steer() the prompt's ids
