@@ -62,6 +62,27 @@ def ids(*hexes: str):
     return iter(uuid.UUID(h) for h in hexes).__next__
 
 
+T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)  # stored as '2026-01-02 03:04:05.000000'
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """The database's clock, pinned: ``clock.now`` is what ``db_now`` answers (T0 until a test moves it)."""
+    class Clock:
+        now = T0
+
+        def __call__(self, s):
+            return self.now
+
+    c = Clock()
+    monkeypatch.setattr(jobs, "db_now", c)
+    return c
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
 def test_a_sweeps_shards_keep_the_order_they_were_given(db):
     """Shards made in one transaction used to be stamped with the same microsecond; the tie went to their
     random ids, so `jobs show`, dispatch and "first shard" followed no order."""
@@ -242,20 +263,16 @@ def test_create_stores_the_request_on_the_job_and_each_shard(db):
     assert event_rows(db, sweep.id) == [("queued", 0.0, "queued (2 shards)")]
 
 
-def test_create_writes_to_the_database_it_is_named(db, tmp_path):
-    other = tmp_path / "other.db"
-    job = jobs.create("verify", {}, url=f"sqlite:///{other}")
-    assert [r["id"] for r in sql(other, "SELECT id FROM jobs")] == [job.id]
-    assert sql(db, "SELECT name FROM sqlite_master WHERE name = 'jobs'") == []  # $SAEJOBS_DB untouched
-
-
-def test_an_attempts_limit_of_one_fails_a_handed_back_job(db, monkeypatch):
+def test_an_attempts_limit_of_one_fails_a_handed_back_job_at_that_moment(db, clock, monkeypatch):
     monkeypatch.setenv("SAEJOBS_MAX_ATTEMPTS", "1")
     job = jobs.create("verify", {})
     assert claim(job.id)
+    clock.now = at(3)
     assert not jobs.requeue(job.id, "worker lost", worker="w1")
     got = row(db, job.id)
-    assert (got["state"], got["error"]) == ("failed", "gave up after 1 attempts; last: worker lost")
+    assert (got["state"], got["error"], got["finished_at"], got["heartbeat_at"]) == (
+        "failed", "gave up after 1 attempts; last: worker lost", "2026-01-02 03:04:08.000000",
+        "2026-01-02 03:04:08.000000")
     monkeypatch.setenv("SAEJOBS_MAX_ATTEMPTS", "0")  # below one: one
     assert jobs.max_attempts() == 1
 
@@ -293,27 +310,6 @@ def test_as_dict_is_every_field_and_event_as_json(db):
         {"id": event_id, "at": "2026-01-02T03:04:05.000002+00:00", "state": "queued", "progress": 0.0,
          "message": "queued"}]}
     assert json.loads(json.dumps(jobs.as_dict(got))) == want  # JSON as it is
-
-
-T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)  # stored as '2026-01-02 03:04:05.000000'
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    """The database's clock, pinned: ``clock.now`` is what ``db_now`` answers (T0 until a test moves it)."""
-    class Clock:
-        now = T0
-
-        def __call__(self, s):
-            return self.now
-
-    c = Clock()
-    monkeypatch.setattr(jobs, "db_now", c)
-    return c
-
-
-def at(seconds: float) -> datetime:
-    return T0 + timedelta(seconds=seconds)
 
 
 def test_every_call_acts_on_the_database_it_is_named(db, tmp_path, clock):
@@ -537,17 +533,6 @@ def test_an_ended_job_cannot_be_handed_back(db):
     assert not jobs.requeue(job.id, "handed back: worker shutting down", worker="w1")
     got = row(db, job.id)
     assert (got["state"], got["error"], got["attempts"]) == ("succeeded", None, 1)
-
-
-def test_a_hand_back_out_of_attempts_fails_the_job_at_that_moment(db, clock, monkeypatch):
-    monkeypatch.setenv("SAEJOBS_MAX_ATTEMPTS", "1")
-    job = jobs.create("verify", {})
-    assert claim(job.id)
-    clock.now = at(3)
-    assert not jobs.requeue(job.id, "worker lost", worker="w1")
-    got = row(db, job.id)
-    assert (got["state"], got["finished_at"], got["heartbeat_at"]) == ("failed", "2026-01-02 03:04:08.000000",
-                                                                       "2026-01-02 03:04:08.000000")
 
 
 def test_stale_running_is_a_running_job_silent_longer_than_stale_after(db, clock):
