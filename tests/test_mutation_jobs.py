@@ -15,7 +15,7 @@ import pytest
 from saejobs.db import jobs
 from saejobs.db.session import dispose_all, session
 from saejobs.engine.errors import NotFoundError
-from tests.dbfixtures import home  # noqa: F401
+from tests.dbfixtures import db_url, home  # noqa: F401
 
 
 @pytest.fixture
@@ -602,3 +602,22 @@ def test_waiting_since_is_each_queued_job_sent_to_a_queue_whose_latest_event_is_
     write(db, "UPDATE job_events SET at = '2026-01-02 03:04:00.000000' WHERE id = "
               "(SELECT max(id) FROM job_events WHERE job_id = 'moved')")  # handed back 5 s ago
     assert sorted(jobs.waiting_since(30)) == sorted([("old", "q"), (shard.id, "q2")])
+
+
+def test_heartbeat_and_waiting_since_read_the_databases_own_clock(db_url):
+    """Unpinned, on each kind of database: a beat is stamped by the server's clock, and a job waits since its
+    latest event only (a job with several events: PostgreSQL refuses a subquery of more than one row)."""
+    from sqlalchemy import text
+
+    job = jobs.create("verify", {}, queue="q")
+    moved = jobs.create("verify", {}, queue="q")
+    assert claim(job.id) and claim(moved.id) and jobs.requeue(moved.id, "handed back", worker="w1")
+    with session() as s:
+        s.execute(text("UPDATE jobs SET heartbeat_at = '2000-01-01 00:00:00' WHERE id = :i"), {"i": job.id})
+        s.execute(text("UPDATE job_events SET at = '2000-01-01 00:00:00' WHERE job_id = :i"), {"i": moved.id})
+    jobs.heartbeat(job.id, "w1")
+    with session() as s:
+        beat, server_now = s.execute(text("SELECT heartbeat_at, CURRENT_TIMESTAMP FROM jobs WHERE id = :i"),
+                                     {"i": job.id}).one()
+    assert str(beat)[:4] == str(server_now)[:4] != "2000"  # this year's beat, by the server
+    assert jobs.waiting_since(60) == [(moved.id, "q")]
