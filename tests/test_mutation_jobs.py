@@ -8,13 +8,14 @@ import json
 import sqlite3
 import uuid
 from contextlib import closing
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from saejobs.db import jobs
 from saejobs.db.session import dispose_all, session
-from tests.dbfixtures import home  # noqa: F401
+from saejobs.engine.errors import NotFoundError
+from tests.dbfixtures import db_url, home  # noqa: F401
 
 
 @pytest.fixture
@@ -59,6 +60,27 @@ def ids(*hexes: str):
     """A stand-in for uuid.uuid4 that hands out these ids in turn (create draws the shards' ids, then the
     sweep's)."""
     return iter(uuid.UUID(h) for h in hexes).__next__
+
+
+T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)  # stored as '2026-01-02 03:04:05.000000'
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """The database's clock, pinned: ``clock.now`` is what ``db_now`` answers (T0 until a test moves it)."""
+    class Clock:
+        now = T0
+
+        def __call__(self, s):
+            return self.now
+
+    c = Clock()
+    monkeypatch.setattr(jobs, "db_now", c)
+    return c
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
 
 
 def test_a_sweeps_shards_keep_the_order_they_were_given(db):
@@ -241,20 +263,16 @@ def test_create_stores_the_request_on_the_job_and_each_shard(db):
     assert event_rows(db, sweep.id) == [("queued", 0.0, "queued (2 shards)")]
 
 
-def test_create_writes_to_the_database_it_is_named(db, tmp_path):
-    other = tmp_path / "other.db"
-    job = jobs.create("verify", {}, url=f"sqlite:///{other}")
-    assert [r["id"] for r in sql(other, "SELECT id FROM jobs")] == [job.id]
-    assert sql(db, "SELECT name FROM sqlite_master WHERE name = 'jobs'") == []  # $SAEJOBS_DB untouched
-
-
-def test_an_attempts_limit_of_one_fails_a_handed_back_job(db, monkeypatch):
+def test_an_attempts_limit_of_one_fails_a_handed_back_job_at_that_moment(db, clock, monkeypatch):
     monkeypatch.setenv("SAEJOBS_MAX_ATTEMPTS", "1")
     job = jobs.create("verify", {})
     assert claim(job.id)
+    clock.now = at(3)
     assert not jobs.requeue(job.id, "worker lost", worker="w1")
     got = row(db, job.id)
-    assert (got["state"], got["error"]) == ("failed", "gave up after 1 attempts; last: worker lost")
+    assert (got["state"], got["error"], got["finished_at"], got["heartbeat_at"]) == (
+        "failed", "gave up after 1 attempts; last: worker lost", "2026-01-02 03:04:08.000000",
+        "2026-01-02 03:04:08.000000")
     monkeypatch.setenv("SAEJOBS_MAX_ATTEMPTS", "0")  # below one: one
     assert jobs.max_attempts() == 1
 
@@ -292,3 +310,314 @@ def test_as_dict_is_every_field_and_event_as_json(db):
         {"id": event_id, "at": "2026-01-02T03:04:05.000002+00:00", "state": "queued", "progress": 0.0,
          "message": "queued"}]}
     assert json.loads(json.dumps(jobs.as_dict(got))) == want  # JSON as it is
+
+
+def test_every_call_acts_on_the_database_it_is_named(db, tmp_path, clock):
+    """``url`` reaches each call's own transaction: the default database ($SAEJOBS_DB) is never created."""
+    u = f"sqlite:///{tmp_path / 'other.db'}"
+    other = tmp_path / "other.db"
+    sweep = jobs.create("sweep", {}, queue="q", shards=[{"shard": [0, 1]}, {"shard": [1, 2]}], url=u)
+    a, b = jobs.shards(sweep.id, url=u)
+    assert jobs.get(sweep.id[:8], url=u).id == sweep.id
+    assert jobs.claim(a.id, worker="w1", host="h", gpu=None, url=u)
+    clock.now = at(1)
+    jobs.heartbeat(a.id, "w1", url=u)
+    assert row(other, a.id)["heartbeat_at"] == "2026-01-02 03:04:06.000000"
+    jobs.report(a.id, 0.5, "half", worker="w1", url=u)
+    assert jobs.finish(a.id, "succeeded", worker="w1", url=u)
+    assert jobs.claim(b.id, worker="w2", host="h", gpu=None, url=u)
+    clock.now = at(100)
+    assert jobs.stale_running(60, url=u) == [b.id]
+    assert jobs.requeue(b.id, "worker lost", stale_after=60, url=u)
+    write(other, "UPDATE job_events SET at = '2026-01-02 03:04:05.000000'")
+    assert jobs.waiting_since(60, url=u) == [(b.id, "q")]
+    jobs.abandon(b.id, "broker down", url=u)
+    assert (row(other, b.id)["state"], row(other, sweep.id)["state"]) == ("failed", "failed")
+    assert jobs.reset_for_retry(sweep.id, url=u) == [b.id]
+    assert jobs.cancel(sweep.id, url=u).state == "cancelled"
+    (n,) = sql(other, "SELECT count(*) FROM job_events WHERE job_id = ?", b.id)[0]
+    assert n == 6 and jobs.event_count(b.id, url=u) == 6 and len(jobs.events(b.id, url=u)) == 6
+    assert [j.id for j in jobs.listing(url=u)] == [sweep.id]
+    assert sql(db, "SELECT name FROM sqlite_master WHERE name = 'jobs'") == []  # $SAEJOBS_DB untouched
+
+
+def test_create_with_a_job_id_returns_the_row_of_that_id_as_it_is(db):
+    first = jobs.create("verify", {"n": 1}, job_id="child-0001")
+    assert claim(first.id)
+    again = jobs.create("verify", {"n": 2}, job_id="child-0001")  # a redelivered parent makes its child again
+    assert (again.id, again.state, again.params) == ("child-0001", "running", {"n": 1})
+    assert [tuple(r) for r in sql(db, "SELECT id, params FROM jobs")] == [("child-0001", '{"n": 1}')]
+    assert [e[0] for e in event_rows(db, "child-0001")] == ["queued", "running"]
+
+
+def test_each_shard_is_queued_with_its_own_event(db):
+    parent = jobs.create("sweep", {}, queue="q", shards=[{"shard": [0, 1]}, {"shard": [1, 2]}])
+    for shard in jobs.shards(parent.id):
+        got = row(db, shard.id)
+        assert (got["state"], got["progress"], got["attempts"], got["message"]) == ("queued", 0.0, 0, "queued")
+        assert event_rows(db, shard.id) == [("queued", 0.0, "queued")]
+
+
+def test_get_takes_the_exact_id_then_a_unique_prefix_of_four_or_more(db):
+    for job_id in ("abcd", "abcdef", "xyz12345"):
+        jobs.create("verify", {}, job_id=job_id)
+    assert jobs.get("abcd").id == "abcd"  # exact, though "abcdef" starts with it too
+    assert jobs.get("abcde").id == "abcdef"
+    assert jobs.get("xyz1").id == "xyz12345"  # four characters are enough
+    for short in ("xyz", "abc"):
+        with pytest.raises(NotFoundError, match=f"^no job '{short}'$"):
+            jobs.get(short)
+
+
+def test_event_count_of_a_job_without_events_is_zero(db):
+    job = jobs.create("verify", {})
+    assert (jobs.event_count("no-such-job"), jobs.event_count(job.id)) == (0, 1)
+
+
+def test_a_claim_records_who_runs_it_where_and_since_when(db, clock):
+    job = jobs.create("verify", {})
+    assert jobs.claim(job.id, worker="w1", host="h1", gpu="0")
+    fields = "state, worker, host, gpu, attempts, started_at, heartbeat_at, message, deadline_at"
+    got = sql(db, f"SELECT {fields} FROM jobs WHERE id = ?", job.id)
+    assert [tuple(r) for r in got] == [("running", "w1", "h1", "0", 1, "2026-01-02 03:04:05.000000",
+                                        "2026-01-02 03:04:05.000000", "running", None)]
+    clock.now = at(1)
+    jobs.report(job.id, 0.25, "a quarter", worker="w1")  # a report beats the heart too
+    assert row(db, job.id)["heartbeat_at"] == "2026-01-02 03:04:06.000000"
+    clock.now = at(2)
+    assert jobs.requeue(job.id, "handed back: worker shutting down", worker="w1")
+    assert jobs.claim(job.id, worker="w2", host="h2", gpu=None)
+    got = sql(db, f"SELECT {fields} FROM jobs WHERE id = ?", job.id)
+    assert [tuple(r) for r in got] == [("running", "w2", "h2", None, 2, "2026-01-02 03:04:07.000000",
+                                        "2026-01-02 03:04:07.000000", "running", None)]
+
+
+def test_a_worker_claims_again_the_job_whose_claim_answer_it_lost_but_not_one_it_ended(db):
+    job = jobs.create("verify", {})
+    assert claim(job.id, "w1")
+    assert claim(job.id, "w1")  # its commit went through, its answer did not: the redelivery runs it
+    assert (row(db, job.id)["state"], row(db, job.id)["attempts"]) == ("running", 2)
+    assert jobs.finish(job.id, "succeeded", worker="w1")
+    assert not claim(job.id, "w1")
+    assert (row(db, job.id)["state"], row(db, job.id)["attempts"]) == ("succeeded", 2)
+
+
+def test_a_shards_own_timeout_is_its_deadline(db, clock):
+    """A shard whose params carry timeout_s keeps it (its sweep's is only for shards written without one);
+    the deadline's own instant still takes reports, the next microsecond does not."""
+    parent = jobs.create("sweep", {"timeout_s": 100}, queue="q", shards=[{"shard": [0, 1], "timeout_s": 5}])
+    (a,) = jobs.shards(parent.id)
+    assert claim(a.id)
+    assert row(db, a.id)["deadline_at"] == "2026-01-02 03:04:10.000000"
+    clock.now = at(5)
+    jobs.report(a.id, 0.9, "nearly", worker="w1")
+    assert row(db, a.id)["progress"] == 0.9
+    clock.now = at(5.000001)
+    with pytest.raises(jobs.DeadlineExceeded) as e:
+        jobs.report(a.id, 0.95, worker="w1")
+    assert str(e.value) == "deadline passed (5 s after the attempt started at 03:04:05); stopped at 90%"
+
+
+def test_a_stopped_job_names_itself_to_its_reporter(db):
+    """The runner tells a job's own cancellation from its parent's by the id the exception carries."""
+    job = jobs.create("verify", {})
+    assert claim(job.id)
+    jobs.cancel(job.id)
+    with pytest.raises(jobs.JobCancelled) as e:
+        jobs.report(job.id, 0.5, worker="w1")
+    assert e.value.args == (job.id,)
+
+
+def test_heartbeat_moves_only_its_workers_running_job(db, clock):
+    mine, mine_too, theirs, done = (jobs.create("verify", {}) for _ in range(4))
+    assert claim(mine.id, "w1") and claim(mine_too.id, "w1") and claim(theirs.id, "w2") and claim(done.id, "w1")
+    assert jobs.finish(done.id, "succeeded", worker="w1")
+    clock.now = at(10)
+    jobs.heartbeat(mine.id, "w1")
+    jobs.heartbeat(theirs.id, "w1")  # not w1's
+    jobs.heartbeat(done.id, "w1")  # w1's, but ended
+    got = {r["id"]: r["heartbeat_at"] for r in sql(db, "SELECT id, heartbeat_at FROM jobs")}
+    assert got == {mine.id: "2026-01-02 03:04:15.000000", mine_too.id: "2026-01-02 03:04:05.000000",
+                   theirs.id: "2026-01-02 03:04:05.000000", done.id: "2026-01-02 03:04:05.000000"}
+
+
+def test_a_sweep_shows_its_first_start_and_its_latest_claim(db, clock):
+    """The sweep's row: started when its first shard is claimed (again when it waited again), and the
+    worker, host, gpu and most attempts of its latest claim; no other running job's row changes."""
+    bystander = jobs.create("verify", {})
+    assert jobs.claim(bystander.id, worker="wx", host="hx", gpu="7")
+    parent = jobs.create("sweep", {}, queue="q", shards=[{"shard": [0, 1]}, {"shard": [1, 2]}])
+    a, b = jobs.shards(parent.id)
+    fields = "state, started_at, message, worker, host, gpu, attempts"
+    assert jobs.claim(a.id, worker="w1", host="h1", gpu="0")
+    assert [tuple(r) for r in sql(db, f"SELECT {fields} FROM jobs WHERE id = ?", parent.id)] == [
+        ("running", "2026-01-02 03:04:05.000000", "running", "w1", "h1", "0", 1)]
+    clock.now = at(1)
+    assert jobs.requeue(a.id, "handed back", worker="w1")  # every shard waits: the sweep is queued again
+    clock.now = at(2)
+    assert jobs.claim(a.id, worker="w2", host="h2", gpu="1")
+    assert [tuple(r) for r in sql(db, f"SELECT {fields} FROM jobs WHERE id = ?", parent.id)] == [
+        ("running", "2026-01-02 03:04:07.000000", "running", "w2", "h2", "1", 2)]
+    assert jobs.finish(a.id, "succeeded", worker="w2", result={"shard_size": 1})
+    clock.now = at(3)
+    assert jobs.claim(b.id, worker="w3", host="h3", gpu=None)  # the sweep already runs: its start stays
+    assert [tuple(r) for r in sql(db, f"SELECT {fields} FROM jobs WHERE id = ?", parent.id)] == [
+        ("running", "2026-01-02 03:04:07.000000", "1/2 shards done", "w3", "h3", None, 2)]
+    assert [tuple(r) for r in sql(db, "SELECT worker, host, gpu, attempts FROM jobs WHERE id = ?", bystander.id)] == [
+        ("wx", "hx", "7", 1)]
+
+
+def test_a_claim_leaves_a_sweep_row_that_has_ended(db):
+    """A sweep left failed while a shard still waits (as older releases' reaper could leave it): the shard
+    runs, and the ended row takes no claim's worker or attempts."""
+    parent = jobs.create("sweep", {}, queue="q", shards=[{"shard": [0, 1]}])
+    (a,) = jobs.shards(parent.id)
+    write(db, "UPDATE jobs SET state = 'failed', error = 'worker lost' WHERE id = ?", parent.id)
+    assert claim(a.id)
+    got = row(db, parent.id)
+    assert (got["state"], got["worker"], got["host"], got["attempts"]) == ("failed", None, None, 0)
+
+
+def test_abandon_fails_the_job_and_its_waiting_shards_and_nothing_else(db, clock):
+    sweep = jobs.create("sweep", {}, queue="q", shards=[{"shard": [0, 1]}, {"shard": [1, 2]}])
+    other = jobs.create("sweep", {}, queue="q", shards=[{"shard": [0, 1]}])
+    plain = jobs.create("verify", {}, queue="q")
+    jobs.abandon(sweep.id, "broker unreachable")
+    mine = [sweep.id] + [s.id for s in jobs.shards(sweep.id)]
+    for job_id in mine:
+        got = row(db, job_id)
+        assert (got["state"], got["finished_at"]) == ("failed", "2026-01-02 03:04:05.000000")
+        assert [e[0] for e in event_rows(db, job_id)].count("failed") == 1
+    assert [s.id for s in jobs.shards(sweep.id)] == mine[1:]
+    assert row(db, sweep.id)["error"] == "2 of 2 shards failed; first: broker unreachable"
+    left = [other.id, jobs.shards(other.id)[0].id, plain.id]
+    assert [row(db, i)["state"] for i in left] == ["queued", "queued", "queued"]
+
+
+def test_cancel_ends_the_shards_first_then_the_sweep(db, clock):
+    sweep = jobs.create("sweep", {}, queue="q", shards=[{"shard": [0, 1]}, {"shard": [1, 2]}])
+    a, b = jobs.shards(sweep.id)
+    assert claim(a.id)
+    jobs.report(a.id, 0.5, "half", worker="w1")
+    clock.now = at(1)
+    assert jobs.cancel(sweep.id).state == "cancelled"
+    for job_id, progress in ((a.id, 0.5), (b.id, 0.0), (sweep.id, 0.25)):
+        got = row(db, job_id)
+        assert (got["state"], got["message"], got["finished_at"]) == ("cancelled", "cancelled",
+                                                                      "2026-01-02 03:04:06.000000")
+        assert event_rows(db, job_id)[-1] == ("cancelled", progress, "cancelled")
+    last = sql(db, "SELECT job_id FROM job_events WHERE state = 'cancelled' ORDER BY id")
+    assert last[-1]["job_id"] == sweep.id  # the sweep's history ends after its shards'
+
+    lone = jobs.create("sweep", {}, queue="q", shards=[{"shard": [0, 1]}])
+    (c,) = jobs.shards(lone.id)
+    clock.now = at(2)
+    jobs.cancel(c.id)  # its last open shard: the sweep ends with it
+    assert (row(db, lone.id)["state"], row(db, lone.id)["finished_at"]) == ("cancelled", "2026-01-02 03:04:07.000000")
+
+
+def test_requeue_hands_on_only_a_heartbeat_older_than_stale_after(db, clock):
+    job = jobs.create("verify", {})
+    assert claim(job.id)
+    clock.now = at(60)
+    assert not jobs.requeue(job.id, "worker lost", stale_after=60)  # exactly 60 s: not yet
+    assert row(db, job.id)["state"] == "running"
+    clock.now = at(60.000001)
+    assert jobs.requeue(job.id, "worker lost", stale_after=60)
+    assert (row(db, job.id)["state"], row(db, job.id)["heartbeat_at"]) == ("queued", None)
+
+
+def test_an_ended_job_cannot_be_handed_back(db):
+    job = jobs.create("verify", {})
+    assert claim(job.id) and jobs.finish(job.id, "succeeded", worker="w1")
+    assert not jobs.requeue(job.id, "handed back: worker shutting down", worker="w1")
+    got = row(db, job.id)
+    assert (got["state"], got["error"], got["attempts"]) == ("succeeded", None, 1)
+
+
+def test_stale_running_is_a_running_job_silent_longer_than_stale_after(db, clock):
+    running, done = jobs.create("verify", {}), jobs.create("verify", {})
+    assert claim(running.id) and claim(done.id) and jobs.finish(done.id, "succeeded", worker="w1")
+    clock.now = at(60)
+    assert jobs.stale_running(60) == []  # exactly 60 s: not yet
+    clock.now = at(60.000001)
+    assert jobs.stale_running(60) == [running.id]  # the ended job's last beat is as old, but it ended
+
+
+def test_a_retried_job_says_so(db):
+    job = jobs.create("verify", {})
+    assert claim(job.id) and jobs.finish(job.id, "failed", worker="w1", error="boom")
+    assert jobs.reset_for_retry(job.id) == [job.id]
+    assert (row(db, job.id)["message"], row(db, job.id)["error"]) == ("queued (retry)", None)
+    assert event_rows(db, job.id)[-1] == ("queued", 0.0, "queued (retry)")
+
+
+def test_retrying_a_sweep_whose_shards_all_succeeded_ends_it_now(db, clock):
+    parent = jobs.create("sweep", {}, queue="q", shards=[{"shard": [0, 1]}])
+    (a,) = jobs.shards(parent.id)
+    assert claim(a.id) and jobs.finish(a.id, "succeeded", worker="w1", result={"shard_size": 1})
+    write(db, "UPDATE jobs SET state = 'failed' WHERE id = ?", parent.id)
+    clock.now = at(9)
+    assert jobs.reset_for_retry(parent.id) == []
+    got = row(db, parent.id)
+    assert (got["state"], got["finished_at"]) == ("succeeded", "2026-01-02 03:04:14.000000")
+
+
+def test_shards_made_at_the_same_instant_are_listed_by_id(db, monkeypatch):
+    monkeypatch.setattr(uuid, "uuid4", ids("dddddddd-0000-4000-8000-000000000000",
+                                           "00000000-0000-4000-8000-000000000000",
+                                           "eeeeeeee-0000-4000-8000-000000000000"))
+    parent = jobs.create("sweep", {}, queue="q", shards=[{"shard": [0, 1]}, {"shard": [1, 2]}])
+    write(db, "UPDATE jobs SET created_at = '2026-01-02 03:04:05.000000' WHERE parent_id = ?", parent.id)
+    assert [s.id[0] for s in jobs.shards(parent.id)] == ["0", "d"]
+
+
+def test_listing_is_newest_first_filtered_and_limited(db):
+    for job_id, kind, state, made in (("old", "verify", "failed", "2026-01-01 00:00:03.000000"),
+                                      ("new", "download", "queued", "2026-01-01 00:00:05.000000"),
+                                      ("mid", "verify", "queued", "2026-01-01 00:00:04.000000")):
+        jobs.create(kind, {}, job_id=job_id)
+        write(db, "UPDATE jobs SET state = ?, created_at = ? WHERE id = ?", state, made, job_id)
+    assert [j.id for j in jobs.listing()] == ["new", "mid", "old"]
+    assert [j.id for j in jobs.listing(limit=1)] == ["new"]
+    assert [j.id for j in jobs.listing(state="queued")] == ["new", "mid"]
+    assert [j.id for j in jobs.listing(kind="verify")] == ["mid", "old"]
+    with closing(sqlite3.connect(db)) as c:  # 48 more, older: 51 in all
+        c.executemany("INSERT INTO jobs (id, kind, state, params, progress, attempts, created_at) "
+                      "VALUES (?, 'verify', 'queued', '{}', 0.0, 0, '2025-01-01 00:00:00.000000')",
+                      [(f"bulk-{i}",) for i in range(48)])
+        c.commit()
+    assert len(jobs.listing()) == 50
+
+
+def test_waiting_since_is_each_queued_job_sent_to_a_queue_whose_latest_event_is_older(db, clock):
+    """(id, queue) of jobs waiting in a queue since before ``seconds`` ago, judged by each job's latest event."""
+    old, edge, moved, running = (jobs.create("verify", {}, queue="q", job_id=i)
+                                 for i in ("old", "edge", "moved", "running"))
+    sweep = jobs.create("sweep", {}, queue="q2", shards=[{"shard": [0, 1]}])
+    (shard,) = jobs.shards(sweep.id)
+    assert claim(running.id) and claim(moved.id) and jobs.requeue(moved.id, "handed back", worker="w1")
+    write(db, "UPDATE job_events SET at = '2026-01-02 03:03:00.000000'")  # all long ago, then:
+    write(db, "UPDATE job_events SET at = '2026-01-02 03:03:35.000000' WHERE job_id = 'edge'")  # 30 s exactly
+    write(db, "UPDATE job_events SET at = '2026-01-02 03:04:00.000000' WHERE id = "
+              "(SELECT max(id) FROM job_events WHERE job_id = 'moved')")  # handed back 5 s ago
+    assert sorted(jobs.waiting_since(30)) == sorted([("old", "q"), (shard.id, "q2")])
+
+
+def test_heartbeat_and_waiting_since_read_the_databases_own_clock(db_url):
+    """Unpinned, on each kind of database: a beat is stamped by the server's clock, and a job waits since its
+    latest event only (a job with several events: PostgreSQL refuses a subquery of more than one row)."""
+    from sqlalchemy import text
+
+    job = jobs.create("verify", {}, queue="q")
+    moved = jobs.create("verify", {}, queue="q")
+    assert claim(job.id) and claim(moved.id) and jobs.requeue(moved.id, "handed back", worker="w1")
+    with session() as s:
+        s.execute(text("UPDATE jobs SET heartbeat_at = '2000-01-01 00:00:00' WHERE id = :i"), {"i": job.id})
+        s.execute(text("UPDATE job_events SET at = '2000-01-01 00:00:00' WHERE job_id = :i"), {"i": moved.id})
+    jobs.heartbeat(job.id, "w1")
+    with session() as s:
+        beat, server_now = s.execute(text("SELECT heartbeat_at, CURRENT_TIMESTAMP FROM jobs WHERE id = :i"),
+                                     {"i": job.id}).one()
+    assert str(beat)[:4] == str(server_now)[:4] != "2000"  # this year's beat, by the server
+    assert jobs.waiting_since(60) == [(moved.id, "q")]
