@@ -28,7 +28,16 @@ def pending_job_ids(job_ids: list[str], queues: set[str], url: str | None = None
     return found & set(job_ids)
 
 
-def redis_messages(conn, queues: set[str]) -> Iterator[bytes | str]:
+def untaken_job_ids(queues: set[str], url: str | None = None) -> set[str]:
+    """The job ids whose message waits in ``queues`` with no worker holding it (not in the unacked set)."""
+    found: set[str] = set()
+    with app.connection_for_read(url or broker_url()) as conn:
+        for raw in redis_messages(conn, queues, unacked=False):
+            found.update(message_job_ids(raw))
+    return found
+
+
+def redis_messages(conn, queues: set[str], unacked: bool = True) -> Iterator[bytes | str]:
     """Every message kombu's Redis transport holds for ``queues``: waiting, and delivered but not acked.
 
     kombu internals, written against kombu 5.7 (the same in 5.3.4, our floor), checked by
@@ -41,7 +50,7 @@ def redis_messages(conn, queues: set[str]) -> Iterator[bytes | str]:
     client = channel.client
     for key in {q if not p else f"{q}{channel.sep}{p}" for q in queues for p in channel.priority_steps}:
         yield from client.lrange(key, 0, -1)
-    for raw in client.hvals(channel.unacked_key):
+    for raw in client.hvals(channel.unacked_key) if unacked else ():
         try:
             yield json.dumps(json.loads(raw)[0])
         except (ValueError, TypeError, IndexError, KeyError, AttributeError):

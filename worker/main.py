@@ -117,8 +117,9 @@ class Beat(threading.Thread):
         from saejobs.db import workers
         from saejobs.db.session import SchemaMismatch
         from saejobs.tasks.runner import HEARTBEAT_S, STALE_AFTER_S
+        from saejobs.worker.supervise import EX_TEMPFAIL
 
-        registered, last_orphan_check = False, 0.0
+        registered, last_orphan_check, idle_while_waiting = False, 0.0, 0
         in_touch_since = last_beat = None  # monotonic: since when this worker's beats have come through on time
         while True:
             try:  # registering inside the loop: a worker started before its database shows up once it is up
@@ -137,6 +138,14 @@ class Beat(threading.Thread):
                 if time.monotonic() - last_orphan_check > ORPHAN_AFTER_S / 2:
                     last_orphan_check = time.monotonic()
                     resend_orphans()
+                    idle_while_waiting = idle_while_waiting + 1 if self.consumer_stalled() else 0
+                    if idle_while_waiting >= 2:  # two checks apart: not a message sent a moment ago
+                        log.error("this worker is idle, yet a job queued over %g s ago has waited untaken in its "
+                                  "queues at two checks %g s apart (its broker connection did not recover from an "
+                                  "outage); it stops (exit %d) so that its supervisor starts a fresh one",
+                                  ORPHAN_AFTER_S, ORPHAN_AFTER_S / 2, EX_TEMPFAIL)
+                        workers.stopped(self.worker)
+                        os._exit(EX_TEMPFAIL)  # the wedged consumer owns the main thread; nothing of ours runs
             except SchemaMismatch as e:  # the database was migrated under this worker: stop consuming, say why
                 self.schema_changed = e
                 log.error("%s; this worker stops (exit %d)", e, e.exit_code)
@@ -148,6 +157,19 @@ class Beat(threading.Thread):
                 break
         if registered and self.schema_changed is None:  # its row is not ours to write under another schema
             workers.stopped(self.worker)
+
+    def consumer_stalled(self) -> bool:
+        """Idle, yet a job queued longer than ``ORPHAN_AFTER_S`` has its message waiting, untaken, in one of
+        this worker's queues: the Celery consumer stopped consuming. (After a job ends while Redis is
+        down, the failed ack can leave the consumer polling a socket that was closed under it: celery
+        #9054; the process looks alive and takes nothing, forever.)"""
+        from saejobs.db import jobs
+        from saejobs.tasks.broker import untaken_job_ids
+
+        if self.worker.current_job is not None:
+            return False
+        waiting = {j for j, q in jobs.waiting_since(ORPHAN_AFTER_S) if q in self.queues}
+        return bool(waiting and waiting & untaken_job_ids(set(self.queues)))
 
     def stop(self) -> None:
         self._stop_event.set()

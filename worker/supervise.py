@@ -1,7 +1,8 @@
 """Worker processes kept running: the supervisor ``saejobs up`` and ``saejobs worker --gpu 0,1`` share.
 
 A worker whose job hung exits 75 (EX_TEMPFAIL: its stall watchdog handed the job on and ended the
-process, the only way to free a GPU from a call that never returns). That is a reason to start a fresh
+process, the only way to free a GPU from a call that never returns), and so does an idle worker whose
+Celery consumer stopped taking messages after a broker outage (``worker.main.Beat``). That is a reason to start a fresh
 one, after a backoff that doubles while restarts keep failing fast; after ``SAEJOBS_RESTART_MAX``
 fast failures in a row the supervisor gives up rather than loop. Any other exit ends the whole stack:
 a crash or a refused schema would only repeat.
@@ -68,7 +69,8 @@ class Supervisor:
                 return f"worker {c.name} exited {EX_TEMPFAIL} {c.fast_failures} times in a row within {FAST_S:g} s; giving up"
             delay = min(MAX_BACKOFF_S, BACKOFF_S * 2 ** (c.fast_failures - 1))
             c.restart_at = now + delay
-            self.say(f"saejobs: worker {c.name} exited {EX_TEMPFAIL} (its job hung and was handed on); "
+            self.say(f"saejobs: worker {c.name} exited {EX_TEMPFAIL} (its job hung and was handed on, or it "
+                     f"stopped taking messages after a broker outage); "
                      f"starting a fresh one in {delay:g} s")
         return None
 

@@ -8,16 +8,20 @@ and so the tests can check that the password is never printed.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
+from pathlib import Path
 
 import pytest
 
 from saejobs.db import jobs
 from tests.dbfixtures import home  # noqa: F401
 from tests.faults.servers import RedisServer
-from tests.faults.sweeps import N_CONFIGS, sqlite_db, stored, sweep_args  # noqa: F401
+from tests.faults.sweeps import N_CONFIGS, Hold, sqlite_db, stored, sweep_args  # noqa: F401
 from tests.queue_harness import FAST, start_worker, wait_for  # noqa: F401
 from tests.test_queue import one_clean_line, saejobs, submitted
+from tests.up_harness import running_up
 
 pytestmark = pytest.mark.model
 PASSWORD = "redisPassw0rdNeverPrinted"
@@ -48,7 +52,7 @@ def queued_messages(server: RedisServer) -> list[dict]:
 
 
 def test_redis_restart_loses_no_queued_or_running_job(home, sqlite_db, redis_server, start_worker, tiny_gemma2_dir,
-                                                      ledger):
+                                                      ledger, tmp_path):
     quick = sweep_args(home, tiny_gemma2_dir, n_tokens=8, batch_size=8)
     queued = [submitted(saejobs(*quick, "--seed", str(s))) for s in (1, 2)]
     assert len(queued_messages(redis_server)) == 2
@@ -68,9 +72,15 @@ def test_redis_restart_loses_no_queued_or_running_job(home, sqlite_db, redis_ser
     ledger.figure("redis_restart_to_queued_jobs_done", time.monotonic() - t0)
     assert worker.text().count("message is not in the broker; sent again") == 2
 
+    # The sweep runs through the outage: a worker held mid-sweep (two chunks stored) until Redis is back, so the
+    # outage never outlasts the sweep however fast the machine (the end of a job during an outage is the
+    # next test's).
+    worker.terminate(clean=True)
+    hold = Hold(tmp_path, "sweep.chunk_stored:2")
+    worker = start_worker(env=hold.env, tolerate=("beat failed",))
     slow = sweep_args(home, tiny_gemma2_dir, n_tokens=24, batch_size=1)
     running = submitted(saejobs(*slow))
-    wait_for(lambda: jobs.get(running["id"]).progress > 0.1, 120, "the sweep to be under way")
+    hold.wait()
     redis_server.kill()
     ledger.add("redis_restarts")
 
@@ -83,8 +93,8 @@ def test_redis_restart_loses_no_queued_or_running_job(home, sqlite_db, redis_ser
     shown = submitted(saejobs("jobs", "show", running["id"], "--json"))  # the database still answers
     assert shown["state"] == "running"
 
-    time.sleep(2)
     redis_server.start()
+    hold.release()
     done = wait_for(lambda: (r := jobs.get(running["id"])).state in ("succeeded", "failed") and r, 180,
                     "the sweep that ran through the outage")
     assert done.state == "succeeded" and done.attempts == 1 and stored(running["id"]) == N_CONFIGS
@@ -96,6 +106,34 @@ def test_redis_restart_loses_no_queued_or_running_job(home, sqlite_db, redis_ser
     assert PASSWORD not in worker.text()
     ledger.add("rows_expected", 4 * N_CONFIGS)
     ledger.add("rows_lost", sum(N_CONFIGS - stored(j) for j in [*(q["id"] for q in queued), running["id"], refused]))
+
+
+def test_a_job_that_ends_while_redis_is_down_leaves_no_worker_that_takes_nothing(home, sqlite_db, redis_server,
+                                                                                 tiny_gemma2_dir, tmp_path, ledger):
+    """The job ends during the outage, so its ack fails; after that Celery's consumer may poll a socket closed
+    under it and take nothing, forever (celery #9054: seen in this suite). Under ``saejobs up`` the next job
+    must still run: the worker's beat sees itself idle while a job waits untaken in its queues, exits 75, and
+    up starts a fresh one (or the consumer recovered by itself)."""
+    quick = sweep_args(home, tiny_gemma2_dir, n_tokens=8, batch_size=8)
+    hold = Hold(tmp_path, "runner.before_finish:1")  # every row stored, the job not yet marked succeeded
+    env = {**os.environ, **FAST, **hold.env, "SAEJOBS_RESTART_BACKOFF": "0.5"}
+    with running_up(Path(__file__).resolve().parents[2], env, tmp_path / "up.log") as up:
+        first = submitted(saejobs(*quick, "--seed", "1"))
+        hold.wait()
+        redis_server.kill()
+        ledger.add("redis_restarts")
+        hold.release()  # the job ends now, its ack with nowhere to go
+        wait_for(lambda: jobs.get(first["id"]).state == "succeeded", 120, "the job to end during the outage")
+        redis_server.start()
+        t0 = time.monotonic()
+        second = submitted(saejobs(*quick, "--seed", "2", "--wait", "--json"))
+        assert second["state"] == "succeeded" and stored(second["id"]) == N_CONFIGS
+        ledger.figure("redis_back_after_a_failed_ack_to_next_job_done", time.monotonic() - t0)
+        assert up.proc.poll() is None, up.text()[-3000:]  # the stack lives on
+        up.proc.send_signal(signal.SIGINT)
+        assert up.proc.wait(timeout=120) == 0, up.text()[-3000:]
+    ledger.add("rows_expected", 2 * N_CONFIGS)
+    ledger.add("rows_lost", 2 * N_CONFIGS - stored(first["id"]) - stored(second["id"]))
 
 
 def test_only_json_travels_and_a_pickled_message_is_never_unpickled(home, sqlite_db, redis_server, start_worker,
