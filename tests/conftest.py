@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from saejobs.engine import paths
+from tests.artifacts import ARTIFACTS, keep_worst
 
 def pytest_configure(config):
     """Redis and PostgreSQL: the ones the tests are pointed at, or private real ones started now. Under xdist,
@@ -125,8 +126,7 @@ def tiny_gemma2_dir(gemma3) -> Path:
 
 # The fault suite's summary (tests/faults/conftest.py writes one ledger per pytest process): the process that
 # runs the session — xdist's controller, which sees every test's report, or the only process — sums them.
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-_faults_spent = {"s": 0.0, "tests": 0}
+_faults_spent = {"s": 0.0, "tests": 0, "counting": False}  # counted where the session is run (all reports arrive)
 
 
 def _runs_the_session(config) -> bool:
@@ -134,13 +134,14 @@ def _runs_the_session(config) -> bool:
 
 
 def pytest_sessionstart(session):
+    _faults_spent["counting"] = _runs_the_session(session.config)
     if _runs_the_session(session.config):
         for old in ARTIFACTS.glob("faults-ledger-*.json"):
             old.unlink()
 
 
 def pytest_runtest_logreport(report) -> None:
-    if "tests/faults/" in report.nodeid.replace("\\", "/"):
+    if _faults_spent["counting"] and "tests/faults/" in report.nodeid.replace("\\", "/"):
         _faults_spent["s"] += report.duration
         _faults_spent["tests"] += report.when == "call"
 
@@ -158,7 +159,7 @@ def pytest_sessionfinish(session):
         part = json.loads(p.read_text())
         totals.update(part["totals"])
         for k, v in part["figures_s"].items():
-            figures[k] = max(v, figures.get(k, v))  # the worst value seen is kept
+            keep_worst(figures, k, v)
         p.unlink()
     summary = {"totals": dict(sorted(totals.items())), "figures_s": {k: round(v, 2) for k, v in sorted(figures.items())},
                "tests": _faults_spent["tests"], "suite_s": round(_faults_spent["s"], 1)}

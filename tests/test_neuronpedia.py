@@ -20,12 +20,12 @@ from saejobs.db import neuronpedia as store
 from saejobs.db import results
 from saejobs.engine import demo
 from saejobs.engine.registry import custom
+from tests.artifacts import ARTIFACTS
 from tests.dbfixtures import home  # noqa: F401
 from tests.test_queue import saejobs, submitted
 
 pytestmark = pytest.mark.model
 API_KEY = "np-test-key-do-not-leak-42"
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 
 class StandIn:

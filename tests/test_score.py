@@ -16,9 +16,9 @@ import pytest
 from saejobs.engine import demo, score, search
 from saejobs.engine.request import Settings, plan_configs
 from saejobs.engine.sweep import SweepGenerator
+from tests.artifacts import ARTIFACTS
 from tests.dbfixtures import home  # noqa: F401
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 PROMPTS = ["Once upon a time", "My favourite thing about", "The weather today is", "In the beginning"]
 WORDS = {0: "dog", 1: "ocean", 2: "music", 3: "space"}
 

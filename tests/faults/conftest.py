@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from pathlib import Path
-
 import pytest
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+from tests.artifacts import ARTIFACTS, keep_worst
 
 
 class Ledger:
@@ -27,8 +25,7 @@ class Ledger:
         self.totals[what] += n
 
     def figure(self, what: str, value: float) -> None:
-        """A measured duration (seconds) worth quoting; the worst value seen is kept."""
-        self.figures[what] = max(value, self.figures.get(what, value))
+        keep_worst(self.figures, what, value)
 
 
 @pytest.fixture(scope="session")
