@@ -96,24 +96,12 @@ def config_key(cfg: SweepConfig, settings: Settings, steering_id: str) -> str:
 
 
 def plan_configs(features: list[int], vectors: list[str], strengths: list[float], prompts: list[str], seeds: list[int],
-         combine: bool, settings: Settings, steering_id: str, chats: list[chat.Conversation] = (),
-         chat_template: str | None = None) -> list[SweepConfig]:
-    """The grid, DEFAULT rows first (one per prompt or chat × seed); ``vectors`` are vector labels. Inputs
-    are assumed valid and distinct (``SweepRequest`` makes them so)."""
-    terms = [{"index": int(i)} for i in features] + [{"vector": v} for v in vectors]
-    groups = [terms] if combine else [[t] for t in terms]
-    inputs = [(p, ()) for p in prompts] + [("", c) for c in chats]
-    template = chat.template_id(chat_template)
-
-    def row(kind: str, fs: tuple, p: str, c: chat.Conversation, seed: int) -> SweepConfig:
-        return SweepConfig(kind, fs, p, int(seed), chat=c, chat_template=template if c else "")
-
-    out = [row("DEFAULT", (), p, c, s) for p, c in inputs for s in seeds]
-    for group in groups:
-        for strength in strengths:
-            fs = tuple({**t, "strength": float(strength)} for t in group)
-            out += [row("STEERED", fs, p, c, s) for p, c in inputs for s in seeds]
-    return [replace(c, key=config_key(c, settings, steering_id)) for c in out]
+                 combine: bool, settings: Settings, steering_id: str, chats: list[chat.Conversation] = (),
+                 chat_template: str | None = None) -> list[SweepConfig]:
+    """The whole grid, DEFAULT rows first (one per prompt or chat × seed), then per feature (or per
+    ``combine`` group) per strength the same block; ``vectors`` are vector labels. Inputs are assumed valid
+    and distinct (``SweepRequest`` makes them so). One planner: ``plan_slice`` over every index."""
+    return plan_slice(features, vectors, strengths, prompts, seeds, combine, settings, steering_id, chats, chat_template)
 
 
 def grid_size(n_terms: int, n_strengths: int, n_inputs: int, n_seeds: int, combine: bool) -> int:
@@ -124,9 +112,9 @@ def grid_size(n_terms: int, n_strengths: int, n_inputs: int, n_seeds: int, combi
 def plan_slice(features: list[int], vectors: list[str], strengths: list[float], prompts: list[str], seeds: list[int],
                combine: bool, settings: Settings, steering_id: str, chats: list[chat.Conversation] = (),
                chat_template: str | None = None, lo: int = 0, hi: int | None = None) -> list[SweepConfig]:
-    """Configurations ``[lo, hi)`` of ``plan_configs``' grid, each found from its index in that order
-    (DEFAULT block of inputs × seeds, then per group per strength the same block): a shard plans its
-    own slice in time proportional to it, never the whole grid."""
+    """Configurations ``[lo, hi)`` of the grid, each found from its index in the grid's order (DEFAULT
+    block of inputs × seeds, then per group per strength the same block): a shard plans its own slice in
+    time proportional to it, never the whole grid."""
     terms = [{"index": int(i)} for i in features] + [{"vector": v} for v in vectors]
     inputs = [(p, ()) for p in prompts] + [("", c) for c in chats]
     template = chat.template_id(chat_template)
@@ -240,8 +228,6 @@ class SweepRequest:
         """The whole grid, or with ``lo``/``hi`` its slice ``[lo, hi)`` (a shard's: planned alone)."""
         grid = (list(self.features), [v.label for v in self.vectors], list(self.strengths), list(self.prompts),
                 list(self.seeds), self.combine, self.settings, steering_id, list(self.chats), self.chat_template)
-        if lo is None and hi is None:
-            return plan_configs(*grid)
         return plan_slice(*grid, lo=lo or 0, hi=hi)
 
     def check_size(self) -> None:

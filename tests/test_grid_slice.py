@@ -4,6 +4,8 @@ progress report settles its sweep from one aggregate query, never its siblings' 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from sqlalchemy import text
 
@@ -34,10 +36,30 @@ def keyed(configs):
     return [(c, c.key) for c in configs]  # a config's key is left out of its equality
 
 
+def nested_loops(req: SweepRequest, steering_id: str) -> list:
+    """The grid as the README states it, written as plain loops: DEFAULT rows first (inputs × seeds), then
+    per feature/vector (or, with combine, all of them at once) per strength the same block."""
+    terms = [{"index": i} for i in req.features] + [{"vector": v.label} for v in req.vectors]
+    template = chat.template_id(req.chat_template)
+    inputs = [(p, ()) for p in req.prompts] + [("", c) for c in req.chats]
+
+    def row(kind, fs, p, c, seed):
+        cfg = request_mod.SweepConfig(kind, fs, p, seed, chat=c, chat_template=template if c else "")
+        return dataclasses.replace(cfg, key=request_mod.config_key(cfg, req.settings, steering_id))
+
+    out = [row("DEFAULT", (), p, c, s) for p, c in inputs for s in req.seeds]
+    for group in ([terms] if req.combine else [[t] for t in terms]):
+        for strength in req.strengths:
+            fs = tuple({**t, "strength": float(strength)} for t in group)
+            out += [row("STEERED", fs, p, c, s) for p, c in inputs for s in req.seeds]
+    return out
+
+
 @pytest.mark.parametrize("name", list(GRIDS))
 def test_a_slice_is_that_range_of_the_full_plan(name):
     req = GRIDS[name]
-    full = keyed(req.configs("sae@abc"))
+    full = keyed(nested_loops(req, "sae@abc"))
+    assert keyed(req.configs("sae@abc")) == full
     assert req.size() == len(full)
     for lo in range(len(full) + 1):
         for hi in range(lo, len(full) + 2):
@@ -45,10 +67,9 @@ def test_a_slice_is_that_range_of_the_full_plan(name):
 
 
 def test_a_shard_never_plans_the_whole_grid(monkeypatch):
-    def whole(*a, **k):
-        raise AssertionError("the whole grid was planned")
-
-    monkeypatch.setattr(request_mod, "plan_configs", whole)
+    made = []
+    key = request_mod.config_key
+    monkeypatch.setattr(request_mod, "config_key", lambda *a: made.append(1) or key(*a))  # one per planned config
     big = SweepRequest(sae="x", features=tuple(range(2_000)), strengths=tuple(range(50)), prompts=("a", "b"),
                        seeds=(1, 2, 3, 4, 5))  # 1,000,010 configurations
     assert big.size() == 10 * (1 + 2_000 * 50)
@@ -57,7 +78,7 @@ def test_a_shard_never_plans_the_whole_grid(monkeypatch):
     lo, hi = shards[len(shards) // 2]
     part = big.configs("s", lo, hi)
     i = lo - 10  # its first configuration's place in the steered block, counted by hand
-    assert len(part) == 256 and part[0].features == ({"index": i // (50 * 10), "strength": float(i // 10 % 50)},)
+    assert len(made) == len(part) == 256 and part[0].features == ({"index": i // (50 * 10), "strength": float(i // 10 % 50)},)
     assert (part[0].prompt, part[0].seed) == ("ab"[i % 10 // 5], i % 5 + 1)
 
 
