@@ -64,23 +64,6 @@ def test_no_host_copy_per_step(tiny_gemma2, tiny_sae, monkeypatch):
         assert few == many and few <= 8, (sampling, few, many)  # ids and 3 logprob tensors: .cpu() + .tolist()
 
 
-def test_sampling_draws_as_torch_multinomial_per_row(tiny_gemma2):
-    """``draw`` equals ``torch.multinomial`` with each row's own generator, for both tensor shapes the
-    references use, over many rows, seeds and steps; and the one-time check found its algorithm."""
-    g = torch.Generator().manual_seed(3)
-    for dtype in (torch.float32, torch.bfloat16):
-        probs = torch.softmax(torch.randn((16, 1000), generator=g) * 4, dim=-1).to(dtype)
-        for as_2d in (False, True):
-            ours = [torch.Generator().manual_seed(s) for s in range(16)]
-            ref = [torch.Generator().manual_seed(s) for s in range(16)]
-            for _ in range(5):
-                got = gen.draw(probs, ours, as_2d=as_2d)
-                want = [int(torch.multinomial(probs[b:b + 1] if as_2d else probs[b], 1, as_2d, generator=r).flatten()[0])
-                        for b, r in enumerate(ref)]
-                assert got.tolist() == want
-        assert gen._TRICK[("cpu", dtype)] is True
-
-
 def test_sampled_bf16_is_drawn_from_bf16_logits(tiny_sae, monkeypatch):
     """interp-engine samples from the logits as the model returns them: the probabilities a bf16 model's
     draw sees are bf16, not an upcast copy."""
