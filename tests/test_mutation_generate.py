@@ -5,7 +5,8 @@ interp-engine's own ``steer._sample_next`` (the installed package), or Transform
 ``sample_logits`` written out (``/ temperature``, ``- freq_penalty * bincount(tokens so far)`` assigned
 into the row, ``float32``, ``Categorical(logits=...).sample()``). The logits of each step are fixed
 random tensors (the sampler does not care where they come from), so these run in milliseconds; they
-exist for the mutation check of ``engine/generate.py``'s sampling (issue 25 item 4).
+exist for the mutation check of ``engine/generate.py``'s sampling (issue 25 item 4). Which device the
+sampler's state and the one-time check use is checked with ``meta`` standing in for a GPU.
 """
 
 from __future__ import annotations
@@ -282,3 +283,61 @@ def test_the_check_leaves_the_global_generator_alone(monkeypatch):
     before = torch.get_rng_state()
     assert gen._exponential_trick_holds(CPU, torch.float32) is True
     assert torch.equal(torch.get_rng_state(), before)
+
+
+# A meta tensor stands in for another device on a CPU-only run: an operand left on the CPU is refused there
+# as it would be on a GPU. torch has no meta generator, so a stand-in records the device each is asked for.
+META = torch.device("meta")
+
+
+class RecordedGenerator:
+    def __init__(self, device):
+        self.device, self.seed = torch.device(device), None
+
+    def manual_seed(self, seed):
+        self.seed = seed
+        return self
+
+    def initial_seed(self):
+        return self.seed
+
+
+def recording_generators(monkeypatch) -> None:
+    """``torch.Generator(device=d)`` records d; a generator asked for without a device is a real CPU one."""
+    real = torch.Generator
+    monkeypatch.setattr(torch, "Generator", lambda device=None: real() if device is None else RecordedGenerator(device))
+
+
+@pytest.mark.parametrize("semantics, kw", [("transformerlens", dict(freq_penalty=0.5)),
+                                           ("interp-engine", dict(presence_penalty=1.5))])
+def test_a_sampler_keeps_its_generators_and_penalties_on_the_given_device(semantics, kw, monkeypatch):
+    recording_generators(monkeypatch)
+    rows = [gen.Row(p, s) for p, s in zip(PROMPTS, SEEDS)]
+    ids, mask = padded(PROMPTS)
+    s = Sampling(temperature=1.0, sampling_semantics=semantics, **kw)
+    choose = gen.TokenSampler(rows, s, V, META, ids.to(META), mask.to(META))
+    assert [(g.device, g.initial_seed()) for g in choose.gens] == [(META, seed) for seed in SEEDS]
+    penalty = choose.counts if semantics == "transformerlens" else choose.seen
+    assert penalty.device.type == "meta" and penalty.shape == (len(PROMPTS), V)
+    choose.update_penalties(torch.zeros(len(PROMPTS), dtype=torch.long, device=META))  # CPU state would refuse it
+
+
+def test_the_check_draws_on_the_device_it_is_asked_about(monkeypatch):
+    """The one-time check's probabilities and both sets of generators are on the device asked about (meta
+    here), in its dtype: a check run on the CPU would say nothing about the device's own sampling."""
+    monkeypatch.setattr(gen, "_TRICK", {})
+    recording_generators(monkeypatch)
+    seen = []
+
+    def recorded(kind):
+        def draw(probs, gens, as_2d):
+            seen.append((kind, probs.device.type, probs.dtype, {g.device for g in gens}))
+            return torch.zeros(3, dtype=torch.long)
+        return draw
+    monkeypatch.setattr(gen, "_draw_exponential", recorded("exp"))
+    monkeypatch.setattr(gen, "_draw_multinomial", recorded("mult"))
+    assert gen._exponential_trick_holds(META, torch.bfloat16) is True
+    assert gen._TRICK == {("meta", torch.bfloat16): True}
+    assert {kind for kind, *_ in seen} == {"exp", "mult"}
+    assert {(d, dt) for _, d, dt, _ in seen} == {("meta", torch.bfloat16)}
+    assert all(devices == {META} for _, _, _, devices in seen)

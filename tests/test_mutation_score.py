@@ -3,11 +3,13 @@
 Expected values come from plain torch in the test: the NLL from one unpadded forward per row and
 ``log_softmax``; the concept from a plain forward hook on the decoder layer and JumpReLU on the SAE
 tensors; the degeneration figures from their definitions written out here. These tests exist for the
-mutation check of ``engine/score.py`` (issue 25 item 4) and are fast enough to run per mutant.
+mutation check of ``engine/score.py`` (issue 25 item 4) and are fast enough to run per mutant. Which device
+each tensor is on is checked with ``meta`` standing in for a second device (the model or the SAE there).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from types import SimpleNamespace
@@ -330,3 +332,76 @@ def test_repetition_matches_its_definition(tokens):
     got = sc.repetition(tokens)
     assert set(got) == {"distinct_1", "distinct_2", "longest_repeat"}
     assert (got["distinct_1"], got["distinct_2"], got["longest_repeat"]) == ref_repetition(tokens)
+
+
+# A meta tensor stands in for another device on a CPU-only run: an operand left on the CPU is refused there
+# as it would be on a GPU. Copying out of meta has no data, so those copies are recorded and give zeros.
+META = torch.device("meta")
+
+
+@pytest.fixture
+def host_copies(monkeypatch) -> list[tuple]:
+    """Each copy of a meta tensor to the CPU (``.to`` or ``.cpu``) as (shape, dtype), answered with zeros."""
+    copies = []
+    real_to, real_cpu = torch.Tensor.to, torch.Tensor.cpu
+
+    def to(self, *a, **k):
+        try:
+            return real_to(self, *a, **k)
+        except NotImplementedError:  # "Cannot copy out of meta tensor"
+            dtype = real_to(torch.empty(0, dtype=self.dtype), *a, **k).dtype
+            copies.append((tuple(self.shape), dtype))
+            return torch.zeros(self.shape, dtype=dtype)
+
+    def cpu(self, *a, **k):
+        if self.device.type != "meta":
+            return real_cpu(self, *a, **k)
+        copies.append((tuple(self.shape), self.dtype))
+        return torch.zeros(self.shape, dtype=self.dtype)
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    monkeypatch.setattr(torch.Tensor, "cpu", cpu)
+    return copies
+
+
+def on_meta(lm: LoadedModel) -> tuple[LoadedModel, list[dict]]:
+    """A copy of ``lm`` on the meta device, its forward passes recording the device of each input."""
+    meta = dataclasses.replace(lm, model=copy.deepcopy(lm.model).to(META), device="meta")
+    inputs = []
+    meta.model.register_forward_pre_hook(
+        lambda m, a, k: inputs.append({n: t.device.type for n, t in k.items() if isinstance(t, torch.Tensor)}),
+        with_kwargs=True)
+    return meta, inputs
+
+
+def test_a_group_runs_on_the_models_device_and_the_concept_on_the_saes(lm, host_copies):
+    """Model on another device (meta) than the SAE (CPU): ids, mask and positions go to the model's device;
+    the activation comes to the SAE (one copy, in its dtype); the concept goes back to the model's device
+    for the per-row sums, of which one (B, 3 + 2F) tensor comes to the host."""
+    meta, inputs = on_meta(lm)
+    sae = make_sae(lm.config.hidden_size)
+    items = [sc.Item(p, g, f) for p, g, f in ITEMS[:3]]  # features 0, 1, 2, 5; longest completion 7
+    rows = sc.score(meta, sae, HOOK, items)
+    (passed,) = inputs  # one forward pass; every tensor handed to it on the model's device
+    assert "input_ids" in passed and set(passed.values()) == {"meta"}
+    assert host_copies == [((3, 7, 32), torch.float32), ((3, 11), torch.float32)]
+    assert len(rows) == 3 and rows[0]["completion_tokens"] == 0  # the sums are the stand-in's zeros
+
+
+def test_an_sae_on_another_device_is_indexed_there(lm, host_copies, monkeypatch):
+    """SAE on meta, model on the CPU: the feature index is built on the SAE's device (no copy from the host
+    at each use), the activation goes there and the concept comes back to the model's device."""
+    made = []
+    real = torch.tensor
+
+    def tensor(data, *a, **k):
+        t = real(data, *a, **k)
+        made.append((data, t.device.type))
+        return t
+    monkeypatch.setattr(torch, "tensor", tensor)
+    base = make_sae(32)
+    sae = SimpleNamespace(W_enc=base.W_enc.to(META), b_enc=base.b_enc.to(META),
+                          threshold_floor=base.threshold_floor.to(META))
+    rows = sc.score(lm, sae, HOOK, [sc.Item([BOS, 40, 41], [42, 43, EOS], [5, 2])])
+    assert [d for data, d in made if isinstance(data, list) and data == [2, 5]] == ["meta"]
+    assert host_copies == [((1, 3, 2), torch.float32)]  # the concept, back on the model's device
+    assert rows[0]["completion_tokens"] == 2
