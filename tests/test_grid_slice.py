@@ -66,6 +66,15 @@ def test_a_slice_is_that_range_of_the_full_plan(name):
             assert keyed(req.configs("sae@abc", lo, hi)) == full[lo:hi], (lo, hi)
 
 
+@pytest.mark.parametrize("name", list(GRIDS))
+def test_plan_configs_is_the_whole_grid(name):
+    """``plan_configs``, what the benches and tests call with plain lists, plans the same grid."""
+    r = GRIDS[name]
+    got = request_mod.plan_configs(list(r.features), [v.label for v in r.vectors], list(r.strengths), list(r.prompts),
+                                   list(r.seeds), r.combine, r.settings, "sae@abc", list(r.chats), r.chat_template)
+    assert keyed(got) == keyed(nested_loops(r, "sae@abc"))
+
+
 def test_a_shard_never_plans_the_whole_grid(monkeypatch):
     made = []
     key = request_mod.config_key
