@@ -47,7 +47,7 @@ def run(gpu: int | None, loglevel: str = "info", downloads_only: bool = False) -
         os.environ.setdefault("SAEJOBS_DEVICE", "cuda:0")
     else:
         os.environ.setdefault("SAEJOBS_DEVICE", "cpu")
-    from celery.signals import worker_shutting_down
+    from celery.signals import worker_ready, worker_shutting_down
 
     from saejobs.db.session import SchemaMismatch, check_schema, set_role
     from saejobs.engine.cache import EngineCache
@@ -83,6 +83,7 @@ def run(gpu: int | None, loglevel: str = "info", downloads_only: bool = False) -
     beat = Beat(w, queues)
     beat.start()
     worker_shutting_down.connect(lambda **_: runner.shutting_down.set(), weak=False)
+    worker_ready.connect(lambda **_: beat.consuming.set(), weak=False)
     try:
         app.worker_main(["worker", "--pool=solo", "--concurrency=1", "-Q", ",".join(queues), "-n", name,
                          f"--loglevel={loglevel}", "--without-gossip", "--without-mingle"])
@@ -112,6 +113,7 @@ class Beat(threading.Thread):
         super().__init__(daemon=True, name="saejobs-beat")
         self.worker, self.queues, self._stop_event = worker, queues, threading.Event()
         self.schema_changed: Exception | None = None
+        self.consuming = threading.Event()  # set by Celery's worker_ready: before it, untaken messages are normal
 
     def run(self) -> None:
         from saejobs.db import workers
@@ -153,6 +155,7 @@ class Beat(threading.Thread):
                 break
             except Exception as e:  # database or broker blinked; try again next beat
                 log.warning("beat failed: %s", e)
+                idle_while_waiting = 0  # the consumer is reconnecting too: judge it afresh once the broker answers
             if self._stop_event.wait(HEARTBEAT_S):
                 break
         if registered and self.schema_changed is None:  # its row is not ours to write under another schema
@@ -166,7 +169,7 @@ class Beat(threading.Thread):
         from saejobs.db import jobs
         from saejobs.tasks.broker import untaken_job_ids
 
-        if self.worker.current_job is not None:
+        if not self.consuming.is_set() or self.worker.current_job is not None:
             return False
         waiting = {j for j, q in jobs.waiting_since(ORPHAN_AFTER_S) if q in self.queues}
         return bool(waiting and waiting & untaken_job_ids(set(self.queues)))
