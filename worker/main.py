@@ -107,7 +107,9 @@ def worker_name(label: str, host: str) -> str:
 class Beat(threading.Thread):
     """Worker row heartbeat and the reaper of jobs whose worker died (SIGKILL, lost host). Each beat first
     reads the schema's revision: a database migrated under the worker (``db upgrade --force``) stops it
-    within one beat, as a warm shutdown (its job handed back), exit 4, writing nothing more of its own."""
+    within one beat, as a warm shutdown (its job handed back), exit 4, writing nothing more of its own.
+    With the orphan check it also watches its own consumer: idle while a job waits untaken in its queues
+    (``consumer_stalled``) twice in a row, the worker exits 75 for its supervisor to replace it."""
 
     def __init__(self, worker, queues: list[str]):
         super().__init__(daemon=True, name="saejobs-beat")
