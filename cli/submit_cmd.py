@@ -93,34 +93,69 @@ def verify(sae: str, path: Path | None, structural_only: bool, model_source: str
                          max_tokens=max_tokens), entry.id
 
 
-def _floats(ctx, param, value):
+MAX_RANGE_VALUES = 100_000  # a range longer than this is a typo (the grid limit refuses far fewer configurations)
+
+
+def _values(value, number, integer: bool = False):
+    """Each part of each (repeated) option: ``a,b,c`` and the inclusive range ``LO:HI:STEP`` (``0:400:50`` is
+    0, 50, ..., 400; for integers the step may be left out: ``0:7``). ``number`` parses one part; steps are
+    added as decimals, so ``0:1:0.1`` gives 0.3, not 0.30000000000000004."""
+    from decimal import Decimal, InvalidOperation
+
     out = []
     for v in value:
         for part in str(v).split(","):
             part = part.strip()
             if not part:
                 continue
+            if ":" not in part:
+                out.append(number(part))
+                continue
+            bits = part.split(":")
+            if integer and len(bits) == 2:
+                bits.append("1")
             try:
-                out.append(float(part))
-            except ValueError:
-                raise click.BadParameter(f"'{part}' is not a number") from None
+                lo, hi, step = (Decimal(b.strip()) for b in bits)
+            except (ValueError, InvalidOperation):
+                raise click.BadParameter(f"'{part}' is not a range LO:HI:STEP of numbers") from None
+            if len(bits) != 3 or not all(d.is_finite() for d in (lo, hi, step)) or step <= 0 or lo > hi:
+                raise click.BadParameter(f"'{part}' is not a range LO:HI:STEP with LO <= HI and STEP > 0")
+            if integer and any(d != d.to_integral_value() for d in (lo, hi, step)):
+                raise click.BadParameter(f"'{part}' is not a range of integers")
+            n = int((hi - lo) / step) + 1
+            if n > MAX_RANGE_VALUES:
+                raise click.BadParameter(f"'{part}' holds {n} values; the limit is {MAX_RANGE_VALUES}")
+            out += [number(str(lo + i * step)) for i in range(n)]
     return out
 
 
+def _floats(ctx, param, value):
+    def number(part):
+        try:
+            return float(part)
+        except ValueError:
+            raise click.BadParameter(f"'{part}' is not a number") from None
+
+    return _values(value, number)
+
+
 def _ints(ctx, param, value):
-    try:
-        return [int(p) for v in value for p in str(v).split(",") if p.strip()]
-    except ValueError as e:
-        raise click.BadParameter(str(e).split(":")[-1].strip() + " is not an integer") from None
+    def number(part):
+        try:
+            return int(part)
+        except ValueError:
+            raise click.BadParameter(f"'{part}' is not an integer") from None
+
+    return _values(value, number, integer=True)
 
 
 @click.command()
 @click.option("--sae", required=True, shell_complete=sae_ids, help="SAE id (Neuronpedia id or repo/folder path).")
-@click.option("--feature", "features", multiple=True, callback=_ints, help="Feature index (repeat or comma-separate).")
+@click.option("--feature", "features", multiple=True, callback=_ints, help="Feature indices: 3,7 or a range 0:7 (repeatable).")
 @click.option("--vector", "vectors", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A raw steering vector (.npy or .safetensors, d_model floats) instead of a feature.")
 @click.option("--strength", "strengths", multiple=True, callback=_floats, required=True,
-              help="Strengths, e.g. 0,10,50,100 (repeat or comma-separate).")
+              help="Strengths: 0,10,50,100 or a range 0:400:50 (repeatable).")
 @click.option("--prompt", "prompts", multiple=True, help="Prompt (repeatable).")
 @click.option("--prompts-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="One prompt per line.")

@@ -70,6 +70,7 @@ CASES = [  # id, args (or a function of home returning them), env, exit code, wh
     ("empty prompt", [*SWEEP[:5], "--prompt", "  ", "--strength", "1"], {}, 2, "a prompt is empty"),
     ("over-long prompt", [*SWEEP[:5], "--prompt", "x" * 40_000, "--strength", "1"], {}, 2, "the limit is 32000"),
     ("malformed grid", [*SWEEP, "--strength", "1,,x"], {}, 2, "'x' is not a number"),
+    ("strength range with step 0", [*SWEEP, "--strength", "0:400:0"], {}, 2, "is not a range LO:HI:STEP"),
     ("seed not an integer", [*SWEEP, "--strength", "1", "--seed", "4.5"], {}, 2, "'--seed'"),
     ("negative temperature", [*SWEEP, "--strength", "1", "--temperature", "-1"], {}, 2, "'--temperature'"),
     ("two sampling semantics mixed", [*SWEEP, "--strength", "1", "--presence-penalty", "1"], {}, 2,
