@@ -96,12 +96,13 @@ def verify(sae: str, path: Path | None, structural_only: bool, model_source: str
 MAX_RANGE_VALUES = 100_000  # a range longer than this is a typo (the grid limit refuses far fewer configurations)
 
 
-def _values(value, number, integer: bool = False):
-    """Each part of each (repeated) option: ``a,b,c`` and the inclusive range ``LO:HI:STEP`` (``0:400:50`` is
-    0, 50, ..., 400; for integers the step may be left out: ``0:7``). ``number`` parses one part; steps are
-    added as decimals, so ``0:1:0.1`` gives 0.3, not 0.30000000000000004."""
+def _values(value, parse):
+    """Each part of each (repeated) option, ``parse`` (``int`` or ``float``) applied: ``a,b,c`` and the
+    inclusive range ``LO:HI:STEP`` (``0:400:50`` is 0, 50, ..., 400; for integers the step may be left
+    out: ``0:7``). Steps are added as decimals, so ``0:1:0.1`` gives 0.3, not 0.30000000000000004."""
     from decimal import Decimal, InvalidOperation
 
+    integer = parse is int
     out = []
     for v in value:
         for part in str(v).split(","):
@@ -109,7 +110,10 @@ def _values(value, number, integer: bool = False):
             if not part:
                 continue
             if ":" not in part:
-                out.append(number(part))
+                try:
+                    out.append(parse(part))
+                except ValueError:
+                    raise click.BadParameter(f"'{part}' is not {'an integer' if integer else 'a number'}") from None
                 continue
             bits = part.split(":")
             if integer and len(bits) == 2:
@@ -125,28 +129,16 @@ def _values(value, number, integer: bool = False):
             n = int((hi - lo) / step) + 1
             if n > MAX_RANGE_VALUES:
                 raise click.BadParameter(f"'{part}' holds {n} values; the limit is {MAX_RANGE_VALUES}")
-            out += [number(str(lo + i * step)) for i in range(n)]
+            out += [parse(lo + i * step) for i in range(n)]
     return out
 
 
 def _floats(ctx, param, value):
-    def number(part):
-        try:
-            return float(part)
-        except ValueError:
-            raise click.BadParameter(f"'{part}' is not a number") from None
-
-    return _values(value, number)
+    return _values(value, float)
 
 
 def _ints(ctx, param, value):
-    def number(part):
-        try:
-            return int(part)
-        except ValueError:
-            raise click.BadParameter(f"'{part}' is not an integer") from None
-
-    return _values(value, number, integer=True)
+    return _values(value, int)
 
 
 @click.command()

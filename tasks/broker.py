@@ -21,18 +21,18 @@ from saejobs.tasks.app import app, broker_url
 
 def pending_job_ids(job_ids: list[str], queues: set[str], url: str | None = None) -> set[str]:
     """Which of ``job_ids`` still have a message waiting or being run, according to the broker."""
-    found: set[str] = set()
-    with app.connection_for_read(url or broker_url()) as conn:
-        for raw in redis_messages(conn, queues):
-            found.update(message_job_ids(raw))
-    return found & set(job_ids)
+    return _job_ids(queues, url, unacked=True) & set(job_ids)
 
 
 def untaken_job_ids(queues: set[str], url: str | None = None) -> set[str]:
     """The job ids whose message waits in ``queues`` with no worker holding it (not in the unacked set)."""
+    return _job_ids(queues, url, unacked=False)
+
+
+def _job_ids(queues: set[str], url: str | None, unacked: bool) -> set[str]:
     found: set[str] = set()
     with app.connection_for_read(url or broker_url()) as conn:
-        for raw in redis_messages(conn, queues, unacked=False):
+        for raw in redis_messages(conn, queues, unacked=unacked):
             found.update(message_job_ids(raw))
     return found
 

@@ -118,7 +118,7 @@ class Beat(threading.Thread):
         self.consuming = threading.Event()  # set by Celery's worker_ready: before it, untaken messages are normal
 
     def run(self) -> None:
-        from saejobs.db import workers
+        from saejobs.db import jobs, workers
         from saejobs.db.session import SchemaMismatch
         from saejobs.tasks.runner import HEARTBEAT_S, STALE_AFTER_S
         from saejobs.worker.supervise import EX_TEMPFAIL
@@ -141,8 +141,9 @@ class Beat(threading.Thread):
                     reap(running=self.worker.current_job)
                 if time.monotonic() - last_orphan_check > ORPHAN_AFTER_S / 2:
                     last_orphan_check = time.monotonic()
-                    resend_orphans()
-                    idle_while_waiting = idle_while_waiting + 1 if self.consumer_stalled() else 0
+                    waiting = jobs.waiting_since(ORPHAN_AFTER_S)
+                    resend_orphans(waiting)
+                    idle_while_waiting = idle_while_waiting + 1 if self.consumer_stalled(waiting) else 0
                     if idle_while_waiting >= 2:  # two checks apart: not a message sent a moment ago
                         log.error("this worker is idle, yet a job queued over %g s ago has waited untaken in its "
                                   "queues at two checks %g s apart (its broker connection did not recover from an "
@@ -163,18 +164,17 @@ class Beat(threading.Thread):
         if registered and self.schema_changed is None:  # its row is not ours to write under another schema
             workers.stopped(self.worker)
 
-    def consumer_stalled(self) -> bool:
-        """Idle, yet a job queued longer than ``ORPHAN_AFTER_S`` has its message waiting, untaken, in one of
-        this worker's queues: the Celery consumer stopped consuming. (After a job ends while Redis is
-        down, the failed ack can leave the consumer polling a socket that was closed under it: celery
-        #9054; the process looks alive and takes nothing, forever.)"""
-        from saejobs.db import jobs
+    def consumer_stalled(self, waiting: list[tuple[str, str]]) -> bool:
+        """Idle, yet a job of ``waiting`` (``jobs.waiting_since(ORPHAN_AFTER_S)``) has its message waiting,
+        untaken, in one of this worker's queues: the Celery consumer stopped consuming. (After a job ends
+        while Redis is down, the failed ack can leave the consumer polling a socket that was closed under
+        it: celery #9054; the process looks alive and takes nothing, forever.)"""
         from saejobs.tasks.broker import untaken_job_ids
 
         if not self.consuming.is_set() or self.worker.current_job is not None:
             return False
-        waiting = {j for j, q in jobs.waiting_since(ORPHAN_AFTER_S) if q in self.queues}
-        return bool(waiting and waiting & untaken_job_ids(set(self.queues)))
+        mine = {j for j, q in waiting if q in self.queues}
+        return bool(mine and mine & untaken_job_ids(set(self.queues)))
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -197,13 +197,12 @@ def reap(running: str | None = None) -> list[str]:
     return handed
 
 
-def resend_orphans() -> list[str]:
-    """Send again the queued jobs whose message the broker no longer has (e.g. Redis restarted)."""
-    from saejobs.db import jobs
+def resend_orphans(waiting: list[tuple[str, str]]) -> list[str]:
+    """Send again the jobs of ``waiting`` (``jobs.waiting_since(ORPHAN_AFTER_S)``: queued, and for that long)
+    whose message the broker no longer has (e.g. Redis restarted)."""
     from saejobs.tasks.broker import pending_job_ids
     from saejobs.tasks.submit import send
 
-    waiting = jobs.waiting_since(ORPHAN_AFTER_S)
     if not waiting:
         return []
     pending = pending_job_ids([j for j, _ in waiting], {q for _, q in waiting})
