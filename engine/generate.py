@@ -30,6 +30,7 @@ itself; where they differ, each row calls ``torch.multinomial``.
 from __future__ import annotations
 
 import inspect
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Callable
 
@@ -74,8 +75,10 @@ def output_text(tokenizer, prompt_ids_: list[int], generated: list[int]) -> str:
 @torch.no_grad()
 def generate(lm, rows: list[Row], sampling: Sampling, *, hook_name: str | None = None,
              steer: Callable[[torch.Tensor], torch.Tensor] | None = None,
-             on_step: Callable[[int, int], None] | None = None) -> list[Generated]:
-    """Generate for all rows in one batch; ``steer`` (if given) edits the activation at ``hook_name``.
+             on_step: Callable[[int, int], None] | None = None,
+             steering: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> list[Generated]:
+    """Generate for all rows in one batch; ``steer`` (if given) edits the activation at ``hook_name``,
+    and each of ``steering``'s functions the activation at its hook (several hooks: several layers).
 
     ``on_step(step, n_tokens)`` is called on the host after each step is queued (it never waits for
     the device), so a caller can report progress or stop a long chunk.
@@ -96,7 +99,10 @@ def generate(lm, rows: list[Row], sampling: Sampling, *, hook_name: str | None =
     sync_every = 1 if device.type == "cpu" else SYNC_EVERY
 
     ran = 0
-    with hook(lm, hook_name, steer) if steer is not None else _nullcontext():
+    edits = {**(steering or {}), **({hook_name: steer} if steer is not None else {})}
+    with ExitStack() as hooks:
+        for name, fn in edits.items():
+            hooks.enter_context(hook(lm, name, fn))
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         res = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
         cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -257,11 +263,3 @@ def _exponential_trick_holds(device: torch.device, dtype: torch.dtype) -> bool:
                     ok &= torch.equal(_draw_exponential(probs, mine, as_2d), _draw_multinomial(probs, ref, as_2d))
         _TRICK[key] = bool(ok)
     return _TRICK[key]
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

@@ -4,6 +4,8 @@
   (batch, seq, d_model); Gemma Scope 2's config says ``model.layers.L.output``).
 - ``blocks.L.hook_mlp_out``: the output of layer L's ``post_feedforward_layernorm``, which is what
   Gemma adds to the residual stream (``model.layers.L.post_feedforward_layernorm.output``).
+- ``blocks.L.hook_resid_pre``: the input of decoder layer L (a steering point only; interp-engine's
+  ``resid_pre``).
 - ``blocks.L.attn.hook_z``: the per-head attention outputs before the output projection, i.e. the
   input of ``self_attn.o_proj``, (batch, seq, n_heads * head_dim) — TransformerLens' z flattened
   over heads, as the attention SAEs read it (``model.layers.L.self_attn.o_proj.input``).
@@ -27,7 +29,8 @@ import torch
 from saejobs.engine.errors import SaejobsError, UsageError
 from saejobs.engine.registry.entry import SaeSite
 
-SUFFIXES = {site.hook_suffix: site for site in SaeSite}
+RESID_PRE = "hook_resid_pre"  # a steering point no Gemma Scope SAE reads: decoder layer L's input
+SUFFIXES: dict[str, SaeSite | str] = {**{site.hook_suffix: site for site in SaeSite}, RESID_PRE: RESID_PRE}
 PATTERN = re.compile(r"^blocks\.(\d+)\.(" + "|".join(re.escape(s) for s in SUFFIXES) + ")$")
 Edit = Callable[[torch.Tensor], torch.Tensor | None]
 
@@ -35,18 +38,18 @@ Edit = Callable[[torch.Tensor], torch.Tensor | None]
 @dataclass(frozen=True)
 class HookPoint:
     layer: int
-    site: SaeSite
+    site: SaeSite | str  # an SAE site, or RESID_PRE
 
     @property
     def name(self) -> str:
-        return self.site.hook_name(self.layer)
+        return f"blocks.{self.layer}.{self.site}" if self.site == RESID_PRE else self.site.hook_name(self.layer)
 
 
 def parse_hook(name: str) -> HookPoint:
     m = PATTERN.match(name.strip())
     if not m:
         raise UsageError(f"unknown hook '{name}'; expected one of "
-                         + ", ".join(site.hook_name("L") for site in SaeSite))
+                         + ", ".join(f"blocks.L.{suffix}" for suffix in SUFFIXES))
     return HookPoint(int(m[1]), SUFFIXES[m[2]])
 
 
@@ -55,6 +58,8 @@ def _module(lm, point: HookPoint) -> torch.nn.Module:
         raise UsageError(f"hook {point.name}: layer {point.layer} is out of range; "
                          f"{lm.model_id} has layers 0..{lm.n_layers - 1}")
     layer = lm.layers[point.layer]
+    if point.site == RESID_PRE:
+        return layer
     match point.site:
         case SaeSite.RES:
             return layer
@@ -87,13 +92,15 @@ def hook(lm, name: str, fn: Edit, strict: bool = True) -> Iterator[None]:
             raise SaejobsError(f"hook {name}: replacement has shape {tuple(new.shape)}, activation {tuple(act.shape)}")
         return new.to(act.dtype)
 
-    if point.site == SaeSite.ATT:
+    if point.site in (SaeSite.ATT, RESID_PRE):  # the module's input: o_proj's (z), the layer's (resid_pre)
+        arg = "input" if point.site == SaeSite.ATT else "hidden_states"
+
         def pre(_mod, args, kwargs):
             if args:
                 new = edit(args[0])
                 return None if new is None else ((new, *args[1:]), kwargs)
-            new = edit(kwargs["input"])
-            return None if new is None else (args, {**kwargs, "input": new})
+            new = edit(kwargs[arg])
+            return None if new is None else (args, {**kwargs, arg: new})
         handle = module.register_forward_pre_hook(pre, with_kwargs=True)
     else:
         def post(_mod, _args, output):  # transformers 5.x decoder layers return a tensor; 4.x a tuple
@@ -109,6 +116,17 @@ def hook(lm, name: str, fn: Edit, strict: bool = True) -> Iterator[None]:
     if strict and not fired:
         raise SaejobsError(f"hook {name} never fired: the model did not pass through "
                            f"{type(module).__name__} of layer {point.layer}; nothing was steered")
+
+
+def hook_width(lm, name: str) -> int:
+    """The activation width at a hook: d_model, or heads × head_dim at ``attn.hook_z``."""
+    point = parse_hook(name)
+    _module(lm, point)  # the layer must exist
+    cfg = lm.config
+    if point.site == SaeSite.ATT:
+        heads = cfg.num_attention_heads
+        return heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    return int(cfg.hidden_size)
 
 
 @torch.no_grad()

@@ -45,60 +45,137 @@ if TYPE_CHECKING:
 
 
 class SteerMethod(StrEnum):
-    """Neuronpedia's steering methods, spelled as its ``steer_method`` field spells them.
+    """Every steering operation of interp-engine 1.14 (``steer_specs.SteerMethod``), each spelled as
+    Neuronpedia's ``steer_method`` field spells it where it has one (``NPSteerMethod``: the first three).
 
-    A ``StrEnum``: a member equals its spelling in a stored job or a request body. To add a method
-    (say ``PROJECTION_CAP``): a member here, its case in ``term`` (the vector and coefficient a row
-    keeps, prepared once) and in ``delta`` (what it adds to the activation), and ``reads_activation``
-    if its delta depends on the activation. The CLI's choices, validation and the batched path all
-    read from here.
+    A ``StrEnum``: a member equals its spelling in a stored job or a request body; ``steer_method``
+    also takes interp-engine's spelling (``interp_engine``). To add a method: a member here, its
+    spelling in ``_INTERP_ENGINE``, its case in ``term`` (what a row keeps, prepared once) and in
+    ``delta`` (what it adds to the activation), and its parameters in ``engine.request.Intervention``.
+    The CLI's choices, validation and the batched path all read from here.
     """
 
-    SIMPLE_ADDITIVE = "SIMPLE_ADDITIVE"
-    ORTHOGONAL_DECOMP = "ORTHOGONAL_DECOMP"
+    SIMPLE_ADDITIVE = "SIMPLE_ADDITIVE"  # coeff · v
+    ORTHOGONAL_DECOMP = "ORTHOGONAL_DECOMP"  # (coeff - 1)(h·v̂) v̂
+    PROJECTION_CAP = "PROJECTION_CAP"  # (clamp(h·v̂, min, max) - h·v̂) v̂
+    NORM_SCALED_ADD = "NORM_SCALED_ADD"  # coeff ‖h‖ v, its norm capped at max_fraction ‖h‖
+    ABLATE = "ABLATE"  # -(h·v̂) v̂
+    SWAP = "SWAP"  # (h·v̂)(t̂ - v̂)
+
+    @property
+    def interp_engine(self) -> str:
+        """interp-engine's spelling (``steer_specs.SteerMethod``)."""
+        return _INTERP_ENGINE[self]
 
     @property
     def reads_activation(self) -> bool:
         """Whether the delta depends on the activation (otherwise it is computed once per batch)."""
         return self is not SteerMethod.SIMPLE_ADDITIVE
 
+    @property
+    def takes_strength(self) -> bool:
+        """Whether a strength changes what it does (capping, ablating and swapping have none)."""
+        return self in (SteerMethod.SIMPLE_ADDITIVE, SteerMethod.ORTHOGONAL_DECOMP, SteerMethod.NORM_SCALED_ADD)
+
+
+_INTERP_ENGINE = {SteerMethod.SIMPLE_ADDITIVE: "additive", SteerMethod.ORTHOGONAL_DECOMP: "orthogonal",
+                  SteerMethod.PROJECTION_CAP: "projection_cap", SteerMethod.NORM_SCALED_ADD: "norm_scaled_add",
+                  SteerMethod.ABLATE: "ablate", SteerMethod.SWAP: "swap"}
+_BY_SPELLING = {**{m.value: m for m in SteerMethod}, **{v.upper(): m for m, v in _INTERP_ENGINE.items()}}
+
 
 def steer_method(value: SteerMethod | str) -> SteerMethod:
-    try:
-        return SteerMethod(value)
-    except ValueError:
-        raise UsageError(f"unknown steering method '{value}'; expected one of "
-                         f"{', '.join(m.value for m in SteerMethod)}") from None
+    """A method from its saejobs/Neuronpedia or interp-engine spelling, in any case."""
+    if isinstance(value, SteerMethod):
+        return value
+    if isinstance(value, str) and value.upper() in _BY_SPELLING:
+        return _BY_SPELLING[value.upper()]
+    raise UsageError(f"unknown steering method '{value}'; expected one of "
+                     f"{', '.join(m.value for m in SteerMethod)}")
 
 
-def term(method: SteerMethod, vector: torch.Tensor, coeff: float) -> tuple[torch.Tensor, float]:
-    """What a row keeps for one steering term: the vector and coefficient ``delta`` takes."""
-    match method:
+@dataclass(frozen=True)
+class Term:
+    """What ``delta`` reads for one steering term; each field a number (one row) or a tensor that
+    broadcasts against the activation (a batch). Unused fields stay at their neutral values."""
+
+    v: Any  # the vector, or its unit (methods reading a direction)
+    c: Any = 0.0  # coefficient: coeff; coeff - 1 for ORTHOGONAL_DECOMP
+    lo: Any = None  # PROJECTION_CAP bounds (None: not applied)
+    hi: Any = None
+    frac: Any = 1.0  # NORM_SCALED_ADD's max_fraction
+    t: Any = None  # SWAP's target unit
+
+
+def term(method: SteerMethod | str, s: Steer) -> Term:
+    """What a row keeps for one steering term, prepared once, as interp-engine prepares it."""
+    match steer_method(method):
         case SteerMethod.SIMPLE_ADDITIVE:
-            return vector, coeff
+            return Term(s.vector, s.coeff)
         case SteerMethod.ORTHOGONAL_DECOMP:  # (coeff - 1) in double, then float32: as interp-engine rounds it
-            return unit_vector(vector), coeff - 1.0
+            return Term(unit_vector(s.vector), s.coeff - 1.0)
+        case SteerMethod.PROJECTION_CAP:
+            return Term(unit_vector(s.vector), lo=s.min, hi=s.max)
+        case SteerMethod.NORM_SCALED_ADD:  # the vector as given: a lens direction carries its magnitude
+            return Term(s.vector, s.coeff, frac=s.max_fraction)
+        case SteerMethod.ABLATE:
+            return Term(unit_vector(s.vector))
+        case SteerMethod.SWAP:
+            if s.target is None:
+                raise UsageError("SWAP needs a target vector to move the component onto")
+            return Term(unit_vector(s.vector), t=unit_vector(s.target, "swap target"))
     raise AssertionError(method)
 
 
-def delta(method: SteerMethod, act: torch.Tensor | None, v: torch.Tensor, c: Any) -> torch.Tensor:
-    """What one term adds to ``act``, in interp-engine's order of operations. ``v`` and ``c`` come from
-    ``term`` and broadcast against ``act``: (d,) and a number for one row, (B, 1, d) and (B, 1, 1) for a batch."""
-    match method:
+NORM_EPS = 1e-12  # interp-engine's norm_scaled_add_delta eps
+
+
+def delta(method: SteerMethod | str, act: torch.Tensor | None, p: Term) -> torch.Tensor:
+    """What one term adds to ``act``, in interp-engine 1.14's order of operations (``steer.py``:
+    ``steer_delta``, ``OrthogonalProjector.delta``, ``projection_cap_delta``, ``norm_scaled_add_delta``,
+    ``ablate_delta``, ``swap_delta``)."""
+    import torch
+
+    match steer_method(method):
         case SteerMethod.SIMPLE_ADDITIVE:
-            return c * v
+            return p.c * p.v
         case SteerMethod.ORTHOGONAL_DECOMP:
-            return c * (act * v).sum(dim=-1, keepdim=True) * v
+            return p.c * (act * p.v).sum(dim=-1, keepdim=True) * p.v
+        case SteerMethod.PROJECTION_CAP:
+            projection = (act * p.v).sum(dim=-1, keepdim=True)
+            capped = projection
+            if p.lo is not None:
+                capped = torch.clamp(capped, min=p.lo)
+            if p.hi is not None:
+                capped = torch.clamp(capped, max=p.hi)
+            return (capped - projection) * p.v
+        case SteerMethod.NORM_SCALED_ADD:
+            scale = torch.linalg.vector_norm(act, dim=-1, keepdim=True)
+            injected = (p.c * scale) * p.v
+            injected_norm = torch.linalg.vector_norm(injected, dim=-1, keepdim=True)
+            max_norm = p.frac * scale
+            clamp = torch.where(injected_norm > max_norm, max_norm / injected_norm.clamp_min(NORM_EPS),
+                                torch.ones_like(injected_norm))
+            return injected * clamp
+        case SteerMethod.ABLATE:
+            return -(act * p.v).sum(dim=-1, keepdim=True) * p.v
+        case SteerMethod.SWAP:
+            return (act * p.v).sum(dim=-1, keepdim=True) * (p.t - p.v)
     raise AssertionError(method)
 
 
 @dataclass(frozen=True)
 class Steer:
-    """One steering term: a direction and its coefficient (already multiplied out)."""
+    """One steering term: a direction, its coefficient (already multiplied out) and its method's
+    parameters. ``method`` None: the batch's (``BatchSteering``'s ``method``)."""
 
     vector: torch.Tensor  # (d,)
-    coeff: float
-    method: SteerMethod = SteerMethod.SIMPLE_ADDITIVE
+    coeff: float = 0.0
+    method: SteerMethod | str | None = None
+    min: float | None = None  # PROJECTION_CAP
+    max: float | None = None
+    max_fraction: float = 1.0  # NORM_SCALED_ADD
+    target: torch.Tensor | None = None  # SWAP, (d,)
 
 
 def prepare_vector(vector: torch.Tensor, normalize: bool, what: str = "steering vector") -> torch.Tensor:
@@ -114,12 +191,15 @@ def coefficient(strength: float, strength_multiplier: float) -> float:
     return float(strength_multiplier) * float(strength)
 
 
-def apply(act: torch.Tensor, steers: list[Steer]) -> torch.Tensor:
-    """One row's (or a whole batch's) steering, in Neuronpedia's order. Reference for the batched path."""
+def apply(act: torch.Tensor, steers: list[Steer], method: SteerMethod | str = SteerMethod.SIMPLE_ADDITIVE
+          ) -> torch.Tensor:
+    """One row's (or a whole batch's) steering, in Neuronpedia's order; ``method`` for terms naming none.
+    Reference for the batched path."""
     for s in steers:
-        method = steer_method(s.method)
-        v, c = term(method, s.vector, s.coeff)
-        act = act + delta(method, act, v.to(act), c)
+        m = steer_method(s.method if s.method is not None else method)
+        p = term(m, s)
+        p = Term(*(x.to(act) if hasattr(x, "to") else x for x in (p.v, p.c, p.lo, p.hi, p.frac, p.t)))
+        act = act + delta(m, act, p)
     return act
 
 
@@ -135,58 +215,92 @@ def unit_vector(v: torch.Tensor, what: str = "steering vector") -> torch.Tensor:
 
 
 class BatchSteering:
-    """Per-row steering for a batch: row b applies its own list of terms; rows with none are untouched.
+    """Per-row steering at one hook for a batch: row b applies its own list of terms, in order; rows
+    with none are untouched.
 
-    Terms are stacked into slots: ``vectors`` (slots, B, d), ``coeffs`` and ``mask`` (slots, B), as
-    ``term`` prepares them. A missing term has mask 0, so the update is ``act + mask * delta`` — exact
-    zero for that row.
+    Terms are stacked into slots (a row's k-th term is in slot k), and a slot into one group per method
+    present in it: each group's ``Term`` holds (B, ...) tensors and a (B,) membership. A row outside a
+    group takes the group's first member's values (so nothing non-finite is computed for it) and gets
+    exactly zero added (``torch.where``), so rows of different methods share one batch.
     """
 
-    def __init__(self, rows: list[list[Steer]], d: int, method: SteerMethod | str,
+    def __init__(self, rows: list[list[Steer]], d: int, method: SteerMethod | str = SteerMethod.SIMPLE_ADDITIVE,
                  prompt_keep: torch.Tensor | None = None):
-        """``prompt_keep`` (B, T_prompt) of 0/1: positions of the prompt's forward pass to steer."""
+        """``method``: for terms naming none. ``prompt_keep`` (B, T_prompt) of 0/1: positions of the
+        prompt's forward pass to steer."""
         import torch
 
-        self.method = steer_method(method)
-        slots = max((len(r) for r in rows), default=0)
-        self.vectors = torch.zeros(slots, len(rows), d)
-        self.coeffs = torch.zeros(slots, len(rows))
-        self.mask = torch.zeros(slots, len(rows))
-        for b, row in enumerate(rows):
-            for k, s in enumerate(row):
-                if s.vector.numel() != d:
-                    raise UsageError(f"steering vector has {s.vector.numel()} values; the hook has width {d}")
-                self.vectors[k, b], self.coeffs[k, b] = term(self.method, s.vector, s.coeff)
-                self.mask[k, b] = 1.0
+        default = steer_method(method)
+        self.groups: list[tuple[SteerMethod, Term, torch.Tensor]] = []  # in application order
+        for k in range(max((len(r) for r in rows), default=0)):
+            members: dict[SteerMethod, dict[int, Term]] = {}
+            for b, row in enumerate(rows):
+                if k < len(row):
+                    s = row[k]
+                    for v in (s.vector, s.target):
+                        if v is not None and v.numel() != d:
+                            raise UsageError(f"steering vector has {v.numel()} values; the hook has width {d}")
+                    m = steer_method(s.method if s.method is not None else default)
+                    members.setdefault(m, {})[b] = term(m, s)
+            for m, terms in members.items():
+                first = next(iter(terms.values()))
+                per_row = [terms.get(b, first) for b in range(len(rows))]
+                self.groups.append((m, _stack(per_row), torch.tensor([b in terms for b in range(len(rows))])))
         self.prompt_keep = prompt_keep
         self._prompt_done = False
         self._cache: dict = {}
 
     def _on(self, act: torch.Tensor):
-        """The slots on the activation's device and dtype, made once, broadcastable per row; a delta that
+        """The groups on the activation's device and dtype, made once, broadcastable per row; a delta that
         does not read the activation is computed here once (the same operations, so the same values)."""
         key = (act.device, act.dtype)
         if key not in self._cache:
-            vectors, coeffs, mask = (t.to(device=act.device, dtype=act.dtype) for t in (self.vectors, self.coeffs, self.mask))
-            slots = [(vectors[k][:, None, :], coeffs[k][:, None, None], mask[k][:, None, None])
-                     for k in range(vectors.shape[0])]
-            fixed = None if self.method.reads_activation else [m * delta(self.method, None, v, c) for v, c, m in slots]
-            self._cache[key] = (slots, fixed)
+            on = []
+            for m, p, member in self.groups:
+                p = Term(*(None if x is None else _per_row(x.to(device=act.device, dtype=act.dtype))
+                           for x in (p.v, p.c, p.lo, p.hi, p.frac, p.t)))
+                fixed = None if m.reads_activation else delta(m, None, p)
+                on.append((m, p, member.to(act.device)[:, None, None], fixed))
+            self._cache[key] = on
         return self._cache[key]
 
     def __call__(self, act: torch.Tensor) -> torch.Tensor:
         """``act`` is (B, T, d); returns the steered activation. The first call is the prompt's pass."""
-        slots, fixed = self._on(act)
+        import torch
+
         keep = None
         if not self._prompt_done:
             self._prompt_done = True
             if self.prompt_keep is not None:
                 keep = self.prompt_keep.to(device=act.device, dtype=act.dtype)[:, :, None]
-        for k, (v, c, m) in enumerate(slots):
-            d = fixed[k] if fixed is not None else m * delta(self.method, act, v, c)
-            act = act + (d * keep if keep is not None else d)
+        for m, p, member, fixed in self._on(act):
+            d = fixed if fixed is not None else delta(m, act, p)
+            if keep is not None:
+                d = d * keep
+            act = act + torch.where(member, d, 0.0)
         return act
 
     @property
     def active(self) -> bool:
-        return bool(self.mask.any())
+        return any(bool(member.any()) for _, _, member in self.groups)
+
+
+def _per_row(x: torch.Tensor) -> torch.Tensor:
+    """(B, d) -> (B, 1, d) and (B,) -> (B, 1, 1): broadcastable against (B, T, d)."""
+    return x[:, None, :] if x.dim() == 2 else x[:, None, None]
+
+
+def _stack(terms: list[Term]) -> Term:
+    """One ``Term`` of (B, d) vectors and (B,) numbers from B rows' terms (bounds: None as ∓inf)."""
+    import torch
+
+    def numbers(values, none):
+        return torch.tensor([none if x is None else float(x) for x in values], dtype=torch.float64).float()
+
+    t0 = terms[0]
+    return Term(v=torch.stack([t.v.to(torch.float32) for t in terms]),
+                c=numbers([t.c for t in terms], 0.0),
+                lo=None if all(t.lo is None for t in terms) else numbers([t.lo for t in terms], float("-inf")),
+                hi=None if all(t.hi is None for t in terms) else numbers([t.hi for t in terms], float("inf")),
+                frac=numbers([t.frac for t in terms], 1.0),
+                t=None if t0.t is None else torch.stack([t.t.to(torch.float32) for t in terms]))

@@ -13,7 +13,8 @@ from saejobs.engine.cache import release_memory
 from saejobs.engine.errors import FormatError, OutOfMemory, UsageError
 from saejobs.engine.generate import Generated, Row, generate, output_text, prompt_ids
 from saejobs.engine.request import SweepConfig, Settings
-from saejobs.engine.steering import BatchSteering, Steer, coefficient, prepare_vector
+from saejobs.engine.hooks import hook_width
+from saejobs.engine.steering import BatchSteering, Steer, SteerMethod, coefficient, prepare_vector, steer_method
 
 
 def load_vector(path: str | Path) -> torch.Tensor:
@@ -43,10 +44,12 @@ class SweepGenerator:
     """Runs configurations of one sweep against a loaded model and SAE, chunk by chunk."""
 
     def __init__(self, lm, sae, hook_name: str, settings: Settings, vectors: dict[str, torch.Tensor] | None = None,
-                 chat_template: str | None = None):
-        """``chat_template``: the Jinja text chat configurations are rendered with (None: the tokenizer's)."""
+                 chat_template: str | None = None, saes: dict[str, tuple] | None = None):
+        """``chat_template``: the Jinja text chat configurations are rendered with (None: the tokenizer's).
+        ``saes``: further SAEs an intervention names (``"sae": id``), id -> (loaded SAE, its hook name)."""
         self.lm, self.sae, self.hook_name, self.settings = lm, sae, hook_name, settings
         self.vectors = vectors or {}
+        self.saes = saes or {}
         self.chat_template = chat_template
         self._ids: dict[str, list[int]] = {}
         self._chats: dict[chat.Conversation, tuple[str, list[int]]] = {}
@@ -71,15 +74,31 @@ class SweepGenerator:
         """What a generation row stores as its prompt: the prompt, or the chat as the template rendered it."""
         return self._chat(cfg.chat)[0] if cfg.chat else cfg.prompt
 
-    def steers(self, cfg: SweepConfig) -> list[Steer]:
-        out = []
+    def steers(self, cfg: SweepConfig) -> dict[str, list[Steer]]:
+        """A configuration's terms per hook, each hook's in the configuration's order (interp-engine's
+        ``steer()`` groups its specs per hook the same way; across hooks the forward pass orders them)."""
+        out: dict[str, list[Steer]] = {}
+        s = self.settings
         for f in cfg.features:
-            if "index" in f:
-                v = prepare_vector(self.sae.feature_vector(f["index"]), self.settings.normalize, f"feature {f['index']}")
-            else:
-                v = prepare_vector(self.vectors[f["vector"]], self.settings.normalize, f"vector {f['vector']}")
-            out.append(Steer(v, coefficient(f["strength"], self.settings.strength_multiplier), self.settings.method))
+            hook, v = self._direction(f)
+            method = steer_method(f.get("method", s.method))
+            coeff = coefficient(f.get("strength", 0.0), s.strength_multiplier)
+            lo, hi = f.get("min"), f.get("max")
+            if method is SteerMethod.PROJECTION_CAP and lo is None and hi is None:
+                hi = coeff  # Neuronpedia's PROJECTION_CAP: ProjectionCapSpec(v, min=None, max=coeff)
+            target = self._direction(f["target"], normalize=False)[1] if "target" in f else None
+            out.setdefault(hook, []).append(Steer(v, coeff, method, min=lo, max=hi,
+                                                  max_fraction=f.get("max_fraction", 1.0), target=target))
         return out
+
+    def _direction(self, f: dict, normalize: bool | None = None) -> tuple[str, torch.Tensor]:
+        """(hook, prepared vector) of a feature ({"index", "sae"?}) or raw vector ({"vector", "hook"?})."""
+        normalize = self.settings.normalize if normalize is None else normalize
+        if "index" in f:
+            sae, hook = self.saes[f["sae"]] if "sae" in f else (self.sae, self.hook_name)
+            what = f"feature {f['index']}" + (f" of {f['sae']}" if "sae" in f else "")
+            return hook, prepare_vector(sae.feature_vector(f["index"]), normalize, what)
+        return f.get("hook", self.hook_name), prepare_vector(self.vectors[f["vector"]], normalize, f"vector {f['vector']}")
 
     def run(self, configs: list[SweepConfig], on_step: Callable[[int, int], None] | None = None
             ) -> list[tuple[SweepConfig, Generated, str]]:
@@ -106,9 +125,13 @@ class SweepGenerator:
     def _run(self, configs: list[SweepConfig], on_step) -> list[tuple[SweepConfig, Generated, str]]:
         rows = [Row(self.ids(c), c.seed) for c in configs]
         keep = None if self.settings.steer_special_tokens else self._non_special(rows)
-        steering = BatchSteering([self.steers(c) for c in configs], self.width, self.settings.method, keep)
-        gens = generate(self.lm, rows, self.settings.sampling(), hook_name=self.hook_name,
-                        steer=steering if steering.active else None, on_step=on_step)
+        per_row = [self.steers(c) for c in configs]
+        steering = {}
+        for name in dict.fromkeys(h for r in per_row for h in r):  # hooks in order of first use
+            batch = BatchSteering([r.get(name, []) for r in per_row], self._width(name), self.settings.method, keep)
+            if batch.active:
+                steering[name] = batch
+        gens = generate(self.lm, rows, self.settings.sampling(), steering=steering, on_step=on_step)
         return [(c, g, self._output(c, r, g)) for c, r, g in zip(configs, rows, gens)]
 
     def _output(self, cfg: SweepConfig, row: Row, g: Generated) -> str:
@@ -139,9 +162,12 @@ class SweepGenerator:
                     keep[b, offset + i] = 0.0
         return keep
 
-    @property
-    def width(self) -> int:
-        return int(self.sae.W_dec.shape[1])
+    def _width(self, hook_name: str) -> int:
+        """The activation width at a hook: its SAE's, or (a vector's hook) the model's at that site."""
+        for sae, name in [(self.sae, self.hook_name), *self.saes.values()]:
+            if name == hook_name:
+                return int(sae.W_dec.shape[1])
+        return hook_width(self.lm, hook_name)
 
 
 def chunks(configs: list[SweepConfig], size: int) -> Iterator[list[SweepConfig]]:

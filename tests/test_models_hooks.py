@@ -143,7 +143,7 @@ def test_greedy_text_is_coherent(gemma3):
 
 # --- no real model needed ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["blocks.2.hook_resid_pre", "layers.2.output", "blocks.x.hook_mlp_out",
+@pytest.mark.parametrize("name", ["blocks.2.hook_resid_mid", "layers.2.output", "blocks.x.hook_mlp_out",
                                   "blocks.-1.hook_resid_post", "blocks.2.hook_z"])
 def test_bad_hook_names(name):
     with pytest.raises(UsageError, match="unknown hook.*blocks.L.hook_resid_post.*blocks.L.attn.hook_z"):
@@ -153,6 +153,8 @@ def test_bad_hook_names(name):
 def test_parse_hook():
     assert parse_hook("blocks.12.attn.hook_z") == HookPoint(12, "att")
     assert parse_hook("blocks.3.hook_mlp_out").name == "blocks.3.hook_mlp_out"
+    assert parse_hook("blocks.2.hook_resid_pre") == HookPoint(2, "hook_resid_pre")
+    assert parse_hook("blocks.2.hook_resid_pre").name == "blocks.2.hook_resid_pre"
 
 
 def test_tiny_gemma2_hooks(tiny_gemma2):

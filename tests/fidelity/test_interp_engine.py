@@ -26,29 +26,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from interp_engine import compose_assistant_turns, strip_wire_reasoning
-from interp_engine.model import EagerModel
 from interp_engine.steer import SteerMask, SteerSpec, generate_stream, steer
 from interp_engine.steer_specs import SteerMethod
 
-from saejobs.engine import chat, evaluate
-from saejobs.engine.hooks import capture
-from saejobs.engine.registry.entry import SaeEntry
-from saejobs.engine.sae import load_sae
+from saejobs.engine import chat
 from saejobs.engine.request import SweepConfig, Settings
 from saejobs.engine.sweep import SweepGenerator
-from saejobs.engine.synthetic import from_activations, gemma_scope_2_config, with_steering_rows, write_sae
+from tests.fidelity.common import AXIS, DOG, EOS, N_TOKENS, OCEAN, OTHER_PROMPT, ROWS
 
 pytestmark = pytest.mark.model
-# Every case runs on the CPU, and on the GPU as well where one is present: sampling draws from per-row
-# generators on the model's device, so a GPU run is compared with interp-engine on that same GPU.
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-N_TOKENS = 20
-WORDS = (" dog", " ocean", "<eos>")  # features 0, 1, 2 of every test SAE; then the ± principal axes
-DOG, OCEAN, EOS, AXIS = 0, 1, 2, 3
-OTHER_PROMPT = "My favourite thing about long summer evenings by the sea is"  # a longer row: padding
 METHODS = {"SIMPLE_ADDITIVE": SteerMethod.ADDITIVE, "ORTHOGONAL_DECOMP": SteerMethod.ORTHOGONAL}
 
 
@@ -87,55 +75,6 @@ CASES = [
     Case("sampled, top-k, top-p, presence", 3, ((DOG, 200.0),), seed=11,
          sampling={**INTERP, "temperature": 1.0, "top_k": 40, "top_p": 0.9, "presence_penalty": 0.5}),
 ]
-
-
-def _entry(layer: int, d_model: int, d_sae: int) -> SaeEntry:
-    return SaeEntry(id=f"fidelity/{layer}-res", model="gemma-3-270m", model_hf="google/gemma-3-270m",
-                    repo_id="saejobs-test/fidelity", folder=f"resid_post/layer_{layer}", files=("params.safetensors",
-                    "config.json"), format="gemma-scope-2", site="res", hook_name=f"blocks.{layer}.hook_resid_post",
-                    layer=layer, d_model=d_model, d_sae=d_sae, l0=32, architecture="jumprelu", width=str(d_sae),
-                    neuronpedia_id=None)
-
-
-@pytest.fixture(scope="module", params=DEVICES)
-def lm(request, gemma3):
-    """Gemma 3 270M on each device (the session's CPU copy, or a fresh load on the GPU)."""
-    if request.param == "cpu":
-        return gemma3
-    from saejobs.engine.models import load_model
-
-    return load_model("gemma-3-270m-gguf", torch.float32, request.param)
-
-
-@pytest.fixture(scope="module")
-def saes(lm, tmp_path_factory):
-    """Gemma-Scope-2-format SAEs at layers 3, 6 and 17, written to disk and loaded by saejobs."""
-    tok = lm.tokenizer
-    emb = lm.model.get_input_embeddings().weight.detach().float().cpu()
-    words = torch.stack([emb[tok(w, add_special_tokens=False).input_ids[0]] for w in WORDS])
-    ids = evaluate.windows(tok, evaluate.CALIBRATION_TEXT.read_text())
-    out = {}
-    for layer in (3, 6, 17):
-        acts = capture(lm, f"blocks.{layer}.hook_resid_post", ids.to(lm.device))[:, 1:].flatten(0, 1).cpu()
-        axes = from_activations(acts, l0=32, directions=64)
-        axes["W_dec"] = axes["W_dec"] * 0.1  # far from unit norm, so normalize on and off differ (word rows: 1, 1.5, 2)
-        p = with_steering_rows(axes, words.numpy())
-        entry = _entry(layer, acts.shape[1], p["W_dec"].shape[0])
-        folder = tmp_path_factory.mktemp(f"sae{layer}")
-        write_sae(folder, entry.format, p, gemma_scope_2_config(entry))
-        out[layer] = load_sae(entry, folder, device=lm.device)
-        # the oracle's decoder rows: the file's own tensor (Gemma Scope 2 spells it w_dec), read by safetensors
-        ROWS[(torch.device(lm.device).type, layer)] = load_file(str(folder / "params.safetensors"))["w_dec"].float().to(lm.device)
-    return out
-
-
-ROWS: dict = {}  # (device type, layer) -> the SAE file's decoder matrix, as safetensors reads it
-
-
-@pytest.fixture(scope="module")
-def oracle(lm):
-    """interp-engine's EagerModel around the same loaded model (its id: the local copy, so nothing is fetched)."""
-    return EagerModel(lm.model.config._name_or_path, hf_model=lm.model, tokenizer=lm.tokenizer)
 
 
 def settings_of(case: Case) -> Settings:
