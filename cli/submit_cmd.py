@@ -141,13 +141,32 @@ def _ints(ctx, param, value):
     return _values(value, int)
 
 
+def _features(ctx, param, value):
+    """``--feature``: indices of ``--sae`` (lists, ranges) and interventions ``SAE_ID:INDEX@STRENGTH``,
+    which together make one named steer ("command line"). Returns (indices, interventions)."""
+    from saejobs.engine.interventions import parse_feature
+
+    indices = _values([v for v in value if "@" not in v], int)
+    try:
+        return indices, [parse_feature(v.strip()) for v in value if "@" in v]
+    except UsageError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 @click.command()
-@click.option("--sae", required=True, shell_complete=sae_ids, help="SAE id (Neuronpedia id or repo/folder path).")
-@click.option("--feature", "features", multiple=True, callback=_ints, help="Feature indices: 3,7 or a range 0:7 (repeatable).")
+@click.option("--sae", shell_complete=sae_ids,
+              help="SAE id (Neuronpedia id or repo/folder path); default: the first SAE a steer names.")
+@click.option("--feature", "features", multiple=True, callback=_features,
+              help="Feature indices of --sae: 3,7 or a range 0:7; or SAE_ID:INDEX@STRENGTH, the terms of one "
+                   "steer across SAEs and layers (repeatable).")
+@click.option("--steers", "steers_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Named steers (JSON or YAML: {name: [intervention, ...]}), each run at every --strength, "
+                   "which multiplies its interventions' strengths (README, Steers).")
 @click.option("--vector", "vectors", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A raw steering vector (.npy or .safetensors, d_model floats) instead of a feature.")
-@click.option("--strength", "strengths", multiple=True, callback=_floats, required=True,
-              help="Strengths: 0,10,50,100 or a range 0:400:50 (repeatable).")
+@click.option("--strength", "strengths", multiple=True, callback=_floats,
+              help="Strengths: 0,10,50,100 or a range 0:400:50 (repeatable); for named steers, multipliers "
+                   "(default 1).")
 @click.option("--prompt", "prompts", multiple=True, help="Prompt (repeatable).")
 @click.option("--prompts-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="One prompt per line.")
@@ -185,14 +204,31 @@ def _ints(ctx, param, value):
 @click.option("--shard-size", type=click.IntRange(1),
               help="Configurations per shard job (default: about two shards per live worker, at most 256).")
 @submission
-def sweep(sae, features, vectors, strengths, prompts, prompts_file, chat_file, system, chat_template_file, seeds,
-          n_tokens, temperature, freq_penalty, sampling_semantics, presence_penalty, top_k, top_p, steer_special_tokens,
-          strength_multiplier, method, normalize, combine, n_logprobs, model_source, dtype, batch_size):
-    """Steering sweep: features × strengths × prompts (or chats) × seeds, plus DEFAULT per prompt × seed."""
+def sweep(sae, features, steers_file, vectors, strengths, prompts, prompts_file, chat_file, system, chat_template_file,
+          seeds, n_tokens, temperature, freq_penalty, sampling_semantics, presence_penalty, top_k, top_p,
+          steer_special_tokens, strength_multiplier, method, normalize, combine, n_logprobs, model_source, dtype,
+          batch_size):
+    """Steering sweep: features × strengths × prompts (or chats) × seeds, plus DEFAULT per prompt × seed;
+    named steers (several SAEs, layers and operations each) × strength multipliers × the same."""
     from saejobs.engine import chat, registry
+    from saejobs.engine.interventions import NamedSteer, load_steers
     from saejobs.engine.request import Settings, SweepRequest, Vector
 
-    entry = registry.get(sae)
+    features, terms = features
+    steer_vectors: list[Vector] = []
+
+    def label(path: Path) -> str:
+        steer_vectors.append(Vector.of(path))
+        return steer_vectors[-1].label
+
+    steers = load_steers(steers_file, label) if steers_file is not None else []
+    if terms:
+        steers.append(NamedSteer("command line", tuple(terms)))
+    named = [s for st in steers for s in sorted(st.saes())]
+    if sae is None and not named:
+        raise UsageError("no SAE: give --sae ID (or steers naming SAEs: --feature SAE_ID:INDEX@STRENGTH, --steers FILE)")
+    entry = registry.get(sae if sae is not None else next(s for st in steers for it in st.interventions
+                                                              for s in [it.direction.sae] if s is not None))
     prompts = list(prompts)
     if prompts_file is not None:
         prompts += [line.rstrip("\n") for line in prompts_file.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -206,13 +242,26 @@ def sweep(sae, features, vectors, strengths, prompts, prompts_file, chat_file, s
                         n_tokens=n_tokens, temperature=temperature, freq_penalty=freq_penalty, n_logprobs=n_logprobs,
                         sampling_semantics=sampling_semantics, presence_penalty=presence_penalty, top_k=top_k,
                         top_p=top_p, steer_special_tokens=steer_special_tokens)
+    steers = [NamedSteer(st.name, tuple(_registry_ids(it, registry) for it in st.interventions)) for st in steers]
     req = SweepRequest(sae=entry.id, features=features, vectors=tuple(Vector.of(v) for v in vectors),
                        strengths=strengths, prompts=prompts, seeds=seeds, settings=settings, combine=combine,
-                       model=model_source, dtype=dtype, batch_size=batch_size, chats=chats, chat_template=template)
+                       model=model_source, dtype=dtype, batch_size=batch_size, chats=chats, chat_template=template,
+                       steers=tuple(steers), steer_vectors=tuple(steer_vectors))
     req.check_features(entry.d_sae, entry.id)
+    req.check_steers(registry.get)
     if chats and template is None and chat.model_template(model_source or entry.model_hf) is False:
         raise UsageError(chat.NO_TEMPLATE.format(model=model_source or entry.model_hf))  # None: the worker checks
     return req, entry.id
+
+
+def _registry_ids(it, registry):
+    """The intervention with its SAEs named by their registry ids (a steer file may use a repo/folder path)."""
+    from dataclasses import replace
+
+    def canonical(d):
+        return d if d is None or d.sae is None else replace(d, sae=registry.get(d.sae).id)
+
+    return replace(it, direction=canonical(it.direction), target=canonical(it.target))
 
 
 COMMANDS = [download, verify, sweep]

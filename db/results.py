@@ -147,7 +147,7 @@ def _page(sweep_id: int, after: int, limit: int, url: str | None = None) -> list
         gens = s.scalars(select(Generation).where(Generation.sweep_id == sweep_id, Generation.id > after)
                          .order_by(Generation.id).limit(limit))
         return [{"id": g.id, "config_key": g.config_key, "type": g.type, "features": g.features,
-                 "feature": _feature_label(g.features), "strengths": [f["strength"] for f in g.features],
+                 "feature": (g.sampling or {}).get("steer") or _feature_label(g.features), "strengths": [f["strength"] for f in g.features],
                  "prompt": g.prompt, "prompt_token_ids": g.prompt_token_ids, "seed": g.seed, "sampling": g.sampling,
                  "output": g.output, "token_ids": g.token_ids, "n_tokens": len(g.token_ids), "logprobs": g.logprobs,
                  "messages": g.messages, "conversation": _conversation(g), "scores": g.scores}

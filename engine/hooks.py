@@ -19,38 +19,16 @@ steering results go wrong.
 
 from __future__ import annotations
 
-import re
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
 
 from saejobs.engine.errors import SaejobsError, UsageError
+from saejobs.engine.hook_names import RESID_PRE, HookPoint, parse_hook  # noqa: F401 (re-exported)
 from saejobs.engine.registry.entry import SaeSite
 
-RESID_PRE = "hook_resid_pre"  # a steering point no Gemma Scope SAE reads: decoder layer L's input
-SUFFIXES: dict[str, SaeSite | str] = {**{site.hook_suffix: site for site in SaeSite}, RESID_PRE: RESID_PRE}
-PATTERN = re.compile(r"^blocks\.(\d+)\.(" + "|".join(re.escape(s) for s in SUFFIXES) + ")$")
 Edit = Callable[[torch.Tensor], torch.Tensor | None]
-
-
-@dataclass(frozen=True)
-class HookPoint:
-    layer: int
-    site: SaeSite | str  # an SAE site, or RESID_PRE
-
-    @property
-    def name(self) -> str:
-        return f"blocks.{self.layer}.{self.site}" if self.site == RESID_PRE else self.site.hook_name(self.layer)
-
-
-def parse_hook(name: str) -> HookPoint:
-    m = PATTERN.match(name.strip())
-    if not m:
-        raise UsageError(f"unknown hook '{name}'; expected one of "
-                         + ", ".join(f"blocks.L.{suffix}" for suffix in SUFFIXES))
-    return HookPoint(int(m[1]), SUFFIXES[m[2]])
 
 
 def _module(lm, point: HookPoint) -> torch.nn.Module:

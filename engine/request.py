@@ -26,6 +26,7 @@ from pathlib import Path
 from saejobs.engine import chat
 from saejobs.engine.errors import IntegrityError, UsageError
 from saejobs.engine.sampling import Sampling
+from saejobs.engine.interventions import NamedSteer
 from saejobs.engine.steering import SteerMethod, steer_method
 
 MAX_PROMPT_CHARS = 32_000  # about 8k tokens: longer belongs in a file of shorter prompts, not one generation
@@ -47,6 +48,9 @@ class Settings(Sampling):
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "method", steer_method(self.method))
+        if self.method is SteerMethod.SWAP:
+            raise UsageError("SWAP moves a direction onto a target, which each intervention names: "
+                             "give it in a steer file (--steers FILE), not as the sweep's --method")
         if not math.isfinite(self.strength_multiplier):
             raise UsageError(f"strength_multiplier must be a finite number, not {self.strength_multiplier}")
 
@@ -74,10 +78,14 @@ class SweepConfig:
     key: str = field(default="", compare=False)
     chat: chat.Conversation = ()  # a chat configuration's conversation (the assistant turn answers it)
     chat_template: str = ""  # chat.template_id: which template renders it
+    steer: str = ""  # a named steer's configuration: its name (its features are its interventions)
+    multiplier: float | None = None  # a named steer's: Neuronpedia's strength_multiplier for this row
 
     def to_json(self) -> dict:
         out = {"type": self.type, "features": [dict(f) for f in self.features], "prompt": self.prompt,
                "seed": self.seed}
+        if self.steer:  # only named steers carry these, so other configurations' keys are what they always were
+            out.update(steer=self.steer, multiplier=self.multiplier)
         if self.chat:  # only chats carry these, so a prompt configuration's key is what it always was
             out.update(chat=chat.to_json(self.chat), chat_template=self.chat_template)
         return out
@@ -97,38 +105,49 @@ def config_key(cfg: SweepConfig, settings: Settings, steering_id: str) -> str:
 
 def plan_configs(features: list[int], vectors: list[str], strengths: list[float], prompts: list[str], seeds: list[int],
                  combine: bool, settings: Settings, steering_id: str, chats: list[chat.Conversation] = (),
-                 chat_template: str | None = None) -> list[SweepConfig]:
+                 chat_template: str | None = None, steers: list[tuple[str, tuple[dict, ...]]] = ()) -> list[SweepConfig]:
     """The whole grid, DEFAULT rows first (one per prompt or chat × seed), then per feature (or per
-    ``combine`` group) per strength the same block; ``vectors`` are vector labels. Inputs are assumed valid
-    and distinct (``SweepRequest`` makes them so). One planner: ``plan_slice`` over every index."""
-    return plan_slice(features, vectors, strengths, prompts, seeds, combine, settings, steering_id, chats, chat_template)
+    ``combine`` group), then per named steer (``(name, interventions as stored)``), per strength the same
+    block; ``vectors`` are vector labels. A named steer's strength is its rows' multiplier. Inputs are
+    assumed valid and distinct (``SweepRequest`` makes them so). One planner: ``plan_slice`` over every index."""
+    return plan_slice(features, vectors, strengths, prompts, seeds, combine, settings, steering_id, chats, chat_template,
+                      steers=steers)
 
 
-def grid_size(n_terms: int, n_strengths: int, n_inputs: int, n_seeds: int, combine: bool) -> int:
+def grid_size(n_terms: int, n_strengths: int, n_inputs: int, n_seeds: int, combine: bool, n_steers: int = 0) -> int:
     """How many configurations ``plan_configs`` makes, without making them."""
-    return n_inputs * n_seeds * (1 + (1 if combine else n_terms) * n_strengths)
+    groups = ((1 if combine else n_terms) if n_terms else 0) + n_steers
+    return n_inputs * n_seeds * (1 + groups * n_strengths)
 
 
 def plan_slice(features: list[int], vectors: list[str], strengths: list[float], prompts: list[str], seeds: list[int],
                combine: bool, settings: Settings, steering_id: str, chats: list[chat.Conversation] = (),
-               chat_template: str | None = None, lo: int = 0, hi: int | None = None) -> list[SweepConfig]:
+               chat_template: str | None = None, lo: int = 0, hi: int | None = None,
+               steers: list[tuple[str, tuple[dict, ...]]] = ()) -> list[SweepConfig]:
     """Configurations ``[lo, hi)`` of the grid, each found from its index in the grid's order (DEFAULT
     block of inputs × seeds, then per group per strength the same block): a shard plans its own slice in
     time proportional to it, never the whole grid."""
     terms = [{"index": int(i)} for i in features] + [{"vector": v} for v in vectors]
+    n_term_groups = (1 if combine else len(terms)) if terms else 0
     inputs = [(p, ()) for p in prompts] + [("", c) for c in chats]
     template = chat.template_id(chat_template)
     block = len(inputs) * len(seeds)  # one DEFAULT row, or one (group, strength)'s rows
-    total = grid_size(len(terms), len(strengths), len(inputs), len(seeds), combine)
+    total = grid_size(len(terms), len(strengths), len(inputs), len(seeds), combine, len(steers))
     out = []
     for i in range(max(lo, 0), total if hi is None else min(hi, total)):
         fs: tuple = ()
+        named, multiplier = "", None
         if i >= block:
             group, rest = divmod(i - block, len(strengths) * block)
             strength = float(strengths[rest // block])
-            fs = tuple({**t, "strength": strength} for t in (terms if combine else [terms[group]]))
+            if group < n_term_groups:
+                fs = tuple({**t, "strength": strength} for t in (terms if combine else [terms[group]]))
+            else:
+                named, items = steers[group - n_term_groups]
+                fs, multiplier = tuple(dict(t) for t in items), strength
         (p, c), seed = inputs[i % block // len(seeds)], seeds[i % len(seeds)]
-        cfg = SweepConfig("STEERED" if fs else "DEFAULT", fs, p, int(seed), chat=c, chat_template=template if c else "")
+        cfg = SweepConfig("STEERED" if fs else "DEFAULT", fs, p, int(seed), chat=c, chat_template=template if c else "",
+                          steer=named, multiplier=multiplier)
         out.append(replace(cfg, key=config_key(cfg, settings, steering_id)))
     return out
 
@@ -170,6 +189,17 @@ def _distinct(values) -> tuple:
     return tuple(dict.fromkeys(values))
 
 
+def _model_layers(model: str) -> int | None:
+    """The registry's layer count for a model id (None for a model it does not list)."""
+    from saejobs.engine import registry
+    from saejobs.engine.errors import NotFoundError
+
+    try:
+        return int(registry.model_info(model)["n_layers"])
+    except NotFoundError:
+        return None
+
+
 @dataclass(frozen=True)
 class SweepRequest:
     sae: str
@@ -185,6 +215,8 @@ class SweepRequest:
     model: str | None = None  # model source; None: the SAE's model
     dtype: str = DEFAULT_DTYPE
     batch_size: int | None = None  # None: sized by memory
+    steers: tuple[NamedSteer, ...] = ()  # named steers (engine.interventions), each run at every strength
+    steer_vectors: tuple[Vector, ...] = ()  # the vector files the steers name
 
     def __post_init__(self) -> None:
         s = object.__setattr__
@@ -194,10 +226,26 @@ class SweepRequest:
         s(self, "prompts", _distinct(self.prompts))
         s(self, "chats", _distinct(tuple(c) for c in self.chats))
         s(self, "seeds", _distinct(int(x) for x in self.seeds) or (42,))
-        if not self.features and not self.vectors:
-            raise UsageError("nothing to steer with: give --feature INDEX or --vector FILE")
+        s(self, "steers", tuple(self.steers))
+        s(self, "steer_vectors", _distinct(self.steer_vectors))
+        if not self.features and not self.vectors and not self.steers:
+            raise UsageError("nothing to steer with: give --feature INDEX, --vector FILE, "
+                             "--feature SAE_ID:INDEX@STRENGTH or --steers FILE")
+        if len({st.name for st in self.steers}) != len(self.steers):
+            raise UsageError("two steers have one name; each named steer needs its own")
+        if self.steers and self.settings.strength_multiplier != 1.0:
+            raise UsageError("with named steers --strength gives the strength multipliers; "
+                             "leave --strength-multiplier at 1")
+        labels = {v.label for v in self.steer_vectors}
+        for st in self.steers:
+            for it in st.interventions:
+                for d in (it.direction, it.target):
+                    if d is not None and d.vector is not None and d.vector not in labels:
+                        raise UsageError(f"steer '{st.name}' names vector {d.vector}, which the sweep does not carry")
         if any(i < 0 for i in self.features):
             raise UsageError(f"feature {min(self.features)} is out of range (feature indices start at 0)")
+        if not self.strengths and self.steers and not self.features and not self.vectors:
+            s(self, "strengths", (1.0,))  # named steers carry their strengths: multiplier 1 unless asked
         if not self.strengths:
             raise UsageError("no strength: give --strength, e.g. 0,10,50")
         if bad := [x for x in self.strengths if not math.isfinite(x)]:
@@ -224,11 +272,42 @@ class SweepRequest:
         if bad := [f for f in self.features if f >= d_sae]:
             raise UsageError(f"feature {bad[0]} is out of range for {sae_id} (d_sae {d_sae})")
 
+    def steer_saes(self) -> list[str]:
+        """Every SAE the named steers read, besides the sweep's own (in order of first mention)."""
+        named = [s for st in self.steers for it in st.interventions
+                 for s in (it.direction.sae, it.target.sae if it.target else None) if s is not None]
+        return [s for s in dict.fromkeys(named) if s != self.sae]
+
+    def check_steers(self, entry_of) -> None:
+        """Each steer's SAEs (``entry_of(id)`` -> its registry entry) exist, belong to the sweep SAE's model,
+        and hold the features named; each vector's hook is a layer of that model."""
+        own = entry_of(self.sae)
+        layers = _model_layers(own.model)
+        for st in self.steers:
+            for it in st.interventions:
+                for d in (it.direction, it.target):
+                    if d is None or d.index is None:
+                        continue
+                    e = entry_of(d.sae) if d.sae is not None else own
+                    if e.model != own.model:
+                        raise UsageError(f"steer '{st.name}': {e.id} is an SAE of {e.model}; the sweep steers "
+                                         f"{own.model} ({own.id})")
+                    if d.index >= e.d_sae:
+                        raise UsageError(f"steer '{st.name}': feature {d.index} is out of range for {e.id} "
+                                         f"(d_sae {e.d_sae})")
+                if it.hook is not None and layers is not None:
+                    from saejobs.engine.hook_names import parse_hook
+
+                    if parse_hook(it.hook).layer >= layers:
+                        raise UsageError(f"steer '{st.name}': hook {it.hook} is past {own.model}'s layers "
+                                         f"(0..{layers - 1})")
+
     def configs(self, steering_id: str, lo: int | None = None, hi: int | None = None) -> list[SweepConfig]:
         """The whole grid, or with ``lo``/``hi`` its slice ``[lo, hi)`` (a shard's: planned alone)."""
         grid = (list(self.features), [v.label for v in self.vectors], list(self.strengths), list(self.prompts),
                 list(self.seeds), self.combine, self.settings, steering_id, list(self.chats), self.chat_template)
-        return plan_slice(*grid, lo=lo or 0, hi=hi)
+        steers = [(st.name, tuple(it.to_json() for it in st.interventions)) for st in self.steers]
+        return plan_slice(*grid, lo=lo or 0, hi=hi, steers=steers)
 
     def check_size(self) -> None:
         """At submission: a grid over ``SAEJOBS_MAX_CONFIGS`` is refused (a typo of a range, not a sweep)."""
@@ -240,7 +319,7 @@ class SweepRequest:
     def size(self) -> int:
         """How many configurations the grid has (what ``SAEJOBS_MAX_CONFIGS`` limits)."""
         return grid_size(len(self.features) + len(self.vectors), len(self.strengths),
-                         len(self.prompts) + len(self.chats), len(self.seeds), self.combine)
+                         len(self.prompts) + len(self.chats), len(self.seeds), self.combine, len(self.steers))
 
     def to_params(self) -> dict:
         """The job's ``params``: flat, JSON, the settings beside the grid (as jobs have always stored them)."""
@@ -249,7 +328,10 @@ class SweepRequest:
                 "strengths": list(self.strengths), "prompts": list(self.prompts), "seeds": list(self.seeds),
                 "combine": self.combine, "dtype": self.dtype, "batch_size": self.batch_size,
                 **({"chats": [chat.to_json(c) for c in self.chats], "chat_template": self.chat_template}
-                   if self.chats else {}), **self.settings.to_json()}
+                   if self.chats else {}),
+                **({"steers": [st.to_json() for st in self.steers],
+                    "steer_vectors": [{"path": v.path, "sha256": v.sha256} for v in self.steer_vectors]}
+                   if self.steers else {}), **self.settings.to_json()}
 
     @classmethod
     def from_params(cls, p: dict) -> SweepRequest:
@@ -264,4 +346,6 @@ class SweepRequest:
                    model=p.get("model"), dtype=p.get("dtype") or DEFAULT_DTYPE, batch_size=p.get("batch_size"),
                    chats=tuple(chat.conversation(c, f"conversation {i + 1}")
                                for i, c in enumerate(p.get("chats") or ())),
-                   chat_template=p.get("chat_template"))
+                   chat_template=p.get("chat_template"),
+                   steers=tuple(NamedSteer.from_json(st) for st in p.get("steers") or ()),
+                   steer_vectors=tuple(Vector(v["path"], v["sha256"]) for v in p.get("steer_vectors") or ()))

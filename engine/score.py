@@ -53,15 +53,16 @@ class Item:
     features: Sequence[int]
 
 
-def concept_features(features: Sequence[dict], sweep_features: Sequence[int]) -> list[int]:
-    """A row's concept features: the SAE features it steers; a DEFAULT row (none) gets the sweep's."""
-    own = [int(f["index"]) for f in features if "index" in f]
-    return own if features else [int(i) for i in sweep_features]
+def concept_features(features: Sequence[dict], sweep_features: Sequence[int], sae_id: str | None = None) -> list[int]:
+    """A row's concept features: the features of the sweep's SAE (``sae_id``; an intervention naming no
+    SAE is its) it steers; a DEFAULT row (none) gets the sweep's."""
+    own = [int(f["index"]) for f in features if "index" in f and f.get("sae", sae_id) == sae_id]
+    return list(dict.fromkeys(own)) if features else [int(i) for i in sweep_features]
 
 
-def score_outputs(runner, outs: list, sweep_features: Sequence[int]) -> list[dict]:
+def score_outputs(runner, outs: list, sweep_features: Sequence[int], sae_id: str | None = None) -> list[dict]:
     """Scores of a chunk ``runner.run`` produced ((config, generated, text) triples), in order."""
-    items = [Item(runner.ids(c), g.token_ids, concept_features(c.features, sweep_features))
+    items = [Item(runner.ids(c), g.token_ids, concept_features(c.features, sweep_features, sae_id))
              for c, g, _ in outs]
     return score(runner.lm, runner.sae, runner.hook_name, items)
 

@@ -82,7 +82,7 @@ class SweepGenerator:
         for f in cfg.features:
             hook, v = self._direction(f)
             method = steer_method(f.get("method", s.method))
-            coeff = coefficient(f.get("strength", 0.0), s.strength_multiplier)
+            coeff = coefficient(f.get("strength", 0.0), s.strength_multiplier if cfg.multiplier is None else cfg.multiplier)
             lo, hi = f.get("min"), f.get("max")
             if method is SteerMethod.PROJECTION_CAP and lo is None and hi is None:
                 hi = coeff  # Neuronpedia's PROJECTION_CAP: ProjectionCapSpec(v, min=None, max=coeff)

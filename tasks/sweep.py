@@ -25,32 +25,43 @@ def run(ctx) -> dict:
     settings = req.settings
     entry = resolve_entry(req.sae)
     req.check_features(entry.d_sae, entry.id)
+    req.check_steers(resolve_entry)
     row, folder = local_copy(ctx, entry)
-    for v in req.vectors:
+    others = {e.id: (e, *local_copy(ctx, e)) for e in map(resolve_entry, req.steer_saes())}  # id -> (entry, row, folder)
+    for v in req.vectors + req.steer_vectors:
         v.check()
-    vectors = {v.label: load_vector(v.path) for v in req.vectors}
+    vectors = {v.label: load_vector(v.path) for v in req.vectors + req.steer_vectors}
     sae_sha = saes.params_sha256(row.files)
     steering_id = f"{entry.id}@{sae_sha}" + "".join(f"+{n}" for n in sorted(vectors))
+    steering_id += "".join(f"+{i}@{saes.params_sha256(r.files)}" for i, (_, r, _) in sorted(others.items()))
     configs = req.configs(steering_id, *shard) if shard else req.configs(steering_id)  # a shard plans its slice only
 
     source = req.model or entry.model_hf
     ctx.progress(0.0, f"loading SAE {entry.id}", force=True)  # first: a broken SAE fails before a model load
     sae = ctx.executor.cache.sae(entry, str(folder))
+    loaded = {i: (e, ctx.executor.cache.sae(e, str(f))) for i, (e, _, f) in others.items()}
     ctx.progress(0.0, f"loading model {source}", force=True)
     lm = ctx.executor.cache.model(source, getattr(torch, req.dtype))
-    check_pairing(entry, sae, lm)
-    runner = SweepGenerator(lm, sae, entry.hook_name, settings, vectors, req.chat_template)
+    for e, s in [(entry, sae), *loaded.values()]:
+        check_pairing(e, s, lm)
+    steer_saes = {entry.id: (sae, entry.hook_name), **{i: (s, e.hook_name) for i, (e, s) in loaded.items()}}
+    runner = SweepGenerator(lm, sae, entry.hook_name, settings, vectors, req.chat_template, saes=steer_saes)
     failpoints.hit("sweep.loaded")
 
     prov = {"sae_sha256": sae_sha, "sae_path": str(folder), "model": lm.model_id, "model_source": source,
             "model_revision": lm.revision, "dtype": str(lm.dtype).removeprefix("torch."), "device": str(lm.device),
-            "hook_name": entry.hook_name, "sampling_semantics": settings.sampling_semantics.description,
+            "hook_name": entry.hook_name, **({"steer_saes": {i: {"hook_name": e.hook_name, "sae_sha256":
+                saes.params_sha256(r.files), "sae_path": str(f)} for i, (e, r, f) in others.items()}} if others else {}),
+            "sampling_semantics": settings.sampling_semantics.description,
             "bos": "prepended unless the prompt starts with it", "versions": provenance.versions(),
             **({"chat": f"rendered by the chat template ({chat_template_id(req.chat_template)}), "
                         "add_generation_prompt, tokenized without special tokens"} if req.chats else {})}
     sweep_id = results.ensure_sweep(sweep_job, entry.id, lm.model_id,
                                     {**req.to_params(), "settings": settings.to_json()}, prov,
                                     owner=(ctx.job.id, ctx.executor.name))
+    concept = list(dict.fromkeys([*req.features, *(it.direction.index for st in req.steers for it in st.interventions
+                                                   if it.direction.index is not None
+                                                   and it.direction.sae in (None, entry.id))]))  # DEFAULT rows' baseline
     stored = results.config_keys(sweep_id)
     todo = [c for c in configs if c.key not in stored]
     total, done = len(configs), len(configs) - len(todo)
@@ -64,11 +75,12 @@ def run(ctx) -> dict:
         outs = runner.run(chunk, on_step)
         failpoints.hit("sweep.chunk_generated")
         ctx.progress(done / total, f"{done}/{total} generations; scoring {len(chunk)}", force=True)
-        scores = score_outputs(runner, outs, req.features)  # stored with the chunk, in its transaction
+        scores = score_outputs(runner, outs, concept, entry.id)  # stored with the chunk, in its transaction
         results.add_generations(sweep_id, owner=(ctx.job.id, ctx.executor.name), rows=[
             {"config_key": c.key, "type": c.type, "features": [dict(f) for f in c.features],
              "prompt": runner.prompt_text(c), "prompt_token_ids": runner.ids(c),
-             "messages": chat_json(c.chat) if c.chat else None, "seed": c.seed, "sampling": settings.to_json(),
+             "messages": chat_json(c.chat) if c.chat else None, "seed": c.seed, "sampling": {
+                 **settings.to_json(), **({"steer": c.steer, "strength_multiplier": c.multiplier} if c.steer else {})},
              "output": text, "token_ids": g.token_ids, "logprobs": g.logprobs, "scores": sc}
             for (c, g, text), sc in zip(outs, scores)])
         failpoints.hit("sweep.chunk_stored")

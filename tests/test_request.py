@@ -64,7 +64,8 @@ def test_a_job_stored_before_the_typed_request_still_reads():
 
 
 @pytest.mark.parametrize("bad, says", [
-    ({"features": (), "vectors": ()}, "nothing to steer with: give --feature INDEX or --vector FILE"),
+    ({"features": (), "vectors": ()}, "nothing to steer with: give --feature INDEX, --vector FILE, "
+                                      "--feature SAE_ID:INDEX@STRENGTH or --steers FILE"),
     ({"features": (4, -2, -3)}, "feature -3 is out of range (feature indices start at 0)"),
     ({"strengths": (1.0, float("nan"))}, "strength nan is not a finite number"),
     ({"strengths": ()}, "no strength: give --strength, e.g. 0,10,50"),

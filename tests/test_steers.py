@@ -1,0 +1,209 @@
+"""Named steers (issue 28): interventions across SAEs, layers and operations, validated once in the typed
+request, planned as steers × strength multipliers × prompts × seeds, and run through the CLI — each row
+token for token what interp-engine generates for that steer, with the decoder rows read from the SAE
+files by numpy (not by saejobs' loader). Bad input is one line, exit 2, nothing queued."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from saejobs.engine.errors import UsageError
+from saejobs.engine.interventions import Direction, Intervention, NamedSteer, load_steers, parse_feature
+from saejobs.engine.request import SweepRequest
+from tests.dbfixtures import home  # noqa: F401
+from tests.synthetic_saes import make
+from tests.test_queue import saejobs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("bad, says", [
+    ({"sae": "s", "index": 1, "method": "PUSH"}, "unknown steering method 'PUSH'; expected one of SIMPLE_ADDITIVE, "
+                                                 "ORTHOGONAL_DECOMP, PROJECTION_CAP, NORM_SCALED_ADD, ABLATE, SWAP"),
+    ({"sae": "s", "index": 1, "method": "SWAP"}, "SWAP needs a 'target' ({\"sae\", \"index\"} or {\"vector\"}) to "
+                                                 "move the component onto"),
+    ({"sae": "s", "index": 1, "method": "PROJECTION_CAP", "min": 5, "max": 1},
+     "projection cap min 5.0 is above its max 1.0"),
+    ({"sae": "s", "index": 1, "min": 0}, "'min' and 'max' are PROJECTION_CAP's bounds; give \"method\": \"PROJECTION_CAP\""),
+    ({"sae": "s", "index": 1, "method": "NORM_SCALED_ADD", "max_fraction": 0}, "max_fraction must be above 0, not 0.0"),
+    ({"sae": "s", "index": 1, "target": {"sae": "s", "index": 2}}, "'target' is SWAP's; give \"method\": \"SWAP\""),
+    ({"sae": "s", "index": 1, "hook": "blocks.1.hook_resid_pre"}, "a feature steers at its SAE's hook; 'hook' goes "
+                                                                  "with a 'vector'"),
+    ({"vector": "v@1", "hook": "blocks.1.hook_resid_mid"}, "unknown hook 'blocks.1.hook_resid_mid'"),
+    ({"sae": "s", "index": 1, "vector": "v@1"}, "an intervention names a feature ('sae' and 'index') or a 'vector', "
+                                                "exactly one"),
+    ({"sae": "s", "index": -1}, "feature index must be an integer >= 0, not -1"),
+    ({"sae": "s", "index": 1, "strength": float("inf")}, "strength must be a finite number, not inf"),
+    ({"sae": "s", "index": 1, "scale": 2}, "unknown key 'scale'"),
+])
+def test_a_bad_intervention_says_what_is_wrong(bad, says):
+    with pytest.raises(UsageError) as e:
+        Intervention.from_json(bad, "steer 'x'")
+    assert str(e.value).startswith(f"steer 'x': {says}"), str(e.value)
+
+
+def test_command_line_terms_and_their_mistakes():
+    it = parse_feature("gemma-2-2b/20-gemmascope-res-16k:1234@-40.5")
+    assert it == Intervention(Direction("gemma-2-2b/20-gemmascope-res-16k", 1234), -40.5)
+    for bad in ("gemma-2-2b/20-gemmascope-res-16k@4", "1234@5", "s:x@1", "s:1@big"):
+        with pytest.raises(UsageError):
+            parse_feature(bad)
+
+
+def test_steer_files_in_json_and_yaml_name_vectors_by_content(tmp_path):
+    np.save(tmp_path / "v.npy", np.ones(4, np.float32))
+    seen = []
+
+    def label(p):
+        seen.append(Path(p).resolve())
+        return f"{Path(p).name}@abc"
+
+    body = {"pirate": [{"sae": "a", "index": 3, "strength": 66}, {"sae": "b", "index": 9, "strength": 166.0}],
+            "capped": [{"vector": "v.npy", "hook": "blocks.2.hook_resid_pre", "method": "PROJECTION_CAP", "max": 1},
+                       {"sae": "a", "index": 1, "method": "SWAP", "target": {"vector": "v.npy"}}]}
+    (tmp_path / "s.json").write_text(json.dumps(body))
+    (tmp_path / "s.yaml").write_text("pirate:\n  - {sae: a, index: 3, strength: 66}\n  - {sae: b, index: 9, strength: 166.0}\n"
+                                     "capped:\n  - {vector: v.npy, hook: blocks.2.hook_resid_pre, method: PROJECTION_CAP, max: 1}\n"
+                                     "  - {sae: a, index: 1, method: SWAP, target: {vector: v.npy}}\n")
+    a, b = load_steers(tmp_path / "s.json", label), load_steers(tmp_path / "s.yaml", label)
+    assert a == b and [s.name for s in a] == ["pirate", "capped"]
+    assert a[1].interventions[0].direction.vector == "v.npy@abc" and a[1].interventions[1].target.vector == "v.npy@abc"
+    assert set(seen) == {(tmp_path / "v.npy").resolve()}
+    (tmp_path / "bad.yaml").write_text("pirate: [\n")
+    with pytest.raises(UsageError, match=r"bad.yaml: not readable as YAML"):
+        load_steers(tmp_path / "bad.yaml", label)
+
+
+def steers_request(**kw) -> SweepRequest:
+    st = (NamedSteer("two", (Intervention(Direction("a", 1), 10.0), Intervention(Direction("b", 2), -4.0, "ABLATE"))),
+          NamedSteer("one", (Intervention(Direction("a", 5), 3.0),)))
+    return SweepRequest(**{"sae": "a", "steers": st, "strengths": (1.0, 2.5), "prompts": ("p", "q"), "seeds": (1, 2),
+                           **kw})
+
+
+def test_the_grid_is_steers_by_multipliers_by_inputs_by_seeds_and_round_trips():
+    r = steers_request()
+    configs = r.configs("x")
+    assert r.size() == len(configs) == 2 * 2 * (1 + 2 * 2)
+    steered = [c for c in configs if c.type == "STEERED"]
+    assert [(c.steer, c.multiplier) for c in steered[::4]] == [("two", 1.0), ("two", 2.5), ("one", 1.0), ("one", 2.5)]
+    assert steered[0].features == ({"sae": "a", "index": 1, "strength": 10.0},
+                                   {"sae": "b", "index": 2, "strength": -4.0, "method": "ABLATE"})
+    assert len({c.key for c in configs}) == len(configs)
+    again = SweepRequest.from_params(json.loads(json.dumps(r.to_params())))
+    assert again == r and [c.key for c in again.configs("x")] == [c.key for c in configs]
+    assert [c.key for c in r.configs("x", 3, 9)] == [c.key for c in configs[3:9]]  # a shard plans its slice alone
+    assert SweepRequest(sae="a", steers=r.steers, prompts=("p",)).strengths == (1.0,)  # multiplier 1 by default
+
+
+@pytest.mark.parametrize("kw, says", [
+    ({"settings": __import__("saejobs.engine.request", fromlist=["Settings"]).Settings(strength_multiplier=2.0)},
+     "with named steers --strength gives the strength multipliers; leave --strength-multiplier at 1"),
+    ({"steers": (NamedSteer("a", (Intervention(Direction("a", 1)),)),) * 2}, "two steers have one name"),
+    ({"steers": (NamedSteer("a", (Intervention(Direction(vector="v@1"), hook="blocks.1.hook_resid_post"),)),)},
+     "steer 'a' names vector v@1, which the sweep does not carry"),
+])
+def test_bad_steer_requests(kw, says):
+    with pytest.raises(UsageError) as e:
+        steers_request(**kw)
+    assert str(e.value).startswith(says)
+
+
+def test_building_a_steer_request_needs_no_torch():
+    code = ("import sys; from saejobs.engine.interventions import Intervention, Direction, NamedSteer;"
+            "from saejobs.engine.request import SweepRequest;"
+            "r = SweepRequest(sae='a', steers=(NamedSteer('n', (Intervention(Direction('a', 1), 2.0, 'SWAP', "
+            "target=Direction('a', 2)),)),), prompts=('p',)); r.configs('x'); r.to_params();"
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("steer, says", [
+    ({"x": [{"sae": "gemma-2-2b/20-gemmascope-res-16k", "index": 1},
+            {"sae": "gemma-3-1b/7-gemmascope-2-res-16k", "index": 1}]},
+     "is an SAE of gemma-3-1b; the sweep steers gemma-2-2b (gemma-2-2b/20-gemmascope-res-16k)"),
+    ({"x": [{"sae": "gemma-2-2b/20-gemmascope-res-16k", "index": 99999}]}, "feature 99999 is out of range"),
+    ({"x": [{"sae": "gemma-2-2b/20-gemmascope-res-16k", "index": 1, "method": "MOVE"}]}, "unknown steering method 'MOVE'"),
+    ({"x": [{"sae": "gemma-2-2b/20-gemmascope-res-16k", "index": 1, "method": "SWAP"}]}, "SWAP needs a 'target'"),
+    ({"x": [{"sae": "gemma-2-2b/20-gemmascope-res-16k", "index": 1, "method": "PROJECTION_CAP", "min": 2, "max": 1}]},
+     "projection cap min 2.0 is above its max 1.0"),
+    ({"x": [{"sae": "gemma-2-2b/20-gemmascope-res-16k", "index": 1},
+            {"vector": "v.npy", "hook": "blocks.26.hook_resid_pre"}]},
+     "hook blocks.26.hook_resid_pre is past gemma-2-2b's layers (0..25)"),
+    ({"x": [{"vector": "v.npy", "hook": "blocks.3.hook_resid_mid"}]}, "unknown hook 'blocks.3.hook_resid_mid'"),
+])
+def test_bad_steers_on_the_command_line_are_one_line_exit_2_nothing_queued(home, tmp_path, steer, says):  # noqa: F811
+    np.save(tmp_path / "v.npy", np.ones(2304, np.float32))
+    (tmp_path / "steers.json").write_text(json.dumps(steer))
+    res = saejobs("sweep", "--sae", "gemma-2-2b/20-gemmascope-res-16k", "--steers", str(tmp_path / "steers.json"),
+                  "--prompt", "p", "--json")
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and says in lines[0] and "Traceback" not in res.stderr, res.stderr
+    assert json.loads(saejobs("jobs", "list", "--json").stdout) == []
+
+
+def test_a_two_sae_sweep_through_the_cli_equals_interp_engine_row_for_row(home, tiny_gemma2_dir, tmp_path):  # noqa: F811
+    """Two SAEs of the tiny Gemma 2 at layers 1 and 3, three named steers (one from --feature) × two
+    multipliers, run with --local; every stored STEERED row equals interp-engine's generation for it."""
+    import torch
+    from interp_engine.model import EagerModel
+    from interp_engine.steer import SteerSpec, generate_stream, steer
+    from interp_engine.steer_specs import SteerMethod as IE
+
+    from saejobs.db import results
+    from saejobs.engine.models import load_model
+
+    s1, s3 = make(home, d_model=64, d_sae=256, layer=1), make(home, d_model=64, d_sae=256, layer=3, seed=1)
+    for s in (s1, s3):
+        assert saejobs("download", s.id, "--source", str(s.mirror), "--local", "--quiet").returncode == 0
+    np.save(tmp_path / "v.npy", np.random.default_rng(0).normal(size=64).astype(np.float32))
+    steers = {"mix": [{"sae": s1.id, "index": 5, "strength": 30.0},
+                      {"sae": s3.id, "index": 7, "method": "PROJECTION_CAP", "max": 0.0},
+                      {"vector": "v.npy", "hook": "blocks.2.hook_resid_pre", "strength": 4.0}],
+              "swap": [{"sae": s3.id, "index": 2, "method": "SWAP", "target": {"sae": s1.id, "index": 9}},
+                       {"sae": s3.id, "index": 4, "method": "NORM_SCALED_ADD", "strength": 0.5, "max_fraction": 0.3}]}
+    (tmp_path / "steers.yaml").write_text(json.dumps(steers))  # JSON is YAML
+    res = saejobs("sweep", "--steers", str(tmp_path / "steers.yaml"), "--feature", f"{s3.id}:11@25",
+                  "--strength", "1,3", "--prompt", "Hello there", "--n-tokens", "6", "--model", str(tiny_gemma2_dir),
+                  "--local", "--json")
+    assert res.returncode == 0, res.stderr
+    job = json.loads(res.stdout)
+    rows = results.generation_rows(job["id"])
+    steered = [g for g in rows if g["type"] == "STEERED"]
+    assert {g["feature"] for g in steered} == {"mix", "swap", "command line"}
+    assert len(rows) == 1 + 3 * 2 and {(g["sampling"]["steer"], g["sampling"]["strength_multiplier"]) for g in steered} == {
+        (n, m) for n in ("mix", "swap", "command line") for m in (1.0, 3.0)}
+
+    lm = load_model(str(tiny_gemma2_dir))
+    oracle = EagerModel(lm.model.config._name_or_path, hf_model=lm.model, tokenizer=lm.tokenizer)
+    w = {s.id: torch.from_numpy(np.load(s.mirror_folder / "params.npz")["W_dec"]) for s in (s1, s3)}
+    layer = {s1.id: 1, s3.id: 3}
+    ops = {None: IE.ADDITIVE, "PROJECTION_CAP": IE.PROJECTION_CAP, "SWAP": IE.SWAP, "NORM_SCALED_ADD": IE.NORM_SCALED_ADD}
+    vector = torch.from_numpy(np.load(tmp_path / "v.npy"))
+    outputs = set()
+    for g in steered:
+        specs = []
+        for f in g["features"]:
+            if "sae" in f:
+                v, at, point = w[f["sae"]][f["index"]], layer[f["sae"]], "resid_post"
+            else:
+                v, at, point = vector, 2, "resid_pre"
+            extra = {k: f[k] for k in ("min", "max", "max_fraction") if k in f}
+            if "target" in f:
+                extra["target"] = w[f["target"]["sae"]][f["target"]["index"]]
+            specs.append(SteerSpec(v.clone(), at, g["sampling"]["strength_multiplier"] * f["strength"],
+                                   ops[f.get("method")], point=point, **extra))
+        ids = torch.tensor([g["prompt_token_ids"]])
+        with steer(oracle, specs, prompt_token_ids=ids[0]):
+            theirs = [s.token_id for s in generate_stream(oracle, ids, max_tokens=6, temperature=0.0, top_k=0,
+                                                          top_p=1.0, presence_penalty=0.0, seed=g["seed"])]
+        assert g["token_ids"] == theirs, (g["sampling"]["steer"], g["sampling"]["strength_multiplier"])
+        outputs.add(tuple(g["token_ids"]))
+    assert len(outputs) > 3  # the steers differ from one another
