@@ -17,6 +17,7 @@ from saejobs.cli.follow import finish, follow, run_local
 from saejobs.cli.output import json_option
 from saejobs.engine.errors import UsageError
 from saejobs.engine.job_requests import EVAL_WINDOW, MAX_EVAL_TOKENS, DownloadRequest, JobRequest, VerifyRequest
+from saejobs.engine.presets import Preset
 from saejobs.engine.request import DTYPES
 from saejobs.engine.sampling import SamplingSemantics
 from saejobs.engine.steering import SteerMethod
@@ -141,6 +142,13 @@ def _ints(ctx, param, value):
     return _values(value, int)
 
 
+def _preset(ctx, param, value):
+    """An eager option: the preset's values become the defaults of the options not given."""
+    if value is not None:
+        ctx.default_map = {**(ctx.default_map or {}), **Preset(value).values}
+    return value
+
+
 def _features(ctx, param, value):
     """``--feature``: indices of ``--sae`` (lists, ranges) and interventions ``SAE_ID:INDEX@STRENGTH``,
     which together make one named steer ("command line"). Returns (indices, interventions)."""
@@ -198,6 +206,9 @@ def _features(ctx, param, value):
 @click.option("--combine", is_flag=True, help="Steer all features at once (one configuration per strength).")
 @click.option("--n-logprobs", default=0, show_default=True, type=click.IntRange(0, 100),
               help="Store the chosen token's logprob and the top-k per generated token.")
+@click.option("--preset", type=click.Choice([p.value for p in Preset]), is_eager=True, callback=_preset,
+              help="Start from the settings a Neuronpedia client sends by default (README, Presets); "
+                   "options given explicitly win.")
 @click.option("--model", "model_source", help="Model source: HF id, local dir, .gguf file, or gemma-3-270m-gguf.")
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(DTYPES))
 @click.option("--batch-size", type=click.IntRange(1), help="Configurations per batched generation (default: fits memory).")
@@ -206,7 +217,7 @@ def _features(ctx, param, value):
 @submission
 def sweep(sae, features, steers_file, vectors, strengths, prompts, prompts_file, chat_file, system, chat_template_file,
           seeds, n_tokens, temperature, freq_penalty, sampling_semantics, presence_penalty, top_k, top_p,
-          steer_special_tokens, strength_multiplier, method, normalize, combine, n_logprobs, model_source, dtype,
+          steer_special_tokens, strength_multiplier, method, normalize, combine, n_logprobs, preset, model_source, dtype,
           batch_size):
     """Steering sweep: features × strengths × prompts (or chats) × seeds, plus DEFAULT per prompt × seed;
     named steers (several SAEs, layers and operations each) × strength multipliers × the same."""

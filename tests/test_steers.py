@@ -207,3 +207,46 @@ def test_a_two_sae_sweep_through_the_cli_equals_interp_engine_row_for_row(home, 
         assert g["token_ids"] == theirs, (g["sampling"]["steer"], g["sampling"]["strength_multiplier"])
         outputs.add(tuple(g["token_ids"]))
     assert len(outputs) > 3  # the steers differ from one another
+
+
+def _submitted(args: list[str]):
+    """The typed request ``saejobs sweep ARGS`` would queue (nothing is queued)."""
+    from unittest import mock
+
+    from click.testing import CliRunner
+
+    import saejobs.cli.submit_cmd as submit_cmd
+
+    seen = []
+    with mock.patch.object(submit_cmd, "enqueue", lambda request, **kw: seen.append(request)):
+        r = CliRunner().invoke(submit_cmd.sweep, args)
+    assert r.exit_code == 0, r.output
+    return seen[0]
+
+
+BASE = ["--sae", "gemma-2-2b/20-gemmascope-res-16k", "--feature", "1", "--strength", "2", "--prompt", "p"]
+
+
+def test_the_python_client_preset_is_what_its_steer_completion_sends_by_default():
+    """Checked against the published client itself (PyPI neuronpedia 1.2.1), not against a copy of its numbers."""
+    import inspect
+
+    from neuronpedia.requests.steer_request import SteerCompletionRequest
+
+    sent = {k: p.default for k, p in inspect.signature(SteerCompletionRequest.steer).parameters.items()}
+    r = _submitted(BASE + ["--preset", "neuronpedia-python"])
+    assert (r.settings.temperature, r.settings.n_tokens, r.seeds, r.settings.strength_multiplier) == (
+        sent["temperature"], sent["n_tokens"], (sent["seed"],), sent["strength_multiplier"])
+    assert r.settings.sampling_semantics == "interp-engine" and r.settings.freq_penalty == 0.0
+
+
+def test_the_steer_page_preset_and_explicit_options_winning_over_it():
+    # apps/webapp/lib/utils/steer.ts at ebb8426: STEER_TEMPERATURE 0.5, STEER_N_COMPLETION_TOKENS 256,
+    # STEER_STRENGTH_MULTIPLIER 1, STEER_SEED 16, STEER_METHOD SIMPLE_ADDITIVE, STEER_SPECIAL_TOKENS true
+    r = _submitted(BASE + ["--preset", "neuronpedia"])
+    s = r.settings
+    assert (s.temperature, s.n_tokens, s.strength_multiplier, r.seeds, s.method, s.steer_special_tokens, s.normalize) == (
+        0.5, 256, 1.0, (16,), "SIMPLE_ADDITIVE", True, False)
+    mine = _submitted(BASE + ["--n-tokens", "12", "--seed", "3", "--preset", "neuronpedia", "--temperature", "0"])
+    assert (mine.settings.n_tokens, mine.seeds, mine.settings.temperature, mine.settings.sampling_semantics) == (
+        12, (3,), 0.0, "interp-engine")
