@@ -32,7 +32,7 @@ CPU_LOGITS_BYTES = 512 << 20
 class Score(StrEnum):
     """The per-row score fields, as stored in ``generations.scores`` (and DataFrame columns)."""
 
-    CONCEPT = "concept"  # {feature index: {"mean": activation, "fire_rate": share of tokens}}
+    CONCEPT = "concept"  # {"index" (or another SAE's "SAE_ID:index"): {"mean": activation, "fire_rate": share}}
     CONCEPT_MEAN = "concept_mean"  # mean over the row's concept features (one for a one-feature row)
     CONCEPT_FIRE_RATE = "concept_fire_rate"
     NLL = "nll"
@@ -46,11 +46,13 @@ class Score(StrEnum):
 
 @dataclass(frozen=True)
 class Item:
-    """One generation to score: its prompt ids (BOS included), generated ids, and concept features."""
+    """One generation to score: its prompt ids (BOS included), generated ids, and concept features (of
+    the sweep's SAE; ``others``: (SAE id, index) of other SAEs a steer named, scored as ``"ID:index"``)."""
 
     prompt_ids: Sequence[int]
     token_ids: Sequence[int]
     features: Sequence[int]
+    others: Sequence[tuple[str, int]] = ()
 
 
 def concept_features(features: Sequence[dict], sweep_features: Sequence[int], sae_id: str | None = None) -> list[int]:
@@ -60,22 +62,31 @@ def concept_features(features: Sequence[dict], sweep_features: Sequence[int], sa
     return list(dict.fromkeys(own)) if features else [int(i) for i in sweep_features]
 
 
+def other_concepts(features: Sequence[dict], sae_id: str | None) -> list[tuple[str, int]]:
+    """A row's features of SAEs other than the sweep's (a multi-SAE steer's), as (SAE id, index)."""
+    return list(dict.fromkeys((f["sae"], int(f["index"])) for f in features
+                              if "index" in f and f.get("sae", sae_id) != sae_id))
+
+
 def score_outputs(runner, outs: list, sweep_features: Sequence[int], sae_id: str | None = None) -> list[dict]:
-    """Scores of a chunk ``runner.run`` produced ((config, generated, text) triples), in order."""
-    items = [Item(runner.ids(c), g.token_ids, concept_features(c.features, sweep_features, sae_id))
-             for c, g, _ in outs]
-    return score(runner.lm, runner.sae, runner.hook_name, items)
+    """Scores of a chunk ``runner.run`` produced ((config, generated, text) triples), in order; features
+    of the other SAEs ``runner.saes`` holds are each read by their own SAE at its hook."""
+    items = [Item(runner.ids(c), g.token_ids, concept_features(c.features, sweep_features, sae_id),
+                  other_concepts(c.features, sae_id)) for c, g, _ in outs]
+    return score(runner.lm, runner.sae, runner.hook_name, items, others=getattr(runner, "saes", None))
 
 
-def score(lm, sae, hook_name: str, items: list[Item], on_group: Callable[[int], None] | None = None) -> list[dict]:
-    """Scores of ``items`` (a dict each, keys from ``Score``), in groups sized by device memory."""
+def score(lm, sae, hook_name: str, items: list[Item], on_group: Callable[[int], None] | None = None,
+          others: dict[str, tuple] | None = None) -> list[dict]:
+    """Scores of ``items`` (a dict each, keys from ``Score``), in groups sized by device memory.
+    ``others``: SAE id -> (loaded SAE, hook name) for the items' ``others``."""
     import torch
 
     out: list[dict] = []
     size = _group_rows(lm, max((len(i.token_ids) for i in items), default=1))
     for start in range(0, len(items), size):
         with torch.no_grad():
-            out += _score_group(lm, sae, hook_name, items[start:start + size])
+            out += _score_group(lm, sae, hook_name, items[start:start + size], others or {})
         if on_group is not None:
             on_group(len(out))
     return out
@@ -90,8 +101,9 @@ def _group_rows(lm, longest: int) -> int:
     return max(1, int(budget // per_row))
 
 
-def _score_group(lm, sae, hook_name: str, items: list[Item]) -> list[dict]:
+def _score_group(lm, sae, hook_name: str, items: list[Item], others: dict[str, tuple]) -> list[dict]:
     import torch
+    from contextlib import ExitStack
 
     from saejobs.engine.hooks import hook
 
@@ -111,14 +123,20 @@ def _score_group(lm, sae, hook_name: str, items: list[Item]) -> list[dict]:
         mask[b, W - len(s):] = 1
         gen[b, L - len(it.token_ids):] = True
     ids, mask, gen = ids.to(device), mask.to(device), gen.to(device)
-    feats = sorted({f for it in items for f in it.features})
+    # every concept as (SAE id or None for the sweep's, index), each SAE reading its own hook
+    feats = sorted({(None, f) for it in items for f in it.features} | {o for it in items for o in it.others},
+                   key=lambda k: (k[0] or "", k[1]))
     member = torch.zeros((B, max(len(feats), 1)), dtype=torch.bool)
     for b, it in enumerate(items):
-        for f in it.features:
-            member[b, feats.index(f)] = True
+        for k in [(None, f) for f in it.features] + list(it.others):
+            member[b, feats.index(k)] = True
+    readers = {None: (sae, hook_name), **{k: others[k] for k in {s for s, _ in feats if s is not None}}}
+    hooks = {name for _, name in readers.values()}
 
-    seen: list[torch.Tensor] = []
-    with hook(lm, hook_name, lambda a: seen.append(a[:, W - L:].detach())):
+    seen: dict[str, torch.Tensor] = {}
+    with ExitStack() as stack:
+        for name in hooks:
+            stack.enter_context(hook(lm, name, lambda a, _n=name: seen.__setitem__(_n, a[:, W - L:].detach())))
         res = lm.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
                        use_cache=False, logits_to_keep=L + 1)
     targets = ids[:, W - L:]
@@ -133,24 +151,29 @@ def _score_group(lm, sae, hook_name: str, items: list[Item]) -> list[dict]:
     n_text = text.sum(-1)
     cols = [nll_sum, n_gen.float(), n_text.float()]
     if feats:
-        idx = torch.tensor(feats, device=sae.W_enc.device)
-        x = seen[0].to(device=sae.W_enc.device, dtype=sae.W_enc.dtype)
-        pre = x @ sae.W_enc[:, idx] + sae.b_enc[idx]
-        act = pre.masked_fill(pre <= sae.threshold_floor[idx], 0).to(device)  # JumpReLU, as JumpReLUSAE.encode
-        w = text[..., None].to(act.dtype)
-        cols += [(act * w).sum(1).T, ((act > 0) * w).sum(1).T]  # (F, B) each
+        means, fires = [], []
+        for key in dict.fromkeys(s for s, _ in feats):  # per SAE, its features' columns only, in ``feats`` order
+            reader, name = readers[key]
+            idx = torch.tensor([f for s, f in feats if s == key], device=reader.W_enc.device)
+            x = seen[name].to(device=reader.W_enc.device, dtype=reader.W_enc.dtype)
+            pre = x @ reader.W_enc[:, idx] + reader.b_enc[idx]
+            act = pre.masked_fill(pre <= reader.threshold_floor[idx], 0).to(device)  # JumpReLU, as JumpReLUSAE.encode
+            w = text[..., None].to(act.dtype)
+            means.append((act * w).sum(1).T.float())
+            fires.append(((act > 0) * w).sum(1).T.float())
+        cols += [torch.cat(means), torch.cat(fires)]  # (F, B) each
     sums = torch.cat([c.reshape(-1, B).float() for c in cols]).T.cpu().tolist()  # one copy to the host
     return [_row(items[b], sums[b], feats, member[b], eos) for b in range(B)]
 
 
-def _row(item: Item, sums: list[float], feats: list[int], member: "torch.Tensor", eos: int | None) -> dict:
+def _row(item: Item, sums: list[float], feats: list[tuple], member: "torch.Tensor", eos: int | None) -> dict:
     nll_sum, n_gen, n_text = sums[0], int(sums[1]), int(sums[2])
     F = len(feats)
     concept = {}
-    for k, f in enumerate(feats):
+    for k, (sae_id, f) in enumerate(feats):
         if member[k]:
-            concept[str(f)] = {"mean": sums[3 + k] / n_text if n_text else 0.0,
-                               "fire_rate": sums[3 + F + k] / n_text if n_text else 0.0}
+            concept[str(f) if sae_id is None else f"{sae_id}:{f}"] = {
+                "mean": sums[3 + k] / n_text if n_text else 0.0, "fire_rate": sums[3 + F + k] / n_text if n_text else 0.0}
     nll = nll_sum / n_gen if n_gen else None
     stopped = bool(item.token_ids) and eos is not None and item.token_ids[-1] == eos
     body = list(item.token_ids[:-1] if stopped else item.token_ids)

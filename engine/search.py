@@ -51,7 +51,8 @@ def refine(best: list[float], step: float, lo: float, hi: float, done: set[float
 def curves(rows: list[dict]) -> tuple[dict[tuple[int, str], list[Point]], dict[tuple[int, str], float | None]]:
     """From scored rows (``generation_rows`` dicts): per (feature, prompt) the curve, sorted by strength,
     and the DEFAULT's concept score for that feature (its baseline); also the DEFAULT's NLL per prompt
-    (key (-1, prompt)). Rows steering several features at once or without scores are left out."""
+    (key (-1, prompt)). Rows steering several features at once, named steers' rows and rows without
+    scores are left out."""
     acc: dict[tuple[int, str, float], list[tuple[float, float | None]]] = defaultdict(list)
     base: dict[tuple[int, str], list[float]] = defaultdict(list)
     for r in rows:
@@ -62,7 +63,7 @@ def curves(rows: list[dict]) -> tuple[dict[tuple[int, str], list[Point]], dict[t
             base[(-1, r["prompt"])].append(sc["nll"])
             for f, c in (sc.get("concept") or {}).items():
                 base[(int(f), r["prompt"])].append(c["mean"])
-        elif len(r["features"]) == 1 and "index" in r["features"][0]:
+        elif len(r["features"]) == 1 and "index" in r["features"][0] and not (r.get("sampling") or {}).get("steer"):
             f = r["features"][0]
             acc[(int(f["index"]), r["prompt"], float(f["strength"]))].append((sc["concept_mean"], sc["nll"]))
     out: dict[tuple[int, str], list[Point]] = defaultdict(list)

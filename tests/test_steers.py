@@ -208,6 +208,22 @@ def test_a_two_sae_sweep_through_the_cli_equals_interp_engine_row_for_row(home, 
         outputs.add(tuple(g["token_ids"]))
     assert len(outputs) > 3  # the steers differ from one another
 
+    # scores: each steered feature read by its own SAE at its own hook (issue 28 item 6), against plain torch
+    # (a forward hook on the layer, JumpReLU from the file's arrays)
+    g = next(r for r in steered if r["sampling"]["steer"] == "mix" and r["sampling"]["strength_multiplier"] == 3.0)
+    assert set(g["scores"]["concept"]) == {"5", f"{s3.id}:7"}  # the sweep's SAE (the first named) keeps plain keys
+    seen = []
+    handle = lm.model.model.layers[3].register_forward_hook(lambda m, i, o: seen.append(o[0] if isinstance(o, tuple) else o))
+    body = [t for t in g["token_ids"] if t != lm.tokenizer.eos_token_id]
+    with torch.no_grad():
+        lm.model(input_ids=torch.tensor([g["prompt_token_ids"] + body]))
+    handle.remove()
+    p3 = np.load(s3.mirror_folder / "params.npz")
+    x = seen[0][0, len(g["prompt_token_ids"]):].double().numpy()
+    pre = x @ p3["W_enc"][:, 7] + p3["b_enc"][7]
+    expected = float(np.where(pre > p3["threshold"][7], pre, 0.0).mean())
+    assert expected > 0 and g["scores"]["concept"][f"{s3.id}:7"]["mean"] == pytest.approx(expected, rel=1e-3)
+
 
 def _submitted(args: list[str]):
     """The typed request ``saejobs sweep ARGS`` would queue (nothing is queued)."""
