@@ -149,6 +149,24 @@ def _preset(ctx, param, value):
     return value
 
 
+def _from(ctx, param, value):
+    """An eager option: a Neuronpedia steer (request body, saved steer or presets) as named steers and the
+    sweep's defaults (``engine/neuronpedia_import.py``)."""
+    if value is None:
+        return None
+    from saejobs.engine import neuronpedia_import
+
+    try:
+        doc = json.loads(Path(value).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{value}: not a readable JSON file ({str(e).splitlines()[0]})") from None
+    imported = neuronpedia_import.read(doc, Path(value).stem)
+    neuronpedia_import.check(imported)
+    ctx.default_map = {**(ctx.default_map or {}), **imported.defaults}
+    ctx.meta["saejobs.imported"] = imported
+    return value
+
+
 def _features(ctx, param, value):
     """``--feature``: indices of ``--sae`` (lists, ranges) and interventions ``SAE_ID:INDEX@STRENGTH``,
     which together make one named steer ("command line"). Returns (indices, interventions)."""
@@ -167,6 +185,10 @@ def _features(ctx, param, value):
 @click.option("--feature", "features", multiple=True, callback=_features,
               help="Feature indices of --sae: 3,7 or a range 0:7; or SAE_ID:INDEX@STRENGTH, the terms of one "
                    "steer across SAEs and layers (repeatable).")
+@click.option("--from", "from_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), is_eager=True,
+              callback=_from, help="A Neuronpedia steer as the sweep: a request body (/api/steer, /api/steer-chat, "
+                                   "/v1/steer/completion[-chat]), a saved steer (/api/steer-load) or steer presets; "
+                                   "its settings are defaults that options override.")
 @click.option("--steers", "steers_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Named steers (JSON or YAML: {name: [intervention, ...]}), each run at every --strength, "
                    "which multiplies its interventions' strengths (README, Steers).")
@@ -215,7 +237,7 @@ def _features(ctx, param, value):
 @click.option("--shard-size", type=click.IntRange(1),
               help="Configurations per shard job (default: about two shards per live worker, at most 256).")
 @submission
-def sweep(sae, features, steers_file, vectors, strengths, prompts, prompts_file, chat_file, system, chat_template_file,
+def sweep(sae, features, from_file, steers_file, vectors, strengths, prompts, prompts_file, chat_file, system, chat_template_file,
           seeds, n_tokens, temperature, freq_penalty, sampling_semantics, presence_penalty, top_k, top_p,
           steer_special_tokens, strength_multiplier, method, normalize, combine, n_logprobs, preset, model_source, dtype,
           batch_size):
@@ -235,6 +257,11 @@ def sweep(sae, features, steers_file, vectors, strengths, prompts, prompts_file,
     steers = load_steers(steers_file, label) if steers_file is not None else []
     if terms:
         steers.append(NamedSteer("command line", tuple(terms)))
+    imported = click.get_current_context().meta.get("saejobs.imported")
+    if imported is not None:
+        steers += imported.steers
+        for note in imported.notes:
+            click.echo(f"note: {note}", err=True)
     named = [s for st in steers for s in sorted(st.saes())]
     if sae is None and not named:
         raise UsageError("no SAE: give --sae ID (or steers naming SAEs: --feature SAE_ID:INDEX@STRENGTH, --steers FILE)")
@@ -246,6 +273,8 @@ def sweep(sae, features, steers_file, vectors, strengths, prompts, prompts_file,
     if (system is not None or chat_template_file is not None) and chat_file is None:
         raise UsageError("--system and --chat-template go with --chat FILE")
     chats = chat.load(chat_file, system) if chat_file is not None else []
+    if imported is not None and imported.chats and chat_file is None and not prompts:
+        chats = [chat.conversation(c, f"the imported conversation {i + 1}") for i, c in enumerate(imported.chats)]
     template = chat.read_template(chat_template_file) if chat_template_file is not None else None
     if template is not None:
         chat.check_renders(template, chats)  # too large, looping or loading a file: refused before anything is queued

@@ -57,21 +57,28 @@ def model_and_source(sae_entry) -> tuple[str, str]:
     return sae_entry.model, (sae_entry.neuronpedia_id or sae_entry.id).rsplit("/", 1)[-1]
 
 
-def public_body(sae_entry, features: list[dict], prompt: str, seed: int, s: dict) -> dict:
-    model, source = model_and_source(sae_entry)
+def _ids(entries: list) -> tuple[str, list[tuple[str, str]]]:
+    """The body's model id and each feature's (model, source); ``entries``: each feature's SAE entry."""
+    pairs = [model_and_source(e) for e in entries]
+    return pairs[0][0], pairs
+
+
+def public_body(entries: list, features: list[dict], prompt: str, seed: int, s: dict) -> dict:
+    """``entries``: each feature's SAE (a multi-SAE steer names several sources of one model)."""
+    model, ids = _ids(entries)
     return {"modelId": model,
-            "features": [{"modelId": model, "layer": source, "index": int(f["index"]), "strength": f["strength"]}
-                         for f in features],
+            "features": [{"modelId": m, "layer": source, "index": int(f["index"]), "strength": f["strength"]}
+                         for (m, source), f in zip(ids, features)],
             "prompt": prompt, "temperature": s["temperature"], "n_tokens": s["n_tokens"],
             "freq_penalty": s["freq_penalty"], "seed": seed, "strength_multiplier": s["strength_multiplier"]}
 
 
-def inference_body(sae_entry, features: list[dict], prompt: str, seed: int, s: dict) -> dict:
-    model, source = model_and_source(sae_entry)
+def inference_body(entries: list, features: list[dict], prompt: str, seed: int, s: dict) -> dict:
+    model, ids = _ids(entries)
     body = {"prompt": prompt, "model": model, "steer_method": s["method"], "normalize_steering": s["normalize"],
             "types": list(TYPES),
-            "features": [{"model": model, "source": source, "index": int(f["index"]), "strength": f["strength"]}
-                         for f in features],
+            "features": [{"model": m, "source": source, "index": int(f["index"]), "strength": f["strength"]}
+                         for (m, source), f in zip(ids, features)],
             "n_completion_tokens": s["n_tokens"], "temperature": s["temperature"],
             "strength_multiplier": s["strength_multiplier"], "freq_penalty": s["freq_penalty"], "seed": seed}
     if s.get("n_logprobs"):
@@ -79,21 +86,21 @@ def inference_body(sae_entry, features: list[dict], prompt: str, seed: int, s: d
     return body
 
 
-def public_chat_body(sae_entry, features: list[dict], messages: list[dict], seed: int, s: dict) -> dict:
+def public_chat_body(entries: list, features: list[dict], messages: list[dict], seed: int, s: dict) -> dict:
     """``/api/steer-chat``: the published client's payload, the same conversation for both types."""
-    model, source = model_and_source(sae_entry)
+    model, ids = _ids(entries)
     return {"modelId": model,
-            "features": [{"modelId": model, "layer": source, "index": int(f["index"]), "strength": f["strength"]}
-                         for f in features],
+            "features": [{"modelId": m, "layer": source, "index": int(f["index"]), "strength": f["strength"]}
+                         for (m, source), f in zip(ids, features)],
             "defaultChatMessages": messages, "steeredChatMessages": messages, "temperature": s["temperature"],
             "n_tokens": s["n_tokens"], "freq_penalty": s["freq_penalty"], "seed": seed,
             "strength_multiplier": s["strength_multiplier"],
             "steer_special_tokens": s.get("steer_special_tokens", True)}
 
 
-def inference_chat_body(sae_entry, features: list[dict], messages: list[dict], seed: int, s: dict) -> dict:
+def inference_chat_body(entries: list, features: list[dict], messages: list[dict], seed: int, s: dict) -> dict:
     """``/v1/steer/completion-chat``: the completion body with the conversation as ``prompt``."""
-    body = inference_body(sae_entry, features, "", seed, s)
+    body = inference_body(entries, features, "", seed, s)
     body["prompt"] = messages
     body["steer_special_tokens"] = s.get("steer_special_tokens", True)
     return body
@@ -138,7 +145,7 @@ def is_chat_body(body: Any) -> bool:
 
 # ---- reading what comes back -------------------------------------------------------------------
 
-def _need(obj: Any, key: str, kinds: type | tuple, where: str) -> Any:
+def need(obj: Any, key: str, kinds: type | tuple, where: str) -> Any:
     if not isinstance(obj, dict):
         raise SchemaError(f"{where}: expected an object")
     if key not in obj:
@@ -160,8 +167,8 @@ NUMBER = (int, float)
 
 
 def _messages(obj: Any, key: str, where: str) -> list[list[str]]:
-    msgs = _need(obj, key, list, where)
-    return [[_need(m, "role", str, f"{where}.{key}[{i}]"), _need(m, "content", str, f"{where}.{key}[{i}]")]
+    msgs = need(obj, key, list, where)
+    return [[need(m, "role", str, f"{where}.{key}[{i}]"), need(m, "content", str, f"{where}.{key}[{i}]")]
             for i, m in enumerate(msgs)]
 
 
@@ -170,19 +177,19 @@ def parse_request(body: Any, where: str = "request") -> tuple[str, dict]:
     (a chat's conversation as ``chat``, with its ``steer_special_tokens``)."""
     chat = is_chat_body(body)
     if isinstance(body, dict) and "modelId" in body:
-        model = _need(body, "modelId", str, where)
-        feats = _need(body, "features", list, where)
-        features = [(_need(f, "layer", str, f"{where}.features[{i}]"), _need(f, "index", int, f"{where}.features[{i}]"),
-                     float(_need(f, "strength", NUMBER, f"{where}.features[{i}]"))) for i, f in enumerate(feats)]
-        n_tokens, method, normalize = _need(body, "n_tokens", int, where), None, None
+        model = need(body, "modelId", str, where)
+        feats = need(body, "features", list, where)
+        features = [(need(f, "layer", str, f"{where}.features[{i}]"), need(f, "index", int, f"{where}.features[{i}]"),
+                     float(need(f, "strength", NUMBER, f"{where}.features[{i}]"))) for i, f in enumerate(feats)]
+        n_tokens, method, normalize = need(body, "n_tokens", int, where), None, None
         api = "public"
     elif isinstance(body, dict) and "steer_method" in body:
-        model = _need(body, "model", str, where)
-        feats = _need(body, "features", list, where)
-        features = [(_need(f, "source", str, f"{where}.features[{i}]"), _need(f, "index", int, f"{where}.features[{i}]"),
-                     float(_need(f, "strength", NUMBER, f"{where}.features[{i}]"))) for i, f in enumerate(feats)]
-        n_tokens = _need(body, "n_completion_tokens", int, where)
-        method, normalize = _need(body, "steer_method", str, where), _need(body, "normalize_steering", bool, where)
+        model = need(body, "model", str, where)
+        feats = need(body, "features", list, where)
+        features = [(need(f, "source", str, f"{where}.features[{i}]"), need(f, "index", int, f"{where}.features[{i}]"),
+                     float(need(f, "strength", NUMBER, f"{where}.features[{i}]"))) for i, f in enumerate(feats)]
+        n_tokens = need(body, "n_completion_tokens", int, where)
+        method, normalize = need(body, "steer_method", str, where), need(body, "normalize_steering", bool, where)
         api = "inference"
     else:
         raise SchemaError(f"{where}: neither a public API body (modelId, ...) nor an inference-server body "
@@ -192,21 +199,21 @@ def parse_request(body: Any, where: str = "request") -> tuple[str, dict]:
     if chat:
         conversation = _messages(body, "steeredChatMessages" if api == "public" else "prompt", where)
         extra = {"prompt": None, "chat": conversation,
-                 "steer_special_tokens": _need(body, "steer_special_tokens", bool, where)}
+                 "steer_special_tokens": need(body, "steer_special_tokens", bool, where)}
     else:
-        extra = {"prompt": _need(body, "prompt", str, where)}
+        extra = {"prompt": need(body, "prompt", str, where)}
     return api, {"model": model, "features": features, **extra,
-                 "seed": int(_need(body, "seed", NUMBER, where)), "n_tokens": n_tokens,
-                 "temperature": float(_need(body, "temperature", NUMBER, where)),
-                 "freq_penalty": float(_need(body, "freq_penalty", NUMBER, where)),
-                 "strength_multiplier": float(_need(body, "strength_multiplier", NUMBER, where)),
+                 "seed": int(need(body, "seed", NUMBER, where)), "n_tokens": n_tokens,
+                 "temperature": float(need(body, "temperature", NUMBER, where)),
+                 "freq_penalty": float(need(body, "freq_penalty", NUMBER, where)),
+                 "strength_multiplier": float(need(body, "strength_multiplier", NUMBER, where)),
                  "method": method, "normalize": normalize}
 
 
 def _assistant_turn(result: Any, where: str) -> str:
     """A chat result's assistant turn: the last ``chat_template`` message if it is the assistant's."""
     key = "chat_template" if isinstance(result, dict) and "chat_template" in result else "chatTemplate"
-    _need(result, "raw", str, where)
+    need(result, "raw", str, where)
     turns = _messages(result, key, where)
     return turns[-1][1] if turns and turns[-1][0] in ("assistant", "model") else ""
 
@@ -216,14 +223,14 @@ def parse_response(body: Any, where: str = "response", chat: bool = False) -> di
     text is its assistant turn."""
     if isinstance(body, dict) and "outputs" in body:
         out = {}
-        for i, o in enumerate(_need(body, "outputs", list, where)):
-            kind = _need(o, "type", str, f"{where}.outputs[{i}]")
+        for i, o in enumerate(need(body, "outputs", list, where)):
+            kind = need(o, "type", str, f"{where}.outputs[{i}]")
             if kind not in TYPES:
                 raise SchemaError(f"{where}.outputs[{i}].type: '{kind}' is not STEERED or DEFAULT")
             out[kind] = (_assistant_turn(o, f"{where}.outputs[{i}]") if chat
-                         else _need(o, "output", str, f"{where}.outputs[{i}]"))
+                         else need(o, "output", str, f"{where}.outputs[{i}]"))
     elif isinstance(body, dict) and any(t in body for t in TYPES):
-        out = {t: _assistant_turn(body[t], f"{where}.{t}") if chat else _need(body, t, str, where)
+        out = {t: _assistant_turn(body[t], f"{where}.{t}") if chat else need(body, t, str, where)
                for t in TYPES if t in body and body[t] is not None}
     else:
         raise SchemaError(f"{where}: expected 'outputs' (inference server) or 'STEERED'/'DEFAULT' (public API)")
@@ -240,8 +247,8 @@ def parse_saved(doc: Any) -> list[tuple[str, dict, dict, dict]]:
     out = []
     for i, item in enumerate(items):
         where = f"[{i}]" if isinstance(doc, list) else "$"
-        request = _need(item, "request", dict, where)
-        response = _need(item, "response", dict, where)
+        request = need(item, "request", dict, where)
+        response = need(item, "response", dict, where)
         api, canonical = parse_request(request, f"{where}.request")
         out.append((api, request, canonical, parse_response(response, f"{where}.response", is_chat_body(request))))
     return out
@@ -252,19 +259,19 @@ def parse_feature(body: Any, where: str = "feature") -> dict:
     ``FeatureRequest.get`` reads (``modelId, layer, index, frac_nonzero, explanations[].description``,
     PyPI ``neuronpedia`` 1.2.1 ``requests/feature_request.py``, ``np_explanation.py``) and the webapp's
     ``maxActApprox`` and ``pos_str``/``neg_str`` (top logits), each checked; texts stay untrusted data."""
-    index = _need(body, "index", (str, int), where)
+    index = need(body, "index", (str, int), where)
     if not str(index).isdigit():
         raise SchemaError(f"{where}.index: '{str(index)[:20]}' is not a feature index")
-    explanations = [_need(e, "description", str, f"{where}.explanations[{i}]")
-                    for i, e in enumerate(_need(body, "explanations", list, where))]
+    explanations = [need(e, "description", str, f"{where}.explanations[{i}]")
+                    for i, e in enumerate(need(body, "explanations", list, where))]
     optional = {}
     for key, kinds in (("maxActApprox", NUMBER), ("frac_nonzero", NUMBER), ("pos_str", list), ("neg_str", list)):
         if body.get(key) is not None:
-            optional[key] = _need(body, key, kinds, where)
+            optional[key] = need(body, key, kinds, where)
     for key in ("pos_str", "neg_str"):
         if any(not isinstance(t, str) for t in optional.get(key, [])):
             raise SchemaError(f"{where}.{key}: expected a list of strings")
-    return {"model": _need(body, "modelId", str, where), "source": _need(body, "layer", str, where),
+    return {"model": need(body, "modelId", str, where), "source": need(body, "layer", str, where),
             "index": int(index), "explanations": explanations, "max_act_approx": optional.get("maxActApprox"),
             "density": optional.get("frac_nonzero"), "pos_str": optional.get("pos_str", []),
             "neg_str": optional.get("neg_str", [])}

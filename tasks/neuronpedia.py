@@ -37,13 +37,22 @@ def bodies(gen: dict, inference_url: str | None = None) -> dict:
     features, s = gen["features"], gen["sampling"]
     if any("index" not in f for f in features):
         raise UsageError(f"generation {gen['id']} steers with a raw vector, which no Neuronpedia feature id names")
+    entries = [registry.get(f["sae"]) if "sae" in f else entry for f in features]
+    methods = {f.get("method", s["method"]) for f in features}
+    if len(methods) > 1 or methods - {"SIMPLE_ADDITIVE", "ORTHOGONAL_DECOMP", "PROJECTION_CAP"}:
+        raise UsageError(f"generation {gen['id']} steers with {', '.join(sorted(methods))}; a Neuronpedia request "
+                         "has one steer_method, SIMPLE_ADDITIVE, ORTHOGONAL_DECOMP or PROJECTION_CAP")
+    if any(k in f for f in features for k in ("min", "max", "target", "max_fraction")):
+        raise UsageError(f"generation {gen['id']} sets an operation's parameters, which a Neuronpedia request "
+                         "cannot carry (its PROJECTION_CAP caps at the strength)")
+    s = {**s, "method": methods.pop()}
     chat = gen.get("messages") is not None  # a chat generation: the steer-chat endpoints, its conversation
     if chat:
-        public = np_api.public_chat_body(entry, features, gen["messages"], gen["seed"], s)
-        inference = np_api.inference_chat_body(entry, features, gen["messages"], gen["seed"], s)
+        public = np_api.public_chat_body(entries, features, gen["messages"], gen["seed"], s)
+        inference = np_api.inference_chat_body(entries, features, gen["messages"], gen["seed"], s)
     else:
-        public = np_api.public_body(entry, features, gen["prompt"], gen["seed"], s)
-        inference = np_api.inference_body(entry, features, gen["prompt"], gen["seed"], s)
+        public = np_api.public_body(entries, features, gen["prompt"], gen["seed"], s)
+        inference = np_api.inference_body(entries, features, gen["prompt"], gen["seed"], s)
     return {"generation": gen["id"], "config_key": gen["config_key"], "sae": gen["sae_id"], "chat": chat,
             "public": {"url": np_api.PUBLIC_CHAT_URL if chat else np_api.PUBLIC_URL, "body": public,
                        "curl": np_api.curl("public", public)},

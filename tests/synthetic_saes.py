@@ -27,11 +27,12 @@ class MirroredSae:
 
 
 def make(home: Path, *, fmt: str = "gemma-scope", d_model: int = 64, d_sae: int = 2048, layer: int = 1,
-         model: str = "tiny-gemma-2", seed: int = 0) -> MirroredSae:
-    """Write the SAE into ``home/mirror`` and its entry into ``home/registry.d``."""
+         model: str = "tiny-gemma-2", seed: int = 0, sae_id: str | None = None) -> MirroredSae:
+    """Write the SAE into ``home/mirror`` and its entry into ``home/registry.d`` (``sae_id``: an id of
+    Neuronpedia's form ``model/source`` instead of the test prefix)."""
     files = ("params.npz",) if fmt == "gemma-scope" else ("params.safetensors", "config.json")
     entry = SaeEntry(
-        id=f"test-{model}/{layer}-synthetic-res-{d_sae}", model=model, model_hf=f"saejobs-test/{model}",
+        id=sae_id or f"test-{model}/{layer}-synthetic-res-{d_sae}", model=model, model_hf=f"saejobs-test/{model}",
         repo_id="saejobs-test/synthetic-saes", folder=f"layer_{layer}/width_{d_sae}/seed_{seed}", files=files,
         format=fmt, site="res", hook_name=f"blocks.{layer}.hook_resid_post", layer=layer, d_model=d_model,
         d_sae=d_sae, l0=None, architecture="jumprelu", width=str(d_sae), neuronpedia_id=None)

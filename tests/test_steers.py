@@ -266,3 +266,136 @@ def test_the_steer_page_preset_and_explicit_options_winning_over_it():
     mine = _submitted(BASE + ["--n-tokens", "12", "--seed", "3", "--preset", "neuronpedia", "--temperature", "0"])
     assert (mine.settings.n_tokens, mine.seeds, mine.settings.temperature, mine.settings.sampling_semantics) == (
         12, (3,), 0.0, "interp-engine")
+
+
+# ---- Neuronpedia steers as sweeps (issue 28 item 5) ---------------------------------------------------
+
+PUBLIC = {"modelId": "gemma-2-9b-it", "prompt": "Tell me a story",  # the "Pirate" preset's two layers, as /api/steer takes it
+          "features": [{"modelId": "gemma-2-9b-it", "layer": "31-gemmascope-res-131k", "index": 77558, "strength": 66},
+                       {"modelId": "gemma-2-9b-it", "layer": "9-gemmascope-res-131k", "index": 29917, "strength": 166}],
+          "temperature": 0.5, "n_tokens": 48, "freq_penalty": 1.0, "seed": 16, "strength_multiplier": 2}
+
+
+def test_a_public_api_body_becomes_a_two_layer_steer_with_its_settings():
+    from saejobs.engine.neuronpedia_import import read
+
+    got = read(PUBLIC, "pirate")
+    assert [(i.direction.sae, i.direction.index, i.strength) for i in got.steers[0].interventions] == [
+        ("gemma-2-9b-it/31-gemmascope-res-131k", 77558, 66.0), ("gemma-2-9b-it/9-gemmascope-res-131k", 29917, 166.0)]
+    assert got.defaults == {"sampling_semantics": "interp-engine", "freq_penalty": 0.0, "temperature": 0.5,
+                            "n_tokens": 48, "seeds": [16], "strengths": [2.0], "prompts": ["Tell me a story"]}
+    assert got.notes == ["freq_penalty 1.0 left out: Neuronpedia's server does not apply it (interp-engine sampling)"]
+
+
+def test_the_inference_servers_camel_case_body_and_its_chat():
+    from saejobs.engine.neuronpedia_import import read
+
+    body = {"prompt": [{"role": "user", "content": "Hi"}], "model": "gemma-2-2b", "steerMethod": "ORTHOGONAL_DECOMP",
+            "normalizeSteering": True, "types": ["STEERED", "DEFAULT"], "nCompletionTokens": 20, "temperature": 0.0,
+            "strengthMultiplier": 1.0, "freqPenalty": 0.0, "seed": 3, "steerSpecialTokens": False,
+            "features": [{"model": "gemma-2-2b", "source": "20-gemmascope-res-16k", "index": 12082, "strength": 4.0}]}
+    got = read(body)
+    assert got.chats == [[{"role": "user", "content": "Hi"}]] and got.notes == []
+    assert got.defaults["normalize"] is True and got.defaults["steer_special_tokens"] is False
+    assert got.steers[0].interventions[0].method == "ORTHOGONAL_DECOMP"
+
+
+@pytest.mark.parametrize("doc, says", [
+    ({**PUBLIC, "features": [{"modelId": "m", "layer": "", "index": 1, "strength": 1, "steering_vector": [1.0]}]},
+     "$.features[0]: an inline steering vector; save it as .npy"),
+    ({"model": "m", "steer_method": "SIMPLE_ADDITIVE", "vectors": [{"steering_vector": [1.0], "strength": 1,
+                                                                    "hook": "blocks.0.hook_resid_pre"}]},
+     "$.vectors: inline steering vectors"),
+    ({**{k: v for k, v in PUBLIC.items() if k != "prompt"}, "steeredChatMessages": [{"role": "user", "content": "a"}],
+      "defaultChatMessages": [{"role": "user", "content": "b"}]}, "its STEERED and DEFAULT conversations differ"),
+    ({**PUBLIC, "features": []}, "$.features: empty"),
+    ({"hello": 1}, "neither a steer request body"),
+    ([{"name": "Mine", "isUserVector": True, "features": []}], "a user's own vector preset"),
+])
+def test_what_cannot_be_reproduced_is_refused_with_the_reason(doc, says):
+    from saejobs.engine.neuronpedia_import import read
+
+    with pytest.raises(UsageError) as e:
+        read(doc)
+    assert says in str(e.value)
+
+
+def test_presets_and_a_saved_steer():
+    from saejobs.engine.neuronpedia_import import read
+
+    # FEATURE_PRESETS["gemma-2-9b-it"] of hijohnnylin/neuronpedia@ebb8426 apps/webapp/app/api/steer/presets/route.tsx,
+    # the TypeScript constant evaluated by node and written as JSON
+    presets = json.loads((ROOT / "tests" / "data" / "neuronpedia-presets-gemma-2-9b-it.json").read_text())
+    got = read({"featurePresets": presets})
+    assert [s.name.split(" ", 1)[1] for s in got.steers][:3] == ["Cats", "Chinese", "Pirate"]
+    pirate = got.steers[2].interventions
+    assert [(i.direction.sae, i.direction.index, i.strength) for i in pirate] == [
+        ("gemma-2-9b-it/31-gemmascope-res-131k", 77558, 66.0), ("gemma-2-9b-it/9-gemmascope-res-131k", 29917, 166.0)]
+    assert got.defaults["seeds"] == [16] and got.defaults["n_tokens"] == 256  # the steer page's own defaults
+    saved = {"id": "cm7cp78b900k51q95qdn01q1l", "inputText": "Hello", "settings": {
+        "temperature": 0.5, "n_tokens": 64, "freq_penalty": 1, "seed": 16, "strength_multiplier": 1,
+        "steer_special_tokens": True, "steer_method": "SIMPLE_ADDITIVE"},
+        "features": [{"modelId": "gemma-2-9b-it", "layer": "9-gemmascope-res-131k", "index": "29917", "strength": 166}],
+        "STEERED": {"raw": "x", "chatTemplate": [{"role": "user", "content": "Hello"},
+                                                 {"role": "model", "content": "Arr"}]}}
+    got = read(saved)
+    assert got.steers[0].name == "cm7cp78b900k51q95qdn01q1l" and got.chats == [[{"role": "user", "content": "Hello"}]]
+    assert got.steers[0].interventions[0].direction.index == 29917
+
+
+def test_a_two_sae_steer_exports_as_the_published_clients_send_it_and_imports_back():
+    from neuronpedia.np_feature import SteerFeature as F
+    from neuronpedia.requests.steer_request import SteerCompletionRequest as PublicCompletion
+
+    from saejobs.engine.neuronpedia_import import read
+    from saejobs.engine.request import Settings
+    from saejobs.tasks.neuronpedia import bodies
+    from tests.test_neuronpedia_clients import SteerCompletionRequest, conforms
+
+    a, b = "gemma-2-2b/20-gemmascope-res-16k", "gemma-2-2b/6-gemmascope-res-16k"
+    features = [{"sae": a, "index": 12082, "strength": 40.0}, {"sae": b, "index": 100, "strength": -20.0}]
+    s = {**Settings(temperature=0.5, n_tokens=24, sampling_semantics="interp-engine").to_json(), "steer": "x",
+         "strength_multiplier": 2.0}
+    gen = {"id": 1, "config_key": "k", "sae_id": a, "features": features, "sampling": s, "seed": 16,
+           "prompt": "Once upon a time", "messages": None, "chat_template": None}
+    out = bodies(gen)
+    conforms(SteerCompletionRequest, out["inference"]["body"])
+    assert [(f["source"], f["index"], f["strength"]) for f in out["inference"]["body"]["features"]] == [
+        ("20-gemmascope-res-16k", 12082, 40.0), ("6-gemmascope-res-16k", 100, -20.0)]
+    sent = []
+    client = PublicCompletion(api_key="unused")
+    client.send_request = lambda method, json: sent.append(json)
+    client.steer_features("gemma-2-2b", [F(modelId="gemma-2-2b", source=f["sae"].split("/")[1], index=f["index"],
+                                           strength=f["strength"]) for f in features], prompt="Once upon a time",
+                          temperature=0.5, n_tokens=24, freq_penalty=0.0, seed=16, strength_multiplier=2.0)
+    assert out["public"]["body"] == sent[0]
+    back = read(out["public"]["body"], "x")  # and the body reads back as the same steer and multiplier
+    assert [i.to_json() for i in back.steers[0].interventions] == features and back.defaults["strengths"] == [2.0]
+    mixed = {**gen, "features": [features[0], {**features[1], "method": "ABLATE"}]}
+    with pytest.raises(UsageError, match="a Neuronpedia request has one steer_method"):
+        bodies(mixed)
+
+
+def test_a_neuronpedia_body_runs_as_a_sweep_and_exports_back(home, tiny_gemma2_dir, tmp_path):  # noqa: F811
+    a = make(home, d_model=64, d_sae=256, layer=1, sae_id="tiny-gemma-2/1-npres")
+    b = make(home, d_model=64, d_sae=256, layer=3, seed=1, sae_id="tiny-gemma-2/3-npres")
+    for s in (a, b):
+        assert saejobs("download", s.id, "--source", str(s.mirror), "--local", "--quiet").returncode == 0
+    body = {"modelId": "tiny-gemma-2", "prompt": "Hello there", "temperature": 0.0, "n_tokens": 48, "freq_penalty": 1.0,
+            "seed": 7, "strength_multiplier": 3.0,
+            "features": [{"modelId": "tiny-gemma-2", "layer": "1-npres", "index": 5, "strength": 10.0},
+                         {"modelId": "tiny-gemma-2", "layer": "3-npres", "index": 9, "strength": -6.0}]}
+    (tmp_path / "body.json").write_text(json.dumps(body))
+    res = saejobs("sweep", "--from", str(tmp_path / "body.json"), "--n-tokens", "5", "--model", str(tiny_gemma2_dir),
+                  "--local", "--json")
+    assert res.returncode == 0, res.stderr
+    assert "note: freq_penalty 1.0 left out" in res.stderr
+    from saejobs.db import results
+
+    rows = results.generation_rows(json.loads(res.stdout)["id"])
+    steered = [r for r in rows if r["type"] == "STEERED"]
+    assert len(rows) == 2 and steered[0]["seed"] == 7 and steered[0]["n_tokens"] <= 5
+    out = json.loads(saejobs("neuronpedia", "request", steered[0]["config_key"][:12], "--json").stdout)
+    sent = out["public"]["body"]
+    assert sent["features"] == body["features"] and sent["prompt"] == "Hello there" and sent["seed"] == 7
+    assert (sent["strength_multiplier"], sent["temperature"], sent["n_tokens"]) == (3.0, 0.0, 5)
