@@ -177,3 +177,34 @@ def test_a_batch_mixing_operations_equals_each_row_alone(lm, saes, oracle, vecto
     for c, (cfg, generated, _) in zip(cases, together):
         assert generated.token_ids == oracle_tokens(oracle, c, oracle_prompt_ids(oracle, c.prompt), vectors, True), c.name
     assert len({tuple(g.token_ids) for _, g, _ in together}) > len(cases) // 2  # the rows do differ
+
+
+CHAT_CASES = [
+    Case("chat, two SAEs, a cap and a swap", (f(L3, DOG, 150.0), f(L6, AXIS, method="PROJECTION_CAP", min=-5.0, max=5.0),
+                                              f(L17, AXIS + 1, method="SWAP", target={"sae": L17, "index": OCEAN}))),
+    Case("chat, norm-scaled add and ablate at two layers, sampled", (f(L6, OCEAN, 0.5, "NORM_SCALED_ADD"),
+                                                                     f(L17, AXIS, method="ABLATE")),
+         seed=7, sampling={**INTERP, "temperature": 0.8}),
+]
+
+
+@pytest.mark.parametrize("case", CHAT_CASES, ids=[c.name for c in CHAT_CASES])
+def test_chat_the_same_tokens_as_interp_engine(case, lm, saes, oracle, vectors):
+    """A conversation rendered as Neuronpedia's steer-chat renders it (test_interp_engine.py's template and its
+    longer chat: system, earlier turns); the oracle takes the rendered ids, as the endpoint hands them to
+    interp-engine."""
+    from saejobs.engine import chat
+    from tests.fidelity.test_interp_engine import CHATS, TEMPLATE
+
+    template = chat.read_template(TEMPLATE)
+    r = runner(lm, saes, vectors, settings_of(case))
+    r.chat_template = template
+    configs = [SweepConfig(kind, case.interventions if kind == "STEERED" else (), "", case.seed,
+                           chat=chat.conversation(c), chat_template=chat.template_id(template))
+               for c in CHATS[1:] for kind in ("STEERED", "DEFAULT")]
+    ours = r.run(configs)
+    for cfg, generated, _ in ours:
+        theirs = oracle_tokens(oracle, case, r.ids(cfg), vectors, steered=cfg.type == "STEERED")
+        assert generated.token_ids == theirs, (cfg.type, lm.tokenizer.decode(generated.token_ids),
+                                               lm.tokenizer.decode(theirs))
+    assert ours[0][1].token_ids != ours[1][1].token_ids, "the steering must change something"
