@@ -132,13 +132,22 @@ def sae_load() -> bool:
 
 
 def _load_phase(job) -> float:
-    """From the job's "loading SAE" event to its first "generations" event (seconds)."""
+    """Model + SAE acquisition inside a sweep job (seconds): from its "loading SAE" event to its first
+    "generations" event, summed over the rows that ran it. A queued sweep is a parent row whose shards
+    run (``tasks/sweep.py`` reports on the shard's own row; the parent only shows "N/M shards done")."""
     from saejobs.db import jobs
 
-    events = jobs.events(job.id, limit=10_000)
-    start = next(e.at for e in events if (e.message or "").startswith("loading SAE"))
-    ready = next(e.at for e in events if "generations" in (e.message or ""))
-    return (ready - start).total_seconds()
+    total = 0.0
+    for row in jobs.shards(job.id) or [job]:
+        events = jobs.events(row.id, limit=10_000)
+        start = next((e.at for e in events if (e.message or "").startswith("loading SAE")), None)
+        ready = next((e.at for e in events if start is not None and e.at >= start
+                      and "generations" in (e.message or "")), None)
+        if start is None or ready is None:
+            raise SystemExit(f"job {row.id} has no 'loading SAE' or 'generations' event: "
+                             f"{[e.message for e in events]}")
+        total += (ready - start).total_seconds()
+    return total
 
 
 def main() -> None:
