@@ -1,4 +1,4 @@
-"""What the bench scripts share: following a job row until it is done."""
+"""What the bench scripts share: following a job row until it is done; the demo SAE they steer with."""
 
 from __future__ import annotations
 
@@ -18,3 +18,19 @@ def wait_job(job_id: str, timeout: float = 600, poll: float = 0.005):
             return row
         time.sleep(poll)
     raise SystemExit(f"bench job {job_id} did not finish in {timeout}s")
+
+
+def build_demo(lm, mirror, fast: bool = False):
+    """``engine.demo.build(lm, mirror)``: the demo SAE written into the Hub-like ``mirror``; returns its folder.
+    ``fast`` (a bench's ``--fast``): random weights (unit decoder rows) in the demo's exact layout, shape and
+    config instead, without reading the calibration text through the model (10-30 s on a 2-core CPU). What a
+    bench measures and checks (steering, batching, loading, the worker) runs on either the same way."""
+    from saejobs.engine import demo
+
+    if not fast:
+        return demo.build(lm, mirror)
+    from saejobs.engine.synthetic import gemma_scope_2_config, random_params, write_sae
+
+    e = demo.ENTRY
+    return write_sae(mirror / e.repo_id / e.folder, e.format, random_params(e.d_model, e.d_sae),
+                     {**gemma_scope_2_config(e), "synthetic": True, "note": "bench --fast: random weights"})

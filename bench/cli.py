@@ -1,13 +1,14 @@
 """How fast the CLI answers, measured side by side with a bare interpreter in one run.
 
-    python bench/cli.py [--runs 5]
+    python bench/cli.py [--runs 5] [--broker URL] [--fast]
 
 Median of ``--runs`` wall times (process start to exit) of ``python -c pass`` (the floor), ``saejobs
 --help``, ``saejobs jobs list`` (a database holding 50 jobs), ``saejobs saes list``; then the overhead
 of ``saejobs verify ID --structural-only --wait`` over the job's own time (its row's start to end) for
 a job queued to a warm CPU worker through Redis: start-up, imports, the row, the message, the pickup
 and noticing the end. Goals (issue 20, 2-core machine): --help < 0.4 s, jobs list < 0.8 s, overhead
-< 1 s. Exits 1 if a job does not succeed.
+< 1 s. Exits 1 if a job does not succeed. ``--fast``: one run each and 5 stored jobs, so that a test
+(tests/test_benches.py) runs the whole script in seconds; its figures say nothing.
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--broker", default="redis://127.0.0.1:6379/12")
+    p.add_argument("--fast", action="store_true", help="one run each, 5 stored jobs: the script and its checks, fast")
     a = p.parse_args()
+    if a.fast:
+        a.runs = 1
     home = Path(tempfile.mkdtemp(prefix="saejobs-bench-cli-"))
     os.environ.update(SAEJOBS_HOME=str(home), SAEJOBS_BROKER=a.broker)
     os.environ.pop("SAEJOBS_DB", None)
@@ -53,7 +57,7 @@ def main() -> int:
     from saejobs.db import jobs
     from tests.synthetic_saes import make
 
-    for _ in range(50):
+    for _ in range(5 if a.fast else 50):
         jobs.create("verify", {"sae": "bench"})
     sae = make(home, d_model=64, d_sae=256)
     subprocess.run([*SAEJOBS, "download", sae.id, "--source", str(sae.mirror), "--local", "--json"], cwd=ROOT,

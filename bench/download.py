@@ -1,6 +1,6 @@
 """Download throughput against plain curl, and the worker's memory while it streams a big file.
 
-    python bench/download.py [--d-sae 16384] [--rounds 2]
+    python bench/download.py [--d-sae 16384] [--rounds 2] [--broker URL] [--fast]
 
 A loopback Hub (``tests/hub_server.py``, the stand-in the tests use) serves a Gemma Scope layout
 SAE of Gemma 2 2B's shape (2304 × 16384, float32: ~302 MB ``params.npz``). Each round, in the same
@@ -12,6 +12,9 @@ metadata (HEAD), hashes every byte (sha256 against the LFS etag), fsyncs and rec
 Memory: the worker's peak resident set during the job, minus its resident set just before it
 (``/proc/PID/clear_refs`` resets the peak, ``VmHWM`` reads it). A warm-up download of a small SAE
 runs first, so imports (huggingface_hub) are not counted as growth. Goal: < 100 MB.
+
+Exits non-zero when a copy differs from the served file. ``--fast``: one round of a 64 × 1024 SAE
+(0.5 MB), so that a test (tests/test_benches.py) runs the whole script in seconds; its figures say nothing.
 """
 
 from __future__ import annotations
@@ -44,7 +47,10 @@ def main() -> None:
     p.add_argument("--d-sae", type=int, default=16384)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--broker", default="redis://127.0.0.1:6379/13")
+    p.add_argument("--fast", action="store_true", help="one round, a 64 × 1024 SAE: the script and its checks, fast")
     a = p.parse_args()
+    if a.fast:
+        a.d_model, a.d_sae, a.rounds = 64, 1024, 1
     if not shutil.which("curl"):
         raise SystemExit("bench/download.py needs curl on PATH")
 

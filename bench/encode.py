@@ -1,6 +1,6 @@
 """JumpReLU encode + decode throughput at Gemma 2 2B's 16k shape: saejobs vs SAELens' plain formula.
 
-    python bench/encode.py [--tokens 2048] [--l0 70] [--rounds 5]
+    python bench/encode.py [--tokens 2048] [--l0 70] [--rounds 5] [--fast]
 
 Random weights at 2304 × 16384 (float32, CPU), thresholds set so a token fires about ``--l0``
 features as the canonical Gemma Scope SAEs do. The reference is the formula SAELens'
@@ -9,7 +9,9 @@ recon = acts @ W_dec + b_dec``); saejobs' ``engine.sae.JumpReLUSAE`` adds the bi
 place, and decodes a sparse batch by summing only its active decoder rows. Both run in the same
 process, interleaved, best of ``--rounds``; the activations must agree exactly, the reconstructions
 of every token to float rounding (the sparse decode sums in another order: within ``RECON_TOL`` of
-the reconstruction's scale). Exits 1 otherwise.
+the reconstruction's scale). Exits 1 otherwise. ``--fast``: 256 × 4096, 128 tokens, one round (both
+decodes still run: L0 70 is under ``SPARSE_BELOW``, 1000 over), so that a test (tests/test_benches.py)
+runs the whole script in a second or two; its figures say nothing.
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ def main() -> int:
     p.add_argument("--tokens", type=int, default=2048)
     p.add_argument("--l0", type=float, nargs="+", default=[70.0, 1000.0])
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--fast", action="store_true", help="256 × 4096, 128 tokens, one round: the script and its checks")
     a = p.parse_args()
+    if a.fast:
+        a.d_model, a.d_sae, a.tokens, a.rounds = 256, 4096, 128, 1
     g = torch.Generator().manual_seed(0)
     d, m = a.d_model, a.d_sae
     params = {"W_enc": torch.randn(d, m, generator=g) / d ** 0.5, "W_dec": torch.randn(m, d, generator=g) / m ** 0.5,

@@ -1,6 +1,6 @@
 """Exports of a 100k-row sweep: time and peak memory of each format, and whether each says what is stored.
 
-    python bench/export.py [--rows 100000]
+    python bench/export.py [--rows 100000] [--fast]
 
 A sweep of ``--rows`` scored generations (400-character outputs, 32 tokens with logprobs each; written
 straight to a fresh SQLite database, no model) is exported by the CLI, one process per format:
@@ -8,7 +8,8 @@ straight to a fresh SQLite database, no model) is exported by the CLI, one proce
 whose round is that sweep (``results SEARCH --format parquet``, every round's rows). Each process's
 peak RSS (``wait4``) is printed beside its time and output size; the goal is < 300 MB each. Every
 output is checked against a plain sqlite3 query (rows, ids or keys, in order) before its figure is
-printed. Exits 1 when a check fails or a peak reaches the goal.
+printed. Exits 1 when a check fails or a peak reaches the goal. ``--fast``: 1,200 rows (more than one
+page of reads), so that a test (tests/test_benches.py) runs the whole script in seconds; its figures say nothing.
 """
 
 from __future__ import annotations
@@ -53,7 +54,10 @@ def run(args: list[str], out: Path) -> tuple[float, float]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=100_000)
+    p.add_argument("--fast", action="store_true", help="1,200 rows: the script and its checks, in seconds")
     args = p.parse_args()
+    if args.fast:
+        args.rows = 1_200
     tmp = Path(tempfile.mkdtemp(prefix="saejobs-bench-export-"))
     db = tmp / "saejobs.db"
     os.environ.update(SAEJOBS_HOME=str(tmp), SAEJOBS_DB=str(db))

@@ -1,12 +1,14 @@
 """Enqueue → start latency through loopback Redis and a real worker process.
 
-    python bench/queue_latency.py [--jobs 40] [--db URL]
+    python bench/queue_latency.py [--jobs 40] [--db URL] [--broker URL] [--fast]
 
 A CPU worker (``python -m worker.main --cpu``) runs structural ``verify`` jobs on a small synthetic SAE. Each
 job is submitted once the previous one has finished, so the figure is the system's latency, not
 time spent waiting behind other jobs. Times come from the job rows (``created_at`` is written before
 the message is sent, ``started_at`` when a worker claims it), so they include the database commit,
-the publish, Redis, the worker's fetch and the atomic claim.
+the publish, Redis, the worker's fetch and the atomic claim. Exits non-zero when a job does not succeed.
+``--fast``: 5 queued and 3 local jobs, so that a test (tests/test_benches.py) runs the whole script in
+seconds; its figures say nothing.
 """
 
 from __future__ import annotations
@@ -36,7 +38,10 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=40)
     p.add_argument("--db", help="SQLAlchemy URL (default: a fresh SQLite file)")
     p.add_argument("--broker", default="redis://127.0.0.1:6379/14")
+    p.add_argument("--fast", action="store_true", help="5 queued and 3 local jobs: the script and its checks, fast")
     a = p.parse_args()
+    if a.fast:
+        a.jobs = 5
 
     home = Path(tempfile.mkdtemp(prefix="saejobs-bench-"))
     os.environ.update(SAEJOBS_HOME=str(home), SAEJOBS_BROKER=a.broker, SAEJOBS_HEARTBEAT="1")
@@ -70,10 +75,12 @@ def main() -> None:
             total.append(time.perf_counter() - t0)
             start.append((done.started_at - done.created_at).total_seconds())
         local = []
-        for _ in range(10):
+        for _ in range(3 if a.fast else 10):
             j = submit("verify", {"sae": sae.id, "structural_only": True}, sae_id=sae.id, local=True)
             execute(j.id, local_executor())
             row = jobs.get(j.id)
+            if row.state != "succeeded":
+                raise SystemExit(f"bench job {j.id} {row.state}: {row.error}")
             local.append((row.started_at - row.created_at).total_seconds())
     finally:
         worker.terminate()

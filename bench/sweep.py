@@ -1,6 +1,6 @@
 """Sweep throughput, warm-worker reuse and SAE loading, each measured side by side in one run.
 
-    python bench/sweep.py [--device cpu|cuda] [--skip-worker]
+    python bench/sweep.py [--device cpu|cuda] [--skip-worker] [--broker URL] [--fast]
 
 1. 16 steering configurations × 32 greedy tokens on Gemma 3 270M: one batched generation (a
    different steering vector per row) vs one configuration at a time. Outputs must be identical.
@@ -11,6 +11,11 @@
    safetensors copy. Both encodes must be identical.
 
 Exits 1 when an identity check fails (outputs of part 1, encodes of part 3).
+
+``--fast`` runs the same three parts to their end, checks included, at tiny sizes (4 configurations ×
+4 tokens; one warm job of 2 tokens; a 64 × 512 SAE in part 3) and with the demo SAE's layout holding
+random weights (``bench._common.build_demo``), so that a test (tests/test_benches.py) runs the whole
+script in seconds beyond the model loads. Its figures say nothing.
 """
 
 from __future__ import annotations
@@ -26,11 +31,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._common import wait_job  # noqa: E402
+from bench._common import build_demo, wait_job  # noqa: E402
 os.environ.setdefault("SAEJOBS_MODEL_CACHE", str(Path.home() / ".cache" / "saejobs" / "models"))
 
 
-def batched_vs_one_by_one(device: str) -> bool:
+def batched_vs_one_by_one(device: str, fast: bool = False) -> tuple[bool, Path]:
+    """Part 1; returns its identity check and the Hub-like mirror it built the demo SAE into."""
     import torch
 
     from saejobs.engine import demo
@@ -40,12 +46,14 @@ def batched_vs_one_by_one(device: str) -> bool:
     from saejobs.engine.sweep import SweepGenerator
 
     lm = load_model("gemma-3-270m-gguf", torch.float32, device)
-    folder = demo.build(lm, Path(tempfile.mkdtemp()))
+    mirror = Path(tempfile.mkdtemp())
+    folder = build_demo(lm, mirror, fast)
     sae = load_sae(demo.ENTRY, folder, device=device)
-    settings = Settings(n_tokens=32)
-    configs = [c for c in plan_configs([0, 1, 2, 3], [], [25, 50, 100, 200], ["Once upon a time"], [42], False, settings, "bench")
+    settings = Settings(n_tokens=4 if fast else 32)
+    features, strengths = ([0, 1], [50, 200]) if fast else ([0, 1, 2, 3], [25, 50, 100, 200])
+    configs = [c for c in plan_configs(features, [], strengths, ["Once upon a time"], [42], False, settings, "bench")
                if c.type == "STEERED"]
-    assert len(configs) == 16
+    assert len(configs) == len(features) * len(strengths)
     runner = SweepGenerator(lm, sae, demo.ENTRY.hook_name, settings)
     runner.run(configs[:2])  # warm-up (allocator, kernels)
     t0 = time.perf_counter()
@@ -55,14 +63,16 @@ def batched_vs_one_by_one(device: str) -> bool:
     alone = [runner.run([c])[0] for c in configs]
     t_alone = time.perf_counter() - t0
     same = [b[1].token_ids for b in batched] == [a[1].token_ids for a in alone]
-    print(f"1. 16 configs × 32 tokens on {device}: batched {t_batch:.2f} s, one at a time {t_alone:.2f} s "
-          f"-> {t_alone / t_batch:.1f}x (outputs identical: {same})")
-    return same
+    print(f"1. {len(configs)} configs × {settings.n_tokens} tokens on {device}: batched {t_batch:.2f} s, "
+          f"one at a time {t_alone:.2f} s -> {t_alone / t_batch:.1f}x (outputs identical: {same})")
+    return same, mirror
 
 
-def warm_vs_cold_worker() -> None:
+def warm_vs_cold_worker(broker: str, mirror: Path | None = None, fast: bool = False) -> None:
+    """Part 2. ``mirror``: part 1's, when its model was this one (float32, CPU), so the demo SAE built
+    from it is the one this part would build (the download copies only the SAE's own files)."""
     home = Path(tempfile.mkdtemp(prefix="saejobs-bench-"))
-    os.environ.update(SAEJOBS_HOME=str(home), SAEJOBS_BROKER="redis://127.0.0.1:6379/13")
+    os.environ.update(SAEJOBS_HOME=str(home), SAEJOBS_BROKER=broker)
     import redis
 
     redis.Redis.from_url(os.environ["SAEJOBS_BROKER"]).flushdb()
@@ -74,13 +84,15 @@ def warm_vs_cold_worker() -> None:
     from saejobs.tasks.submit import submit
     from saejobs.tasks.runner import local_executor
 
-    lm = load_model("gemma-3-270m-gguf")
-    demo.build(lm, home / "mirror")
+    if mirror is None:
+        mirror = home / "mirror"
+        build_demo(None if fast else load_model("gemma-3-270m-gguf"), mirror, fast)  # fast: no model needed
     custom.write([demo.ENTRY], "demo")
-    execute(submit("download", {"sae": demo.ENTRY.id, "source": str(home / "mirror")}, sae_id=demo.ENTRY.id,
+    execute(submit("download", {"sae": demo.ENTRY.id, "source": str(mirror)}, sae_id=demo.ENTRY.id,
                    local=True).id, local_executor())
+    settings = Settings(n_tokens=2 if fast else 8)
     params = SweepRequest(sae=demo.ENTRY.id, model="gemma-3-270m-gguf", features=(0,), strengths=(100.0,),
-                          prompts=("Once upon a time",), settings=Settings(n_tokens=8)).to_params()
+                          prompts=("Once upon a time",), settings=settings).to_params()
     log = open(home / "worker.log", "w")
     t0 = time.perf_counter()
     worker = subprocess.Popen([sys.executable, "-m", "saejobs.worker.main", "--cpu", "--loglevel", "warning"], cwd=ROOT,
@@ -89,7 +101,7 @@ def warm_vs_cold_worker() -> None:
         cold_job = wait_job(submit("sweep", params, sae_id=demo.ENTRY.id).id)
         cold = time.perf_counter() - t0
         warm, warm_load = [], []
-        for seed in (43, 44, 45):
+        for seed in (43,) if fast else (43, 44, 45):
             t0 = time.perf_counter()
             row = wait_job(submit("sweep", {**params, "seeds": [seed]}, sae_id=demo.ENTRY.id).id)
             warm.append(time.perf_counter() - t0)
@@ -97,13 +109,17 @@ def warm_vs_cold_worker() -> None:
     finally:
         worker.terminate()
         worker.wait(timeout=60)
-    w, wl, cl = sorted(warm)[1], sorted(warm_load)[1], _load_phase(cold_job)
-    print("2. sweep job (2 generations × 8 tokens) via Redis, cold worker vs warm worker (median of 3):")
+    mid = len(warm) // 2
+    w, wl, cl = sorted(warm)[mid], sorted(warm_load)[mid], _load_phase(cold_job)
+    print(f"2. sweep job (2 generations × {settings.n_tokens} tokens) via Redis, cold worker vs warm worker "
+          f"(median of {len(warm)}):")
     print(f"   worker start -> job done {cold:.2f} s vs submit -> job done {w:.2f} s -> {cold / w:.1f}x")
     print(f"   model + SAE acquisition inside the job: cold {cl:.2f} s (load), warm {1000 * wl:.1f} ms (engine cache hit)")
 
 
-def sae_load() -> bool:
+def sae_load(fast: bool = False) -> bool:
+    import dataclasses
+
     import torch
 
     from saejobs.engine import sae as sae_mod
@@ -112,6 +128,8 @@ def sae_load() -> bool:
     from saejobs.engine.synthetic import random_params, write_sae
 
     entry = get("gemma-2-2b/20-gemmascope-res-16k")
+    if fast:
+        entry = dataclasses.replace(entry, d_model=64, d_sae=512)
     folder = write_sae(Path(tempfile.mkdtemp()) / "sae", "gemma-scope", random_params(entry.d_model, entry.d_sae))
     x = torch.randn(64, entry.d_model, generator=torch.Generator().manual_seed(0))
     t0 = time.perf_counter()
@@ -126,30 +144,42 @@ def sae_load() -> bool:
         times.append(time.perf_counter() - t0)
     cached = sorted(times)[2]
     same = all(torch.equal(e, from_npz) for e in encodes)
-    print(f"3. SAE 2304×16384, files -> first full encode of 64 tokens: parse params.npz {parse:.2f} s, "
+    print(f"3. SAE {entry.d_model}×{entry.d_sae}, files -> first full encode of 64 tokens: "
+          f"parse params.npz {parse:.2f} s, "
           f"converted memory-mapped copy {1000 * cached:.1f} ms -> {parse / cached:.0f}x (encodes identical: {same})")
     return same
 
 
 def _load_phase(job) -> float:
-    """From the job's "loading SAE" event to its first "generations" event (seconds)."""
+    """Model + SAE acquisition inside a sweep job (seconds): from its "loading SAE" event to its first
+    "generations" event, summed over the rows that ran it. A queued sweep is a parent row whose shards
+    run (``tasks/sweep.py`` reports on the shard's own row; the parent only shows "N/M shards done")."""
     from saejobs.db import jobs
 
-    events = jobs.events(job.id, limit=10_000)
-    start = next(e.at for e in events if (e.message or "").startswith("loading SAE"))
-    ready = next(e.at for e in events if "generations" in (e.message or ""))
-    return (ready - start).total_seconds()
+    total = 0.0
+    for row in jobs.shards(job.id) or [job]:
+        events = jobs.events(row.id, limit=10_000)
+        start = next((e.at for e in events if (e.message or "").startswith("loading SAE")), None)
+        ready = next((e.at for e in events if start is not None and e.at >= start
+                      and "generations" in (e.message or "")), None)
+        if start is None or ready is None:
+            raise SystemExit(f"job {row.id} has no 'loading SAE' or 'generations' event: "
+                             f"{[e.message for e in events]}")
+        total += (ready - start).total_seconds()
+    return total
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--device", default="cpu")
     p.add_argument("--skip-worker", action="store_true", help="Skip part 2 (needs Redis).")
+    p.add_argument("--broker", default="redis://127.0.0.1:6379/13", help="Redis for part 2 (its database is flushed)")
+    p.add_argument("--fast", action="store_true", help="tiny sizes: every part to its end with its checks, in seconds")
     a = p.parse_args()
-    ok = batched_vs_one_by_one(a.device)
+    ok, mirror = batched_vs_one_by_one(a.device, a.fast)
     if not a.skip_worker:
-        warm_vs_cold_worker()
-    ok &= sae_load()
+        warm_vs_cold_worker(a.broker, mirror if a.device == "cpu" else None, a.fast)
+    ok &= sae_load(a.fast)
     if not ok:
         print("an identity check failed", file=sys.stderr)
         sys.exit(1)

@@ -1,6 +1,6 @@
 """saejobs' batched sweep vs interp-engine (Neuronpedia's engine) one request at a time, in one run.
 
-    python bench/vs_interp_engine.py [--device cpu|cuda] [--n-tokens 32]
+    python bench/vs_interp_engine.py [--device cpu|cuda] [--n-tokens 32] [--fast]
 
 The same 16 configurations (the demo SAE's features 0-3 × strengths 25, 50, 100, 200 on "Once upon
 a time", greedy, seed 42) on one loaded Gemma 3 270M: saejobs runs them as one batched generation
@@ -9,6 +9,10 @@ with a different steering vector per row; interp-engine runs each as Neuronpedia
 times, the ratio (goal ≥ 5× on the 2-core CPU machine) and whether every token id agrees; then, at
 ``--sampled`` temperature, how many configurations each of saejobs' sampling semantics reproduces.
 Exits 1 unless greedy and ``--sampling interp-engine`` agree in every configuration.
+
+``--fast``: the same run, checks included, on 4 configurations (features 0-1 × strengths 50, 200) ×
+4 tokens of the demo SAE's layout holding random weights (``bench._common.build_demo``), so that a test
+(tests/test_benches.py) runs it in seconds beyond the model load.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench._common import build_demo  # noqa: E402
 os.environ.setdefault("SAEJOBS_MODEL_CACHE", str(Path.home() / ".cache" / "saejobs" / "models"))
 
 
@@ -30,7 +35,11 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--n-tokens", type=int, default=32)
     p.add_argument("--sampled", type=float, default=0.7, help="also compare sampling at this temperature (0: skip)")
+    p.add_argument("--fast", action="store_true", help="4 configurations × 4 tokens: the script and its checks, fast")
     a = p.parse_args()
+    if a.fast:
+        a.n_tokens = 4
+    features, strengths = ([0, 1], [50, 200]) if a.fast else ([0, 1, 2, 3], [25, 50, 100, 200])
     import torch
     from interp_engine.model import EagerModel
     from interp_engine.steer import SteerSpec, generate_stream, steer
@@ -43,10 +52,10 @@ def main() -> None:
     from saejobs.engine.sweep import SweepGenerator
 
     lm = load_model("gemma-3-270m-gguf", torch.float32, a.device)
-    sae = load_sae(demo.ENTRY, demo.build(lm, Path(tempfile.mkdtemp())), device=a.device)
+    sae = load_sae(demo.ENTRY, build_demo(lm, Path(tempfile.mkdtemp()), a.fast), device=a.device)
     settings = Settings(n_tokens=a.n_tokens)
-    configs = [c for c in plan_configs([0, 1, 2, 3], [], [25, 50, 100, 200], ["Once upon a time"], [42], False, settings,
-                               "bench") if c.type == "STEERED"]
+    configs = [c for c in plan_configs(features, [], strengths, ["Once upon a time"], [42], False, settings, "bench")
+               if c.type == "STEERED"]
     runner = SweepGenerator(lm, sae, demo.ENTRY.hook_name, settings)
     oracle = EagerModel(lm.model.config._name_or_path, hf_model=lm.model, tokenizer=lm.tokenizer)
 
@@ -67,11 +76,11 @@ def main() -> None:
     theirs = [interp_engine(c) for c in configs]
     t_theirs = time.perf_counter() - t0
     agree = sum(o == t for o, t in zip(ours, theirs))
-    print(f"16 configurations × {a.n_tokens} greedy tokens, Gemma 3 270M fp32 on {a.device}"
+    print(f"{len(configs)} configurations × {a.n_tokens} greedy tokens, Gemma 3 270M fp32 on {a.device}"
           f" ({torch.get_num_threads()} CPU threads)")
     print(f"saejobs batched sweep: {t_ours:6.2f} s")
     print(f"interp-engine, one request at a time: {t_theirs:6.2f} s")
-    print(f"ratio: {t_theirs / t_ours:.1f}x (goal >= 5x); token ids identical in {agree}/16 configurations")
+    print(f"ratio: {t_theirs / t_ours:.1f}x (goal >= 5x); token ids identical in {agree}/{len(configs)} configurations")
     failed = agree != len(configs)
     if a.sampled:
         theirs = [interp_engine(c, a.sampled) for c in configs]
@@ -80,7 +89,7 @@ def main() -> None:
                                                               sampling_semantics=semantics))
             same = sum(g.token_ids == t for (_, g, _), t in zip(r.run(configs), theirs))
             print(f"temperature {a.sampled}, seed 42, saejobs --sampling {semantics}: "
-                  f"identical to interp-engine in {same}/16 configurations")
+                  f"identical to interp-engine in {same}/{len(configs)} configurations")
             failed |= semantics == "interp-engine" and same != len(configs)  # the other semantics is another reference
     if failed:
         print("an identity check failed", file=sys.stderr)
