@@ -4,6 +4,8 @@
 
 1. 16 steering configurations × 32 greedy tokens on Gemma 3 270M: one batched generation (a
    different steering vector per row) vs one configuration at a time. Outputs must be identical.
+   1b. The same with named steers across two layers (6 and 12), every row mixing two operations
+   (additive, orthogonal, projection cap, norm-scaled add, ablate, swap): 4 steers × 4 multipliers.
 2. A small sweep job through Redis: on a cold worker (process start, imports, model and SAE load)
    vs the same job again on that worker, now warm (model and SAE in its engine cache).
 3. A Gemma Scope SAE at the real 2304 × 16384 shape, from files to its first full encode of 64
@@ -21,6 +23,7 @@ script in seconds beyond the model loads. Its figures say nothing.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import os
 import subprocess
 import sys
@@ -65,7 +68,50 @@ def batched_vs_one_by_one(device: str, fast: bool = False) -> tuple[bool, Path]:
     same = [b[1].token_ids for b in batched] == [a[1].token_ids for a in alone]
     print(f"1. {len(configs)} configs × {settings.n_tokens} tokens on {device}: batched {t_batch:.2f} s, "
           f"one at a time {t_alone:.2f} s -> {t_alone / t_batch:.1f}x (outputs identical: {same})")
-    return same, mirror
+    return same & mixed_operations(lm, sae, settings, strengths, device), mirror
+
+
+SECOND_LAYER = 12
+
+
+def mixed_operations(lm, sae, settings, multipliers, device: str) -> bool:
+    """Part 1b: named steers across two layers (the demo SAE at 6, a random SAE of the same shape at 12),
+    every row mixing two operations, four steers × the multipliers, batched vs one at a time."""
+    from saejobs.engine import demo
+    from saejobs.engine.request import plan_configs
+    from saejobs.engine.sae import load_sae
+    from saejobs.engine.sweep import SweepGenerator
+    from saejobs.engine.synthetic import random_params, write_sae
+
+    e = demo.ENTRY
+    second = replace(e, id=f"bench/{SECOND_LAYER}-random", layer=SECOND_LAYER,
+                     hook_name=f"blocks.{SECOND_LAYER}.hook_resid_post")
+    folder = write_sae(Path(tempfile.mkdtemp()) / "second", second.format, random_params(e.d_model, e.d_sae, 1))
+    other = load_sae(second, folder, device=device)
+    a, b = e.id, second.id
+    steers = [("add + orthogonal", ({"sae": a, "index": 0, "strength": 60.0},
+                                    {"sae": b, "index": 3, "strength": 3.0, "method": "ORTHOGONAL_DECOMP"})),
+              ("cap + add", ({"sae": a, "index": 1, "method": "PROJECTION_CAP", "max": 0.0},
+                             {"sae": b, "index": 5, "strength": 40.0})),
+              ("norm-scaled + ablate", ({"sae": a, "index": 2, "strength": 0.2, "method": "NORM_SCALED_ADD"},
+                                        {"sae": b, "index": 7, "method": "ABLATE"})),
+              ("swap + add", ({"sae": b, "index": 9, "method": "SWAP", "target": {"sae": b, "index": 11}},
+                              {"sae": a, "index": 4, "strength": 30.0}))]
+    configs = [c for c in plan_configs([], [], [m / 100 for m in multipliers], ["Once upon a time"], [42], False,
+                                       settings, "bench", steers=steers) if c.type == "STEERED"]
+    runner = SweepGenerator(lm, sae, e.hook_name, settings, saes={a: (sae, e.hook_name), b: (other, second.hook_name)})
+    runner.run(configs[:2])
+    t0 = time.perf_counter()
+    batched = runner.run(configs)
+    t_batch = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    alone = [runner.run([c])[0] for c in configs]
+    t_alone = time.perf_counter() - t0
+    same = [x[1].token_ids for x in batched] == [y[1].token_ids for y in alone]
+    print(f"1b. {len(configs)} mixed-operation steers at layers {e.layer} and {SECOND_LAYER} × {settings.n_tokens} "
+          f"tokens: batched {t_batch:.2f} s, one at a time {t_alone:.2f} s -> {t_alone / t_batch:.1f}x "
+          f"(outputs identical: {same})")
+    return same
 
 
 def warm_vs_cold_worker(broker: str, mirror: Path | None = None, fast: bool = False) -> None:

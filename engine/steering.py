@@ -253,14 +253,17 @@ class BatchSteering:
     def _on(self, act: torch.Tensor):
         """The groups on the activation's device and dtype, made once, broadcastable per row; a delta that
         does not read the activation is computed here once (the same operations, so the same values)."""
+        import torch
+
         key = (act.device, act.dtype)
         if key not in self._cache:
             on = []
             for m, p, member in self.groups:
                 p = Term(*(None if x is None else _per_row(x.to(device=act.device, dtype=act.dtype))
                            for x in (p.v, p.c, p.lo, p.hi, p.frac, p.t)))
-                fixed = None if m.reads_activation else delta(m, None, p)
-                on.append((m, p, member.to(act.device)[:, None, None], fixed))
+                member = member.to(act.device)[:, None, None]
+                fixed = None if m.reads_activation else torch.where(member, delta(m, None, p), 0.0)
+                on.append((m, p, member, fixed))
             self._cache[key] = on
         return self._cache[key]
 
@@ -274,10 +277,11 @@ class BatchSteering:
             if self.prompt_keep is not None:
                 keep = self.prompt_keep.to(device=act.device, dtype=act.dtype)[:, :, None]
         for m, p, member, fixed in self._on(act):
-            d = fixed if fixed is not None else delta(m, act, p)
-            if keep is not None:
-                d = d * keep
-            act = act + torch.where(member, d, 0.0)
+            if fixed is not None:  # zero outside the group already; masked positions: times 0
+                act = act + (fixed * keep if keep is not None else fixed)
+                continue
+            d = delta(m, act, p)
+            act = act + torch.where(member, d * keep if keep is not None else d, 0.0)
         return act
 
     @property
