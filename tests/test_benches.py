@@ -123,6 +123,7 @@ def test_sweep_fast(tmp_path, broker):
     """All three parts; the second reads the load phase from the sweep's shards (it crashed on the parent row)."""
     out = bench("sweep.py", tmp_path, "--broker", broker)
     assert lines(out, r"^1\. 4 configs × 4 tokens on cpu: .*\(outputs identical: True\)"), out
+    assert lines(out, r"^1b\. 8 mixed-operation steers at layers 6 and 12 × 4 tokens: .*\(outputs identical: True\)"), out
     assert lines(out, r"^2\. sweep job \(2 generations × 2 tokens\) via Redis"), out
     assert lines(out, r"worker start -> job done [\d.]+ s vs submit -> job done [\d.]+ s"), out
     assert lines(out, r"model \+ SAE acquisition inside the job: cold [\d.]+ s \(load\), warm [\d.]+ ms"), out
