@@ -107,23 +107,23 @@ class Term:
     t: Any = None  # SWAP's target unit
 
 
-def term(method: SteerMethod | str, s: Steer) -> Term:
+def term(method: SteerMethod | str, s: Steer, checks: Checks | None = None) -> Term:
     """What a row keeps for one steering term, prepared once, as interp-engine prepares it."""
     match steer_method(method):
         case SteerMethod.SIMPLE_ADDITIVE:
             return Term(s.vector, s.coeff)
         case SteerMethod.ORTHOGONAL_DECOMP:  # (coeff - 1) in double, then float32: as interp-engine rounds it
-            return Term(unit_vector(s.vector), s.coeff - 1.0)
+            return Term(unit_vector(s.vector, checks=checks), s.coeff - 1.0)
         case SteerMethod.PROJECTION_CAP:
-            return Term(unit_vector(s.vector), lo=s.min, hi=s.max)
+            return Term(unit_vector(s.vector, checks=checks), lo=s.min, hi=s.max)
         case SteerMethod.NORM_SCALED_ADD:  # the vector as given: a lens direction carries its magnitude
             return Term(s.vector, s.coeff, frac=s.max_fraction)
         case SteerMethod.ABLATE:
-            return Term(unit_vector(s.vector))
+            return Term(unit_vector(s.vector, checks=checks))
         case SteerMethod.SWAP:
             if s.target is None:
                 raise UsageError("SWAP needs a target vector to move the component onto")
-            return Term(unit_vector(s.vector), t=unit_vector(s.target, "swap target"))
+            return Term(unit_vector(s.vector, checks=checks), t=unit_vector(s.target, "swap target", checks))
     raise AssertionError(method)
 
 
@@ -178,13 +178,45 @@ class Steer:
     target: torch.Tensor | None = None  # SWAP, (d,)
 
 
-def prepare_vector(vector: torch.Tensor, normalize: bool, what: str = "steering vector") -> torch.Tensor:
+class Checks:
+    """Steering vectors' validity checks, deferred so a whole chunk is checked with one look at the device
+    per device (on a GPU each ``bool(tensor)`` waits for every queued kernel: one per configuration added
+    up to thousands per chunk). ``verify`` raises the first failed check's message, as checking each at
+    once would have."""
+
+    def __init__(self) -> None:
+        self._checks: list[tuple[torch.Tensor, str]] = []
+
+    def require(self, ok: torch.Tensor, message: str) -> None:
+        self._checks.append((ok.reshape(()), message))
+
+    def verify(self) -> None:
+        import torch
+
+        by_device: dict = {}
+        for ok, _ in self._checks:
+            by_device.setdefault(ok.device, []).append(ok)
+        if all(bool(torch.stack(oks).all()) for oks in by_device.values()):
+            self._checks.clear()
+            return
+        raise UsageError(next(message for ok, message in self._checks if not bool(ok)))
+
+
+def prepare_vector(vector: torch.Tensor, normalize: bool, what: str = "steering vector",
+                   checks: Checks | None = None) -> torch.Tensor:
+    """``vector`` flat in float32 (unit with ``normalize``); refused when non-finite, at once or by ``checks``."""
     import torch
 
     v = vector.detach().to(torch.float32).flatten()
-    if not torch.isfinite(v).all():
-        raise UsageError(f"{what} has non-finite values")
-    return unit_vector(v, what) if normalize else v
+    _require(torch.isfinite(v).all(), f"{what} has non-finite values", checks)
+    return unit_vector(v, what, checks) if normalize else v
+
+
+def _require(ok: torch.Tensor, message: str, checks: Checks | None) -> None:
+    if checks is not None:
+        checks.require(ok, message)
+    elif not bool(ok):
+        raise UsageError(message)
 
 
 def coefficient(strength: float, strength_multiplier: float) -> float:
@@ -203,14 +235,15 @@ def apply(act: torch.Tensor, steers: list[Steer], method: SteerMethod | str = St
     return act
 
 
-def unit_vector(v: torch.Tensor, what: str = "steering vector") -> torch.Tensor:
-    """``v / ‖v‖`` in float32, in ``v``'s dtype (interp-engine's ``unit_vector``)."""
+def unit_vector(v: torch.Tensor, what: str = "steering vector", checks: Checks | None = None) -> torch.Tensor:
+    """``v / ‖v‖`` in float32, in ``v``'s dtype (interp-engine's ``unit_vector``); a zero or non-finite
+    norm is refused, at once or by ``checks``."""
     import torch
 
     v32 = v.to(torch.float32)
     norm = torch.linalg.vector_norm(v32)
-    if norm == 0 or not torch.isfinite(norm) or not torch.isfinite(v32).all():
-        raise UsageError(f"{what} has zero norm (or a non-finite one): it has no direction to normalise")
+    _require((norm != 0) & torch.isfinite(norm) & torch.isfinite(v32).all(),
+             f"{what} has zero norm (or a non-finite one): it has no direction to normalise", checks)
     return (v32 / norm).to(v.dtype)
 
 
@@ -225,9 +258,9 @@ class BatchSteering:
     """
 
     def __init__(self, rows: list[list[Steer]], d: int, method: SteerMethod | str = SteerMethod.SIMPLE_ADDITIVE,
-                 prompt_keep: torch.Tensor | None = None):
+                 prompt_keep: torch.Tensor | None = None, checks: Checks | None = None):
         """``method``: for terms naming none. ``prompt_keep`` (B, T_prompt) of 0/1: positions of the
-        prompt's forward pass to steer."""
+        prompt's forward pass to steer. ``checks``: where the vectors' checks go (None: made at once)."""
         import torch
 
         default = steer_method(method)
@@ -241,11 +274,12 @@ class BatchSteering:
                         if v is not None and v.numel() != d:
                             raise UsageError(f"steering vector has {v.numel()} values; the hook has width {d}")
                     m = steer_method(s.method if s.method is not None else default)
-                    members.setdefault(m, {})[b] = term(m, s)
+                    members.setdefault(m, {})[b] = term(m, s, checks)
             for m, terms in members.items():
                 first = next(iter(terms.values()))
                 per_row = [terms.get(b, first) for b in range(len(rows))]
                 self.groups.append((m, _stack(per_row), torch.tensor([b in terms for b in range(len(rows))])))
+        self.active = bool(self.groups)  # known on the host: no look at a device tensor
         self.prompt_keep = prompt_keep
         self._prompt_done = False
         self._cache: dict = {}
@@ -283,10 +317,6 @@ class BatchSteering:
             d = delta(m, act, p)
             act = act + torch.where(member, d * keep if keep is not None else d, 0.0)
         return act
-
-    @property
-    def active(self) -> bool:
-        return any(bool(member.any()) for _, _, member in self.groups)
 
 
 def _per_row(x: torch.Tensor) -> torch.Tensor:

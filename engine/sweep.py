@@ -14,7 +14,8 @@ from saejobs.engine.errors import FormatError, OutOfMemory, UsageError
 from saejobs.engine.generate import Generated, Row, generate, output_text, prompt_ids
 from saejobs.engine.request import SweepConfig, Settings
 from saejobs.engine.hooks import hook_width
-from saejobs.engine.steering import BatchSteering, Steer, SteerMethod, coefficient, prepare_vector, steer_method
+from saejobs.engine.steering import (BatchSteering, Checks, Steer, SteerMethod, coefficient, prepare_vector,
+                                     steer_method)
 
 
 def load_vector(path: str | Path) -> torch.Tensor:
@@ -74,31 +75,34 @@ class SweepGenerator:
         """What a generation row stores as its prompt: the prompt, or the chat as the template rendered it."""
         return self._chat(cfg.chat)[0] if cfg.chat else cfg.prompt
 
-    def steers(self, cfg: SweepConfig) -> dict[str, list[Steer]]:
+    def steers(self, cfg: SweepConfig, checks: Checks | None = None) -> dict[str, list[Steer]]:
         """A configuration's terms per hook, each hook's in the configuration's order (interp-engine's
-        ``steer()`` groups its specs per hook the same way; across hooks the forward pass orders them)."""
+        ``steer()`` groups its specs per hook the same way; across hooks the forward pass orders them).
+        ``checks``: where the vectors' checks go (None: made at once)."""
         out: dict[str, list[Steer]] = {}
         s = self.settings
         for f in cfg.features:
-            hook, v = self._direction(f)
+            hook, v = self._direction(f, checks=checks)
             method = steer_method(f.get("method", s.method))
             coeff = coefficient(f.get("strength", 0.0), s.strength_multiplier if cfg.multiplier is None else cfg.multiplier)
             lo, hi = f.get("min"), f.get("max")
             if method is SteerMethod.PROJECTION_CAP and lo is None and hi is None:
                 hi = coeff  # Neuronpedia's PROJECTION_CAP: ProjectionCapSpec(v, min=None, max=coeff)
-            target = self._direction(f["target"], normalize=False)[1] if "target" in f else None
+            target = self._direction(f["target"], normalize=False, checks=checks)[1] if "target" in f else None
             out.setdefault(hook, []).append(Steer(v, coeff, method, min=lo, max=hi,
                                                   max_fraction=f.get("max_fraction", 1.0), target=target))
         return out
 
-    def _direction(self, f: dict, normalize: bool | None = None) -> tuple[str, torch.Tensor]:
+    def _direction(self, f: dict, normalize: bool | None = None, checks: Checks | None = None
+                   ) -> tuple[str, torch.Tensor]:
         """(hook, prepared vector) of a feature ({"index", "sae"?}) or raw vector ({"vector", "hook"?})."""
         normalize = self.settings.normalize if normalize is None else normalize
         if "index" in f:
             sae, hook = self.saes[f["sae"]] if "sae" in f else (self.sae, self.hook_name)
             what = f"feature {f['index']}" + (f" of {f['sae']}" if "sae" in f else "")
-            return hook, prepare_vector(sae.feature_vector(f["index"]), normalize, what)
-        return f.get("hook", self.hook_name), prepare_vector(self.vectors[f["vector"]], normalize, f"vector {f['vector']}")
+            return hook, prepare_vector(sae.feature_vector(f["index"]), normalize, what, checks)
+        return f.get("hook", self.hook_name), prepare_vector(self.vectors[f["vector"]], normalize,
+                                                             f"vector {f['vector']}", checks)
 
     def run(self, configs: list[SweepConfig], on_step: Callable[[int, int], None] | None = None
             ) -> list[tuple[SweepConfig, Generated, str]]:
@@ -125,12 +129,15 @@ class SweepGenerator:
     def _run(self, configs: list[SweepConfig], on_step) -> list[tuple[SweepConfig, Generated, str]]:
         rows = [Row(self.ids(c), c.seed) for c in configs]
         keep = None if self.settings.steer_special_tokens else self._non_special(rows)
-        per_row = [self.steers(c) for c in configs]
+        checks = Checks()  # every vector of the chunk checked with one look at the device
+        per_row = [self.steers(c, checks) for c in configs]
         steering = {}
         for name in dict.fromkeys(h for r in per_row for h in r):  # hooks in order of first use
-            batch = BatchSteering([r.get(name, []) for r in per_row], self._width(name), self.settings.method, keep)
+            batch = BatchSteering([r.get(name, []) for r in per_row], self._width(name), self.settings.method, keep,
+                                  checks)
             if batch.active:
                 steering[name] = batch
+        checks.verify()
         gens = generate(self.lm, rows, self.settings.sampling(), steering=steering, on_step=on_step)
         return [(c, g, self._output(c, r, g)) for c, r, g in zip(configs, rows, gens)]
 

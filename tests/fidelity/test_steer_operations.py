@@ -6,8 +6,9 @@ test SAEs at layers 3, 6 and 17 (``"sae"``), or a raw vector at a hook (``"hook"
 operation and parameters. The oracle builds interp-engine's own ``SteerSpec`` list from the same list
 (decoder rows read from the SAE files with safetensors; hook names mapped to interp-engine's points
 here, not by saejobs) and generates one request at a time, as in test_interp_engine.py. saejobs runs
-each case as its sweep does: STEERED and DEFAULT rows of two prompts in one batch; and every case's
-STEERED row together in one batch of mixed operations, each row equal to itself alone.
+each case as its sweep does: its STEERED and DEFAULT rows beside a longer DEFAULT row (padding) in one
+batch; and every greedy case's STEERED row together in one batch of mixed operations, each row equal to
+interp-engine's request for it alone.
 """
 
 from __future__ import annotations
@@ -157,8 +158,9 @@ def test_interp_engine_points_are_the_modules_saejobs_hooks(lm, oracle):
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_the_same_tokens_as_interp_engine(case, lm, saes, oracle, vectors):
     r = runner(lm, saes, vectors, settings_of(case))
-    configs = [SweepConfig(kind, case.interventions if kind == "STEERED" else (), prompt, case.seed)
-               for prompt in (case.prompt, OTHER_PROMPT) for kind in ("STEERED", "DEFAULT")]
+    configs = [SweepConfig("STEERED", case.interventions, case.prompt, case.seed),
+               SweepConfig("DEFAULT", (), case.prompt, case.seed),
+               SweepConfig("DEFAULT", (), OTHER_PROMPT, case.seed)]  # a longer row: the steered one is left-padded
     ours = r.run(configs)
     for cfg, generated, _ in ours:
         ids = oracle_prompt_ids(oracle, cfg.prompt)
