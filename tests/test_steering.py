@@ -89,3 +89,79 @@ def test_mixing_the_two_sampling_semantics_is_refused():
         Settings(presence_penalty=1.0)
     with pytest.raises(UsageError, match="presence-penalty"):
         Settings(sampling_semantics="interp-engine", freq_penalty=2.0)
+
+
+# ---- every interp-engine operation, against interp-engine's own delta functions (fast; the model-level
+# equality is tests/fidelity/test_steer_operations.py) ------------------------------------------------
+
+def _ie(method: str, act, v, coeff=0.0, **kw):
+    """What interp-engine 1.14's ``steer_delta`` adds for one spec (its code, not saejobs')."""
+    from interp_engine.steer import SteerSpec, steer_delta
+
+    spec = SteerSpec(v, 0, coeff, {"SIMPLE_ADDITIVE": "additive", "ORTHOGONAL_DECOMP": "orthogonal",
+                                   "PROJECTION_CAP": "projection_cap", "NORM_SCALED_ADD": "norm_scaled_add",
+                                   "ABLATE": "ablate", "SWAP": "swap"}[method], **kw)
+    return steer_delta(spec, act, v.to(act))
+
+
+OPS = [("SIMPLE_ADDITIVE", 3.5, {}), ("ORTHOGONAL_DECOMP", -2.0, {}), ("PROJECTION_CAP", 0.0, {"min": -0.3, "max": 0.4}),
+       ("PROJECTION_CAP", 0.0, {"max": -1.0}), ("PROJECTION_CAP", 0.0, {"min": 2.0}),
+       ("NORM_SCALED_ADD", 0.7, {}), ("NORM_SCALED_ADD", 4.0, {"max_fraction": 0.25}), ("ABLATE", 0.0, {}),
+       ("SWAP", 0.0, {"target": "t"})]
+
+
+@pytest.mark.parametrize("method, coeff, kw", OPS, ids=[f"{m}-{i}" for i, (m, _, _) in enumerate(OPS)])
+def test_each_operation_adds_what_interp_engine_adds(method, coeff, kw):
+    g = torch.Generator().manual_seed(len(method))
+    act, v, t = torch.randn(1, 5, 16, generator=g) * 3, torch.randn(16, generator=g), torch.randn(16, generator=g)
+    kw = {k: (t if x == "t" else x) for k, x in kw.items()}
+    ours = BatchSteering([[Steer(v, coeff, method, **kw)]], 16)(act)
+    assert torch.equal(ours, act + _ie(method, act, v, coeff, **kw))
+    assert not torch.equal(ours, act)  # the case moves something
+
+
+def test_rows_of_different_operations_in_one_batch_each_equal_to_the_row_alone():
+    g = torch.Generator().manual_seed(9)
+    act = torch.randn(len(OPS) + 1, 3, 16, generator=g) * 3
+    rows = []
+    for m, c, kw in OPS:
+        v, t = torch.randn(16, generator=g), torch.randn(16, generator=g)
+        rows.append([Steer(v, c, m, **{k: (t if x == "t" else x) for k, x in kw.items()}),
+                     Steer(torch.randn(16, generator=g), 1.5)])  # then an additive term: composition in order
+    rows.append([])  # a DEFAULT row
+    batch = BatchSteering(rows, 16)
+    out = batch(act)
+    for b, row in enumerate(rows):
+        alone = BatchSteering([row], 16)(act[b:b + 1]) if row else act[b:b + 1]
+        assert torch.equal(out[b:b + 1], alone), b
+        if row:
+            first = act[b:b + 1] + _ie(row[0].method, act[b:b + 1], row[0].vector, row[0].coeff,
+                                       **{k: getattr(row[0], k) for k in ("min", "max", "target") if getattr(row[0], k) is not None},
+                                       **({"max_fraction": row[0].max_fraction} if row[0].method == "NORM_SCALED_ADD" else {}))
+            assert torch.equal(out[b:b + 1], first + 1.5 * row[1].vector)
+    assert batch.active and not BatchSteering([[], []], 16).active
+
+
+def test_swap_without_a_target_and_a_zero_target_are_refused():
+    with pytest.raises(UsageError, match="SWAP needs a target vector"):
+        BatchSteering([[Steer(torch.ones(4), 0.0, "SWAP")]], 4)
+    with pytest.raises(UsageError, match="swap target has zero norm"):
+        BatchSteering([[Steer(torch.ones(4), 0.0, "SWAP", target=torch.zeros(4))]], 4)
+    with pytest.raises(UsageError, match="width 4"):
+        BatchSteering([[Steer(torch.ones(4), 0.0, "SWAP", target=torch.ones(5))]], 4)
+
+
+def test_deferred_checks_raise_the_first_failure_once_for_a_whole_chunk():
+    from saejobs.engine.steering import Checks, unit_vector
+
+    checks = Checks()
+    prepare_vector(torch.ones(3), True, "a", checks)
+    prepare_vector(torch.tensor([1.0, float("nan")]), False, "b", checks)
+    unit_vector(torch.zeros(3), "c", checks)
+    with pytest.raises(UsageError) as e:
+        checks.verify()
+    assert str(e.value) == "b has non-finite values"
+    fine = Checks()
+    prepare_vector(torch.ones(3), True, "a", fine)
+    fine.verify()
+    Checks().verify()  # nothing to check
