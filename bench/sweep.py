@@ -57,7 +57,14 @@ def batched_vs_one_by_one(device: str, fast: bool = False) -> tuple[bool, Path]:
     configs = [c for c in plan_configs(features, [], strengths, ["Once upon a time"], [42], False, settings, "bench")
                if c.type == "STEERED"]
     assert len(configs) == len(features) * len(strengths)
-    runner = SweepGenerator(lm, sae, demo.ENTRY.hook_name, settings)
+    t_batch, t_alone, same = batched_and_alone(SweepGenerator(lm, sae, demo.ENTRY.hook_name, settings), configs)
+    print(f"1. {len(configs)} configs × {settings.n_tokens} tokens on {device}: batched {t_batch:.2f} s, "
+          f"one at a time {t_alone:.2f} s -> {t_alone / t_batch:.1f}x (outputs identical: {same})")
+    return same & mixed_operations(lm, sae, settings, strengths, device), mirror
+
+
+def batched_and_alone(runner, configs) -> tuple[float, float, bool]:
+    """(seconds batched, seconds one at a time, whether every row's tokens agree), after a warm-up."""
     runner.run(configs[:2])  # warm-up (allocator, kernels)
     t0 = time.perf_counter()
     batched = runner.run(configs)
@@ -65,10 +72,7 @@ def batched_vs_one_by_one(device: str, fast: bool = False) -> tuple[bool, Path]:
     t0 = time.perf_counter()
     alone = [runner.run([c])[0] for c in configs]
     t_alone = time.perf_counter() - t0
-    same = [b[1].token_ids for b in batched] == [a[1].token_ids for a in alone]
-    print(f"1. {len(configs)} configs × {settings.n_tokens} tokens on {device}: batched {t_batch:.2f} s, "
-          f"one at a time {t_alone:.2f} s -> {t_alone / t_batch:.1f}x (outputs identical: {same})")
-    return same & mixed_operations(lm, sae, settings, strengths, device), mirror
+    return t_batch, t_alone, [x[1].token_ids for x in batched] == [y[1].token_ids for y in alone]
 
 
 SECOND_LAYER = 12
@@ -100,14 +104,7 @@ def mixed_operations(lm, sae, settings, multipliers, device: str) -> bool:
     configs = [c for c in plan_configs([], [], [m / 100 for m in multipliers], ["Once upon a time"], [42], False,
                                        settings, "bench", steers=steers) if c.type == "STEERED"]
     runner = SweepGenerator(lm, sae, e.hook_name, settings, saes={a: (sae, e.hook_name), b: (other, second.hook_name)})
-    runner.run(configs[:2])
-    t0 = time.perf_counter()
-    batched = runner.run(configs)
-    t_batch = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    alone = [runner.run([c])[0] for c in configs]
-    t_alone = time.perf_counter() - t0
-    same = [x[1].token_ids for x in batched] == [y[1].token_ids for y in alone]
+    t_batch, t_alone, same = batched_and_alone(runner, configs)
     print(f"1b. {len(configs)} mixed-operation steers at layers {e.layer} and {SECOND_LAYER} × {settings.n_tokens} "
           f"tokens: batched {t_batch:.2f} s, one at a time {t_alone:.2f} s -> {t_alone / t_batch:.1f}x "
           f"(outputs identical: {same})")
