@@ -145,3 +145,33 @@ def test_every_method_has_its_case_in_term_and_delta():
     for m in steering.SteerMethod:
         p = term(m, Steer(v, 2.0, m, min=0.0, max=0.5, target=torch.tensor([0.0, 1.0])))
         assert steering.delta(m, act, p).shape[-1] == 2
+
+
+@pytest.mark.parametrize("method, extra", [("ORTHOGONAL_DECOMP", {}), ("PROJECTION_CAP", {"max": 1.0}), ("ABLATE", {}),
+                                           ("SWAP", {"target": torch.ones(2)})])
+def test_a_chunk_defers_every_vector_check_to_one_verify(method, extra):
+    """With a ``Checks`` collector nothing is read from the device while a chunk is prepared (a zero direction,
+    a zero swap target, a vector to normalise): the first failure is raised by ``verify``, word for word."""
+    from saejobs.engine.steering import Checks
+
+    for source, target in ((torch.zeros(2), None), (torch.ones(2), torch.zeros(2))):
+        if target is not None and method != "SWAP":
+            continue
+        checks = Checks()
+        kw = {**extra, **({"target": target} if target is not None else {})}
+        BatchSteering([[Steer(source, 2.0, method, **kw)]], 2, checks=checks)  # no raise here
+        with pytest.raises(UsageError) as e:
+            checks.verify()
+        what = "swap target" if target is not None else "steering vector"
+        assert str(e.value) == f"{what} {ZERO_NORM}"
+    checks = Checks()
+    assert prepare_vector(torch.zeros(2), True, "feature 3", checks).shape == (2,)  # deferred
+    with pytest.raises(UsageError) as e:
+        checks.verify()
+    assert str(e.value) == f"feature 3 {ZERO_NORM}"
+
+
+def test_swap_without_a_target_says_so_word_for_word():
+    with pytest.raises(UsageError) as e:
+        term("SWAP", Steer(torch.ones(2), 0.0, "SWAP"))
+    assert str(e.value) == "SWAP needs a target vector to move the component onto"
