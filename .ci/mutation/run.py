@@ -33,7 +33,8 @@ PACKAGES = {"cli": "cli", "db": "db", "engine": "engine", "tasks": "tasks", "wor
 
 # Each module with the fast tests that own it (no Celery worker, no model subprocess).
 MODULES: dict[str, list[str]] = {
-    "engine/request.py": ["tests/test_request.py", "tests/test_grid_slice.py", "tests/test_mutation_request.py"],
+    "engine/request.py": ["tests/test_request.py", "tests/test_grid_slice.py", "tests/test_mutation_request.py",
+                          "tests/test_steers_request.py"],
     "engine/steering.py": ["tests/test_steering.py", "tests/test_mutation_steering.py"],
     # test_score.py / test_generate.py load Gemma 3 270M (61 s to collect statistics, then again for every
     # mutant that reaches the scoring group): these modules' fast tests are their mutation files.
