@@ -152,3 +152,24 @@ def test_a_vector_hook_past_the_models_layers_and_one_of_an_unlisted_model():
     from saejobs.engine.request import _model_layers
 
     assert _model_layers("gemma-2-2b") == 26 and _model_layers("no-such-model") is None
+
+
+def test_vector_steers_round_trip_and_the_smaller_rules(tmp_path):
+    from saejobs.engine.request import Vector
+
+    np.save(tmp_path / "v.npy", np.ones(4, np.float32))
+    v = Vector.of(tmp_path / "v.npy")
+    it = Intervention(Direction(vector=v.label), 2.0, "PROJECTION_CAP", hook="blocks.3.hook_resid_pre", min=-1.0)
+    r = SweepRequest(sae="a", steers=[NamedSteer("v", (it,))], prompts=("p",), steer_vectors=[v, v], combine=True)
+    assert isinstance(r.steers, tuple) and r.steer_vectors == (v,)
+    params = json.loads(json.dumps(r.to_params()))
+    assert params["steer_vectors"] == [{"path": v.path, "sha256": v.sha256}]
+    again = SweepRequest.from_params(params)
+    assert again == r and again.steer_vectors[0].path == v.path
+    configs = r.configs("x")  # --combine groups the classic features only; a steer is its own group
+    assert r.size() == len(configs) == 2 and configs[1].steer == "v" and configs[1].multiplier == 1.0
+    assert "steers" not in SweepRequest(sae="a", features=(1,), strengths=(1.0,), prompts=("p",)).to_params()
+    with pytest.raises(UsageError) as e:
+        Settings(method="SWAP")
+    assert str(e.value) == ("SWAP moves a direction onto a target, which each intervention names: give it in a steer "
+                            "file (--steers FILE), not as the sweep's --method")

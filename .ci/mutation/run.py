@@ -36,6 +36,7 @@ MODULES: dict[str, list[str]] = {
     "engine/request.py": ["tests/test_request.py", "tests/test_grid_slice.py", "tests/test_mutation_request.py",
                           "tests/test_steers_request.py"],
     "engine/steering.py": ["tests/test_steering.py", "tests/test_mutation_steering.py"],
+    "engine/interventions.py": ["tests/test_steers_request.py"],
     # test_score.py / test_generate.py load Gemma 3 270M (61 s to collect statistics, then again for every
     # mutant that reaches the scoring group): these modules' fast tests are their mutation files.
     "engine/score.py": ["tests/test_mutation_score.py"],
