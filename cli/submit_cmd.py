@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -167,24 +168,84 @@ def _from(ctx, param, value):
     return value
 
 
+@dataclass(frozen=True)
+class FeatureArgs:
+    """What ``--feature`` values said: indices of ``--sae``, interventions of any SAE, and indices whose SAE
+    the value named (a Neuronpedia feature URL: (SAE id, index)) or must be looked up (``label:TEXT``)."""
+
+    indices: list[int]
+    terms: list
+    urls: list[tuple[str, int]]
+    labels: list[str]
+
+
 def _features(ctx, param, value):
-    """``--feature``: indices of ``--sae`` (lists, ranges) and interventions ``SAE_ID:INDEX@STRENGTH``,
-    which together make one named steer ("command line"). Returns (indices, interventions)."""
+    """``--feature``: indices of ``--sae`` (lists, ranges), interventions ``SAE_ID:INDEX@STRENGTH`` (which
+    together make one named steer, "command line"), Neuronpedia feature URLs (``URL`` or ``URL@STRENGTH``)
+    and ``label:TEXT`` (resolved through cached explanations)."""
+    from saejobs.engine import registry
     from saejobs.engine.interventions import parse_feature
 
-    indices = _values([v for v in value if "@" not in v], int)
+    plain, terms, urls, labels = [], [], [], []
     try:
-        return indices, [parse_feature(v.strip()) for v in value if "@" in v]
+        for v in (v.strip() for v in value):
+            if v.lower().startswith("label:"):
+                if not v[6:].strip():
+                    raise UsageError("label: needs text, e.g. --feature 'label:dogs'")
+                labels.append(v[6:].strip())
+            elif (url := registry.parse_url(v.split("@")[0])) is not None:
+                entry, index = registry.from_url(v.split("@")[0])
+                if index is None:
+                    raise UsageError(f"{v.split('@')[0]} is an SAE's page; --feature takes a feature's "
+                                     "(.../MODEL/SAE/INDEX), --sae takes this one")
+                if "@" in v:
+                    terms.append(parse_feature(f"{entry.id}:{index}@{v.split('@', 1)[1]}"))
+                else:
+                    urls.append((entry.id, index))
+            elif "@" in v:
+                terms.append(parse_feature(v))
+            else:
+                plain.append(v)
+        return FeatureArgs(_values(plain, int), terms, urls, labels)
     except UsageError as e:
         raise click.BadParameter(str(e)) from None
+
+
+def resolve_features(sae: str | None, args: FeatureArgs) -> tuple[str | None, list[int]]:
+    """(the SAE, its feature indices): URLs' features must be of ``--sae`` (or give it); labels are looked
+    up among its cached explanations, each choice said on stderr."""
+    for sae_id, index in args.urls:
+        if sae is None:
+            sae = sae_id
+        elif registry_id(sae) != sae_id:
+            raise UsageError(f"--feature names feature {index} of {sae_id}, not of --sae {sae}; give --sae "
+                             f"{sae_id}, or steer it beside --sae's with {sae_id}:{index}@STRENGTH")
+    indices = [*args.indices, *(i for _, i in args.urls)]
+    if args.labels:
+        if sae is None:
+            raise UsageError("--feature 'label:...' needs --sae (whose explanations to search)")
+        from saejobs.db import explanations
+
+        for text in args.labels:
+            index, description = explanations.resolve_label(registry_id(sae), text)
+            click.echo(f"note: 'label:{text}' is feature {index} of {registry_id(sae)}: {description}", err=True)
+            indices.append(index)
+    return sae, indices
+
+
+def registry_id(sae: str) -> str:
+    from saejobs.engine import registry
+
+    return registry.get(sae).id
 
 
 @click.command()
 @click.option("--sae", shell_complete=sae_ids,
               help="SAE id (Neuronpedia id or repo/folder path); default: the first SAE a steer names.")
 @click.option("--feature", "features", multiple=True, callback=_features,
-              help="Feature indices of --sae: 3,7 or a range 0:7; or SAE_ID:INDEX@STRENGTH, the terms of one "
-                   "steer across SAEs and layers (repeatable).")
+              help="Feature indices of --sae: 3,7 or a range 0:7; a Neuronpedia feature URL; 'label:TEXT' (its cached "
+                   "explanations); or SAE_ID:INDEX@STRENGTH (or URL@STRENGTH), the terms of one steer across SAEs "
+                   "and layers (repeatable).")
 @click.option("--from", "from_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), is_eager=True,
               callback=_from, help="A Neuronpedia steer as the sweep: a request body (/api/steer, /api/steer-chat, "
                                    "/v1/steer/completion[-chat]), a saved steer (/api/steer-load) or steer presets; "
@@ -247,7 +308,9 @@ def sweep(sae, features, from_file, steers_file, vectors, strengths, prompts, pr
     from saejobs.engine.interventions import NamedSteer, load_steers
     from saejobs.engine.request import Settings, SweepRequest, Vector
 
-    features, terms = features
+    features_arg = features
+    sae, features = resolve_features(sae, features_arg)
+    terms = features_arg.terms
     steer_vectors: list[Vector] = []
 
     def label(path: Path) -> str:

@@ -84,6 +84,13 @@ def params_sha256(files: dict | None) -> str | None:
 
 
 @retried
+def downloaded(url: str | None = None) -> list[str]:
+    """Ids of every SAE downloaded (on any host), sorted."""
+    with read_session(url) as s:
+        return list(s.scalars(select(Sae.id).where(Sae.files.is_not(None)).order_by(Sae.id)))
+
+
+@retried
 def copy_on(sae_id: str, host: str, url: str | None = None) -> SaeCopy | None:
     with read_session(url) as s:
         return s.scalar(select(SaeCopy).where(SaeCopy.sae_id == sae_id, SaeCopy.host == host))

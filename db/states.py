@@ -24,16 +24,18 @@ class JobKind(StrEnum):
     SWEEP = "sweep"
     SCORE = "score"  # fill in a stored sweep's missing scores (tasks/score.py)
     SEARCH = "search"  # strength search: rounds of sweeps (tasks/search.py)
+    FEATURES = "features"  # top features of texts (tasks/features.py)
 
     @property
     def request_type(self) -> type:
         """The typed request this kind's job row stores and its task reads (imported on first use:
         listing jobs needs none of them)."""
-        from saejobs.engine.job_requests import DownloadRequest, ScoreRequest, SearchRequest, VerifyRequest
+        from saejobs.engine.job_requests import (DownloadRequest, FeaturesRequest, ScoreRequest, SearchRequest,
+                                                 VerifyRequest)
         from saejobs.engine.request import SweepRequest
 
         return {JobKind.DOWNLOAD: DownloadRequest, JobKind.VERIFY: VerifyRequest, JobKind.SWEEP: SweepRequest,
-                JobKind.SCORE: ScoreRequest, JobKind.SEARCH: SearchRequest}[self]
+                JobKind.SCORE: ScoreRequest, JobKind.SEARCH: SearchRequest, JobKind.FEATURES: FeaturesRequest}[self]
 
     @classmethod
     def of(cls, request) -> JobKind:

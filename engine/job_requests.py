@@ -22,15 +22,17 @@ import math
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
-from saejobs.engine import search
+from saejobs.engine import chat, search
 from saejobs.engine.errors import UsageError
-from saejobs.engine.request import DEFAULT_DTYPE, DTYPES, Settings, SweepRequest
+from saejobs.engine.request import DEFAULT_DTYPE, DTYPES, MAX_PROMPT_CHARS, Settings, SweepRequest
 
 EVAL_WINDOW = 128  # tokens per window of the bundled evaluation text (engine.verify.functional's context)
 MAX_EVAL_TOKENS = 65_536
 MAX_SEARCH_POINTS = 64
 MAX_REFINE_ROUNDS = 6
 MAX_NLL_INCREASE = 100.0  # nats per token: beyond this the bound admits anything
+MAX_TOP_K = 100  # features per token (Neuronpedia's webapp allows 20)
+MAX_TEXTS = 1_000  # texts in one features-top job: its result is one JSON document
 
 
 def _from_params(cls, p: dict, what: str):
@@ -200,5 +202,56 @@ class SearchRequest:
         return _from_params(cls, p, "a search")
 
 
-JobRequest = DownloadRequest | VerifyRequest | SweepRequest | ScoreRequest | SearchRequest
+@dataclass(frozen=True)
+class FeaturesRequest:
+    """``saejobs features top``: per text (a prompt, or a chat as its template renders it), the SAE's ``k``
+    most active features at each token and over the text (``engine.features.top_by_token``)."""
+
+    sae: str
+    prompts: tuple[str, ...] = ()
+    chats: tuple[chat.Conversation, ...] = ()
+    chat_template: str | None = None  # a Jinja chat template's text; None: the model's own
+    k: int = 10  # Neuronpedia's webapp default (its inference server's is 5)
+    ignore_bos: bool = True  # leave out BOS and special tokens, as Neuronpedia's search does by default
+    model: str | None = None  # None: the SAE's model
+    dtype: str = DEFAULT_DTYPE
+
+    def __post_init__(self) -> None:
+        s = object.__setattr__
+        _text("sae", self.sae)
+        s(self, "prompts", tuple(dict.fromkeys(self.prompts)))
+        s(self, "chats", tuple(dict.fromkeys(tuple(c) for c in self.chats)))
+        if not self.prompts and not self.chats:
+            raise UsageError("no text: give --prompt TEXT, --prompts-file FILE or --chat FILE")
+        if len(self.prompts) + len(self.chats) > MAX_TEXTS:
+            raise UsageError(f"{len(self.prompts) + len(self.chats)} texts; one job takes at most {MAX_TEXTS}")
+        for p in self.prompts:
+            if not isinstance(p, str) or not p.strip():
+                raise UsageError("a prompt is empty")
+            if len(p) > MAX_PROMPT_CHARS:
+                raise UsageError(f"a prompt has {len(p)} characters; the limit is {MAX_PROMPT_CHARS}")
+        for i, c in enumerate(self.chats):  # built by engine.chat.conversation; checked again for params from elsewhere
+            chat.conversation(chat.to_json(c), f"conversation {i + 1}")
+        if self.chat_template is not None and not self.chats:
+            raise UsageError("--chat-template renders --chat conversations; there are none")
+        _integer("k", self.k, 1, MAX_TOP_K)
+        _flag("ignore_bos", self.ignore_bos)
+        if self.model is not None:
+            _text("model", self.model)
+        if self.dtype not in DTYPES:
+            raise UsageError(f"unknown dtype '{self.dtype}'; expected one of {', '.join(DTYPES)}")
+
+    def to_params(self) -> dict:
+        return {"sae": self.sae, "prompts": list(self.prompts), "k": self.k, "ignore_bos": self.ignore_bos,
+                "model": self.model, "dtype": self.dtype,
+                **({"chats": [chat.to_json(c) for c in self.chats], "chat_template": self.chat_template}
+                   if self.chats else {})}
+
+    @classmethod
+    def from_params(cls, p: dict) -> FeaturesRequest:
+        chats = tuple(chat.conversation(c, f"conversation {i + 1}") for i, c in enumerate(p.get("chats") or ()))
+        return _from_params(cls, {**p, "prompts": tuple(p.get("prompts") or ()), "chats": chats}, "a features")
+
+
+JobRequest = DownloadRequest | VerifyRequest | SweepRequest | ScoreRequest | SearchRequest | FeaturesRequest
 """What a job row's params are: one of these (``db.states.JobKind.request_type`` says which)."""

@@ -179,10 +179,10 @@ def _device() -> str:
 
 
 def kinds() -> dict[str, Callable[[JobContext], dict]]:
-    from saejobs.tasks import download, score, search, sweep, verify
+    from saejobs.tasks import download, features, score, search, sweep, verify
 
     bodies = {JobKind.DOWNLOAD: download.run, JobKind.VERIFY: verify.run, JobKind.SWEEP: sweep.run,
-              JobKind.SCORE: score.run, JobKind.SEARCH: search.run}
+              JobKind.SCORE: score.run, JobKind.SEARCH: search.run, JobKind.FEATURES: features.run}
     assert set(bodies) == set(JobKind), "every job kind needs a body"
     return bodies
 

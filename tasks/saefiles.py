@@ -32,33 +32,37 @@ def resolve_entry(sae_id: str) -> SaeEntry:
 
 def local_copy(ctx, entry: SaeEntry) -> tuple[Sae, Path]:
     """(the SAE's row, the folder holding this host's verified copy), fetching it first if need be."""
+    return copy_on_host(entry, ctx.executor.host, ctx.progress)
+
+
+def copy_on_host(entry: SaeEntry, host: str, progress) -> tuple[Sae, Path]:
+    """``local_copy`` for a caller that is not a job (``progress(fraction, message, force=...)``)."""
     row = saes.get(entry.id)
     if row is None or not row.files:
         raise NotFoundError(f"SAE '{entry.id}' is not downloaded; run `saejobs download {entry.id}` first")
-    host = ctx.executor.host
     copy = saes.copy_on(entry.id, host)
     if copy is not None and saes.copy_is_current(row, copy):
         return row, Path(copy.path)
     dest = download.local_folder(entry)
     with download.folder_lock(dest):
-        if saes.present(row, entry, dest) and _matches(row, dest, ctx):  # re-hashed: changed, or another worker's
+        if saes.present(row, entry, dest) and _matches(row, dest, progress):  # re-hashed: changed, or another worker's
             saes.record_copy(entry.id, host, dest, row.files)
             return row, dest
-        ctx.progress(0.0, f"fetching {entry.id} to {host}", force=True)
+        progress(0.0, f"fetching {entry.id} to {host}", force=True)
         expected = {name: meta["sha256"] for name, meta in row.files.items()}  # checked before each rename
         if row.source:
-            digests = download.fetch_from_mirror(entry, Path(row.source), dest, ctx.progress, expected=expected)
+            digests = download.fetch_from_mirror(entry, Path(row.source), dest, progress, expected=expected)
         else:
             from saejobs.engine import hub
 
-            digests, _ = hub.fetch(entry, dest, ctx.progress, revision=row.revision, expected=expected)
+            digests, _ = hub.fetch(entry, dest, progress, revision=row.revision, expected=expected)
         _check(row, digests, host)
         saes.record_copy(entry.id, host, dest, row.files)
     return row, dest
 
 
-def _matches(row: Sae, folder: Path, ctx) -> bool:
-    ctx.progress(0.0, f"checking the copy in {folder}", force=True)
+def _matches(row: Sae, folder: Path, progress) -> bool:
+    progress(0.0, f"checking the copy in {folder}", force=True)
     return all(download.sha256_file(folder / name) == meta["sha256"] for name, meta in row.files.items())
 
 

@@ -15,7 +15,8 @@ import pytest
 
 from saejobs.db.states import JobKind, JobState
 from saejobs.engine.errors import UsageError
-from saejobs.engine.job_requests import DownloadRequest, ScoreRequest, SearchRequest, VerifyRequest
+from saejobs.engine import chat
+from saejobs.engine.job_requests import DownloadRequest, FeaturesRequest, ScoreRequest, SearchRequest, VerifyRequest
 from saejobs.engine.request import Settings, SweepRequest
 from tests.dbfixtures import db_url, home  # noqa: F401
 from tests.queue_harness import broker  # noqa: F401
@@ -57,6 +58,14 @@ def search(**kw) -> SearchRequest:
     (lambda: VerifyRequest.from_params({"dtype": "float32"}), "a verify job's params lack sae"),
     (lambda: SearchRequest.from_params({"sae": SAE, "features": [1]}), "a search job's params lack prompts"),
     (lambda: ScoreRequest.from_params({}), "a score job's params lack job"),
+    (lambda: FeaturesRequest(SAE), "no text: give --prompt TEXT"),
+    (lambda: FeaturesRequest(SAE, prompts=(" ",)), "a prompt is empty"),
+    (lambda: FeaturesRequest(SAE, prompts=("p",), k=0), "k must be an integer from 1 to 100, not 0"),
+    (lambda: FeaturesRequest(SAE, prompts=("p",), k=True), "k must be an integer"),
+    (lambda: FeaturesRequest(SAE, prompts=("p",), chat_template="x"), "--chat-template renders --chat"),
+    (lambda: FeaturesRequest(SAE, prompts=("p",) * 2 + tuple(map(str, range(1000)))), "one job takes at most 1000"),
+    (lambda: FeaturesRequest(SAE, prompts=("p",), ignore_bos="no"), "ignore_bos must be true or false"),
+    (lambda: FeaturesRequest.from_params({"prompts": ["p"]}), "a features job's params lack sae"),
 ])
 def test_a_bad_value_is_refused_at_construction_with_one_line(build, says):
     with pytest.raises(UsageError) as e:
@@ -109,6 +118,9 @@ def test_tasks_read_their_params_only_through_the_typed_request():
     VerifyRequest(SAE), VerifyRequest(SAE, path="/data/sae", structural_only=True, model="gemma-3-270m-gguf",
                                       dtype="bfloat16", max_tokens=1024),
     ScoreRequest(JOB),
+    FeaturesRequest(SAE, prompts=("a dog", "the sea"), k=5, ignore_bos=False),
+    FeaturesRequest(SAE, chats=(chat.conversation([{"role": "user", "content": "hi"}]),), chat_template="{{ x }}",
+                    model="m", dtype="bfloat16"),
     search(), search(features=(1, 2), prompts=("a", "b"), seeds=(3, 4), lo=-5.0, hi=50.0, max_nll_increase=0.5,
                      points=9, refine_rounds=0, n_tokens=8, model="m", dtype="float16"),
 ], ids=lambda r: type(r).__name__)
@@ -162,7 +174,8 @@ def test_every_kind_has_one_request_type_and_back():
     assert len(set(types.values())) == len(JobKind), "two kinds share a request type"
     examples = {JobKind.DOWNLOAD: DownloadRequest(SAE), JobKind.VERIFY: VerifyRequest(SAE),
                 JobKind.SWEEP: SweepRequest(sae=SAE, features=(1,), strengths=(1.0,), prompts=("p",)),
-                JobKind.SCORE: ScoreRequest(JOB), JobKind.SEARCH: search()}
+                JobKind.SCORE: ScoreRequest(JOB), JobKind.SEARCH: search(),
+                JobKind.FEATURES: FeaturesRequest(SAE, prompts=("p",))}
     assert set(examples) == set(JobKind), "a new kind needs an example here"
     for kind, req in examples.items():
         assert type(req) is kind.request_type and JobKind.of(req) == kind

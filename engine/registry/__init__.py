@@ -74,8 +74,58 @@ def _clean(ref: str) -> str:
     return ref
 
 
+NEURONPEDIA_HOSTS = ("neuronpedia.org", "www.neuronpedia.org")
+
+
+def parse_url(ref: str) -> tuple[str, int | None] | None:
+    """A Neuronpedia page URL as (``model/source``, feature index or None); None when ``ref`` is no URL.
+    ``https://www.neuronpedia.org/gemma-2-2b/20-gemmascope-res-16k/7650`` names feature 7650 of SAE
+    ``gemma-2-2b/20-gemmascope-res-16k``; without the index it names the SAE."""
+    from urllib.parse import urlsplit
+
+    text = ref.strip()
+    if not text.lower().startswith(("http://", "https://")):
+        return None
+    url = urlsplit(text)
+    if (url.hostname or "") not in NEURONPEDIA_HOSTS:
+        raise UsageError(f"'{text}' is not a Neuronpedia URL (expected https://www.neuronpedia.org/MODEL/SAE[/INDEX])")
+    parts = [p for p in url.path.split("/") if p]
+    if len(parts) == 2:
+        return "/".join(parts), None
+    if len(parts) == 3 and parts[2].isdigit():
+        return "/".join(parts[:2]), int(parts[2])
+    raise UsageError(f"'{text}' is not a Neuronpedia SAE or feature page (https://www.neuronpedia.org/MODEL/SAE[/INDEX])")
+
+
+def from_url(ref: str) -> tuple[SaeEntry, int | None] | None:
+    """The SAE (and feature index) a Neuronpedia page URL names; None when ``ref`` is no URL."""
+    parsed = parse_url(ref)
+    if parsed is None:
+        return None
+    np_id, index = parsed
+    entry = next((e for e in _all().values() if e.neuronpedia_id == np_id), None)
+    if entry is None:
+        known_models = {e.neuronpedia_id.split("/")[0] for e in _all().values() if e.neuronpedia_id}
+        model = np_id.split("/")[0]
+        if model not in known_models:
+            raise NotFoundError(f"{ref.strip()} is an SAE of model '{model}', which saejobs does not know "
+                                f"(it knows {', '.join(sorted(known_models))})")
+        raise NotFoundError(_suggest("SAE", np_id, list(_all()), _LIST_HINT) + f" (from {ref.strip()})")
+    if index is not None and not 0 <= index < entry.d_sae:
+        raise UsageError(f"{ref.strip()}: feature {index} is out of range for {entry.id} (d_sae {entry.d_sae})")
+    return entry, index
+
+
 def get(ref: str) -> SaeEntry:
-    """A Neuronpedia id (``gemma-2-2b/20-gemmascope-res-16k``), a custom id, or ``owner/repo/folder``."""
+    """A Neuronpedia id (``gemma-2-2b/20-gemmascope-res-16k``), a custom id, ``owner/repo/folder``, or the
+    SAE's Neuronpedia page URL (a feature's page names a feature: ``--feature`` takes it)."""
+    found_url = from_url(ref)
+    if found_url is not None:
+        entry, index = found_url
+        if index is not None:
+            raise UsageError(f"{ref.strip()} is a feature's page, not an SAE's; give it to --feature "
+                             f"(or --sae https://www.neuronpedia.org/{entry.neuronpedia_id})")
+        return entry
     ref = _clean(ref)
     known = _all()
     if ref in known:
