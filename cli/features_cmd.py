@@ -200,7 +200,9 @@ def similar(sae, feature, k, this_sae_only, as_json) -> None:
     sae_id, index = _sae_and_index(sae, feature)
     if index is None:
         raise UsageError("which feature? give --feature INDEX (or a feature's URL as --sae)")
-    got = feature_tasks.similar(sae_id, index, k, across=not this_sae_only)
+    from saejobs.tasks.runner import host_name
+
+    got = feature_tasks.similar(sae_id, index, host_name(), k, across=not this_sae_only)
     for g in got["groups"]:
         labels = explanations.labels(g["sae"], [f["index"] for f in g["features"]])
         for f in g["features"]:

@@ -42,13 +42,12 @@ def run(ctx) -> dict:
                            "device": str(lm.device), "versions": provenance.versions()}}
 
 
-def similar(sae_id: str, index: int, k: int = 10, across: bool = True, host: str | None = None) -> dict:
+def similar(sae_id: str, index: int, host: str, k: int = 10, across: bool = True) -> dict:
     """Features nearest ``index``'s decoder row: in its SAE, and (``across``) in every other downloaded SAE
-    of the same model read at the same hook (the vector queried there, as Neuronpedia's endpoint takes one)."""
+    of the same model read at the same hook (the vector queried there, as Neuronpedia's endpoint takes one);
+    the decoders read from ``host``'s copies."""
     from saejobs.engine.sae import load_sae
-    from saejobs.tasks.runner import host_name
 
-    host = host or host_name()
     entry = resolve_entry(sae_id)
     if not 0 <= index < entry.d_sae:
         raise UsageError(f"feature {index} is out of range for {entry.id} (d_sae {entry.d_sae})")

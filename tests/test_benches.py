@@ -91,6 +91,27 @@ def test_encode_exits_1_when_its_identity_check_fails(tmp_path):
     assert lines(out, r"activations equal: False")
 
 
+def test_features_fast(tmp_path):
+    out = bench("features.py", tmp_path)
+    assert lines(out, r"check: 95 tokens' top-10 equal the plain reference's: yes"), out
+    assert lines(out, r"forward pass [\d.]+ s +features top [\d.]+ s +ratio [\d.]+×"), out
+
+
+def test_features_exits_1_when_a_tokens_features_are_wrong(tmp_path):
+    """A wrong encode (one activation off) is reported, exit 1, no figure printed."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "from saejobs.engine import sae\n"
+        "_encode = sae.JumpReLUSAE.encode\n"
+        "def encode(self, x):\n"
+        "    out = _encode(self, x)\n"
+        "    out[3] *= 2.0\n"
+        "    return out\n"
+        "sae.JumpReLUSAE.encode = encode\n")
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    out = bench("features.py", tmp_path, env={"PYTHONPATH": path}, expect=1)
+    assert lines(out, r"equal the plain reference's: NO \(1 differ\)") and not lines(out, "ratio"), out
+
+
 def test_export_fast(tmp_path):
     out = bench("export.py", tmp_path)
     assert lines(out, r"^stored 1200 generations")
