@@ -106,6 +106,13 @@ def labels(sae_id: str, indices: Iterable[int], url: str | None = None) -> dict[
 
 
 @retried
+def labels_of(pairs: Iterable[tuple[str, int]], url: str | None = None) -> dict[tuple[str, int], str]:
+    """(SAE, feature) → label for features of several SAEs at once (a steer's features may name others)."""
+    with read_session(url) as s:
+        return lookup(s, list(pairs))
+
+
+@retried
 def explanations(sae_id: str, index: int, url: str | None = None) -> list[dict]:
     """Every cached explanation of one feature, the label (newest) first."""
     with read_session(url) as s:
