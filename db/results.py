@@ -147,13 +147,13 @@ def _page(sweep_id: int, after: int, limit: int, url: str | None = None) -> list
         gens = list(s.scalars(select(Generation).where(Generation.sweep_id == sweep_id, Generation.id > after)
                               .order_by(Generation.id).limit(limit)))
         sae = s.scalar(select(Sweep.sae_id).where(Sweep.id == sweep_id))
-        known = explanations.lookup(s, ((f.get("sae", sae), f["index"]) for g in gens for f in g.features if "index" in f))
+        known = explanations.lookup(s, ((f.get("sae") or sae, f["index"]) for g in gens for f in g.features if "index" in f))
         return [{"id": g.id, "config_key": g.config_key, "type": g.type, "features": g.features,
                  "feature": (g.sampling or {}).get("steer") or _feature_label(g.features), "strengths": [f["strength"] for f in g.features],
                  "prompt": g.prompt, "prompt_token_ids": g.prompt_token_ids, "seed": g.seed, "sampling": g.sampling,
                  "output": g.output, "token_ids": g.token_ids, "n_tokens": len(g.token_ids), "logprobs": g.logprobs,
                  "messages": g.messages, "conversation": _conversation(g), "scores": g.scores,
-                 "labels": [known.get((f.get("sae", sae), f.get("index"))) for f in g.features]}
+                 "labels": [known.get((f.get("sae") or sae, f.get("index"))) for f in g.features]}
                 for g in gens]
 
 

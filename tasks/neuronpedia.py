@@ -268,9 +268,9 @@ def compare(sweep_job: str, run: int | None = None, store_rows: bool = True) -> 
                      "temperature": g["sampling"]["temperature"], **m, "ours": ours, "theirs": theirs,
                      "diverge_at_char": common_prefix(ours, theirs)})
     sae = pairs[0]["steered"]["sae_id"]
-    known = explanation_cache.labels_of([(f.get("sae", sae), f.get("index")) for r in rows for f in r["features"]])
+    known = explanation_cache.labels_of([(f.get("sae") or sae, f.get("index")) for r in rows for f in r["features"]])
     for r in rows:  # each feature's cached explanation, for the report (not stored with the comparison)
-        r["labels"] = [known.get((f.get("sae", sae), f.get("index"))) for f in r["features"]]
+        r["labels"] = [known.get((f.get("sae") or sae, f.get("index"))) for f in r["features"]]
     if store_rows:
         store.record_comparisons(sweep_job, [(r["run"], {k: v for k, v in r.items() if k not in ("ours", "theirs",
                                                                                                  "labels")})

@@ -18,6 +18,7 @@ from tests.explanation_exports import (EXPLANATIONS, LAYER, MODEL, SAE, fixture_
                                        write_fixture, write_json_array)
 from tests.test_queue import one_clean_line, saejobs, submitted
 
+OTHER = "gemma-2-2b/21-gemmascope-res-16k"
 LABEL = {2: "dog, dog breeds: dog names", 12: "dogs and other pets", 40: "dog food brands", 7650: "Paris"}
 
 
@@ -165,13 +166,15 @@ def test_an_import_is_one_transaction_across_batches_and_files(sqlite_url, tmp_p
 
 
 def labelled_sweep() -> str:
-    """A succeeded sweep of the fixture's SAE: DEFAULT, features 2, 40, 5 (no explanation) and 12+7650."""
+    """A succeeded sweep of the fixture's SAE: DEFAULT, features 2, 40, 5 (no explanation), 12+7650 and
+    feature 40 of another SAE (nothing cached for it)."""
     from saejobs.db import jobs, results
 
     job = jobs.create("sweep", {"sae": SAE}, sae_id=SAE)
     sweep = results.ensure_sweep(job.id, SAE, "gemma-2-2b", {}, {})
     configs = [[], [{"index": 2, "strength": 10.0}], [{"index": 40, "strength": 10.0}],
-               [{"index": 5, "strength": 10.0}], [{"index": 12, "strength": 10.0}, {"index": 7650, "strength": 10.0}]]
+               [{"index": 5, "strength": 10.0}], [{"index": 12, "strength": 10.0}, {"index": 7650, "strength": 10.0}],
+               [{"index": 40, "strength": 10.0, "sae": OTHER}]]  # another SAE's feature 40: that SAE's label
     results.add_generations(sweep, [
         {"config_key": f"k{i}", "type": "STEERED" if f else "DEFAULT", "features": f, "prompt": "p",
          "prompt_token_ids": [1], "seed": 1, "sampling": {"temperature": 0.0}, "output": f"out <{i}>",
@@ -191,12 +194,12 @@ def test_results_carry_each_features_label_everywhere(sqlite_url, tmp_path):
 
     job = labelled_sweep()
     before = submitted(saejobs("results", job, "--json"))
-    assert [r["labels"] for r in before] == [[], [None], [None], [None], [None, None]]  # nothing cached yet
+    assert [r["labels"] for r in before] == [[], [None], [None], [None], [None, None], [None]]  # nothing cached yet
     evil = tmp_path / "evil.jsonl"  # untrusted label text: escaped in HTML, plain in tables
     evil.write_text(json.dumps(row(5, "cm9", "<script>x</script> [bold]five[/]", None, None)) + "\n")
     imported(write_fixture(tmp_path))
     imported(evil)
-    want = [[], [LABEL[2]], [LABEL[40]], ["<script>x</script> [bold]five[/]"], [LABEL[12], "Paris"]]
+    want = [[], [LABEL[2]], [LABEL[40]], ["<script>x</script> [bold]five[/]"], [LABEL[12], "Paris"], [None]]
     got = submitted(saejobs("results", job, "--json"))
     assert [r["labels"] for r in got] == want
     rest = lambda rows: [{k: v for k, v in r.items() if k != "labels"} for r in rows]  # noqa: E731
@@ -209,7 +212,7 @@ def test_results_carry_each_features_label_everywhere(sqlite_url, tmp_path):
     back = pq.read_table(tmp_path / "r.parquet")
     assert back.column_names == COLUMNS and COLUMNS[-1] == "label"
     assert back.column("label").to_pylist() == [None, LABEL[2], LABEL[40], "<script>x</script> [bold]five[/]",
-                                                "dogs and other pets + Paris"]
+                                                "dogs and other pets + Paris", None]
     page = tmp_path / "r.html"
     submitted(saejobs("report", job, "--html", str(page), "--json"))
     html = page.read_text()
