@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.dbfixtures import db_url, home, sqlite_url  # noqa: F401
-from tests.explanation_exports import (EXPLANATIONS, LAYER, MODEL, SAE, fixture_rows, row, write_batches,
+from tests.explanation_exports import (EXPLANATIONS, MODEL, SAE, fixture_rows, row, write_batches,
                                        write_fixture, write_json_array)
 from tests.test_queue import one_clean_line, saejobs, submitted
 
