@@ -156,13 +156,20 @@ def results(job_id, kind, as_json, as_csv, fmt, out) -> None:
         cols = ["type", "features", "strengths", "prompt", "seed", "output", "n_tokens"]
         if as_json or as_csv:  # streamed a page at a time; a chat sweep's rows also carry their conversation
             chats = ["conversation"] if res.has_chats(job.id) else []
-            _out(res.iter_generation_rows(job.id), cols + chats + ["token_ids", "config_key"], as_json, as_csv, None)
-        else:
+            _out(res.iter_generation_rows(job.id), cols + chats + ["token_ids", "config_key", "labels"], as_json,
+                 as_csv, None)
+        else:  # a feature's column is headed by its cached explanation too, when there is one
             res_grid = res.sweep_grid(res.generation_rows(job.id))
-            table(f"sweep {job.id[:8]} ({job.sae_id})", res_grid["columns"], res_grid["rows"])
+            heads = [f"{c}: {res_grid['labels'][c]}" if c in res_grid["labels"] else c for c in res_grid["columns"]]
+            table(f"sweep {job.id[:8]} ({job.sae_id})", heads, res_grid["rows"])
     elif job.kind == JobKind.SEARCH:  # the chosen strength per feature × prompt; the curves are in `jobs show --json`
-        _out((job.result or {}).get("chosen", []), ["feature", "prompt", "strength", "concept", "nll", "default_nll",
-                                                    "nll_bound", "output"], as_json, as_csv, f"search {job.id[:8]}")
+        from saejobs.db import explanations
+
+        chosen = (job.result or {}).get("chosen", [])
+        known = explanations.labels(job.sae_id, {c["feature"] for c in chosen if isinstance(c.get("feature"), int)})
+        _out([{**c, "label": known.get(c.get("feature"))} for c in chosen],
+             ["feature", "prompt", "strength", "concept", "nll", "default_nll", "nll_bound", "output", "label"],
+             as_json, as_csv, f"search {job.id[:8]}")
     elif job.kind == JobKind.VERIFY:
         rows = [res.verification_dict(v) for v in res.verifications(job_id=job.id)]
         for r in rows:

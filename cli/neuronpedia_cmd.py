@@ -55,8 +55,9 @@ def request(config: str, inference_url: str | None, fetch: bool, api: str | None
 @click.option("--fetch", is_flag=True, help="Ask Neuronpedia's public API what it says about the feature.")
 @json_option
 def feature(sae: str, index: int, fetch: bool, as_json: bool) -> None:
-    """Where Neuronpedia shows feature INDEX of SAE; with --fetch, its explanations, maxActApprox (the
-    strength Neuronpedia's steering UI starts from) and top positive/negative logits."""
+    """Where Neuronpedia shows feature INDEX of SAE; with --fetch, its explanations (cached in the database
+    for labels and `features search`), maxActApprox (the strength Neuronpedia's steering UI starts from)
+    and top positive/negative logits. Without --fetch, the explanations cached so far."""
     from saejobs.tasks import neuronpedia as np_tasks
 
     got = np_tasks.feature(sae, index, fetch)
@@ -68,6 +69,9 @@ def feature(sae: str, index: int, fetch: bool, as_json: bool) -> None:
                      ["maxActApprox", got["max_act_approx"]], ["density", got["density"]],
                      ["top logits", " ".join(got["pos_str"][:10])],
                      ["bottom logits", " ".join(got["neg_str"][:10])]]
+        else:
+            rows += [["cached explanations", " | ".join(e["description"] for e in got["cached"])
+                      or "(none: --fetch, or `saejobs features import` an export)"]]
         table(f"{got['model']}/{got['source']}/{got['index']}", ["field", "value"], rows)
     emit(got, as_json, render)
 

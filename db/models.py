@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.sql.expression import FunctionElement
@@ -223,3 +223,32 @@ class Comparison(Base):
     neuronpedia_run_id: Mapped[int | None] = mapped_column(ForeignKey("neuronpedia_runs.id", ondelete="SET NULL"))
     metrics: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FeatureExplanation(Base):
+    """What Neuronpedia says a feature is (an explanation, shown as its label), cached per SAE and feature:
+    imported from a bulk export or stored by ``neuronpedia feature --fetch``. ``key``: Neuronpedia's
+    explanation id, or a digest of the text when the record has none; unique per feature, so a re-import
+    adds nothing. Full-text search lives outside the models (``FTS_OBJECTS``, migration 0004)."""
+
+    __tablename__ = "feature_explanations"
+    __table_args__ = (UniqueConstraint("sae_id", "feature_index", "key", name="uq_explanation_key"),
+                      Index("ix_feature_explanations_sae_feature", "sae_id", "feature_index"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sae_id: Mapped[str] = mapped_column(String(300))  # saejobs' SAE id (the registry's), not Neuronpedia's
+    feature_index: Mapped[int] = mapped_column(Integer)
+    key: Mapped[str] = mapped_column(String(100))
+    description: Mapped[str] = mapped_column(Text)
+    type_name: Mapped[str | None] = mapped_column(String(200))  # Neuronpedia's typeName, e.g. oai_token-act-pair
+    explainer: Mapped[str | None] = mapped_column(String(200))  # its explanationModelName, e.g. gpt-4o-mini
+    source: Mapped[str] = mapped_column(Text)  # "neuronpedia-export:FILE" | "neuronpedia-api"
+    stored_at: Mapped[datetime] = mapped_column(default=utcnow)  # when imported or fetched
+
+
+# Full-text search objects the migrations make and the models do not describe (SQLite's FTS5 table, its
+# shadow tables and triggers; PostgreSQL's expression index): autogenerate must not propose dropping them.
+FTS_OBJECTS = ("feature_explanations_fts", "ix_feature_explanations_fts")
+
+
+def fts_object(name: str | None) -> bool:
+    return name is not None and name.startswith(FTS_OBJECTS)

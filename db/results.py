@@ -7,7 +7,7 @@ from typing import Any, Iterator
 from sqlalchemy import String, cast, func, select
 from sqlalchemy.exc import IntegrityError
 
-from saejobs.db import jobs
+from saejobs.db import explanations, jobs
 from saejobs.db.models import Generation, Job, Sweep, Verification
 from saejobs.db.session import read_session, retried, session
 from saejobs.db.states import JobKind
@@ -144,14 +144,23 @@ def _sweep_id(job_id: str, url: str | None = None) -> int | None:
 @retried
 def _page(sweep_id: int, after: int, limit: int, url: str | None = None) -> list[dict[str, Any]]:
     with read_session(url) as s:
-        gens = s.scalars(select(Generation).where(Generation.sweep_id == sweep_id, Generation.id > after)
-                         .order_by(Generation.id).limit(limit))
+        gens = list(s.scalars(select(Generation).where(Generation.sweep_id == sweep_id, Generation.id > after)
+                              .order_by(Generation.id).limit(limit)))
+        sae = s.scalar(select(Sweep.sae_id).where(Sweep.id == sweep_id))
+        known = explanations.lookup(s, ((f.get("sae") or sae, f["index"]) for g in gens for f in g.features if "index" in f))
         return [{"id": g.id, "config_key": g.config_key, "type": g.type, "features": g.features,
                  "feature": (g.sampling or {}).get("steer") or _feature_label(g.features), "strengths": [f["strength"] for f in g.features],
                  "prompt": g.prompt, "prompt_token_ids": g.prompt_token_ids, "seed": g.seed, "sampling": g.sampling,
                  "output": g.output, "token_ids": g.token_ids, "n_tokens": len(g.token_ids), "logprobs": g.logprobs,
-                 "messages": g.messages, "conversation": _conversation(g), "scores": g.scores}
+                 "messages": g.messages, "conversation": _conversation(g), "scores": g.scores,
+                 "labels": [known.get((f.get("sae") or sae, f.get("index"))) for f in g.features]}
                 for g in gens]
+
+
+def joined_label(labels: list[str | None]) -> str | None:
+    """A configuration's label: its features' labels joined with " + " ("?" for one not cached); None
+    when none of them is cached (and for DEFAULT)."""
+    return " + ".join(lb or "?" for lb in labels) if any(labels) else None
 
 
 def _conversation(g: Generation) -> list[dict] | None:
@@ -166,8 +175,13 @@ def _feature_label(features: list[dict]) -> str:
 
 
 def sweep_grid(rows: list[dict]) -> dict[str, Any]:
-    """Strength × feature table (one per prompt and seed), with DEFAULT as its own column."""
+    """Strength × feature table (one per prompt and seed), with DEFAULT as its own column; ``labels``:
+    each feature column's cached explanation (``joined_label``), for those that have one."""
     features = sorted({r["feature"] for r in rows if r["type"] == "STEERED"}, key=_natural)
+    labels = {}
+    for r in rows:
+        if r["type"] == "STEERED" and r["feature"] not in labels and (lb := joined_label(r.get("labels") or [])):
+            labels[r["feature"]] = lb
     out_rows = []
     for prompt, seed in dict.fromkeys((r["prompt"], r["seed"]) for r in rows):
         mine = [r for r in rows if r["prompt"] == prompt and r["seed"] == seed]
@@ -176,7 +190,7 @@ def sweep_grid(rows: list[dict]) -> dict[str, Any]:
         for st in strengths:
             cells = {r["feature"]: r["output"] for r in mine if r["type"] == "STEERED" and r["strengths"][0] == st}
             out_rows.append([prompt, seed, st, default] + [cells.get(f, "") for f in features])
-    return {"columns": ["prompt", "seed", "strength", "DEFAULT"] + features, "rows": out_rows}
+    return {"columns": ["prompt", "seed", "strength", "DEFAULT"] + features, "rows": out_rows, "labels": labels}
 
 
 def _natural(label: str):

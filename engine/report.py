@@ -71,7 +71,8 @@ def html(result: dict, title: str) -> str:
             f'<span class="bad">diverges at token {r["first_divergence"]}</span>')
         default = {True: '<span class="ok">same</span>', False: '<span class="bad">differ</span>',
                    None: "n/a"}[r["default_exact"]]
-        feats = ", ".join(f'{f.get("index")}@{f["strength"]:g}' for f in r["features"])
+        feats = ", ".join(f'{f.get("index")}@{f["strength"]:g}' + (f" ({lb})" if lb else "")
+                          for f, lb in zip(r["features"], r.get("labels") or [None] * len(r["features"])))
         rows.append(f"<tr><td>{escape(feats)}<br>seed {r['seed']}<br>run {r['run']} ({escape(r['api'])})</td>"
                     f"<td>{mark}<br>agreement {r['token_agreement']:.3f}<br>edit distance {r['edit_distance']:.3f}"
                     f"<br>DEFAULT {default}</td>"

@@ -18,7 +18,7 @@ from saejobs.engine.report import CSS as BASE_CSS
 
 CSS = BASE_CSS + """
 .plot{display:block;margin:8px 0 4px} .gen{margin:4px 0 10px;padding:6px 8px;border:1px solid #ddd}
-.scores{color:#555;font-size:12px} section.point:target{background:#eef6ff}
+.scores{color:#555;font-size:12px} section.point:target{background:#eef6ff} .label{font-weight:400;color:#444}
 """
 CONCEPT, NLL = "#1f77b4", "#d62728"
 W, H, PAD = 680, 260, 48
@@ -43,6 +43,7 @@ def write(rows: Iterable[dict], out: TextIO, title: str, max_nll_increase: float
     spool = tempfile.TemporaryFile()
     where: dict[object, list[tuple[int, int]]] = defaultdict(list)  # point → (offset, length) in the spool
     seen = {"generations": 0, "unscored": 0, "features": set()}
+    labels: dict[int, str] = {}  # feature → its cached explanation (the rows' ``labels``), shown beside it
 
     def passing():
         for r in rows:
@@ -52,6 +53,8 @@ def write(rows: Iterable[dict], out: TextIO, title: str, max_nll_increase: float
             one = r["type"] == "STEERED" and len(f) == 1 and "index" in f[0]
             if one:
                 seen["features"].add(f[0]["index"])
+                if (r.get("labels") or [None])[0] and f[0]["index"] not in labels:
+                    labels[f[0]["index"]] = r["labels"][0]
             if r["type"] == "DEFAULT" or one:
                 text = _gen(r).encode()
                 where["default" if r["type"] == "DEFAULT" else (f[0]["index"], float(f[0]["strength"]))].append(
@@ -78,7 +81,7 @@ def write(rows: Iterable[dict], out: TextIO, title: str, max_nll_increase: float
             if pick is None:
                 c = search.choose(pts, default_nll, max_nll_increase)
                 pick = c.strength if c else None
-            out.write(f"<h2>feature {feature}</h2>")
+            out.write(f"<h2>feature {feature}{_label(labels.get(feature))}</h2>")
             out.write(_plot(feature, pts, base.get((feature, "*")), default_nll, pick, max_nll_increase))
         if seen["unscored"]:
             out.write(f'<p class="note">{seen["unscored"]} generations have no scores (run <code>saejobs score JOB'
@@ -88,12 +91,17 @@ def write(rows: Iterable[dict], out: TextIO, title: str, max_nll_increase: float
         out.write("</section>")
         for (feature, _), pts in sorted(curves.items()):
             for p in pts:
-                out.write(f'<section class="point" id="{_anchor(feature, p.strength)}"><h3>feature {feature} at '
-                          f"strength {p.strength:g}</h3>")
+                out.write(f'<section class="point" id="{_anchor(feature, p.strength)}"><h3>feature {feature}'
+                          f"{_label(labels.get(feature))} at strength {p.strength:g}</h3>")
                 out.writelines(spooled((feature, p.strength)))
                 out.write("</section>")
         out.write("</body></html>")
     return {**seen, "features": sorted(seen["features"])}
+
+
+def _label(label: str | None) -> str:
+    """A feature's cached explanation after its index (untrusted text: escaped), or nothing."""
+    return f' <span class="label">— {escape(label)}</span>' if label else ""
 
 
 def _anchor(feature: int, strength: float) -> str:

@@ -13,7 +13,8 @@ from saejobs.engine.score import Score
 
 FLAT_SCORES = [s.value for s in Score if s is not Score.CONCEPT]
 COLUMNS = ["job", "round", "id", "type", "feature", "strength", "features", "prompt", "seed", "output", "n_tokens",
-           *FLAT_SCORES, "concept", "config_key"]  # n_tokens: generated (EOS included); completion_tokens: scored
+           *FLAT_SCORES, "concept", "config_key", "label"]  # n_tokens: generated (EOS included); completion_tokens: scored
+# label: the features' cached Neuronpedia explanations (db.results.joined_label), None where none is cached
 NESTED = ("features", "concept")
 
 
@@ -41,7 +42,7 @@ def iter_rows(job_id: str, url: str | None = None) -> Iterator[dict[str, Any]]:
                    "strength": r["strengths"][0] if r["strengths"] else None, "features": r["features"],
                    "prompt": r["prompt"], "seed": r["seed"], "output": r["output"], "n_tokens": r["n_tokens"],
                    **{k: sc.get(k) for k in FLAT_SCORES}, "concept": sc.get(Score.CONCEPT),
-                   "config_key": r["config_key"]}
+                   "config_key": r["config_key"], "label": results.joined_label(r["labels"])}
 
 
 def results(job_id: str, url: str | None = None):

@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
 
+from saejobs.db import explanations as explanation_cache
 from saejobs.db import neuronpedia as store
 from saejobs.engine import neuronpedia as np_api
 from saejobs.engine import registry
@@ -221,8 +222,8 @@ def feature(sae: str, index: int, fetch: bool = False, timeout: float = 60) -> d
     url = f"{base}/feature/{model}/{source}/{index}"
     out = {"sae": entry.id, "model": model, "source": source, "index": index, "url": url,
            "page": f"https://neuronpedia.org/{model}/{source}/{index}"}
-    if not fetch:
-        return out
+    if not fetch:  # offline: what the cache holds (an earlier --fetch, or `saejobs features import`)
+        return {**out, "cached": explanation_cache.explanations(entry.id, index)}
     key = os.environ.get("NEURONPEDIA_API_KEY")
     if key:
         check_key_transport(url)
@@ -231,7 +232,10 @@ def feature(sae: str, index: int, fetch: bool = False, timeout: float = 60) -> d
     got = np_api.parse_feature(body)
     if (got["model"], got["source"], got["index"]) != (model, source, index):
         raise np_api.SchemaError(f"{url} answered for {got['model']}/{got['source']}/{got['index']}")
-    return {**out, **got}
+    from saejobs.engine.explanations import from_feature_answer
+
+    stored = explanation_cache.store(lambda: from_feature_answer(body, entry.id, index))  # labels work offline now
+    return {**out, **got, "cached_new": stored["new"], "cached": explanation_cache.explanations(entry.id, index)}
 
 
 def compare(sweep_job: str, run: int | None = None, store_rows: bool = True) -> dict:
@@ -263,8 +267,13 @@ def compare(sweep_job: str, run: int | None = None, store_rows: bool = True) -> 
                      "strength": g["features"][0]["strength"], "prompt": g["prompt"], "seed": g["seed"],
                      "temperature": g["sampling"]["temperature"], **m, "ours": ours, "theirs": theirs,
                      "diverge_at_char": common_prefix(ours, theirs)})
+    sae = pairs[0]["steered"]["sae_id"]
+    known = explanation_cache.labels_of([(f.get("sae") or sae, f.get("index")) for r in rows for f in r["features"]])
+    for r in rows:  # each feature's cached explanation, for the report (not stored with the comparison)
+        r["labels"] = [known.get((f.get("sae") or sae, f.get("index"))) for f in r["features"]]
     if store_rows:
-        store.record_comparisons(sweep_job, [(r["run"], {k: v for k, v in r.items() if k not in ("ours", "theirs")})
+        store.record_comparisons(sweep_job, [(r["run"], {k: v for k, v in r.items() if k not in ("ours", "theirs",
+                                                                                                 "labels")})
                                              for r in rows])
     sampled = any(r["temperature"] > 0 for r in rows)
     summary = {"configurations": len(rows), "mean_token_agreement": sum(r["token_agreement"] for r in rows) / len(rows),

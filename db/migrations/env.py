@@ -12,7 +12,7 @@ from collections import Counter
 from alembic import context
 
 from saejobs.db.errors import DatabaseError
-from saejobs.db.models import Base
+from saejobs.db.models import Base, fts_object
 
 engine = context.config.attributes["engine"]
 
@@ -24,6 +24,11 @@ def dangling(connection) -> str:
                      for (child, parent), n in sorted(Counter((r[0], r[2]) for r in rows).items()))
 
 
+def include_name(name, type_, parent_names) -> bool:
+    """Autogenerate leaves the full-text search objects alone: the migrations make them, not the models."""
+    return not fts_object(name)
+
+
 with engine.connect() as connection:
     sqlite = connection.dialect.name == "sqlite"
     if sqlite:  # on the DBAPI connection, outside any transaction (the engine's "begin" hook has not run)
@@ -32,7 +37,8 @@ with engine.connect() as connection:
         with connection.begin():
             if connection.dialect.name == "postgresql":  # a migration waits for a busy table this long, then fails
                 connection.exec_driver_sql("SET LOCAL lock_timeout = '10s'")
-            context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
+            context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True,
+                              include_name=include_name)
             context.run_migrations()
             if sqlite and (found := dangling(connection)):
                 raise DatabaseError(f"the migration would leave rows whose foreign key points nowhere ({found}); "
