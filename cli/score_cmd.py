@@ -15,7 +15,7 @@ import click
 
 from saejobs.cli.complete import job_ids, sae_ids
 from saejobs.cli.output import emit, json_option
-from saejobs.cli.submit_cmd import _ints, submission
+from saejobs.cli.submit_cmd import _features, _ints, resolve_features, submission
 from saejobs.db.states import JobKind
 from saejobs.engine.errors import UsageError
 from saejobs.engine.job_requests import MAX_NLL_INCREASE, MAX_REFINE_ROUNDS, MAX_SEARCH_POINTS, ScoreRequest, SearchRequest
@@ -57,8 +57,8 @@ def _finite(ctx, param, value: float | None) -> float | None:
 
 @click.command()
 @click.option("--sae", required=True, shell_complete=sae_ids, help="SAE id (Neuronpedia id or repo/folder path).")
-@click.option("--feature", "features", multiple=True, callback=_ints, required=True,
-              help="Feature index (repeat or comma-separate).")
+@click.option("--feature", "features", multiple=True, callback=_features, required=True,
+              help="Feature index (repeat or comma-separate), a Neuronpedia feature URL, or 'label:TEXT'.")
 @click.option("--prompt", "prompts", multiple=True, required=True, help="Prompt (repeatable).")
 @click.option("--range", "range_", default=DEFAULT_RANGE, show_default=True, callback=_range,
               help="Strengths searched, LO:HI.")
@@ -80,8 +80,11 @@ def search(sae, features, prompts, range_, max_nll_increase, points, rounds, see
     within --max-nll-increase of the DEFAULT's: a coarse grid, then refinement, each round one sweep."""
     from saejobs.engine import registry
 
+    if features.terms:
+        raise UsageError("search takes features of --sae, not SAE_ID:INDEX@STRENGTH steers")
+    sae, indices = resolve_features(sae, features)
     entry = registry.get(sae)
-    req = SearchRequest(sae=entry.id, features=tuple(features), prompts=tuple(prompts), seeds=tuple(seeds),
+    req = SearchRequest(sae=entry.id, features=tuple(indices), prompts=tuple(prompts), seeds=tuple(seeds),
                         lo=range_[0], hi=range_[1], max_nll_increase=max_nll_increase, points=points,
                         refine_rounds=rounds, n_tokens=n_tokens, model=model_source, dtype=dtype)
     req.check_features(entry.d_sae, entry.id)

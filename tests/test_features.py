@@ -150,7 +150,7 @@ def test_similar_across_the_models_downloaded_saes_at_the_same_hook(home):  # no
     assert [g["sae"] for g in only["groups"]] == [a.id]
 
 
-def test_from_a_texts_top_features_to_a_sweep_through_the_cli(home, tiny_gemma2_dir):  # noqa: F811
+def test_from_a_texts_top_features_to_a_sweep_through_the_cli(home, tiny_gemma2_dir, tmp_path):  # noqa: F811
     from saejobs.db import jobs, results
 
     s = make(home, fmt="gemma-scope-2", d_model=64, d_sae=256, layer=1)
@@ -163,9 +163,25 @@ def test_from_a_texts_top_features_to_a_sweep_through_the_cli(home, tiny_gemma2_
                                                                                                "The sea is wide"]
     assert all(len(t["features"]) <= 4 for t in got["texts"][0]["per_token"])
     assert all(f["label"] is None for t in got["texts"] for f in t["features"])
+    # explanations of two of its features imported (Neuronpedia's export format), then shown as labels
+    from tests.explanation_exports import row, write_batches
+
+    a, b = got["texts"][0]["features"][0]["index"], got["texts"][1]["features"][0]["index"]
+    write_batches(tmp_path / "export", [row(a, "cmaaaaaaaaaaaaaaaaaaaaaaa", "greetings and salutations", None, None,
+                                            model="tiny-gemma-2", layer="1-synthetic"),
+                                        row(b, "cmbbbbbbbbbbbbbbbbbbbbbbb", "the open sea", None, None,
+                                            model="tiny-gemma-2", layer="1-synthetic")])
+    assert saejobs("features", "import", str(tmp_path / "export"), "--sae", s.id).returncode == 0
     table = saejobs("features", "top", "--sae", s.id, "--prompt", "Hello there", "--model", str(tiny_gemma2_dir),
                     "--local", "--quiet", "--per-token", env={"COLUMNS": "200"})
     assert table.returncode == 0 and "top features of 'Hello there'" in table.stdout, table.stderr
+    assert "greetings and salutations" in table.stdout
+    res = saejobs("sweep", "--sae", s.id, "--feature", "label:open sea", "--strength", "5", "--prompt", "Hi",
+                  "--n-tokens", "2", "--model", str(tiny_gemma2_dir), "--local", "--json")
+    assert res.returncode == 0, res.stderr
+    assert f"'label:open sea' is feature {b} of {s.id}: the open sea" in res.stderr
+    steered = [r for r in results.generation_rows(json.loads(res.stdout)["id"]) if r["type"] == "STEERED"]
+    assert [r["features"][0]["index"] for r in steered] == [b]
 
     res = saejobs("features", "top", "--sae", s.id, "--prompt", "Hello there", "--k", "4", "--model",
                   str(tiny_gemma2_dir), "--then-sweep", "--top", "3", "--strength", "0,20", "--local", "--json")
@@ -203,6 +219,17 @@ def test_bad_input_is_one_line_with_its_exit_code(home, args, code, says):  # no
     from saejobs.db import jobs
 
     assert jobs.listing() == []  # nothing queued
+
+
+def test_search_takes_a_feature_url_or_label_but_no_steer(home):  # noqa: F811
+    s = make(home, d_model=64, d_sae=256, layer=1)
+    line = one_clean_line(saejobs("search", "--sae", s.id, "--feature", f"{s.id}:3@4", "--prompt", "p"), 2)
+    assert "search takes features of --sae, not SAE_ID:INDEX@STRENGTH steers" in line
+    line = one_clean_line(saejobs("search", "--feature", "https://www.neuronpedia.org/gemma-2-2b/20-gemmascope-res-16k/7",
+                                  "--sae", s.id, "--prompt", "p"), 2)
+    assert f"names feature 7 of gemma-2-2b/20-gemmascope-res-16k, not of --sae {s.id}" in line
+    line = one_clean_line(saejobs("search", "--sae", s.id, "--feature", "label:dogs", "--prompt", "p"), 2)
+    assert "no explanations of" in line and "features import" in line
 
 
 def test_neuronpedia_urls_name_the_sae_and_the_feature():
