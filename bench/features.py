@@ -67,10 +67,9 @@ def main() -> int:
     g = torch.Generator().manual_seed(0)
     params = {"W_enc": torch.randn(d, a.d_sae, generator=g) / d ** 0.5, "W_dec": torch.randn(a.d_sae, d, generator=g),
               "b_enc": torch.randn(a.d_sae, generator=g) * 0.01, "b_dec": torch.zeros(d)}
-    pre = (x / x.norm(dim=-1, keepdim=True)) @ params["W_enc"]
     params["W_enc"] /= x.norm(dim=-1).median()
-    scale = torch.quantile(pre.flatten()[::97], 1 - 70 / a.d_sae)
-    params["threshold"] = (scale + torch.rand(a.d_sae, generator=g) * 0.1 * scale.abs()).contiguous()
+    pre = x[1:] @ params["W_enc"] + params["b_enc"]  # thresholds: about 70 of the features fire at a token
+    params["threshold"] = torch.quantile(pre.flatten()[::97], 1 - 70 / a.d_sae).expand(a.d_sae).contiguous()
     sae = JumpReLUSAE(params, None)
 
     def forward():
