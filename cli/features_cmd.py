@@ -91,6 +91,12 @@ def top(sae, prompts, prompts_file, chat_file, system, chat_template_file, k, in
         raise UsageError("--strength goes with --then-sweep")
     req = FeaturesRequest(sae=sae_id, prompts=tuple(prompts), chats=tuple(chats), chat_template=template, k=k,
                           ignore_bos=not include_bos, model=model_source, dtype=dtype)
+    if chats and template is None:
+        from saejobs.engine import registry
+
+        source = model_source or registry.get(sae_id).model_hf
+        if chat.model_template(source) is False:  # None: not known here; the worker checks
+            raise UsageError(chat.NO_TEMPLATE.format(model=source))
     job = _run(req, wait=wait or then_sweep, local=local, gpu=gpu, timeout=timeout, quiet=quiet, as_json=as_json)
     if job is None:
         return

@@ -163,6 +163,25 @@ def test_from_a_texts_top_features_to_a_sweep_through_the_cli(home, tiny_gemma2_
                                                                                                "The sea is wide"]
     assert all(len(t["features"]) <= 4 for t in got["texts"][0]["per_token"])
     assert all(f["label"] is None for t in got["texts"] for f in t["features"])
+    (tmp_path / "chat.json").write_text(json.dumps([[{"role": "user", "content": "Hello there"}]]))
+    line = one_clean_line(saejobs("features", "top", "--sae", s.id, "--chat", str(tmp_path / "chat.json"),
+                                  "--model", str(tiny_gemma2_dir)), 2)  # refused before anything is queued
+    assert "has no chat template" in line and len(jobs.listing(kind="features")) == 1
+    template = ("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}"
+                "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+    (tmp_path / "t.jinja").write_text(template)
+    res = saejobs("features", "top", "--sae", s.id, "--chat", str(tmp_path / "chat.json"), "--system", "Be brief.",
+                  "--chat-template", str(tmp_path / "t.jinja"), "--model", str(tiny_gemma2_dir), "--local", "--json")
+    assert res.returncode == 0, res.stderr
+    text = json.loads(res.stdout)["texts"][0]
+    assert text["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_gemma2_dir)  # the template rendered as transformers renders it
+    rendered = tok.apply_chat_template(text["messages"], chat_template=template, tokenize=False,
+                                       add_generation_prompt=True)
+    assert rendered.startswith("<bos><start_of_turn>system\nBe brief.<end_of_turn>")
+    assert text["text"] == rendered and text["n_tokens"] == len(tok(rendered, add_special_tokens=False)["input_ids"])
     # explanations of two of its features imported (Neuronpedia's export format), then shown as labels
     from tests.explanation_exports import row, write_batches
 
