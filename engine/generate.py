@@ -73,12 +73,10 @@ def output_text(tokenizer, prompt_ids_: list[int], generated: list[int]) -> str:
 
 
 @torch.no_grad()
-def generate(lm, rows: list[Row], sampling: Sampling, *, hook_name: str | None = None,
-             steer: Callable[[torch.Tensor], torch.Tensor] | None = None,
-             on_step: Callable[[int, int], None] | None = None,
+def generate(lm, rows: list[Row], sampling: Sampling, *, on_step: Callable[[int, int], None] | None = None,
              steering: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> list[Generated]:
-    """Generate for all rows in one batch; ``steer`` (if given) edits the activation at ``hook_name``,
-    and each of ``steering``'s functions the activation at its hook (several hooks: several layers).
+    """Generate for all rows in one batch; each of ``steering``'s functions edits the activation at its
+    hook (several hooks: several layers).
 
     ``on_step(step, n_tokens)`` is called on the host after each step is queued (it never waits for
     the device), so a caller can report progress or stop a long chunk.
@@ -99,13 +97,13 @@ def generate(lm, rows: list[Row], sampling: Sampling, *, hook_name: str | None =
     sync_every = 1 if device.type == "cpu" else SYNC_EVERY
 
     ran = 0
-    edits = {**(steering or {}), **({hook_name: steer} if steer is not None else {})}
     with ExitStack() as hooks:
-        for name, fn in edits.items():
+        for name, fn in (steering or {}).items():
             hooks.enter_context(hook(lm, name, fn))
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         res = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-        cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        # the class's own signature: an instance's forward may be wrapped (a test's, a profiler's) as *args/**kwargs
+        cache_arg = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
         for step in range(n):
             logits = res.logits[:, -1, :]
             nxt = choose(logits)

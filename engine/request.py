@@ -268,6 +268,13 @@ class SweepRequest:
         if self.batch_size is not None and self.batch_size < 1:
             raise UsageError(f"batch size must be at least 1, not {self.batch_size}")
 
+    def concept_features(self, sae_id: str) -> list[int]:
+        """The features of the sweep's SAE it steers (``--feature`` indices, then steers' features of
+        ``sae_id`` or of no named SAE): what a DEFAULT row is scored on, as its baseline."""
+        steered = (it.direction.index for st in self.steers for it in st.interventions
+                   if it.direction.index is not None and it.direction.sae in (None, sae_id))
+        return list(dict.fromkeys([*self.features, *steered]))
+
     def check_features(self, d_sae: int, sae_id: str) -> None:
         if bad := [f for f in self.features if f >= d_sae]:
             raise UsageError(f"feature {bad[0]} is out of range for {sae_id} (d_sae {d_sae})")

@@ -133,7 +133,7 @@ class SweepGenerator:
         per_row = [self.steers(c, checks) for c in configs]
         steering = {}
         for name in dict.fromkeys(h for r in per_row for h in r):  # hooks in order of first use
-            batch = BatchSteering([r.get(name, []) for r in per_row], self._width(name), self.settings.method, keep,
+            batch = BatchSteering([r.get(name, []) for r in per_row], hook_width(self.lm, name), self.settings.method, keep,
                                   checks)
             if batch.active:
                 steering[name] = batch
@@ -168,13 +168,6 @@ class SweepGenerator:
                 if t in special:
                     keep[b, offset + i] = 0.0
         return keep
-
-    def _width(self, hook_name: str) -> int:
-        """The activation width at a hook: its SAE's, or (a vector's hook) the model's at that site."""
-        for sae, name in [(self.sae, self.hook_name), *self.saes.values()]:
-            if name == hook_name:
-                return int(sae.W_dec.shape[1])
-        return hook_width(self.lm, hook_name)
 
 
 def chunks(configs: list[SweepConfig], size: int) -> Iterator[list[SweepConfig]]:

@@ -41,12 +41,18 @@ def run(ctx) -> dict:
     ctx.progress(0.0, f"loading model {source}", force=True)
     lm = ctx.executor.cache.model(source, getattr(torch, req.dtype))
     check_pairing(entry, sae, lm)
+    others = {}  # the other SAEs a steer names, each read at its own hook, as the sweep scored them
+    for e in map(resolve_entry, req.steer_saes()):
+        other = ctx.executor.cache.sae(e, str(local_copy(ctx, e)[1]))
+        check_pairing(e, other, lm)
+        others[e.id] = (other, e.hook_name)
+    baseline = req.concept_features(entry.id)
     written = 0
     for start in range(0, total, CHUNK):
         part = rows[start:start + CHUNK]
-        items = [score.Item(r["prompt_token_ids"], r["token_ids"], score.concept_features(r["features"], req.features))
-                 for r in part]
-        out = score.score(lm, sae, entry.hook_name, items,
+        items = [score.Item(r["prompt_token_ids"], r["token_ids"], score.concept_features(r["features"], baseline, entry.id),
+                            score.other_concepts(r["features"], entry.id)) for r in part]
+        out = score.score(lm, sae, entry.hook_name, items, others=others,
                           on_group=lambda n, _s=start: ctx.progress((_s + n) / total, f"{_s + n}/{total} scored"))
         written += store.set_scores({r["id"]: s for r, s in zip(part, out)},
                                    owner=(ctx.job.id, ctx.executor.name))

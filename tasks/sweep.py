@@ -59,9 +59,7 @@ def run(ctx) -> dict:
     sweep_id = results.ensure_sweep(sweep_job, entry.id, lm.model_id,
                                     {**req.to_params(), "settings": settings.to_json()}, prov,
                                     owner=(ctx.job.id, ctx.executor.name))
-    concept = list(dict.fromkeys([*req.features, *(it.direction.index for st in req.steers for it in st.interventions
-                                                   if it.direction.index is not None
-                                                   and it.direction.sae in (None, entry.id))]))  # DEFAULT rows' baseline
+    concept = req.concept_features(entry.id)  # DEFAULT rows' baseline
     stored = results.config_keys(sweep_id)
     todo = [c for c in configs if c.key not in stored]
     total, done = len(configs), len(configs) - len(todo)

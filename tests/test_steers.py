@@ -132,6 +132,25 @@ def test_a_two_sae_sweep_through_the_cli_equals_interp_engine_row_for_row(home, 
     expected = float(np.where(pre > p3["threshold"][7], pre, 0.0).mean())
     assert expected > 0 and g["scores"]["concept"][f"{s3.id}:7"]["mean"] == pytest.approx(expected, rel=1e-3)
 
+    # erased, `saejobs score` puts the same scores back: the DEFAULT row's baseline on the steers' features of
+    # the sweep's SAE, and the other SAE's features read by it at its hook
+    from saejobs.db.models import Generation
+    from saejobs.db.session import session
+
+    default = next(r for r in rows if r["type"] == "DEFAULT")
+    assert set(default["scores"]["concept"]) == {"5"}  # the steered features of the sweep's SAE (s1): mix's 5
+    with session() as ses:
+        for row in ses.query(Generation).all():
+            row.scores = None
+    res = saejobs("score", job["id"], "--local", "--json")
+    assert res.returncode == 0 and json.loads(res.stdout)["result"]["scored"] == len(rows), res.stderr
+    again = {r["id"]: r["scores"] for r in results.generation_rows(job["id"])}
+    for r in rows:
+        assert again[r["id"]]["concept"].keys() == r["scores"]["concept"].keys(), r["sampling"]
+        assert again[r["id"]]["nll"] == pytest.approx(r["scores"]["nll"], abs=1e-5)
+        for k, c in r["scores"]["concept"].items():
+            assert again[r["id"]]["concept"][k]["mean"] == pytest.approx(c["mean"], rel=1e-4, abs=1e-4)
+
 
 def _submitted(args: list[str]):
     """The typed request ``saejobs sweep ARGS`` would queue (nothing is queued)."""
