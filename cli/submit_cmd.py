@@ -325,11 +325,13 @@ def sweep(sae, features, from_file, steers_file, vectors, strengths, prompts, pr
         steers += imported.steers
         for note in imported.notes:
             click.echo(f"note: {note}", err=True)
-    named = [s for st in steers for s in sorted(st.saes())]
-    if sae is None and not named:
+    if sae is None:  # the sweep's SAE: the first a steer steers along (else the first it swaps onto)
+        its = [it for st in steers for it in st.interventions]
+        sae = next((it.direction.sae for it in its if it.direction.sae is not None), None) or next(
+            (it.target.sae for it in its if it.target is not None and it.target.sae is not None), None)
+    if sae is None:
         raise UsageError("no SAE: give --sae ID (or steers naming SAEs: --feature SAE_ID:INDEX@STRENGTH, --steers FILE)")
-    entry = registry.get(sae if sae is not None else next(s for st in steers for it in st.interventions
-                                                              for s in [it.direction.sae] if s is not None))
+    entry = registry.get(sae)
     prompts = list(prompts)
     if prompts_file is not None:
         prompts += [line.rstrip("\n") for line in prompts_file.read_text(encoding="utf-8").splitlines() if line.strip()]
