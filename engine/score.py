@@ -4,7 +4,10 @@
   forward pass over prompt + completion: the mean over the completion's tokens and the fraction of
   them where it fires. A DEFAULT row is scored on every feature its sweep steers, as the baseline.
 - fluency: the unsteered model's mean negative log-likelihood of the completion given the prompt
-  (the EOS that ended it included: stopping is a choice the model makes) and its perplexity.
+  (the EOS that ended it included: stopping is a choice the model makes) and its perplexity; and
+  ``nll_novel``, the same mean over the completion's *novel* tokens only — a token that repeats a bigram
+  already in the completion is left out. Repetition, which the model predicts well (a phrase looped
+  twenty times has a lower NLL than fluent text), cannot lower it: the strength search's measure.
 - degeneration: distinct-1/2 and the longest n-gram that occurs twice (tokens), and whether the
   completion stopped at EOS.
 
@@ -36,6 +39,7 @@ class Score(StrEnum):
     CONCEPT_MEAN = "concept_mean"  # mean over the row's concept features (one for a one-feature row)
     CONCEPT_FIRE_RATE = "concept_fire_rate"
     NLL = "nll"
+    NLL_NOVEL = "nll_novel"  # NLL over the tokens that repeat no earlier bigram of the completion
     PERPLEXITY = "perplexity"
     DISTINCT_1 = "distinct_1"
     DISTINCT_2 = "distinct_2"
@@ -118,11 +122,13 @@ def _score_group(lm, sae, hook_name: str, items: list[Item], others: dict[str, t
     ids = torch.full((B, W), pad, dtype=torch.long)
     mask = torch.zeros((B, W), dtype=torch.long)
     gen = torch.zeros((B, L), dtype=torch.bool)  # the last L positions that are this row's completion
+    novel = torch.zeros((B, L), dtype=torch.bool)  # those whose token repeats no earlier bigram of it
     for b, (s, it) in enumerate(zip(seqs, items)):
         ids[b, W - len(s):] = torch.tensor(s)
         mask[b, W - len(s):] = 1
         gen[b, L - len(it.token_ids):] = True
-    ids, mask, gen = ids.to(device), mask.to(device), gen.to(device)
+        novel[b, L - len(it.token_ids):] = torch.tensor(novel_tokens(it.token_ids), dtype=torch.bool)
+    ids, mask, gen, novel = ids.to(device), mask.to(device), gen.to(device), novel.to(device)
     # every concept as (SAE id or None for the sweep's, index), each SAE reading its own hook
     feats = sorted({(None, f) for it in items for f in it.features} | {o for it in items for o in it.others},
                    key=lambda k: (k[0] or "", k[1]))
@@ -145,11 +151,12 @@ def _score_group(lm, sae, hook_name: str, items: list[Item], others: dict[str, t
     del res, logits
     nll_sum = -(logp * gen).sum(-1)
     n_gen = gen.sum(-1)
+    novel_sum, n_novel = -(logp * novel).sum(-1), novel.sum(-1)
     text = gen.clone()  # the completion without the EOS that ended it
     if eos is not None:
         text[:, -1] &= targets[:, -1] != eos
     n_text = text.sum(-1)
-    cols = [nll_sum, n_gen.float(), n_text.float()]
+    cols = [nll_sum, n_gen.float(), n_text.float(), novel_sum, n_novel.float()]
     if feats:
         means, fires = [], []
         for key in dict.fromkeys(s for s, _ in feats):  # per SAE, its features' columns only, in ``feats`` order
@@ -167,21 +174,34 @@ def _score_group(lm, sae, hook_name: str, items: list[Item], others: dict[str, t
 
 
 def _row(item: Item, sums: list[float], feats: list[tuple], member: "torch.Tensor", eos: int | None) -> dict:
-    nll_sum, n_gen, n_text = sums[0], int(sums[1]), int(sums[2])
-    F = len(feats)
+    nll_sum, n_gen, n_text, novel_sum, n_novel = sums[0], int(sums[1]), int(sums[2]), sums[3], int(sums[4])
+    F, c0 = len(feats), 5  # the concept columns follow the five above
     concept = {}
     for k, (sae_id, f) in enumerate(feats):
         if member[k]:
             concept[str(f) if sae_id is None else f"{sae_id}:{f}"] = {
-                "mean": sums[3 + k] / n_text if n_text else 0.0, "fire_rate": sums[3 + F + k] / n_text if n_text else 0.0}
+                "mean": sums[c0 + k] / n_text if n_text else 0.0,
+                "fire_rate": sums[c0 + F + k] / n_text if n_text else 0.0}
     nll = nll_sum / n_gen if n_gen else None
     stopped = bool(item.token_ids) and eos is not None and item.token_ids[-1] == eos
     body = list(item.token_ids[:-1] if stopped else item.token_ids)
     return {Score.CONCEPT: concept,
             Score.CONCEPT_MEAN: _mean([c["mean"] for c in concept.values()]),
             Score.CONCEPT_FIRE_RATE: _mean([c["fire_rate"] for c in concept.values()]),
-            Score.NLL: nll, Score.PERPLEXITY: None if nll is None else math.exp(min(nll, 700.0)),
+            Score.NLL: nll, Score.NLL_NOVEL: novel_sum / n_novel if n_novel else None,
+            Score.PERPLEXITY: None if nll is None else math.exp(min(nll, 700.0)),
             **repetition(body), Score.STOPPED_AT_EOS: stopped, Score.COMPLETION_TOKENS: n_text}
+
+
+def novel_tokens(tokens: Sequence[int]) -> list[bool]:
+    """Per token, whether it is novel: the first, and each whose bigram with the token before it has not
+    occurred earlier in ``tokens``."""
+    seen, out = set(), []
+    for i, t in enumerate(tokens):
+        pair = (tokens[i - 1], t) if i else None
+        out.append(pair is None or pair not in seen)
+        seen.add(pair)
+    return out
 
 
 def repetition(tokens: Sequence[int]) -> dict:

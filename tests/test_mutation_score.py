@@ -23,7 +23,7 @@ from saejobs.engine.models import LoadedModel, byte_tokenizer
 LAYER = 1
 HOOK = f"blocks.{LAYER}.hook_resid_post"
 EOS, PAD, BOS = 1, 0, 2
-FIELDS = {"concept", "concept_mean", "concept_fire_rate", "nll", "perplexity", "distinct_1", "distinct_2",
+FIELDS = {"concept", "concept_mean", "concept_fire_rate", "nll", "nll_novel", "perplexity", "distinct_1", "distinct_2",
           "longest_repeat", "stopped_at_eos", "completion_tokens"}
 
 
@@ -77,6 +77,9 @@ def reference(lm, sae, prompt: list[int], gen: list[int], feats: list[int]) -> d
     lp = torch.log_softmax(logits, -1)
     P = len(prompt)
     nll = -sum(float(lp[P - 1 + i, t]) for i, t in enumerate(gen)) / len(gen) if gen else None
+    # novel: the first token, and each whose bigram with the one before has not occurred before it
+    novel = [i for i in range(len(gen)) if i == 0 or all(gen[j - 1:j + 1] != gen[i - 1:i + 1] for j in range(1, i))]
+    nll_novel = -sum(float(lp[P - 1 + i, gen[i]]) for i in novel) / len(novel) if novel else None
     stopped = bool(gen) and gen[-1] == EOS
     body = gen[:-1] if stopped else gen
     x = seen[0][0, P:P + len(body)].double()
@@ -87,7 +90,7 @@ def reference(lm, sae, prompt: list[int], gen: list[int], feats: list[int]) -> d
         n = len(body)
         concept[str(f)] = {"mean": float(act.sum()) / n if n else 0.0,
                            "fire_rate": float((act > 0).sum()) / n if n else 0.0}
-    return {"nll": nll, "concept": concept, "n_text": len(body), "stopped": stopped, "body": body,
+    return {"nll": nll, "nll_novel": nll_novel, "concept": concept, "n_text": len(body), "stopped": stopped, "body": body,
             "max_act": {str(f): float((x @ sae.W_enc[:, f].double() + float(sae.b_enc[f])).max()) if len(body) else 0.0
                         for f in feats}}
 
@@ -99,6 +102,7 @@ def close(a, b, tol=1e-4):
 def check(got: dict, want: dict) -> None:
     assert set(got) == FIELDS
     assert close(got["nll"], want["nll"]), (got["nll"], want["nll"])
+    assert close(got["nll_novel"], want["nll_novel"]), (got["nll_novel"], want["nll_novel"])
     assert close(got["perplexity"], None if want["nll"] is None else math.exp(want["nll"]), 1e-3)
     assert got["completion_tokens"] == want["n_text"]
     assert got["stopped_at_eos"] is want["stopped"]
@@ -376,14 +380,14 @@ def on_meta(lm: LoadedModel) -> tuple[LoadedModel, list[dict]]:
 def test_a_group_runs_on_the_models_device_and_the_concept_on_the_saes(lm, host_copies):
     """Model on another device (meta) than the SAE (CPU): ids, mask and positions go to the model's device;
     the activation comes to the SAE (one copy, in its dtype); the concept goes back to the model's device
-    for the per-row sums, of which one (B, 3 + 2F) tensor comes to the host."""
+    for the per-row sums, of which one (B, 5 + 2F) tensor comes to the host."""
     meta, inputs = on_meta(lm)
     sae = make_sae(lm.config.hidden_size)
     items = [sc.Item(p, g, f) for p, g, f in ITEMS[:3]]  # features 0, 1, 2, 5; longest completion 7
     rows = sc.score(meta, sae, HOOK, items)
     (passed,) = inputs  # one forward pass; every tensor handed to it on the model's device
     assert "input_ids" in passed and set(passed.values()) == {"meta"}
-    assert host_copies == [((3, 7, 32), torch.float32), ((3, 11), torch.float32)]
+    assert host_copies == [((3, 7, 32), torch.float32), ((3, 13), torch.float32)]
     assert len(rows) == 3 and rows[0]["completion_tokens"] == 0  # the sums are the stand-in's zeros
 
 

@@ -31,6 +31,14 @@ def test_repetition_counts_tokens_and_repeats():
     assert score.repetition([])["distinct_1"] == 1.0
 
 
+def test_novel_tokens_leave_out_every_token_that_repeats_a_bigram():
+    assert score.novel_tokens([]) == []
+    assert score.novel_tokens([7]) == [True]
+    #                          a  b  a  b  a  c  b  a  b
+    assert score.novel_tokens([1, 2, 1, 2, 1, 3, 2, 1, 2]) == [True, True, True, False, False, True, True, False, False]
+    assert score.novel_tokens([5, 5, 5, 5]) == [True, True, False, False]
+
+
 def test_search_rule_takes_the_most_conceptual_strength_within_the_fluency_bound():
     pts = [search.Point(0, 0.0, 1.0, 1), search.Point(100, 5.0, 1.5, 1), search.Point(200, 9.0, 2.2, 1),
            search.Point(300, 9.0, 1.9, 1), search.Point(400, 30.0, 4.0, 1)]
@@ -139,7 +147,12 @@ def reference_scores(lm, params: dict, prompt: list[int], generated: list[int], 
         handle.remove()
     p = len(prompt)
     logp = torch.log_softmax(logits, dim=-1)
-    nll = -float(logp[torch.arange(len(generated)), torch.tensor(generated)].mean())
+    per_token = -logp[torch.arange(len(generated)), torch.tensor(generated)]
+    nll = float(per_token.mean())
+    # nll_novel: over the tokens whose bigram with the one before is not already in the completion
+    bigrams = [tuple(generated[i - 1:i + 1]) for i in range(1, len(generated))]
+    novel = [0] + [i for i in range(1, len(generated)) if bigrams[i - 1] not in bigrams[:i - 1]]
+    nll_novel = float(per_token[novel].mean())
     stopped = generated[-1] == lm.tokenizer.eos_token_id
     x = seen[0][0, p:len(prompt) + len(generated) - stopped].double().numpy()
     concept = {}
@@ -148,7 +161,8 @@ def reference_scores(lm, params: dict, prompt: list[int], generated: list[int], 
         acts = np.maximum(pre, 0) * (pre > float(params["threshold"][f]))
         n = max(len(acts), 1)  # a row that stopped at once has no completion tokens: 0
         concept[str(f)] = {"mean": float(acts.sum()) / n, "fire_rate": float((acts > 0).sum()) / n}
-    return {"nll": nll, "concept": concept, "stopped_at_eos": stopped, "completion_tokens": len(x)}
+    return {"nll": nll, "nll_novel": nll_novel, "concept": concept, "stopped_at_eos": stopped,
+            "completion_tokens": len(x)}
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +202,7 @@ def test_scores_equal_an_independent_computation_eos_included(gemma3, grid, read
         ref = refs[i] = reference_scores(gemma3, sae_file, list(it.prompt_ids), list(it.token_ids), list(WORDS))
         where = (tok.decode(it.token_ids), mine, ref)
         assert mine["nll"] == pytest.approx(ref["nll"], rel=1e-4, abs=1e-4), where
+        assert mine["nll_novel"] == pytest.approx(ref["nll_novel"], rel=1e-4, abs=1e-4), where
         assert mine["perplexity"] == pytest.approx(math.exp(ref["nll"]), rel=1e-3), where
         assert mine["stopped_at_eos"] is ref["stopped_at_eos"], where
         assert mine["completion_tokens"] == ref["completion_tokens"], where
