@@ -168,7 +168,8 @@ def results(job_id, kind, as_json, as_csv, fmt, out) -> None:
         chosen = (job.result or {}).get("chosen", [])
         known = explanations.labels(job.sae_id, {c["feature"] for c in chosen if isinstance(c.get("feature"), int)})
         _out([{**c, "label": known.get(c.get("feature"))} for c in chosen],
-             ["feature", "prompt", "strength", "concept", "nll", "default_nll", "nll_bound", "output", "label"],
+             ["feature", "prompt", "strength", "concept", "nll", "default_nll", "nll_bound", "output", "label",
+              "combined"],
              as_json, as_csv, f"search {job.id[:8]}")
     elif job.kind == JobKind.VERIFY:
         rows = [res.verification_dict(v) for v in res.verifications(job_id=job.id)]

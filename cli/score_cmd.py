@@ -70,14 +70,24 @@ def _finite(ctx, param, value: float | None) -> float | None:
 @click.option("--rounds", default=SearchRequest.refine_rounds, show_default=True,
               type=click.IntRange(0, MAX_REFINE_ROUNDS),
               help="Refinement rounds after the coarse grid (each halves the step around the best).")
+@click.option("--max-repeat-increase", default=SearchRequest.max_repeat_increase, show_default=True,
+              type=click.FloatRange(0, MAX_TOKENS), help="Degeneration bound: the longest repeated n-gram (tokens) at "
+                                                         "most the DEFAULT's plus this.")
+@click.option("--max-distinct2-drop", default=SearchRequest.max_distinct2_drop, show_default=True,
+              type=click.FloatRange(0, 1), help="Degeneration bound: distinct-2 at most this below the DEFAULT's.")
+@click.option("--holdout-prompts", "holdout_prompts", multiple=True,
+              help="Held-out prompt (repeatable): choose each feature's strength on --prompt, report it on these.")
 @click.option("--seed", "seeds", multiple=True, callback=_ints, help="Seeds (default 42).")
 @click.option("--n-tokens", default=SearchRequest.n_tokens, show_default=True, type=click.IntRange(1, MAX_TOKENS))
 @click.option("--model", "model_source", help="Model source (default: the SAE's model).")
 @click.option("--dtype", default=SearchRequest.dtype, show_default=True, type=click.Choice(DTYPES))
 @submission
-def search(sae, features, prompts, range_, max_nll_increase, points, rounds, seeds, n_tokens, model_source, dtype):
-    """Find, per feature × prompt, the strength with the highest concept score whose fluency stays
-    within --max-nll-increase of the DEFAULT's: a coarse grid, then refinement, each round one sweep."""
+def search(sae, features, prompts, range_, max_nll_increase, max_repeat_increase, max_distinct2_drop, holdout_prompts,
+           points, rounds, seeds, n_tokens, model_source, dtype):
+    """Find, per feature × prompt, the strength with the highest concept score whose text stays fluent
+    (NLL of its novel tokens within --max-nll-increase of the DEFAULT's) and not degenerate (longest repeat,
+    distinct-2): a coarse grid, then refinement, each round one sweep. With --holdout-prompts: per feature,
+    chosen on --prompt by the combined concept/fluency score and reported on the held-out prompts."""
     from saejobs.engine import registry
 
     if features.terms:
@@ -86,6 +96,8 @@ def search(sae, features, prompts, range_, max_nll_increase, points, rounds, see
     entry = registry.get(sae)
     req = SearchRequest(sae=entry.id, features=tuple(indices), prompts=tuple(prompts), seeds=tuple(seeds),
                         lo=range_[0], hi=range_[1], max_nll_increase=max_nll_increase, points=points,
+                        max_repeat_increase=max_repeat_increase, max_distinct2_drop=max_distinct2_drop,
+                        holdout_prompts=tuple(holdout_prompts),
                         refine_rounds=rounds, n_tokens=n_tokens, model=model_source, dtype=dtype)
     req.check_features(entry.d_sae, entry.id)
     return req, entry.id

@@ -25,6 +25,7 @@ from pathlib import Path
 from saejobs.engine import chat, search
 from saejobs.engine.errors import UsageError
 from saejobs.engine.request import DEFAULT_DTYPE, DTYPES, MAX_PROMPT_CHARS, Settings, SweepRequest
+from saejobs.engine.sampling import MAX_TOKENS
 
 EVAL_WINDOW = 128  # tokens per window of the bundled evaluation text (engine.verify.functional's context)
 MAX_EVAL_TOKENS = 65_536
@@ -160,12 +161,29 @@ class SearchRequest:
     n_tokens: int = Settings.n_tokens
     model: str | None = None  # None: the SAE's model
     dtype: str = DEFAULT_DTYPE
+    holdout_prompts: tuple[str, ...] = ()  # chosen on ``prompts``, reported on these (AxBench's split)
+    max_repeat_increase: float = search.DEFAULT_MAX_REPEAT_INCREASE
+    max_distinct2_drop: float = search.DEFAULT_MAX_DISTINCT2_DROP
 
     def __post_init__(self) -> None:
         s = object.__setattr__
         _text("sae", self.sae)
         if not self.features:
             raise UsageError("no feature to search: give --feature INDEX")
+        s(self, "holdout_prompts", tuple(dict.fromkeys(self.holdout_prompts)))
+        for p in self.holdout_prompts:
+            if not isinstance(p, str) or not p.strip():
+                raise UsageError("a held-out prompt is empty")
+        if both := set(self.holdout_prompts) & set(self.prompts):
+            raise UsageError(f"prompt {sorted(both)[0]!r} is both a training and a held-out prompt")
+        repeat = _number("max_repeat_increase", self.max_repeat_increase)
+        if not 0 <= repeat <= MAX_TOKENS:
+            raise UsageError(f"max_repeat_increase must be from 0 to {MAX_TOKENS}, not {repeat:g}")
+        drop = _number("max_distinct2_drop", self.max_distinct2_drop)
+        if not 0 <= drop <= 1:
+            raise UsageError(f"max_distinct2_drop must be from 0 to 1, not {drop:g}")
+        s(self, "max_repeat_increase", repeat)
+        s(self, "max_distinct2_drop", drop)
         lo, hi = _number("range LO", self.lo), _number("range HI", self.hi)
         if lo >= hi:
             raise UsageError(f"search range {lo:g}:{hi:g} is not LO:HI with LO < HI")
@@ -182,11 +200,17 @@ class SearchRequest:
         s(self, "prompts", probe.prompts)
         s(self, "seeds", probe.seeds)
 
-    def round(self, strengths) -> SweepRequest:
-        """One round's sweep: every feature × prompt × seed at ``strengths``."""
-        return SweepRequest(sae=self.sae, features=tuple(self.features), strengths=tuple(strengths),
-                            prompts=tuple(self.prompts), seeds=tuple(self.seeds),
-                            settings=Settings(n_tokens=self.n_tokens), model=self.model, dtype=self.dtype)
+    def round(self, strengths, features=None, prompts=None) -> SweepRequest:
+        """One round's sweep: every feature × prompt × seed at ``strengths`` (``features``/``prompts``: a
+        subset, e.g. the held-out prompts at one feature's chosen strength)."""
+        return SweepRequest(sae=self.sae, features=tuple(self.features if features is None else features),
+                            strengths=tuple(strengths), prompts=tuple(self.prompts if prompts is None else prompts),
+                            seeds=tuple(self.seeds), settings=Settings(n_tokens=self.n_tokens), model=self.model,
+                            dtype=self.dtype)
+
+    @property
+    def rule(self) -> search.Rule:
+        return search.Rule(self.max_nll_increase, self.max_repeat_increase, self.max_distinct2_drop)
 
     def check_features(self, d_sae: int, sae_id: str) -> None:
         self.round((self.lo,)).check_features(d_sae, sae_id)
@@ -195,11 +219,18 @@ class SearchRequest:
         return {"sae": self.sae, "features": list(self.features), "prompts": list(self.prompts),
                 "seeds": list(self.seeds), "lo": self.lo, "hi": self.hi, "max_nll_increase": self.max_nll_increase,
                 "points": self.points, "refine_rounds": self.refine_rounds, "n_tokens": self.n_tokens,
-                "model": self.model, "dtype": self.dtype}
+                "model": self.model, "dtype": self.dtype,
+                # later keys only when set, so a row of an earlier kind of search is written as it was
+                **({"holdout_prompts": list(self.holdout_prompts)} if self.holdout_prompts else {}),
+                **({"max_repeat_increase": self.max_repeat_increase}
+                   if self.max_repeat_increase != search.DEFAULT_MAX_REPEAT_INCREASE else {}),
+                **({"max_distinct2_drop": self.max_distinct2_drop}
+                   if self.max_distinct2_drop != search.DEFAULT_MAX_DISTINCT2_DROP else {})}
 
     @classmethod
     def from_params(cls, p: dict) -> SearchRequest:
-        return _from_params(cls, p, "a search")
+        return _from_params(cls, {**p, **({"holdout_prompts": tuple(p["holdout_prompts"])}
+                                         if p.get("holdout_prompts") else {})}, "a search")
 
 
 @dataclass(frozen=True)

@@ -69,17 +69,19 @@ def write(rows: Iterable[dict], out: TextIO, title: str, max_nll_increase: float
 
     with spool:
         curves, base = search.curves(passing())
-        default_nll = base.get((-1, "*"))
+        default = base.get((-1, "*"))
+        default_nll = default.nll if default is not None else None
         out.write(f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
                   f"<style>{CSS}</style></head><body><h1>{escape(title)}</h1>"
                   f"<p>Concept: the steered feature's mean activation on the generated tokens (unsteered pass); "
                   f"fluency: mean NLL of the completion (nats/token). Means over prompts and seeds. The chosen strength "
-                  f"has the highest concept score with NLL ≤ DEFAULT + {max_nll_increase:g}. Click a point for its "
+                  f"has the highest concept score among strengths whose text stays fluent (NLL of its novel tokens ≤ "
+                  f"DEFAULT + {max_nll_increase:g}) and not degenerate (search rule, README). Click a point for its "
                   f"generations.</p>")
         for (feature, _), pts in sorted(curves.items()):
             pick = (chosen or {}).get(feature)
             if pick is None:
-                c = search.choose(pts, default_nll, max_nll_increase)
+                c = search.choose(pts, default, search.Rule(max_nll_increase))
                 pick = c.strength if c else None
             out.write(f"<h2>feature {feature}{_label(labels.get(feature))}</h2>")
             out.write(_plot(feature, pts, base.get((feature, "*")), default_nll, pick, max_nll_increase))

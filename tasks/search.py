@@ -1,5 +1,10 @@
-"""Search job: per feature × prompt, the strength that maximises the concept score within a fluency
-bound (``engine.search``), in a few rounds, each round one batched sweep job.
+"""Search job: the strength that maximises the concept score while the text stays fluent and not
+degenerate (``engine.search``), in a few rounds, each round one batched sweep job.
+
+Without held-out prompts the choice is per feature × prompt. With them (``--holdout-prompts``, as AxBench
+splits its prompts) the rounds run on the training prompts, the strength is chosen per feature by the
+combined concept/fluency score averaged over them, and that strength is then run on the held-out prompts
+(one more sweep), whose scores are the reported ones.
 
 Each round's sweep is a child job of its own (its rows, scores and provenance stored and shown like any
 sweep's), run by the worker that runs the search, in its process (``JobContext.run_child``): a search
@@ -10,6 +15,8 @@ curve are the search job's result.
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 from saejobs.db import results
 from saejobs.db.states import JobKind
 from saejobs.engine import search
@@ -18,42 +25,119 @@ from saejobs.engine.job_requests import SearchRequest
 
 def run(ctx) -> dict:
     req = SearchRequest.from_params(ctx.params)
-    lo, hi, bound = req.lo, req.hi, req.max_nll_increase
+    lo, hi, rule = req.lo, req.hi, req.rule
+    holdout = bool(req.holdout_prompts)
     rounds = 1 + req.refine_rounds
+    share = rounds / (rounds + holdout)  # of the progress bar: the rounds, then the held-out sweep
     strengths = search.coarse_grid(lo, hi, req.points)
     step = (hi - lo) / max(len(strengths) - 1, 1)
     rows: list[dict] = []
     round_jobs: list[str] = []
     for i in range(rounds):
-        ctx.progress(i / rounds, f"round {i + 1}/{rounds}: strengths {', '.join(f'{s:g}' for s in strengths)}",
+        ctx.progress(share * i / rounds, f"round {i + 1}/{rounds}: strengths {', '.join(f'{s:g}' for s in strengths)}",
                      force=True)
         sweep = req.round(strengths)
         job_id = ctx.run_child(JobKind.SWEEP, sweep.to_params(), key=f"round-{i}", sae_id=sweep.sae,
-                               span=(i / rounds, (i + 1) / rounds)).id
+                               span=(share * i / rounds, share * (i + 1) / rounds)).id
         round_jobs.append(job_id)
         rows += results.generation_rows(job_id)
         curves, base = search.curves(rows)
-        best = [c.strength for k, pts in curves.items() if (c := search.choose(pts, base.get((-1, k[1])), bound))]
+        if holdout:
+            best = [c[0] for c in _per_feature(curves, base, rule).values() if c]
+        else:
+            best = [c.strength for k, pts in curves.items() if (c := search.choose(pts, base.get((-1, k[1])), rule))]
         done = {pt.strength for pts in curves.values() for pt in pts}
         step /= 2
         strengths = search.refine(best, 2 * step, lo, hi, done)
         if not strengths:
             break
     curves, base = search.curves(rows)
+    out = {"sae": req.sae, "rounds": round_jobs, "max_nll_increase": rule.max_nll_increase,
+           "max_repeat_increase": rule.max_repeat_increase, "max_distinct2_drop": rule.max_distinct2_drop,
+           "range": [lo, hi], "curves": [{"feature": f, "prompt": pr, "points": [
+               {**vars(pt), "admissible": rule.admissible(pt, base.get((-1, pr))),
+                "combined": rule.combined(pt, base.get((-1, pr)))} for pt in pts]} for (f, pr), pts in sorted(curves.items())]}
+    if holdout:
+        out.update(_held_out(ctx, req, curves, base, share))
+    else:
+        out["chosen"] = [_chosen(rows, f, pr, pts, base, rule) for (f, pr), pts in sorted(curves.items())]
+    ctx.progress(1.0, "; ".join(_summary(c) for c in out["chosen"]), force=True)
+    return out
+
+
+def _per_feature(curves, base, rule) -> dict[int, tuple[float, float] | None]:
+    """Per feature, (strength, mean combined score) over the training prompts (``search.choose_across``)."""
+    by_feature: dict[int, dict[str, list]] = defaultdict(dict)
+    for (f, pr), pts in curves.items():
+        by_feature[f][pr] = pts
+    return {f: search.choose_across(per_prompt, {pr: base.get((-1, pr)) for pr in per_prompt}, rule)
+            for f, per_prompt in sorted(by_feature.items())}
+
+
+def _chosen(rows, feature, prompt, pts, base, rule) -> dict:
+    b = base.get((-1, prompt))
+    c = search.choose(pts, b, rule)
+    return {"feature": feature, "prompt": prompt, "strength": c.strength if c else None,
+            "concept": c.concept if c else None, "nll": c.nll if c else None,
+            "nll_novel": c.nll_novel if c else None, "combined": rule.combined(c, b) if c else None,
+            "default_nll": b.nll if b else None, "default_nll_novel": b.nll_novel if b else None,
+            "default_concept": base.get((feature, prompt)),
+            "nll_bound": None if b is None or b.nll is None else b.nll + rule.max_nll_increase,
+            "output": _output(rows, feature, prompt, c.strength) if c else None}
+
+
+def _held_out(ctx, req: SearchRequest, curves, base, share: float) -> dict:
+    """Each feature's strength chosen on the training prompts, then run and scored on the held-out ones."""
+    rule = req.rule
+    picks = _per_feature(curves, base, rule)
+    by_strength: dict[float, list[int]] = defaultdict(list)
+    for f, pick in picks.items():
+        if pick:
+            by_strength[pick[0]].append(f)
+    rows: list[dict] = []
+    jobs = []
+    for n, (strength, features) in enumerate(sorted(by_strength.items())):
+        sweep = req.round([strength], features=features, prompts=req.holdout_prompts)
+        jobs.append(ctx.run_child(JobKind.SWEEP, sweep.to_params(), key=f"holdout-{strength:g}", sae_id=sweep.sae,
+                                  span=(share + (1 - share) * n / len(by_strength),
+                                        share + (1 - share) * (n + 1) / len(by_strength))).id)
+        rows += results.generation_rows(jobs[-1])
+    held, held_base = search.curves(rows)
     chosen = []
-    for (feature, prompt), pts in sorted(curves.items()):
-        default_nll = base.get((-1, prompt))
-        c = search.choose(pts, default_nll, bound)
-        text = next((r["output"] for r in rows if c and r["type"] == "STEERED" and r["prompt"] == prompt
-                     and r["features"][0]["index"] == feature and r["features"][0]["strength"] == c.strength), None)
-        chosen.append({"feature": feature, "prompt": prompt, "strength": c.strength if c else None,
-                       "concept": c.concept if c else None, "nll": c.nll if c else None, "default_nll": default_nll,
-                       "default_concept": base.get((feature, prompt)), "nll_bound": None if default_nll is None
-                       else default_nll + bound, "output": text})
-    ctx.progress(1.0, "; ".join(f"feature {c['feature']} on {c['prompt'][:24]!r}: "
-                                + ("no strength within the bound" if c["strength"] is None else
-                                   f"strength {c['strength']:g} (concept {c['concept']:.3g}, NLL {c['nll']:.3f})")
-                                for c in chosen), force=True)
-    return {"sae": req.sae, "rounds": round_jobs, "max_nll_increase": bound, "range": [lo, hi], "chosen": chosen,
-            "curves": [{"feature": f, "prompt": pr, "points": [vars(pt) for pt in pts]}
-                       for (f, pr), pts in sorted(curves.items())]}
+    for f, pick in picks.items():
+        entry = {"feature": f, "prompt": None, "strength": pick[0] if pick else None,
+                 "train_combined": pick[1] if pick else None, "held_out": []}
+        for pr in req.holdout_prompts:
+            b = held_base.get((-1, pr))
+            pt = next((p for p in held.get((f, pr), []) if pick and p.strength == pick[0]), None)
+            entry["held_out"].append({
+                "prompt": pr, "concept": pt.concept if pt else None, "nll": pt.nll if pt else None,
+                "nll_novel": pt.nll_novel if pt else None, "admissible": rule.admissible(pt, b) if pt else None,
+                "combined": rule.combined(pt, b) if pt else None, "default_nll": b.nll if b else None,
+                "default_concept": held_base.get((f, pr)),
+                "output": _output(rows, f, pr, pt.strength) if pt else None})
+        scored = [h["combined"] for h in entry["held_out"] if h["combined"] is not None]
+        entry["combined"] = sum(scored) / len(scored) if scored else None  # the held-out mean: the reported score
+        entry["concept"] = _mean([h["concept"] for h in entry["held_out"]])
+        chosen.append(entry)
+    return {"chosen": chosen, "holdout_jobs": jobs, "holdout_prompts": list(req.holdout_prompts)}
+
+
+def _output(rows, feature, prompt, strength) -> str | None:
+    return next((r["output"] for r in rows if r["type"] == "STEERED" and r["prompt"] == prompt
+                 and r["features"][0]["index"] == feature and r["features"][0]["strength"] == strength), None)
+
+
+def _mean(values):
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _summary(c: dict) -> str:
+    where = f" on {c['prompt'][:24]!r}" if c.get("prompt") else " (held-out prompts)"
+    if c["strength"] is None:
+        return f"feature {c['feature']}{where}: no admissible strength"
+    extra = f"concept {c['concept']:.3g}" if c.get("concept") is not None else "concept -"
+    if c.get("combined") is not None:
+        extra += f", combined {c['combined']:.3f}"
+    return f"feature {c['feature']}{where}: strength {c['strength']:g} ({extra})"

@@ -42,10 +42,10 @@ def test_novel_tokens_leave_out_every_token_that_repeats_a_bigram():
 def test_search_rule_takes_the_most_conceptual_strength_within_the_fluency_bound():
     pts = [search.Point(0, 0.0, 1.0, 1), search.Point(100, 5.0, 1.5, 1), search.Point(200, 9.0, 2.2, 1),
            search.Point(300, 9.0, 1.9, 1), search.Point(400, 30.0, 4.0, 1)]
-    assert search.choose(pts, 1.0, 1.0).strength == 300  # 400 and 200 break the bound
-    assert search.choose(pts, 1.0, 1.5).strength == 200  # a tie goes to the weaker strength
-    assert search.choose(pts, 1.0, 0.6).strength == 100
-    assert search.choose(pts[1:], 1.0, 0.1) is None
+    assert search.choose(pts, B(1.0), R(1.0)).strength == 300  # 400 and 200 break the bound
+    assert search.choose(pts, B(1.0), R(1.5)).strength == 200  # a tie goes to the weaker strength
+    assert search.choose(pts, B(1.0), R(0.6)).strength == 100
+    assert search.choose(pts[1:], B(1.0), R(0.1)) is None
     assert search.coarse_grid(0, 400) == [0, 100, 200, 300, 400]
     assert search.refine([300], 100, 0, 400, {0, 100, 200, 300, 400}) == [250, 350]
     assert search.refine([400], 100, 0, 400, {350, 400}) == []
@@ -57,14 +57,65 @@ def test_search_rule_takes_the_best_admissible_point_not_the_first_or_the_last()
     P = search.Point
     pts = [P(350, 10.0, 2.0, 1), P(100, 0.5, 1.4, 1), P(0, 0.0, 1.22, 1), P(200, 26.3, 3.26, 1), P(300, 24.2, 2.26, 1),
            P(400, 40.0, 5.12, 1), P(250, 99.0, None, 1), P(150, 24.2, 2.5, 1)]
-    pick = search.choose(pts, 1.22, 1.5)
+    pick = search.choose(pts, B(1.22), R(1.5))
     assert (pick.strength, pick.concept, pick.nll) == (150, 24.2, 2.5)  # a tie on concept: the weaker strength
-    pick = search.choose(pts[:-1], 1.22, 1.5)
+    pick = search.choose(pts[:-1], B(1.22), R(1.5))
     assert (pick.strength, pick.concept, pick.nll) == (300, 24.2, 2.26)  # bound 2.72: not 200 (3.26), not 400
-    assert search.choose(pts[:-1], 1.22, 2.1).strength == 200  # bound 3.32 admits 200
-    assert search.choose(pts[:-1], None, 0.0).strength == 400  # no DEFAULT NLL: no bound; an unscored point never
-    assert search.choose([P(-300, 24.2, 2.0, 1), P(300, 24.2, 2.0, 1), P(-100, 1.0, 1.0, 1)], 1.0, 5).strength == -300
-    assert search.choose([P(-300, 24.2, 2.0, 1), P(200, 24.2, 2.0, 1)], 1.0, 5).strength == 200  # weaker by |s|
+    assert search.choose(pts[:-1], B(1.22), R(2.1)).strength == 200  # bound 3.32 admits 200
+    assert search.choose(pts[:-1], None, R(0.0)).strength == 400  # no DEFAULT NLL: no bound; an unscored point never
+    assert search.choose([P(-300, 24.2, 2.0, 1), P(300, 24.2, 2.0, 1), P(-100, 1.0, 1.0, 1)], B(1.0), R(5)).strength == -300
+    assert search.choose([P(-300, 24.2, 2.0, 1), P(200, 24.2, 2.0, 1)], B(1.0), R(5)).strength == 200  # weaker by |s|
+
+
+B, R = search.Baseline, search.Rule
+# The demo's scores (Gemma 3 270M, demo SAE, "Once upon a time", 32 greedy tokens, 2026-12-04): its DEFAULT
+# (NLL 1.028, distinct-2 0.97, longest repeat 2), feature 1 at 300 ("the <strong><strong>..." 22 times: NLL
+# 0.667, under the DEFAULT's) and at 50 (fluent, about the sea); feature 2 at 100 ("I was a kid." looped:
+# NLL 0.718). Their nll_novel, measured in the same run: 4.056 and 1.757 (the DEFAULT's 1.025): the first is
+# refused by fluency as well, the second (a fluent sentence, looped) by degeneration alone.
+DEMO_DEFAULT = B(1.028, 1.025, 0.97, 2)
+DEGENERATE_1 = search.Point(300, 0.0, 0.667, 1, nll_novel=4.056, distinct_2=0.10, longest_repeat=29, fire_rate=0.0)
+DEGENERATE_2 = search.Point(100, 0.0, 0.718, 1, nll_novel=1.757, distinct_2=0.23, longest_repeat=25, fire_rate=0.0)
+FLUENT_1 = search.Point(50, 16.67, 1.663, 1, nll_novel=1.663, distinct_2=1.0, longest_repeat=1, fire_rate=0.06)
+
+
+def test_repetition_cannot_make_a_point_admissible():
+    rule = R(1.0)
+    for p in (DEGENERATE_1, DEGENERATE_2):
+        assert not rule.admissible(p, DEMO_DEFAULT) and rule.combined(p, DEMO_DEFAULT) == 0.0
+        # the plain-NLL rule this replaces admitted both: their NLL is below the DEFAULT's
+        assert p.nll <= DEMO_DEFAULT.nll + 1.0
+    assert rule.excess_nll(DEGENERATE_1, DEMO_DEFAULT) > 1.0 >= rule.excess_nll(DEGENERATE_2, DEMO_DEFAULT)
+    assert rule.admissible(FLUENT_1, DEMO_DEFAULT)
+    assert search.choose([DEGENERATE_1, FLUENT_1], DEMO_DEFAULT, rule) == FLUENT_1
+    # each clause alone refuses: the fluency of novel tokens, the longest repeat, distinct-2
+    from dataclasses import replace
+
+    ok = replace(FLUENT_1, nll_novel=2.0, longest_repeat=6, distinct_2=0.78)
+    assert rule.admissible(ok, DEMO_DEFAULT)  # 2.0 <= 2.025, 6 <= 2 + 4, 0.78 >= 0.97 - 0.2
+    assert not rule.admissible(replace(ok, nll_novel=2.03), DEMO_DEFAULT)
+    assert not rule.admissible(replace(ok, longest_repeat=7), DEMO_DEFAULT)
+    assert not rule.admissible(replace(ok, distinct_2=0.76), DEMO_DEFAULT)
+    assert R(1.0, max_repeat_increase=5).admissible(replace(ok, longest_repeat=7), DEMO_DEFAULT)
+    # rows scored before nll_novel existed: the plain NLL decides, against the DEFAULT's plain NLL
+    old = replace(ok, nll_novel=None, nll=2.0)
+    assert rule.admissible(old, DEMO_DEFAULT) and not rule.admissible(replace(old, nll=2.1), DEMO_DEFAULT)
+
+
+def test_the_combined_score_is_the_harmonic_mean_and_held_out_choice_averages_it():
+    rule = R(1.0)
+    p = search.Point(50, 16.0, 1.5, 1, nll_novel=1.53, distinct_2=0.9, longest_repeat=3, fire_rate=0.25)
+    fluency = math.exp(-(1.53 - 1.025))
+    assert rule.combined(p, DEMO_DEFAULT) == pytest.approx(2 * 0.25 * fluency / (0.25 + fluency))
+    as_fluent = search.Point(60, 16.0, 1.0, 1, nll_novel=0.9, distinct_2=0.9, longest_repeat=3, fire_rate=0.5)
+    assert rule.combined(as_fluent, DEMO_DEFAULT) == pytest.approx(2 * 0.5 / 1.5)  # fluency 1: no excess NLL
+    # across two prompts: 60 fires on one and is degenerate on the other (0), 50 is good on both
+    bases = {"a": DEMO_DEFAULT, "b": DEMO_DEFAULT}
+    per_prompt = {"a": [p, as_fluent], "b": [p, DEGENERATE_2.__class__(60, 0.0, 0.7, 1, nll_novel=1.9,
+                                                                     distinct_2=0.2, longest_repeat=25, fire_rate=0.9)]}
+    strength, mean = search.choose_across(per_prompt, bases, rule)
+    assert strength == 50 and mean == pytest.approx(rule.combined(p, DEMO_DEFAULT))
+    assert search.choose_across({"a": [DEGENERATE_1]}, bases, rule) is None
 
 
 @pytest.fixture(scope="module")
@@ -347,6 +398,50 @@ def test_search_finds_a_strength_where_the_word_appears_within_the_bound_twice_t
     assert_self_contained_and_linked(page.read_text(), points=len(strengths))
     bad = _cli("search", "--sae", demo.ENTRY.id, "--feature", "0", "--prompt", "x", "--range", "5:1", "--local")
     assert bad.exit_code == 2 and "LO < HI" in bad.output
+
+
+@pytest.mark.model
+def test_the_search_chooses_no_degenerate_text_and_reports_on_held_out_prompts(home, gemma3, mirror):
+    """The demo's degenerate cases (issue 30): feature 1 at 300 ("<strong>" looped) and feature 2 at 100 ("I
+    was a kid." looped) have a plain NLL under the DEFAULT's, so the NLL-only rule admitted them; the search
+    marks both inadmissible and chooses neither. Then feature 1 chosen on one prompt, reported on another."""
+    from saejobs.engine.registry import custom
+
+    custom.write([demo.ENTRY], "demo")
+    _ok(_cli("download", demo.ENTRY.id, "--source", str(mirror), "--local", "--json"))
+    got = _ok(_cli("search", "--sae", demo.ENTRY.id, "--feature", "1,2", "--prompt", "Once upon a time", "--range",
+                   "0:400", "--rounds", "0", "--model", "gemma-3-270m-gguf", "--local", "--json"))["result"]
+    points = {(c["feature"], p["strength"]): p for c in got["curves"] for p in c["points"]}
+    default_nll = got["chosen"][0]["default_nll"]
+    for key, text in (((1, 300.0), "<strong><strong><strong>"), ((2, 100.0), "I was a kid.\n\nI was a kid.")):
+        p = points[key]
+        assert p["nll"] < default_nll and not p["admissible"] and p["combined"] == 0, (key, p)  # the old rule's pick
+        assert p["longest_repeat"] > 20 and p["distinct_2"] < 0.3, (key, p)
+        rows = [r for r in saejobs_rows(got["rounds"]) if r["type"] == "STEERED"
+                and (r["features"][0]["index"], r["features"][0]["strength"]) == key]
+        assert text in rows[0]["output"], rows[0]["output"]
+    for c in got["chosen"]:
+        assert (c["feature"], c["strength"]) not in {(1, 300.0), (2, 100.0)}, c
+        if c["strength"] is not None:
+            assert points[(c["feature"], c["strength"])]["admissible"]
+
+    held = _ok(_cli("search", "--sae", demo.ENTRY.id, "--feature", "1", "--prompt", "Once upon a time",
+                    "--holdout-prompts", "The weather today is", "--range", "0:100", "--points", "3", "--rounds", "0",
+                    "--model", "gemma-3-270m-gguf", "--local", "--json"))["result"]
+    (pick,) = held["chosen"]
+    assert pick["prompt"] is None and [h["prompt"] for h in pick["held_out"]] == ["The weather today is"]
+    # on the training prompt 50 is the one strength both admissible and firing (the sea story above)
+    assert pick["strength"] == 50 and len(held["rounds"]) == 1 and len(held["holdout_jobs"]) == 1
+    (h,) = pick["held_out"]
+    assert h["output"].startswith("The weather today is") and pick["combined"] == h["combined"]
+    train = {p["strength"]: p["combined"] for c in held["curves"] for p in c["points"]}
+    assert pick["train_combined"] == pytest.approx(train[50]) and train[50] == max(train.values()) > 0
+
+
+def saejobs_rows(jobs: list[str]) -> list[dict]:
+    from saejobs.db import results
+
+    return [r for j in jobs for r in results.generation_rows(j)]
 
 
 SVG_NS = 'xmlns="http://www.w3.org/2000/svg"'
