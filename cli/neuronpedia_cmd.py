@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from saejobs.cli.complete import job_ids, sae_ids
-from saejobs.cli.output import console, emit, json_option, table
+from saejobs.cli.output import console, emit, json_option, plain, table
 from saejobs.engine.errors import UsageError
 
 
@@ -100,12 +100,19 @@ def import_(file: Path, as_json: bool) -> None:
 
 @click.command()
 @click.argument("sweep", shell_complete=job_ids)
+@click.argument("other", required=False, shell_complete=job_ids)
 @click.option("--neuronpedia", "run", type=int, help="Only this Neuronpedia run.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write a self-contained HTML report here.")
 @json_option
-def compare(sweep: str, run: int | None, html_path: Path | None, as_json: bool) -> None:
-    """Compare a sweep's generations with the Neuronpedia answers matched to it."""
+def compare(sweep: str, other: str | None, run: int | None, html_path: Path | None, as_json: bool) -> None:
+    """Compare a sweep's generations with the Neuronpedia answers matched to it; or, given OTHER, with
+    another sweep's: per configuration both ran (same features, strengths, prompt, seed), token agreement
+    and score deltas (OTHER − SWEEP)."""
+    if other is not None:
+        if run is not None:
+            raise UsageError("--neuronpedia compares with Neuronpedia's answers; give it without OTHER")
+        return _two_sweeps(sweep, other, html_path, as_json)
     from saejobs.db import jobs
     from saejobs.engine.report import html
     from saejobs.tasks import neuronpedia as np_tasks
@@ -134,7 +141,39 @@ def compare(sweep: str, run: int | None, html_path: Path | None, as_json: bool) 
     emit(result, as_json, render)
 
 
+def _two_sweeps(a: str, b: str, html_path: Path | None, as_json: bool) -> None:
+    from saejobs.engine.report import sweeps_html
+    from saejobs.tasks import compare as compare_tasks
+
+    result = compare_tasks.sweeps(a, b)
+    ida, idb = result["a"]["job"][:8], result["b"]["job"][:8]
+    if html_path is not None:
+        html_path.write_text(sweeps_html(result, f"sweep {ida} vs sweep {idb}"), encoding="utf-8")
+    s = result["summary"]
+
+    def render() -> None:
+        cols = ["features", "prompt", "seed", "exact", "token_agreement", "first_divergence", "Δ concept", "Δ nll"]
+        table(f"sweep {ida} ({result['a']['model']}, {result['a']['dtype']}) vs sweep {idb} "
+              f"({result['b']['model']}, {result['b']['dtype']})", cols,
+              ([_cell(r["features"]) if r["features"] else r["type"], r["prompt"][:40], r["seed"], r["exact"],
+                _cell(r["token_agreement"]), r["first_divergence"], _cell(r["deltas"].get("concept_mean")),
+                _cell(r["deltas"].get("nll"))] for r in result["rows"]))
+        line = (f"identical: {s['exact']}/{s['matched']} configurations; mean token agreement "
+                f"{s['mean_token_agreement']:.3f}")
+        if s["only_a"] or s["only_b"]:
+            line += f"; only in {ida}: {s['only_a']}, only in {idb}: {s['only_b']}"
+        console().print(plain(line))
+        if s["sampling_differs"]:
+            console().print(plain("settings that differ: " + ", ".join(f"{k} {v[0]} vs {v[1]}"
+                                                                        for k, v in s["sampling_differs"].items())))
+        if html_path is not None:
+            console().print(f"report: {html_path}")
+    emit(result, as_json, render)
+
+
 def _cell(v):
+    if v is None:
+        return ""
     if isinstance(v, float):
         return f"{v:.3f}"
     if isinstance(v, list):

@@ -82,3 +82,31 @@ def html(result: dict, title: str) -> str:
             f"<style>{CSS}</style></head><body><h1>{escape(title)}</h1>{head}{_plot(result['rows'])}"
             "<table><tr><th>configuration</th><th>agreement</th><th>saejobs</th><th>Neuronpedia</th></tr>"
             + "".join(rows) + "</table></body></html>")
+
+
+def sweeps_html(result: dict, title: str) -> str:
+    """Two sweeps side by side (``engine.compare.sweeps``): each configuration both ran, A's text and B's
+    from where they part highlighted, with the score deltas. Every text escaped."""
+    s, a, b = result["summary"], result["a"], result["b"]
+    who = lambda x: f"{x['job'][:8]} ({x['model']}, {x['dtype']}, SAE {x['sae']})"  # noqa: E731
+    head = (f"<p>A: sweep {escape(who(a))}<br>B: sweep {escape(who(b))}</p><p>{s['exact']}/{s['matched']} "
+            f"configurations identical; mean token agreement {s['mean_token_agreement']:.3f}; only in A "
+            f"{s['only_a']}, only in B {s['only_b']}.</p>")
+    if s["sampling_differs"]:
+        head += "<p>Settings that differ: " + escape(", ".join(f"{k} {v[0]} vs {v[1]}"
+                                                               for k, v in s["sampling_differs"].items())) + "</p>"
+    rows = []
+    for r in result["rows"]:
+        mark = '<span class="ok">identical</span>' if r["exact"] else (
+            f'<span class="bad">diverges at token {r["first_divergence"]}</span>')
+        feats = ", ".join(f'{f.get("index", f.get("vector"))}@{f["strength"]:g}' + (f" ({lb})" if lb else "")
+                          for f, lb in zip(r["features"], r.get("labels") or [None] * len(r["features"]))) or r["type"]
+        deltas = "<br>".join(f"Δ {escape(k)} {v:+.3f}" for k, v in r["deltas"].items())
+        rows.append(f"<tr><td>{escape(feats)}<br>seed {r['seed']}</td>"
+                    f"<td>{mark}<br>agreement {r['token_agreement']:.3f}<br>{deltas}</td>"
+                    f'<td class="text">{_highlight(r["a"], r["diverge_at_char"])}</td>'
+                    f'<td class="text">{_highlight(r["b"], r["diverge_at_char"])}</td></tr>')
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+            f"<style>{CSS}</style></head><body><h1>{escape(title)}</h1>{head}"
+            "<table><tr><th>configuration</th><th>agreement, B − A</th><th>A</th><th>B</th></tr>"
+            + "".join(rows) + "</table></body></html>")
