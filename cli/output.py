@@ -62,6 +62,21 @@ def table(title: str | None, columns: list[str], rows: Iterable[Iterable[Any]]) 
     console().print(t)
 
 
+def fitting(columns: list[str], rows: list[list], width: int, optional: Iterable[str]) -> list[str]:
+    """The columns that fit ``width`` with every cell whole (a rich table spends 3 characters per column
+    and 1 more on its frame), dropping ``optional`` ones in order: fewer columns rather than folded ids,
+    which are what people copy."""
+    def need(cols: list[str]) -> int:
+        return 1 + sum(3 + max([len(c)] + [len(str(r[columns.index(c)])) for r in rows]) for c in cols)
+
+    cols = list(columns)
+    for drop in optional:
+        if need(cols) <= width:
+            break
+        cols.remove(drop)
+    return cols
+
+
 def csv_cell(value: Any) -> Any:
     """A cell a spreadsheet will not run: text starting with ``= + - @`` (or tab/CR) gets a leading ``'``
     (OWASP's CSV-injection rule); numbers are left as numbers."""

@@ -170,16 +170,19 @@ def hub_folders(repo_id: str, under: str | None = None) -> list[str]:
     return sorted({f.path.rsplit("/", 1)[0] for f in files if f.path.rsplit("/", 1)[-1] in PARAMS_FILES})
 
 
-def available(model: str, layer: int | None = None) -> list[dict]:
-    """The Hub's real SAE folders for a model (repos from the registry), with layer, width and L0."""
+def available(model: str, layer: int | None = None, site: str | None = None) -> list[dict]:
+    """The Hub's real SAE folders for a model (repos from the registry), with layer, width and L0; ``site``:
+    only that hook site's (Gemma Scope has a repo per site, Gemma Scope 2 a top folder per site)."""
     from saejobs.engine import registry
 
     model_id = registry.model_info(model)["id"]
     out = []
     for repo_id, rec in registry._data("folders.yaml").items():
-        if rec["model"] != model_id:
+        if rec["model"] != model_id or (site is not None and rec.get("site") not in (None, site)):
             continue
-        under = f"layer_{layer}" if layer is not None and rec["format"] == SaeFormat.GEMMA_SCOPE else None
+        gs1 = rec["format"] == SaeFormat.GEMMA_SCOPE
+        under = (f"layer_{layer}" if layer is not None else None) if gs1 else \
+            (SaeSite(site).gemma_scope_2_prefix if site is not None else None)
         try:
             found = hub_folders(repo_id, under)
         except (RepositoryNotFoundError, EntryNotFoundError) as e:
@@ -187,14 +190,27 @@ def available(model: str, layer: int | None = None) -> list[dict]:
                 raise _mapped(_stub(repo_id), "", e) from None
             continue  # this repo (or layer) is not on the Hub
         except Exception as e:
-            raise _mapped(_stub(repo_id), "", e) from None
+            mapped = _mapped(_stub(repo_id), "", e)
+            if isinstance(mapped, TransientError):  # the Hub, not this repo: name what was asked
+                raise TransientError(f"cannot list {model_id}'s SAE folders: " + (
+                    "offline (HF_HUB_OFFLINE is set)" if _offline(e) else
+                    f"the Hub at {endpoint() or 'https://huggingface.co'} did not answer "
+                    f"({str(mapped).removeprefix(repo_id + ': ')})")) from None
+            raise mapped from None
         for folder in found:
             p = parse_folder(folder)
             if p and (layer is None or p["layer"] == layer):
-                site = rec.get("site") or str(SaeSite.of_gemma_scope_2(p["site"]))
-                out.append({"repo": repo_id, "folder": folder, "site": site, "layer": p["layer"],
-                            "width": p["width"], "l0": p["l0"]})
+                where = rec.get("site") or str(SaeSite.of_gemma_scope_2(p["site"]))
+                if site is None or where == site:
+                    out.append({"repo": repo_id, "folder": folder, "site": where, "layer": p["layer"],
+                                "width": p["width"], "l0": p["l0"]})
     return out
+
+
+def _offline(e: BaseException) -> bool:
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    return isinstance(e, OfflineModeIsEnabled) or isinstance(e.__cause__ or e.__context__, OfflineModeIsEnabled)
 
 
 def _stub(repo_id: str) -> SaeEntry:
