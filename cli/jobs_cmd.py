@@ -45,7 +45,7 @@ def list_(state, kind, limit, shards, as_json) -> None:
                  f"{100 * (j.progress or 0):.0f}%", j.sae_id, j.worker or "", j.created_at.strftime("%Y-%m-%d %H:%M:%S"),
                  (j.error or j.message or "")[:60]] for j in found]
         cols = fitting(LIST_COLUMNS, rows, console().width, LIST_OPTIONAL)
-        table(f"{len(found)} jobs", cols, ([r[LIST_COLUMNS.index(c)] for c in cols] for r in rows))
+        table(f"{len(found)} jobs", cols, ([r[LIST_COLUMNS.index(c)] for c in cols] for r in rows), whole=("id", "sae"))
         if untaken:
             click.echo(f"no worker: no live worker takes the queue of {len(untaken)} queued job"
                        f"{'s' if len(untaken) > 1 else ''}; start one with `saejobs up`")
@@ -191,7 +191,12 @@ def results(job_id, kind, as_json, as_csv, fmt, out) -> None:
         rows = [{"job": j.id if as_json or as_csv else j.id[:8], "kind": j.kind, "sae": j.sae_id,
                  "finished_at": j.finished_at if as_json or as_csv else f"{j.finished_at:%Y-%m-%d %H:%M:%S}",
                  "summary": res.summary(j)} for j in found]
-        _out(rows, ["job", "kind", "sae", "finished_at", "summary"], as_json, as_csv, f"{len(rows)} results")
+        cols = ["job", "kind", "sae", "finished_at", "summary"]
+        if not (as_json or as_csv):  # a narrow terminal: fewer columns, ids whole
+            from saejobs.cli.output import console, fitting
+
+            cols = fitting(cols, [[r[c] for c in cols] for r in rows], console().width, ("finished_at", "kind"))
+        _out(rows, cols, as_json, as_csv, f"{len(rows)} results", whole=("job", "sae"))
         return
     job = store.get(job_id)
     if job.kind == JobKind.SWEEP:
@@ -242,13 +247,14 @@ def show_sweep(title: str, rows: list[dict], labels: dict[str, str]) -> None:
             table(None, heads, ([_short(r[0]), *r[1:]] for r in g["rows"]))
 
 
-def _out(rows: Iterable[dict], columns: list[str], as_json: bool, as_csv: bool, title: str | None) -> None:
+def _out(rows: Iterable[dict], columns: list[str], as_json: bool, as_csv: bool, title: str | None,
+         whole: Iterable[str] = ()) -> None:
     if as_json:
         write_json_list(rows)
     elif as_csv:
         write_csv(columns, ([_cell(r.get(c)) for c in columns] for r in rows))
     else:
-        table(title, columns, ([_short(_cell(r.get(c))) for c in columns] for r in rows))
+        table(title, columns, ([_short(_cell(r.get(c))) for c in columns] for r in rows), whole=whole)
 
 
 def _short(v):

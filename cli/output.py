@@ -51,12 +51,14 @@ def plain(value: Any):
     return Text(CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", s))
 
 
-def table(title: str | None, columns: list[str], rows: Iterable[Iterable[Any]]) -> None:
+def table(title: str | None, columns: list[str], rows: Iterable[Iterable[Any]], whole: Iterable[str] = ()) -> None:
+    """``whole``: columns of ids, which the other columns fold around while the terminal is wide enough."""
     from rich.table import Table
 
+    whole = set(whole)
     t = Table(title=None if title is None else plain(title), show_lines=False)
     for c in columns:
-        t.add_column(plain(c), overflow="fold")
+        t.add_column(plain(c), overflow="fold", no_wrap=c in whole)
     for r in rows:
         t.add_row(*[plain(v) for v in r])
     console().print(t)
