@@ -108,7 +108,19 @@ def say_if_untaken(queue: str | None) -> None:
 
     if queue is not None and queue not in workers.live_queues():
         click.echo(f"note: queued on {redact(broker_url())}, but no live worker takes queue '{queue}': start one "
-                   "with `saejobs up` (or `saejobs worker --cpu`), or run the job here with --local", err=True)
+                   f"with `saejobs up` (or `{_worker_for(queue)}`), or run the job here with --local", err=True)
+
+
+def _worker_for(queue: str) -> str:
+    """The worker command that consumes ``queue`` (tasks/app.py's names; worker/main.py's queues)."""
+    from saejobs.tasks.app import DOWNLOAD_QUEUE, SHARED_QUEUE
+
+    if queue == DOWNLOAD_QUEUE:
+        return "saejobs worker --downloads"
+    gpu, _, host = queue.removeprefix(f"{SHARED_QUEUE}.gpu").partition("@")
+    if queue.startswith(f"{SHARED_QUEUE}.gpu") and gpu.isdigit():
+        return f"saejobs worker --gpu {gpu}" + (f" on host {host}" if host else "")
+    return "saejobs worker --cpu"
 
 
 @click.command()

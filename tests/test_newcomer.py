@@ -61,7 +61,13 @@ def test_a_job_no_live_worker_takes_is_queued_and_said_so_in_one_line(home, brok
     assert all(not j["no_live_worker"] for j in json.loads(saejobs("jobs", "list", "--json").stdout))
 
     pinned = saejobs(*sweep, "--gpu", "3")  # no worker on GPU 3: the note names that queue
-    assert "no live worker takes queue 'saejobs.gpu3'" in one_clean_line(pinned, 0)
+    line = one_clean_line(pinned, 0)
+    assert "no live worker takes queue 'saejobs.gpu3'" in line and "saejobs worker --gpu 3" in line, line
+    quiet = saejobs("download", sae.id, "--source", str(sae.mirror))
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr  # the CPU worker takes downloads too
+    workers.stopped(SimpleNamespace(name="saejobs-cpu-1-abc@here"))
+    line = one_clean_line(saejobs("download", sae.id, "--source", str(sae.mirror)), 0)
+    assert "no live worker takes queue 'saejobs.downloads'" in line and "saejobs worker --downloads" in line, line
 
 
 # 2. Loading a model the Hub cannot serve
