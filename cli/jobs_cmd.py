@@ -90,6 +90,8 @@ def show(job_id, events, before, limit, as_json) -> None:
     job = store.get(job_id)
     page = store.events(job.id, limit=limit, before=before) if events or before else None
     data = store.as_dict(job, events=page)
+    if job.state == JobState.QUEUED:
+        data["no_live_worker"] = bool(_untaken([job]))
     if page is not None:
         data["events_total"] = store.event_count(job.id)
     shards = store.shards(job.id)

@@ -53,11 +53,14 @@ def test_a_job_no_live_worker_takes_is_queued_and_said_so_in_one_line(home, brok
     assert "queued (no worker)" in listed.stdout and "saejobs up" in listed.stdout, listed.stdout
     row = next(j for j in json.loads(saejobs("jobs", "list", "--json").stdout) if j["id"] == job)
     assert row["state"] == "queued" and row["no_live_worker"] is True
+    assert json.loads(saejobs("jobs", "show", job[:8], "--json").stdout)["no_live_worker"] is True
+    assert "no live worker" in saejobs("workers").stdout
 
     live_worker("saejobs-cpu-1-abc@here", ["saejobs", "saejobs.downloads"])  # a CPU worker: shared and downloads
     res = saejobs(*sweep, "--json")
     assert submitted(res)["state"] == "queued" and res.stderr == "", res.stderr
-    assert "no worker" not in saejobs("jobs", "list").stdout
+    assert "no worker" not in saejobs("jobs", "list").stdout and "no live worker" not in saejobs("workers").stdout
+    assert json.loads(saejobs("jobs", "show", job[:8], "--json").stdout)["no_live_worker"] is False
     assert all(not j["no_live_worker"] for j in json.loads(saejobs("jobs", "list", "--json").stdout))
 
     pinned = saejobs(*sweep, "--gpu", "3")  # no worker on GPU 3: the note names that queue
