@@ -55,6 +55,9 @@ def test_a_job_no_live_worker_takes_is_queued_and_said_so_in_one_line(home, brok
     assert row["state"] == "queued" and row["no_live_worker"] is True
     assert json.loads(saejobs("jobs", "show", job[:8], "--json").stdout)["no_live_worker"] is True
     assert "no live worker" in saejobs("workers").stdout
+    assert saejobs("jobs", "cancel", job[:8]).returncode == 0
+    again = saejobs("jobs", "retry", job[:8])  # sent again: the same note
+    assert again.stdout.strip() == f"{job} queued" and "no live worker takes queue 'saejobs'" in one_clean_line(again, 0)
 
     live_worker("saejobs-cpu-1-abc@here", ["saejobs", "saejobs.downloads"])  # a CPU worker: shared and downloads
     res = saejobs(*sweep, "--json")
