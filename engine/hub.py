@@ -44,6 +44,30 @@ def endpoint() -> str | None:
     return os.environ.get("HF_ENDPOINT") or None
 
 
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def unreachable() -> str | None:
+    """Why the Hub cannot be asked, found in one TCP connect (5 s at most) before huggingface_hub tries: it
+    retries a refused connection with backoff, logging each retry (half a minute per file), then says the same.
+    None when it answers, and when a proxy is set (only the proxy knows)."""
+    import socket
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "offline (HF_HUB_OFFLINE is set)"
+    if any(os.environ.get(v) for v in PROXY_VARIABLES):
+        return None
+    where = endpoint() or constants.ENDPOINT
+    url = urlsplit(where)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=5).close()
+    except OSError as e:
+        return f"cannot reach the Hub at {where} ({e.strerror or type(e).__name__})"
+    return None
+
+
 class _Silent(tqdm):
     """``http_get`` wants a progress bar; progress is counted by ``_HashingFile`` instead."""
 
@@ -176,6 +200,8 @@ def available(model: str, layer: int | None = None, site: str | None = None) -> 
     from saejobs.engine import registry
 
     model_id = registry.model_info(model)["id"]
+    if (why := unreachable()) is not None:  # said of the model asked about, not of its first repo
+        raise TransientError(f"cannot list {model_id}'s SAE folders: {why}")
     out = []
     for repo_id, rec in registry._data("folders.yaml").items():
         if rec["model"] != model_id or (site is not None and rec.get("site") not in (None, site)):
@@ -192,10 +218,8 @@ def available(model: str, layer: int | None = None, site: str | None = None) -> 
         except Exception as e:
             mapped = _mapped(_stub(repo_id), "", e)
             if isinstance(mapped, TransientError):  # the Hub, not this repo: name what was asked
-                raise TransientError(f"cannot list {model_id}'s SAE folders: " + (
-                    "offline (HF_HUB_OFFLINE is set)" if _offline(e) else
-                    f"the Hub at {endpoint() or 'https://huggingface.co'} did not answer "
-                    f"({str(mapped).removeprefix(repo_id + ': ')})")) from None
+                raise TransientError(f"cannot list {model_id}'s SAE folders: the Hub at {endpoint() or 'huggingface.co'} "
+                                     f"did not answer ({str(mapped).removeprefix(repo_id + ': ')})") from None
             raise mapped from None
         for folder in found:
             p = parse_folder(folder)
@@ -205,12 +229,6 @@ def available(model: str, layer: int | None = None, site: str | None = None) -> 
                     out.append({"repo": repo_id, "folder": folder, "site": where, "layer": p["layer"],
                                 "width": p["width"], "l0": p["l0"]})
     return out
-
-
-def _offline(e: BaseException) -> bool:
-    from huggingface_hub.errors import OfflineModeIsEnabled
-
-    return isinstance(e, OfflineModeIsEnabled) or isinstance(e.__cause__ or e.__context__, OfflineModeIsEnabled)
 
 
 def _stub(repo_id: str) -> SaeEntry:

@@ -217,30 +217,6 @@ def _no_hub(source: str, why: str) -> TransientError:
     return TransientError(f"cannot load model '{source}': {why}, and it is not in the local Hugging Face cache{hint}")
 
 
-PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
-
-
-def _unreachable_hub() -> str | None:
-    """Why the Hub cannot be asked, found in one TCP connect (5 s at most) before transformers' loaders try:
-    they retry a refused connection with backoff for each file (about a minute), then say the same. None
-    when it answers, and when a proxy is set (only the proxy knows)."""
-    import socket
-    from urllib.parse import urlsplit
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return "offline (HF_HUB_OFFLINE is set)"
-    if any(os.environ.get(v) for v in PROXY_VARIABLES):
-        return None
-    url = urlsplit(constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=5).close()
-    except OSError as e:
-        return f"cannot reach the Hub at {constants.ENDPOINT} ({e.strerror or type(e).__name__})"
-    return None
-
-
 def _no_progress_bars() -> None:
     """Jobs report their own progress; transformers' tqdm bars (loading, GGUF dequantising, writing
     shards) on stderr are noise, and break a refused command's one clear line when a conversion runs."""
@@ -259,7 +235,9 @@ def _from_hub(repo_id: str, dtype, device: str) -> LoadedModel:
             return _load(repo_id, repo_id, Path(cached).parent.name, dtype, device, repo_id, local_files_only=True)
         except NotFoundError:
             pass  # incomplete snapshot: let the Hub fill it in
-    if (why := _unreachable_hub()) is not None:
+    from saejobs.engine.hub import unreachable
+
+    if (why := unreachable()) is not None:
         raise _no_hub(repo_id, why)
     lm = _load(repo_id, repo_id, "unknown", dtype, device, repo_id)
     cached = try_to_load_from_cache(repo_id, "config.json")

@@ -201,6 +201,9 @@ def test_saes_available_filters_by_site_and_offline_names_the_model_not_a_repo(h
     assert [(g["site"], g["l0"]) for g in res] == [("res", "71")] and [(g["site"], g["l0"]) for g in att] == [("att", "50")]
     line = one_clean_line(saejobs("saes", "available", "gemma-2-2b", "--layer", "20", env={"HF_HUB_OFFLINE": "1"}), 5)
     assert "gemma-2-2b" in line and "offline" in line and "pt-att" not in line, line
+    endpoint = f"http://127.0.0.1:{closed_port()}"  # refused: said at once, not after retries logged line by line
+    line = one_clean_line(saejobs("saes", "available", "gemma-2-2b", env={"HF_ENDPOINT": endpoint}, timeout=20), 5)
+    assert f"cannot list gemma-2-2b's SAE folders: cannot reach the Hub at {endpoint}" in line, line
 
 
 def test_a_unique_job_id_prefix_works_everywhere_and_an_ambiguous_one_lists_the_candidates(home):
