@@ -13,9 +13,9 @@ import click
 
 from saejobs.cli.complete import sae_ids
 from saejobs.cli.output import console, emit, json_option, plain, table
+from saejobs.cli.submit_cmd import DTYPE, DTYPE_HELP, _floats
 from saejobs.engine.errors import UsageError
 from saejobs.engine.job_requests import MAX_TOP_K, FeaturesRequest
-from saejobs.engine.request import DTYPES
 
 
 @click.group()
@@ -57,10 +57,10 @@ def _sae_and_index(sae: str, feature: int | None) -> tuple[str, int | None]:
                                                   "job on the same texts at --strength).")
 @click.option("--top", "n_top", default=5, show_default=True, type=click.IntRange(1, 1000),
               help="With --then-sweep: how many features to steer.")
-@click.option("--strength", "strength_values", multiple=True, help="With --then-sweep: the sweep's strengths (0,50,100 "
+@click.option("--strength", "strengths", multiple=True, callback=_floats, help="With --then-sweep: the sweep's strengths (0,50,100 "
                                                               "or 0:400:50).")
 @click.option("--model", "model_source", help="Model source (default: the SAE's model).")
-@click.option("--dtype", default=FeaturesRequest.dtype, show_default=True, type=click.Choice(DTYPES))
+@click.option("--dtype", default=FeaturesRequest.dtype, show_default=True, type=DTYPE, help=DTYPE_HELP)
 @click.option("--wait", is_flag=True, help="Follow the job until it ends and print its features (else: its id).")
 @click.option("--local", is_flag=True, help="Run in this process, no broker needed (implies --wait).")
 @click.option("--gpu", help="Run on GPU INDEX of any host, or HOST:INDEX.")
@@ -68,10 +68,9 @@ def _sae_and_index(sae: str, feature: int | None) -> tuple[str, int | None]:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @json_option
 def top(sae, prompts, prompts_file, chat_file, system, chat_template_file, k, include_bos, per_token, sort, then_sweep,
-        n_top, strength_values, model_source, dtype, wait, local, gpu, timeout, quiet, as_json) -> None:
+        n_top, strengths, model_source, dtype, wait, local, gpu, timeout, quiet, as_json) -> None:
     """The SAE's K most active features at each token of each text and over the text, as Neuronpedia's
     "search via inference" computes them (README, Finding features)."""
-    from saejobs.cli.submit_cmd import _values
     from saejobs.engine import chat
 
     sae_id, _ = _sae_and_index(sae, None)
@@ -84,7 +83,6 @@ def top(sae, prompts, prompts_file, chat_file, system, chat_template_file, k, in
     template = chat.read_template(chat_template_file) if chat_template_file is not None else None
     if template is not None:
         chat.check_renders(template, chats)
-    strengths = _values(strength_values, float) if strength_values else []
     if then_sweep and not strengths:
         raise UsageError("--then-sweep needs --strength (e.g. --strength 0,50,100)")
     if strengths and not then_sweep:
@@ -116,15 +114,18 @@ def _run(req, *, wait, local, gpu, timeout, quiet, as_json):
     """The job submitted, and (``wait``/``local``) run to its end: its final row; None when it was only
     queued (its id printed). A job that did not succeed exits as ``saejobs jobs`` says."""
     from saejobs.cli.follow import finish, follow, run_local
+    from saejobs.cli.submit_cmd import say_if_untaken
     from saejobs.db import jobs
-    from saejobs.db.states import JobState
+    from saejobs.db.states import JobKind, JobState
     from saejobs.tasks.app import Target
-    from saejobs.tasks.submit import submit
+    from saejobs.tasks.submit import queue_for, submit
 
     if local and gpu is not None:
         raise UsageError("--gpu picks a worker's queue; it cannot be combined with --local")
-    job = submit(req, sae_id=req.sae, gpu=Target.parse(gpu) if gpu is not None else None, local=local,
-                 timeout_s=timeout)
+    target = Target.parse(gpu) if gpu is not None else None
+    job = submit(req, sae_id=req.sae, gpu=target, local=local, timeout_s=timeout)
+    if not local:
+        say_if_untaken(queue_for(JobKind.FEATURES, target))
     if local:
         job = run_local(job.id, quiet=quiet or as_json)
     elif wait:

@@ -34,10 +34,47 @@ def list_(state, kind, limit, shards, as_json) -> None:
     from saejobs.db import jobs as store
 
     found = store.listing(state=state, kind=kind, limit=limit, shards=shards)
-    emit([store.as_dict(j) for j in found], as_json, lambda: table(
-        f"{len(found)} jobs", ["id", "kind", "state", "progress", "sae", "worker", "created", "message"],
-        ([j.id[:8], j.kind, j.state, f"{100 * (j.progress or 0):.0f}%", j.sae_id, j.worker or "",
-          j.created_at.strftime("%Y-%m-%d %H:%M:%S"), (j.error or j.message or "")[:60]] for j in found)))
+    untaken = _untaken(found)
+    data = [{**store.as_dict(j), **({"no_live_worker": j.id in untaken} if j.state == JobState.QUEUED else {})}
+            for j in found]
+
+    def render() -> None:
+        from saejobs.cli.output import console, fitting
+
+        rows = [[j.id[:8], j.kind, f"{j.state} (no worker)" if j.id in untaken else j.state,
+                 f"{100 * (j.progress or 0):.0f}%", j.sae_id, j.worker or "", j.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                 (j.error or j.message or "")[:60]] for j in found]
+        cols = fitting(LIST_COLUMNS, rows, console().width, LIST_OPTIONAL)
+        table(f"{len(found)} jobs", cols, ([r[LIST_COLUMNS.index(c)] for c in cols] for r in rows), whole=("id", "sae"))
+        if untaken:
+            click.echo(f"no worker: no live worker takes the queue of {len(untaken)} queued job"
+                       f"{'s' if len(untaken) > 1 else ''}; start one with `saejobs up`")
+    emit(data, as_json, render)
+
+
+LIST_COLUMNS = ["id", "kind", "state", "progress", "sae", "worker", "created", "message"]
+LIST_OPTIONAL = ("worker", "created", "message", "progress")  # dropped in this order before an SAE id folds
+
+
+def _untaken(found) -> set[str]:
+    """Ids of the queued jobs whose queue no live worker consumes (they wait until one starts)."""
+    from saejobs.db import workers
+
+    queued = [j for j in found if j.state == JobState.QUEUED]
+    if not queued:
+        return set()
+    live = workers.live_queues()
+    return {j.id for j in queued if (q := waiting_queue(j)) is not None and q not in live}
+
+
+def waiting_queue(job) -> str | None:
+    """The queue a queued job waits in: its own, or (a sweep's row, which takes none) its shards'; None for
+    one run in a process of its own (``--local``)."""
+    from saejobs.db import jobs as store
+
+    if job.queue is not None or job.kind != JobKind.SWEEP:
+        return job.queue
+    return next((c.queue for c in store.shards(job.id) if c.queue is not None), None)
 
 
 @jobs.command()
@@ -53,6 +90,8 @@ def show(job_id, events, before, limit, as_json) -> None:
     job = store.get(job_id)
     page = store.events(job.id, limit=limit, before=before) if events or before else None
     data = store.as_dict(job, events=page)
+    if job.state == JobState.QUEUED:
+        data["no_live_worker"] = bool(_untaken([job]))
     if page is not None:
         data["events_total"] = store.event_count(job.id)
     shards = store.shards(job.id)
@@ -113,6 +152,10 @@ def retry(job_id, wait, local, as_json) -> None:
         finish(run_local(job.id, quiet=as_json), as_json)
         return
     dispatch(job.id, again)
+    if (sent := store.get(job.id)).state == JobState.QUEUED:
+        from saejobs.cli.submit_cmd import say_if_untaken
+
+        say_if_untaken(waiting_queue(sent))
     if wait:
         finish(follow(job.id, quiet=as_json), as_json)
     else:
@@ -147,9 +190,15 @@ def results(job_id, kind, as_json, as_csv, fmt, out) -> None:
         return
     if job_id is None:
         found = [j for j in store.listing(state=JobState.SUCCEEDED, kind=kind, limit=200)]
-        rows = [{"job": j.id, "kind": j.kind, "sae": j.sae_id, "finished_at": j.finished_at, "summary": res.summary(j)}
-                for j in found]
-        _out(rows, ["job", "kind", "sae", "finished_at", "summary"], as_json, as_csv, f"{len(rows)} results")
+        rows = [{"job": j.id if as_json or as_csv else j.id[:8], "kind": j.kind, "sae": j.sae_id,
+                 "finished_at": j.finished_at if as_json or as_csv else f"{j.finished_at:%Y-%m-%d %H:%M:%S}",
+                 "summary": res.summary(j)} for j in found]
+        cols = ["job", "kind", "sae", "finished_at", "summary"]
+        if not (as_json or as_csv):  # a narrow terminal: fewer columns, ids whole
+            from saejobs.cli.output import console, fitting
+
+            cols = fitting(cols, [[r[c] for c in cols] for r in rows], console().width, ("finished_at", "kind"))
+        _out(rows, cols, as_json, as_csv, f"{len(rows)} results", whole=("job", "sae"))
         return
     job = store.get(job_id)
     if job.kind == JobKind.SWEEP:
@@ -159,9 +208,8 @@ def results(job_id, kind, as_json, as_csv, fmt, out) -> None:
             _out(res.iter_generation_rows(job.id), cols + chats + ["token_ids", "config_key", "labels"], as_json,
                  as_csv, None)
         else:  # a feature's column is headed by its cached explanation too, when there is one
-            res_grid = res.sweep_grid(res.generation_rows(job.id))
-            heads = [f"{c}: {res_grid['labels'][c]}" if c in res_grid["labels"] else c for c in res_grid["columns"]]
-            table(f"sweep {job.id[:8]} ({job.sae_id})", heads, res_grid["rows"])
+            rows = res.generation_rows(job.id)
+            show_sweep(f"sweep {job.id[:8]} ({job.sae_id})", rows, res.sweep_grid(rows)["labels"])
     elif job.kind == JobKind.SEARCH:  # the chosen strength per feature × prompt; the curves are in `jobs show --json`
         from saejobs.db import explanations
 
@@ -186,13 +234,30 @@ def results(job_id, kind, as_json, as_csv, fmt, out) -> None:
              as_json, as_csv, f"{job.kind} {job.id[:8]}")
 
 
-def _out(rows: Iterable[dict], columns: list[str], as_json: bool, as_csv: bool, title: str | None) -> None:
+def show_sweep(title: str, rows: list[dict], labels: dict[str, str]) -> None:
+    """A sweep for people: per prompt, the prompt and its DEFAULT completion once, then strengths × features of
+    steered completions (each without the prompt), columns headed by the feature's label where known."""
+    from saejobs.cli.output import console, plain
+    from saejobs.db import results as res
+
+    console().print(plain(title), style="bold")
+    for g in res.prompt_grids(rows):
+        console().print(plain(f"prompt {g['prompt']!r}, seed {g['seed']}"))
+        if g["default"] is not None:
+            console().print(plain(f"  DEFAULT (unsteered): {g['default']}"))
+        if g["rows"]:
+            heads = [f"{c}: {labels[c]}" if c in labels else c for c in g["columns"]]
+            table(None, heads, ([_short(r[0]), *r[1:]] for r in g["rows"]))
+
+
+def _out(rows: Iterable[dict], columns: list[str], as_json: bool, as_csv: bool, title: str | None,
+         whole: Iterable[str] = ()) -> None:
     if as_json:
         write_json_list(rows)
     elif as_csv:
         write_csv(columns, ([_cell(r.get(c)) for c in columns] for r in rows))
     else:
-        table(title, columns, ([_short(_cell(r.get(c))) for c in columns] for r in rows))
+        table(title, columns, ([_short(_cell(r.get(c))) for c in columns] for r in rows), whole=whole)
 
 
 def _short(v):

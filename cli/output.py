@@ -51,15 +51,32 @@ def plain(value: Any):
     return Text(CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", s))
 
 
-def table(title: str | None, columns: list[str], rows: Iterable[Iterable[Any]]) -> None:
+def table(title: str | None, columns: list[str], rows: Iterable[Iterable[Any]], whole: Iterable[str] = ()) -> None:
+    """``whole``: columns of ids, which the other columns fold around while the terminal is wide enough."""
     from rich.table import Table
 
+    whole = set(whole)
     t = Table(title=None if title is None else plain(title), show_lines=False)
     for c in columns:
-        t.add_column(plain(c), overflow="fold")
+        t.add_column(plain(c), overflow="fold", no_wrap=c in whole)
     for r in rows:
         t.add_row(*[plain(v) for v in r])
     console().print(t)
+
+
+def fitting(columns: list[str], rows: list[list], width: int, optional: Iterable[str]) -> list[str]:
+    """The columns that fit ``width`` with every cell whole (a rich table spends 3 characters per column
+    and 1 more on its frame), dropping ``optional`` ones in order: fewer columns rather than folded ids,
+    which are what people copy."""
+    def need(cols: list[str]) -> int:
+        return 1 + sum(3 + max([len(c)] + [len(str(r[columns.index(c)])) for r in rows]) for c in cols)
+
+    cols = list(columns)
+    for drop in optional:
+        if need(cols) <= width:
+            break
+        cols.remove(drop)
+    return cols
 
 
 def csv_cell(value: Any) -> Any:

@@ -5,25 +5,11 @@ from __future__ import annotations
 import click
 
 from saejobs.cli.complete import sae_ids
-from saejobs.cli.output import emit, json_option, table
+from saejobs.cli.output import emit, fitting, json_option, table
 from saejobs.engine.registry.entry import SaeSite
 
 COLUMNS = ["id", "folder", "hook_name", "d_sae", "l0"]
 OPTIONAL = ("folder", "hook_name")  # dropped, in this order, before an id would have to fold
-
-
-def fitting(columns: list[str], rows: list[list], width: int) -> list[str]:
-    """The columns that fit ``width`` with every cell whole (a rich table spends 3 characters per column
-    and 1 more on its frame): fewer columns rather than shorter ids, which are what people copy."""
-    def need(cols: list[str]) -> int:
-        return 1 + sum(3 + max([len(c)] + [len(str(r[columns.index(c)])) for r in rows]) for c in cols)
-
-    cols = list(columns)
-    for optional in OPTIONAL:
-        if need(cols) <= width:
-            break
-        cols.remove(optional)
-    return cols
 
 
 @click.group()
@@ -34,18 +20,20 @@ def saes() -> None:
 @saes.command("list")
 @click.option("--model", help="Neuronpedia model id, e.g. gemma-2-2b or gemma-3-270m.")
 @click.option("--site", type=click.Choice([s.value for s in SaeSite]), help="Hook site.")
+@click.option("--layer", type=click.IntRange(0), help="Only this layer.")
+@click.option("--width", help="Only this width: 16k, 1m, or a number of features (16384).")
 @click.option("--wide", is_flag=True, help="Every column however narrow the terminal (long cells fold).")
 @json_option
-def list_(model: str | None, site: str | None, wide: bool, as_json: bool) -> None:
+def list_(model: str | None, site: str | None, layer: int | None, width: str | None, wide: bool, as_json: bool) -> None:
     """SAEs with a Neuronpedia id (a narrow terminal gets fewer columns, never shortened ids)."""
     from saejobs.cli.output import console
     from saejobs.engine import registry
 
-    found = registry.entries(model=model, site=site)
+    found = registry.entries(model=model, site=site, layer=layer, width=width)
 
     def render() -> None:
         rows = [[getattr(e, c) for c in COLUMNS] for e in found]
-        cols = COLUMNS if wide else fitting(COLUMNS, rows, console().width)
+        cols = COLUMNS if wide else fitting(COLUMNS, rows, console().width, OPTIONAL)
         table(f"{len(found)} SAEs", cols, ([r[COLUMNS.index(c)] for c in cols] for r in rows))
     emit([e.to_json() for e in found], as_json, render)
 
@@ -65,13 +53,14 @@ def show(ids: tuple[str, ...], as_json: bool) -> None:
 
 @saes.command("available")
 @click.argument("model")
-@click.option("--layer", type=int, help="Only this layer.")
+@click.option("--layer", type=click.IntRange(0), help="Only this layer.")
+@click.option("--site", type=click.Choice([s.value for s in SaeSite]), help="Only this hook site.")
 @json_option
-def available(model: str, layer: int | None, as_json: bool) -> None:
+def available(model: str, layer: int | None, site: str | None, as_json: bool) -> None:
     """The widths and L0 folders that really exist on the Hub for MODEL (asks the Hub's tree API)."""
     from saejobs.engine import hub  # huggingface_hub loads only here
 
-    found = hub.available(model, layer)
+    found = hub.available(model, layer, site)
     groups: dict[tuple, list[str]] = {}
     for f in found:
         groups.setdefault((f["repo"], f["site"], f["layer"], f["width"]), []).append(str(f["l0"]))

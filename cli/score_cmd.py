@@ -15,11 +15,10 @@ import click
 
 from saejobs.cli.complete import job_ids, sae_ids
 from saejobs.cli.output import emit, json_option
-from saejobs.cli.submit_cmd import _features, _ints, resolve_features, submission
+from saejobs.cli.submit_cmd import DTYPE, DTYPE_HELP, _features, _ints, resolve_features, submission
 from saejobs.db.states import JobKind
 from saejobs.engine.errors import UsageError
 from saejobs.engine.job_requests import MAX_NLL_INCREASE, MAX_REFINE_ROUNDS, MAX_SEARCH_POINTS, ScoreRequest, SearchRequest
-from saejobs.engine.request import DTYPES
 from saejobs.engine.sampling import MAX_TOKENS
 
 DEFAULT_RANGE = f"{SearchRequest.lo:g}:{SearchRequest.hi:g}"
@@ -39,6 +38,9 @@ def score(job_id: str):
 
 
 def _range(ctx, param, value: str) -> tuple[float, float]:
+    if value.count(":") == 2:  # sweep's LO:HI:STEP: a search chooses its own strengths
+        raise click.BadParameter(f"'{value}' is a list of strengths (as sweep's --strength takes); search takes the "
+                                 "interval LO:HI and picks its strengths in it (--points, --rounds)")
     lo, sep, hi = value.partition(":")
     try:
         a, b = float(lo), float(hi)
@@ -80,7 +82,7 @@ def _finite(ctx, param, value: float | None) -> float | None:
 @click.option("--seed", "seeds", multiple=True, callback=_ints, help="Seeds (default 42).")
 @click.option("--n-tokens", default=SearchRequest.n_tokens, show_default=True, type=click.IntRange(1, MAX_TOKENS))
 @click.option("--model", "model_source", help="Model source (default: the SAE's model).")
-@click.option("--dtype", default=SearchRequest.dtype, show_default=True, type=click.Choice(DTYPES))
+@click.option("--dtype", default=SearchRequest.dtype, show_default=True, type=DTYPE, help=DTYPE_HELP)
 @submission
 def search(sae, features, prompts, range_, max_nll_increase, max_repeat_increase, max_distinct2_drop, holdout_prompts,
            points, rounds, seeds, n_tokens, model_source, dtype):

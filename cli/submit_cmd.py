@@ -24,6 +24,42 @@ from saejobs.engine.sampling import SamplingSemantics
 from saejobs.engine.steering import SteerMethod
 
 
+class Spelled(click.Choice):
+    """Choices listed, and defaults printed, as they are stored (``SIMPLE_ADDITIVE``, ``bfloat16``); other
+    spellings are mapped by ``canonical`` first (any case, interp-engine's method names, dtype aliases)."""
+
+    def __init__(self, choices, canonical):
+        super().__init__(list(choices))
+        self.canonical = canonical
+
+    def convert(self, value, param, ctx):
+        try:
+            value = self.canonical(value)
+        except Exception:  # not a known spelling: the Choice refuses it, listing the stored names
+            pass
+        return super().convert(value, param, ctx)
+
+
+DTYPE_ALIASES = {"fp32": "float32", "f32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16",
+                 "f16": "float16", "half": "float16"}
+
+
+def _dtype_name(value) -> str:
+    text = str(value).strip().lower()
+    return DTYPE_ALIASES.get(text, text)
+
+
+def _method_name(value) -> str:
+    from saejobs.engine.steering import steer_method
+
+    return steer_method(value).value
+
+
+DTYPE = Spelled(DTYPES, _dtype_name)  # every command's --dtype: float32, bfloat16, float16, or bf16, fp16, fp32
+METHOD = Spelled([m.value for m in SteerMethod], _method_name)
+DTYPE_HELP = "Model dtype (bf16, fp16, fp32 too)."
+
+
 def submission(f):
     """Options every submitting command shares."""
     @click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")
@@ -43,13 +79,16 @@ def submission(f):
 def enqueue(request: JobRequest, *, sae_id: str | None, wait: bool, local: bool, gpu: str | None,
             quiet: bool, as_json: bool, timeout_s: float | None = None, shard_size: int | None = None) -> None:
     from saejobs.db import jobs
+    from saejobs.db.states import JobKind
     from saejobs.tasks.app import Target
-    from saejobs.tasks.submit import submit
+    from saejobs.tasks.submit import queue_for, submit
 
     if local and gpu is not None:
         raise UsageError("--gpu picks a worker's queue; it cannot be combined with --local")
-    job = submit(request, sae_id=sae_id, gpu=Target.parse(gpu) if gpu is not None else None, local=local,
-                 shard_size=shard_size, timeout_s=timeout_s)
+    target = Target.parse(gpu) if gpu is not None else None
+    job = submit(request, sae_id=sae_id, gpu=target, local=local, shard_size=shard_size, timeout_s=timeout_s)
+    if not local:
+        say_if_untaken(queue_for(JobKind.of(request), target))
     if local:
         finish(run_local(job.id, quiet=quiet or as_json), as_json)
     elif wait:
@@ -58,6 +97,30 @@ def enqueue(request: JobRequest, *, sae_id: str | None, wait: bool, local: bool,
         finish(follow(job.id, quiet=quiet or as_json), as_json)
     else:
         click.echo(json.dumps(jobs.as_dict(job), indent=2, default=str) if as_json else job.id)
+
+
+def say_if_untaken(queue: str | None) -> None:
+    """One line on stderr when no live worker consumes the queue a job was just sent to: it stays queued
+    (the broker keeps it) until one starts, and a newcomer should not have to guess why."""
+    from saejobs.db import workers
+    from saejobs.tasks.app import broker_url
+    from saejobs.tasks.submit import redact
+
+    if queue is not None and queue not in workers.live_queues():
+        click.echo(f"note: queued on {redact(broker_url())}, but no live worker takes queue '{queue}': start one "
+                   f"with `saejobs up` (or `{_worker_for(queue)}`), or run the job here with --local", err=True)
+
+
+def _worker_for(queue: str) -> str:
+    """The worker command that consumes ``queue`` (tasks/app.py's names; worker/main.py's queues)."""
+    from saejobs.tasks.app import DOWNLOAD_QUEUE, SHARED_QUEUE
+
+    if queue == DOWNLOAD_QUEUE:
+        return "saejobs worker --downloads"
+    gpu, _, host = queue.removeprefix(f"{SHARED_QUEUE}.gpu").partition("@")
+    if queue.startswith(f"{SHARED_QUEUE}.gpu") and gpu.isdigit():
+        return f"saejobs worker --gpu {gpu}" + (f" on host {host}" if host else "")
+    return "saejobs worker --cpu"
 
 
 @click.command()
@@ -79,7 +142,7 @@ def download(sae: str, source: Path | None):
               help="Verify this folder instead of the downloaded copy.")
 @click.option("--structural-only", is_flag=True, help="Only the file checks; no model is loaded.")
 @click.option("--model", "model_source", help="Model source for the functional checks (default: the SAE's model).")
-@click.option("--dtype", default=VerifyRequest.dtype, show_default=True, type=click.Choice(DTYPES))
+@click.option("--dtype", default=VerifyRequest.dtype, show_default=True, type=DTYPE, help=DTYPE_HELP)
 @click.option("--max-tokens", default=VerifyRequest.max_tokens, show_default=True,
               type=click.IntRange(EVAL_WINDOW, MAX_EVAL_TOKENS),
               help="Tokens of the bundled evaluation text to run (128-token windows).")
@@ -106,7 +169,7 @@ def _values(value, parse):
 
     integer = parse is int
     out = []
-    for v in value:
+    for v in [value] if isinstance(value, str) else value:  # a single option's text, or a repeated one's tuple
         for part in str(v).split(","):
             part = part.strip()
             if not part:
@@ -283,8 +346,8 @@ def registry_id(sae: str) -> str:
 @click.option("--steer-special-tokens/--no-steer-special-tokens", default=True, show_default=True,
               help="Steer the prompt's special tokens (BOS, ...) too, as Neuronpedia's steer_special_tokens.")
 @click.option("--strength-multiplier", default=1.0, show_default=True, type=float)
-@click.option("--method", default="SIMPLE_ADDITIVE", show_default=True,
-              type=click.Choice([m.value for m in SteerMethod], case_sensitive=False))
+@click.option("--method", default=SteerMethod.SIMPLE_ADDITIVE.value, show_default=True, type=METHOD,
+              help="Steering operation (any case; interp-engine's names too: additive, orthogonal, ...).")
 @click.option("--normalize/--no-normalize", default=False, show_default=True, help="Unit-norm steering vectors.")
 @click.option("--combine", is_flag=True, help="Steer all features at once (one configuration per strength).")
 @click.option("--n-logprobs", default=0, show_default=True, type=click.IntRange(0, 100),
@@ -293,7 +356,7 @@ def registry_id(sae: str) -> str:
               help="Start from the settings a Neuronpedia client sends by default (README, Presets); "
                    "options given explicitly win.")
 @click.option("--model", "model_source", help="Model source: HF id, local dir, .gguf file, or gemma-3-270m-gguf.")
-@click.option("--dtype", default="float32", show_default=True, type=click.Choice(DTYPES))
+@click.option("--dtype", default="float32", show_default=True, type=DTYPE, help=DTYPE_HELP)
 @click.option("--batch-size", type=click.IntRange(1), help="Configurations per batched generation (default: fits memory).")
 @click.option("--shard-size", type=click.IntRange(1),
               help="Configurations per shard job (default: about two shards per live worker, at most 256).")

@@ -90,7 +90,12 @@ def workers(show_all, as_json) -> None:
 
     found = store.listing(live_within_s=None if show_all else STALE_AFTER_S)
     data = [store.as_dict(w) for w in found]
-    emit(data, as_json, lambda: table(
-        f"{len(data)} workers", ["name", "host", "gpu", "device", "state", "running", "cached", "heartbeat"],
-        ([d["name"], d["host"], d["gpu"] or "cpu", d["device"], d["state"], (d["current_job"] or "")[:8],
-          ", ".join(f"{c['kind']}:{c['name']}" for c in d["cached"]) or "-", d["heartbeat_at"]] for d in data)))
+
+    def render() -> None:
+        table(f"{len(data)} workers", ["name", "host", "gpu", "device", "state", "running", "cached", "heartbeat"],
+              ([d["name"], d["host"], d["gpu"] or "cpu", d["device"], d["state"], (d["current_job"] or "")[:8],
+                ", ".join(f"{c['kind']}:{c['name']}" for c in d["cached"]) or "-", d["heartbeat_at"]] for d in data))
+        if not any(d["state"] in ("idle", "busy") for d in data):  # queued jobs wait: say what runs them
+            click.echo("no live worker: queued jobs wait until one starts (`saejobs up`, or `saejobs worker "
+                       "--cpu`); --local runs a job in the submitting process instead")
+    emit(data, as_json, render)

@@ -85,13 +85,23 @@ def shards(job_id: str, url: str | None = None) -> list[Job]:
         return list(s.scalars(select(Job).where(Job.parent_id == job_id).order_by(Job.created_at, Job.id)))
 
 
+AMBIGUOUS_SHOWN = 5  # candidates an ambiguous id prefix names
+
+
 @retried
 def get(job_id: str, url: str | None = None) -> Job:
     with read_session(url) as s:
         job = s.get(Job, job_id)
         if job is None:
-            matches = s.scalars(select(Job).where(Job.id.startswith(job_id)).limit(2)).all() if len(job_id) >= 4 else []
-            if len(matches) != 1:
+            matches = s.scalars(select(Job).where(Job.id.startswith(job_id, autoescape=True)).order_by(Job.id)
+                                .limit(AMBIGUOUS_SHOWN + 1)).all() if len(job_id) >= 4 else []
+            if len(matches) > 1:  # as git says of a short commit id: which ones, so the next try is right
+                ids = [m.id for m in matches[:AMBIGUOUS_SHOWN]]
+                n = max(8, *(len(os.path.commonprefix(pair)) + 1 for pair in zip(ids, ids[1:])))  # each told apart
+                shown = ", ".join(i[:n] for i in ids)
+                raise UsageError(f"job id prefix '{job_id}' is ambiguous: {shown}"
+                                 + (" and more" if len(matches) > AMBIGUOUS_SHOWN else "") + "; give more characters")
+            if not matches:
                 raise NotFoundError(f"no job '{job_id}'")
             job = matches[0]
         return job  # without its events (a long job has many): ``events`` reads them a page at a time

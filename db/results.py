@@ -193,6 +193,24 @@ def sweep_grid(rows: list[dict]) -> dict[str, Any]:
     return {"columns": ["prompt", "seed", "strength", "DEFAULT"] + features, "rows": out_rows, "labels": labels}
 
 
+def prompt_grids(rows: list[dict]) -> list[dict[str, Any]]:
+    """What a person reads of a sweep: per prompt and seed, the DEFAULT completion once and a strength × feature
+    table of steered completions, each cell without the prompt it continues (the prompt is said once)."""
+    grid = sweep_grid(rows)
+    features, out = grid["columns"][4:], []
+    for prompt, seed in dict.fromkeys((r["prompt"], r["seed"]) for r in rows):
+        mine = [r for r in rows if r["prompt"] == prompt and r["seed"] == seed]
+        rest = lambda text: text[len(prompt):] if prompt and text.startswith(prompt) else text  # noqa: E731
+        default = next((rest(r["output"]) for r in mine if r["type"] == "DEFAULT"), None)
+        table = []
+        for st in sorted({r["strengths"][0] for r in mine if r["type"] == "STEERED"}):
+            cells = {r["feature"]: rest(r["output"]) for r in mine if r["type"] == "STEERED" and r["strengths"][0] == st}
+            table.append([st] + [cells.get(f, "") for f in features])
+        out.append({"prompt": prompt, "seed": seed, "default": default, "columns": ["strength", *features],
+                    "rows": table})
+    return out
+
+
 def _natural(label: str):
     return (0, int(label), "") if label.isdigit() else (1, 0, label)
 
@@ -200,7 +218,9 @@ def _natural(label: str):
 def summary(job: Job) -> str:
     r = job.result or {}
     if job.kind == JobKind.SWEEP:
-        return f"{r.get('generations', '?')} generations, sweep {r.get('sweep_id')}"
+        n, prompts = r.get("generations", "?"), len((job.params or {}).get("prompts") or (job.params or {}).get("chats") or [])
+        return (f"{n} generation{'' if n == 1 else 's'}"
+                + (f" from {prompts} prompt{'' if prompts == 1 else 's'}" if prompts else ""))
     if job.kind == JobKind.VERIFY:
         return f"verdict {r.get('verdict')}"
     if job.kind == JobKind.SCORE:

@@ -82,3 +82,9 @@ def as_dict(row: WorkerRow) -> dict:
             "queues": row.queues, "state": state, "current_job": row.current_job, "cached": row.cached or [],
             "started_at": row.started_at.isoformat(), "heartbeat_at": row.heartbeat_at.isoformat(),
             "stopped_at": row.stopped_at.isoformat() if row.stopped_at else None}
+
+
+def live_queues(url: str | None = None) -> set[str]:
+    """The queues some live worker consumes: a job sent to any other waits until a worker for it starts,
+    which the CLI says at once (``cli/submit_cmd.py``, ``jobs list``) instead of leaving it silently queued."""
+    return {q for w in listing(live_within_s=LIVE_WITHIN_S, url=url) for q in (w.queues or [])}

