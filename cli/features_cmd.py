@@ -13,7 +13,7 @@ import click
 
 from saejobs.cli.complete import sae_ids
 from saejobs.cli.output import console, emit, json_option, plain, table
-from saejobs.cli.submit_cmd import DTYPE, DTYPE_HELP, _floats
+from saejobs.cli.submit_cmd import DTYPE, DTYPE_HELP, _floats, submission_options
 from saejobs.engine.errors import UsageError
 from saejobs.engine.job_requests import MAX_TOP_K, FeaturesRequest
 
@@ -49,6 +49,10 @@ def _sae_and_index(sae: str, feature: int | None) -> tuple[str, int | None]:
 @click.option("--k", default=FeaturesRequest.k, show_default=True, type=click.IntRange(1, MAX_TOP_K),
               help="Features per token.")
 @click.option("--include-bos", is_flag=True, help="Keep BOS and special tokens (Neuronpedia's ignoreBos false).")
+@click.option("--density-threshold", default=FeaturesRequest.density_threshold, show_default=True,
+              type=click.FloatRange(0, 1), help="Drop features firing on more than this share of tokens (measured on "
+                                                "the bundled evaluation text), as Neuronpedia's search does.")
+@click.option("--keep-dense", is_flag=True, help="Keep dense features (no density filter, no density measured).")
 @click.option("--per-token", is_flag=True, help="Show each token's features (the JSON always has them).")
 @click.option("--sort", default="frequency", show_default=True, type=click.Choice(["frequency", "strength"]),
               help="Order over the text: tokens whose top-k holds the feature (Neuronpedia's default), or its "
@@ -61,16 +65,12 @@ def _sae_and_index(sae: str, feature: int | None) -> tuple[str, int | None]:
                                                               "or 0:400:50).")
 @click.option("--model", "model_source", help="Model source (default: the SAE's model).")
 @click.option("--dtype", default=FeaturesRequest.dtype, show_default=True, type=DTYPE, help=DTYPE_HELP)
-@click.option("--wait", is_flag=True, help="Follow the job until it ends and print its features (else: its id).")
-@click.option("--local", is_flag=True, help="Run in this process, no broker needed (implies --wait).")
-@click.option("--gpu", help="Run on GPU INDEX of any host, or HOST:INDEX.")
-@click.option("--timeout", type=click.FloatRange(1), help="Seconds an attempt may run before it is failed.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@json_option
-def top(sae, prompts, prompts_file, chat_file, system, chat_template_file, k, include_bos, per_token, sort, then_sweep,
-        n_top, strengths, model_source, dtype, wait, local, gpu, timeout, quiet, as_json) -> None:
+@submission_options
+def top(sae, prompts, prompts_file, chat_file, system, chat_template_file, k, include_bos, density_threshold, keep_dense,
+        per_token, sort, then_sweep, n_top, strengths, model_source, dtype, wait, local, gpu, timeout, quiet,
+        as_json) -> None:
     """The SAE's K most active features at each token of each text and over the text, as Neuronpedia's
-    "search via inference" computes them (README, Finding features)."""
+    "search via inference" computes them (README, Finding features). Without --wait or --local: the job's id."""
     from saejobs.engine import chat
 
     sae_id, _ = _sae_and_index(sae, None)
@@ -88,7 +88,8 @@ def top(sae, prompts, prompts_file, chat_file, system, chat_template_file, k, in
     if strengths and not then_sweep:
         raise UsageError("--strength goes with --then-sweep")
     req = FeaturesRequest(sae=sae_id, prompts=tuple(prompts), chats=tuple(chats), chat_template=template, k=k,
-                          ignore_bos=not include_bos, model=model_source, dtype=dtype)
+                          ignore_bos=not include_bos, model=model_source, dtype=dtype,
+                          density_threshold=None if keep_dense else density_threshold)
     if chats and template is None:
         from saejobs.engine import registry
 

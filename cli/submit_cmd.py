@@ -60,14 +60,26 @@ METHOD = Spelled([m.value for m in SteerMethod], _method_name)
 DTYPE_HELP = "Model dtype (bf16, fp16, fp32 too)."
 
 
+SUBMISSION_OPTIONS = [
+    click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends."),
+    click.option("--local", is_flag=True, help="Run in this process, no broker needed (implies --wait)."),
+    click.option("--gpu", help="Run on GPU INDEX of any host, or HOST:INDEX (that host's GPU) only."),
+    click.option("--timeout", type=click.FloatRange(1), help="Seconds an attempt may run before it is failed."),
+    click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
+    json_option,
+]
+
+
+def submission_options(f):
+    """The options every submitting command shares (``submission`` adds the submitting itself)."""
+    for option in reversed(SUBMISSION_OPTIONS):
+        f = option(f)
+    return f
+
+
 def submission(f):
-    """Options every submitting command shares."""
-    @click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")
-    @click.option("--local", is_flag=True, help="Run in this process, no broker needed (implies --wait).")
-    @click.option("--gpu", help="Run on GPU INDEX of any host, or HOST:INDEX (that host's GPU) only.")
-    @click.option("--timeout", type=click.FloatRange(1), help="Seconds an attempt may run before it is failed.")
-    @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-    @json_option
+    """A submitting command: ``f`` builds the job's typed request, this queues (or runs) it."""
+    @submission_options
     @functools.wraps(f)
     def wrapper(*args, wait, local, gpu, timeout, quiet, as_json, shard_size=None, **kwargs):
         request, sae_id = f(*args, **kwargs)  # the command builds the job's typed request (its kind is the type's)

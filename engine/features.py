@@ -9,6 +9,12 @@
   Over the text, the union of the tokens' lists as the webapp's search page builds it: ``frequency`` is
   the number of tokens in whose list a feature is, sorted by it (ties: first appearance); also each
   feature's largest activation, its position, and its mean over the kept tokens.
+- density: like Neuronpedia's search (its ``densityThreshold``, 0.01 by default), features that fire on
+  more than that share of tokens are dropped from each token's list after the top-k — the always-on
+  directions that would otherwise head every token. Neuronpedia reads a feature's density from its
+  database; here it is measured (``densities``) on the bundled evaluation text (``engine.evaluate``,
+  Alice chapter I, the first ``DENSITY_TOKENS`` tokens in 128-token windows, BOS left out). Unlike the
+  webapp, a feature that never fired there (density 0) is kept: its filter also drops those.
 - ``similar``: the features whose decoder rows are nearest a vector by cosine (Neuronpedia
   ``endpoints/util/sae_topk_by_decoder_cossim.py``: fp32 norms, ``clamp_min(1e-8)``, NaN rows last,
   the query feature itself included, at most ``MAX_SIMILAR`` results).
@@ -27,6 +33,8 @@ import torch
 from saejobs.engine.hooks import hook
 
 MAX_SIMILAR = 128  # Neuronpedia's MAX_NUM_RESULTS
+DENSITY_TOKENS = 2048
+DEFAULT_DENSITY_THRESHOLD = 0.01  # Neuronpedia's search default
 ENCODE_CHUNK_ELEMENTS = 1 << 24  # tokens × features encoded at once (64 MiB of float32)
 
 
@@ -66,8 +74,25 @@ class TokenFeatures:
 
 
 @torch.no_grad()
-def top_by_token(lm, sae, hook_name: str, ids: list[int], k: int, *, ignore_bos: bool = True) -> dict:
-    """The text's per-token top features and their union over the text (``to_json``-ready dicts)."""
+def densities(lm, sae, hook_name: str, tokens: int = DENSITY_TOKENS) -> torch.Tensor:
+    """Per feature, the share of the evaluation text's tokens where it fires (float32, on the SAE's device)."""
+    from saejobs.engine import evaluate
+
+    windows = evaluate.windows(lm.tokenizer)[: max(1, tokens // 128)]
+    fired = torch.zeros(sae.d_sae, dtype=torch.float64, device=sae.W_enc.device)
+    n = 0
+    for window in windows:
+        x = activations_at(lm, hook_name, window.tolist())[1:].to(device=sae.W_enc.device, dtype=sae.W_enc.dtype)
+        fired += (sae.encode(x) > 0).sum(0, dtype=torch.float64)
+        n += x.shape[0]
+    return (fired / max(n, 1)).float()
+
+
+@torch.no_grad()
+def top_by_token(lm, sae, hook_name: str, ids: list[int], k: int, *, ignore_bos: bool = True,
+                 density: torch.Tensor | None = None, density_threshold: float | None = None) -> dict:
+    """The text's per-token top features and their union over the text (``to_json``-ready dicts); with
+    ``density`` and ``density_threshold``, features denser than it dropped from each token's top k."""
     tok = lm.tokenizer
     acts_in = activations_at(lm, hook_name, ids).to(device=sae.W_enc.device, dtype=sae.W_enc.dtype)
     special_ids = set(tok.all_special_ids)
@@ -85,9 +110,13 @@ def top_by_token(lm, sae, hook_name: str, ids: list[int], k: int, *, ignore_bos:
         if rows:
             total += acts[rows].sum(0, dtype=torch.float64)
     vals, idx = torch.cat(values).tolist(), torch.cat(indices).tolist()
+    dense = set()
+    if density is not None and density_threshold is not None:
+        listed = sorted({i for p in keep for i in idx[p]})
+        dense = {i for i, d in zip(listed, density[listed].tolist()) if d > density_threshold}
     tokens = [tok.decode([t]) for t in ids]
     per_token = [TokenFeatures(p, tokens[p], ids[p] in special_ids,
-                               [(i, a) for i, a in zip(idx[p], vals[p]) if a > 0]) for p in keep]
+                               [(i, a) for i, a in zip(idx[p], vals[p]) if a > 0 and i not in dense]) for p in keep]
     union: dict[int, dict] = {}
     for t in per_token:
         for i, a in t.features:
@@ -98,9 +127,11 @@ def top_by_token(lm, sae, hook_name: str, ids: list[int], k: int, *, ignore_bos:
     means = total[list(union)].div(max(len(keep), 1)).tolist() if union else []
     for u, m in zip(union.values(), means):
         u["mean_activation"] = m
+        if density is not None:
+            u["density"] = float(density[u["index"]])
     over = sorted(union.values(), key=lambda u: -u["frequency"])  # stable: first appearance breaks ties
     return {"tokens": tokens, "n_tokens": len(ids), "kept_tokens": len(keep), "k": kk,
-            "per_token": [t.to_json() for t in per_token], "features": over}
+            "per_token": [t.to_json() for t in per_token], "features": over, "dense_dropped": sorted(dense)}
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ Which request a kind takes is ``db.states.JobKind.request_type`` (one mapping, c
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 
 from saejobs.engine import chat, search
@@ -246,6 +246,7 @@ class FeaturesRequest:
     ignore_bos: bool = True  # leave out BOS and special tokens, as Neuronpedia's search does by default
     model: str | None = None  # None: the SAE's model
     dtype: str = DEFAULT_DTYPE
+    density_threshold: float | None = 0.01  # Neuronpedia's search default; None: keep dense features
 
     def __post_init__(self) -> None:
         s = object.__setattr__
@@ -267,6 +268,11 @@ class FeaturesRequest:
             raise UsageError("--chat-template renders --chat conversations; there are none")
         _integer("k", self.k, 1, MAX_TOP_K)
         _flag("ignore_bos", self.ignore_bos)
+        if self.density_threshold is not None:
+            d = _number("density_threshold", self.density_threshold)
+            if not 0 <= d <= 1:
+                raise UsageError(f"density_threshold must be from 0 to 1, not {d:g}")
+            object.__setattr__(self, "density_threshold", d)
         if self.model is not None:
             _text("model", self.model)
         if self.dtype not in DTYPES:
@@ -274,14 +280,16 @@ class FeaturesRequest:
 
     def to_params(self) -> dict:
         return {"sae": self.sae, "prompts": list(self.prompts), "k": self.k, "ignore_bos": self.ignore_bos,
-                "model": self.model, "dtype": self.dtype,
+                "model": self.model, "dtype": self.dtype, "density_threshold": self.density_threshold,
                 **({"chats": [chat.to_json(c) for c in self.chats], "chat_template": self.chat_template}
                    if self.chats else {})}
 
     @classmethod
     def from_params(cls, p: dict) -> FeaturesRequest:
         chats = tuple(chat.conversation(c, f"conversation {i + 1}") for i, c in enumerate(p.get("chats") or ()))
-        return _from_params(cls, {**p, "prompts": tuple(p.get("prompts") or ()), "chats": chats}, "a features")
+        req = _from_params(cls, {**p, "prompts": tuple(p.get("prompts") or ()), "chats": chats}, "a features")
+        # a stored None means "keep dense features" (``_from_params`` reads an absent or None key as the default)
+        return replace(req, density_threshold=None) if "density_threshold" in p and p["density_threshold"] is None else req
 
 
 JobRequest = DownloadRequest | VerifyRequest | SweepRequest | ScoreRequest | SearchRequest | FeaturesRequest

@@ -5,7 +5,7 @@ run where it is asked: it reads decoders only)."""
 from __future__ import annotations
 
 from saejobs.db import saes
-from saejobs.engine import chat, features, provenance
+from saejobs.engine import chat, evaluate, features, provenance
 from saejobs.engine.errors import UsageError
 from saejobs.engine.generate import prompt_ids
 from saejobs.engine.job_requests import FeaturesRequest
@@ -29,14 +29,22 @@ def run(ctx) -> dict:
     for conv in req.chats:
         rendered = chat.render(lm.tokenizer, conv, req.chat_template, lm.model_id)
         texts.append((rendered, chat.text_ids(lm.tokenizer, rendered), chat.to_json(conv)))
+    density = None
+    if req.density_threshold is not None:  # measured once per process, model and SAE (the engine cache's keys)
+        ctx.progress(0.0, f"feature densities of {entry.id} on the evaluation text", force=True)
+        density = ctx.executor.cache.get(("density", entry.id, saes.params_sha256(row.files), lm.model_id,
+                                          str(lm.dtype)), lambda: features.densities(lm, sae, entry.hook_name))
     out = []
     for n, (text, ids, messages) in enumerate(texts):
         ctx.progress(n / len(texts), f"text {n + 1}/{len(texts)} ({len(ids)} tokens)")
-        got = features.top_by_token(lm, sae, entry.hook_name, ids, req.k, ignore_bos=req.ignore_bos)
+        got = features.top_by_token(lm, sae, entry.hook_name, ids, req.k, ignore_bos=req.ignore_bos,
+                                    density=density, density_threshold=req.density_threshold)
         out.append({"text": text, **({"messages": messages} if messages else {}), **got})
     ctx.progress(1.0, f"{len(texts)} text(s), {sum(t['n_tokens'] for t in out)} tokens", force=True)
     return {"sae": entry.id, "hook_name": entry.hook_name, "d_sae": sae.d_sae, "k": req.k,
-            "ignore_bos": req.ignore_bos, "texts": out,
+            "ignore_bos": req.ignore_bos, "density_threshold": req.density_threshold,
+            "density_source": None if density is None else
+            f"{evaluate.EVAL_SOURCE}: the first {features.DENSITY_TOKENS} tokens", "texts": out,
             "provenance": {"sae_sha256": saes.params_sha256(row.files), "model": lm.model_id, "model_source": source,
                            "model_revision": lm.revision, "dtype": str(lm.dtype).removeprefix("torch."),
                            "device": str(lm.device), "versions": provenance.versions()}}

@@ -86,6 +86,24 @@ def test_top_features_of_the_demo_equal_a_plain_reference_and_its_words_come_out
         listed = [g["index"] for g in at["features"]]
         assert f in listed and not set(listed) & (set(range(len(demo.WORDS))) - {f}), (word, listed)
         assert next(u for u in got["features"] if u["index"] == f)["max_position"] == at["position"]
+    # densities on the evaluation text equal the plain reference's firing shares; with Neuronpedia's default
+    # filter (0.01) the always-on directions go and each word's feature comes out on top at its word
+    from saejobs.engine import evaluate
+
+    density = features.densities(gemma3, sae, demo.ENTRY.hook_name)
+    windows = evaluate.windows(gemma3.tokenizer)[:features.DENSITY_TOKENS // 128]
+    fired = sum((plain_acts(gemma3.model, demo.LAYER, w.tolist(), demo_file)[1:] > 0).sum(0) for w in windows)
+    n = len(windows) * 128  # float32 against float64: a token at its threshold may flip, one token at most
+    assert np.abs(density.numpy() - fired / n).max() <= 1.01 / n and (np.abs(density.numpy() - fired / n) > 0).sum() <= 3
+    dense = {i for i in range(sae.d_sae) if density[i] > 0.01}
+    assert dense and not dense & set(range(len(demo.WORDS)))
+    filtered = features.top_by_token(gemma3, sae, demo.ENTRY.hook_name, ids, 10, density=density,
+                                     density_threshold=0.01)
+    for t, f in zip(filtered["per_token"], got["per_token"]):
+        assert t["features"] == [g for g in f["features"] if g["index"] not in dense]
+    for f, word in enumerate(demo.WORDS):
+        at = next(t for t in filtered["per_token"] if t["token"] == word)
+        assert at["features"][0]["index"] == f, (word, at["features"])
 
 
 def test_top_features_of_a_gemma_scope_2_sae_equal_a_plain_reference(tmp_path, tiny_gemma2):
@@ -155,10 +173,20 @@ def test_from_a_texts_top_features_to_a_sweep_through_the_cli(home, tiny_gemma2_
 
     s = make(home, fmt="gemma-scope-2", d_model=64, d_sae=256, layer=1)
     assert saejobs("download", s.id, "--source", str(s.mirror), "--local", "--quiet").returncode == 0
+    # a random SAE is dense: Neuronpedia's default filter drops what fires on over 1% of the evaluation text
+    res = saejobs("features", "top", "--sae", s.id, "--prompt", "The sea is wide", "--k", "4", "--model",
+                  str(tiny_gemma2_dir), "--local", "--json")
+    assert res.returncode == 0, res.stderr
+    filtered = json.loads(res.stdout)
+    assert filtered["density_threshold"] == 0.01 and "Alice" in filtered["density_source"]
+    (text,) = filtered["texts"]
+    assert text["dense_dropped"] and all(f["density"] <= 0.01 for f in text["features"])
+    assert not {f["index"] for t in text["per_token"] for f in t["features"]} & set(text["dense_dropped"])
     res = saejobs("features", "top", "--sae", s.id, "--prompt", "Hello there", "--prompt", "The sea is wide",
-                  "--k", "4", "--model", str(tiny_gemma2_dir), "--local", "--json")
+                  "--k", "4", "--model", str(tiny_gemma2_dir), "--keep-dense", "--local", "--json")
     assert res.returncode == 0, res.stderr
     got = json.loads(res.stdout)
+    assert got["density_threshold"] is None and got["texts"][0]["dense_dropped"] == []
     assert jobs.get(got["job"]).kind == "features" and [t["text"] for t in got["texts"]] == ["Hello there",
                                                                                                "The sea is wide"]
     assert all(len(t["features"]) <= 4 for t in got["texts"][0]["per_token"])
@@ -166,7 +194,7 @@ def test_from_a_texts_top_features_to_a_sweep_through_the_cli(home, tiny_gemma2_
     (tmp_path / "chat.json").write_text(json.dumps([[{"role": "user", "content": "Hello there"}]]))
     line = one_clean_line(saejobs("features", "top", "--sae", s.id, "--chat", str(tmp_path / "chat.json"),
                                   "--model", str(tiny_gemma2_dir)), 2)  # refused before anything is queued
-    assert "has no chat template" in line and len(jobs.listing(kind="features")) == 1
+    assert "has no chat template" in line and len(jobs.listing(kind="features")) == 2  # the two above
     template = ("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}"
                 "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
     (tmp_path / "t.jinja").write_text(template)
@@ -191,7 +219,7 @@ def test_from_a_texts_top_features_to_a_sweep_through_the_cli(home, tiny_gemma2_
                                         row(b, "cmbbbbbbbbbbbbbbbbbbbbbbb", "the open sea", None, None,
                                             model="tiny-gemma-2", layer="1-synthetic")])
     assert saejobs("features", "import", str(tmp_path / "export"), "--sae", s.id).returncode == 0
-    table = saejobs("features", "top", "--sae", s.id, "--prompt", "Hello there", "--model", str(tiny_gemma2_dir),
+    table = saejobs("features", "top", "--sae", s.id, "--prompt", "Hello there", "--keep-dense", "--model", str(tiny_gemma2_dir),
                     "--local", "--quiet", "--per-token", env={"COLUMNS": "200"})
     assert table.returncode == 0 and "top features of 'Hello there'" in table.stdout, table.stderr
     assert "greetings and salutations" in table.stdout
@@ -203,11 +231,12 @@ def test_from_a_texts_top_features_to_a_sweep_through_the_cli(home, tiny_gemma2_
     assert [r["features"][0]["index"] for r in steered] == [b]
 
     res = saejobs("features", "top", "--sae", s.id, "--prompt", "Hello there", "--k", "4", "--model",
-                  str(tiny_gemma2_dir), "--then-sweep", "--top", "3", "--strength", "0,20", "--local", "--json")
+                  str(tiny_gemma2_dir), "--keep-dense", "--then-sweep", "--top", "3", "--strength", "0,20", "--local",
+                  "--json")
     assert res.returncode == 0, res.stderr
     sweep = json.loads(res.stdout)
     first = json.loads(saejobs("features", "top", "--sae", s.id, "--prompt", "Hello there", "--k", "4", "--model",
-                               str(tiny_gemma2_dir), "--local", "--json").stdout)["texts"][0]["features"][:3]
+                               str(tiny_gemma2_dir), "--keep-dense", "--local", "--json").stdout)["texts"][0]["features"][:3]
     assert sweep["kind"] == "sweep" and sweep["state"] == "succeeded"
     rows = results.generation_rows(sweep["id"])
     assert sorted({r["features"][0]["index"] for r in rows if r["type"] == "STEERED"}) == sorted(

@@ -66,6 +66,7 @@ def search(**kw) -> SearchRequest:
     (lambda: FeaturesRequest(SAE, prompts=("p",) * 2 + tuple(map(str, range(1000)))), "one job takes at most 1000"),
     (lambda: FeaturesRequest(SAE, prompts=("p",), ignore_bos="no"), "ignore_bos must be true or false"),
     (lambda: FeaturesRequest.from_params({"prompts": ["p"]}), "a features job's params lack sae"),
+    (lambda: FeaturesRequest(SAE, prompts=("p",), density_threshold=1.5), "density_threshold must be from 0 to 1"),
 ])
 def test_a_bad_value_is_refused_at_construction_with_one_line(build, says):
     with pytest.raises(UsageError) as e:
@@ -119,6 +120,7 @@ def test_tasks_read_their_params_only_through_the_typed_request():
                                       dtype="bfloat16", max_tokens=1024),
     ScoreRequest(JOB),
     FeaturesRequest(SAE, prompts=("a dog", "the sea"), k=5, ignore_bos=False),
+    FeaturesRequest(SAE, prompts=("p",), density_threshold=None), FeaturesRequest(SAE, prompts=("p",), density_threshold=0.2),
     FeaturesRequest(SAE, chats=(chat.conversation([{"role": "user", "content": "hi"}]),), chat_template="{{ x }}",
                     model="m", dtype="bfloat16"),
     search(), search(features=(1, 2), prompts=("a", "b"), seeds=(3, 4), lo=-5.0, hi=50.0, max_nll_increase=0.5,
