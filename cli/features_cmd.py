@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import click
@@ -114,29 +112,13 @@ def top(sae, prompts, prompts_file, chat_file, system, chat_template_file, k, in
 def _run(req, *, wait, local, gpu, timeout, quiet, as_json):
     """The job submitted, and (``wait``/``local``) run to its end: its final row; None when it was only
     queued (its id printed). A job that did not succeed exits as ``saejobs jobs`` says."""
-    from saejobs.cli.follow import finish, follow, run_local
-    from saejobs.cli.submit_cmd import say_if_untaken
-    from saejobs.db import jobs
-    from saejobs.db.states import JobKind, JobState
-    from saejobs.tasks.app import Target
-    from saejobs.tasks.submit import queue_for, submit
+    from saejobs.cli.follow import finish
+    from saejobs.cli.submit_cmd import submit_and_follow
+    from saejobs.db.states import JobState
 
-    if local and gpu is not None:
-        raise UsageError("--gpu picks a worker's queue; it cannot be combined with --local")
-    target = Target.parse(gpu) if gpu is not None else None
-    job = submit(req, sae_id=req.sae, gpu=target, local=local, timeout_s=timeout)
-    if not local:
-        say_if_untaken(queue_for(JobKind.FEATURES, target))
-    if local:
-        job = run_local(job.id, quiet=quiet or as_json)
-    elif wait:
-        if not as_json:
-            click.echo(job.id, err=True)
-        job = follow(job.id, quiet=quiet or as_json)
-    else:
-        click.echo(json.dumps(jobs.as_dict(job), indent=2, default=str) if as_json else job.id)
-        return None
-    if job.state != JobState.SUCCEEDED:
+    job = submit_and_follow(req, sae_id=req.sae, wait=wait, local=local, gpu=gpu, quiet=quiet, as_json=as_json,
+                            timeout_s=timeout)
+    if job is not None and job.state != JobState.SUCCEEDED:
         finish(job, as_json)  # exits non-zero with the job's reason
     return job
 

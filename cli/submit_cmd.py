@@ -90,6 +90,16 @@ def submission(f):
 
 def enqueue(request: JobRequest, *, sae_id: str | None, wait: bool, local: bool, gpu: str | None,
             quiet: bool, as_json: bool, timeout_s: float | None = None, shard_size: int | None = None) -> None:
+    job = submit_and_follow(request, sae_id=sae_id, wait=wait, local=local, gpu=gpu, quiet=quiet, as_json=as_json,
+                            timeout_s=timeout_s, shard_size=shard_size)
+    if job is not None:
+        finish(job, as_json)
+
+
+def submit_and_follow(request: JobRequest, *, sae_id: str | None, wait: bool, local: bool, gpu: str | None,
+                      quiet: bool, as_json: bool, timeout_s: float | None = None, shard_size: int | None = None):
+    """Submit the job; with ``local`` (run here) or ``wait`` follow it and return its final row; otherwise print
+    its id (or row, ``as_json``) and return None."""
     from saejobs.db import jobs
     from saejobs.db.states import JobKind
     from saejobs.tasks.app import Target
@@ -102,13 +112,13 @@ def enqueue(request: JobRequest, *, sae_id: str | None, wait: bool, local: bool,
     if not local:
         say_if_untaken(queue_for(JobKind.of(request), target))
     if local:
-        finish(run_local(job.id, quiet=quiet or as_json), as_json)
-    elif wait:
+        return run_local(job.id, quiet=quiet or as_json)
+    if wait:
         if not as_json:
             click.echo(job.id, err=True)
-        finish(follow(job.id, quiet=quiet or as_json), as_json)
-    else:
-        click.echo(json.dumps(jobs.as_dict(job), indent=2, default=str) if as_json else job.id)
+        return follow(job.id, quiet=quiet or as_json)
+    click.echo(json.dumps(jobs.as_dict(job), indent=2, default=str) if as_json else job.id)
+    return None
 
 
 def say_if_untaken(queue: str | None) -> None:

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.process_group import run_group
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,19 +38,9 @@ def bench(name: str, tmp_path: Path, *args: str, env: dict[str, str] | None = No
     for var in ("SAEJOBS_DB", "SAEJOBS_HOME", "SAEJOBS_BROKER"):  # each bench picks its own
         full_env.pop(var, None)
     # Its own process group: a bench that hangs is killed with the worker (and Hub, broker) it started.
-    p = subprocess.Popen([sys.executable, str(ROOT / "bench" / name), "--fast", *args], cwd=ROOT, env=full_env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        out, err = p.communicate()
-        pytest.fail(f"bench/{name} --fast ran past {timeout} s\n{out[-3000:]}\n{err[-3000:]}")
-    finally:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)  # whatever it started and left behind
-        except ProcessLookupError:
-            pass
+    p = run_group([sys.executable, str(ROOT / "bench" / name), "--fast", *args], cwd=ROOT, env=full_env,
+                  timeout=timeout, what=f"bench/{name} --fast")
+    out, err = p.stdout, p.stderr
     assert p.returncode == expect, f"exit {p.returncode}\n{out[-3000:]}\n{err[-3000:]}"
     return out
 
@@ -76,18 +66,23 @@ def test_encode_fast(tmp_path):
     assert len(lines(out, r"activations equal: True")) == 2, out
 
 
-def test_encode_exits_1_when_its_identity_check_fails(tmp_path):
-    """A wrong encode (one activation off, via a sitecustomize in the bench's process) is reported, exit 1."""
+def wrong_encode(tmp_path: Path, edit: str) -> dict[str, str]:
+    """The environment of a bench whose ``JumpReLUSAE.encode`` applies ``edit`` to its output (``out``), via a
+    sitecustomize on its PYTHONPATH."""
     (tmp_path / "sitecustomize.py").write_text(
         "from saejobs.engine import sae\n"
         "_encode = sae.JumpReLUSAE.encode\n"
         "def encode(self, x):\n"
         "    out = _encode(self, x)\n"
-        "    out[0, 0] += 1.0\n"
+        f"    {edit}\n"
         "    return out\n"
         "sae.JumpReLUSAE.encode = encode\n")
-    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
-    out = bench("encode.py", tmp_path, env={"PYTHONPATH": path}, expect=1)
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+
+
+def test_encode_exits_1_when_its_identity_check_fails(tmp_path):
+    """A wrong encode (one activation off, via a sitecustomize in the bench's process) is reported, exit 1."""
+    out = bench("encode.py", tmp_path, env=wrong_encode(tmp_path, "out[0, 0] += 1.0"), expect=1)
     assert lines(out, r"activations equal: False")
 
 
@@ -98,17 +93,8 @@ def test_features_fast(tmp_path):
 
 
 def test_features_exits_1_when_a_tokens_features_are_wrong(tmp_path):
-    """A wrong encode (one activation off) is reported, exit 1, no figure printed."""
-    (tmp_path / "sitecustomize.py").write_text(
-        "from saejobs.engine import sae\n"
-        "_encode = sae.JumpReLUSAE.encode\n"
-        "def encode(self, x):\n"
-        "    out = _encode(self, x)\n"
-        "    out[3] *= 2.0\n"
-        "    return out\n"
-        "sae.JumpReLUSAE.encode = encode\n")
-    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
-    out = bench("features.py", tmp_path, env={"PYTHONPATH": path}, expect=1)
+    """A wrong encode (one token's activations doubled) is reported, exit 1, no figure printed."""
+    out = bench("features.py", tmp_path, env=wrong_encode(tmp_path, "out[3] *= 2.0"), expect=1)
     assert lines(out, r"equal the plain reference's: NO \(1 differ\)") and not lines(out, "ratio"), out
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.process_group import run_group
 from tests.dbfixtures import _pg_admin  # noqa: F401 (the session's PostgreSQL, started if none answers)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,22 +36,9 @@ def free_port() -> int:
 
 
 def run(script: str, cwd: Path, env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess:
-    """``script`` in ``bash -e`` in its own process group, killed whole afterwards (what it left in the
+    """``script`` in ``bash -e``, in its own process group killed whole afterwards (what it left in the
     background: a broker, workers)."""
-    p = subprocess.Popen(["bash", "-e", "-c", script], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        out, err = p.communicate()
-        pytest.fail(f"getting started ran past {timeout} s\n{out[-3000:]}\n{err[-3000:]}")
-    finally:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+    return run_group(["bash", "-e", "-c", script], cwd=cwd, env=env, timeout=timeout, what="getting started")
 
 
 def base_env(tmp_path: Path) -> dict[str, str]:
