@@ -203,10 +203,16 @@ def results(job_id, kind, as_json, as_csv, fmt, out) -> None:
     job = store.get(job_id)
     if job.kind == JobKind.SWEEP:
         cols = ["type", "features", "strengths", "prompt", "seed", "output", "n_tokens"]
-        if as_json or as_csv:  # streamed a page at a time; a chat sweep's rows also carry their conversation
+        if as_json:  # streamed a page at a time; the scores as stored (one object per row)
+            _out(res.iter_generation_rows(job.id), [], True, False, None)
+        elif as_csv:  # every score its own column; a chat sweep's rows also carry their conversation
+            from saejobs.engine.score import FLAT, Score
+
             chats = ["conversation"] if res.has_chats(job.id) else []
-            _out(res.iter_generation_rows(job.id), cols + chats + ["token_ids", "config_key", "labels"], as_json,
-                 as_csv, None)
+            rows = ({**r, **{k: (r["scores"] or {}).get(k) for k in (*FLAT, Score.CONCEPT)}}
+                    for r in res.iter_generation_rows(job.id))
+            _out(rows, cols + chats + ["token_ids", "config_key", "labels", *FLAT, Score.CONCEPT.value], False, True,
+                 None)
         else:  # a feature's column is headed by its cached explanation too, when there is one
             rows = res.generation_rows(job.id)
             show_sweep(f"sweep {job.id[:8]} ({job.sae_id})", rows, res.sweep_grid(rows)["labels"])

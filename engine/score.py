@@ -48,6 +48,10 @@ class Score(StrEnum):
     COMPLETION_TOKENS = "completion_tokens"  # tokens scored for concept and degeneration (EOS excluded)
 
 
+FLAT = tuple(s.value for s in Score if s is not Score.CONCEPT)  # one column each in CSV, Parquet and DataFrames
+# (CONCEPT, a mapping per feature, is its own column as JSON text)
+
+
 @dataclass(frozen=True)
 class Item:
     """One generation to score: its prompt ids (BOS included), generated ids, and concept features (of

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from saejobs.engine.errors import UsageError
+from saejobs.engine.score import FLAT as FLAT_SCORES
 from saejobs.engine.score import Score
 
-FLAT_SCORES = [s.value for s in Score if s is not Score.CONCEPT]
 COLUMNS = ["job", "round", "id", "type", "feature", "strength", "features", "prompt", "seed", "output", "n_tokens",
            *FLAT_SCORES, "concept", "config_key", "label"]  # n_tokens: generated (EOS included); completion_tokens: scored
 # label: the features' cached Neuronpedia explanations (db.results.joined_label), None where none is cached

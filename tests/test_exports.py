@@ -57,6 +57,16 @@ def test_json_and_csv_stream_what_is_stored(sweep):
     table = list(csv.DictReader(io.StringIO(out)))
     assert [(r["config_key"], r["output"]) for r in table] == [(w.config_key, w.output) for w in want]
     assert "conversation" in table[0] and paged(reads)  # one chat row: the column is there from the header on
+    with get_engine().connect() as c:  # every score its own column, as stored (an unscored row: empty cells)
+        scores = [json.loads(v) if isinstance(v, str) else v for v, in c.execute(text(
+            "SELECT g.scores FROM generations g JOIN sweeps s ON s.id = g.sweep_id WHERE s.job_id = :j ORDER BY g.id"),
+            {"j": sweep})]
+    assert sum(1 for sc in scores if sc) > N // 2
+    for r, sc in zip(table, scores):
+        sc = sc or {}
+        assert r["nll"] == ("" if sc.get("nll") is None else str(sc["nll"]))
+        assert r["longest_repeat"] == ("" if sc.get("longest_repeat") is None else str(sc["longest_repeat"]))
+        assert (json.loads(r["concept"]) if r["concept"] else None) == sc.get("concept")
 
 
 def test_parquet_streams_typed_columns(sweep, tmp_path):
