@@ -15,7 +15,7 @@ import click
 
 from saejobs.cli.complete import job_ids, sae_ids
 from saejobs.cli.output import emit, json_option
-from saejobs.cli.submit_cmd import DTYPE, DTYPE_HELP, _features, _ints, resolve_features, submission
+from saejobs.cli.submit_cmd import GenerationArgs, _features, generation_options, resolve_features, submission
 from saejobs.db.states import JobKind
 from saejobs.engine.errors import UsageError
 from saejobs.engine.job_requests import MAX_NLL_INCREASE, MAX_REFINE_ROUNDS, MAX_SEARCH_POINTS, ScoreRequest, SearchRequest
@@ -61,7 +61,7 @@ def _finite(ctx, param, value: float | None) -> float | None:
 @click.option("--sae", required=True, shell_complete=sae_ids, help="SAE id (Neuronpedia id or repo/folder path).")
 @click.option("--feature", "features", multiple=True, callback=_features, required=True,
               help="Feature index (repeat or comma-separate), a Neuronpedia feature URL, or 'label:TEXT'.")
-@click.option("--prompt", "prompts", multiple=True, required=True, help="Prompt (repeatable).")
+@generation_options
 @click.option("--range", "range_", default=DEFAULT_RANGE, show_default=True, callback=_range,
               help="Strengths searched, LO:HI.")
 @click.option("--max-nll-increase", default=SearchRequest.max_nll_increase, show_default=True,
@@ -79,28 +79,28 @@ def _finite(ctx, param, value: float | None) -> float | None:
               type=click.FloatRange(0, 1), help="Degeneration bound: distinct-2 at most this below the DEFAULT's.")
 @click.option("--holdout-prompts", "holdout_prompts", multiple=True,
               help="Held-out prompt (repeatable): choose each feature's strength on --prompt, report it on these.")
-@click.option("--seed", "seeds", multiple=True, callback=_ints, help="Seeds (default 42).")
-@click.option("--n-tokens", default=SearchRequest.n_tokens, show_default=True, type=click.IntRange(1, MAX_TOKENS))
-@click.option("--model", "model_source", help="Model source (default: the SAE's model).")
-@click.option("--dtype", default=SearchRequest.dtype, show_default=True, type=DTYPE, help=DTYPE_HELP)
 @submission
-def search(sae, features, prompts, range_, max_nll_increase, max_repeat_increase, max_distinct2_drop, holdout_prompts,
-           points, rounds, seeds, n_tokens, model_source, dtype):
+def search(sae, features, range_, max_nll_increase, max_repeat_increase, max_distinct2_drop, holdout_prompts,
+           points, rounds, gen: GenerationArgs):
     """Find, per feature × prompt, the strength with the highest concept score whose text stays fluent
     (NLL of its novel tokens within --max-nll-increase of the DEFAULT's) and not degenerate (longest repeat,
-    distinct-2): a coarse grid, then refinement, each round one sweep. With --holdout-prompts: per feature,
-    chosen on --prompt by the combined concept/fluency score and reported on the held-out prompts."""
+    distinct-2): a coarse grid, then refinement, each round one sweep, generated as `sweep` with the same
+    options would (prompts or --chat, sampling, --method, ...). With --holdout-prompts: per feature, chosen
+    on the prompts by the combined concept/fluency score and reported on the held-out prompts."""
     from saejobs.engine import registry
 
     if features.terms:
         raise UsageError("search takes features of --sae, not SAE_ID:INDEX@STRENGTH steers")
     sae, indices = resolve_features(sae, features)
     entry = registry.get(sae)
-    req = SearchRequest(sae=entry.id, features=tuple(indices), prompts=tuple(prompts), seeds=tuple(seeds),
+    prompts, chats, template = gen.texts()
+    req = SearchRequest(sae=entry.id, features=tuple(indices), prompts=tuple(prompts), seeds=tuple(gen.seeds),
                         lo=range_[0], hi=range_[1], max_nll_increase=max_nll_increase, points=points,
                         max_repeat_increase=max_repeat_increase, max_distinct2_drop=max_distinct2_drop,
-                        holdout_prompts=tuple(holdout_prompts),
-                        refine_rounds=rounds, n_tokens=n_tokens, model=model_source, dtype=dtype)
+                        holdout_prompts=tuple(holdout_prompts), refine_rounds=rounds, settings=gen.settings(),
+                        model=gen.model_source, dtype=gen.dtype, chats=tuple(chats), chat_template=template,
+                        batch_size=gen.batch_size)
+    gen.check_chat_template(chats, template, entry.model_hf)
     req.check_features(entry.d_sae, entry.id)
     return req, entry.id
 

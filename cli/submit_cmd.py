@@ -324,6 +324,130 @@ def registry_id(sae: str) -> str:
     return registry.get(sae).id
 
 
+GENERATION_OPTIONS = [
+    click.option("--prompt", "prompts", multiple=True, help="Prompt (repeatable)."),
+    click.option("--prompts-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                 help="One prompt per line."),
+    click.option("--chat", "chat_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                 help="Chat conversations instead of prompts: JSON (a list of them) or JSONL (one per line), each a "
+                      "list of {role, content} ending with the user's; rendered as Neuronpedia's steer-chat does."),
+    click.option("--system", help="A system message put first in every --chat conversation."),
+    click.option("--chat-template", "chat_template_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                 help="A Jinja chat template to render --chat with, for a model whose tokenizer has none."),
+    click.option("--seed", "seeds", multiple=True, callback=_ints, help="Seeds (default 42)."),
+    click.option("--n-tokens", default=32, show_default=True, type=click.IntRange(1, 4096)),
+    click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(0)),
+    click.option("--freq-penalty", default=0.0, show_default=True, type=float,
+                 help="TransformerLens-era frequency penalty (no effect at temperature 0)."),
+    click.option("--sampling", "sampling_semantics", default="transformerlens", show_default=True,
+                 type=click.Choice([m.value for m in SamplingSemantics]),
+                 help="Sampling semantics: Neuronpedia's TransformerLens-era server, or interp-engine (its server today)."),
+    click.option("--presence-penalty", default=0.0, show_default=True, type=float,
+                 help="interp-engine: subtracted once from every token generated so far (applies when greedy too)."),
+    click.option("--top-k", default=0, show_default=True, type=click.IntRange(0), help="interp-engine: 0 = off."),
+    click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+                 help="interp-engine: 1 = off."),
+    click.option("--steer-special-tokens/--no-steer-special-tokens", default=True, show_default=True,
+                 help="Steer the prompt's special tokens (BOS, ...) too, as Neuronpedia's steer_special_tokens."),
+    click.option("--strength-multiplier", default=1.0, show_default=True, type=float),
+    click.option("--method", default=SteerMethod.SIMPLE_ADDITIVE.value, show_default=True, type=METHOD,
+                 help="Steering operation (any case; interp-engine's names too: additive, orthogonal, ...)."),
+    click.option("--normalize/--no-normalize", default=False, show_default=True, help="Unit-norm steering vectors."),
+    click.option("--n-logprobs", default=0, show_default=True, type=click.IntRange(0, 100),
+                 help="Store the chosen token's logprob and the top-k per generated token."),
+    click.option("--preset", type=click.Choice([p.value for p in Preset]), is_eager=True,
+                 callback=_preset,
+                 help="Start from the settings a Neuronpedia client sends by default (README, Presets); "
+                      "options given explicitly win."),
+    click.option("--model", "model_source", help="Model source: HF id, local dir, .gguf file, or gemma-3-270m-gguf "
+                                                 "(default: the SAE's model)."),
+    click.option("--dtype", default="float32", show_default=True, type=DTYPE, help=DTYPE_HELP),
+    click.option("--batch-size", type=click.IntRange(1), help="Configurations per batched generation (default: fits memory)."),
+]
+
+
+@dataclass(frozen=True)
+class GenerationArgs:
+    """What the generation options said: the texts to continue, how to sample and how to steer. ``sweep`` and
+    ``search`` share them (one definition), so a search's rounds run exactly as a sweep given the same
+    options would."""
+
+    prompts: tuple[str, ...]
+    prompts_file: Path | None
+    chat_file: Path | None
+    system: str | None
+    chat_template_file: Path | None
+    seeds: list[int]
+    n_tokens: int
+    temperature: float
+    freq_penalty: float
+    sampling_semantics: str
+    presence_penalty: float
+    top_k: int
+    top_p: float
+    steer_special_tokens: bool
+    strength_multiplier: float
+    method: str
+    normalize: bool
+    n_logprobs: int
+    preset: str | None
+    model_source: str | None
+    dtype: str
+    batch_size: int | None
+
+    def texts(self, imported=None) -> tuple[list[str], list, str | None]:
+        """(prompts, chats, chat template text): ``--prompt`` and the prompts file's lines, or the chats
+        (``--chat``, else an imported steer's conversations when no prompt is given), and the template,
+        checked to render them before anything is queued."""
+        from saejobs.engine import chat
+
+        prompts = list(self.prompts)
+        if self.prompts_file is not None:
+            prompts += [line.rstrip("\n") for line in self.prompts_file.read_text(encoding="utf-8").splitlines()
+                        if line.strip()]
+        if (self.system is not None or self.chat_template_file is not None) and self.chat_file is None:
+            raise UsageError("--system and --chat-template go with --chat FILE")
+        chats = chat.load(self.chat_file, self.system) if self.chat_file is not None else []
+        if imported is not None and imported.chats and self.chat_file is None and not prompts:
+            chats = [chat.conversation(c, f"the imported conversation {i + 1}") for i, c in enumerate(imported.chats)]
+        template = chat.read_template(self.chat_template_file) if self.chat_template_file is not None else None
+        if template is not None:
+            chat.check_renders(template, chats)  # too large, looping or loading a file: refused before anything is queued
+        return prompts, chats, template
+
+    def settings(self):
+        from saejobs.engine.request import Settings
+
+        return Settings(method=self.method.upper(), normalize=self.normalize, strength_multiplier=self.strength_multiplier,
+                        n_tokens=self.n_tokens, temperature=self.temperature, freq_penalty=self.freq_penalty,
+                        n_logprobs=self.n_logprobs, sampling_semantics=self.sampling_semantics,
+                        presence_penalty=self.presence_penalty, top_k=self.top_k, top_p=self.top_p,
+                        steer_special_tokens=self.steer_special_tokens)
+
+    def check_chat_template(self, chats, template, model_hf: str) -> None:
+        """A chat needs a template: refused here when the model's tokenizer is known to have none."""
+        from saejobs.engine import chat
+
+        if chats and template is None and chat.model_template(self.model_source or model_hf) is False:
+            raise UsageError(chat.NO_TEMPLATE.format(model=self.model_source or model_hf))  # None: the worker checks
+
+
+GENERATION_PARAMS = [f for f in GenerationArgs.__dataclass_fields__]
+
+
+def generation_options(f):
+    """The generation options, handed to ``f`` as one ``gen: GenerationArgs``."""
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        gen = GenerationArgs(**{k: kwargs.pop(k) for k in GENERATION_PARAMS})
+        return f(*args, gen=gen, **kwargs)
+
+    for option in reversed(GENERATION_OPTIONS):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+
 @click.command()
 @click.option("--sae", shell_complete=sae_ids,
               help="SAE id (Neuronpedia id or repo/folder path); default: the first SAE a steer names.")
@@ -343,55 +467,17 @@ def registry_id(sae: str) -> str:
 @click.option("--strength", "strengths", multiple=True, callback=_floats,
               help="Strengths: 0,10,50,100 or a range 0:400:50 (repeatable); for named steers, multipliers "
                    "(default 1).")
-@click.option("--prompt", "prompts", multiple=True, help="Prompt (repeatable).")
-@click.option("--prompts-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="One prompt per line.")
-@click.option("--chat", "chat_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Chat conversations instead of prompts: JSON (a list of them) or JSONL (one per line), each a "
-                   "list of {role, content} ending with the user's; rendered as Neuronpedia's steer-chat does.")
-@click.option("--system", help="A system message put first in every --chat conversation.")
-@click.option("--chat-template", "chat_template_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A Jinja chat template to render --chat with, for a model whose tokenizer has none.")
-@click.option("--seed", "seeds", multiple=True, callback=_ints, help="Seeds (default 42).")
-@click.option("--n-tokens", default=32, show_default=True, type=click.IntRange(1, 4096))
-@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(0))
-@click.option("--freq-penalty", default=0.0, show_default=True, type=float,
-              help="TransformerLens-era frequency penalty (no effect at temperature 0).")
-@click.option("--sampling", "sampling_semantics", default="transformerlens", show_default=True,
-              type=click.Choice([m.value for m in SamplingSemantics]),
-              help="Sampling semantics: Neuronpedia's TransformerLens-era server, or interp-engine (its server today).")
-@click.option("--presence-penalty", default=0.0, show_default=True, type=float,
-              help="interp-engine: subtracted once from every token generated so far (applies when greedy too).")
-@click.option("--top-k", default=0, show_default=True, type=click.IntRange(0), help="interp-engine: 0 = off.")
-@click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
-              help="interp-engine: 1 = off.")
-@click.option("--steer-special-tokens/--no-steer-special-tokens", default=True, show_default=True,
-              help="Steer the prompt's special tokens (BOS, ...) too, as Neuronpedia's steer_special_tokens.")
-@click.option("--strength-multiplier", default=1.0, show_default=True, type=float)
-@click.option("--method", default=SteerMethod.SIMPLE_ADDITIVE.value, show_default=True, type=METHOD,
-              help="Steering operation (any case; interp-engine's names too: additive, orthogonal, ...).")
-@click.option("--normalize/--no-normalize", default=False, show_default=True, help="Unit-norm steering vectors.")
+@generation_options
 @click.option("--combine", is_flag=True, help="Steer all features at once (one configuration per strength).")
-@click.option("--n-logprobs", default=0, show_default=True, type=click.IntRange(0, 100),
-              help="Store the chosen token's logprob and the top-k per generated token.")
-@click.option("--preset", type=click.Choice([p.value for p in Preset]), is_eager=True, callback=_preset,
-              help="Start from the settings a Neuronpedia client sends by default (README, Presets); "
-                   "options given explicitly win.")
-@click.option("--model", "model_source", help="Model source: HF id, local dir, .gguf file, or gemma-3-270m-gguf.")
-@click.option("--dtype", default="float32", show_default=True, type=DTYPE, help=DTYPE_HELP)
-@click.option("--batch-size", type=click.IntRange(1), help="Configurations per batched generation (default: fits memory).")
 @click.option("--shard-size", type=click.IntRange(1),
               help="Configurations per shard job (default: about two shards per live worker, at most 256).")
 @submission
-def sweep(sae, features, from_file, steers_file, vectors, strengths, prompts, prompts_file, chat_file, system, chat_template_file,
-          seeds, n_tokens, temperature, freq_penalty, sampling_semantics, presence_penalty, top_k, top_p,
-          steer_special_tokens, strength_multiplier, method, normalize, combine, n_logprobs, preset, model_source, dtype,
-          batch_size):
+def sweep(sae, features, from_file, steers_file, vectors, strengths, combine, gen: GenerationArgs):
     """Steering sweep: features × strengths × prompts (or chats) × seeds, plus DEFAULT per prompt × seed;
     named steers (several SAEs, layers and operations each) × strength multipliers × the same."""
-    from saejobs.engine import chat, registry
+    from saejobs.engine import registry
     from saejobs.engine.interventions import NamedSteer, load_steers
-    from saejobs.engine.request import Settings, SweepRequest, Vector
+    from saejobs.engine.request import SweepRequest, Vector
 
     features_arg = features
     sae, features = resolve_features(sae, features_arg)
@@ -417,30 +503,16 @@ def sweep(sae, features, from_file, steers_file, vectors, strengths, prompts, pr
     if sae is None:
         raise UsageError("no SAE: give --sae ID (or steers naming SAEs: --feature SAE_ID:INDEX@STRENGTH, --steers FILE)")
     entry = registry.get(sae)
-    prompts = list(prompts)
-    if prompts_file is not None:
-        prompts += [line.rstrip("\n") for line in prompts_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if (system is not None or chat_template_file is not None) and chat_file is None:
-        raise UsageError("--system and --chat-template go with --chat FILE")
-    chats = chat.load(chat_file, system) if chat_file is not None else []
-    if imported is not None and imported.chats and chat_file is None and not prompts:
-        chats = [chat.conversation(c, f"the imported conversation {i + 1}") for i, c in enumerate(imported.chats)]
-    template = chat.read_template(chat_template_file) if chat_template_file is not None else None
-    if template is not None:
-        chat.check_renders(template, chats)  # too large, looping or loading a file: refused before anything is queued
-    settings = Settings(method=method.upper(), normalize=normalize, strength_multiplier=strength_multiplier,
-                        n_tokens=n_tokens, temperature=temperature, freq_penalty=freq_penalty, n_logprobs=n_logprobs,
-                        sampling_semantics=sampling_semantics, presence_penalty=presence_penalty, top_k=top_k,
-                        top_p=top_p, steer_special_tokens=steer_special_tokens)
+    prompts, chats, template = gen.texts(imported)
+    settings = gen.settings()
     steers = [NamedSteer(st.name, tuple(_registry_ids(it, registry) for it in st.interventions)) for st in steers]
     req = SweepRequest(sae=entry.id, features=features, vectors=tuple(Vector.of(v) for v in vectors),
-                       strengths=strengths, prompts=prompts, seeds=seeds, settings=settings, combine=combine,
-                       model=model_source, dtype=dtype, batch_size=batch_size, chats=chats, chat_template=template,
-                       steers=tuple(steers), steer_vectors=tuple(steer_vectors))
+                       strengths=strengths, prompts=prompts, seeds=gen.seeds, settings=settings, combine=combine,
+                       model=gen.model_source, dtype=gen.dtype, batch_size=gen.batch_size, chats=chats,
+                       chat_template=template, steers=tuple(steers), steer_vectors=tuple(steer_vectors))
     req.check_features(entry.d_sae, entry.id)
     req.check_steers(registry.get)
-    if chats and template is None and chat.model_template(model_source or entry.model_hf) is False:
-        raise UsageError(chat.NO_TEMPLATE.format(model=model_source or entry.model_hf))  # None: the worker checks
+    gen.check_chat_template(chats, template, entry.model_hf)
     return req, entry.id
 
 

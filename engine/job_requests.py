@@ -34,6 +34,7 @@ MAX_REFINE_ROUNDS = 6
 MAX_NLL_INCREASE = 100.0  # nats per token: beyond this the bound admits anything
 MAX_TOP_K = 100  # features per token (Neuronpedia's webapp allows 20)
 MAX_TEXTS = 1_000  # texts in one features-top job: its result is one JSON document
+_DEFAULT_SETTINGS = Settings().to_json()
 
 
 def _from_params(cls, p: dict, what: str):
@@ -147,29 +148,36 @@ class ScoreRequest:
 class SearchRequest:
     """``saejobs search``: per feature × prompt, the strength in ``[lo, hi]`` with the highest concept
     score whose NLL stays within ``max_nll_increase`` of the DEFAULT's (``engine.search``): a coarse grid
-    of ``points`` strengths, then ``refine_rounds`` rounds, each round one sweep (``round``)."""
+    of ``points`` strengths, then ``refine_rounds`` rounds, each round one sweep (``round``) that generates
+    as a sweep with the same options would: prompts or chats, sampling, steering method, batch size."""
 
     sae: str
     features: tuple[int, ...]
-    prompts: tuple[str, ...]
+    prompts: tuple[str, ...] = ()
     seeds: tuple[int, ...] = ()  # (): the sweep's default seed
     lo: float = 0.0
     hi: float = 400.0
     max_nll_increase: float = search.DEFAULT_MAX_NLL_INCREASE
     points: int = search.COARSE_POINTS
     refine_rounds: int = search.REFINE_ROUNDS
-    n_tokens: int = Settings.n_tokens
+    settings: Settings = Settings()  # the rounds' sampling and steering (n_tokens, temperature, method, ...)
     model: str | None = None  # None: the SAE's model
     dtype: str = DEFAULT_DTYPE
     holdout_prompts: tuple[str, ...] = ()  # chosen on ``prompts``, reported on these (AxBench's split)
     max_repeat_increase: float = search.DEFAULT_MAX_REPEAT_INCREASE
     max_distinct2_drop: float = search.DEFAULT_MAX_DISTINCT2_DROP
+    chats: tuple[chat.Conversation, ...] = ()  # instead of prompts, as a sweep's
+    chat_template: str | None = None
+    batch_size: int | None = None
 
     def __post_init__(self) -> None:
         s = object.__setattr__
         _text("sae", self.sae)
         if not self.features:
             raise UsageError("no feature to search: give --feature INDEX")
+        if self.holdout_prompts and self.chats:
+            raise UsageError("--holdout-prompts go with prompts; a search over --chat conversations has no held-out "
+                             "conversations")
         s(self, "holdout_prompts", tuple(dict.fromkeys(self.holdout_prompts)))
         for p in self.holdout_prompts:
             if not isinstance(p, str) or not p.strip():
@@ -198,15 +206,18 @@ class SearchRequest:
         probe = self.round((lo, hi))  # the rounds' sweeps are valid: features, prompts, seeds, n_tokens, dtype
         s(self, "features", probe.features)  # as the sweep has them: integers, each once
         s(self, "prompts", probe.prompts)
+        s(self, "chats", probe.chats)
         s(self, "seeds", probe.seeds)
 
     def round(self, strengths, features=None, prompts=None) -> SweepRequest:
         """One round's sweep: every feature × prompt × seed at ``strengths`` (``features``/``prompts``: a
         subset, e.g. the held-out prompts at one feature's chosen strength)."""
+        own = prompts is None  # the search's own texts (else other prompts: no chats)
         return SweepRequest(sae=self.sae, features=tuple(self.features if features is None else features),
-                            strengths=tuple(strengths), prompts=tuple(self.prompts if prompts is None else prompts),
-                            seeds=tuple(self.seeds), settings=Settings(n_tokens=self.n_tokens), model=self.model,
-                            dtype=self.dtype)
+                            strengths=tuple(strengths), prompts=tuple(self.prompts if own else prompts),
+                            chats=self.chats if own else (), chat_template=self.chat_template if own else None,
+                            seeds=tuple(self.seeds), settings=self.settings, model=self.model, dtype=self.dtype,
+                            batch_size=self.batch_size)
 
     @property
     def rule(self) -> search.Rule:
@@ -218,9 +229,14 @@ class SearchRequest:
     def to_params(self) -> dict:
         return {"sae": self.sae, "features": list(self.features), "prompts": list(self.prompts),
                 "seeds": list(self.seeds), "lo": self.lo, "hi": self.hi, "max_nll_increase": self.max_nll_increase,
-                "points": self.points, "refine_rounds": self.refine_rounds, "n_tokens": self.n_tokens,
+                "points": self.points, "refine_rounds": self.refine_rounds, "n_tokens": self.settings.n_tokens,
                 "model": self.model, "dtype": self.dtype,
-                # later keys only when set, so a row of an earlier kind of search is written as it was
+                # later keys only when set, so a row of an earlier kind of search is written as it was;
+                # the other settings flat beside n_tokens, as a sweep's row holds them
+                **{k: v for k, v in self.settings.to_json().items() if k != "n_tokens" and v != _DEFAULT_SETTINGS[k]},
+                **({"chats": [chat.to_json(c) for c in self.chats], "chat_template": self.chat_template}
+                   if self.chats else {}),
+                **({"batch_size": self.batch_size} if self.batch_size is not None else {}),
                 **({"holdout_prompts": list(self.holdout_prompts)} if self.holdout_prompts else {}),
                 **({"max_repeat_increase": self.max_repeat_increase}
                    if self.max_repeat_increase != search.DEFAULT_MAX_REPEAT_INCREASE else {}),
@@ -229,8 +245,12 @@ class SearchRequest:
 
     @classmethod
     def from_params(cls, p: dict) -> SearchRequest:
-        return _from_params(cls, {**p, **({"holdout_prompts": tuple(p["holdout_prompts"])}
-                                         if p.get("holdout_prompts") else {})}, "a search")
+        names = {f.name for f in fields(Settings)}
+        settings = Settings(**{k: v for k, v in p.items() if k in names and v is not None})
+        chats = tuple(chat.conversation(c, f"conversation {i + 1}") for i, c in enumerate(p.get("chats") or ()))
+        return _from_params(cls, {**{k: v for k, v in p.items() if k not in names}, "settings": settings,
+                                  "chats": chats, **({"holdout_prompts": tuple(p["holdout_prompts"])}
+                                                     if p.get("holdout_prompts") else {})}, "a search")
 
 
 @dataclass(frozen=True)

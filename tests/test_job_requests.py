@@ -53,10 +53,12 @@ def search(**kw) -> SearchRequest:
     (lambda: search(max_nll_increase=-1.0), "max_nll_increase must be from 0 to 100"),
     (lambda: search(points=1), "points must be an integer from 2 to 64, not 1"),
     (lambda: search(refine_rounds=7), "refine_rounds must be an integer from 0 to 6"),
-    (lambda: search(n_tokens=0), "n_tokens must be between 1 and 4096"),
+    (lambda: search(settings=Settings(n_tokens=0)), "n_tokens must be between 1 and 4096"),
+    (lambda: search(chats=(chat.conversation([{"role": "user", "content": "hi"}]),), prompts=(),
+                    holdout_prompts=("p",)), "a search over --chat conversations has no held-out"),
     (lambda: search(dtype="int8"), "unknown dtype 'int8'"),
     (lambda: VerifyRequest.from_params({"dtype": "float32"}), "a verify job's params lack sae"),
-    (lambda: SearchRequest.from_params({"sae": SAE, "features": [1]}), "a search job's params lack prompts"),
+    (lambda: SearchRequest.from_params({"sae": SAE, "features": [1]}), "no prompt: give --prompt TEXT"),
     (lambda: ScoreRequest.from_params({}), "a score job's params lack job"),
     (lambda: FeaturesRequest(SAE), "no text: give --prompt TEXT"),
     (lambda: FeaturesRequest(SAE, prompts=(" ",)), "a prompt is empty"),
@@ -79,7 +81,9 @@ def test_a_search_is_as_its_sweeps_are_duplicates_once_and_the_default_seed():
     assert (r.features, r.prompts, r.seeds) == ((5, 7), ("a", "b"), SweepRequest.seeds)
     sweep = r.round([0.0, 100.0, 100.0])
     assert (sweep.features, sweep.prompts, sweep.seeds, sweep.strengths) == ((5, 7), ("a", "b"), (42,), (0.0, 100.0))
-    assert sweep.settings.n_tokens == r.n_tokens and sweep.dtype == r.dtype and sweep.model == r.model
+    assert sweep.settings == r.settings and sweep.dtype == r.dtype and sweep.model == r.model
+    held = r.round([5.0], prompts=["held"])  # other prompts: the search's chats are not carried
+    assert held.prompts == ("held",) and held.chats == ()
     with pytest.raises(UsageError, match="feature 16384 is out of range for x"):
         search(features=(16384,)).check_features(16384, "x")
 
@@ -98,7 +102,8 @@ def test_the_cli_defaults_are_the_requests():
     s = _defaults(score_cmd.search)
     lo, hi = score_cmd._range(None, None, s["range_"])
     cli = search(lo=lo, hi=hi, max_nll_increase=s["max_nll_increase"], points=s["points"], refine_rounds=s["rounds"],
-                 n_tokens=s["n_tokens"], dtype=s["dtype"])
+                 settings=Settings(n_tokens=s["n_tokens"], temperature=s["temperature"], method=s["method"],
+                                   sampling_semantics=s["sampling_semantics"], top_p=s["top_p"]), dtype=s["dtype"])
     assert cli == search()  # an option left alone is the request's default, not a second copy of it
 
 
@@ -124,7 +129,10 @@ def test_tasks_read_their_params_only_through_the_typed_request():
     FeaturesRequest(SAE, chats=(chat.conversation([{"role": "user", "content": "hi"}]),), chat_template="{{ x }}",
                     model="m", dtype="bfloat16"),
     search(), search(features=(1, 2), prompts=("a", "b"), seeds=(3, 4), lo=-5.0, hi=50.0, max_nll_increase=0.5,
-                     points=9, refine_rounds=0, n_tokens=8, model="m", dtype="float16"),
+                     points=9, refine_rounds=0, settings=Settings(n_tokens=8), model="m", dtype="float16"),
+    search(prompts=(), chats=(chat.conversation([{"role": "user", "content": "hi"}]),), chat_template="{{ x }}",
+           settings=Settings(n_tokens=8, temperature=0.7, sampling_semantics="interp-engine", top_p=0.9,
+                             method="ORTHOGONAL_DECOMP", normalize=True), batch_size=16),
 ], ids=lambda r: type(r).__name__)
 def test_round_trip_through_the_job_row(request_):
     params = json.loads(json.dumps(request_.to_params()))  # what the job row stores

@@ -33,3 +33,43 @@ def test_a_queued_search_runs_its_rounds_on_the_worker_and_agrees_with_local(hom
         rows = results.generation_rows(round_id)
         assert rows and all(g["scores"] and g["scores"]["nll"] > 0 for g in rows)
     assert " ready." in worker.text()
+
+
+def test_a_search_generates_its_rounds_as_a_sweep_with_the_same_options(home, tiny_gemma2_dir, tmp_path):
+    """``search`` takes the sweep's generation options (one shared set): a chat search, sampled with
+    interp-engine's top-p, steered by orthogonal decomposition of normalized vectors, in batches of 2, at
+    seed 5. Its round is a sweep job whose params carry every one of them, and whose tokens equal a
+    ``sweep --local`` given the same options at the round's strengths."""
+    import json
+
+    from click.testing import CliRunner
+
+    from saejobs.cli.main import cli
+    from tests.test_chat import TEMPLATE
+
+    def run(*args):  # in this process: three commands' imports and model loads once
+        r = CliRunner().invoke(cli, [*args, "--local", "--json"])
+        assert r.exit_code == 0, r.output
+        return json.loads(r.stdout)
+
+    sae = make(home, d_model=64, d_sae=256, layer=1)
+    run("download", sae.id, "--source", str(sae.mirror))
+    chats = tmp_path / "chats.json"
+    chats.write_text(json.dumps([[{"role": "user", "content": "Write one sentence about the sea."}]]))
+    opts = ["--chat", str(chats), "--system", "Be brief.", "--chat-template", str(TEMPLATE), "--temperature", "0.7",
+            "--sampling", "interp-engine", "--top-p", "0.9", "--method", "orthogonal", "--normalize",
+            "--batch-size", "2", "--seed", "5", "--n-tokens", "6", "--model", str(tiny_gemma2_dir)]
+    found = run("search", "--sae", sae.id, "--feature", "3", "--range", "0:16", "--points", "3", "--rounds", "0", *opts)
+    assert found["state"] == "succeeded", found
+    (round_id,) = found["result"]["rounds"]
+    p = jobs.get(round_id).params
+    assert (p["temperature"], p["sampling_semantics"], p["top_p"], p["method"], p["normalize"], p["batch_size"],
+            p["seeds"], p["n_tokens"], p["chats"][0][0]["content"]) == (
+        0.7, "interp-engine", 0.9, "ORTHOGONAL_DECOMP", True, 2, [5], 6, "Be brief.")
+    assert p["chat_template"] == TEMPLATE.read_text() and p["prompts"] == []
+    swept = run("sweep", "--sae", sae.id, "--feature", "3", "--strength", ",".join(str(s) for s in p["strengths"]), *opts)
+
+    def tokens(job_id):
+        return {(r["type"], tuple(r["strengths"]), r["prompt"]): r["token_ids"] for r in results.generation_rows(job_id)}
+
+    assert tokens(round_id) == tokens(swept["id"]) and len(tokens(round_id)) == 4  # DEFAULT and three strengths
