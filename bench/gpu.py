@@ -252,9 +252,9 @@ def throughput(config_dir: Path, device: str, small: bool, parts: str = "greedy,
     from saejobs.engine.request import Settings, plan_configs
     from saejobs.engine.sweep import SweepGenerator, default_batch_size
 
-    n_tokens = 8 if small else 32
-    sizes = (1, 8, 32, 64, 128) if small else (1, 64, 256, 1024, 2048, 4096)
-    wide = 32 if small else 1024  # where the modes, the chat prompt, the profile and scoring are measured
+    n_tokens = 4 if small else 32  # small: every part to its end in seconds (a test runs it), not a measurement
+    sizes = (1, 4, 8, 16) if small else (1, 64, 256, 1024, 2048, 4096)
+    wide = 8 if small else 1024  # where the modes, the chat prompt, the profile and scoring are measured
     sample = 4 if small else 16
     # bf16 matmuls on a CPU without bf16 units time the CPU's emulation, not the loop: fp32 there
     dtype = torch.float32 if small and device == "cpu" else torch.bfloat16

@@ -104,33 +104,67 @@ class JobContext:
             self.parent.progress(lo + (hi - lo) * min(max(fraction, 0.0), 1.0), message)
 
     def run_child(self, kind: str, params: dict, *, key: str, sae_id: str | None = None,
-                  span: tuple[float, float] = (0.0, 1.0)) -> Job:
-        """Run a child job (its own row, results and provenance) here, in this process, and return its row
-        once it succeeded. The child's id is derived from this job's id and ``key``, so a handed-on parent
-        finds the children it already ran (succeeded: not run again; handed back or requeued: run now;
-        taken by another worker after a crash: waited for; failed in a run before ``jobs retry``: run again)
-        instead of starting over."""
-        child = jobs.create(kind, params, sae_id=sae_id, job_id=child_id(self.job.id, key))
+                  span: tuple[float, float] = (0.0, 1.0), shards: list[dict] | None = None) -> Job:
+        """Run a child job (its own row, results and provenance) and return its row once it succeeded. The
+        child's id is derived from this job's id and ``key``, so a handed-on parent finds the children it
+        already ran (succeeded: not run again; handed back or requeued: run now; taken by another worker
+        after a crash: waited for; failed in a run before ``jobs retry``: run again) instead of starting over.
+
+        With ``shards`` (a sweep's ranges, ``tasks.submit.shard_plan``) the child is a sharded sweep: its
+        shards are sent to this job's queue, so other live workers take some, and this worker runs every
+        shard no one has claimed; a host with one worker never waits on itself. Without, it runs here."""
+        sharded = bool(shards) and len(shards) > 1
+        child = jobs.create(kind, params, sae_id=sae_id, job_id=child_id(self.job.id, key),
+                            queue=self.job.queue if sharded else None, shards=shards if sharded else None)
+        self._offer(jobs.shards(child.id))
         ran = False
         while True:
             child = jobs.get(child.id)
             if child.state == JobState.SUCCEEDED:
                 return child
+            units = jobs.shards(child.id) or [child]
             if child.state in (JobState.FAILED, JobState.CANCELLED) and not ran:
                 jobs.reset_for_retry(child.id)  # ended in an earlier run of this parent, which was retried since
-            elif child.state == JobState.QUEUED or (child.state == JobState.RUNNING
-                                                    and child.worker == self.executor.name):
-                ran = True  # queued, or left running by this worker (a claim whose answer was lost)
-                outcome = execute(child.id, self.executor, parent=self, span=span)
+                self._offer(jobs.shards(child.id))
+                continue
+            if bad := next((u for u in units if u.state in (JobState.FAILED, JobState.CANCELLED)), None):
+                raise _child_error(bad)
+            mine = [i for i, u in enumerate(units) if u.state == JobState.QUEUED
+                    or (u.state == JobState.RUNNING and u.worker == self.executor.name)]
+            if mine:  # queued, or left running by this worker (a claim whose answer was lost)
+                ran = True
+                lo, hi = span
+                i, n = mine[0], len(units)
+                outcome = execute(units[i].id, self.executor, parent=self,
+                                  span=(lo + (hi - lo) * i / n, lo + (hi - lo) * (i + 1) / n))
                 if outcome == Outcome.HANDED_BACK:  # this worker is stopping: the parent goes back too, resumes here
                     raise HandBack(self.job.id)
                 if outcome in (Outcome.TRANSIENT, Outcome.DATABASE_UNAVAILABLE):  # the parent retries from this child
-                    raise TransientError(f"{kind} {child.id[:8]}: {jobs.get(child.id).error or outcome}")
-            elif child.state == JobState.RUNNING:  # handed on to another worker by a reaper: wait for it
-                self.progress(span[0], f"waiting for {kind} {child.id[:8]} on {child.worker}")
+                    raise TransientError(f"{kind} {units[i].id[:8]}: {jobs.get(units[i].id).error or outcome}")
+            elif any(u.state == JobState.RUNNING for u in units):  # run by other workers: wait for them
+                others = sorted({u.worker for u in units if u.state == JobState.RUNNING})
+                self.progress(span[0] + (span[1] - span[0]) * (child.progress or 0.0),
+                              f"waiting for {kind} {child.id[:8]} on {', '.join(others)}")
                 time.sleep(min(HEARTBEAT_S, 1.0))
-            else:
+            elif child.state not in (JobState.QUEUED, JobState.RUNNING):
                 raise _child_error(child)
+            else:  # every shard ended and the sweep is being settled: look again
+                time.sleep(0.05)
+
+    def _offer(self, units: list[Job]) -> None:
+        """Send the queued shards' messages (to this job's queue) for other workers to take; one that cannot
+        be sent is run here instead."""
+        if self.executor.local or not self.job.queue:
+            return
+        from saejobs.tasks.submit import send
+
+        for u in units:
+            if u.state == JobState.QUEUED:
+                try:
+                    send(u.id, self.job.queue)
+                except Exception as e:  # the broker is out: this worker runs it
+                    log.warning("shard %s not sent (%s); run here", u.id[:8], e)
+                    return
 
 
 def child_id(parent_id: str, key: str) -> str:

@@ -7,8 +7,9 @@ combined concept/fluency score averaged over them, and that strength is then run
 (one more sweep), whose scores are the reported ones.
 
 Each round's sweep is a child job of its own (its rows, scores and provenance stored and shown like any
-sweep's), run by the worker that runs the search, in its process (``JobContext.run_child``): a search
-that waited for other workers could wait forever on a host with one worker. A round's progress is the
+sweep's). Queued, it is split into shards as a submitted sweep is (sized by the live workers): other
+workers take some, and the worker running the search runs every shard no one has claimed, in its process
+(``JobContext.run_child``), so a host with one worker never waits on itself. A round's progress is the
 search's, and a search handed on resumes from the rounds it finished. The chosen strengths and every
 curve are the search job's result.
 """
@@ -38,7 +39,7 @@ def run(ctx) -> dict:
                      force=True)
         sweep = req.round(strengths)
         job_id = ctx.run_child(JobKind.SWEEP, sweep.to_params(), key=f"round-{i}", sae_id=sweep.sae,
-                               span=(share * i / rounds, share * (i + 1) / rounds)).id
+                               span=(share * i / rounds, share * (i + 1) / rounds), shards=_shards(ctx, sweep)).id
         round_jobs.append(job_id)
         rows += results.generation_rows(job_id)
         curves, base = search.curves(rows)
@@ -63,6 +64,16 @@ def run(ctx) -> dict:
         out["chosen"] = [_chosen(rows, f, pr, pts, base, rule) for (f, pr), pts in sorted(curves.items())]
     ctx.progress(1.0, "; ".join(_summary(c) for c in out["chosen"]), force=True)
     return out
+
+
+def _shards(ctx, sweep) -> list[dict] | None:
+    """A queued search's round as shards, sized by the live workers as a submitted sweep's are (one live
+    worker: one shard, run whole here); a ``--local`` search runs its rounds whole in its process."""
+    if ctx.executor.local:
+        return None
+    from saejobs.tasks.submit import shard_plan
+
+    return shard_plan(sweep)
 
 
 def _per_feature(curves, base, rule) -> dict[int, tuple[float, float] | None]:
@@ -100,7 +111,8 @@ def _held_out(ctx, req: SearchRequest, curves, base, share: float) -> dict:
         sweep = req.round([strength], features=features, prompts=req.holdout_prompts)
         jobs.append(ctx.run_child(JobKind.SWEEP, sweep.to_params(), key=f"holdout-{strength:g}", sae_id=sweep.sae,
                                   span=(share + (1 - share) * n / len(by_strength),
-                                        share + (1 - share) * (n + 1) / len(by_strength))).id)
+                                        share + (1 - share) * (n + 1) / len(by_strength)),
+                                  shards=_shards(ctx, sweep)).id)
         rows += results.generation_rows(jobs[-1])
     held, held_base = search.curves(rows)
     chosen = []

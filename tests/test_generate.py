@@ -142,11 +142,12 @@ def test_progress_callback_every_step_and_stop_mid_chunk(tiny_gemma2, tiny_sae):
 
 
 def test_bench_gpu_small_on_cpu_checks_identity(gemma3, tmp_path):
-    """``bench/gpu.py --device cpu --small --parts exact`` runs every exactness check against interp-engine
-    (and exits 0). Its throughput part times a CPU, which says nothing; the device run owns it."""
+    """``bench/gpu.py --device cpu --small`` runs every exactness check against interp-engine and every
+    throughput part to its end (each sampling mode, the long prompt, the profile, scoring, the sizes past
+    the wide one) and exits 0. Its figures time a CPU on small models, which says nothing; the device run
+    owns them."""
     out = tmp_path / "gpu.json"
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--device", "cpu", "--small", "--parts", "exact",
-                        "--out", str(out)],
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--device", "cpu", "--small", "--out", str(out)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     import json
@@ -155,7 +156,12 @@ def test_bench_gpu_small_on_cpu_checks_identity(gemma3, tmp_path):
     assert figures["failures"] == []
     assert figures["exact.gemma3-270m.float32.T0.7.identical_to_interp_engine"] == "16/16"
     assert figures["exact.gemma3-270m.float32.T1.0.identical_to_interp_engine"] == "16/16"
-    assert not any(k.startswith("throughput.") for k in figures)
+    for key in ("greedy.16x4.tokens_per_s", "greedy.8x4.scoring_share_of_generation", "greedy.8x4.profile",
+                "interp-engine_T0.7_top-p_0.9.8x4.one_at_a_time_identical_to_interp_engine",
+                "transformerlens_T0.7.8x4.vs_greedy"):
+        assert f"throughput.{key}" in figures, key
+    assert figures["throughput.interp-engine_T0.7_top-p_0.9.8x4.one_at_a_time_identical_to_interp_engine"] == "4/4"
+    assert any(k.startswith("throughput.greedy_") and k.endswith("_token_prompt.8x4.tokens_per_s") for k in figures)
 
 
 def transformerlens_reference(model, prompt_ids: list[int], seed: int, n_tokens: int, temperature: float,
