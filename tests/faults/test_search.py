@@ -1,7 +1,8 @@
-"""A strength search is a job that runs its rounds as child jobs, in its worker's process. Faults in a round
-are the search's: SIGTERM in the second round hands both back and the next worker resumes from the round
-that was cut (the first is not run again, nothing is left queued); cancelling the search mid-round ends
-the round too; a round's progress keeps the search's watchdog fed."""
+"""A strength search is a job that runs its rounds as child jobs (with one live worker, in its worker's process;
+with several, as shards other workers share). Faults in a round are the search's: SIGTERM in the second round
+hands both back and the next worker resumes from the round that was cut (the first is not run again, nothing
+is left queued); cancelling the search mid-round ends the round too; a round's progress keeps the search's
+watchdog fed; a worker SIGKILLed holding a round's shard loses nothing (the other finishes it)."""
 
 from __future__ import annotations
 
@@ -115,3 +116,35 @@ def test_a_round_that_fails_fails_its_search_once(home, sqlite_db):  # noqa: F81
     assert raised.value.exit_code == 2
     (rnd,) = [j for j in all_jobs() if j.kind == "sweep"]
     assert rnd.state == "failed" and rnd.attempts == 1
+
+
+def test_a_worker_killed_holding_a_rounds_shard_loses_nothing(home, sqlite_db, start_worker, tiny_gemma2_dir,
+                                                              tmp_path, ledger):
+    """Two workers, a search whose rounds fan out as shards. Each worker is held at its first stored chunk,
+    so both are inside the search's first round at once (whichever took the search runs a shard in its
+    process, the other took a shard from the queue); one is SIGKILLed there. The other's reaper hands the
+    killed worker's jobs on and it finishes them: the search succeeds with --local's answer, each shard
+    ran to success once more than it was cut, and nothing is left queued."""
+    from tests.test_search_queue import close
+
+    args = search_args(home, tiny_gemma2_dir)
+    local = submitted(saejobs(*args, "--local"))
+    holds = [Hold(tmp_path / name, "sweep.chunk_stored:1") for name in ("a", "b")]
+    for h in holds:
+        h.folder.mkdir()
+    survivor, victim = start_worker(env=holds[0].env), start_worker(env=holds[1].env)
+    search = submitted(saejobs(*args))
+    for h in holds:
+        h.wait()
+    victim.kill()
+    holds[0].release()
+    done = wait_for(lambda: (j := jobs.get(search["id"])).state in ("succeeded", "failed") and j, 180,
+                    "the search on the surviving worker")
+    assert done.state == "succeeded", done.error
+    assert close(done.result["chosen"], local["result"]["chosen"])
+    shards = [s for r in done.result["rounds"] for s in jobs.shards(r)]
+    assert len(shards) > 2 and all(s.state == "succeeded" for s in shards)
+    assert sorted(s.attempts for s in shards)[-1] == 2  # the shard the killed worker held ran again, once
+    left = [(j.kind, j.state) for j in all_jobs() if j.state not in ("succeeded", "failed", "cancelled")]
+    assert left == []
+    ledger.add("sigkills")
