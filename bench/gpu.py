@@ -226,17 +226,19 @@ def profile_summary(device: str, fn) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
-    with profile(activities=acts) as prof:
+    with profile(activities=acts, record_shapes=True) as prof:
         _, wall = timed(device, fn)
     ev = prof.key_averages()
+    by_shape = prof.key_averages(group_by_input_shape=True)  # which matmul is the costly one
     dev_us = sum(getattr(e, "self_device_time_total", 0) or 0 for e in ev)
     cpu_us = sum(e.self_cpu_time_total for e in ev)
     top = sorted(ev, key=lambda e: e.self_cpu_time_total, reverse=True)[:6]
-    top_dev = sorted(ev, key=lambda e: getattr(e, "self_device_time_total", 0) or 0, reverse=True)[:8] if dev_us else []
+    top_dev = sorted(by_shape, key=lambda e: getattr(e, "self_device_time_total", 0) or 0, reverse=True)[:8] if dev_us else []
     return {"wall_s": round(wall, 3), "cpu_op_time_s": round(cpu_us / 1e6, 3), "device_kernel_time_s": round(dev_us / 1e6, 3),
             "op_calls": sum(e.count for e in ev),
             "top_cpu_ops": [f"{e.key} x{e.count} {e.self_cpu_time_total / 1e3:.0f} ms" for e in top],
-            "top_device_ops": [f"{e.key[:60]} x{e.count} {e.self_device_time_total / 1e3:.0f} ms" for e in top_dev]}
+            "top_device_ops": [f"{e.key[:60]} {str(e.input_shapes)[:80]} x{e.count} {e.self_device_time_total / 1e3:.0f} ms"
+                               for e in top_dev]}
 
 
 def throughput(config_dir: Path, device: str, small: bool, parts: str = "greedy,profile,modes,long,large") -> None:
