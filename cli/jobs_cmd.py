@@ -204,7 +204,7 @@ def results(job_id, kind, as_json, as_csv, fmt, out) -> None:
     if job.kind == JobKind.SWEEP:
         cols = ["type", "features", "strengths", "prompt", "seed", "output", "n_tokens"]
         if as_json:  # streamed a page at a time; the scores as stored (one object per row)
-            _out(res.iter_generation_rows(job.id), [], True, False, None)
+            write_json_list(res.iter_generation_rows(job.id))
         elif as_csv:  # every score its own column; a chat sweep's rows also carry their conversation
             from saejobs.engine.score import FLAT, Score
 

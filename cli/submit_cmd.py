@@ -1,4 +1,5 @@
-"""``saejobs download|verify|sweep``: put a job in the database, then on the queue (or run it here).
+"""``saejobs download|verify|sweep``: put a job in the database, then on the queue (or run it here). The
+generation options (``GENERATION_OPTIONS``) are defined here once; ``search`` shares them with ``sweep``.
 
 Without ``--wait`` the command prints the job id and returns at once; ``--wait`` follows the job to
 its end; ``--local`` runs the same task code in this process with no broker.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import click
@@ -432,7 +433,7 @@ class GenerationArgs:
             raise UsageError(chat.NO_TEMPLATE.format(model=self.model_source or model_hf))  # None: the worker checks
 
 
-GENERATION_PARAMS = [f for f in GenerationArgs.__dataclass_fields__]
+GENERATION_PARAMS = [f.name for f in fields(GenerationArgs)]
 
 
 def generation_options(f):
@@ -445,7 +446,6 @@ def generation_options(f):
     for option in reversed(GENERATION_OPTIONS):
         wrapper = option(wrapper)
     return wrapper
-
 
 
 @click.command()
