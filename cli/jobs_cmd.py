@@ -206,13 +206,12 @@ def results(job_id, kind, as_json, as_csv, fmt, out) -> None:
         if as_json:  # streamed a page at a time; the scores as stored (one object per row)
             write_json_list(res.iter_generation_rows(job.id))
         elif as_csv:  # every score its own column; a chat sweep's rows also carry their conversation
-            from saejobs.engine.score import FLAT, Score
+            from saejobs.engine.score import FLAT, MAPPINGS
 
             chats = ["conversation"] if res.has_chats(job.id) else []
-            rows = ({**r, **{k: (r["scores"] or {}).get(k) for k in (*FLAT, Score.CONCEPT)}}
-                    for r in res.iter_generation_rows(job.id))
-            _out(rows, cols + chats + ["token_ids", "config_key", "labels", *FLAT, Score.CONCEPT.value], False, True,
-                 None)
+            scores = [*FLAT, *(m.value for m in MAPPINGS)]
+            rows = ({**r, **{k: (r["scores"] or {}).get(k) for k in scores}} for r in res.iter_generation_rows(job.id))
+            _out(rows, cols + chats + ["token_ids", "config_key", "labels", *scores], False, True, None)
         else:  # a feature's column is headed by its cached explanation too, when there is one
             rows = res.generation_rows(job.id)
             show_sweep(f"sweep {job.id[:8]} ({job.sae_id})", rows, res.sweep_grid(rows)["labels"])

@@ -36,6 +36,7 @@ class Score(StrEnum):
     """The per-row score fields, as stored in ``generations.scores`` (and DataFrame columns)."""
 
     CONCEPT = "concept"  # {"index" (or another SAE's "SAE_ID:index"): {"mean": activation, "fire_rate": share}}
+    CONCEPT_TOKENS = "concept_tokens"  # {the same keys: [activation at each completion token (EOS excluded)]}
     CONCEPT_MEAN = "concept_mean"  # mean over the row's concept features (one for a one-feature row)
     CONCEPT_FIRE_RATE = "concept_fire_rate"
     NLL = "nll"
@@ -48,8 +49,9 @@ class Score(StrEnum):
     COMPLETION_TOKENS = "completion_tokens"  # tokens scored for concept and degeneration (EOS excluded)
 
 
-FLAT = tuple(s.value for s in Score if s is not Score.CONCEPT)  # one column each in CSV, Parquet and DataFrames
-# (CONCEPT, a mapping per feature, is its own column as JSON text)
+MAPPINGS = (Score.CONCEPT, Score.CONCEPT_TOKENS)  # a mapping per feature each: one column each as JSON text
+FLAT = tuple(s.value for s in Score if s not in MAPPINGS)  # one column each in CSV, Parquet and DataFrames
+TOKEN_DIGITS = 5  # significant digits kept of each per-token activation (what `serve` highlights)
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,7 @@ def _score_group(lm, sae, hook_name: str, items: list[Item], others: dict[str, t
     n_text = text.sum(-1)
     cols = [nll_sum, n_gen.float(), n_text.float(), novel_sum, n_novel.float()]
     if feats:
-        means, fires = [], []
+        means, fires, per_token = [], [], []
         for key in dict.fromkeys(s for s, _ in feats):  # per SAE, its features' columns only, in ``feats`` order
             reader, name = readers[key]
             idx = torch.tensor([f for s, f in feats if s == key], device=reader.W_enc.device)
@@ -172,24 +174,28 @@ def _score_group(lm, sae, hook_name: str, items: list[Item], others: dict[str, t
             w = text[..., None].to(act.dtype)
             means.append((act * w).sum(1).T.float())
             fires.append(((act > 0) * w).sum(1).T.float())
-        cols += [torch.cat(means), torch.cat(fires)]  # (F, B) each
+            per_token.append((act * w).float())  # (B, L, F of this SAE)
+        acts = torch.cat(per_token, dim=-1)  # (B, L, F)
+        cols += [torch.cat(means), torch.cat(fires), acts.permute(1, 2, 0).reshape(-1, B)]  # (F, B), (F, B), (L*F, B)
     sums = torch.cat([c.reshape(-1, B).float() for c in cols]).T.cpu().tolist()  # one copy to the host
-    return [_row(items[b], sums[b], feats, member[b], eos) for b in range(B)]
+    return [_row(items[b], sums[b], feats, member[b], eos, L) for b in range(B)]
 
 
-def _row(item: Item, sums: list[float], feats: list[tuple], member: "torch.Tensor", eos: int | None) -> dict:
+def _row(item: Item, sums: list[float], feats: list[tuple], member: "torch.Tensor", eos: int | None, L: int) -> dict:
     nll_sum, n_gen, n_text, novel_sum, n_novel = sums[0], int(sums[1]), int(sums[2]), sums[3], int(sums[4])
-    F, c0 = len(feats), 5  # the concept columns follow the five above
-    concept = {}
+    F, c0 = len(feats), 5  # the concept columns follow the five above: means, fire counts, then (L, F) activations
+    first = c0 + 2 * F + (L - len(item.token_ids)) * F  # this row's first completion token (right-aligned in L)
+    concept, tokens = {}, {}
     for k, (sae_id, f) in enumerate(feats):
         if member[k]:
-            concept[str(f) if sae_id is None else f"{sae_id}:{f}"] = {
-                "mean": sums[c0 + k] / n_text if n_text else 0.0,
-                "fire_rate": sums[c0 + F + k] / n_text if n_text else 0.0}
+            key = str(f) if sae_id is None else f"{sae_id}:{f}"
+            concept[key] = {"mean": sums[c0 + k] / n_text if n_text else 0.0,
+                            "fire_rate": sums[c0 + F + k] / n_text if n_text else 0.0}
+            tokens[key] = [float(f"{sums[first + t * F + k]:.{TOKEN_DIGITS}g}") for t in range(n_text)]
     nll = nll_sum / n_gen if n_gen else None
     stopped = bool(item.token_ids) and eos is not None and item.token_ids[-1] == eos
     body = list(item.token_ids[:-1] if stopped else item.token_ids)
-    return {Score.CONCEPT: concept,
+    return {Score.CONCEPT: concept, Score.CONCEPT_TOKENS: tokens,
             Score.CONCEPT_MEAN: _mean([c["mean"] for c in concept.values()]),
             Score.CONCEPT_FIRE_RATE: _mean([c["fire_rate"] for c in concept.values()]),
             Score.NLL: nll, Score.NLL_NOVEL: novel_sum / n_novel if n_novel else None,

@@ -13,9 +13,9 @@ from saejobs.engine.score import FLAT as FLAT_SCORES
 from saejobs.engine.score import Score
 
 COLUMNS = ["job", "round", "id", "type", "feature", "strength", "features", "prompt", "seed", "output", "n_tokens",
-           *FLAT_SCORES, "concept", "config_key", "label"]  # n_tokens: generated (EOS included); completion_tokens: scored
+           *FLAT_SCORES, "concept", "concept_tokens", "config_key", "label"]  # n_tokens: generated (EOS included); completion_tokens: scored
 # label: the features' cached Neuronpedia explanations (db.results.joined_label), None where none is cached
-NESTED = ("features", "concept")
+NESTED = ("features", "concept", "concept_tokens")
 
 
 def rows(job_id: str, url: str | None = None) -> list[dict[str, Any]]:
@@ -42,7 +42,8 @@ def iter_rows(job_id: str, url: str | None = None) -> Iterator[dict[str, Any]]:
                    "strength": r["strengths"][0] if r["strengths"] else None, "features": r["features"],
                    "prompt": r["prompt"], "seed": r["seed"], "output": r["output"], "n_tokens": r["n_tokens"],
                    **{k: sc.get(k) for k in FLAT_SCORES}, "concept": sc.get(Score.CONCEPT),
-                   "config_key": r["config_key"], "label": results.joined_label(r["labels"])}
+                   "concept_tokens": sc.get(Score.CONCEPT_TOKENS), "config_key": r["config_key"],
+                   "label": results.joined_label(r["labels"])}
 
 
 def results(job_id: str, url: str | None = None):

@@ -13,7 +13,7 @@ import json
 import pytest
 from sqlalchemy import text
 
-from saejobs.engine.score import FLAT
+from saejobs.engine.score import FLAT, MAPPINGS
 from tests.dbfixtures import db_url, home, sqlite_url  # noqa: F401
 from tests.explanation_exports import (EXPLANATIONS, MODEL, SAE, fixture_rows, row, write_batches,
                                        write_fixture, write_json_array)
@@ -207,7 +207,7 @@ def test_results_carry_each_features_label_everywhere(sqlite_url, tmp_path):
     assert rest(got) == rest(before) and list(got[0])[-1] == "labels"  # nothing else changed; a key at the end
     table = list(csv.DictReader(io.StringIO(saejobs("results", job, "--csv").stdout)))
     cols = list(table[0])  # labels after the columns it had before, then the scores (columns added later go last)
-    assert cols[cols.index("labels") + 1:] == [*FLAT, "concept"] and [json.loads(r["labels"]) for r in table] == want
+    assert cols[cols.index("labels") + 1:] == [*FLAT, *MAPPINGS] and [json.loads(r["labels"]) for r in table] == want
     grid = saejobs("results", job, env={"COLUMNS": "400"}).stdout
     assert f"2: {LABEL[2]}" in grid and "12+7650: dogs and other pets + Paris" in grid and "[bold]five[/]" in grid
     assert submitted(saejobs("results", job, "--format", "parquet", "--out", str(tmp_path / "r.parquet"), "--json"))

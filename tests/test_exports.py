@@ -67,6 +67,7 @@ def test_json_and_csv_stream_what_is_stored(sweep):
         assert r["nll"] == ("" if sc.get("nll") is None else str(sc["nll"]))
         assert r["longest_repeat"] == ("" if sc.get("longest_repeat") is None else str(sc["longest_repeat"]))
         assert (json.loads(r["concept"]) if r["concept"] else None) == sc.get("concept")
+        assert (json.loads(r["concept_tokens"]) if r["concept_tokens"] else None) == sc.get("concept_tokens")
 
 
 def test_parquet_streams_typed_columns(sweep, tmp_path):

@@ -23,7 +23,7 @@ from saejobs.engine.models import LoadedModel, byte_tokenizer
 LAYER = 1
 HOOK = f"blocks.{LAYER}.hook_resid_post"
 EOS, PAD, BOS = 1, 0, 2
-FIELDS = {"concept", "concept_mean", "concept_fire_rate", "nll", "nll_novel", "perplexity", "distinct_1", "distinct_2",
+FIELDS = {"concept", "concept_tokens", "concept_mean", "concept_fire_rate", "nll", "nll_novel", "perplexity", "distinct_1", "distinct_2",
           "longest_repeat", "stopped_at_eos", "completion_tokens"}
 
 
@@ -83,14 +83,15 @@ def reference(lm, sae, prompt: list[int], gen: list[int], feats: list[int]) -> d
     stopped = bool(gen) and gen[-1] == EOS
     body = gen[:-1] if stopped else gen
     x = seen[0][0, P:P + len(body)].double()
-    concept = {}
+    concept, tokens = {}, {}
     for f in feats:
         pre = x @ sae.W_enc[:, f].double() + float(sae.b_enc[f])
         act = torch.where(pre > float(sae.threshold_floor[f]), pre, torch.zeros_like(pre))
         n = len(body)
         concept[str(f)] = {"mean": float(act.sum()) / n if n else 0.0,
                            "fire_rate": float((act > 0).sum()) / n if n else 0.0}
-    return {"nll": nll, "nll_novel": nll_novel, "concept": concept, "n_text": len(body), "stopped": stopped, "body": body,
+        tokens[str(f)] = act.tolist()
+    return {"nll": nll, "nll_novel": nll_novel, "concept": concept, "tokens": tokens, "n_text": len(body), "stopped": stopped, "body": body,
             "max_act": {str(f): float((x @ sae.W_enc[:, f].double() + float(sae.b_enc[f])).max()) if len(body) else 0.0
                         for f in feats}}
 
@@ -112,6 +113,9 @@ def check(got: dict, want: dict) -> None:
     for f, c in want["concept"].items():
         assert close(got["concept"][f]["mean"], c["mean"]), (f, got["concept"][f], c)
         assert close(got["concept"][f]["fire_rate"], c["fire_rate"]), (f, got["concept"][f], c)
+        acts = got["concept_tokens"][f]  # one per completion token (EOS excluded), what `serve` highlights
+        assert len(acts) == len(want["tokens"][f]) and all(close(a, b, 1e-3) for a, b in zip(acts, want["tokens"][f]))
+    assert set(got["concept_tokens"]) == set(want["concept"])
     means = [c["mean"] for c in want["concept"].values()]
     rates = [c["fire_rate"] for c in want["concept"].values()]
     assert close(got["concept_mean"], sum(means) / len(means) if means else None)
@@ -380,14 +384,15 @@ def on_meta(lm: LoadedModel) -> tuple[LoadedModel, list[dict]]:
 def test_a_group_runs_on_the_models_device_and_the_concept_on_the_saes(lm, host_copies):
     """Model on another device (meta) than the SAE (CPU): ids, mask and positions go to the model's device;
     the activation comes to the SAE (one copy, in its dtype); the concept goes back to the model's device
-    for the per-row sums, of which one (B, 5 + 2F) tensor comes to the host."""
+    for the per-row sums, of which one (B, 5 + 2F + L·F) tensor comes to the host (the sums, then each
+    completion token's activations)."""
     meta, inputs = on_meta(lm)
     sae = make_sae(lm.config.hidden_size)
     items = [sc.Item(p, g, f) for p, g, f in ITEMS[:3]]  # features 0, 1, 2, 5; longest completion 7
     rows = sc.score(meta, sae, HOOK, items)
     (passed,) = inputs  # one forward pass; every tensor handed to it on the model's device
     assert "input_ids" in passed and set(passed.values()) == {"meta"}
-    assert host_copies == [((3, 7, 32), torch.float32), ((3, 13), torch.float32)]
+    assert host_copies == [((3, 7, 32), torch.float32), ((3, 5 + 2 * 4 + 7 * 4), torch.float32)]
     assert len(rows) == 3 and rows[0]["completion_tokens"] == 0  # the sums are the stand-in's zeros
 
 
