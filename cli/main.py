@@ -32,7 +32,7 @@ def cli() -> None:
 
 def _register() -> None:
     from saejobs.cli import (complete, db_cmd, demo_cmd, features_cmd, jobs_cmd, neuronpedia_cmd, saes_cmd, score_cmd,
-                             submit_cmd, worker_cmd)
+                             serve_cmd, submit_cmd, worker_cmd)
 
     cli.add_command(saes_cmd.saes)
     cli.add_command(db_cmd.db)
@@ -46,6 +46,7 @@ def _register() -> None:
     cli.add_command(neuronpedia_cmd.neuronpedia)
     cli.add_command(neuronpedia_cmd.compare)
     cli.add_command(features_cmd.features)
+    cli.add_command(serve_cmd.serve)
     for cmd in submit_cmd.COMMANDS + score_cmd.COMMANDS:
         cli.add_command(cmd)
 

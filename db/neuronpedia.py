@@ -79,6 +79,14 @@ def runs_for_sweep(sweep_job: str, only: int | None = None, url: str | None = No
 
 
 @retried
+def runs_for_generation(gen_id: int, url: str | None = None) -> list[dict]:
+    """Neuronpedia's answers matched to one generation: run id, API and its outputs (STEERED, DEFAULT)."""
+    with read_session(url) as s:
+        return [{"run": r.id, "api": r.api, "outputs": r.outputs} for r in s.scalars(
+            select(NeuronpediaRun).where(NeuronpediaRun.generation_id == gen_id).order_by(NeuronpediaRun.id))]
+
+
+@retried
 def record_comparisons(sweep_job: str, rows: list[tuple[int, dict]], url: str | None = None) -> None:
     with session(url) as s:
         from saejobs.db.results import sweep_of

@@ -146,15 +146,73 @@ def _page(sweep_id: int, after: int, limit: int, url: str | None = None) -> list
     with read_session(url) as s:
         gens = list(s.scalars(select(Generation).where(Generation.sweep_id == sweep_id, Generation.id > after)
                               .order_by(Generation.id).limit(limit)))
-        sae = s.scalar(select(Sweep.sae_id).where(Sweep.id == sweep_id))
-        known = explanations.lookup(s, ((f.get("sae") or sae, f["index"]) for g in gens for f in g.features if "index" in f))
-        return [{"id": g.id, "config_key": g.config_key, "type": g.type, "features": g.features,
-                 "feature": (g.sampling or {}).get("steer") or _feature_label(g.features), "strengths": [f["strength"] for f in g.features],
-                 "prompt": g.prompt, "prompt_token_ids": g.prompt_token_ids, "seed": g.seed, "sampling": g.sampling,
-                 "output": g.output, "token_ids": g.token_ids, "n_tokens": len(g.token_ids), "logprobs": g.logprobs,
-                 "messages": g.messages, "conversation": _conversation(g), "scores": g.scores,
-                 "labels": [known.get((f.get("sae") or sae, f.get("index"))) for f in g.features]}
-                for g in gens]
+        return row_dicts(s, gens, s.scalar(select(Sweep.sae_id).where(Sweep.id == sweep_id)))
+
+
+def row_dicts(s, gens: list[Generation], sae: str) -> list[dict[str, Any]]:
+    """Generations as the dicts every reader takes (exports, grids, `serve`), each feature's cached label read
+    in one query."""
+    known = explanations.lookup(s, ((f.get("sae") or sae, f["index"]) for g in gens for f in g.features if "index" in f))
+    return [{"id": g.id, "config_key": g.config_key, "type": g.type, "features": g.features,
+             "feature": (g.sampling or {}).get("steer") or _feature_label(g.features),
+             "strengths": [f["strength"] for f in g.features],
+             "prompt": g.prompt, "prompt_token_ids": g.prompt_token_ids, "seed": g.seed, "sampling": g.sampling,
+             "output": g.output, "token_ids": g.token_ids, "n_tokens": len(g.token_ids), "logprobs": g.logprobs,
+             "messages": g.messages, "conversation": _conversation(g), "scores": g.scores,
+             "labels": [known.get((f.get("sae") or sae, f.get("index"))) for f in g.features]}
+            for g in gens]
+
+
+@retried
+def model_sources(limit: int, url: str | None = None) -> list[str]:
+    """The model sources the latest sweeps ran (newest first, distinct): the tokenizers `serve` loads up front."""
+    with read_session(url) as s:
+        out: list[str] = []
+        for model, prov in s.execute(select(Sweep.model, Sweep.provenance).order_by(Sweep.id.desc()).limit(100)):
+            src = (prov or {}).get("model_source") or model
+            if src not in out:
+                out.append(src)
+        return out[:limit]
+
+
+@retried
+def input_groups(sweep_id: int, url: str | None = None) -> list[tuple[str, int]]:
+    """A sweep's (prompt, seed) pairs in the order they were first stored: the pages of its grid. One grouped
+    query over the sweep's index; no row is decoded."""
+    with read_session(url) as s:
+        first = func.min(Generation.id)
+        return [(p, sd) for p, sd, _ in s.execute(select(Generation.prompt, Generation.seed, first)
+                                                 .where(Generation.sweep_id == sweep_id)
+                                                 .group_by(Generation.prompt, Generation.seed).order_by(first))]
+
+
+@retried
+def group_index(sweep_id: int, prompt: str, seed: int, url: str | None = None) -> list[dict[str, Any]]:
+    """One (prompt, seed) page of a sweep's grid, light: each row's id, type, column (``feature``) and
+    strength, without texts, ids or scores (a page then reads in full only the rows it shows)."""
+    with read_session(url) as s:
+        q = (select(Generation.id, Generation.type, Generation.features, Generation.sampling)
+             .where(Generation.sweep_id == sweep_id, Generation.prompt == prompt, Generation.seed == seed)
+             .order_by(Generation.id))
+        return [{"id": i, "type": t, "feature": (sm or {}).get("steer") or _feature_label(fs),
+                 "strength": fs[0]["strength"] if fs else None} for i, t, fs, sm in s.execute(q)]
+
+
+@retried
+def rows_by_id(sweep_id: int, ids: list[int], url: str | None = None) -> list[dict[str, Any]]:
+    """These generations of one sweep in full (``row_dicts``), in id order."""
+    with read_session(url) as s:
+        gens = list(s.scalars(select(Generation).where(Generation.sweep_id == sweep_id, Generation.id.in_(ids))
+                              .order_by(Generation.id)))
+        return row_dicts(s, gens, s.scalar(select(Sweep.sae_id).where(Sweep.id == sweep_id)))
+
+
+@retried
+def generation(gen_id: int, url: str | None = None) -> tuple[dict[str, Any], Sweep] | None:
+    """One generation (``row_dicts``) and its sweep, by the id that `serve` gives it a stable URL with."""
+    with read_session(url) as s:
+        g = s.get(Generation, gen_id)
+        return None if g is None else (row_dicts(s, [g], g.sweep.sae_id)[0], g.sweep)
 
 
 def joined_label(labels: list[str | None]) -> str | None:
@@ -177,7 +235,7 @@ def _feature_label(features: list[dict]) -> str:
 def sweep_grid(rows: list[dict]) -> dict[str, Any]:
     """Strength × feature table (one per prompt and seed), with DEFAULT as its own column; ``labels``:
     each feature column's cached explanation (``joined_label``), for those that have one."""
-    features = sorted({r["feature"] for r in rows if r["type"] == "STEERED"}, key=_natural)
+    features = sorted({r["feature"] for r in rows if r["type"] == "STEERED"}, key=natural)
     labels = {}
     for r in rows:
         if r["type"] == "STEERED" and r["feature"] not in labels and (lb := joined_label(r.get("labels") or [])):
@@ -211,7 +269,7 @@ def prompt_grids(rows: list[dict]) -> list[dict[str, Any]]:
     return out
 
 
-def _natural(label: str):
+def natural(label: str):
     return (0, int(label), "") if label.isdigit() else (1, 0, label)
 
 

@@ -84,7 +84,7 @@ def write(rows: Iterable[dict], out: TextIO, title: str, max_nll_increase: float
                 c = search.choose(pts, default, search.Rule(max_nll_increase))
                 pick = c.strength if c else None
             out.write(f"<h2>feature {feature}{_label(labels.get(feature))}</h2>")
-            out.write(_plot(feature, pts, base.get((feature, "*")), default_nll, pick, max_nll_increase))
+            out.write(plot(feature, pts, base.get((feature, "*")), default_nll, pick, max_nll_increase))
         if seen["unscored"]:
             out.write(f'<p class="note">{seen["unscored"]} generations have no scores (run <code>saejobs score JOB'
                       f"</code>).</p>")
@@ -93,7 +93,7 @@ def write(rows: Iterable[dict], out: TextIO, title: str, max_nll_increase: float
         out.write("</section>")
         for (feature, _), pts in sorted(curves.items()):
             for p in pts:
-                out.write(f'<section class="point" id="{_anchor(feature, p.strength)}"><h3>feature {feature}'
+                out.write(f'<section class="point" id="{anchor(feature, p.strength)}"><h3>feature {feature}'
                           f"{_label(labels.get(feature))} at strength {p.strength:g}</h3>")
                 out.writelines(spooled((feature, p.strength)))
                 out.write("</section>")
@@ -106,11 +106,11 @@ def _label(label: str | None) -> str:
     return f' <span class="label">— {escape(label)}</span>' if label else ""
 
 
-def _anchor(feature: int, strength: float) -> str:
+def anchor(feature: int, strength: float) -> str:
     return f"f{feature}-s{strength:g}".replace(".", "_").replace("-", "m").replace("fm", "f-", 1)
 
 
-def _plot(feature: int, pts: list[search.Point], base_concept: float | None, base_nll: float | None,
+def plot(feature: int, pts: list[search.Point], base_concept: float | None, base_nll: float | None,
           pick: float | None, max_nll_increase: float) -> str:
     xs = [p.strength for p in pts]
     x0, x1 = min(xs), max(xs)
@@ -163,7 +163,7 @@ def _plot(feature: int, pts: list[search.Point], base_concept: float | None, bas
     for p in pts:
         tip = escape(f"strength {p.strength:g}: concept {p.concept:.3g}, NLL "
                      + (f"{p.nll:.3f}" if p.nll is not None else "n/a") + f" ({p.n} generations)")
-        out.append(f'<a class="point" href="#{_anchor(feature, p.strength)}"><title>{tip}</title>'
+        out.append(f'<a class="point" href="#{anchor(feature, p.strength)}"><title>{tip}</title>'
                    f'<circle cx="{x(p.strength):.1f}" cy="{yc(p.concept):.1f}" r="5" fill="{CONCEPT}"/>'
                    + (f'<circle cx="{x(p.strength):.1f}" cy="{yn(p.nll):.1f}" r="4" fill="{NLL}"/>'
                       if p.nll is not None else "") + "</a>")
