@@ -1,4 +1,4 @@
-"""``saejobs serve``: the web app over the results database (``saejobs.web``), served by uvicorn."""
+"""``saejobs serve``: the web app over the results database (``saejobs.cli.web``), served by uvicorn."""
 
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ def serve(host: str, port: int, token: str | None, as_json: bool) -> None:
     import uvicorn
 
     from saejobs.db.session import check_schema
-    from saejobs.web.app import create_app, loopback
+    from saejobs.cli.web.app import create_app, loopback
 
-    from saejobs.web.highlight import preload
+    from saejobs.cli.web.highlight import preload
 
     check_schema()  # an unmigrated or unreachable database: one line now, not an error page later
     if token is None and not loopback(host):

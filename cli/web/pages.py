@@ -7,7 +7,7 @@ from saejobs.db import jobs, results
 from saejobs.db.states import JobKind, JobState
 from saejobs.engine import score_report, search
 from saejobs.engine.errors import NotFoundError
-from saejobs.web import highlight
+from saejobs.cli.web import highlight
 
 COLUMNS_PER_PAGE = 6  # feature columns of a grid page: a page stays readable and quick for any sweep's width
 JOBS_SHOWN = 100
