@@ -107,14 +107,23 @@ def search(sae, features, range_, max_nll_increase, max_repeat_increase, max_dis
 
 @click.command()
 @click.argument("job_id", shell_complete=job_ids)
-@click.option("--html", "html_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the report to this file.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the scores report (one self-contained file) here.")
+@click.option("--site", "site_path", type=click.Path(file_okay=False, path_type=Path),
+              help="Write the sweep's `serve` pages into this new folder (static files, relative links).")
 @click.option("--max-nll-increase", type=click.FloatRange(0, MAX_NLL_INCREASE), callback=_finite,
               help="Fluency bound for the marked strength (default: the search's, else 1.0).")
 @json_option
-def report(job_id: str, html_path: Path, max_nll_increase: float | None, as_json: bool) -> None:
-    """One self-contained HTML page: per feature, concept and fluency against strength, the DEFAULT
-    baseline, the chosen strength, and the generations behind each point."""
+def report(job_id: str, html_path: Path | None, site_path: Path | None, max_nll_increase: float | None,
+           as_json: bool) -> None:
+    """--html: one self-contained HTML page: per feature, concept and fluency against strength, the DEFAULT
+    baseline, the chosen strength, and the generations behind each point. --site: the pages `saejobs serve`
+    shows for a sweep (grid pages, every generation shown), as a folder to copy or mail."""
+    if (html_path is None) == (site_path is None):
+        raise UsageError("report takes --html FILE or --site DIR (one of them)")
+    if site_path is not None:
+        _site(job_id, site_path, as_json)
+        return
     from saejobs.engine import score_report, search as rule
 
     job, rows, chosen, bound = _rows(job_id)
@@ -136,6 +145,19 @@ def report(job_id: str, html_path: Path, max_nll_increase: float | None, as_json
     emit({"job": job.id, "html": str(html_path), "features": seen["features"], "generations": seen["generations"],
           "unscored": seen["unscored"]}, as_json,
          lambda: click.echo(f"{html_path} ({len(seen['features'])} features, {seen['generations']} generations)"))
+
+
+def _site(job_id: str, path: Path, as_json: bool) -> None:
+    from rich.progress import Progress
+
+    from saejobs.cli.output import err_console
+    from saejobs.cli.web import site
+
+    with Progress(console=err_console(), transient=True, disable=as_json) as bar:
+        task = bar.add_task("writing pages", total=None)
+        done = site.export(job_id, path, lambda n, total: bar.update(task, completed=n, total=total))
+    emit(done, as_json, lambda: click.echo(f"{done['site']} ({done['grid_pages']} grid pages, "
+                                           f"{done['generations']} generations; open index.html)"))
 
 
 def _rows(job_id: str):

@@ -21,6 +21,7 @@ from tests.dbfixtures import home  # noqa: F401
 from tests.synthetic_saes import make
 from tests.test_queue import one_clean_line, saejobs
 
+GEN = re.compile(r"generations?[/-](\d+)(?:\.html)?$")  # a generation's URL: /generations/ID, or generation-ID.html
 EVIL = "<script>window.pwned = 1</script> & <b>bold</b>"  # a prompt is untrusted text: shown, never run
 
 
@@ -69,14 +70,20 @@ def sql(home, query: str, *args) -> list[tuple]:  # noqa: F811
         return c.execute(query, args).fetchall()
 
 
+def follow(page, target) -> None:
+    """Click a link or button (a selector or a locator) and wait until the page it leads to has loaded."""
+    with page.expect_navigation(wait_until="load"):
+        (page.locator(target) if isinstance(target, str) else target).click()
+
+
 def check_tokens(page, home, cell) -> int:  # noqa: F811
     """A highlighted completion: each token's data-act is the stored activation, its colour step 0 exactly where
     the feature does not fire, and the tokens' text the stored completion. Returns how many tokens fire."""
     spans = cell.locator(".tokens")
     if spans.count() == 0:
         return 0
-    gen = int(re.search(r"/generations/(\d+)", cell.locator("a.gen-link").get_attribute("href") or page.url).group(1)) \
-        if cell.locator("a.gen-link").count() else int(page.url.rsplit("/", 1)[1])
+    where = cell.locator("a.gen-link").get_attribute("href") if cell.locator("a.gen-link").count() else page.url
+    gen = int(GEN.search(where).group(1))
     row = stored(home, gen)
     key = spans.first.get_attribute("data-feature")
     toks = spans.first.locator(".tok")
@@ -90,7 +97,7 @@ def check_tokens(page, home, cell) -> int:  # noqa: F811
     return sum(a > 0 for a in acts)
 
 
-def test_the_pages_in_a_browser(home, tiny_gemma2_dir, browser):  # noqa: F811
+def test_the_pages_in_a_browser(home, tiny_gemma2_dir, browser, tmp_path):  # noqa: F811
     from saejobs.db import jobs
 
     s = make(home, d_model=64, d_sae=256, layer=1)
@@ -119,8 +126,8 @@ def test_the_pages_in_a_browser(home, tiny_gemma2_dir, browser):  # noqa: F811
         assert page.locator(bar).evaluate("e => e.value") == 0.5
         page.screenshot(path=str(ARTIFACTS / "serve-jobs.png"), full_page=True)
 
-        page.click(f'tr[data-job="{a}"] a')
-        page.click("#grid-link")
+        follow(page, f'tr[data-job="{a}"] a')
+        follow(page, "#grid-link")
         assert page.url.endswith(f"/sweeps/{a}")
         assert page.inner_text("#prompt") == EVIL and page.evaluate("window.pwned") is None
         ids = {int(re.search(r"/generations/(\d+)$", h).group(1)) for h in
@@ -136,7 +143,7 @@ def test_the_pages_in_a_browser(home, tiny_gemma2_dir, browser):  # noqa: F811
 
         cell = page.locator("#grid td.cell:not(.default) >> nth=4")
         href = cell.locator("a.gen-link").get_attribute("href")
-        cell.locator("a.gen-link").click()
+        follow(page, cell.locator("a.gen-link"))
         assert page.url == url.rstrip("/") + href
         row = stored(home, int(href.rsplit("/", 1)[1]))
         assert page.inner_text("#completion") == row["output"][len(row["prompt"]):]
@@ -146,8 +153,8 @@ def test_the_pages_in_a_browser(home, tiny_gemma2_dir, browser):  # noqa: F811
 
         page.goto(f"{url}jobs/{a}")
         page.select_option("select[name=b]", b)
-        page.click("form.compare button")
-        assert page.locator("#pairs tbody tr").count() == 10  # every configuration matched
+        follow(page, "form.compare button")
+        assert page.locator("#pairs tbody tr").count() == 10, page.inner_text("main")  # every configuration matched
         differs = page.locator("#pairs tr.differs").count()
         want = sum(ta != tb for ta, tb in sql(home, "SELECT ga.token_ids, gb.token_ids FROM generations ga JOIN generations gb "
                                                     "ON ga.config_key != gb.config_key AND ga.prompt = gb.prompt "
@@ -158,7 +165,7 @@ def test_the_pages_in_a_browser(home, tiny_gemma2_dir, browser):  # noqa: F811
         page.screenshot(path=str(ARTIFACTS / "serve-compare.png"), full_page=True)
 
         page.goto(f"{url}jobs/{live.id}")
-        page.click("text=cancel")
+        follow(page, "text=cancel")
         assert jobs.get(live.id).state == "cancelled" and "cancelled" in page.inner_text("td.state")
         forged = urllib.request.Request(f"{url}jobs/{b}/cancel", data=b"form_token=guess", method="POST")
         with pytest.raises(urllib.error.HTTPError) as refused:
@@ -168,6 +175,24 @@ def test_the_pages_in_a_browser(home, tiny_gemma2_dir, browser):  # noqa: F811
         assert page.inner_text("#error") == "no generation 999999"
     finally:
         stop(proc)
+
+    # the same pages as a static folder: relative links, no script, opened from disk
+    site = tmp_path / "site"
+    wrote = json.loads(saejobs("report", a[:8], "--site", str(site), "--json").stdout)
+    assert wrote == {"job": a, "site": str(site), "grid_pages": 1, "generations": 10}
+    assert not any("<script" in f.read_text() for f in site.glob("*.html"))
+    page.goto((site / "index.html").as_uri())
+    follow(page, "#grid-link")
+    assert page.url.endswith("/sweep-0-0.html") and page.inner_text("#prompt") == EVIL
+    hrefs = page.locator("#grid a.gen-link").evaluate_all("els => els.map(e => e.getAttribute('href'))")
+    assert {int(GEN.search(h).group(1)) for h in hrefs} == ids
+    assert sum(check_tokens(page, home, page.locator(f"td.cell >> nth={i}"))
+               for i in range(page.locator("td.cell").count())) == firing
+    assert page.evaluate("getComputedStyle(document.querySelector('header')).backgroundColor") == "rgb(32, 35, 42)"
+    follow(page, "#grid td.cell:not(.default) a.gen-link >> nth=2")
+    assert GEN.search(page.url) and page.locator(".completion.highlighted").count() >= 1
+    assert "exists; --site writes a new folder" in one_clean_line(saejobs("report", a, "--site", str(site)), 2)
+    assert "--html FILE or --site DIR" in one_clean_line(saejobs("report", a), 2)
 
 
 def test_beyond_loopback_every_request_needs_the_token(home):  # noqa: F811

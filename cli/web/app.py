@@ -70,7 +70,7 @@ def create_app(token: str | None = None) -> Starlette:
     """``token``: required on every request when given (``serve`` gives one whenever it binds beyond loopback)."""
     templates = Jinja2Templates(directory=HERE / "templates")
     env = templates.env
-    env.globals.update(url=server_url, fmt=fmt)
+    env.globals.update(url=server_url, fmt=fmt, static=False)
     form_token = secrets.token_urlsafe(24)  # what cancel/retry forms carry; unknown to any other site
 
     def page(name: str, request: Request, status: int = 200, **ctx) -> Response:
