@@ -31,8 +31,8 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from saejobs.cli import (complete, db_cmd, demo_cmd, features_cmd, jobs_cmd, neuronpedia_cmd, saes_cmd, score_cmd,
-                             serve_cmd, submit_cmd, worker_cmd)
+    from saejobs.cli import (complete, db_cmd, demo_cmd, features_cmd, jobs_cmd, judge_cmd, neuronpedia_cmd, saes_cmd,
+                             score_cmd, serve_cmd, submit_cmd, worker_cmd)
 
     cli.add_command(saes_cmd.saes)
     cli.add_command(db_cmd.db)
@@ -47,6 +47,7 @@ def _register() -> None:
     cli.add_command(neuronpedia_cmd.compare)
     cli.add_command(features_cmd.features)
     cli.add_command(serve_cmd.serve)
+    cli.add_command(judge_cmd.judge)
     for cmd in submit_cmd.COMMANDS + score_cmd.COMMANDS:
         cli.add_command(cmd)
 

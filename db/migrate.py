@@ -22,7 +22,7 @@ from saejobs.db.errors import DatabaseError, SchemaMismatch, redact
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest migration's revision, so a process can see that its database is current with one query and
 # without loading Alembic (about 150 ms of every CLI call); tests/test_db.py checks it is Alembic's head.
-SCHEMA_REVISION = "0004"
+SCHEMA_REVISION = "0005"
 LOCK_TIMEOUT_S = float(os.environ.get("SAEJOBS_MIGRATION_LOCK_S", 60))
 
 

@@ -225,6 +225,23 @@ class Comparison(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Judgement(Base):
+    """A judge model's ratings of one generation (``engine.judge``): 0–2 per criterion and their harmonic mean,
+    with the prompts' version that asked and each reply (shortened) to audit them. One per generation, judge
+    model and prompts version: a re-run adds nothing."""
+
+    __tablename__ = "judgements"
+    __table_args__ = (UniqueConstraint("generation_id", "judge", "prompts", name="uq_judgement"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    generation_id: Mapped[int] = mapped_column(ForeignKey("generations.id", ondelete="CASCADE"), index=True)
+    judge: Mapped[str] = mapped_column(String(200))  # the model the endpoint ran, as named to it
+    prompts: Mapped[str] = mapped_column(String(40))  # engine.judge.PROMPTS when rated
+    endpoint: Mapped[str] = mapped_column(Text)  # scheme://host:port/path, never a key
+    ratings: Mapped[dict[str, Any]]  # {"concept": 0-2 | None, "instruction": ..., "fluency": ..., "harmonic": ...}
+    replies: Mapped[dict[str, Any]]  # criterion -> the judge's reply, its first REPLY_KEPT characters
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class FeatureExplanation(Base):
     """What Neuronpedia says a feature is (an explanation, shown as its label), cached per SAE and feature:
     imported from a bulk export or stored by ``neuronpedia feature --fetch``. ``key``: Neuronpedia's

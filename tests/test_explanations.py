@@ -232,7 +232,7 @@ def test_upgrading_a_database_full_of_rows_then_importing_and_searching(db_url, 
     eng = at("0003")
     inserted = populate(eng)
     migrate.upgrade(eng)
-    assert migrate.stamped(eng) == migrate.SCHEMA_REVISION == "0004"
+    assert migrate.stamped(eng) == migrate.SCHEMA_REVISION  # 0004 and every later one
     assert_kept(inserted, eng)
     dispose_all()
     assert imported(write_fixture(tmp_path))["new"] == len(EXPLANATIONS)

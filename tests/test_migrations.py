@@ -23,7 +23,7 @@ ROWS = 3  # per table: row i of a child points at row i of its parent; the last 
 # The tables a user's results live in: reflection must find them, or this test proves nothing.
 RESULT_TABLES = {"jobs", "job_events", "sweeps", "generations", "comparisons", "verifications", "saes", "workers",
                  "neuronpedia_runs"}
-HEAD_TABLES = RESULT_TABLES | {"feature_explanations"}  # at head: the explanation cache (0004) too
+HEAD_TABLES = RESULT_TABLES | {"feature_explanations", "judgements"}  # at head: the explanation cache (0004), judge ratings (0005)
 
 
 def revisions() -> list[str]:

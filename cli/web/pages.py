@@ -123,7 +123,7 @@ def _cell(row: dict | None, tok, key: str | None, top: float | None, baseline, s
 
 
 def generation_page(gen_id: int) -> dict:
-    from saejobs.db import neuronpedia
+    from saejobs.db import judgements, neuronpedia
 
     found = results.generation(gen_id)
     if found is None:
@@ -135,7 +135,8 @@ def generation_page(gen_id: int) -> dict:
     return {"row": row, "completion": highlight.completion(row), "job": sweep.job_id,
             "sweep": {"id": sweep.id, "model": sweep.model, "sae": sweep.sae_id}, "concepts": concepts,
             "scores": {k: v for k, v in (row.get("scores") or {}).items() if k not in ("concept", "concept_tokens")},
-            "tokenizer": tok is not None, "neuronpedia": neuronpedia.runs_for_generation(gen_id)}
+            "tokenizer": tok is not None, "neuronpedia": neuronpedia.runs_for_generation(gen_id),
+            "judgements": judgements.of_generation(gen_id)}
 
 
 def compare_page(a: str, b: str) -> dict:
