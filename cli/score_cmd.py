@@ -15,7 +15,7 @@ import click
 
 from saejobs.cli.complete import job_ids, sae_ids
 from saejobs.cli.output import emit, json_option
-from saejobs.cli.submit_cmd import GenerationArgs, _features, generation_options, resolve_features, submission
+from saejobs.cli.submit_cmd import GenerationArgs, _features, generation_options, named_steers, submission
 from saejobs.db.states import JobKind
 from saejobs.engine.errors import UsageError
 from saejobs.engine.job_requests import MAX_NLL_INCREASE, MAX_REFINE_ROUNDS, MAX_SEARCH_POINTS, ScoreRequest, SearchRequest
@@ -58,12 +58,16 @@ def _finite(ctx, param, value: float | None) -> float | None:
 
 
 @click.command()
-@click.option("--sae", required=True, shell_complete=sae_ids, help="SAE id (Neuronpedia id or repo/folder path).")
-@click.option("--feature", "features", multiple=True, callback=_features, required=True,
-              help="Feature index (repeat or comma-separate), a Neuronpedia feature URL, or 'label:TEXT'.")
+@click.option("--sae", shell_complete=sae_ids,
+              help="SAE id (Neuronpedia id or repo/folder path); default: the first SAE a steer names.")
+@click.option("--feature", "features", multiple=True, callback=_features,
+              help="Feature index (repeat or comma-separate), a Neuronpedia feature URL, or 'label:TEXT'; or "
+                   "SAE_ID:INDEX@STRENGTH, the terms of one steer across SAEs and layers, searched over its multiplier.")
+@click.option("--steers", "steers_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Named steers (JSON or YAML, as sweep takes them), each searched over its strength multiplier.")
 @generation_options
 @click.option("--range", "range_", default=DEFAULT_RANGE, show_default=True, callback=_range,
-              help="Strengths searched, LO:HI.")
+              help="Strengths searched, LO:HI (for named steers: their multiplier).")
 @click.option("--max-nll-increase", default=SearchRequest.max_nll_increase, show_default=True,
               type=click.FloatRange(0, MAX_NLL_INCREASE), callback=_finite,
               help="Fluency bound: NLL (nats/token) at most the DEFAULT's plus this.")
@@ -80,18 +84,17 @@ def _finite(ctx, param, value: float | None) -> float | None:
 @click.option("--holdout-prompts", "holdout_prompts", multiple=True,
               help="Held-out prompt (repeatable): choose each feature's strength on --prompt, report it on these.")
 @submission
-def search(sae, features, range_, max_nll_increase, max_repeat_increase, max_distinct2_drop, holdout_prompts,
-           points, rounds, gen: GenerationArgs):
+def search(sae, features, steers_file, range_, max_nll_increase, max_repeat_increase, max_distinct2_drop,
+           holdout_prompts, points, rounds, gen: GenerationArgs):
     """Find, per feature × prompt, the strength with the highest concept score whose text stays fluent
     (NLL of its novel tokens within --max-nll-increase of the DEFAULT's) and not degenerate (longest repeat,
     distinct-2): a coarse grid, then refinement, each round one sweep, generated as `sweep` with the same
     options would (prompts or --chat, sampling, --method, ...). With --holdout-prompts: per feature, chosen
-    on the prompts by the combined concept/fluency score and reported on the held-out prompts."""
+    on the prompts by the combined concept/fluency score and reported on the held-out prompts. Named steers
+    (SAE_ID:INDEX@STRENGTH, --steers) are searched over their strength multiplier instead."""
     from saejobs.engine import registry
 
-    if features.terms:
-        raise UsageError("search takes features of --sae, not SAE_ID:INDEX@STRENGTH steers")
-    sae, indices = resolve_features(sae, features)
+    sae, indices, steers, steer_vectors = named_steers(sae, features, steers_file)
     entry = registry.get(sae)
     prompts, chats, template = gen.texts()
     req = SearchRequest(sae=entry.id, features=tuple(indices), prompts=tuple(prompts), seeds=tuple(gen.seeds),
@@ -99,9 +102,10 @@ def search(sae, features, range_, max_nll_increase, max_repeat_increase, max_dis
                         max_repeat_increase=max_repeat_increase, max_distinct2_drop=max_distinct2_drop,
                         holdout_prompts=tuple(holdout_prompts), refine_rounds=rounds, settings=gen.settings(),
                         model=gen.model_source, dtype=gen.dtype, chats=tuple(chats), chat_template=template,
-                        batch_size=gen.batch_size)
+                        batch_size=gen.batch_size, steers=tuple(steers), steer_vectors=tuple(steer_vectors))
     gen.check_chat_template(chats, template, entry.model_hf)
     req.check_features(entry.d_sae, entry.id)
+    req.round((req.lo,)).check_steers(registry.get)
     return req, entry.id
 
 

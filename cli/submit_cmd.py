@@ -476,36 +476,13 @@ def sweep(sae, features, from_file, steers_file, vectors, strengths, combine, ge
     """Steering sweep: features × strengths × prompts (or chats) × seeds, plus DEFAULT per prompt × seed;
     named steers (several SAEs, layers and operations each) × strength multipliers × the same."""
     from saejobs.engine import registry
-    from saejobs.engine.interventions import NamedSteer, load_steers
     from saejobs.engine.request import SweepRequest, Vector
 
-    features_arg = features
-    sae, features = resolve_features(sae, features_arg)
-    terms = features_arg.terms
-    steer_vectors: list[Vector] = []
-
-    def label(path: Path) -> str:
-        steer_vectors.append(Vector.of(path))
-        return steer_vectors[-1].label
-
-    steers = load_steers(steers_file, label) if steers_file is not None else []
-    if terms:
-        steers.append(NamedSteer("command line", tuple(terms)))
     imported = click.get_current_context().meta.get("saejobs.imported")
-    if imported is not None:
-        steers += imported.steers
-        for note in imported.notes:
-            click.echo(f"note: {note}", err=True)
-    if sae is None:  # the sweep's SAE: the first a steer steers along (else the first it swaps onto)
-        its = [it for st in steers for it in st.interventions]
-        sae = next((it.direction.sae for it in its if it.direction.sae is not None), None) or next(
-            (it.target.sae for it in its if it.target is not None and it.target.sae is not None), None)
-    if sae is None:
-        raise UsageError("no SAE: give --sae ID (or steers naming SAEs: --feature SAE_ID:INDEX@STRENGTH, --steers FILE)")
+    sae, features, steers, steer_vectors = named_steers(sae, features, steers_file, imported)
     entry = registry.get(sae)
     prompts, chats, template = gen.texts(imported)
     settings = gen.settings()
-    steers = [NamedSteer(st.name, tuple(_registry_ids(it, registry) for it in st.interventions)) for st in steers]
     req = SweepRequest(sae=entry.id, features=features, vectors=tuple(Vector.of(v) for v in vectors),
                        strengths=strengths, prompts=prompts, seeds=gen.seeds, settings=settings, combine=combine,
                        model=gen.model_source, dtype=gen.dtype, batch_size=gen.batch_size, chats=chats,
@@ -514,6 +491,39 @@ def sweep(sae, features, from_file, steers_file, vectors, strengths, combine, ge
     req.check_steers(registry.get)
     gen.check_chat_template(chats, template, entry.model_hf)
     return req, entry.id
+
+
+def named_steers(sae: str | None, features: FeatureArgs, steers_file: Path | None, imported=None):
+    """(the SAE, its feature indices, the named steers, the vector files they name) from ``--sae``, ``--feature``
+    (its ``SAE_ID:INDEX@STRENGTH`` terms make one steer, "command line"), ``--steers FILE`` and a ``--from``
+    import; the SAE defaults to the first a steer steers along (else the first it swaps onto). Sweep's and
+    search's one reading of them."""
+    from saejobs.engine import registry
+    from saejobs.engine.interventions import NamedSteer, load_steers
+    from saejobs.engine.request import Vector
+
+    sae, indices = resolve_features(sae, features)
+    steer_vectors: list = []
+
+    def label(path: Path) -> str:
+        steer_vectors.append(Vector.of(path))
+        return steer_vectors[-1].label
+
+    steers = load_steers(steers_file, label) if steers_file is not None else []
+    if features.terms:
+        steers.append(NamedSteer("command line", tuple(features.terms)))
+    if imported is not None:
+        steers += imported.steers
+        for note in imported.notes:
+            click.echo(f"note: {note}", err=True)
+    if sae is None:
+        its = [it for st in steers for it in st.interventions]
+        sae = next((it.direction.sae for it in its if it.direction.sae is not None), None) or next(
+            (it.target.sae for it in its if it.target is not None and it.target.sae is not None), None)
+    if sae is None:
+        raise UsageError("no SAE: give --sae ID (or steers naming SAEs: --feature SAE_ID:INDEX@STRENGTH, --steers FILE)")
+    steers = [NamedSteer(st.name, tuple(_registry_ids(it, registry) for it in st.interventions)) for st in steers]
+    return sae, indices, steers, steer_vectors
 
 
 def _registry_ids(it, registry):

@@ -195,7 +195,15 @@ def group_index(sweep_id: int, prompt: str, seed: int, url: str | None = None) -
              .where(Generation.sweep_id == sweep_id, Generation.prompt == prompt, Generation.seed == seed)
              .order_by(Generation.id))
         return [{"id": i, "type": t, "feature": (sm or {}).get("steer") or _feature_label(fs),
-                 "strength": fs[0]["strength"] if fs else None} for i, t, fs, sm in s.execute(q)]
+                 "strength": grid_strength({"features": fs, "sampling": sm})} for i, t, fs, sm in s.execute(q)]
+
+
+def grid_strength(row: dict) -> float | None:
+    """A row's place on a grid's strength axis: a named steer's multiplier, else its first feature's strength."""
+    sampling = row.get("sampling") or {}
+    if sampling.get("steer"):
+        return float(sampling.get("strength_multiplier", 1.0))
+    return row["features"][0]["strength"] if row["features"] else None
 
 
 @retried

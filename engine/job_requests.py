@@ -24,7 +24,8 @@ from pathlib import Path
 
 from saejobs.engine import chat, search
 from saejobs.engine.errors import UsageError
-from saejobs.engine.request import DEFAULT_DTYPE, DTYPES, MAX_PROMPT_CHARS, Settings, SweepRequest
+from saejobs.engine.interventions import NamedSteer
+from saejobs.engine.request import DEFAULT_DTYPE, DTYPES, MAX_PROMPT_CHARS, Settings, SweepRequest, Vector
 from saejobs.engine.sampling import MAX_TOKENS
 
 EVAL_WINDOW = 128  # tokens per window of the bundled evaluation text (engine.verify.functional's context)
@@ -149,10 +150,12 @@ class SearchRequest:
     """``saejobs search``: per feature × prompt, the strength in ``[lo, hi]`` with the highest concept
     score whose NLL stays within ``max_nll_increase`` of the DEFAULT's (``engine.search``): a coarse grid
     of ``points`` strengths, then ``refine_rounds`` rounds, each round one sweep (``round``) that generates
-    as a sweep with the same options would: prompts or chats, sampling, steering method, batch size."""
+    as a sweep with the same options would: prompts or chats, sampling, steering method, batch size.
+    Instead of features, named steers (several SAEs, layers, operations): ``[lo, hi]`` is then the range of
+    their strength multiplier, as a sweep's strengths are for them."""
 
     sae: str
-    features: tuple[int, ...]
+    features: tuple[int, ...] = ()
     prompts: tuple[str, ...] = ()
     seeds: tuple[int, ...] = ()  # (): the sweep's default seed
     lo: float = 0.0
@@ -169,12 +172,18 @@ class SearchRequest:
     chats: tuple[chat.Conversation, ...] = ()  # instead of prompts, as a sweep's
     chat_template: str | None = None
     batch_size: int | None = None
+    steers: tuple[NamedSteer, ...] = ()  # searched over their multiplier instead of features
+    steer_vectors: tuple[Vector, ...] = ()  # the vector files the steers name
 
     def __post_init__(self) -> None:
         s = object.__setattr__
         _text("sae", self.sae)
-        if not self.features:
-            raise UsageError("no feature to search: give --feature INDEX")
+        if not self.features and not self.steers:
+            raise UsageError("no feature to search: give --feature INDEX (or steers: --feature SAE_ID:INDEX@STRENGTH, "
+                             "--steers FILE)")
+        if self.features and self.steers:
+            raise UsageError("a search takes features of --sae or named steers, not both (their strengths are on "
+                             "different scales): search them apart")
         if self.holdout_prompts and self.chats:
             raise UsageError("--holdout-prompts go with prompts; a search over --chat conversations has no held-out "
                              "conversations")
@@ -209,15 +218,16 @@ class SearchRequest:
         s(self, "chats", probe.chats)
         s(self, "seeds", probe.seeds)
 
-    def round(self, strengths, features=None, prompts=None) -> SweepRequest:
-        """One round's sweep: every feature × prompt × seed at ``strengths`` (``features``/``prompts``: a
-        subset, e.g. the held-out prompts at one feature's chosen strength)."""
+    def round(self, strengths, features=None, prompts=None, steers=None) -> SweepRequest:
+        """One round's sweep: every feature (or steer) × prompt × seed at ``strengths`` (``features``/``steers``
+        by name/``prompts``: a subset, e.g. the held-out prompts at one feature's chosen strength)."""
         own = prompts is None  # the search's own texts (else other prompts: no chats)
+        named = self.steers if steers is None else tuple(st for st in self.steers if st.name in steers)
         return SweepRequest(sae=self.sae, features=tuple(self.features if features is None else features),
                             strengths=tuple(strengths), prompts=tuple(self.prompts if own else prompts),
                             chats=self.chats if own else (), chat_template=self.chat_template if own else None,
                             seeds=tuple(self.seeds), settings=self.settings, model=self.model, dtype=self.dtype,
-                            batch_size=self.batch_size)
+                            batch_size=self.batch_size, steers=named, steer_vectors=self.steer_vectors)
 
     @property
     def rule(self) -> search.Rule:
@@ -241,16 +251,22 @@ class SearchRequest:
                 **({"max_repeat_increase": self.max_repeat_increase}
                    if self.max_repeat_increase != search.DEFAULT_MAX_REPEAT_INCREASE else {}),
                 **({"max_distinct2_drop": self.max_distinct2_drop}
-                   if self.max_distinct2_drop != search.DEFAULT_MAX_DISTINCT2_DROP else {})}
+                   if self.max_distinct2_drop != search.DEFAULT_MAX_DISTINCT2_DROP else {}),
+                **({"steers": [st.to_json() for st in self.steers],
+                    "steer_vectors": [{"path": v.path, "sha256": v.sha256} for v in self.steer_vectors]}
+                   if self.steers else {})}
 
     @classmethod
     def from_params(cls, p: dict) -> SearchRequest:
         names = {f.name for f in fields(Settings)}
         settings = Settings(**{k: v for k, v in p.items() if k in names and v is not None})
         chats = tuple(chat.conversation(c, f"conversation {i + 1}") for i, c in enumerate(p.get("chats") or ()))
+        steers = {"steers": tuple(NamedSteer.from_json(st) for st in p["steers"]),
+                  "steer_vectors": tuple(Vector(v["path"], v["sha256"]) for v in p.get("steer_vectors") or ())} \
+            if p.get("steers") else {}
         return _from_params(cls, {**{k: v for k, v in p.items() if k not in names}, "settings": settings,
                                   "chats": chats, **({"holdout_prompts": tuple(p["holdout_prompts"])}
-                                                     if p.get("holdout_prompts") else {})}, "a search")
+                                                     if p.get("holdout_prompts") else {}), **steers}, "a search")
 
 
 @dataclass(frozen=True)

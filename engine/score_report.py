@@ -7,6 +7,7 @@ Generated text is untrusted: every string goes through ``html.escape``, in text 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tempfile
 from collections import defaultdict
@@ -50,15 +51,18 @@ def write(rows: Iterable[dict], out: TextIO, title: str, max_nll_increase: float
             seen["generations"] += 1
             seen["unscored"] += not r.get("scores")
             f = r["features"]
-            one = r["type"] == "STEERED" and len(f) == 1 and "index" in f[0]
+            steer = (r.get("sampling") or {}).get("steer")
+            one = r["type"] == "STEERED" and len(f) == 1 and "index" in f[0] and not steer
             if one:
                 seen["features"].add(f[0]["index"])
                 if (r.get("labels") or [None])[0] and f[0]["index"] not in labels:
                     labels[f[0]["index"]] = r["labels"][0]
-            if r["type"] == "DEFAULT" or one:
+            if r["type"] == "DEFAULT" or one or steer:
                 text = _gen(r).encode()
-                where["default" if r["type"] == "DEFAULT" else (f[0]["index"], float(f[0]["strength"]))].append(
-                    (spool.tell(), len(text)))
+                point = "default" if r["type"] == "DEFAULT" else (
+                    (steer, float(r["sampling"].get("strength_multiplier", 1.0))) if steer
+                    else (f[0]["index"], float(f[0]["strength"])))
+                where[point].append((spool.tell(), len(text)))
                 spool.write(text)
             yield {**r, "prompt": "*"}
 
@@ -78,12 +82,13 @@ def write(rows: Iterable[dict], out: TextIO, title: str, max_nll_increase: float
                   f"has the highest concept score among strengths whose text stays fluent (NLL of its novel tokens ≤ "
                   f"DEFAULT + {max_nll_increase:g}) and not degenerate (search rule, README). Click a point for its "
                   f"generations.</p>")
-        for (feature, _), pts in sorted(curves.items()):
+        ordered = sorted(curves.items(), key=lambda kv: (search.key_order(kv[0][0]), kv[0][1]))
+        for (feature, _), pts in ordered:
             pick = (chosen or {}).get(feature)
             if pick is None:
                 c = search.choose(pts, default, search.Rule(max_nll_increase))
                 pick = c.strength if c else None
-            out.write(f"<h2>feature {feature}{_label(labels.get(feature))}</h2>")
+            out.write(f"<h2>{_name(feature)}{_label(labels.get(feature))}</h2>")
             out.write(plot(feature, pts, base.get((feature, "*")), default_nll, pick, max_nll_increase))
         if seen["unscored"]:
             out.write(f'<p class="note">{seen["unscored"]} generations have no scores (run <code>saejobs score JOB'
@@ -91,10 +96,11 @@ def write(rows: Iterable[dict], out: TextIO, title: str, max_nll_increase: float
         out.write('<h2>Generations</h2><section class="point" id="default"><h3>DEFAULT (unsteered)</h3>')
         out.writelines(spooled("default"))
         out.write("</section>")
-        for (feature, _), pts in sorted(curves.items()):
+        for (feature, _), pts in ordered:
             for p in pts:
-                out.write(f'<section class="point" id="{anchor(feature, p.strength)}"><h3>feature {feature}'
-                          f"{_label(labels.get(feature))} at strength {p.strength:g}</h3>")
+                at = "multiplier" if isinstance(feature, str) else "strength"
+                out.write(f'<section class="point" id="{anchor(feature, p.strength)}"><h3>{_name(feature)}'
+                          f"{_label(labels.get(feature))} at {at} {p.strength:g}</h3>")
                 out.writelines(spooled((feature, p.strength)))
                 out.write("</section>")
         out.write("</body></html>")
@@ -106,11 +112,19 @@ def _label(label: str | None) -> str:
     return f' <span class="label">— {escape(label)}</span>' if label else ""
 
 
-def anchor(feature: int, strength: float) -> str:
+def _name(key: int | str) -> str:
+    """A curve's heading: a feature by index, a named steer by its (untrusted, escaped) name."""
+    return f"steer {escape(key)}" if isinstance(key, str) else f"feature {key}"
+
+
+def anchor(feature: int | str, strength: float) -> str:
+    """A point's id: ``f7-s50`` for a feature; a named steer's from a digest of its name (any text)."""
+    if isinstance(feature, str):
+        feature = "steer" + hashlib.sha1(feature.encode()).hexdigest()[:10]
     return f"f{feature}-s{strength:g}".replace(".", "_").replace("-", "m").replace("fm", "f-", 1)
 
 
-def plot(feature: int, pts: list[search.Point], base_concept: float | None, base_nll: float | None,
+def plot(feature: int | str, pts: list[search.Point], base_concept: float | None, base_nll: float | None,
           pick: float | None, max_nll_increase: float) -> str:
     xs = [p.strength for p in pts]
     x0, x1 = min(xs), max(xs)
@@ -130,8 +144,8 @@ def plot(feature: int, pts: list[search.Point], base_concept: float | None, base
     def yn(v: float) -> float:
         return H - PAD - (v - n0) / (n1 - n0) * (H - 2 * PAD)
 
-    out = [f'<svg class="plot" data-feature="{feature}" xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
-           f'role="img" aria-label="feature {feature}: concept and NLL against strength">',
+    out = [f'<svg class="plot" data-feature="{escape(str(feature))}" xmlns="http://www.w3.org/2000/svg" width="{W}" '
+           f'height="{H}" role="img" aria-label="{_name(feature)}: concept and NLL against strength">',
            f'<line x1="{PAD}" y1="{H - PAD}" x2="{W - PAD}" y2="{H - PAD}" stroke="#444"/>',
            f'<line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{H - PAD}" stroke="{CONCEPT}"/>',
            f'<line x1="{W - PAD}" y1="{PAD}" x2="{W - PAD}" y2="{H - PAD}" stroke="{NLL}"/>',

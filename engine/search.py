@@ -115,37 +115,56 @@ def refine(best: list[float], step: float, lo: float, hi: float, done: set[float
     return sorted(out)
 
 
-def curves(rows) -> tuple[dict[tuple[int, str], list[Point]], dict[tuple[int, str], object]]:
+def curves(rows) -> tuple[dict[tuple[int | str, str], list[Point]], dict[tuple[int | str, str], object]]:
     """From scored rows (``generation_rows`` dicts): per (feature, prompt) the curve, sorted by strength;
     and per (feature, prompt) the DEFAULT's concept score for that feature (its baseline), and per
-    (-1, prompt) the DEFAULT's ``Baseline``. Rows steering several features at once, named steers' rows
-    and rows without scores are left out."""
-    acc: dict[tuple[int, str, float], list[dict]] = defaultdict(list)
+    (-1, prompt) the DEFAULT's ``Baseline``. A named steer's rows make the curve of (its name, prompt), over
+    its strength multiplier, their concept the mean over the steer's concept features (its baseline: the
+    DEFAULT's mean over those it was scored on). Rows steering several features at once without a name,
+    vectors and rows without scores are left out."""
+    acc: dict[tuple[int | str, str, float], list[dict]] = defaultdict(list)
     base: dict[tuple[int, str], list] = defaultdict(list)
+    defaults: dict[str, list[dict]] = defaultdict(list)  # per prompt, the DEFAULT's concept mapping per row
+    steer_keys: dict[tuple[str, str], set[str]] = defaultdict(set)
     for r in rows:
         sc = r.get("scores")
         if not sc:
             continue
+        steer = (r.get("sampling") or {}).get("steer")
         if r["type"] == "DEFAULT":
             base[(-1, r["prompt"])].append(sc)
+            defaults[r["prompt"]].append(sc.get("concept") or {})
             for f, c in (sc.get("concept") or {}).items():
-                base[(int(f), r["prompt"])].append(c["mean"])
-        elif len(r["features"]) == 1 and "index" in r["features"][0] and not (r.get("sampling") or {}).get("steer"):
+                if f.isdigit():
+                    base[(int(f), r["prompt"])].append(c["mean"])
+        elif steer:
+            acc[(steer, r["prompt"], float(r["sampling"].get("strength_multiplier", 1.0)))].append(sc)
+            steer_keys[(steer, r["prompt"])] |= set(sc.get("concept") or {})
+        elif len(r["features"]) == 1 and "index" in r["features"][0]:
             f = r["features"][0]
             acc[(int(f["index"]), r["prompt"], float(f["strength"]))].append(sc)
-    out: dict[tuple[int, str], list[Point]] = defaultdict(list)
-    for (f, prompt, s), scs in sorted(acc.items()):
-        out[(f, prompt)].append(Point(s, _mean([c["concept_mean"] for c in scs]), _field(scs, "nll"), len(scs),
+    out: dict[tuple[int | str, str], list[Point]] = defaultdict(list)
+    for (f, prompt, s), scs in sorted(acc.items(), key=lambda kv: (key_order(kv[0][0]), kv[0][1:])):
+        out[(f, prompt)].append(Point(s, _mean([c["concept_mean"] or 0.0 for c in scs]), _field(scs, "nll"), len(scs),
                                       _field(scs, "nll_novel"), _field(scs, "distinct_2"),
                                       _field(scs, "longest_repeat"), _field(scs, "concept_fire_rate")))
-    baselines: dict[tuple[int, str], object] = {}
+    baselines: dict[tuple[int | str, str], object] = {}
     for k, vs in base.items():
         if k[0] == -1:
             baselines[k] = Baseline(_field(vs, "nll"), _field(vs, "nll_novel"), _field(vs, "distinct_2"),
                                     _field(vs, "longest_repeat"))
         else:
             baselines[k] = _mean(vs)
+    for (name, prompt), keys in steer_keys.items():
+        seen = [c[k]["mean"] for c in defaults[prompt] for k in keys if k in c]
+        if seen:
+            baselines[(name, prompt)] = _mean(seen)
     return dict(out), baselines
+
+
+def key_order(key: int | str) -> tuple:
+    """Features (by index) before named steers (by name): one order for curves keyed by either."""
+    return (0, key, "") if isinstance(key, int) else (1, 0, key)
 
 
 def _field(scores: list[dict], name: str) -> float | None:

@@ -55,13 +55,13 @@ def run(ctx) -> dict:
     curves, base = search.curves(rows)
     out = {"sae": req.sae, "rounds": round_jobs, "max_nll_increase": rule.max_nll_increase,
            "max_repeat_increase": rule.max_repeat_increase, "max_distinct2_drop": rule.max_distinct2_drop,
-           "range": [lo, hi], "curves": [{"feature": f, "prompt": pr, "points": [
+           "range": [lo, hi], "curves": [{**_who(f), "prompt": pr, "points": [
                {**vars(pt), "admissible": rule.admissible(pt, base.get((-1, pr))),
-                "combined": rule.combined(pt, base.get((-1, pr)))} for pt in pts]} for (f, pr), pts in sorted(curves.items())]}
+                "combined": rule.combined(pt, base.get((-1, pr)))} for pt in pts]} for (f, pr), pts in _ordered(curves)]}
     if holdout:
         out.update(_held_out(ctx, req, curves, base, share))
     else:
-        out["chosen"] = [_chosen(rows, f, pr, pts, base, rule) for (f, pr), pts in sorted(curves.items())]
+        out["chosen"] = [_chosen(rows, f, pr, pts, base, rule) for (f, pr), pts in _ordered(curves)]
     ctx.progress(1.0, "; ".join(_summary(c) for c in out["chosen"]), force=True)
     return out
 
@@ -76,19 +76,31 @@ def _shards(ctx, sweep) -> list[dict] | None:
     return shard_plan(sweep)
 
 
-def _per_feature(curves, base, rule) -> dict[int, tuple[float, float] | None]:
-    """Per feature, (strength, mean combined score) over the training prompts (``search.choose_across``)."""
-    by_feature: dict[int, dict[str, list]] = defaultdict(dict)
+def _ordered(curves) -> list:
+    """Curves by feature index, then named steers by name, then prompt."""
+    return sorted(curves.items(), key=lambda kv: (search.key_order(kv[0][0]), kv[0][1]))
+
+
+def _who(key: int | str) -> dict:
+    """What a curve or a choice is of: ``feature`` its key (an index, or a named steer's name); a named steer's
+    also carry ``steer`` (its name), so a reader tells the two apart without guessing from the type."""
+    return {"feature": key, "steer": key} if isinstance(key, str) else {"feature": key}
+
+
+def _per_feature(curves, base, rule) -> dict[int | str, tuple[float, float] | None]:
+    """Per feature (or named steer), (strength, mean combined score) over the training prompts
+    (``search.choose_across``)."""
+    by_feature: dict[int | str, dict[str, list]] = defaultdict(dict)
     for (f, pr), pts in curves.items():
         by_feature[f][pr] = pts
     return {f: search.choose_across(per_prompt, {pr: base.get((-1, pr)) for pr in per_prompt}, rule)
-            for f, per_prompt in sorted(by_feature.items())}
+            for f, per_prompt in sorted(by_feature.items(), key=lambda kv: search.key_order(kv[0]))}
 
 
 def _chosen(rows, feature, prompt, pts, base, rule) -> dict:
     b = base.get((-1, prompt))
     c = search.choose(pts, b, rule)
-    return {"feature": feature, "prompt": prompt, "strength": c.strength if c else None,
+    return {**_who(feature), "prompt": prompt, "strength": c.strength if c else None,
             "concept": c.concept if c else None, "nll": c.nll if c else None,
             "nll_novel": c.nll_novel if c else None, "combined": rule.combined(c, b) if c else None,
             "default_nll": b.nll if b else None, "default_nll_novel": b.nll_novel if b else None,
@@ -101,14 +113,15 @@ def _held_out(ctx, req: SearchRequest, curves, base, share: float) -> dict:
     """Each feature's strength chosen on the training prompts, then run and scored on the held-out ones."""
     rule = req.rule
     picks = _per_feature(curves, base, rule)
-    by_strength: dict[float, list[int]] = defaultdict(list)
+    by_strength: dict[float, list[int | str]] = defaultdict(list)
     for f, pick in picks.items():
         if pick:
             by_strength[pick[0]].append(f)
     rows: list[dict] = []
     jobs = []
     for n, (strength, features) in enumerate(sorted(by_strength.items())):
-        sweep = req.round([strength], features=features, prompts=req.holdout_prompts)
+        sweep = req.round([strength], features=[f for f in features if isinstance(f, int)], prompts=req.holdout_prompts,
+                          steers=[f for f in features if isinstance(f, str)])
         jobs.append(ctx.run_child(JobKind.SWEEP, sweep.to_params(), key=f"holdout-{strength:g}", sae_id=sweep.sae,
                                   span=(share + (1 - share) * n / len(by_strength),
                                         share + (1 - share) * (n + 1) / len(by_strength)),
@@ -117,7 +130,7 @@ def _held_out(ctx, req: SearchRequest, curves, base, share: float) -> dict:
     held, held_base = search.curves(rows)
     chosen = []
     for f, pick in picks.items():
-        entry = {"feature": f, "prompt": None, "strength": pick[0] if pick else None,
+        entry = {**_who(f), "prompt": None, "strength": pick[0] if pick else None,
                  "train_combined": pick[1] if pick else None, "held_out": []}
         for pr in req.holdout_prompts:
             b = held_base.get((-1, pr))
@@ -136,8 +149,14 @@ def _held_out(ctx, req: SearchRequest, curves, base, share: float) -> dict:
 
 
 def _output(rows, feature, prompt, strength) -> str | None:
-    return next((r["output"] for r in rows if r["type"] == "STEERED" and r["prompt"] == prompt
-                 and r["features"][0]["index"] == feature and r["features"][0]["strength"] == strength), None)
+    """The first generation of a curve's point: a feature's row at that strength, or a named steer's at that
+    multiplier."""
+    def at(r) -> bool:
+        steer = (r.get("sampling") or {}).get("steer")
+        if isinstance(feature, str):
+            return steer == feature and r["sampling"].get("strength_multiplier", 1.0) == strength
+        return not steer and r["features"][0].get("index") == feature and r["features"][0]["strength"] == strength
+    return next((r["output"] for r in rows if r["type"] == "STEERED" and r["prompt"] == prompt and at(r)), None)
 
 
 def _mean(values):
@@ -147,9 +166,10 @@ def _mean(values):
 
 def _summary(c: dict) -> str:
     where = f" on {c['prompt'][:24]!r}" if c.get("prompt") else " (held-out prompts)"
+    what = f"steer '{c['steer']}'" if c.get("steer") else f"feature {c['feature']}"
     if c["strength"] is None:
-        return f"feature {c['feature']}{where}: no admissible strength"
+        return f"{what}{where}: no admissible strength"
     extra = f"concept {c['concept']:.3g}" if c.get("concept") is not None else "concept -"
     if c.get("combined") is not None:
         extra += f", combined {c['combined']:.3f}"
-    return f"feature {c['feature']}{where}: strength {c['strength']:g} ({extra})"
+    return f"{what}{where}: {'multiplier' if c.get('steer') else 'strength'} {c['strength']:g} ({extra})"

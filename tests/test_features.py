@@ -269,10 +269,11 @@ def test_bad_input_is_one_line_with_its_exit_code(home, args, code, says):  # no
     assert jobs.listing() == []  # nothing queued
 
 
-def test_search_takes_a_feature_url_or_label_but_no_steer(home):  # noqa: F811
+def test_search_takes_a_feature_url_or_label_and_steers_only_apart(home):  # noqa: F811
     s = make(home, d_model=64, d_sae=256, layer=1)
-    line = one_clean_line(saejobs("search", "--sae", s.id, "--feature", f"{s.id}:3@4", "--prompt", "p"), 2)
-    assert "search takes features of --sae, not SAE_ID:INDEX@STRENGTH steers" in line
+    line = one_clean_line(saejobs("search", "--sae", s.id, "--feature", "3", "--feature", f"{s.id}:3@4",
+                                  "--prompt", "p"), 2)
+    assert "a search takes features of --sae or named steers, not both" in line
     line = one_clean_line(saejobs("search", "--feature", "https://www.neuronpedia.org/gemma-2-2b/20-gemmascope-res-16k/7",
                                   "--sae", s.id, "--prompt", "p"), 2)
     assert f"names feature 7 of gemma-2-2b/20-gemmascope-res-16k, not of --sae {s.id}" in line

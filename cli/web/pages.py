@@ -65,8 +65,8 @@ def sweep_page(ref: str, group: int = 0, cols: int = 0) -> dict:
     rows = results.rows_by_id(sweep.id, list(wanted.values()))
     default = next((r for r in rows if r["type"] == "DEFAULT"), None)
     steered = [r for r in rows if r["type"] == "STEERED"]
-    strengths = sorted({r["strengths"][0] for r in steered})
-    cell = {(r["feature"], r["strengths"][0]): r for r in steered}
+    strengths = sorted({results.grid_strength(r) for r in steered})
+    cell = {(r["feature"], results.grid_strength(r)): r for r in steered}
     tok = highlight.tokenizer((sweep.provenance or {}).get("model_source") or sweep.model)
     keys = {f: _concept_key(next(r for r in steered if r["feature"] == f), sweep.sae_id) for f in shown}
     top = {f: max([a for r in rows for a in ((r.get("scores") or {}).get("concept_tokens") or {}).get(keys[f]) or []]
@@ -78,11 +78,12 @@ def sweep_page(ref: str, group: int = 0, cols: int = 0) -> dict:
                                        for f in shown]} for st in strengths]
     plots = []
     for f in shown:
-        pts = curves.get((int(f), prompt)) if f.isdigit() else None
+        key = int(f) if f.isdigit() else f  # a feature's index, or a named steer's name
+        pts = curves.get((key, prompt))
         if pts:
             pick = search.choose(pts, baseline)
             plots.append({"feature": f, "label": labels.get(f), "chosen": pick.strength if pick else None,
-                          "svg": score_report.plot(int(f), pts, base.get((int(f), prompt)),
+                          "svg": score_report.plot(key, pts, base.get((key, prompt)),
                                                    baseline.nll if baseline else None, pick.strength if pick else None,
                                                    search.DEFAULT_MAX_NLL_INCREASE)})
     first = next((k for k in keys.values() if k is not None), None)
@@ -110,11 +111,13 @@ def _cell(row: dict | None, tok, key: str | None, top: float | None, baseline, s
     concept = (sc.get("concept") or {}).get(key) if key else None
     verdict = None
     if sc and row["type"] == "STEERED" and baseline is not None:
-        p = search.Point(row["strengths"][0], sc.get("concept_mean") or 0.0, sc.get("nll"), 1, sc.get("nll_novel"),
+        p = search.Point(results.grid_strength(row), sc.get("concept_mean") or 0.0, sc.get("nll"), 1, sc.get("nll_novel"),
                          sc.get("distinct_2"), sc.get("longest_repeat"), sc.get("concept_fire_rate"))
         verdict = search.Rule().admissible(p, baseline)
-    one = row["type"] == "STEERED" and key is not None and key.isdigit()  # a curve's point links to this cell
-    return {"id": row["id"], "anchor": score_report.anchor(int(key), row["strengths"][0]) if one else f"g{row['id']}",
+    steer = (row.get("sampling") or {}).get("steer")
+    point = steer if steer else int(key) if row["type"] == "STEERED" and key is not None and key.isdigit() else None
+    return {"id": row["id"], "anchor": f"g{row['id']}" if point is None  # a curve's point links to its cell
+            else score_report.anchor(point, results.grid_strength(row)),
             "text": highlight.completion(row),
             "tokens": highlight.tokens(tok, row, key, top), "feature_key": shown_key or key,
             "concept": concept, "nll": sc.get("nll"), "nll_novel": sc.get("nll_novel"),
