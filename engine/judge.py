@@ -2,7 +2,7 @@
 by harmonic mean (0 when any is 0), as AxBench combines its concept, instruction and fluency scores.
 
 The prompts are saejobs' own, versioned (``PROMPTS``): ratings are stored with the version that asked for them,
-so ratings from different wordings are never mixed (a new wording is a new version; add it beside the old one).
+so ratings from different wordings are never mixed (changing a word of ``TEMPLATES`` means a new ``PROMPTS``).
 Each prompt asks for a short explanation, then the rating as ``Rating: [[N]]`` (AxBench's reply format); the last
 such line of the reply counts, and a reply without one is stored unrated. Torch-free; no network here
 (``tasks.judge`` sends the requests).

@@ -121,8 +121,9 @@ def _local_folder(source: str) -> Path | None:
     return None
 
 
-def load_tokenizer(source: str):
-    """Only the tokenizer of a model source (a report need not load the weights)."""
+def load_tokenizer(source: str, local_only: bool = False):
+    """Only the tokenizer of a model source (a report need not load the weights); ``local_only``: from this
+    host's files and cache alone, never the network (what a web page may wait on)."""
     from transformers import AutoTokenizer
 
     where: str | Path = source
@@ -135,7 +136,7 @@ def load_tokenizer(source: str):
     elif Path(source).suffix == ".gguf":
         return load_model(source).tokenizer
     try:
-        return AutoTokenizer.from_pretrained(where)
+        return AutoTokenizer.from_pretrained(where, local_files_only=local_only)
     except (OSError, ValueError) as e:
         raise NotFoundError(f"cannot load the tokenizer of '{source}': {_first_line(e)}") from None
 

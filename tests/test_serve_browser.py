@@ -173,6 +173,10 @@ def test_the_pages_in_a_browser(home, tiny_gemma2_dir, browser, tmp_path):  # no
         assert refused.value.code == 403 and jobs.get(b).state == "succeeded"
         page.goto(f"{url}generations/999999")
         assert page.inner_text("#error") == "no generation 999999"
+        rebound = urllib.request.Request(url, headers={"Host": f"evil.example:{info['port']}"})  # DNS rebinding
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(rebound, timeout=10)
+        assert refused.value.code == 400
     finally:
         stop(proc)
 

@@ -47,6 +47,10 @@ class Guard(BaseHTTPMiddleware):
         self.token = token
 
     async def dispatch(self, request: Request, call_next):
+        if self.token is None and not loopback(request.url.hostname or ""):
+            # no token: only pages asked for by this machine's name, so a page elsewhere cannot rebind its DNS name to
+            # 127.0.0.1 and read these pages (or their form token) as its own origin
+            return _headed(PlainTextResponse("saejobs serve: unexpected Host header", status_code=400))
         if self.token is not None:
             given = request.query_params.get("token")
             if given is not None and hmac.compare_digest(given, self.token):  # once: a cookie from now on

@@ -26,7 +26,7 @@ def tokenizer(source: str):
     from saejobs.engine.models import load_tokenizer
 
     try:
-        return load_tokenizer(source)
+        return load_tokenizer(source, local_only=True)
     except (SaejobsError, OSError, ValueError):
         return None
 

@@ -28,7 +28,7 @@ def job_list() -> dict:
 
 def job_page(ref: str) -> dict:
     job = jobs.get(ref)
-    out = {"job": job_dict(job), "events": [jobs.as_dict(job, jobs.events(job.id, limit=20))["events"]][0],
+    out = {"job": job_dict(job), "events": jobs.as_dict(job, jobs.events(job.id, limit=20))["events"],
            "sweep": None, "rounds": [], "sweeps": []}
     if job.kind == JobKind.SWEEP:
         sweep = results.sweep_for_job(job.id)
@@ -51,6 +51,8 @@ def sweep_page(ref: str, group: int = 0, cols: int = 0) -> dict:
     if sweep is None:
         raise NotFoundError(f"sweep {job.id[:8]} has stored no generations yet")
     groups = results.input_groups(sweep.id)
+    if not groups:
+        raise NotFoundError(f"sweep {job.id[:8]} has stored no generations yet")
     group = min(max(group, 0), len(groups) - 1)
     prompt, seed = groups[group]
     index = results.group_index(sweep.id, prompt, seed)
@@ -109,11 +111,18 @@ def _cell(row: dict | None, tok, key: str | None, top: float | None, baseline, s
         return None
     sc = row.get("scores") or {}
     concept = (sc.get("concept") or {}).get(key) if key else None
-    verdict = None
+    verdict, tone = None, {}
     if sc and row["type"] == "STEERED" and baseline is not None:
+        rule = search.Rule()
         p = search.Point(results.grid_strength(row), sc.get("concept_mean") or 0.0, sc.get("nll"), 1, sc.get("nll_novel"),
                          sc.get("distinct_2"), sc.get("longest_repeat"), sc.get("concept_fire_rate"))
-        verdict = search.Rule().admissible(p, baseline)
+        verdict = rule.admissible(p, baseline)
+        excess = rule.excess_nll(p, baseline)  # each score's colour: within, near or past the rule's bound
+        tone["nll"] = _tone(excess, rule.max_nll_increase)
+        if p.longest_repeat is not None and baseline.longest_repeat is not None:
+            tone["repeat"] = _tone(p.longest_repeat - baseline.longest_repeat, rule.max_repeat_increase)
+        if p.distinct_2 is not None and baseline.distinct_2 is not None:
+            tone["distinct"] = _tone(baseline.distinct_2 - p.distinct_2, rule.max_distinct2_drop)
     steer = (row.get("sampling") or {}).get("steer")
     point = steer if steer else int(key) if row["type"] == "STEERED" and key is not None and key.isdigit() else None
     return {"id": row["id"], "anchor": f"g{row['id']}" if point is None  # a curve's point links to its cell
@@ -122,7 +131,14 @@ def _cell(row: dict | None, tok, key: str | None, top: float | None, baseline, s
             "tokens": highlight.tokens(tok, row, key, top), "feature_key": shown_key or key,
             "concept": concept, "nll": sc.get("nll"), "nll_novel": sc.get("nll_novel"),
             "distinct_2": sc.get("distinct_2"), "longest_repeat": sc.get("longest_repeat"),
-            "admissible": verdict, "scored": bool(sc)}
+            "admissible": verdict, "scored": bool(sc), "tone": tone}
+
+
+def _tone(excess: float | None, bound: float) -> str:
+    """How a score stands against its bound in the search rule: "good" (within half of it), "near", "bad" (past it)."""
+    if excess is None:
+        return ""
+    return "bad" if excess > bound else "near" if excess > bound / 2 else "good"
 
 
 def generation_page(gen_id: int) -> dict:
