@@ -163,12 +163,13 @@ def plot(feature: int | str, pts: list[search.Point], base_concept: float | None
                    f'stroke="{NLL}" stroke-dasharray="4 4"><title>DEFAULT NLL {base_nll:.3f}</title></line>')
     if bound is not None:
         out.append(f'<line class="bound" x1="{PAD}" x2="{W - PAD}" y1="{yn(bound):.1f}" y2="{yn(bound):.1f}" '
-                   f'stroke="{NLL}" stroke-dasharray="1 3"/><text x="{W - PAD - 4}" y="{yn(bound) - 4:.1f}" '
-                   f'fill="{NLL}" text-anchor="end">NLL bound {bound:.2f}</text>')
+                   f'stroke="{NLL}" stroke-dasharray="1 3"/><text x="{W / 2}" y="{yn(bound) + 14:.1f}" '
+                   f'fill="{NLL}" text-anchor="middle">NLL bound {bound:.2f}</text>')  # below its line: clear of the axes' labels
     if pick is not None:
         out.append(f'<line class="chosen" x1="{x(pick):.1f}" x2="{x(pick):.1f}" y1="{PAD}" y2="{H - PAD}" '
-                   f'stroke="#2ca02c" stroke-width="2"/><text x="{x(pick) + 4:.1f}" y="{PAD + 12}" fill="#2ca02c">'
-                   f'chosen {pick:g}</text>')
+                   f'stroke="#2ca02c" stroke-width="2"/><text x="{x(pick) + (4 if x(pick) < W / 2 else -4):.1f}" '
+                   f'y="{PAD + 12}" fill="#2ca02c" text-anchor="{"start" if x(pick) < W / 2 else "end"}">'
+                   f'chosen {pick:g}</text>')  # inside the plot on either side
     for colour, ys in ((CONCEPT, [yc(p.concept) for p in pts]), (NLL, [yn(p.nll) if p.nll is not None else None
                                                                        for p in pts])):
         line = [(x(p.strength), y) for p, y in zip(pts, ys) if y is not None]
