@@ -21,7 +21,8 @@ in the dtype the reference computes it in:
 
 Element-wise steps and the softmax run batched (they are per-row computations whatever the batch);
 reductions whose order could depend on the batch shape (TransformerLens' ``logsumexp``, the top-p
-sort and sum) run per row on a tensor shaped as the reference's. The draw is ``torch.multinomial``'s
+sort and sum) run batched where, checked once per device, dtype and shape, that rounds (and sorts ties) as
+the row alone does, else per row on a tensor shaped as the reference's. The draw is ``torch.multinomial``'s
 own algorithm for one sample (``argmax(probs / q)``, ``q ~ Exp(1)`` drawn from the row's generator in
 a tensor shaped as the reference's), checked once per device and dtype against ``torch.multinomial``
 itself; where they differ, each row calls ``torch.multinomial``.
@@ -190,8 +191,7 @@ class TokenSampler:
         if self.counts is not None:
             x = (x - s.freq_penalty * self.counts).to(x.dtype)
         x = x.to(torch.float32)
-        lse = torch.cat([x[b:b + 1].logsumexp(dim=-1, keepdim=True) for b in range(x.shape[0])])
-        probs = torch.softmax(x - lse, dim=-1)
+        probs = torch.softmax(x - _logsumexp(x), dim=-1)
         return draw(probs, self.gens, as_2d=True)
 
     def _interp_engine(self, logits: torch.Tensor) -> torch.Tensor:
@@ -208,14 +208,73 @@ class TokenSampler:
         probs = torch.softmax(x, dim=-1)
         if not (s.top_p and s.top_p < 1.0):
             return draw(probs, self.gens, as_2d=False)
-        picks = []
-        for b in range(probs.shape[0]):  # sort, cumsum and sum on the row alone, as interp-engine runs them
-            sorted_probs, sorted_idx = torch.sort(probs[b], descending=True)
-            cum = torch.cumsum(sorted_probs, dim=-1)
-            sorted_probs[cum - sorted_probs > s.top_p] = 0.0
-            sorted_probs = sorted_probs / sorted_probs.sum()
-            picks.append(sorted_idx[draw(sorted_probs[None], self.gens[b:b + 1], as_2d=False)])
-        return torch.cat(picks)
+        sorted_probs, sorted_idx = _nucleus(probs, s.top_p)
+        return sorted_idx.gather(-1, draw(sorted_probs, self.gens, as_2d=False)[:, None])[:, 0]
+
+
+def _logsumexp(x: torch.Tensor) -> torch.Tensor:
+    """Each row's logsumexp (B, 1) as TransformerLens computes it on that row alone ([1, V]): one batched
+    reduction where it rounds as the row alone does on this device, dtype and shape (checked once each), else
+    row by row."""
+    if _batch_rounds_as_rows("logsumexp", x):
+        return x.logsumexp(dim=-1, keepdim=True)
+    return _logsumexp_rows(x)
+
+
+def _logsumexp_rows(x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x[b:b + 1].logsumexp(dim=-1, keepdim=True) for b in range(x.shape[0])])
+
+
+def _nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """interp-engine's top-p on each row ([V] alone: sort descending, cumsum, zero what lies past ``top_p``,
+    renormalise): the sorted, renormalised probabilities and their token ids, (B, V) each; batched where that
+    gives the row-alone result bit for bit on this device, dtype and shape (ties sorted alike too), else row by row."""
+    if _batch_rounds_as_rows("top_p", probs):
+        return _nucleus_batched(probs, top_p)
+    return _nucleus_rows(probs, top_p)
+
+
+def _nucleus_batched(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    sorted_probs, sorted_idx = torch.sort(probs, dim=-1, descending=True)
+    cum = torch.cumsum(sorted_probs, dim=-1)
+    sorted_probs = sorted_probs.masked_fill(cum - sorted_probs > top_p, 0.0)
+    return sorted_probs / sorted_probs.sum(dim=-1, keepdim=True), sorted_idx
+
+
+def _nucleus_rows(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    out_p, out_i = [], []
+    for b in range(probs.shape[0]):  # sort, cumsum and sum on the row alone, as interp-engine runs them
+        sorted_probs, sorted_idx = torch.sort(probs[b], descending=True)
+        cum = torch.cumsum(sorted_probs, dim=-1)
+        sorted_probs[cum - sorted_probs > top_p] = 0.0
+        out_p.append(sorted_probs / sorted_probs.sum())
+        out_i.append(sorted_idx)
+    return torch.stack(out_p), torch.stack(out_i)
+
+
+_BATCHED: dict[tuple, bool] = {}
+
+
+def _batch_rounds_as_rows(op: str, like: torch.Tensor) -> bool:
+    """Whether the batched ``op`` equals the row-by-row one bit for bit for tensors shaped, typed and placed as
+    ``like``: checked once per (op, device, dtype, shape) on random rows rich in ties (a reduction's order, and
+    a sort's order among equal values, may depend on the shape), so a kernel that rounds otherwise costs speed,
+    not exactness."""
+    key = (op, str(like.device), like.dtype, tuple(like.shape))
+    if key not in _BATCHED:
+        g = torch.Generator().manual_seed(0)
+        x = (torch.randn(like.shape, generator=g) * 4).round(decimals=1)  # many equal values
+        if op == "logsumexp":
+            x = x.to(device=like.device, dtype=like.dtype)
+            ok = torch.equal(x.logsumexp(dim=-1, keepdim=True), _logsumexp_rows(x))
+        else:
+            probs = torch.softmax(x, dim=-1).to(device=like.device, dtype=like.dtype)
+            ok = True
+            for top_p in (0.3, 0.9):
+                batched, rows = _nucleus_batched(probs, top_p), _nucleus_rows(probs, top_p)
+                ok &= torch.equal(batched[0], rows[0]) and torch.equal(batched[1], rows[1])
+        _BATCHED[key] = bool(ok)
+    return _BATCHED[key]
 
 
 def draw(probs: torch.Tensor, gens: list[torch.Generator], *, as_2d: bool) -> torch.Tensor:
