@@ -97,6 +97,21 @@ def sweep_for_job(job_id: str, url: str | None = None) -> Sweep | None:
         return sweep_of(s, job_id)
 
 
+def named_sweep(ref: str, takes: str, url: str | None = None) -> tuple[Job, Sweep]:
+    """The sweep job ``ref`` names (a shard's id, or a prefix, names its sweep) and its sweep row. A job of another
+    kind is refused in one line ending with ``takes`` (what the command takes), a sweep that stored nothing yet too."""
+    from saejobs.engine.errors import NotFoundError, UsageError
+
+    job = jobs.get(ref, url=url)
+    job = jobs.get(job.parent_id, url=url) if job.parent_id else job
+    if job.kind != JobKind.SWEEP:
+        raise UsageError(f"job {job.id[:8]} is a {job.kind} job; {takes}")
+    sweep = sweep_for_job(job.id, url=url)
+    if sweep is None:
+        raise NotFoundError(f"sweep {job.id[:8]} has stored no generations yet")
+    return job, sweep
+
+
 def sweep_of(s, job_id: str) -> Sweep | None:
     """The sweep a job wrote: its own, or for a shard its sweep's."""
     return s.scalar(select(Sweep).where(Sweep.job_id == job_id)) or s.scalar(

@@ -4,25 +4,14 @@ dtype, the sampling, the code that ran them. Read here from the database; nothin
 
 from __future__ import annotations
 
-from saejobs.db import jobs, results
-from saejobs.db.states import JobKind
+from saejobs.db import results
 from saejobs.engine import compare
-from saejobs.engine.errors import NotFoundError, UsageError
+from saejobs.engine.errors import UsageError
 
 
 def sweeps(job_a: str, job_b: str) -> dict:
     """Per configuration both sweeps ran: token agreement and score deltas (B − A); what only one ran."""
-    found = []
-    for ref in (job_a, job_b):
-        job = jobs.get(ref)
-        job = jobs.get(job.parent_id) if job.parent_id else job  # a shard names its sweep
-        if job.kind != JobKind.SWEEP:
-            raise UsageError(f"job {job.id[:8]} is a {job.kind} job; compare takes two sweeps")
-        sweep = results.sweep_for_job(job.id)
-        if sweep is None:
-            raise NotFoundError(f"sweep {job.id[:8]} has stored no generations yet")
-        found.append((job, sweep))
-    (ja, sa), (jb, sb) = found
+    (ja, sa), (jb, sb) = (results.named_sweep(ref, "compare takes two sweeps") for ref in (job_a, job_b))
     if ja.id == jb.id:
         raise UsageError(f"both sides are sweep {ja.id[:8]}; compare takes two different sweeps")
     rows_a, rows_b = results.generation_rows(ja.id), results.generation_rows(jb.id)

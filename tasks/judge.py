@@ -16,10 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
-from saejobs.db import judgements, jobs, results
-from saejobs.db.states import JobKind
+from saejobs.db import judgements, results
 from saejobs.engine import judge as rules
-from saejobs.engine.errors import NotFoundError, TransientError, UsageError
+from saejobs.engine.errors import TransientError, UsageError
 from saejobs.tasks.neuronpedia import _loopback
 
 BATCH = 16  # rows rated, then stored in one transaction
@@ -36,13 +35,7 @@ def endpoint_url(base: str) -> str:
 
 def run(ref: str, base: str, model: str, *, concepts: dict[int, str] | None = None, key_env: str = "OPENAI_API_KEY",
         concurrency: int = 4, timeout: float = 120, progress: Callable[[int, int], None] = lambda n, total: None) -> dict:
-    job = jobs.get(ref)
-    job = jobs.get(job.parent_id) if job.parent_id else job
-    if job.kind != JobKind.SWEEP:
-        raise UsageError(f"job {job.id[:8]} is a {job.kind} job; judge rates a sweep's generations")
-    sweep = results.sweep_for_job(job.id)
-    if sweep is None:
-        raise NotFoundError(f"sweep {job.id[:8]} has stored no generations yet")
+    job, sweep = results.named_sweep(ref, "judge rates a sweep's generations")
     url = endpoint_url(base)
     key = os.environ.get(key_env) or None
     if key is not None:

@@ -43,13 +43,7 @@ def sweep_page(ref: str, group: int = 0, cols: int = 0) -> dict:
     """One (prompt, seed) of a sweep: DEFAULT beside a strength × feature grid of its completions (a page of
     ``COLUMNS_PER_PAGE`` features), each cell coloured by the search's rule and its tokens by the column
     feature's activation; the concept/NLL curves of the page's features with the strength the rule chooses."""
-    job = jobs.get(ref)
-    job = jobs.get(job.parent_id) if job.parent_id else job
-    if job.kind != JobKind.SWEEP:
-        raise NotFoundError(f"job {job.id[:8]} is a {job.kind} job, not a sweep")
-    sweep = results.sweep_for_job(job.id)
-    if sweep is None:
-        raise NotFoundError(f"sweep {job.id[:8]} has stored no generations yet")
+    job, sweep = results.named_sweep(ref, "this page shows a sweep")
     groups = results.input_groups(sweep.id)
     if not groups:
         raise NotFoundError(f"sweep {job.id[:8]} has stored no generations yet")
