@@ -67,6 +67,13 @@ def test_a_two_sae_steer_search(home, tiny_gemma2_dir, tmp_path):  # noqa: F811
             assert c["output"] == at[0]["output"]
     assert {(cv["steer"], cv["prompt"]) for cv in result["curves"]} == {(c["steer"], c["prompt"]) for c in result["chosen"]}
 
+    from saejobs.cli.web import pages
+
+    grid = pages.sweep_page(result["rounds"][0])  # serve's page of a round: a column and a curve per steer
+    assert [f["name"] for f in grid["features"]] == ["command line", "mix <b>"]
+    assert [r["strength"] for r in grid["grid"]] == [0.0, 4.0, 8.0] and len(grid["plots"]) == 2
+    assert all(c is not None and c["concept_mean"] is not None for r in grid["grid"] for c in r["cells"])
+
     page = tmp_path / "report.html"
     assert saejobs("report", result["rounds"][0][:8], "--html", str(page)).returncode == 0
     text = page.read_text()

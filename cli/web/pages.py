@@ -82,13 +82,12 @@ def sweep_page(ref: str, group: int = 0, cols: int = 0) -> dict:
                           "svg": score_report.plot(key, pts, base.get((key, prompt)),
                                                    baseline.nll if baseline else None, pick.strength if pick else None,
                                                    search.DEFAULT_MAX_NLL_INCREASE)})
-    first = next((k for k in keys.values() if k is not None), None)
+    first = next((f for f in shown if keys[f] is not None), None)  # DEFAULT's tokens: by the first such column
     return {"job": job_dict(job), "sweep": {"id": sweep.id, "model": sweep.model, "sae": sweep.sae_id},
             "prompt": prompt, "seed": seed, "messages": (default or rows[0])["messages"],
             "group": group, "groups": len(groups), "cols": cols, "col_pages": n_col_pages,
             "features": [{"name": f, "label": labels.get(f), "key": keys[f]} for f in shown],
-            "default": None if default is None else _cell(default, tok, first, top.get(shown[0]) if shown else None,
-                                                          None, first),
+            "default": None if default is None else _cell(default, tok, keys.get(first), top.get(first), None),
             "grid": grid, "plots": plots, "tokenizer": tok is not None, "rows": len(index)}
 
 
@@ -100,7 +99,9 @@ def _concept_key(row: dict, sae: str) -> str | None:
     return str(f[0]["index"]) if f[0].get("sae", sae) == sae else f"{f[0]['sae']}:{f[0]['index']}"
 
 
-def _cell(row: dict | None, tok, key: str | None, top: float | None, baseline, shown_key: str | None = None) -> dict | None:
+def _cell(row: dict | None, tok, key: str | None, top: float | None, baseline) -> dict | None:
+    """A grid cell: the row's completion (its tokens coloured by feature ``key``, ``top`` the darkest), its scores,
+    each toned against the search rule's bound relative to ``baseline`` (the DEFAULT's), and its verdict."""
     if row is None:
         return None
     sc = row.get("scores") or {}
@@ -122,8 +123,8 @@ def _cell(row: dict | None, tok, key: str | None, top: float | None, baseline, s
     return {"id": row["id"], "anchor": f"g{row['id']}" if point is None  # a curve's point links to its cell
             else score_report.anchor(point, results.grid_strength(row)),
             "text": highlight.completion(row),
-            "tokens": highlight.tokens(tok, row, key, top), "feature_key": shown_key or key,
-            "concept": concept, "nll": sc.get("nll"), "nll_novel": sc.get("nll_novel"),
+            "tokens": highlight.tokens(tok, row, key, top), "feature_key": key,
+            "concept": concept, "concept_mean": sc.get("concept_mean"), "nll": sc.get("nll"), "nll_novel": sc.get("nll_novel"),
             "distinct_2": sc.get("distinct_2"), "longest_repeat": sc.get("longest_repeat"),
             "admissible": verdict, "scored": bool(sc), "tone": tone}
 
