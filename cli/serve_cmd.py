@@ -27,10 +27,9 @@ def serve(host: str, port: int, token: str | None, as_json: bool) -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"  # a page never waits on the network: tokenizers come from this host's cache
     import uvicorn
 
-    from saejobs.db.session import check_schema
     from saejobs.cli.web.app import create_app, loopback
-
     from saejobs.cli.web.highlight import preload
+    from saejobs.db.session import check_schema
 
     check_schema()  # an unmigrated or unreachable database: one line now, not an error page later
     if token is None and not loopback(host):

@@ -238,6 +238,12 @@ def generation(gen_id: int, url: str | None = None) -> tuple[dict[str, Any], Swe
         return None if g is None else (row_dicts(s, [g], g.sweep.sae_id)[0], g.sweep)
 
 
+def completion_text(row: dict) -> str:
+    """A generation's text without the prompt it continues (``output`` holds both, as Neuronpedia returns them)."""
+    out, prompt = row["output"], row["prompt"]
+    return out[len(prompt):] if prompt and out.startswith(prompt) else out
+
+
 def joined_label(labels: list[str | None]) -> str | None:
     """A configuration's label: its features' labels joined with " + " ("?" for one not cached); None
     when none of them is cached (and for DEFAULT)."""
@@ -281,11 +287,10 @@ def prompt_grids(rows: list[dict]) -> list[dict[str, Any]]:
     features, out = grid["columns"][4:], []
     for prompt, seed in dict.fromkeys((r["prompt"], r["seed"]) for r in rows):
         mine = [r for r in rows if r["prompt"] == prompt and r["seed"] == seed]
-        rest = lambda text: text[len(prompt):] if prompt and text.startswith(prompt) else text  # noqa: E731
-        default = next((rest(r["output"]) for r in mine if r["type"] == "DEFAULT"), None)
+        default = next((completion_text(r) for r in mine if r["type"] == "DEFAULT"), None)
         table = []
         for st in sorted({r["strengths"][0] for r in mine if r["type"] == "STEERED"}):
-            cells = {r["feature"]: rest(r["output"]) for r in mine if r["type"] == "STEERED" and r["strengths"][0] == st}
+            cells = {r["feature"]: completion_text(r) for r in mine if r["type"] == "STEERED" and r["strengths"][0] == st}
             table.append([st] + [cells.get(f, "") for f in features])
         out.append({"prompt": prompt, "seed": seed, "default": default, "columns": ["strength", *features],
                     "rows": table})

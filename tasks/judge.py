@@ -70,8 +70,7 @@ def run(ref: str, base: str, model: str, *, concepts: dict[int, str] | None = No
             raise UsageError(f"the judge endpoint's answer is not a chat completion: {e}") from None
 
     def rate(row: dict) -> dict:
-        text = row["output"][len(row["prompt"]):] if row["prompt"] and row["output"].startswith(row["prompt"]) \
-            else row["output"]
+        text = results.completion_text(row)
         asked = {rules.Criterion.INSTRUCTION: rules.prompt(rules.Criterion.INSTRUCTION, text, instruction=_instruction(row)),
                  rules.Criterion.FLUENCY: rules.prompt(rules.Criterion.FLUENCY, text)}
         if (concept := _concept(row, concepts or {})) is not None:

@@ -58,9 +58,3 @@ def tokens(tok, row: dict, feature: str | None, top: float | None = None) -> lis
     ids = list(row["token_ids"])[:len(acts)]  # the completion without the EOS that ended it
     top = max(acts, default=0.0) if top is None else top
     return [{"text": t, "act": a, "level": level(a, top)} for t, a in zip(pieces(tok, ids), acts)]
-
-
-def completion(row: dict) -> str:
-    """The generated text without the prompt it continues."""
-    out, prompt = row["output"], row["prompt"]
-    return out[len(prompt):] if prompt and out.startswith(prompt) else out

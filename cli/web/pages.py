@@ -122,7 +122,7 @@ def _cell(row: dict | None, tok, key: str | None, top: float | None, baseline) -
     point = steer if steer else int(key) if row["type"] == "STEERED" and key is not None and key.isdigit() else None
     return {"id": row["id"], "anchor": f"g{row['id']}" if point is None  # a curve's point links to its cell
             else score_report.anchor(point, results.grid_strength(row)),
-            "text": highlight.completion(row),
+            "text": results.completion_text(row),
             "tokens": highlight.tokens(tok, row, key, top), "feature_key": key,
             "concept": concept, "concept_mean": sc.get("concept_mean"), "nll": sc.get("nll"), "nll_novel": sc.get("nll_novel"),
             "distinct_2": sc.get("distinct_2"), "longest_repeat": sc.get("longest_repeat"),
@@ -146,7 +146,7 @@ def generation_page(gen_id: int) -> dict:
     tok = highlight.tokenizer((sweep.provenance or {}).get("model_source") or sweep.model)
     concepts = [{"key": k, "tokens": highlight.tokens(tok, row, k), **v}
                 for k, v in ((row.get("scores") or {}).get("concept") or {}).items()]
-    return {"row": row, "completion": highlight.completion(row), "job": sweep.job_id,
+    return {"row": row, "completion": results.completion_text(row), "job": sweep.job_id,
             "sweep": {"id": sweep.id, "model": sweep.model, "sae": sweep.sae_id}, "concepts": concepts,
             "scores": {k: v for k, v in (row.get("scores") or {}).items() if k not in ("concept", "concept_tokens")},
             "tokenizer": tok is not None, "neuronpedia": neuronpedia.runs_for_generation(gen_id),
