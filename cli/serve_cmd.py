@@ -27,7 +27,8 @@ def serve(host: str, port: int, token: str | None, as_json: bool) -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"  # a page never waits on the network: tokenizers come from this host's cache
     import uvicorn
 
-    from saejobs.cli.web.app import create_app, loopback
+    from saejobs.cli.web.app import create_app
+    from saejobs.tasks.neuronpedia import loopback
     from saejobs.cli.web.highlight import preload
     from saejobs.db.session import check_schema
 

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 from saejobs.db import judgements, results
 from saejobs.engine import judge as rules
 from saejobs.engine.errors import TransientError, UsageError
-from saejobs.tasks.neuronpedia import _loopback
+from saejobs.tasks.neuronpedia import check_key_transport
 
 BATCH = 16  # rows rated, then stored in one transaction
 MAX_ANSWER_BYTES = 1 << 20
@@ -39,10 +39,7 @@ def run(ref: str, base: str, model: str, *, concepts: dict[int, str] | None = No
     url = endpoint_url(base)
     key = os.environ.get(key_env) or None
     if key is not None:
-        u = urlsplit(url)
-        if u.scheme != "https" and not _loopback(u.hostname):
-            raise UsageError(f"{key_env} is sent only over https (or plain http to this machine); the endpoint is "
-                             f"{u.scheme}://{u.hostname}")
+        check_key_transport(url, key_env, "the judge endpoint")
     done = judgements.rated(sweep.id, model, rules.PROMPTS)
     rows = [r for r in results.iter_generation_rows(job.id) if r["id"] not in done]
     total, stored, unrated = len(rows), 0, 0

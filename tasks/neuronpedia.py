@@ -132,25 +132,26 @@ def same_origin(a: str, b: str) -> bool:
     return origin(a) == origin(b)
 
 
-def _loopback(host: str | None) -> bool:
+def loopback(host: str | None) -> bool:
+    """Whether a host name is this machine: ``localhost`` or a loopback address (an IPv6 one bracketed or not)."""
     if host is None:
         return False
     if host.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
 
 
-def check_key_transport(url: str) -> None:
-    """``NEURONPEDIA_API_KEY`` travels over https only, or over plain http to this machine (a local
-    stand-in or a tunnel): refused before anything is sent otherwise."""
+def check_key_transport(url: str, key: str = "NEURONPEDIA_API_KEY", where: str = "NEURONPEDIA_API_URL") -> None:
+    """A secret (``key``, by its variable's name) travels over https only, or over plain http to this machine (a
+    local stand-in or a tunnel): refused before anything is sent otherwise. ``where`` names what gave ``url``."""
     u = urlsplit(url)
-    if u.scheme.lower() == "https" or (u.scheme.lower() == "http" and _loopback(u.hostname)):
+    if u.scheme.lower() == "https" or (u.scheme.lower() == "http" and loopback(u.hostname)):
         return
-    raise UsageError(f"NEURONPEDIA_API_KEY is sent only over https (or plain http to this machine), and "
-                     f"NEURONPEDIA_API_URL is {u.scheme or 'no'}://{u.hostname or ''}: use https://")
+    raise UsageError(f"{key} is sent only over https (or plain http to this machine), and "
+                     f"{where} is {u.scheme or 'no'}://{u.hostname or ''}: use https://")
 
 
 class _KeepSecretsHome(urllib.request.HTTPRedirectHandler):

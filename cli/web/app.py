@@ -6,7 +6,6 @@ response forbids anything from elsewhere (CSP) and every text is escaped (Jinja 
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import secrets
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -23,20 +22,12 @@ from starlette.templating import Jinja2Templates
 
 from saejobs.engine.errors import NotFoundError, SaejobsError
 from saejobs.cli.web import pages
+from saejobs.tasks.neuronpedia import loopback
 
 HERE = Path(__file__).parent
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 COOKIE = "saejobs_token"
-
-
-def loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class Guard(BaseHTTPMiddleware):
