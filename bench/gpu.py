@@ -313,12 +313,14 @@ def throughput(config_dir: Path, device: str, small: bool, parts: str = "greedy,
     runner = SweepGenerator(lm, sae, hook, greedy)
     runner.run(grid(4, greedy))  # warm-up: allocator, kernels
     oracle(runner.prompt_ids(PROMPTS[0]), grid(1, greedy)[0], n_tokens, 0.0)
-    few = grid(sample, greedy)
-    _, t_alone = timed(device, lambda: [runner.run([c]) for c in few])
-    _, t_ie = timed(device, lambda: [oracle(runner.prompt_ids(c.prompt), c, n_tokens, 0.0) for c in few])
-    per_alone, per_ie = t_alone / sample, t_ie / sample
-    record("throughput.one_at_a_time_s_per_config", round(per_alone, 4))
-    record("throughput.interp_engine_s_per_config", round(per_ie, 4))
+    per_alone = per_ie = None
+    if "greedy" in parts or "large" in parts:  # the baselines the greedy sizes are compared with
+        few = grid(sample, greedy)
+        _, t_alone = timed(device, lambda: [runner.run([c]) for c in few])
+        _, t_ie = timed(device, lambda: [oracle(runner.prompt_ids(c.prompt), c, n_tokens, 0.0) for c in few])
+        per_alone, per_ie = t_alone / sample, t_ie / sample
+        record("throughput.one_at_a_time_s_per_config", round(per_alone, 4))
+        record("throughput.interp_engine_s_per_config", round(per_ie, 4))
     rates = {}
     if "greedy" not in parts:  # the modes and the long prompt are compared with greedy at the wide size
         greedy_runner = SweepGenerator(lm, sae, hook, greedy)

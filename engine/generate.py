@@ -37,6 +37,7 @@ from typing import Callable
 
 import torch
 
+from saejobs.engine import philox
 from saejobs.engine.hooks import hook
 from saejobs.engine.sampling import Sampling, SamplingSemantics  # noqa: F401 (Sampling re-exported)
 SYNC_EVERY = 8  # off the CPU, look whether every row has stopped once per this many steps (one host sync)
@@ -165,7 +166,7 @@ class TokenSampler:
         self.s = s
         self.interp = s.sampling_semantics == SamplingSemantics.INTERP_ENGINE
         sampled = s.temperature > 0
-        self.gens = [torch.Generator(device=device).manual_seed(int(r.seed)) for r in rows] if sampled else []
+        self.gens = RowStreams([int(r.seed) for r in rows], device) if sampled else None
         self.counts = None  # TransformerLens: tokens so far (prompt included), float32
         self.seen = None  # interp-engine: tokens generated so far
         if not self.interp and sampled and s.freq_penalty:
@@ -277,21 +278,52 @@ def _batch_rounds_as_rows(op: str, like: torch.Tensor) -> bool:
     return _BATCHED[key]
 
 
-def draw(probs: torch.Tensor, gens: list[torch.Generator], *, as_2d: bool) -> torch.Tensor:
-    """One sample per row of ``probs`` (B, V) from row b's generator, as ``torch.multinomial`` draws it
+class RowStreams:
+    """Each row's random stream, as ``torch.manual_seed(row.seed)`` starts it on the device: a generator per
+    row, or on CUDA, where ``engine.philox`` draws what those generators would (checked once per device,
+    dtype and row length), one kernel for all rows instead of one ``exponential_`` per row."""
+
+    def __init__(self, seeds: list[int], device: torch.device):
+        self.seeds, self.device = seeds, device
+        self._gens: list[torch.Generator] | None = None
+        self._noise: philox.RowNoise | None = None
+        self.batched: bool | None = None  # decided at the first draw; a row's stream never changes path
+
+    @property
+    def gens(self) -> list[torch.Generator]:
+        if self._gens is None:
+            self._gens = [torch.Generator(device=self.device).manual_seed(s) for s in self.seeds]
+        return self._gens
+
+    def exponential(self, probs: torch.Tensor, as_2d: bool) -> torch.Tensor:
+        """(B, V) ``Exp(1)`` noise, row b as ``exponential_`` on a [1, V] (``as_2d``) or [V] tensor from its
+        generator (the same stream: the kernel sees numel V either way)."""
+        if self.batched is None:
+            transform = None if self._gens is not None else philox.matching_transform(probs.device, probs.dtype,
+                                                                                          probs.shape[-1])
+            self.batched = transform is not None
+            if self.batched:
+                self._noise = philox.RowNoise(self.seeds, probs.device, transform)
+        if self.batched:
+            return self._noise.exponential(probs)
+        q = torch.empty_like(probs)
+        for b, g in enumerate(self.gens):
+            (q[b:b + 1] if as_2d else q[b]).exponential_(1, generator=g)
+        return q
+
+
+def draw(probs: torch.Tensor, streams: RowStreams, *, as_2d: bool) -> torch.Tensor:
+    """One sample per row of ``probs`` (B, V) from row b's stream, as ``torch.multinomial`` draws it
     from a ``[1, V]`` (``as_2d``, with replacement: ``Categorical.sample``) or ``[V]`` tensor."""
     if _exponential_trick_holds(probs.device, probs.dtype):
-        return _draw_exponential(probs, gens, as_2d)
-    return _draw_multinomial(probs, gens, as_2d)
+        return _draw_exponential(probs, streams, as_2d)
+    return _draw_multinomial(probs, streams.gens, as_2d)
 
 
-def _draw_exponential(probs: torch.Tensor, gens: list[torch.Generator], as_2d: bool) -> torch.Tensor:
+def _draw_exponential(probs: torch.Tensor, streams: RowStreams, as_2d: bool) -> torch.Tensor:
     """``torch.multinomial``'s one-sample algorithm (PyTorch ``multinomial_out``): ``argmax(p / q)``,
-    ``q ~ Exp(1)``; the noise per row from its generator, the division and argmax batched."""
-    q = torch.empty_like(probs)
-    for b, g in enumerate(gens):
-        (q[b:b + 1] if as_2d else q[b]).exponential_(1, generator=g)
-    return (probs / q).argmax(dim=-1)
+    ``q ~ Exp(1)`` from each row's stream; the division and argmax batched."""
+    return (probs / streams.exponential(probs, as_2d)).argmax(dim=-1)
 
 
 def _draw_multinomial(probs: torch.Tensor, gens: list[torch.Generator], as_2d: bool) -> torch.Tensor:
@@ -314,7 +346,7 @@ def _exponential_trick_holds(device: torch.device, dtype: torch.dtype) -> bool:
         ok = True
         for as_2d in (False, True):
             for seed in range(3):
-                mine = [torch.Generator(device=device).manual_seed(seed + b) for b in range(3)]
+                mine = RowStreams([seed + b for b in range(3)], device)
                 ref = [torch.Generator(device=device).manual_seed(seed + b) for b in range(3)]
                 for _ in range(2):
                     ok &= torch.equal(_draw_exponential(probs, mine, as_2d), _draw_multinomial(probs, ref, as_2d))

@@ -147,9 +147,9 @@ def test_probabilities_handed_to_the_draw_are_the_references_bit_for_bit(monkeyp
     seen = []
     real = gen.draw
 
-    def spy(probs, gens, *, as_2d):
-        seen.append((probs.clone(), as_2d, len(gens)))
-        return real(probs, gens, as_2d=as_2d)
+    def spy(probs, streams, *, as_2d):
+        seen.append((probs.clone(), as_2d, len(streams.seeds)))
+        return real(probs, streams, as_2d=as_2d)
     monkeypatch.setattr(gen, "draw", spy)
 
     steps = step_logits(torch.bfloat16, steps=1)
@@ -194,7 +194,7 @@ def test_temperature_zero_is_argmax_without_generators():
         rows = [gen.Row(p, s) for p, s in zip(PROMPTS, SEEDS)]
         ids, mask = padded(PROMPTS)
         choose = gen.TokenSampler(rows, Sampling(sampling_semantics=sem), V, CPU, ids, mask)
-        assert choose.gens == [] and torch.equal(choose(x), x.argmax(-1))
+        assert choose.gens is None and torch.equal(choose(x), x.argmax(-1))
 
 
 def test_frequency_counts_start_from_the_prompt_without_its_padding():
@@ -215,7 +215,7 @@ def draws_like_multinomial(dtype: torch.dtype) -> None:
     g = torch.Generator().manual_seed(3)
     probs = torch.softmax(torch.randn((5, 300), generator=g) * 4, dim=-1).to(dtype)
     for as_2d in (False, True):
-        mine = [torch.Generator().manual_seed(s) for s in range(5)]
+        mine = gen.RowStreams(list(range(5)), CPU)
         ref = [torch.Generator().manual_seed(s) for s in range(5)]
         for _ in range(3):
             got = gen.draw(probs, mine, as_2d=as_2d)
@@ -243,10 +243,10 @@ def test_draw_takes_the_path_the_check_found(monkeypatch):
     monkeypatch.setattr(gen, "_draw_multinomial", lambda *a: calls.append("mult") or mult(*a))
     probs = torch.softmax(torch.randn((2, 10)), dim=-1)
     monkeypatch.setattr(gen, "_TRICK", {("cpu", torch.float32): True})
-    gen.draw(probs, [torch.Generator(), torch.Generator()], as_2d=True)
+    gen.draw(probs, gen.RowStreams([0, 1], CPU), as_2d=True)
     assert calls == ["exp"]
     monkeypatch.setattr(gen, "_TRICK", {("cpu", torch.float32): False})
-    gen.draw(probs, [torch.Generator(), torch.Generator()], as_2d=False)
+    gen.draw(probs, gen.RowStreams([0, 1], CPU), as_2d=False)
     assert calls == ["exp", "mult"]
 
 
@@ -258,11 +258,11 @@ def test_the_check_catches_a_trick_that_differs_anywhere_it_looks(where, monkeyp
     real = gen._draw_exponential
     n = {"calls": 0}
 
-    def broken(probs, gens, as_2d):
+    def broken(probs, streams, as_2d):
         n["calls"] += 1
-        out = real(probs, gens, as_2d)
+        out = real(probs, streams, as_2d)
         wrong = {"2d": as_2d, "1d": not as_2d, "second draw": n["calls"] % 2 == 0,
-                 "last row": True, "later seed": gens[0].initial_seed() >= 2,
+                 "last row": True, "later seed": streams.seeds[0] >= 2,
                  "bfloat16": probs.dtype == torch.bfloat16}[where]
         if wrong:
             out = out.clone()
@@ -317,7 +317,7 @@ def test_a_sampler_keeps_its_generators_and_penalties_on_the_given_device(semant
     ids, mask = padded(PROMPTS)
     s = Sampling(temperature=1.0, sampling_semantics=semantics, **kw)
     choose = gen.TokenSampler(rows, s, V, META, ids.to(META), mask.to(META))
-    assert [(g.device, g.initial_seed()) for g in choose.gens] == [(META, seed) for seed in SEEDS]
+    assert [(g.device, g.initial_seed()) for g in choose.gens.gens] == [(META, seed) for seed in SEEDS]
     penalty = choose.counts if semantics == "transformerlens" else choose.seen
     assert penalty.device.type == "meta" and penalty.shape == (len(PROMPTS), V)
     choose.update_penalties(torch.zeros(len(PROMPTS), dtype=torch.long, device=META))  # CPU state would refuse it
@@ -331,7 +331,8 @@ def test_the_check_draws_on_the_device_it_is_asked_about(monkeypatch):
     seen = []
 
     def recorded(kind):
-        def draw(probs, gens, as_2d):
+        def draw(probs, streams, as_2d):
+            gens = streams if kind == "mult" else streams.gens
             seen.append((kind, probs.device.type, probs.dtype, {g.device for g in gens}))
             return torch.zeros(3, dtype=torch.long)
         return draw

@@ -1,0 +1,216 @@
+"""Exploratory GPU probes for issue 27 (not a bench): the batched Philox draw against per-row generators, and
+a plain Hugging Face decode loop (dynamic vs static KV cache vs a CUDA-graph-replayed step) on Gemma 2 2B.
+
+    python bench/gpu_probe.py --config-dir DIR --out DIR [--device cuda] [--small]
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import torch  # noqa: E402
+
+from bench.gpu import GEMMA2_2B, SMALL, random_model, random_sae, sync, PROMPTS  # noqa: E402,F401
+
+R: dict = {}
+
+
+def rec(k, v):
+    R[k] = v
+    print(f"{k}: {v}", flush=True)
+
+
+def philox_part(dev: str) -> None:
+    from saejobs.engine import philox
+
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for V in (262144, 256000, 4099, 600000):
+            t = time.perf_counter()
+            rec(f"philox.matches.{str(dtype)[6:]}.{V}", f"{philox.matching_transform(dev, dtype, V)} ({time.perf_counter() - t:.2f} s)")
+    seeds = [0, 42, 7 + (1 << 40)]
+    for V in (262144, 600000):
+        S = philox.grid_stride(V, dev)
+        raw = torch.empty((3, V), dtype=torch.int64, device=dev)
+        philox.launch(raw, philox.seeds_tensor(seeds, dev), torch.zeros(1, dtype=torch.int64, device=dev), S, raw=True)
+        u = raw.to(torch.float32) * 2.3283064365386963e-10 + 1.1641532182693481e-10
+        for b, s in enumerate(seeds):
+            g = torch.Generator(device=dev).manual_seed(s)
+            ref = torch.empty(V, device=dev).uniform_(generator=g)
+            mine = torch.where(u[b] == 1.0, torch.zeros_like(u[b]), u[b])
+            rec(f"philox.uniform_mismatches.V{V}.seed{s}", int((mine != ref).sum()))
+            for dtype in (torch.float32, torch.bfloat16):
+                g = torch.Generator(device=dev).manual_seed(s)
+                ref = torch.empty(V, device=dev, dtype=dtype).exponential_(generator=g)
+                for name, he in (("own-eps", torch.finfo(dtype).eps / 2), ("float-eps", torch.finfo(torch.float32).eps / 2)):
+                    e = torch.where(u[b] >= 1.0 - he, torch.full_like(u[b], -he), torch.log(u[b]))
+                    rec(f"philox.exp_torchlog_mismatches.V{V}.{str(dtype)[6:]}.{name}.seed{s}", int(((-e).to(dtype) != ref).sum()))
+                out = torch.empty((3, V), device=dev, dtype=dtype)
+                philox.launch(out, philox.seeds_tensor(seeds, dev), torch.zeros(1, dtype=torch.int64, device=dev), S)
+                rec(f"philox.exp_kernel_mismatches.V{V}.{str(dtype)[6:]}.seed{s}", int((out[b] != ref).sum()))
+    for dtype in (torch.float32, torch.bfloat16):
+        B, V = 1024, 256000
+        probs = torch.empty((B, V), device=dev, dtype=dtype)
+        noise = philox.RowNoise(list(range(B)), dev)
+        gens = [torch.Generator(device=dev).manual_seed(s) for s in range(B)]
+        for _ in range(2):
+            noise.exponential(probs)
+            for b, g in enumerate(gens):
+                probs[b].exponential_(1, generator=g)
+        sync(dev)
+        t = time.perf_counter()
+        for _ in range(10):
+            noise.exponential(probs)
+        sync(dev)
+        t1 = (time.perf_counter() - t) / 10
+        t = time.perf_counter()
+        for _ in range(3):
+            for b, g in enumerate(gens):
+                probs[b].exponential_(1, generator=g)
+        sync(dev)
+        t2 = (time.perf_counter() - t) / 3
+        rec(f"philox.time_ms.{str(dtype)[6:]}.1024x256000", {"one_kernel": round(1000 * t1, 2), "per_row": round(1000 * t2, 2)})
+
+
+def decode_loops(config_dir: Path, dev: str, small: bool, out: Path) -> None:
+    from transformers import DynamicCache, StaticCache
+
+    B, P, n = (8, 5, 8) if small else (1024, 5, 32)
+    dtype = torch.float32 if small else torch.bfloat16
+    lm = random_model(config_dir, SMALL if small else {}, dtype, dev, arch="gemma2")
+    model = lm.model
+    cfg = model.config
+    g = torch.Generator().manual_seed(0)
+    ids0 = torch.randint(3, 1000, (B, P), generator=g).to(dev)
+    neg = torch.finfo(dtype).min
+    L = P + n
+
+    def dynamic():
+        mask = torch.ones((B, P), dtype=torch.long, device=dev)
+        cache = DynamicCache(config=cfg)
+        res = model(input_ids=ids0, attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        toks = []
+        for step in range(n):
+            nxt = res.logits[:, -1].argmax(-1)
+            toks.append(nxt)
+            if step == n - 1:
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            pos = torch.full((B, 1), P + step, device=dev)
+            res = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache,
+                        use_cache=True, logits_to_keep=1)
+        return torch.stack(toks, 1)
+
+    def masks(q: int, upto: int):
+        m = torch.full((B, 1, q, L), neg, dtype=dtype, device=dev)
+        for i in range(q):
+            m[:, :, i, :upto - q + i + 1] = 0
+        return {"full_attention": m, "sliding_attention": m}
+
+    def static(graph: bool):
+        cache = StaticCache(config=cfg, max_cache_len=L)
+        pos0 = torch.arange(P, device=dev)[None].expand(B, P)
+        res = model(input_ids=ids0, attention_mask=masks(P, P), position_ids=pos0, past_key_values=cache, use_cache=True,
+                    logits_to_keep=1)
+        ids = torch.zeros((B, 1), dtype=torch.long, device=dev)
+        pos = torch.zeros((B, 1), dtype=torch.long, device=dev)
+        m = masks(1, P + 1)
+        step_fn = lambda: model(input_ids=ids, attention_mask=m, position_ids=pos, past_key_values=cache, use_cache=True,
+                                logits_to_keep=1).logits
+        toks = []
+        logits = res.logits
+        graph_obj = None
+        for step in range(n):
+            nxt = logits[:, -1].argmax(-1)
+            toks.append(nxt)
+            if step == n - 1:
+                break
+            ids.copy_(nxt[:, None])
+            pos.fill_(P + step)
+            m["full_attention"][..., P + step] = 0
+            if not graph:
+                logits = step_fn()
+            else:
+                if graph_obj is None:
+                    # capture replays this very step: the cache's writes happen inside the captured region
+                    s = torch.cuda.Stream()
+                    s.wait_stream(torch.cuda.current_stream())
+                    graph_obj = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph_obj):
+                        static_logits = step_fn()
+                    torch.cuda.current_stream().wait_stream(s)
+                graph_obj.replay()
+                logits = static_logits
+        return torch.stack(toks, 1)
+
+    variants = {"dynamic": dynamic, "static": lambda: static(False)}
+    if dev.startswith("cuda"):
+        variants["static+graph"] = lambda: static(True)
+    toks = {}
+    for name, fn in variants.items():
+        try:
+            with torch.no_grad():
+                fn()  # warm-up
+                sync(dev)
+                t = time.perf_counter()
+                toks[name] = fn()
+                sync(dev)
+                dt = time.perf_counter() - t
+            rec(f"hf_loop.{name}.{B}x{n}", {"ms_per_step": round(1000 * dt / n, 2), "tok_s": round(B * n / dt)})
+        except Exception:  # noqa: BLE001
+            rec(f"hf_loop.{name}.error", traceback.format_exc()[-1500:])
+    for name in toks:
+        rec(f"hf_loop.{name}.rows_equal_to_dynamic", f"{int((toks[name] == toks['dynamic']).all(1).sum())}/{B}")
+    try:
+        from saejobs.engine.request import Settings, plan_configs
+        from saejobs.engine.sweep import SweepGenerator
+        from torch.profiler import ProfilerActivity, profile
+
+        layer = 1 if small else 20
+        _, sae = random_sae(lm, layer, 256 if small else 16384, dev)
+        settings = Settings(n_tokens=4)
+        configs = [c for c in plan_configs(list(range(B // 4)), [], [10.0, 50.0, 100.0, 200.0], [PROMPTS[0]], [42], False,
+                                           settings, "bench") if c.type == "STEERED"][:B]
+        runner = SweepGenerator(lm, sae, f"blocks.{layer}.hook_resid_post", settings)
+        runner.run(configs)
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.startswith("cuda") else [])
+        with profile(activities=acts, record_shapes=True, with_stack=True) as prof:
+            runner.run(configs)
+            sync(dev)
+        trace = out / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        with open(trace, "rb") as f, gzip.open(out / "trace.json.gz", "wb") as z:
+            z.write(f.read())
+        trace.unlink()
+        rec("trace", "trace.json.gz written (saejobs greedy, 4 tokens)")
+    except Exception:  # noqa: BLE001
+        rec("trace.error", traceback.format_exc()[-1500:])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--small", action="store_true")
+    p.add_argument("--config-dir", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--parts", default="philox,loops")
+    a = p.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    for part, fn in (("philox", lambda: philox_part(a.device)), ("loops", lambda: decode_loops(a.config_dir, a.device, a.small, a.out))):
+        if part in a.parts:
+            try:
+                fn()
+            except Exception:  # noqa: BLE001
+                rec(f"{part}.error", traceback.format_exc()[-2000:])
+            (a.out / "probe.json").write_text(json.dumps(R, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
