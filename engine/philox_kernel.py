@@ -44,5 +44,8 @@ def noise(out_ptr, seed_lo_ptr, seed_hi_ptr, offset_ptr, V, S, half_eps,
         else:  # Triton's interpreter (tests on a CPU) has no libdevice
             log_u = tl.log(u)
         e = tl.where(u >= 1.0 - half_eps, -half_eps, log_u)
-        tl.store(out_ptr + row * V + v, (-e).to(out_ptr.dtype.element_ty), mask=inside)
+        if out_ptr.dtype.element_ty == tl.float32:
+            tl.store(out_ptr + row * V + v, -e, mask=inside)
+        else:  # static_cast<scalar_t>: to nearest, ties to even
+            tl.store(out_ptr + row * V + v, (-e).to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=inside)
 

@@ -56,18 +56,19 @@ def test_the_kernel_draws_each_rows_philox_stream_in_pytorchs_layout(offset):
 
 def test_the_transform_is_curand_uniform_then_minus_log():
     """x -> u = x·2⁻³² + 2⁻³³ (curand_uniform), then -log(u), with ε/2 where u ≥ 1 − ε/2; in float32
-    (here with the interpreter's logarithm, numpy's, and in float32 only: the interpreter truncates a cast to
-    bfloat16 where the GPU rounds to nearest; the device's own logarithm and cast are checked on the device)."""
+    then cast to nearest (here with the interpreter's logarithm, numpy's; float32 and float16: the interpreter
+    does not round a cast to bfloat16 to nearest. The device's own logarithm and casts are checked there)."""
     stride, V = 16, 300
     raw = torch.empty((len(SEEDS), V), dtype=torch.int64)
     seeds, offset = philox.seeds_tensor(SEEDS, "cpu"), torch.tensor([4])
     philox.launch(raw, seeds, offset, stride, raw=True, interpret=True)
     u = raw.numpy().astype(np.float32) * np.float32(2.0 ** -32) + np.float32(2.0 ** -33)
-    out = torch.empty((len(SEEDS), V), dtype=torch.float32)
-    philox.launch(out, seeds, offset, stride, interpret=True)
     half = np.float32(torch.finfo(torch.float32).eps / 2)
     want = torch.from_numpy(-np.where(u >= np.float32(1) - half, -half, np.log(u)))
-    assert torch.equal(out, want) and (out > 0).all()
+    for dtype in (torch.float32, torch.float16):
+        out = torch.empty((len(SEEDS), V), dtype=dtype)
+        philox.launch(out, seeds, offset, stride, interpret=True)
+        assert torch.equal(out, want.to(dtype)) and (out > 0).all()
 
 
 def test_the_offset_moves_as_pytorchs_does():
