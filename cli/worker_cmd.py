@@ -29,7 +29,10 @@ def _gpus(ctx, param, value):
 @click.option("--remote-control", is_flag=True,
               help="Obey Celery remote control (Flower's worker pages, celery inspect); off by default: anyone "
                    "who can write to the broker could shut the worker down (also SAEJOBS_REMOTE_CONTROL=1).")
-def worker(gpus, cpu, downloads, loglevel, remote_control) -> None:
+@click.option("--no-cuda-graphs", is_flag=True,
+              help="Launch every decode step's kernels from Python instead of replaying a CUDA graph (graphs are on "
+                   "where a one-time check finds them equal to the eager step; also SAEJOBS_CUDA_GRAPHS=0).")
+def worker(gpus, cpu, downloads, loglevel, remote_control, no_cuda_graphs) -> None:
     """Run a long-lived worker: one job at a time per GPU, models and SAEs kept loaded between jobs.
 
     SIGTERM hands the running job back to the queue at its next progress report; a worker killed
@@ -45,6 +48,8 @@ def worker(gpus, cpu, downloads, loglevel, remote_control) -> None:
         raise UsageError("say what to run: --gpu N (or --gpu 0,1), --cpu or --downloads")
     if remote_control:
         os.environ["SAEJOBS_REMOTE_CONTROL"] = "1"  # read when the worker (each child of --gpu 0,1) starts
+    if no_cuda_graphs:
+        os.environ["SAEJOBS_CUDA_GRAPHS"] = "0"  # read by engine.decode in each child
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if gpus and len(gpus) > 1:
         sys.exit(run_many(gpus, loglevel))

@@ -38,6 +38,7 @@ from typing import Callable
 import torch
 
 from saejobs.engine import philox
+from saejobs.engine.decode import decoder
 from saejobs.engine.hooks import hook
 from saejobs.engine.sampling import Sampling, SamplingSemantics  # noqa: F401 (Sampling re-exported)
 SYNC_EVERY = 8  # off the CPU, look whether every row has stopped once per this many steps (one host sync)
@@ -98,16 +99,16 @@ def generate(lm, rows: list[Row], sampling: Sampling, *, on_step: Callable[[int,
     top_ids = torch.zeros((B, n, k), dtype=torch.long, device=device) if k else None
     sync_every = 1 if device.type == "cpu" else SYNC_EVERY
 
+    # the class's own signature: an instance's forward may be wrapped (a test's, a profiler's) as *args/**kwargs
+    cache_arg = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+    dec = decoder(model, cache_arg, input_ids, mask, n)  # before the hooks: its one-time check runs the model
+
     ran = 0
     with ExitStack() as hooks:
         for name, fn in (steering or {}).items():
             hooks.enter_context(hook(lm, name, fn))
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        res = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-        # the class's own signature: an instance's forward may be wrapped (a test's, a profiler's) as *args/**kwargs
-        cache_arg = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+        logits = dec.prompt()
         for step in range(n):
-            logits = res.logits[:, -1, :]
             nxt = choose(logits)
             tokens[:, step] = nxt
             if k:
@@ -123,11 +124,7 @@ def generate(lm, rows: list[Row], sampling: Sampling, *, on_step: Callable[[int,
                 on_step(ran, n)
             if step == n - 1 or (eos is not None and ran % sync_every == 0 and bool(done.all())):
                 break
-            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-            mask = torch.cat([mask, (~done).long()[:, None]], dim=1)
-            positions = positions[:, -1:] + 1
-            res = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=positions,
-                        use_cache=True, logits_to_keep=1, **{cache_arg: getattr(res, cache_arg)})
+            logits = dec.step(step, torch.where(done, torch.full_like(nxt, pad), nxt), done)
     return _collect(tokens[:, :ran], eos, chosen_lp, top_lp, top_ids, ran)
 
 
