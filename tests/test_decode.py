@@ -54,13 +54,21 @@ def test_static_and_dynamic_caches_generate_what_transformers_does(tiny_gemma2, 
     assert ours(tiny_gemma2, monkeypatch, decode.StaticDecoder) == want
 
 
-def test_generation_takes_the_static_cache_where_it_fits(tiny_gemma2, monkeypatch):
-    monkeypatch.setattr(decode, "_STATIC_OK", {})
+def test_generation_replays_a_static_cache_only_where_that_pays(tiny_gemma2, monkeypatch):
+    """A CPU keeps the growing cache (no graphs to gain); CUDA takes the graph-replayed static cache up to
+    GRAPH_MAX_ROWS rows, unless turned off; a sliding window shorter than prompt + tokens keeps the growing one."""
     made = []
     real = decode.decoder
     monkeypatch.setattr(gen, "decoder", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
     gen.generate(tiny_gemma2, [gen.Row(p, 0) for p in PROMPTS], Sampling(n_tokens=N))
-    assert isinstance(made[0], decode.StaticDecoder) and made[0].graph is False  # a CPU: no graph
+    assert isinstance(made[0], decode.DynamicDecoder)
+    assert not decode.graph_pays("cpu", 1)
+    assert decode.graph_pays("cuda", 1) and decode.graph_pays("cuda", decode.GRAPH_MAX_ROWS)
+    assert not decode.graph_pays("cuda", decode.GRAPH_MAX_ROWS + 1)
+    for var in ("SAEJOBS_CUDA_GRAPHS", "SAEJOBS_STATIC_CACHE"):
+        monkeypatch.setenv(var, "0")
+        assert not decode.graph_pays("cuda", 1)
+        monkeypatch.delenv(var)
     window = tiny_gemma2.model.config.sliding_window
     assert decode.static_fits(tiny_gemma2.model, window) and not decode.static_fits(tiny_gemma2.model, window + 1)
 
