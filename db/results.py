@@ -169,7 +169,7 @@ def row_dicts(s, gens: list[Generation], sae: str) -> list[dict[str, Any]]:
     in one query."""
     known = explanations.lookup(s, ((f.get("sae") or sae, f["index"]) for g in gens for f in g.features if "index" in f))
     return [{"id": g.id, "config_key": g.config_key, "type": g.type, "features": g.features,
-             "feature": (g.sampling or {}).get("steer") or _feature_label(g.features),
+             "feature": grid_column(g.features, g.sampling),
              "strengths": [f["strength"] for f in g.features],
              "prompt": g.prompt, "prompt_token_ids": g.prompt_token_ids, "seed": g.seed, "sampling": g.sampling,
              "output": g.output, "token_ids": g.token_ids, "n_tokens": len(g.token_ids), "logprobs": g.logprobs,
@@ -209,8 +209,13 @@ def group_index(sweep_id: int, prompt: str, seed: int, url: str | None = None) -
         q = (select(Generation.id, Generation.type, Generation.features, Generation.sampling)
              .where(Generation.sweep_id == sweep_id, Generation.prompt == prompt, Generation.seed == seed)
              .order_by(Generation.id))
-        return [{"id": i, "type": t, "feature": (sm or {}).get("steer") or _feature_label(fs),
+        return [{"id": i, "type": t, "feature": grid_column(fs, sm),
                  "strength": grid_strength({"features": fs, "sampling": sm})} for i, t, fs, sm in s.execute(q)]
+
+
+def grid_column(features: list[dict], sampling: dict | None) -> str:
+    """A row's column on a grid: its named steer, else its features' indices (or vectors) joined by "+"."""
+    return (sampling or {}).get("steer") or _feature_label(features)
 
 
 def grid_strength(row: dict) -> float | None:
@@ -273,9 +278,9 @@ def sweep_grid(rows: list[dict]) -> dict[str, Any]:
     for prompt, seed in dict.fromkeys((r["prompt"], r["seed"]) for r in rows):
         mine = [r for r in rows if r["prompt"] == prompt and r["seed"] == seed]
         default = next((r["output"] for r in mine if r["type"] == "DEFAULT"), "")
-        strengths = sorted({r["strengths"][0] for r in mine if r["type"] == "STEERED"})
+        strengths = sorted({grid_strength(r) for r in mine if r["type"] == "STEERED"})
         for st in strengths:
-            cells = {r["feature"]: r["output"] for r in mine if r["type"] == "STEERED" and r["strengths"][0] == st}
+            cells = {r["feature"]: r["output"] for r in mine if r["type"] == "STEERED" and grid_strength(r) == st}
             out_rows.append([prompt, seed, st, default] + [cells.get(f, "") for f in features])
     return {"columns": ["prompt", "seed", "strength", "DEFAULT"] + features, "rows": out_rows, "labels": labels}
 
@@ -289,8 +294,8 @@ def prompt_grids(rows: list[dict]) -> list[dict[str, Any]]:
         mine = [r for r in rows if r["prompt"] == prompt and r["seed"] == seed]
         default = next((completion_text(r) for r in mine if r["type"] == "DEFAULT"), None)
         table = []
-        for st in sorted({r["strengths"][0] for r in mine if r["type"] == "STEERED"}):
-            cells = {r["feature"]: completion_text(r) for r in mine if r["type"] == "STEERED" and r["strengths"][0] == st}
+        for st in sorted({grid_strength(r) for r in mine if r["type"] == "STEERED"}):
+            cells = {r["feature"]: completion_text(r) for r in mine if r["type"] == "STEERED" and grid_strength(r) == st}
             table.append([st] + [cells.get(f, "") for f in features])
         out.append({"prompt": prompt, "seed": seed, "default": default, "columns": ["strength", *features],
                     "rows": table})
