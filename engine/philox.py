@@ -50,11 +50,16 @@ def counter_offset(numel: int, stride: int) -> int:
 def kernel(interpret: bool = False):
     """The Triton kernel, imported on first use (Triton is loaded only where it runs); ``interpret``: through
     Triton's interpreter, on a CPU (tests)."""
-    if interpret:
-        os.environ["TRITON_INTERPRET"] = "1"
-    from saejobs.engine.philox_kernel import noise
+    if interpret:  # read as Triton's own library is wrapped on import, and at every launch: set for good
+        os.environ["TRITON_INTERPRET"] = "1"  # (tests alone ask for it, in a process that has not imported Triton)
+    import triton
+    import triton.language as tl
+    from triton.language.extra import libdevice
 
-    return noise
+    from saejobs.engine import philox_kernel
+
+    philox_kernel.tl, philox_kernel.libdevice = tl, libdevice
+    return triton.jit(philox_kernel.noise)
 
 
 @dataclass(frozen=True)

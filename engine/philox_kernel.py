@@ -1,11 +1,15 @@
-"""The Triton kernel of ``engine.philox`` (its docstring says what it reproduces and from which sources)."""
+"""The Triton kernel of ``engine.philox`` (its docstring says what it reproduces and from which sources).
 
-import triton
-import triton.language as tl
-from triton.language.extra import libdevice
+Plain Python until ``engine.philox.kernel`` gives it Triton's ``tl`` and ``libdevice`` as globals and compiles
+it with ``triton.jit``: Triton (the ``cuda`` extra; PyTorch's CUDA wheels bring it) is imported only where a
+kernel is built.
+"""
+
+from __future__ import annotations  # the annotations stay text until Triton reads them
+
+tl = libdevice = None  # set by engine.philox.kernel
 
 
-@triton.jit
 def noise(out_ptr, seed_lo_ptr, seed_hi_ptr, offset_ptr, V, S, half_eps,
           RAW: tl.constexpr, LOG: tl.constexpr, BLOCK: tl.constexpr):
     """Row ``program_id(0)``, elements of block ``program_id(1)``: cuRAND Philox4x32-10 (counter
@@ -21,7 +25,7 @@ def noise(out_ptr, seed_lo_ptr, seed_hi_ptr, offset_ptr, V, S, half_eps,
     c0 = (base & 0xFFFFFFFF).to(tl.uint32)
     c1 = (base >> 32).to(tl.uint32)
     c2 = t.to(tl.uint32)
-    c3 = tl.zeros_like(c2)
+    c3 = c2 * 0  # a builtin: Triton's own @jit helpers fail in an interpreter entered after import
     k0 = tl.load(seed_lo_ptr + row).to(tl.uint32)
     k1 = tl.load(seed_hi_ptr + row).to(tl.uint32)
     for _ in tl.static_range(10):

@@ -4,6 +4,10 @@ against its published known-answer vectors; the counter layout is PyTorch's grid
 (engine/philox.py's docstring). Whether the whole draw equals PyTorch's own ``exponential_`` bit for bit can
 only be seen on a GPU: engine.philox.matching_transform checks it there once per device, dtype and length."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -83,3 +87,31 @@ def test_the_offset_moves_as_pytorchs_does():
 def test_no_batched_draw_without_cuda():
     """On a CPU the generator is mt19937: never Philox, so no transform matches and rows draw on their own."""
     assert philox.matching_transform(torch.device("cpu"), torch.float32, 4099) is None
+
+
+COMPILE = """
+import sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from saejobs.engine import philox
+
+dtype, log = sys.argv[1], int(sys.argv[2])
+sig = {"out_ptr": f"*{dtype}", "seed_lo_ptr": "*i64", "seed_hi_ptr": "*i64", "offset_ptr": "*i64", "V": "i32",
+       "S": "i32", "half_eps": "fp32", "RAW": "constexpr", "LOG": "constexpr", "BLOCK": "constexpr"}
+src = ASTSource(fn=philox.kernel(False), signature=sig, constexprs={"RAW": False, "LOG": log, "BLOCK": philox.BLOCK})
+print(triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["ptx"])
+"""
+
+
+@pytest.mark.parametrize("dtype, log", [("fp32", 1), ("bf16", 0)])
+def test_the_kernel_compiles_for_a_hopper_gpu_here(dtype, log):
+    """Triton's real compiler (not the interpreter, so in a process of its own) builds the kernel for sm_90 on
+    this CPU host, down to the PTX the GPU will run: cuRAND's mulhi, the logarithm asked for, the cast to
+    nearest."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    ptx = subprocess.run([sys.executable, "-c", COMPILE, dtype, str(log)], capture_output=True, text=True, env=env,
+                         check=True, timeout=300).stdout
+    assert "mul.hi.u32" in ptx
+    assert ("lg2.approx" in ptx) is (log == 0)
+    assert ("cvt.rn.bf16.f32" in ptx) is (dtype == "bf16")
