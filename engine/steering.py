@@ -186,6 +186,7 @@ class Checks:
 
     def __init__(self) -> None:
         self._checks: list[tuple[torch.Tensor, str]] = []
+        self.prepared: dict = {}  # the chunk's vectors, each prepared and checked once (engine.sweep)
 
     def require(self, ok: torch.Tensor, message: str) -> None:
         self._checks.append((ok.reshape(()), message))

@@ -95,14 +95,22 @@ class SweepGenerator:
 
     def _direction(self, f: dict, normalize: bool | None = None, checks: Checks | None = None
                    ) -> tuple[str, torch.Tensor]:
-        """(hook, prepared vector) of a feature ({"index", "sae"?}) or raw vector ({"vector", "hook"?})."""
+        """(hook, prepared vector) of a feature ({"index", "sae"?}) or raw vector ({"vector", "hook"?}); with
+        ``checks``, each distinct vector of the chunk is prepared (and checked) once, however many rows use it."""
         normalize = self.settings.normalize if normalize is None else normalize
+        key = ("feature", f.get("sae"), f["index"], normalize) if "index" in f else ("vector", f["vector"], f.get("hook"), normalize)
+        if checks is not None and key in checks.prepared:
+            return checks.prepared[key]
         if "index" in f:
             sae, hook = self.saes[f["sae"]] if "sae" in f else (self.sae, self.hook_name)
             what = f"feature {f['index']}" + (f" of {f['sae']}" if "sae" in f else "")
-            return hook, prepare_vector(sae.feature_vector(f["index"]), normalize, what, checks)
-        return f.get("hook", self.hook_name), prepare_vector(self.vectors[f["vector"]], normalize,
-                                                             f"vector {f['vector']}", checks)
+            out = hook, prepare_vector(sae.feature_vector(f["index"]), normalize, what, checks)
+        else:
+            out = f.get("hook", self.hook_name), prepare_vector(self.vectors[f["vector"]], normalize,
+                                                                f"vector {f['vector']}", checks)
+        if checks is not None:
+            checks.prepared[key] = out
+        return out
 
     def run(self, configs: list[SweepConfig], on_step: Callable[[int, int], None] | None = None
             ) -> list[tuple[SweepConfig, Generated, str]]:
