@@ -393,7 +393,8 @@ def paths_taken() -> dict:
     def name(dtype) -> str:
         return str(dtype).removeprefix("torch.")
 
-    return {"static_cache": list(map(str, decode._STATIC_OK.values())), "cuda_graph": list(map(str, decode._GRAPH_OK.values())),
+    return {"static_cache": [f"{d} {name(t)}: {ok}" for v in decode._STATIC_OK.values() for (d, t), ok in v.items()],
+            "cuda_graph": [f"{d}: {ok}" for v in decode._GRAPH_OK.values() for d, ok in v.items()],
             "batched_draw": {f"{name(k[1])} {k[2]}": (f"{v.log} log, {v.eps_of} eps" if v else "per row")
                              for k, v in philox._HOLDS.items()},
             "batched_reductions": {f"{k[0]} {name(k[2])} {k[3]}": v for k, v in generate._BATCHED.items()},

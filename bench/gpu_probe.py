@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
-from bench.gpu import GEMMA2_2B, SMALL, random_model, random_sae, sync, PROMPTS  # noqa: E402,F401
+from bench.gpu import PROMPTS, SMALL, random_model, random_sae, sync  # noqa: E402
 
 R: dict = {}
 

@@ -25,6 +25,7 @@ too: its replay of a step must give the eager step's logits bit for bit, else st
 from __future__ import annotations
 
 import os
+from weakref import WeakKeyDictionary
 
 import torch
 
@@ -121,8 +122,9 @@ class StaticDecoder:
         """Capture this decode step and replay it. The first time for a model and device, the step runs
         eagerly first and the replay, rewound onto the same cache slot, must give its logits bit for bit;
         else graphs stay off there (and the slot is rewritten eagerly)."""
-        key = (id(self.model), str(self.ids.device))
-        verdict = _GRAPH_OK.get(key)
+        verdicts = _GRAPH_OK.setdefault(self.model, {})
+        key = str(self.ids.device)
+        verdict = verdicts.get(key)
         if verdict is False:
             self.graph = False
             return self._forward()[:, -1, :]
@@ -133,7 +135,7 @@ class StaticDecoder:
         graph, self._out = capture_graph(self._forward)
         graph.replay()
         if verdict is None:
-            _GRAPH_OK[key] = verdict = bool(torch.equal(self._out[:, -1, :], eager))
+            verdicts[key] = verdict = bool(torch.equal(self._out[:, -1, :], eager))
             if not verdict:
                 self.graph, self._out = False, None
                 self._rewind()
@@ -157,8 +159,9 @@ def capture_graph(fn):
     return graph, out
 
 
-_GRAPH_OK: dict[tuple, bool] = {}
-_STATIC_OK: dict[tuple, bool] = {}
+# one-time verdicts per model object (held weakly: a model the engine cache drops takes its verdicts along)
+_GRAPH_OK: WeakKeyDictionary = WeakKeyDictionary()  # model -> {device: replay equals the eager step}
+_STATIC_OK: WeakKeyDictionary = WeakKeyDictionary()  # model -> {(device, dtype): same greedy tokens}
 
 
 def static_fits(model, length: int) -> bool:
@@ -197,15 +200,14 @@ def static_matches(model, cache_arg: str) -> bool:
     """Whether the static cache's eager steps choose the dynamic cache's greedy tokens for this model on its
     device and dtype: 4 left-padded random prompts, 6 steps, one stopped row; checked once."""
     param = next(model.parameters())
-    key = (id(model), str(param.device), param.dtype)
-    if key not in _STATIC_OK:
-        ok = False
+    verdicts = _STATIC_OK.setdefault(model, {})
+    key = (str(param.device), param.dtype)
+    if key not in verdicts:
         try:
-            ok = _compare(model, cache_arg, param.device)
-        except Exception:  # noqa: BLE001 -- a transformers without this cache API: the dynamic cache stays
-            ok = False
-        _STATIC_OK[key] = ok
-    return _STATIC_OK[key]
+            verdicts[key] = _compare(model, cache_arg, param.device)
+        except Exception:  # noqa: BLE001 -- a transformers without this cache API: the growing cache stays
+            verdicts[key] = False
+    return verdicts[key]
 
 
 @torch.no_grad()

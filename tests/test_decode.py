@@ -116,12 +116,12 @@ def test_a_replayed_step_is_checked_against_the_eager_one_and_kept_only_if_equal
     """The first decode step runs eagerly, the cache rewinds, the captured step replays on the same slot: equal
     logits keep the graph for the rest of the chunk (and later chunks skip the eager step); a replay that
     differs turns graphs off for that model and device, and the slot is rewritten eagerly."""
-    monkeypatch.setattr(decode, "_GRAPH_OK", {})
+    monkeypatch.setattr(decode, "_GRAPH_OK", decode.WeakKeyDictionary())
     eager, _, _ = run_static(tiny_gemma2, False, monkeypatch)
     assert eager == reference_with_stop(tiny_gemma2, monkeypatch)
     toks, graphs, d = run_static(tiny_gemma2, True, monkeypatch, broken)
     assert toks == eager
-    assert decode._GRAPH_OK == {(id(tiny_gemma2.model), "cpu"): not broken}
+    assert dict(decode._GRAPH_OK) == {tiny_gemma2.model: {"cpu": not broken}}
     assert len(graphs) == 1 and graphs[0].replays == (1 if broken else N - 1)
     assert d.graph is (not broken)
     toks, graphs, _ = run_static(tiny_gemma2, True, monkeypatch, broken)  # a later chunk: the verdict stands
