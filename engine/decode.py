@@ -44,6 +44,8 @@ def static_enabled() -> bool:
 
 
 class DynamicDecoder:
+    """transformers' growing cache: new shapes every step, each step launched from Python."""
+
     def __init__(self, model, cache_arg: str, input_ids: torch.Tensor, mask: torch.Tensor, n: int):
         self.model, self.cache_arg = model, cache_arg
         self.ids, self.mask = input_ids, mask
@@ -67,6 +69,9 @@ class DynamicDecoder:
 
 
 class StaticDecoder:
+    """A static cache, masks, ids and positions updated in place; with ``graph``, each decode step after the
+    first replayed as a CUDA graph captured in this chunk."""
+
     def __init__(self, model, cache_arg: str, input_ids: torch.Tensor, mask: torch.Tensor, n: int,
                  graph: bool = False):
         from transformers import StaticCache
@@ -77,7 +82,7 @@ class StaticDecoder:
         dtype = next(model.parameters()).dtype
         self.neg = torch.finfo(dtype).min
         self.cache = StaticCache(config=model.config, max_cache_len=self.L)
-        self.prompt_ids, self.prompt_mask = input_ids, mask
+        self.prompt_ids = input_ids
         self.ids = torch.zeros((B, 1), dtype=torch.long, device=input_ids.device)
         self.positions = (mask.cumsum(-1) - 1).clamp_min(0)
         self.pos = self.positions[:, -1:].clone()
@@ -85,20 +90,17 @@ class StaticDecoder:
         seen[:, 0, 0, :P] = mask.bool()
         self.seen = seen  # which keys each row's next query sees
         self.step_mask = torch.where(seen, torch.zeros((), dtype=dtype, device=mask.device), self.neg)
-        self.masks = {"full_attention": self.step_mask, "sliding_attention": self.step_mask}
+        self.masks = _layer_masks(self.step_mask)
         self.graph = graph
         self._graph = None  # torch.cuda.CUDAGraph once captured
         self._out: torch.Tensor | None = None
-
-    def _layer_masks(self, m: torch.Tensor) -> dict:
-        return {"full_attention": m, "sliding_attention": m}
 
     def prompt(self) -> torch.Tensor:
         P, dtype = self.P, self.step_mask.dtype
         causal = torch.ones((P, self.L), dtype=torch.bool, device=self.seen.device).tril()
         seen = causal[None, None] & self.seen  # (B, 1, P, L): causal, and never a padding key
         m = torch.where(seen, torch.zeros((), dtype=dtype, device=seen.device), self.neg)
-        res = self.model(input_ids=self.prompt_ids, attention_mask=self._layer_masks(m), position_ids=self.positions,
+        res = self.model(input_ids=self.prompt_ids, attention_mask=_layer_masks(m), position_ids=self.positions,
                          use_cache=True, logits_to_keep=1, **{self.cache_arg: self.cache})
         return res.logits[:, -1, :]
 
@@ -149,6 +151,12 @@ class StaticDecoder:
             layer.cumulative_length.sub_(1)
             if hasattr(layer, "cumulative_length_int"):
                 layer.cumulative_length_int -= 1
+
+
+def _layer_masks(m: torch.Tensor) -> dict:
+    """The 4-D mask for every layer type (transformers takes a prepared mask per type; within the sliding
+    window, which ``static_fits`` requires, both are the causal mask)."""
+    return {"full_attention": m, "sliding_attention": m}
 
 
 def capture_graph(fn):
