@@ -395,7 +395,7 @@ def paths_taken() -> dict:
 
     return {"static_cache": [f"{d} {name(t)}: {ok}" for v in decode._STATIC_OK.values() for (d, t), ok in v.items()],
             "cuda_graph": [f"{d}: {ok}" for v in decode._GRAPH_OK.values() for d, ok in v.items()],
-            "batched_draw": {f"{name(k[1])} {k[2]}": (f"{v.log} log, {v.eps_of} eps" if v else "per row")
+            "batched_draw": {f"{name(k[1])} {k[2]}": (f"{v.log.value} log, {v.eps_of} eps" if v else "per row")
                              for k, v in philox._HOLDS.items()},
             "batched_reductions": {f"{k[0]} {name(k[2])} {k[3]}": v for k, v in generate._BATCHED.items()},
             "multinomial_trick": {f"{k[0]} {name(k[1])}": v for k, v in generate._TRICK.items()}}

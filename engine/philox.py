@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import lru_cache
 
 import torch
@@ -62,23 +63,34 @@ def kernel(interpret: bool = False):
     return triton.jit(philox_kernel.noise)
 
 
+class Logarithm(StrEnum):
+    """The logarithm the kernel takes (``philox_kernel.noise``'s ``LOG`` is the member's position). To add
+    one: a member here and its branch in ``philox_kernel.noise``."""
+
+    FAST = "fast"  # __logf (lg2.approx × ln 2): PyTorch's at::log for float in CUDA code
+    ACCURATE = "accurate"  # logf
+    TRITON = "triton"  # tl.log: the only one Triton's interpreter has
+
+    @property
+    def code(self) -> int:
+        return list(Logarithm).index(self)
+
+
 @dataclass(frozen=True)
 class Transform:
-    """How uniforms become ``Exp(1)``: the logarithm (``LOGS``) and whose ε sets the near-1 threshold. PyTorch's
+    """How uniforms become ``Exp(1)``: the logarithm and whose ε sets the near-1 threshold. PyTorch's
     ``ExponentialFunctor`` calls ``transformation::exponential<accscalar_t>`` (float's ε for float, half and
     bfloat16) and ``at::log`` on a float is ``__logf`` in CUDA code; measured on an H200 (torch 2.11), plain
-    ``logf`` differed in 85% of float32 draws. The variants are tried in order by ``matches_generators``."""
+    ``logf`` differed in 85% of float32 draws. ``matching_transform`` tries ``TRANSFORMS`` in order."""
 
-    log: str = "fast"  # "fast": __logf; "accurate": logf; "triton": tl.log (the interpreter's only choice)
+    log: Logarithm = Logarithm.FAST
     eps_of: str = "float32"  # "float32" or "dtype"
 
     def half_eps(self, dtype: torch.dtype) -> float:
         return torch.finfo(torch.float32 if self.eps_of == "float32" else dtype).eps / 2
 
 
-LOGS = {"fast": 0, "accurate": 1, "triton": 2}
-TRANSFORMS = (Transform("fast", "float32"), Transform("fast", "dtype"), Transform("accurate", "float32"),
-              Transform("accurate", "dtype"))
+TRANSFORMS = tuple(Transform(log, eps) for log in (Logarithm.FAST, Logarithm.ACCURATE) for eps in ("float32", "dtype"))
 
 
 def launch(out: torch.Tensor, seeds: torch.Tensor, offset: torch.Tensor, stride: int, *, raw: bool = False,
@@ -89,7 +101,7 @@ def launch(out: torch.Tensor, seeds: torch.Tensor, offset: torch.Tensor, stride:
     B, V = out.shape
     lo, hi = seeds & 0xFFFFFFFF, (seeds >> 32) & 0xFFFFFFFF
     half_eps = transform.half_eps(out.dtype) if out.is_floating_point() else 0.0
-    log = LOGS["triton"] if interpret else LOGS[transform.log]
+    log = (Logarithm.TRITON if interpret else transform.log).code
     kernel(interpret)[(B, -(-V // BLOCK))](out, lo, hi, offset, V, stride, half_eps, RAW=raw, LOG=log, BLOCK=BLOCK)
 
 

@@ -14,7 +14,7 @@ def noise(out_ptr, seed_lo_ptr, seed_hi_ptr, offset_ptr, V, S, half_eps,
           RAW: tl.constexpr, LOG: tl.constexpr, BLOCK: tl.constexpr):
     """Row ``program_id(0)``, elements of block ``program_id(1)``: cuRAND Philox4x32-10 (counter
     (offset / 4 + k, t), key (seed lo, seed hi)), lane ``(v // S) % 4``, then curand_uniform and PyTorch's
-    exponential transform (or the raw 32 bits with ``RAW``); ``LOG`` picks the logarithm (``engine.philox.LOGS``)."""
+    exponential transform (or the raw 32 bits with ``RAW``); ``LOG`` picks the logarithm (``engine.philox.Logarithm``'s position)."""
     row = tl.program_id(0)
     v = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     inside = v < V
