@@ -38,7 +38,7 @@ def philox_part(dev: str) -> None:
     for V in (262144, 600000):
         S = philox.grid_stride(V, dev)
         raw = torch.empty((3, V), dtype=torch.int64, device=dev)
-        philox.launch(raw, philox.seeds_tensor(seeds, dev), torch.zeros(1, dtype=torch.int64, device=dev), S, raw=True)
+        philox.launch(raw, philox.seed_words(seeds, dev), torch.zeros(1, dtype=torch.int64, device=dev), S, raw=True)
         u = raw.to(torch.float32) * 2.3283064365386963e-10 + 1.1641532182693481e-10
         for b, s in enumerate(seeds):
             g = torch.Generator(device=dev).manual_seed(s)
@@ -52,7 +52,7 @@ def philox_part(dev: str) -> None:
                     e = torch.where(u[b] >= 1.0 - he, torch.full_like(u[b], -he), torch.log(u[b]))
                     rec(f"philox.exp_torchlog_mismatches.V{V}.{str(dtype)[6:]}.{name}.seed{s}", int(((-e).to(dtype) != ref).sum()))
                 out = torch.empty((3, V), device=dev, dtype=dtype)
-                philox.launch(out, philox.seeds_tensor(seeds, dev), torch.zeros(1, dtype=torch.int64, device=dev), S)
+                philox.launch(out, philox.seed_words(seeds, dev), torch.zeros(1, dtype=torch.int64, device=dev), S)
                 rec(f"philox.exp_kernel_mismatches.V{V}.{str(dtype)[6:]}.seed{s}", int((out[b] != ref).sum()))
     for dtype in (torch.float32, torch.bfloat16):
         B, V = 1024, 256000

@@ -179,8 +179,7 @@ def static_fits(model, length: int) -> bool:
         from transformers import StaticCache  # noqa: F401
     except ImportError:
         return False
-    text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    window = getattr(text, "sliding_window", None)
+    window = getattr(model.config.get_text_config(), "sliding_window", None)
     return window is None or length <= window
 
 
@@ -221,7 +220,7 @@ def static_matches(model, cache_arg: str) -> bool:
 @torch.no_grad()
 def _compare(model, cache_arg: str, device) -> bool:
     g = torch.Generator().manual_seed(0)
-    vocab = model.config.get_text_config().vocab_size if hasattr(model.config, "get_text_config") else model.config.vocab_size
+    vocab = model.config.get_text_config().vocab_size  # as LoadedModel.config reads it
     B, P, n = 4, 7, 6
     ids = torch.randint(3, min(vocab, 1000), (B, P), generator=g)
     mask = torch.ones((B, P), dtype=torch.long)

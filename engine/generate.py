@@ -2,11 +2,11 @@
 
 Rows are left-padded; padding is masked out of attention and position ids count only real tokens,
 so a row's logits do not depend on its neighbours. Logits never leave the device: greedy is one
-batched ``argmax``; sampling draws each row's stream as one ``torch.Generator`` per row on the logits'
-device, seeded with the row's seed, would: exactly as the reference's ``torch.manual_seed(seed)`` + one
-draw per step on that device (on CUDA all rows in one kernel where ``engine.philox`` is checked to match;
-``RowStreams``). The forward passes (growing or static cache, CUDA graphs) are ``engine.decode``'s. Only
-token ids (and requested logprobs) come to the host, once, at the end; which
+batched ``argmax``; sampling draws what one ``torch.Generator`` per row on the logits' device, seeded with
+the row's seed, draws: exactly what the reference's ``torch.manual_seed(seed)`` + one draw per step gives on
+that device (``RowStreams``: on CUDA all rows in one kernel, where ``engine.philox`` is checked to match).
+The forward passes (growing or static cache, CUDA graphs) are ``engine.decode``'s. Only token ids (and
+requested logprobs) come to the host, once, at the end; which
 rows have stopped is a device tensor. Two sampling semantics, recorded with each run, each computed
 in the dtype the reference computes it in:
 

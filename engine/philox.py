@@ -93,22 +93,23 @@ class Transform:
 TRANSFORMS = tuple(Transform(log, eps) for log in (Logarithm.FAST, Logarithm.ACCURATE) for eps in ("float32", "dtype"))
 
 
-def launch(out: torch.Tensor, seeds: torch.Tensor, offset: torch.Tensor, stride: int, *, raw: bool = False,
-           transform: Transform = Transform(), interpret: bool = False) -> None:
+def launch(out: torch.Tensor, words: tuple[torch.Tensor, torch.Tensor], offset: torch.Tensor, stride: int, *,
+           raw: bool = False, transform: Transform = Transform(), interpret: bool = False) -> None:
     """Fill ``out`` (B, V) with each row's draw at the generator offset ``offset`` (a one-element int64
-    tensor on ``out``'s device); ``seeds`` (B,) int64 holds each seed's 64 bits in two's complement. ``raw``:
+    tensor on ``out``'s device); ``words``: each row's seed as its two 32-bit halves (``seed_words``). ``raw``:
     the 32-bit Philox outputs as int64 instead (for tests); ``interpret``: through Triton's interpreter."""
     B, V = out.shape
-    lo, hi = seeds & 0xFFFFFFFF, (seeds >> 32) & 0xFFFFFFFF
     half_eps = transform.half_eps(out.dtype) if out.is_floating_point() else 0.0
     log = (Logarithm.TRITON if interpret else transform.log).code
-    kernel(interpret)[(B, -(-V // BLOCK))](out, lo, hi, offset, V, stride, half_eps, RAW=raw, LOG=log, BLOCK=BLOCK)
+    kernel(interpret)[(B, -(-V // BLOCK))](out, *words, offset, V, stride, half_eps, RAW=raw, LOG=log, BLOCK=BLOCK)
 
 
-def seeds_tensor(seeds: list[int], device) -> torch.Tensor:
-    """Seeds as ``manual_seed`` takes them (any int below 2**64) in int64's two's complement."""
-    return torch.tensor([s - (1 << 64) if s >= 1 << 63 else s for s in (s % (1 << 64) for s in seeds)],
-                        dtype=torch.int64, device=device)
+def seed_words(seeds: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(low, high) 32-bit halves of each seed as ``manual_seed`` takes it (modulo 2**64), int64 tensors: the
+    Philox key. Split once per generation, not at every draw."""
+    seeds = [s % (1 << 64) for s in seeds]
+    return (torch.tensor([s & 0xFFFFFFFF for s in seeds], dtype=torch.int64, device=device),
+            torch.tensor([s >> 32 for s in seeds], dtype=torch.int64, device=device))
 
 
 class RowNoise:
@@ -116,7 +117,7 @@ class RowNoise:
     every ``exponential`` moves all rows on as one ``exponential_`` of a row's length would."""
 
     def __init__(self, seeds: list[int], device: torch.device, transform: Transform = Transform()):
-        self.seeds = seeds_tensor(seeds, device)
+        self.words = seed_words(seeds, device)
         self.offset = torch.zeros(1, dtype=torch.int64, device=device)
         self.transform = transform
 
@@ -124,7 +125,7 @@ class RowNoise:
         """(B, V) noise in ``like``'s dtype: row b equals ``q.exponential_(1, generator=gen_b)`` on a [V] row."""
         out = torch.empty_like(like)
         stride = grid_stride(like.shape[-1], like.device)
-        launch(out, self.seeds, self.offset, stride, transform=self.transform)
+        launch(out, self.words, self.offset, stride, transform=self.transform)
         self.offset += counter_offset(like.shape[-1], stride)
         return out
 

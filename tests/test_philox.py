@@ -53,7 +53,7 @@ def test_the_kernel_draws_each_rows_philox_stream_in_pytorchs_layout(offset):
     used; a row length that is not a multiple of the kernel's block; offsets past 32 bits."""
     stride, V = 8, 1100
     out = torch.full((len(SEEDS), V), -1, dtype=torch.int64)
-    philox.launch(out, philox.seeds_tensor(SEEDS, "cpu"), torch.tensor([offset]), stride, raw=True, interpret=True)
+    philox.launch(out, philox.seed_words(SEEDS, "cpu"), torch.tensor([offset]), stride, raw=True, interpret=True)
     want = [[expected(s, offset, v, stride) for v in range(V)] for s in SEEDS]
     assert out.tolist() == want
 
@@ -64,7 +64,7 @@ def test_the_transform_is_curand_uniform_then_minus_log():
     does not round a cast to bfloat16 to nearest. The device's own logarithm and casts are checked there)."""
     stride, V = 16, 300
     raw = torch.empty((len(SEEDS), V), dtype=torch.int64)
-    seeds, offset = philox.seeds_tensor(SEEDS, "cpu"), torch.tensor([4])
+    seeds, offset = philox.seed_words(SEEDS, "cpu"), torch.tensor([4])
     philox.launch(raw, seeds, offset, stride, raw=True, interpret=True)
     u = raw.numpy().astype(np.float32) * np.float32(2.0 ** -32) + np.float32(2.0 ** -33)
     half = np.float32(torch.finfo(torch.float32).eps / 2)
