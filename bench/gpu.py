@@ -337,14 +337,15 @@ def throughput(config_dir: Path, device: str, small: bool, parts: str = "greedy,
         record("throughput.one_at_a_time_s_per_config", round(per_alone, 4))
         record("throughput.interp_engine_s_per_config", round(per_ie, 4))
     rates = {}
+    profiled: list = []  # (runner, configs) of greedy at the wide size
     if "greedy" not in parts:  # the modes and the long prompt are compared with greedy at the wide size
         greedy_runner = SweepGenerator(lm, sae, hook, greedy)
         configs = grid(wide, greedy)
         greedy_runner.run(configs)
         _, t = timed(device, lambda: greedy_runner.run(configs))
         rates[wide] = wide * n_tokens / t
-        if "profile" in parts:
-            record(f"throughput.greedy.{wide}x{n_tokens}.profile", profile_summary(device, lambda: greedy_runner.run(configs)))
+        record(f"throughput.greedy.{wide}x{n_tokens}.tokens_per_s", round(rates[wide]))
+        profiled[:] = greedy_runner, configs
 
     def greedy_at(n: int) -> None:
         key = f"throughput.greedy.{n}x{n_tokens}"
@@ -358,8 +359,7 @@ def throughput(config_dir: Path, device: str, small: bool, parts: str = "greedy,
                                                                                       for f in c.features})))
             record(f"{key}.scoring_s", round(t_score, 3))
             record(f"{key}.scoring_share_of_generation", f"{t_score / t:.0%}")
-            if "profile" in parts:
-                record(f"{key}.profile", profile_summary(device, lambda: r.run(configs)))
+            profiled[:] = r, configs
 
     for n in sizes:  # up to the wide size first: the sampled modes are compared with it
         if n <= wide and "greedy" in parts:
@@ -384,11 +384,14 @@ def throughput(config_dir: Path, device: str, small: bool, parts: str = "greedy,
     for n in sizes:
         if n > wide and "large" in parts:
             greedy_at(n)
+    if "profile" in parts and profiled:  # last: once the profiler has run, CUPTI stays attached and slows launches
+        runner_, configs_ = profiled
+        record(f"throughput.greedy.{wide}x{n_tokens}.profile", profile_summary(device, lambda: runner_.run(configs_)))
 
 
 def paths_taken() -> dict:
     """Which way each one-time check sent the engine in this run (checked per device, dtype, shape or model)."""
-    from saejobs.engine import decode, generate, philox
+    from saejobs.engine import decode, generate, philox, row_graph
 
     def name(dtype) -> str:
         return str(dtype).removeprefix("torch.")
@@ -398,7 +401,8 @@ def paths_taken() -> dict:
             "batched_draw": {f"{name(k[1])} {k[2]}": (f"{v.log.value} log, {v.eps_of} eps" if v else "per row")
                              for k, v in philox._HOLDS.items()},
             "batched_reductions": {f"{k[0]} {name(k[2])} {k[3]}": v for k, v in generate._BATCHED.items()},
-            "multinomial_trick": {f"{k[0]} {name(k[1])}": v for k, v in generate._TRICK.items()}}
+            "multinomial_trick": {f"{k[0]} {name(k[1])}": v for k, v in generate._TRICK.items()},
+            "row_loops_left_eager": sorted(f"{n} on {d}" for n, d in row_graph._OFF)}
 
 
 def default_config_dir() -> Path:

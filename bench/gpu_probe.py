@@ -193,16 +193,67 @@ def decode_loops(config_dir: Path, dev: str, small: bool, out: Path) -> None:
         rec("trace.error", traceback.format_exc()[-1500:])
 
 
+def reductions(dev: str, small: bool) -> None:
+    """Which of sampling's reductions round batched as one row alone does at (1,024, 262,144) (engine.generate's
+    own once-per-shape check), each row-by-row loop eager against one graph replay, and a whole sampling step
+    per mode on bf16 logits (steady state: the loops replayed)."""
+    from saejobs.engine import generate as gen
+    from saejobs.engine.row_graph import RowGraph
+    from saejobs.engine.sampling import Sampling
+
+    B, V = (64, 4099) if small else (1024, 262144)
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        tag = str(dtype)[6:]
+        x = ((torch.randn((B, V), generator=g) * 4).round(decimals=1)).to(dev)
+        probs = torch.softmax(x.to(dtype), dim=-1)
+        inputs = {gen.Reduction.LOGSUMEXP: (x / 0.7).float(), gen.Reduction.SORT: probs,
+                  gen.Reduction.CUMSUM: probs.sort(-1, descending=True).values, gen.Reduction.SUM: probs}
+        for op, arg in inputs.items():
+            rec(f"reduce.{tag}.{op.value}.batched_equals_rows", gen._batch_rounds_as_rows(op, arg))
+            loop = RowGraph(f"probe {op.value} {tag}", lambda t, _op=op: gen.row_by_row(_op, t))
+            sync(dev)
+            t = time.perf_counter()
+            eager = loop(arg)
+            sync(dev)
+            t_first = time.perf_counter() - t
+            eager = tuple(e.clone() for e in eager) if isinstance(eager, tuple) else eager.clone()
+            t = time.perf_counter()
+            for _ in range(3):
+                out = loop(arg)
+            sync(dev)
+            same = all(torch.equal(a_, b_) for a_, b_ in zip(out if isinstance(out, tuple) else (out,),
+                                                               eager if isinstance(eager, tuple) else (eager,)))
+            rec(f"reduce.{tag}.{op.value}.rows_ms", f"eager+capture {t_first * 1e3:.1f}, replay "
+                f"{(time.perf_counter() - t) / 3 * 1e3:.1f}, graph {loop._graph is not None}, replay equals eager {same}")
+    logits = (torch.randn((B, V), generator=g) * 3).to(device=dev, dtype=torch.bfloat16)
+    ones = torch.ones((B, 1), dtype=torch.long, device=dev)
+    modes = {"greedy": Sampling(temperature=0), "interp-engine T0.7": Sampling(temperature=0.7, sampling_semantics="interp-engine"),
+             "interp-engine T0.7 top-p 0.9": Sampling(temperature=0.7, sampling_semantics="interp-engine", top_p=0.9),
+             "transformerlens T0.7": Sampling(temperature=0.7)}
+    for name, s in modes.items():
+        sampler = gen.TokenSampler([gen.Row([1], i) for i in range(B)], s, V, torch.device(dev), ones, ones)
+        for _ in range(2):
+            sampler(logits)
+        sync(dev)
+        t = time.perf_counter()
+        for _ in range(5):
+            sampler(logits)
+        sync(dev)
+        rec(f"sampler.{name}.ms_per_step", round((time.perf_counter() - t) / 5 * 1e3, 2))
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--device", default="cuda")
     p.add_argument("--small", action="store_true")
     p.add_argument("--config-dir", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--parts", default="philox,loops")
+    p.add_argument("--parts", default="philox,loops,reductions")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    for part, fn in (("philox", lambda: philox_part(a.device)), ("loops", lambda: decode_loops(a.config_dir, a.device, a.small, a.out))):
+    for part, fn in (("philox", lambda: philox_part(a.device)), ("loops", lambda: decode_loops(a.config_dir, a.device, a.small, a.out)),
+                     ("reductions", lambda: reductions(a.device, a.small))):
         if part in a.parts:
             try:
                 fn()

@@ -25,6 +25,8 @@ too: its replay of a step must give the eager step's logits bit for bit, else st
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from typing import Iterator
 from weakref import WeakKeyDictionary
 
 import torch
@@ -53,8 +55,9 @@ class DynamicDecoder:
         self.cache = None
 
     def prompt(self) -> torch.Tensor:
-        res = self.model(input_ids=self.ids, attention_mask=self.mask, position_ids=self.positions, use_cache=True,
-                         logits_to_keep=1)
+        with contiguous_head(self.model):
+            res = self.model(input_ids=self.ids, attention_mask=self.mask, position_ids=self.positions,
+                             use_cache=True, logits_to_keep=1)
         self.cache = getattr(res, self.cache_arg)
         return res.logits[:, -1, :]
 
@@ -100,8 +103,9 @@ class StaticDecoder:
         causal = torch.ones((P, self.L), dtype=torch.bool, device=self.seen.device).tril()
         seen = causal[None, None] & self.seen  # (B, 1, P, L): causal, and never a padding key
         m = torch.where(seen, torch.zeros((), dtype=dtype, device=seen.device), self.neg)
-        res = self.model(input_ids=self.prompt_ids, attention_mask=_layer_masks(m), position_ids=self.positions,
-                         use_cache=True, logits_to_keep=1, **{self.cache_arg: self.cache})
+        with contiguous_head(self.model):
+            res = self.model(input_ids=self.prompt_ids, attention_mask=_layer_masks(m), position_ids=self.positions,
+                             use_cache=True, logits_to_keep=1, **{self.cache_arg: self.cache})
         return res.logits[:, -1, :]
 
     def _forward(self) -> torch.Tensor:
@@ -151,6 +155,28 @@ class StaticDecoder:
             layer.cumulative_length.sub_(1)
             if hasattr(layer, "cumulative_length_int"):
                 layer.cumulative_length_int -= 1
+
+
+@contextmanager
+def contiguous_head(model) -> Iterator[None]:
+    """The output projection fed a contiguous copy of its input inside the block. transformers slices the
+    kept positions (``logits_to_keep``) out of a batch of longer sequences, a non-contiguous (B, k, d) view
+    that ``F.linear`` multiplies as a batched matmul over B copies of the (vocab, d) weight: 274 ms for one
+    1,024-row prompt pass of Gemma 2 2B on an H200, 4.5 s against 2.9 s for a scoring pass of 34 rows on
+    this 2-core CPU. The copy is (B, k, d), the logits (B, k, vocab)."""
+    head = model.get_output_embeddings()
+    if head is None:
+        yield
+        return
+
+    def contiguous(_module, args):
+        return None if args[0].is_contiguous() else (args[0].contiguous(), *args[1:])
+
+    handle = head.register_forward_pre_hook(contiguous)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _layer_masks(m: torch.Tensor) -> dict:

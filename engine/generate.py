@@ -24,7 +24,8 @@ in the dtype the reference computes it in:
 Element-wise steps and the softmax run batched (they are per-row computations whatever the batch);
 reductions whose order could depend on the batch shape (TransformerLens' ``logsumexp``, the top-p
 sort and sum) run batched where, checked once per device, dtype and shape, that rounds (and sorts ties) as
-the row alone does, else per row on a tensor shaped as the reference's. The draw is ``torch.multinomial``'s
+the row alone does, else per row on a tensor shaped as the reference's, that loop replayed as one CUDA graph
+per chunk on a GPU (``engine.row_graph``). The draw is ``torch.multinomial``'s
 own algorithm for one sample (``argmax(probs / q)``, ``q ~ Exp(1)`` drawn from the row's generator in
 a tensor shaped as the reference's), checked once per device and dtype against ``torch.multinomial``
 itself; where they differ, each row calls ``torch.multinomial``.
@@ -35,6 +36,7 @@ from __future__ import annotations
 import inspect
 from contextlib import ExitStack
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Callable
 
 import torch
@@ -42,6 +44,7 @@ import torch
 from saejobs.engine import philox
 from saejobs.engine.decode import decoder
 from saejobs.engine.hooks import hook
+from saejobs.engine.row_graph import RowGraph
 from saejobs.engine.sampling import Sampling, SamplingSemantics  # noqa: F401 (Sampling re-exported)
 SYNC_EVERY = 8  # off the CPU, look whether every row has stopped once per this many steps (one host sync)
 
@@ -173,6 +176,12 @@ class TokenSampler:
             self.counts.scatter_add_(1, input_ids, mask.to(torch.float32))
         if self.interp and s.presence_penalty:
             self.seen = torch.zeros((len(rows), vocab), dtype=torch.bool, device=device)
+        # a reduction that must run row by row: that loop replayed as one CUDA graph per chunk on a GPU
+        self.row_loops = {op: RowGraph(op.value, lambda x, _op=op: row_by_row(_op, x)) for op in Reduction}
+
+    def reduce(self, op: Reduction, x: torch.Tensor):
+        """``op`` on every row of ``x``, each row's result what the reference computes on that row alone."""
+        return batched(op, x) if _batch_rounds_as_rows(op, x) else self.row_loops[op](x)
 
     def update_penalties(self, nxt: torch.Tensor) -> None:
         if self.counts is not None:
@@ -191,7 +200,7 @@ class TokenSampler:
         if self.counts is not None:
             x = (x - s.freq_penalty * self.counts).to(x.dtype)
         x = x.to(torch.float32)
-        probs = torch.softmax(x - _logsumexp(x), dim=-1)
+        probs = torch.softmax(x - self.reduce(Reduction.LOGSUMEXP, x), dim=-1)
         return draw(probs, self.gens, as_2d=True)
 
     def _interp_engine(self, logits: torch.Tensor) -> torch.Tensor:
@@ -208,72 +217,74 @@ class TokenSampler:
         probs = torch.softmax(x, dim=-1)
         if not (s.top_p and s.top_p < 1.0):
             return draw(probs, self.gens, as_2d=False)
-        sorted_probs, sorted_idx = _nucleus(probs, s.top_p)
+        sorted_probs, sorted_idx = nucleus(probs, s.top_p, self.reduce)
         return sorted_idx.gather(-1, draw(sorted_probs, self.gens, as_2d=False)[:, None])[:, 0]
 
 
-def _logsumexp(x: torch.Tensor) -> torch.Tensor:
-    """Each row's logsumexp (B, 1) as TransformerLens computes it on that row alone ([1, V]): one batched
-    reduction where it rounds as the row alone does on this device, dtype and shape (checked once each), else
-    row by row."""
-    if _batch_rounds_as_rows("logsumexp", x):
-        return x.logsumexp(dim=-1, keepdim=True)
-    return _logsumexp_rows(x)
+class Reduction(StrEnum):
+    """Sampling's reductions whose rounding (or order among ties) may depend on the batch's shape. Each has a
+    batched form and the form the reference runs on one row (``_FORMS``); which one runs is checked once per
+    device, dtype and shape (``_batch_rounds_as_rows``). To add one: a member here and its two forms in
+    ``_FORMS``."""
+
+    LOGSUMEXP = "logsumexp"  # TransformerLens' Categorical, on [1, V]
+    SORT = "sort"  # interp-engine's top-p, on [V]: values descending, and their token ids
+    CUMSUM = "cumsum"  # top-p's running total of the sorted probabilities
+    SUM = "sum"  # top-p's renormalising total of what the nucleus keeps
 
 
-def _logsumexp_rows(x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([x[b:b + 1].logsumexp(dim=-1, keepdim=True) for b in range(x.shape[0])])
+_FORMS: dict[Reduction, tuple[Callable, Callable]] = {  # (batched over (B, V), one row as the reference shapes it)
+    Reduction.LOGSUMEXP: (lambda x: x.logsumexp(dim=-1, keepdim=True), lambda x, b: x[b:b + 1].logsumexp(-1, keepdim=True)),
+    Reduction.SORT: (lambda x: torch.sort(x, dim=-1, descending=True), lambda x, b: torch.sort(x[b], descending=True)),
+    Reduction.CUMSUM: (lambda x: torch.cumsum(x, dim=-1), lambda x, b: torch.cumsum(x[b], dim=-1)),
+    Reduction.SUM: (lambda x: x.sum(dim=-1, keepdim=True), lambda x, b: x[b].sum()[None]),
+}
 
 
-def _nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+def batched(op: Reduction, x: torch.Tensor):
+    return _FORMS[op][0](x)
+
+
+def row_by_row(op: Reduction, x: torch.Tensor):
+    """``op`` on each row alone, stacked: what the reference computes for each row, (B, ...) as ``batched``."""
+    rows = [_FORMS[op][1](x, b) for b in range(x.shape[0])]
+    if isinstance(rows[0], tuple):
+        return tuple(torch.stack(parts) for parts in zip(*rows))
+    return torch.cat(rows) if rows[0].dim() == 2 else torch.stack(rows)
+
+
+def nucleus(probs: torch.Tensor, top_p: float, reduce: Callable = batched) -> tuple[torch.Tensor, torch.Tensor]:
     """interp-engine's top-p on each row ([V] alone: sort descending, cumsum, zero what lies past ``top_p``,
-    renormalise): the sorted, renormalised probabilities and their token ids, (B, V) each; batched where that
-    gives the row-alone result bit for bit on this device, dtype and shape (ties sorted alike too), else row by row."""
-    if _batch_rounds_as_rows("top_p", probs):
-        return _nucleus_batched(probs, top_p)
-    return _nucleus_rows(probs, top_p)
-
-
-def _nucleus_batched(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    sorted_probs, sorted_idx = torch.sort(probs, dim=-1, descending=True)
-    cum = torch.cumsum(sorted_probs, dim=-1)
+    renormalise): the sorted, renormalised probabilities and their token ids, (B, V) each. interp-engine
+    assigns the zeros through a boolean index (a host sync); ``masked_fill`` writes the same zeros, and the
+    element-wise steps round alike batched or not."""
+    sorted_probs, sorted_idx = reduce(Reduction.SORT, probs)
+    cum = reduce(Reduction.CUMSUM, sorted_probs)
     sorted_probs = sorted_probs.masked_fill(cum - sorted_probs > top_p, 0.0)
-    return sorted_probs / sorted_probs.sum(dim=-1, keepdim=True), sorted_idx
-
-
-def _nucleus_rows(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    out_p, out_i = [], []
-    for b in range(probs.shape[0]):  # sort, cumsum and sum on the row alone, as interp-engine runs them
-        sorted_probs, sorted_idx = torch.sort(probs[b], descending=True)
-        cum = torch.cumsum(sorted_probs, dim=-1)
-        sorted_probs[cum - sorted_probs > top_p] = 0.0
-        out_p.append(sorted_probs / sorted_probs.sum())
-        out_i.append(sorted_idx)
-    return torch.stack(out_p), torch.stack(out_i)
+    return sorted_probs / reduce(Reduction.SUM, sorted_probs), sorted_idx
 
 
 _BATCHED: dict[tuple, bool] = {}
 
 
-def _batch_rounds_as_rows(op: str, like: torch.Tensor) -> bool:
-    """Whether the batched ``op`` equals the row-by-row one bit for bit for tensors shaped, typed and placed as
+def _batch_rounds_as_rows(op: Reduction, like: torch.Tensor) -> bool:
+    """Whether ``batched(op)`` equals ``row_by_row(op)`` bit for bit for tensors shaped, typed and placed as
     ``like``: checked once per (op, device, dtype, shape) on random rows rich in ties (a reduction's order, and
-    a sort's order among equal values, may depend on the shape), so a kernel that rounds otherwise costs speed,
-    not exactness."""
-    key = (op, str(like.device), like.dtype, tuple(like.shape))
+    a sort's order among equal values, may depend on the shape), as the op meets them (logits for logsumexp,
+    probabilities for the sort, sorted probabilities for cumsum and sum), so a kernel that rounds otherwise
+    costs speed, not exactness."""
+    key = (Reduction(op).value, str(like.device), like.dtype, tuple(like.shape))
     if key not in _BATCHED:
         g = torch.Generator().manual_seed(0)
         x = (torch.randn(like.shape, generator=g) * 4).round(decimals=1)  # many equal values
-        if op == "logsumexp":
-            x = x.to(device=like.device, dtype=like.dtype)
-            ok = torch.equal(x.logsumexp(dim=-1, keepdim=True), _logsumexp_rows(x))
-        else:
-            probs = torch.softmax(x, dim=-1).to(device=like.device, dtype=like.dtype)
-            ok = True
-            for top_p in (0.3, 0.9):
-                batched, rows = _nucleus_batched(probs, top_p), _nucleus_rows(probs, top_p)
-                ok &= torch.equal(batched[0], rows[0]) and torch.equal(batched[1], rows[1])
-        _BATCHED[key] = bool(ok)
+        if op != Reduction.LOGSUMEXP:
+            x = torch.softmax(x, dim=-1)
+            if op != Reduction.SORT:
+                x = x.sort(dim=-1, descending=True).values
+        x = x.to(device=like.device, dtype=like.dtype)
+        a, b = batched(op, x), row_by_row(op, x)
+        _BATCHED[key] = all(torch.equal(u, v) for u, v in zip(a if isinstance(a, tuple) else (a,),
+                                                                 b if isinstance(b, tuple) else (b,)))
     return _BATCHED[key]
 
 

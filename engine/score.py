@@ -115,6 +115,7 @@ def _score_group(lm, sae, hook_name: str, items: list[Item], others: dict[str, t
     import torch
     from contextlib import ExitStack
 
+    from saejobs.engine.decode import contiguous_head
     from saejobs.engine.hooks import hook
 
     device = torch.device(lm.device)
@@ -149,6 +150,7 @@ def _score_group(lm, sae, hook_name: str, items: list[Item], others: dict[str, t
     with ExitStack() as stack:
         for name in hooks:
             stack.enter_context(hook(lm, name, lambda a, _n=name: seen.__setitem__(_n, a[:, W - L:].detach())))
+        stack.enter_context(contiguous_head(lm.model))
         res = lm.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
                        use_cache=False, logits_to_keep=L + 1)
     targets = ids[:, W - L:]

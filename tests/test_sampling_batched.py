@@ -21,10 +21,11 @@ def logits(b: int, seed: int = 0) -> torch.Tensor:
     return (torch.randn((b, V), generator=g) * 3).round(decimals=1)  # ties, as top-p meets them
 
 
-def reference(x: torch.Tensor, s: Sampling, seeds: list[int]) -> list[int]:
+def reference(x: torch.Tensor, s: Sampling, seeds: list[int], generators: list | None = None) -> list[int]:
+    """Each row alone; ``generators``: each row's own, carried across calls (else seeded afresh)."""
     out = []
     for b, seed in enumerate(seeds):
-        g = torch.Generator().manual_seed(seed)
+        g = generators[b] if generators else torch.Generator().manual_seed(seed)
         row = x[b:b + 1] / s.temperature
         if s.sampling_semantics == "transformerlens":
             row = row.float()
@@ -87,6 +88,7 @@ def test_top_p_adds_only_the_draw_per_row():
     """Row by row, top-p costs 11 operators per row per step on this CPU; batched, 2: the row's view and its
     exponential draw."""
     s = MODES["interp-engine T0.7 top-p 0.9"]
-    assert gen._batch_rounds_as_rows("top_p", torch.empty((64, V)))  # this CPU rounds the batch as the rows
+    for op in (gen.Reduction.SORT, gen.Reduction.CUMSUM, gen.Reduction.SUM):  # this CPU rounds the batch as the rows
+        assert gen._batch_rounds_as_rows(op, torch.empty((64, V))), op
     extra = (ops_per_step(s, 64) - ops_per_step(s, 1)) / 63
     assert extra <= 2, extra
