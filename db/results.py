@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from typing import Any, Iterator
 
 from sqlalchemy import String, cast, func, select
@@ -213,9 +215,26 @@ def group_index(sweep_id: int, prompt: str, seed: int, url: str | None = None) -
                  "strength": grid_strength({"features": fs, "sampling": sm})} for i, t, fs, sm in s.execute(q)]
 
 
+STEER_ESCAPE = "steer:"  # before a steer's name that would read as a feature column ("5", "1+2", "DEFAULT")
+
+
 def grid_column(features: list[dict], sampling: dict | None) -> str:
-    """A row's column on a grid: its named steer, else its features' indices (or vectors) joined by "+"."""
-    return (sampling or {}).get("steer") or _feature_label(features)
+    """A row's column on a grid: its named steer, else its features' indices (or vectors) joined by "+". A
+    steer named like a feature column, or like an escaped name, is ``STEER_ESCAPE`` + its name, so that no two
+    different columns share a label (a steer "5" is not feature 5's column)."""
+    name = (sampling or {}).get("steer")
+    if not name:
+        return _feature_label(features)
+    if name == "DEFAULT" or name.startswith(STEER_ESCAPE) or re.fullmatch(r"\d+(\+\d+)*", name):
+        return STEER_ESCAPE + name
+    return name
+
+
+def curve_key(column: str) -> int | str:
+    """The key ``engine.search.curves`` gives a grid column's curve: a feature's index, else the steer's name."""
+    if column.startswith(STEER_ESCAPE):
+        return column[len(STEER_ESCAPE):]
+    return int(column) if column.isdigit() else column
 
 
 def grid_strength(row: dict) -> float | None:

@@ -48,7 +48,8 @@ def static_enabled() -> bool:
 class DynamicDecoder:
     """transformers' growing cache: new shapes every step, each step launched from Python."""
 
-    def __init__(self, model, cache_arg: str, input_ids: torch.Tensor, mask: torch.Tensor, n: int):
+    def __init__(self, model, cache_arg: str, input_ids: torch.Tensor, mask: torch.Tensor, n: int, room: int = 0):
+        """``room`` is ``StaticDecoder``'s; a growing cache has room for every token fed."""
         self.model, self.cache_arg = model, cache_arg
         self.ids, self.mask = input_ids, mask
         self.positions = (mask.cumsum(-1) - 1).clamp_min(0)
@@ -61,8 +62,9 @@ class DynamicDecoder:
         self.cache = getattr(res, self.cache_arg)
         return res.logits[:, -1, :]
 
-    def step(self, step: int, nxt: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
-        """Feed ``nxt`` (B,) (a stopped row's already replaced by padding), the ``step``-th generated token."""
+    def step(self, step: int, nxt: torch.Tensor, done: torch.Tensor, eager: bool = False) -> torch.Tensor:
+        """Feed ``nxt`` (B,) (a stopped row's already replaced by padding), the ``step``-th generated token
+        (always eagerly here)."""
         self.mask = torch.cat([self.mask, (~done).long()[:, None]], dim=1)
         self.positions = self.positions[:, -1:] + 1
         res = self.model(input_ids=nxt[:, None], attention_mask=self.mask, position_ids=self.positions,
@@ -76,12 +78,13 @@ class StaticDecoder:
     first replayed as a CUDA graph captured in this chunk."""
 
     def __init__(self, model, cache_arg: str, input_ids: torch.Tensor, mask: torch.Tensor, n: int,
-                 graph: bool = False):
+                 graph: bool = False, room: int = 0):
+        """``room``: slots past the ``n - 1`` fed tokens (1: the last token is fed too, by a final eager step)."""
         from transformers import StaticCache
 
         self.model, self.cache_arg, self.n = model, cache_arg, n
         B, P = input_ids.shape
-        self.P, self.L = P, P + max(n - 1, 0)
+        self.P, self.L = P, P + max(n - 1, 0) + room
         dtype = next(model.parameters()).dtype
         self.neg = torch.finfo(dtype).min
         self.cache = StaticCache(config=model.config, max_cache_len=self.L)
@@ -112,12 +115,13 @@ class StaticDecoder:
         return self.model(input_ids=self.ids, attention_mask=self.masks, position_ids=self.pos, use_cache=True,
                           logits_to_keep=1, **{self.cache_arg: self.cache}).logits
 
-    def step(self, step: int, nxt: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+    def step(self, step: int, nxt: torch.Tensor, done: torch.Tensor, eager: bool = False) -> torch.Tensor:
+        """Feed ``nxt``, the ``step``-th generated token, at its slot; ``eager``: run it eagerly, not replayed."""
         slot = self.P + step
         self.ids.copy_(nxt[:, None])
         self.pos.add_(1)
         self.step_mask[:, 0, 0, slot] = torch.where(done, self.neg, 0.0).to(self.step_mask.dtype)
-        if not self.graph or self.n - 1 < MIN_GRAPH_STEPS:
+        if eager or not self.graph or self.n - 1 < MIN_GRAPH_STEPS:
             return self._forward()[:, -1, :]
         if self._graph is None:
             return self._capture()
@@ -209,13 +213,14 @@ def static_fits(model, length: int) -> bool:
     return window is None or length <= window
 
 
-def decoder(model, cache_arg: str, input_ids: torch.Tensor, mask: torch.Tensor, n: int):
+def decoder(model, cache_arg: str, input_ids: torch.Tensor, mask: torch.Tensor, n: int, room: int = 0):
     """The decoder for this chunk: static and graph-replayed where that pays (``graph_pays``) and the static
-    cache is checked to choose the growing cache's tokens on this device and dtype, else the growing cache."""
+    cache is checked to choose the growing cache's tokens on this device and dtype, else the growing cache.
+    ``room``: cache slots past the ``n - 1`` fed tokens (``StaticDecoder``)."""
     rows, width = input_ids.shape
-    if (n > 1 and graph_pays(input_ids.device.type, rows) and static_fits(model, width + n - 1)
+    if (n > 1 and graph_pays(input_ids.device.type, rows) and static_fits(model, width + n - 1 + room)
             and static_matches(model, cache_arg)):
-        return StaticDecoder(model, cache_arg, input_ids, mask, n, graph=True)
+        return StaticDecoder(model, cache_arg, input_ids, mask, n, graph=True, room=room)
     return DynamicDecoder(model, cache_arg, input_ids, mask, n)
 
 

@@ -44,6 +44,7 @@ import torch
 from saejobs.engine import philox
 from saejobs.engine.decode import decoder
 from saejobs.engine.hooks import hook
+from saejobs.engine.residual import ResidualCapture, StreamRecorded
 from saejobs.engine.row_graph import RowGraph
 from saejobs.engine.sampling import Sampling, SamplingSemantics  # noqa: F401 (Sampling re-exported)
 SYNC_EVERY = 8  # off the CPU, look whether every row has stopped once per this many steps (one host sync)
@@ -60,6 +61,7 @@ class Generated:
     token_ids: list[int]  # generated tokens only (the EOS that stopped it included)
     logprobs: list[dict] | None = None  # per generated token: {"token", "logprob", "top": [[id, logprob], ...]}
     stopped_at_eos: bool = False
+    stream: tuple[ResidualCapture, int] | None = None  # (the chunk's recorded stream, this row's index in it)
 
 
 def prompt_ids(tokenizer, prompt: str) -> list[int]:
@@ -82,9 +84,11 @@ def output_text(tokenizer, prompt_ids_: list[int], generated: list[int]) -> str:
 
 @torch.no_grad()
 def generate(lm, rows: list[Row], sampling: Sampling, *, on_step: Callable[[int, int], None] | None = None,
-             steering: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> list[Generated]:
+             steering: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+             record_layer: int | None = None) -> list[Generated]:
     """Generate for all rows in one batch; each of ``steering``'s functions edits the activation at its
-    hook (several hooks: several layers).
+    hook (several hooks: several layers). ``record_layer``: record the stream entering that decoder layer (no
+    steering hook may sit below it) for scoring (``engine.residual``); each row's ``Generated.stream`` holds it.
 
     ``on_step(step, n_tokens)`` is called on the host after each step is queued (it never waits for
     the device), so a caller can report progress or stop a long chunk.
@@ -106,10 +110,15 @@ def generate(lm, rows: list[Row], sampling: Sampling, *, on_step: Callable[[int,
 
     # the class's own signature: an instance's forward may be wrapped (a test's, a profiler's) as *args/**kwargs
     cache_arg = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
-    dec = decoder(model, cache_arg, input_ids, mask, n)  # before the hooks: its one-time check runs the model
+    # before the hooks: its one-time check runs the model; a recorded stream needs a slot for the last token
+    dec = decoder(model, cache_arg, input_ids, mask, n, room=int(record_layer is not None))
+    rec = None if record_layer is None else ResidualCapture(lm, record_layer, B, input_ids.shape[1], n, device,
+                                                             next(model.parameters()).dtype)
 
     ran = 0
     with ExitStack() as hooks:
+        if rec is not None:  # first: a steering hook at that layer's input runs after it
+            hooks.enter_context(hook(lm, rec.hook_name, rec.record))
         for name, fn in (steering or {}).items():
             hooks.enter_context(hook(lm, name, fn))
         logits = dec.prompt()
@@ -130,7 +139,19 @@ def generate(lm, rows: list[Row], sampling: Sampling, *, on_step: Callable[[int,
             if step == n - 1 or (eos is not None and ran % sync_every == 0 and bool(done.all())):
                 break
             logits = dec.step(step, torch.where(done, torch.full_like(nxt, pad), nxt), done)
-    return _collect(tokens[:, :ran], eos, chosen_lp, top_lp, top_ids, ran)
+            if rec is not None:
+                rec.advance()
+        if rec is not None and ran == n:  # the last token's stream: the layers below the recorded one only
+            rec.last = True
+            try:
+                dec.step(n - 1, torch.where(done, torch.full_like(nxt, pad), nxt), done, eager=True)
+            except StreamRecorded:
+                rec.advance()
+    out = _collect(tokens[:, :ran], eos, chosen_lp, top_lp, top_ids, ran)
+    if rec is not None:
+        for b, g in enumerate(out):
+            g.stream = (rec, b)
+    return out
 
 
 def _left_padded(rows: list[Row], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -80,23 +80,35 @@ def other_concepts(features: Sequence[dict], sae_id: str | None) -> list[tuple[s
 
 def score_outputs(runner, outs: list, sweep_features: Sequence[int], sae_id: str | None = None) -> list[dict]:
     """Scores of a chunk ``runner.run`` produced ((config, generated, text) triples), in order; features
-    of the other SAEs ``runner.saes`` holds are each read by their own SAE at its hook."""
+    of the other SAEs ``runner.saes`` holds are each read by their own SAE at its hook. Rows generated
+    ``for_scoring`` are scored from their recorded stream (``engine.residual``): the layers below it are
+    not run again."""
     items = [Item(runner.ids(c), g.token_ids, concept_features(c.features, sweep_features, sae_id),
                   other_concepts(c.features, sae_id)) for c, g, _ in outs]
-    return score(runner.lm, runner.sae, runner.hook_name, items, others=getattr(runner, "saes", None))
+    streams = [getattr(g, "stream", None) for _, g, _ in outs]  # None: generated without recording
+    return score(runner.lm, runner.sae, runner.hook_name, items, others=getattr(runner, "saes", None),
+                 streams=streams if all(st is not None for st in streams) else None)
 
 
 def score(lm, sae, hook_name: str, items: list[Item], on_group: Callable[[int], None] | None = None,
-          others: dict[str, tuple] | None = None) -> list[dict]:
+          others: dict[str, tuple] | None = None, streams: list[tuple] | None = None) -> list[dict]:
     """Scores of ``items`` (a dict each, keys from ``Score``), in groups sized by device memory.
-    ``others``: SAE id -> (loaded SAE, hook name) for the items' ``others``."""
+    ``others``: SAE id -> (loaded SAE, hook name) for the items' ``others``. ``streams``: each item's
+    (``ResidualCapture``, row) from its generation, else one full unsteered pass per group."""
     import torch
 
     out: list[dict] = []
-    size = _group_rows(lm, max((len(i.token_ids) for i in items), default=1))
-    for start in range(0, len(items), size):
+    longest = max((len(i.token_ids) for i in items), default=1)
+    size = _group_rows(lm, max([longest] + [st[0].n for st in streams or ()]))
+    start = 0
+    while start < len(items):
+        end = min(start + size, len(items))
+        if streams is not None:  # a group replays one capture's rows
+            end = next((i for i in range(start, end) if streams[i][0] is not streams[start][0]), end)
         with torch.no_grad():
-            out += _score_group(lm, sae, hook_name, items[start:start + size], others or {})
+            out += _score_group(lm, sae, hook_name, items[start:end], others or {},
+                                None if streams is None else streams[start:end])
+        start = end
         if on_group is not None:
             on_group(len(out))
     return out
@@ -111,31 +123,74 @@ def _group_rows(lm, longest: int) -> int:
     return max(1, int(budget // per_row))
 
 
-def _score_group(lm, sae, hook_name: str, items: list[Item], others: dict[str, tuple]) -> list[dict]:
+@dataclass
+class _Layout:
+    """One group's forward pass: (B, T) ids, mask and positions; each row's completion in the window of
+    ``L`` columns from ``start`` (the last columns), from ``offsets[b]`` within it."""
+
+    ids: "torch.Tensor"
+    mask: "torch.Tensor"
+    start: int
+    L: int
+    offsets: list[int]
+
+
+def _full_layout(items: list[Item], pad: int) -> _Layout:
+    """Prompt and completion right-aligned, left-padded: the one-pass layout."""
+    import torch
+
+    L = max(len(i.token_ids) for i in items)
+    seqs = [list(i.prompt_ids) + list(i.token_ids) for i in items]
+    W = max(len(s) for s in seqs)
+    ids = torch.full((len(items), W), pad, dtype=torch.long)
+    mask = torch.zeros((len(items), W), dtype=torch.long)
+    for b, s in enumerate(seqs):
+        ids[b, W - len(s):] = torch.tensor(s)
+        mask[b, W - len(s):] = 1
+    return _Layout(ids, mask, W - L, L, [L - len(i.token_ids) for i in items])
+
+
+def _generation_layout(items: list[Item], pad: int, width: int, n: int) -> _Layout:
+    """Generation's layout: prompts right-aligned in ``width`` columns, completions from column ``width``."""
+    import torch
+
+    ids = torch.full((len(items), width + n), pad, dtype=torch.long)
+    mask = torch.zeros((len(items), width + n), dtype=torch.long)
+    for b, it in enumerate(items):
+        ids[b, width - len(it.prompt_ids):width] = torch.tensor(list(it.prompt_ids))
+        ids[b, width:width + len(it.token_ids)] = torch.tensor(list(it.token_ids))
+        mask[b, width - len(it.prompt_ids):width + len(it.token_ids)] = 1
+    return _Layout(ids, mask, width, n, [0] * len(items))
+
+
+def _score_group(lm, sae, hook_name: str, items: list[Item], others: dict[str, tuple],
+                 streams: list[tuple] | None) -> list[dict]:
     import torch
     from contextlib import ExitStack
 
     from saejobs.engine.decode import contiguous_head
     from saejobs.engine.hooks import hook
+    from saejobs.engine.residual import replaying
 
     device = torch.device(lm.device)
     tok = lm.tokenizer
     eos = tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     B = len(items)
-    L = max(len(i.token_ids) for i in items)
-    seqs = [list(i.prompt_ids) + list(i.token_ids) for i in items]
-    W = max(len(s) for s in seqs)
-    ids = torch.full((B, W), pad, dtype=torch.long)
-    mask = torch.zeros((B, W), dtype=torch.long)
-    gen = torch.zeros((B, L), dtype=torch.bool)  # the last L positions that are this row's completion
+    capture = streams[0][0] if streams else None
+    lay = (_full_layout(items, pad) if capture is None
+           else _generation_layout(items, pad, capture.width, capture.n))
+    L, start = lay.L, lay.start
+    gen = torch.zeros((B, L), dtype=torch.bool)  # the window's columns that are this row's completion
     novel = torch.zeros((B, L), dtype=torch.bool)  # those whose token repeats no earlier bigram of it
-    for b, (s, it) in enumerate(zip(seqs, items)):
-        ids[b, W - len(s):] = torch.tensor(s)
-        mask[b, W - len(s):] = 1
-        gen[b, L - len(it.token_ids):] = True
-        novel[b, L - len(it.token_ids):] = torch.tensor(novel_tokens(it.token_ids), dtype=torch.bool)
-    ids, mask, gen, novel = ids.to(device), mask.to(device), gen.to(device), novel.to(device)
+    text = torch.zeros((B, L), dtype=torch.bool)  # the completion without the EOS that ended it
+    for b, it in enumerate(items):
+        o, k = lay.offsets[b], len(it.token_ids)
+        gen[b, o:o + k] = True
+        novel[b, o:o + k] = torch.tensor(novel_tokens(it.token_ids), dtype=torch.bool)
+        text[b, o:o + k - int(bool(it.token_ids) and eos is not None and it.token_ids[-1] == eos)] = True
+    ids, mask = lay.ids.to(device), lay.mask.to(device)
+    gen, novel, text = gen.to(device), novel.to(device), text.to(device)
     # every concept as (SAE id or None for the sweep's, index), each SAE reading its own hook
     feats = sorted({(None, f) for it in items for f in it.features} | {o for it in items for o in it.others},
                    key=lambda k: (k[0] or "", k[1]))
@@ -148,21 +203,20 @@ def _score_group(lm, sae, hook_name: str, items: list[Item], others: dict[str, t
 
     seen: dict[str, torch.Tensor] = {}
     with ExitStack() as stack:
+        if capture is not None:
+            stack.enter_context(replaying(capture, torch.tensor([r for _, r in streams], device=capture.stream.device)))
         for name in hooks:
-            stack.enter_context(hook(lm, name, lambda a, _n=name: seen.__setitem__(_n, a[:, W - L:].detach())))
+            stack.enter_context(hook(lm, name, lambda a, _n=name: seen.__setitem__(_n, a[:, start:start + L].detach())))
         stack.enter_context(contiguous_head(lm.model))
         res = lm.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
                        use_cache=False, logits_to_keep=L + 1)
-    targets = ids[:, W - L:]
+    targets = ids[:, start:start + L]
     logits = res.logits[:, :-1].float()
     logp = logits.gather(-1, targets[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)
     del res, logits
     nll_sum = -(logp * gen).sum(-1)
     n_gen = gen.sum(-1)
     novel_sum, n_novel = -(logp * novel).sum(-1), novel.sum(-1)
-    text = gen.clone()  # the completion without the EOS that ended it
-    if eos is not None:
-        text[:, -1] &= targets[:, -1] != eos
     n_text = text.sum(-1)
     cols = [nll_sum, n_gen.float(), n_text.float(), novel_sum, n_novel.float()]
     if feats:
@@ -180,13 +234,14 @@ def _score_group(lm, sae, hook_name: str, items: list[Item], others: dict[str, t
         acts = torch.cat(per_token, dim=-1)  # (B, L, F)
         cols += [torch.cat(means), torch.cat(fires), acts.permute(1, 2, 0).reshape(-1, B)]  # (F, B), (F, B), (L*F, B)
     sums = torch.cat([c.reshape(-1, B).float() for c in cols]).T.cpu().tolist()  # one copy to the host
-    return [_row(items[b], sums[b], feats, member[b], eos, L) for b in range(B)]
+    return [_row(items[b], sums[b], feats, member[b], eos, lay.offsets[b]) for b in range(B)]
 
 
-def _row(item: Item, sums: list[float], feats: list[tuple], member: "torch.Tensor", eos: int | None, L: int) -> dict:
+def _row(item: Item, sums: list[float], feats: list[tuple], member: "torch.Tensor", eos: int | None,
+         offset: int) -> dict:
     nll_sum, n_gen, n_text, novel_sum, n_novel = sums[0], int(sums[1]), int(sums[2]), sums[3], int(sums[4])
     F, c0 = len(feats), 5  # the concept columns follow the five above: means, fire counts, then (L, F) activations
-    first = c0 + 2 * F + (L - len(item.token_ids)) * F  # this row's first completion token (right-aligned in L)
+    first = c0 + 2 * F + offset * F  # this row's first completion token in the window
     concept, tokens = {}, {}
     for k, (sae_id, f) in enumerate(feats):
         if member[k]:

@@ -13,7 +13,7 @@ from saejobs.engine.cache import release_memory
 from saejobs.engine.errors import FormatError, OutOfMemory, UsageError
 from saejobs.engine.generate import Generated, Row, generate, output_text, prompt_ids
 from saejobs.engine.request import SweepConfig, Settings
-from saejobs.engine.hooks import hook_width
+from saejobs.engine.hooks import hook_width, parse_hook
 from saejobs.engine.steering import (BatchSteering, Checks, Steer, SteerMethod, coefficient, prepare_vector,
                                      steer_method)
 
@@ -112,18 +112,21 @@ class SweepGenerator:
             checks.prepared[key] = out
         return out
 
-    def run(self, configs: list[SweepConfig], on_step: Callable[[int, int], None] | None = None
-            ) -> list[tuple[SweepConfig, Generated, str]]:
+    def run(self, configs: list[SweepConfig], on_step: Callable[[int, int], None] | None = None,
+            for_scoring: bool = False) -> list[tuple[SweepConfig, Generated, str]]:
         """Generate ``configs`` in batches of at most ``max_rows``: (config, generated tokens, output text) each.
+        ``for_scoring``: each batch records its unsteered stream below its lowest hook (``Generated.stream``),
+        from which ``engine.score`` scores it without recomputing those layers.
 
         A batch that runs out of device memory is split in half and retried, and ``max_rows`` remembers
         the size that fitted; one row that does not fit is an ``OutOfMemory`` error (permanent).
         """
         if len(configs) > self.max_rows:
             step = self.max_rows  # fixed for this split; a part that does not fit splits itself further
-            return [o for i in range(0, len(configs), step) for o in self.run(configs[i:i + step], on_step)]
+            return [o for i in range(0, len(configs), step)
+                    for o in self.run(configs[i:i + step], on_step, for_scoring)]
         try:
-            return self._run(configs, on_step)
+            return self._run(configs, on_step, for_scoring)
         except Exception as e:
             if not is_out_of_memory(e):
                 raise
@@ -132,9 +135,9 @@ class SweepGenerator:
             raise OutOfMemory(f"out of memory generating one row of {self.settings.n_tokens} tokens on "
                               f"{self.lm.device}; a smaller model, dtype or --n-tokens is needed")
         self.max_rows = max(1, len(configs) // 2)
-        return self.run(configs, on_step)
+        return self.run(configs, on_step, for_scoring)
 
-    def _run(self, configs: list[SweepConfig], on_step) -> list[tuple[SweepConfig, Generated, str]]:
+    def _run(self, configs: list[SweepConfig], on_step, for_scoring: bool) -> list[tuple[SweepConfig, Generated, str]]:
         rows = [Row(self.ids(c), c.seed) for c in configs]
         keep = None if self.settings.steer_special_tokens else self._non_special(rows)
         checks = Checks()  # every vector of the chunk checked with one look at the device
@@ -146,7 +149,12 @@ class SweepGenerator:
             if batch.active:
                 steering[name] = batch
         checks.verify()
-        gens = generate(self.lm, rows, self.settings.sampling(), steering=steering, on_step=on_step)
+        record = None
+        if for_scoring:  # below every hook that steers or reads a concept, the stream is the unsteered one
+            hooks = [*steering, self.hook_name, *(name for _, name in self.saes.values())]
+            record = min(parse_hook(h).layer for h in hooks)
+        gens = generate(self.lm, rows, self.settings.sampling(), steering=steering, on_step=on_step,
+                        record_layer=record)
         return [(c, g, self._output(c, r, g)) for c, r, g in zip(configs, rows, gens)]
 
     def _output(self, cfg: SweepConfig, row: Row, g: Generated) -> str:
@@ -200,7 +208,8 @@ def row_bytes(lm, n_prompt_tokens: int, n_tokens: int) -> int:
     kv = 2 * cfg.num_hidden_layers * kv_heads * head_dim * seq * el
     prompt = n_prompt_tokens * (8 * cfg.hidden_size + 3 * cfg.intermediate_size) * el + 3 * heads * n_prompt_tokens ** 2 * 4
     logits = cfg.vocab_size * (2 * el + 6 * 4)  # logits, float32 copies (logprobs, probs, noise), penalty state
-    return kv + prompt + logits
+    stream = (seq + 1) * cfg.hidden_size * el  # the stream recorded for scoring (engine.residual)
+    return kv + prompt + logits + stream
 
 
 def default_batch_size(lm, n_prompt_tokens: int, n_tokens: int) -> int:

@@ -70,7 +70,7 @@ def run(ctx) -> dict:
         def on_step(step: int, n: int, _chunk=len(chunk), _done=done) -> None:  # cancel/hand-back land mid-chunk too
             ctx.progress((_done + _chunk * step / n) / total, f"{_done}/{total} generations; "
                          f"{_chunk} rows at token {step}/{n}")
-        outs = runner.run(chunk, on_step)
+        outs = runner.run(chunk, on_step, for_scoring=True)  # scored from the stream it records
         failpoints.hit("sweep.chunk_generated")
         ctx.progress(done / total, f"{done}/{total} generations; scoring {len(chunk)}", force=True)
         scores = score_outputs(runner, outs, concept, entry.id)  # stored with the chunk, in its transaction

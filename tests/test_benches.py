@@ -4,7 +4,7 @@ Each runs as a user runs it, ``python bench/NAME.py --fast``, in its own process
 its default mode at tiny sizes, so a bench broken by a change elsewhere (as bench/sweep.py's second part
 was when sweeps became shards) fails here instead of on the next measuring day. The figures they print
 say nothing at these sizes; what is asserted is the exit status and the line each check prints.
-bench/gpu.py's own test is tests/test_generate.py's; bench/score.py is not covered here.
+bench/gpu.py's own test is tests/test_generate.py's.
 
 The benches that need Redis get the session's (``$SAEJOBS_TEST_BROKER``: this xdist worker's own database,
 or the private server tests/services.py started); each makes its own ``$SAEJOBS_HOME`` and SQLite
@@ -135,6 +135,12 @@ def test_sweep_fast(tmp_path, broker):
     assert lines(out, r"worker start -> job done [\d.]+ s vs submit -> job done [\d.]+ s"), out
     assert lines(out, r"model \+ SAE acquisition inside the job: cold [\d.]+ s \(load\), warm [\d.]+ ms"), out
     assert lines(out, r"^3\. SAE 64×512, .*\(encodes identical: True\)"), out
+
+
+@pytest.mark.model
+def test_score_fast(tmp_path):
+    out = bench("score.py", tmp_path)
+    assert lines(out, r"^5 configs × 4 tokens on cpu .* scores batched = alone = whole pass = reference NLL: True$"), out
 
 
 @pytest.mark.model

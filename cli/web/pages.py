@@ -74,7 +74,7 @@ def sweep_page(ref: str, group: int = 0, cols: int = 0) -> dict:
                                        for f in shown]} for st in strengths]
     plots = []
     for f in shown:
-        key = int(f) if f.isdigit() else f  # a feature's index, or a named steer's name
+        key = results.curve_key(f)  # a feature's index, or a named steer's name
         pts = curves.get((key, prompt))
         if pts:
             pick = search.choose(pts, baseline)
