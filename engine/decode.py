@@ -166,8 +166,8 @@ def contiguous_head(model) -> Iterator[None]:
     """The output projection fed a contiguous copy of its input inside the block. transformers slices the
     kept positions (``logits_to_keep``) out of a batch of longer sequences, a non-contiguous (B, k, d) view
     that ``F.linear`` multiplies as a batched matmul over B copies of the (vocab, d) weight: 274 ms for one
-    1,024-row prompt pass of Gemma 2 2B on an H200, 4.5 s against 2.9 s for a scoring pass of 34 rows on
-    this 2-core CPU. The copy is (B, k, d), the logits (B, k, vocab)."""
+    1,024-row prompt pass of Gemma 2 2B on an H200, against 1.6 ms for a decode step's contiguous (1024, 2304)
+    input. The copy is (B, k, d), the logits (B, k, vocab)."""
     head = model.get_output_embeddings()
     if head is None:
         yield

@@ -11,10 +11,12 @@
 - degeneration: distinct-1/2 and the longest n-gram that occurs twice (tokens), and whether the
   completion stopped at EOS.
 
-The completion excludes its final EOS for concept and degeneration. One batched, left-padded forward
-pass per group of rows, laid out as ``engine.generate`` lays out a batch, on the model's device;
-only one small tensor of per-row sums comes to the host per group. Only the steered features'
-encoder columns are computed (a JumpReLU feature's activation depends on its own column alone).
+The completion excludes its final EOS for concept and degeneration. One batched forward pass per group
+of rows, on the model's device; only one small tensor of per-row sums comes to the host per group. Only the
+steered features' encoder columns are computed (a JumpReLU feature's activation depends on its own column
+alone). Rows a sweep generated ``for_scoring`` carry the unsteered stream their generation recorded below its
+lowest hook (``engine.residual``): their pass runs only the layers from there up, in generation's own layout;
+other rows (``saejobs score`` on old rows) get one whole unsteered pass, prompt and completion left-padded.
 torch is imported where it is used, so ``Score`` (the field names) is cheap to import.
 """
 
