@@ -127,8 +127,9 @@ def _group_rows(lm, longest: int) -> int:
 
 @dataclass
 class _Layout:
-    """One group's forward pass: (B, T) ids, mask and positions; each row's completion in the window of
-    ``L`` columns from ``start`` (the last columns), from ``offsets[b]`` within it."""
+    """One group's forward pass: (B, T) ids and mask; each row's completion in the window of ``L`` columns
+    from column ``start`` (the last ``L``), from ``offsets[b]`` within it (right-aligned in the one-pass
+    layout, from the window's first column in generation's)."""
 
     ids: "torch.Tensor"
     mask: "torch.Tensor"
