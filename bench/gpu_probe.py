@@ -198,7 +198,7 @@ def reductions(dev: str, small: bool) -> None:
     own once-per-shape check), each row-by-row loop eager against one graph replay, and a whole sampling step
     per mode on bf16 logits (steady state: the loops replayed)."""
     from saejobs.engine import generate as gen
-    from saejobs.engine.row_graph import RowGraph
+    from saejobs.engine.row_graph import RowGraph, outputs_equal
     from saejobs.engine.sampling import Sampling
 
     B, V = (64, 4099) if small else (1024, 262144)
@@ -222,8 +222,7 @@ def reductions(dev: str, small: bool) -> None:
             for _ in range(3):
                 out = loop(arg)
             sync(dev)
-            same = all(torch.equal(a_, b_) for a_, b_ in zip(out if isinstance(out, tuple) else (out,),
-                                                               eager if isinstance(eager, tuple) else (eager,)))
+            same = outputs_equal(out, eager)
             rec(f"reduce.{tag}.{op.value}.rows_ms", f"eager+capture {t_first * 1e3:.1f}, replay "
                 f"{(time.perf_counter() - t) / 3 * 1e3:.1f}, graph {loop._graph is not None}, replay equals eager {same}")
     logits = (torch.randn((B, V), generator=g) * 3).to(device=dev, dtype=torch.bfloat16)

@@ -45,7 +45,7 @@ from saejobs.engine import philox
 from saejobs.engine.decode import decoder
 from saejobs.engine.hooks import hook
 from saejobs.engine.residual import ResidualCapture, StreamRecorded
-from saejobs.engine.row_graph import RowGraph
+from saejobs.engine.row_graph import RowGraph, outputs_equal
 from saejobs.engine.sampling import Sampling, SamplingSemantics  # noqa: F401 (Sampling re-exported)
 SYNC_EVERY = 8  # off the CPU, look whether every row has stopped once per this many steps (one host sync)
 
@@ -146,7 +146,7 @@ def generate(lm, rows: list[Row], sampling: Sampling, *, on_step: Callable[[int,
             try:
                 dec.step(n - 1, torch.where(done, torch.full_like(nxt, pad), nxt), done, eager=True)
             except StreamRecorded:
-                rec.advance()
+                pass
     out = _collect(tokens[:, :ran], eos, chosen_lp, top_lp, top_ids, ran)
     if rec is not None:
         for b, g in enumerate(out):
@@ -303,9 +303,7 @@ def _batch_rounds_as_rows(op: Reduction, like: torch.Tensor) -> bool:
             if op != Reduction.SORT:
                 x = x.sort(dim=-1, descending=True).values
         x = x.to(device=like.device, dtype=like.dtype)
-        a, b = batched(op, x), row_by_row(op, x)
-        _BATCHED[key] = all(torch.equal(u, v) for u, v in zip(a if isinstance(a, tuple) else (a,),
-                                                                 b if isinstance(b, tuple) else (b,)))
+        _BATCHED[key] = outputs_equal(batched(op, x), row_by_row(op, x))
     return _BATCHED[key]
 
 

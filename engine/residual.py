@@ -17,7 +17,7 @@ CUDA the graph-replayed decode step writes it through a device-side column index
 
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Iterator
 
 import torch
@@ -39,7 +39,6 @@ class ResidualCapture:
         self.column = torch.full((1,), width, dtype=torch.long, device=device)  # where the next fed token goes
         self.prompt_seen = False
         self.last = False  # the final step: record, then stop the forward pass
-        self.fed = 0  # generated tokens recorded
 
     @property
     def hook_name(self) -> str:
@@ -57,7 +56,6 @@ class ResidualCapture:
     def advance(self) -> None:
         """One more token fed (called on the host after each step; the column moves on the device)."""
         self.column.add_(1)
-        self.fed += 1
 
 
 @contextmanager
@@ -70,8 +68,7 @@ def replaying(capture: ResidualCapture, rows: torch.Tensor) -> Iterator[None]:
     try:
         for i in range(capture.layer):
             layers[i] = _PassThrough()
-        with ExitStack() as stack:
-            stack.enter_context(hook(capture.lm, capture.hook_name, lambda a: stream))
+        with hook(capture.lm, capture.hook_name, lambda a: stream):
             yield
     finally:
         for i, layer in enumerate(below):

@@ -51,7 +51,7 @@ class RowGraph:
             self._in = x.clone()
             graph, out = capture_graph(lambda: self.fn(self._in))
             graph.replay()
-            same = all(torch.equal(a, b) for a, b in zip(_tuple(out), _tuple(eager)))
+            same = outputs_equal(out, eager)
         except Exception:  # noqa: BLE001 -- not capturable here (a host sync inside): the loop stays eager
             same = False
         if not same:
@@ -64,6 +64,11 @@ class RowGraph:
 
 def graphs_here(device: torch.device) -> bool:
     return device.type == "cuda" and graphs_enabled()
+
+
+def outputs_equal(a: Out, b: Out) -> bool:
+    """Two results of one loop (a tensor, or a tuple of them) equal bit for bit."""
+    return all(torch.equal(u, v) for u, v in zip(_tuple(a), _tuple(b), strict=True))
 
 
 def _tuple(out: Out) -> tuple[torch.Tensor, ...]:

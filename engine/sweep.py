@@ -208,7 +208,7 @@ def row_bytes(lm, n_prompt_tokens: int, n_tokens: int) -> int:
     kv = 2 * cfg.num_hidden_layers * kv_heads * head_dim * seq * el
     prompt = n_prompt_tokens * (8 * cfg.hidden_size + 3 * cfg.intermediate_size) * el + 3 * heads * n_prompt_tokens ** 2 * 4
     logits = cfg.vocab_size * (2 * el + 6 * 4)  # logits, float32 copies (logprobs, probs, noise), penalty state
-    stream = (seq + 1) * cfg.hidden_size * el  # the stream recorded for scoring (engine.residual)
+    stream = seq * cfg.hidden_size * el  # the stream recorded for scoring (engine.residual: prompt + tokens)
     return kv + prompt + logits + stream
 
 
