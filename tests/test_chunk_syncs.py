@@ -71,3 +71,43 @@ def test_a_zero_vector_in_a_chunk_is_refused_with_its_own_message(runner):
     with pytest.raises(UsageError) as e:
         r.run(configs(6, a, b))  # rows 5 and 6 name feature 7 of b
     assert str(e.value) == (f"feature 7 of {b} has zero norm (or a non-finite one): it has no direction to normalise")
+
+
+class Ops(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_decode_step_runs_as_many_operators_for_256_rows_as_for_1(runner, monkeypatch):
+    """Issue 27 item 1 over a whole chunk (two SAEs, three operations, interp-engine sampling): the operators of
+    one more decode step — the model, the steering hooks, sampling — are as many for 256 rows as for 1, with
+    every row's noise drawn at once as ``engine.philox`` draws it on CUDA (on this CPU each row's mt19937 draw is
+    its own ``exponential_``: tests/test_sampling_batched.py counts that apart)."""
+    from dataclasses import replace
+
+    from saejobs.engine import generate as gen
+
+    # the draw as argmax(p / noise) holds here (checked once, and before the stand-in noise could be checked)
+    assert gen._exponential_trick_holds(torch.device("cpu"), torch.float32)
+    monkeypatch.setattr(gen.RowStreams, "exponential", lambda self, probs, as_2d: torch.empty_like(probs).exponential_(1))
+    r, a, b = runner
+    rows = {n: [SweepConfig("STEERED", ({"sae": a, "index": i % 250, "strength": 5.0},
+                                        {"sae": b, "index": i % 250 + 1, "strength": 2.0, "method": "ORTHOGONAL_DECOMP"},
+                                        {"sae": b, "index": i % 250 + 2, "method": "SWAP", "target": {"sae": a, "index": i % 250}}),
+                            "Hello there", i) for i in range(n)] for n in (1, 256)}
+
+    def ops(n_rows: int, n_tokens: int) -> int:
+        r.settings = replace(r.settings, n_tokens=n_tokens)
+        with Ops() as mode:
+            out = r.run(rows[n_rows])
+        assert max(len(g.token_ids) for _, g, _ in out) == n_tokens  # the chunk ran every step (a row may stop)
+        return mode.n
+
+    ops(1, 3)  # warm: one-time checks
+    step = {n: ops(n, 5) - ops(n, 4) for n in (1, 256)}
+    assert step[1] == step[256], step
