@@ -37,7 +37,7 @@ def demo(strengths: list[float], n_tokens: int, as_json: bool) -> None:
     quiet = as_json
     say = (lambda *a: None) if quiet else console().print
     say("[bold]saejobs demo[/]: Gemma 3 270M (PyPI package) + a [yellow]synthetic[/] Gemma-Scope-2-format SAE")
-    say("loading Gemma 3 270M (the first run converts the GGUF once: about a minute)...")
+    say("loading Gemma 3 270M (the first run converts the GGUF once: about half a minute)...")
     lm = local_executor().cache.model("gemma-3-270m-gguf", torch.float32)
     mirror = paths.home() / "demo-mirror"
     demo_sae.build(lm, mirror)

@@ -91,7 +91,7 @@ def saejobs_home(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture(scope="session")
 def gemma3():
-    """The real Gemma 3 270M from the PyPI package, loaded once (first run converts the GGUF: ~1 min)."""
+    """The real Gemma 3 270M from the PyPI package, loaded once (first run converts the GGUF: ~25 s)."""
     from saejobs.engine.models import load_model
 
     return load_model("gemma-3-270m-gguf")

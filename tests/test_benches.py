@@ -10,7 +10,7 @@ The benches that need Redis get the session's (``$SAEJOBS_TEST_BROKER``: this xd
 or the private server tests/services.py started); each makes its own ``$SAEJOBS_HOME`` and SQLite
 database, under this test's ``tmp_path`` (``$TMPDIR``). The model benches share the converted Gemma 3
 270M (``$SAEJOBS_MODEL_CACHE``, pinned by tests/conftest.py); a machine without a copy yet converts it in
-the first bench that loads it (a minute; the conversion lock makes a second process wait for it), so this
+the first bench that loads it (~25 s; the conversion lock makes a second process wait for it), so this
 process loads no model of its own. The whole file: 49 s with the suite's ``-n 2``, 82 s with ``-n 0``
 (2-core machine, quiet, model already converted).
 """
