@@ -23,7 +23,7 @@ torch is imported where it is used, so ``Score`` (the field names) is cheap to i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -96,7 +96,45 @@ def score(lm, sae, hook_name: str, items: list[Item], on_group: Callable[[int], 
           others: dict[str, tuple] | None = None, streams: list[tuple] | None = None) -> list[dict]:
     """Scores of ``items`` (a dict each, keys from ``Score``), in groups sized by device memory.
     ``others``: SAE id -> (loaded SAE, hook name) for the items' ``others``. ``streams``: each item's
-    (``ResidualCapture``, row) from its generation, else one full unsteered pass per group."""
+    (``ResidualCapture``, row) from its generation, else one full unsteered pass per group.
+
+    Items with the same prompt and completion have the same unsteered pass, so it runs once for all of them
+    (reading the union of their concepts) and each keeps its own concepts: a sweep's zero-strength rows, and
+    the rows steered too weakly to change a token, are scored as their DEFAULT row is."""
+    keys: dict[tuple, int] = {}
+    owner = [keys.setdefault((tuple(it.prompt_ids), tuple(it.token_ids)), len(keys)) for it in items]
+    first: dict[int, int] = {}
+    features: list[dict] = [{} for _ in keys]
+    other: list[dict] = [{} for _ in keys]
+    for i, (it, u) in enumerate(zip(items, owner)):
+        first.setdefault(u, i)
+        features[u].update(dict.fromkeys(it.features))
+        other[u].update(dict.fromkeys(it.others))
+    distinct = [replace(items[first[u]], features=list(features[u]), others=list(other[u])) for u in range(len(keys))]
+    covered = [0] * (len(keys) + 1)  # items scored once the first u distinct ones are (for progress)
+    for u in owner:
+        covered[u + 1] += 1
+    for u in range(len(keys)):
+        covered[u + 1] += covered[u]
+    scored = _score_distinct(lm, sae, hook_name, distinct, None if on_group is None else lambda n: on_group(covered[n]),
+                             others, None if streams is None else [streams[first[u]] for u in range(len(keys))])
+    return [_own(scored[u], it) for it, u in zip(items, owner)]
+
+
+def _own(row: dict, item: Item) -> dict:
+    """A distinct pass's scores as one of its items reports them: that item's concepts only."""
+    mine = {str(f) for f in item.features} | {f"{sae_id}:{f}" for sae_id, f in item.others}
+    if set(row[Score.CONCEPT]) == mine:
+        return dict(row)  # items that share a pass share no dict
+    concept = {k: v for k, v in row[Score.CONCEPT].items() if k in mine}
+    return {**row, Score.CONCEPT: concept,
+            Score.CONCEPT_TOKENS: {k: v for k, v in row[Score.CONCEPT_TOKENS].items() if k in mine},
+            Score.CONCEPT_MEAN: _mean([c["mean"] for c in concept.values()]),
+            Score.CONCEPT_FIRE_RATE: _mean([c["fire_rate"] for c in concept.values()])}
+
+
+def _score_distinct(lm, sae, hook_name: str, items: list[Item], on_group: Callable[[int], None] | None,
+                    others: dict[str, tuple] | None, streams: list[tuple] | None) -> list[dict]:
     import torch
 
     out: list[dict] = []

@@ -168,6 +168,28 @@ def test_concept_rises_with_strength_fluency_falls_at_the_high_end_default_near_
             assert b["concept"][k]["mean"] == pytest.approx(a["concept"][k]["mean"], abs=1e-2)
 
 
+@pytest.mark.model
+def test_rows_with_one_completion_share_one_pass_and_keep_their_own_concepts(grid, gemma3):
+    """Greedy, strength 0 writes what DEFAULT writes: a prompt's DEFAULT row and its four zero-strength rows are
+    scored in one row's pass, and each row's scores equal that row scored alone (its own concepts only)."""
+    runner, outs = grid
+    prompt = PROMPTS[0]
+    rows = [o for o in outs if o[0].prompt == prompt and (o[0].type == "DEFAULT" or o[0].features[0]["strength"] == 0)]
+    assert len(rows) == 5 and len({tuple(g.token_ids) for _, g, _ in rows}) == 1
+    seen: list[int] = []
+    handle = gemma3.model.register_forward_pre_hook(lambda m, a, k: seen.append(k["input_ids"].shape[0]),
+                                                    with_kwargs=True)
+    try:
+        together = score.score_outputs(runner, rows, list(WORDS))
+    finally:
+        handle.remove()
+    assert seen == [1], seen
+    for row, got in zip(rows, together):
+        alone = score.score_outputs(runner, [row], list(WORDS))[0]
+        assert got == alone, (row[0].features, got, alone)
+    assert [sorted(g["concept"]) for g in together] == [["0", "1", "2", "3"], ["0"], ["1"], ["2"], ["3"]]
+
+
 @pytest.fixture(scope="module")
 def sae_file(mirror) -> dict:
     """The demo SAE's own tensors, read from its file with safetensors (Gemma Scope 2's lowercase keys)."""
