@@ -17,6 +17,7 @@ from saejobs.engine.sae import load_sae
 from saejobs.engine.sweep import SweepGenerator
 from tests.dbfixtures import home  # noqa: F401
 from tests.synthetic_saes import make
+from tests.test_sampling_batched import Ops
 
 
 class Reads(TorchDispatchMode):
@@ -71,16 +72,6 @@ def test_a_zero_vector_in_a_chunk_is_refused_with_its_own_message(runner):
     with pytest.raises(UsageError) as e:
         r.run(configs(6, a, b))  # rows 5 and 6 name feature 7 of b
     assert str(e.value) == (f"feature 7 of {b} has zero norm (or a non-finite one): it has no direction to normalise")
-
-
-class Ops(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.n = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.n += 1
-        return func(*args, **(kwargs or {}))
 
 
 def test_a_decode_step_runs_as_many_operators_for_256_rows_as_for_1(runner, monkeypatch):
