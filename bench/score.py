@@ -5,8 +5,10 @@ whole unsteered pass (the backfill's) beside them.
 
     python bench/score.py [--device cpu|cuda] [--n-tokens 32] [--repeats 2] [--fast]
 
-Gemma 3 270M fp32 with the demo SAE; 4 features × 4 strengths × 2 prompts + 2 DEFAULT rows (34
-configurations, one chunk) × 32 greedy tokens. Correctness, checked before a figure is printed (exit
+Gemma 3 270M fp32 with the demo SAE, 32 greedy tokens, each grid one chunk: 1. 4 features × strengths 50, 100,
+200, 300 × 2 prompts + 2 DEFAULT rows (34 configurations, every completion distinct); 2. the README's strengths
+0:200:50 (42 configurations): a zero-strength row writes its DEFAULT's completion, and rows with one prompt and
+completion share one scoring pass. Correctness, for each, checked before a figure is printed (exit
 1 otherwise): recording changes no token, the batched scores equal each row scored alone and the whole
 pass's, and a row's NLL equals a plain unpadded forward pass's ``log_softmax`` of its completion.
 """
@@ -59,10 +61,23 @@ def main() -> int:
     settings = Settings(n_tokens=a.n_tokens)
     features = [0, 1] if a.fast else [0, 1, 2, 3]
     prompts = ["Once upon a time", "The weather today is"][:1 if a.fast else 2]
-    configs = plan_configs(features, [], [100, 300] if a.fast else [50, 100, 200, 300], prompts, [42], False,
-                           settings, "bench")
     runner = SweepGenerator(lm, sae, demo.ENTRY.hook_name, settings)
-    score.score_outputs(runner, runner.run(configs[:2], for_scoring=True), features)  # warm-up (allocator, kernels)
+    grids = {  # the bench's grid (every completion distinct), then the README's 0:200:50 (zero-strength rows repeat DEFAULT)
+        "1.": [100, 300] if a.fast else [50, 100, 200, 300],
+        "2. with strength 0 (0:200:50):": [0, 100] if a.fast else [0, 50, 100, 150, 200],
+    }
+    warm = plan_configs(features, [], grids["1."], prompts, [42], False, settings, "bench")[:2]
+    score.score_outputs(runner, runner.run(warm, for_scoring=True), features)  # warm-up (allocator, kernels)
+    ok = True
+    for label, strengths in grids.items():
+        configs = plan_configs(features, [], strengths, prompts, [42], False, settings, "bench")
+        ok &= measure(label, runner, lm, configs, features, a)
+    return 0 if ok else 1
+
+
+def measure(label: str, runner, lm, configs: list, features: list[int], a) -> bool:
+    """Unscored, scored from the recording, and the whole pass, alternated ``a.repeats`` times; then the checks."""
+    from saejobs.engine import score
 
     gen_s, scored_s, full_s = [], [], []
     for _ in range(a.repeats):  # alternate the sides so a noisy neighbour hits all three
@@ -77,7 +92,7 @@ def main() -> int:
         full = score.score_outputs(runner, plain, features)  # one whole unsteered pass per group (the backfill's)
         full_s.append(time.perf_counter() - t0)
     ok = [g.token_ids for _, g, _ in plain] == [g.token_ids for _, g, _ in outs]
-    picks = [0, 1, len(outs) // 2, len(outs) - 1]
+    picks = sorted({0, 1, len(outs) // 2, len(outs) - 1})
     for i in picks:
         alone = score.score_outputs(runner, [outs[i]], features)[0]
         c, g, _ = outs[i]
@@ -85,6 +100,7 @@ def main() -> int:
         same = (math.isclose(alone["nll"], scores[i]["nll"], abs_tol=1e-4)
                 and math.isclose(ref, scores[i]["nll"], abs_tol=1e-3)
                 and math.isclose(full[i]["nll"], scores[i]["nll"], abs_tol=1e-4)
+                and alone["concept"].keys() == scores[i]["concept"].keys()
                 and all(math.isclose(alone["concept"][k]["mean"], v["mean"], abs_tol=1e-2)
                         and math.isclose(full[i]["concept"][k]["mean"], v["mean"], rel_tol=1e-3, abs_tol=1e-3)
                         for k, v in scores[i]["concept"].items()))
@@ -92,12 +108,13 @@ def main() -> int:
         if not same:
             print(f"row {i}: batched {scores[i]['nll']:.5f}, alone {alone['nll']:.5f}, whole pass {full[i]['nll']:.5f}, "
                   f"reference {ref:.5f}")
+    distinct = len({(tuple(runner.ids(c)), tuple(g.token_ids)) for c, g, _ in outs})
     g, s, f = min(gen_s), min(scored_s) - min(gen_s), min(full_s)
-    print(f"{len(configs)} configs × {a.n_tokens} tokens on {a.device} (best of {a.repeats}): unscored sweep "
-          f"{g:.2f} s, scored {g + s:.2f} s -> scoring adds {100 * s / g:.0f}% (goal <= 30% on a CPU); "
-          f"a whole unsteered pass instead would add {100 * f / g:.0f}% ({f / max(s, 1e-9):.2f}x the time); "
-          f"scores batched = alone = whole pass = reference NLL: {ok}")
-    return 0 if ok else 1
+    print(f"{label} {len(configs)} configs ({distinct} distinct completions) × {a.n_tokens} tokens on {a.device} "
+          f"(best of {a.repeats}): unscored sweep {g:.2f} s, scored {g + s:.2f} s -> scoring adds {100 * s / g:.0f}% "
+          f"(goal <= 30% on a CPU); a whole unsteered pass instead would add {100 * f / g:.0f}% "
+          f"({f / max(s, 1e-9):.2f}x the time); scores batched = alone = whole pass = reference NLL: {ok}")
+    return ok
 
 
 if __name__ == "__main__":

@@ -23,8 +23,10 @@ torch is imported where it is used, so ``Score`` (the field names) is cheap to i
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from itertools import accumulate
 from typing import TYPE_CHECKING, Callable, Sequence
 
 if TYPE_CHECKING:
@@ -111,11 +113,8 @@ def score(lm, sae, hook_name: str, items: list[Item], on_group: Callable[[int], 
         features[u].update(dict.fromkeys(it.features))
         other[u].update(dict.fromkeys(it.others))
     distinct = [replace(items[first[u]], features=list(features[u]), others=list(other[u])) for u in range(len(keys))]
-    covered = [0] * (len(keys) + 1)  # items scored once the first u distinct ones are (for progress)
-    for u in owner:
-        covered[u + 1] += 1
-    for u in range(len(keys)):
-        covered[u + 1] += covered[u]
+    shared = Counter(owner)
+    covered = [0, *accumulate(shared[u] for u in range(len(keys)))]  # items scored with the first n distinct ones
     scored = _score_distinct(lm, sae, hook_name, distinct, None if on_group is None else lambda n: on_group(covered[n]),
                              others, None if streams is None else [streams[first[u]] for u in range(len(keys))])
     return [_own(scored[u], it) for it, u in zip(items, owner)]

@@ -140,7 +140,11 @@ def test_sweep_fast(tmp_path, broker):
 @pytest.mark.model
 def test_score_fast(tmp_path):
     out = bench("score.py", tmp_path)
-    assert lines(out, r"^5 configs × 4 tokens on cpu .* scores batched = alone = whole pass = reference NLL: True$"), out
+    assert lines(out, r"^1\. 5 configs \([1-5] distinct completions\) × 4 tokens on cpu .* scores batched = alone = whole "
+                      r"pass = reference NLL: True$"), out
+    # the zero-strength rows write their DEFAULT's completion: fewer distinct completions than rows
+    assert lines(out, r"^2\. with strength 0 \(0:200:50\): 5 configs \([1-4] distinct completions\) × 4 tokens on cpu "
+                      r".* scores batched = alone = whole pass = reference NLL: True$"), out
 
 
 @pytest.mark.model

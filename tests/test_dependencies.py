@@ -23,7 +23,6 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 RUNTIME_ONLY = {
     "redis": "kombu's Redis transport: the broker",
     "kombu": "tasks/broker.py reads its Redis channel's internals (Celery hands the channel over)",
-    "gguf": "transformers reads GGUF files through it (engine/models.py)",
     "accelerate": "transformers refuses a gguf_file load without it",
 }
 
