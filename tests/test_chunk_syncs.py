@@ -45,11 +45,12 @@ def runner(home, tiny_gemma2_dir):  # noqa: F811
 
 
 def configs(n: int, a: str, b: str) -> list[SweepConfig]:
-    """``n`` configurations, each a two-SAE steer with a direction-reading operation (units computed)."""
-    return [SweepConfig("STEERED", ({"sae": a, "index": i, "strength": 5.0},
-                                    {"sae": b, "index": i + 1, "strength": 2.0, "method": "ORTHOGONAL_DECOMP"},
-                                    {"sae": b, "index": i + 2, "method": "SWAP", "target": {"sae": a, "index": i}}),
-                        "Hello there", i) for i in range(n)]
+    """``n`` configurations (seeds 0 to n - 1), each a two-SAE steer with a direction-reading operation (units
+    computed); configuration i steers features k, k + 1 and k + 2 with k = i mod 250 (the SAEs are 256 wide)."""
+    return [SweepConfig("STEERED", ({"sae": a, "index": k, "strength": 5.0},
+                                    {"sae": b, "index": k + 1, "strength": 2.0, "method": "ORTHOGONAL_DECOMP"},
+                                    {"sae": b, "index": k + 2, "method": "SWAP", "target": {"sae": a, "index": k}}),
+                        "Hello there", i) for i, k in ((i, i % 250) for i in range(n))]
 
 
 def reads(r: SweepGenerator, cfgs: list[SweepConfig]) -> int:
@@ -87,10 +88,7 @@ def test_a_decode_step_runs_as_many_operators_for_256_rows_as_for_1(runner, monk
     assert gen._exponential_trick_holds(torch.device("cpu"), torch.float32)
     monkeypatch.setattr(gen.RowStreams, "exponential", lambda self, probs, as_2d: torch.empty_like(probs).exponential_(1))
     r, a, b = runner
-    rows = {n: [SweepConfig("STEERED", ({"sae": a, "index": i % 250, "strength": 5.0},
-                                        {"sae": b, "index": i % 250 + 1, "strength": 2.0, "method": "ORTHOGONAL_DECOMP"},
-                                        {"sae": b, "index": i % 250 + 2, "method": "SWAP", "target": {"sae": a, "index": i % 250}}),
-                            "Hello there", i) for i in range(n)] for n in (1, 256)}
+    rows = {n: configs(n, a, b) for n in (1, 256)}
 
     def ops(n_rows: int, n_tokens: int) -> int:
         r.settings = replace(r.settings, n_tokens=n_tokens)
