@@ -14,7 +14,10 @@
 The completion excludes its final EOS for concept and degeneration. One batched forward pass per group
 of rows, on the model's device; only one small tensor of per-row sums comes to the host per group. Only the
 steered features' encoder columns are computed (a JumpReLU feature's activation depends on its own column
-alone). Rows a sweep generated ``for_scoring`` carry the unsteered stream their generation recorded below its
+alone). The output projection, the pass's largest cost with a large vocabulary, runs once per distinct
+prefix of the group's completions (rows of one prompt share their first position, weakly steered rows their
+DEFAULT's first tokens) and one vocabulary slice at a time, so the (rows, tokens, vocabulary) logits are
+never held and a group is sized by its forward pass. Rows a sweep generated ``for_scoring`` carry the unsteered stream their generation recorded below its
 lowest hook (``engine.residual``): their pass runs only the layers from there up, in generation's own layout;
 other rows (``saejobs score`` on old rows) get one whole unsteered pass, prompt and completion left-padded.
 torch is imported where it is used, so ``Score`` (the field names) is cheap to import.
@@ -24,16 +27,19 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from itertools import accumulate
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 if TYPE_CHECKING:
     import torch
 
-LOGITS_SHARE = 0.25  # of free device memory (capped on a CPU) that one group's logits may take
-CPU_LOGITS_BYTES = 512 << 20
+MEMORY_SHARE = 0.25  # of free device memory that one group's forward pass, or one vocabulary slice, may take
+CPU_GROUP_BYTES = 512 << 20  # on a CPU: one group's forward pass
+CPU_SLICE_BYTES = 48 << 20  # on a CPU: one vocabulary slice's logits and their temporaries (cache-sized)
+MIN_SLICE = 1024  # words per vocabulary slice at least (the projection stays one efficient matmul)
 
 
 class Score(StrEnum):
@@ -137,8 +143,8 @@ def _score_distinct(lm, sae, hook_name: str, items: list[Item], on_group: Callab
     import torch
 
     out: list[dict] = []
-    longest = max((len(i.token_ids) for i in items), default=1)
-    size = _group_rows(lm, max([longest] + [st[0].n for st in streams or ()]))
+    width = max([1] + [len(i.prompt_ids) + len(i.token_ids) for i in items] + [st[0].width + st[0].n for st in streams or ()])
+    size = _group_rows(lm, width)
     start = 0
     while start < len(items):
         end = min(start + size, len(items))
@@ -153,13 +159,86 @@ def _score_distinct(lm, sae, hook_name: str, items: list[Item], on_group: Callab
     return out
 
 
-def _group_rows(lm, longest: int) -> int:
+def _group_rows(lm, width: int) -> int:
+    """Rows per group: what one row's forward pass over ``width`` tokens may hold at once (per token the
+    residual stream and its copies, the MLP's three intermediates and each head's attention row, in float32,
+    an upper estimate) within the device's budget. The logits are never held whole (``_log_probs``)."""
     import torch
 
     device = torch.device(lm.device)
-    per_row = (longest + 1) * lm.config.vocab_size * 4 * 2  # logits and logsumexp's temporary
-    budget = torch.cuda.mem_get_info(device)[0] * LOGITS_SHARE if device.type == "cuda" else CPU_LOGITS_BYTES
-    return max(1, int(budget // per_row))
+    cfg = lm.config
+    d, ff = cfg.hidden_size, getattr(cfg, "intermediate_size", 4 * cfg.hidden_size)
+    per_row = width * (8 * d + 3 * ff + 2 * cfg.num_attention_heads * width) * 4
+    budget = torch.cuda.mem_get_info(device)[0] * MEMORY_SHARE if device.type == "cuda" else CPU_GROUP_BYTES
+    return max(1, int(budget // max(per_row, 1)))
+
+
+def _vocab_slice(device: "torch.device", n: int, vocab: int) -> int:
+    """Words per slice of the output projection for ``n`` positions: a slice's float32 logits and two
+    temporaries of their size within the budget (a CPU's cache-sized one: the slice is reduced while it is
+    hot), at least ``MIN_SLICE``."""
+    import torch
+
+    budget = torch.cuda.mem_get_info(device)[0] * MEMORY_SHARE if device.type == "cuda" else CPU_SLICE_BYTES
+    return int(min(vocab, max(MIN_SLICE, budget // max(n * 4 * 3, 1))))
+
+
+def _prefix_slots(items: list[Item], offsets: list[int], L: int) -> tuple[list[int], list[int]]:
+    """Which positions need logits of their own. The unsteered model's next-token distribution after a
+    prefix depends on the prefix alone, so completions that share a prefix (every row of a prompt shares its
+    first position; weakly steered rows often follow their DEFAULT row for several tokens) share those
+    positions' logits. Returns, for each of the (B, L) window's positions, flattened, the index of its
+    distinct prefix (-1: no completion token there), and each distinct prefix's first position."""
+    node: dict[tuple, int] = {}  # ("prompt", ids) or (node, token) -> node: a prefix tree of the group's texts
+    slot, first = [-1] * (len(items) * L), []
+    where: dict[int, int] = {}  # node -> its distinct prefix's index
+    for b, it in enumerate(items):
+        u = node.setdefault(("prompt", tuple(it.prompt_ids)), len(node))
+        for t, token in enumerate(it.token_ids):
+            pos = b * L + offsets[b] + t
+            k = where.setdefault(u, len(where))
+            if k == len(first):
+                first.append(pos)
+            slot[pos] = k
+            u = node.setdefault((u, int(token)), len(node))
+    return slot, first
+
+
+def _log_probs(lm, hidden: "torch.Tensor", targets: "torch.Tensor", slot: list[int], first: list[int]) -> "torch.Tensor":
+    """(B, L) log-probabilities of ``targets`` under the model's head, from the head's (B, L, d) input:
+    the head runs only at each distinct prefix's first position, one vocabulary slice at a time (a slice's
+    logits are reduced to their logsumexp and the targets in it are picked out, then freed), with the
+    model's own final soft-capping. Where ``slot`` is -1 the value means nothing (the caller masks)."""
+    import torch
+
+    B, L, d = hidden.shape
+    if not first:  # no completion token in the group
+        return torch.zeros((B, L), dtype=torch.float32, device=hidden.device)
+    head = lm.model.get_output_embeddings()
+    cap = getattr(lm.config, "final_logit_softcapping", None)
+    device = hidden.device
+    h = hidden.reshape(B * L, d)[torch.tensor(first, dtype=torch.long, device=device)]  # (N, d)
+    slots = torch.tensor(slot, dtype=torch.long, device=device)
+    rows = slots.clamp_min(0)
+    want = targets.reshape(-1)
+    V = head.weight.shape[0]
+    step = _vocab_slice(device, len(first), V)
+    out = torch.empty((len(first), min(step, V)), dtype=h.dtype, device=device)  # reused: no fresh pages per slice
+    lse, picked = [], torch.zeros(B * L, dtype=torch.float32, device=device)
+    for v0 in range(0, V, step):
+        w = head.weight[v0:v0 + step]
+        z = torch.mm(h, w.T, out=out) if len(w) == out.shape[1] else h @ w.T
+        if head.bias is not None:
+            z += head.bias[v0:v0 + step]
+        if cap is not None:  # as the model's forward: logits / cap, tanh, * cap, in the model's dtype
+            z.div_(cap).tanh_().mul_(cap)
+        z = z.float()
+        here = (want >= v0) & (want < v0 + len(w))
+        picked = torch.where(here, z[rows, (want - v0).clamp(0, len(w) - 1)], picked)
+        top = z.amax(dim=-1, keepdim=True)  # then logsumexp in place: the slice's logits are not needed again
+        lse.append(z.sub_(top).exp_().sum(dim=-1).log_().add_(top[:, 0]))
+    total = torch.logsumexp(torch.stack(lse, dim=-1), dim=-1)  # (N,)
+    return (picked - total[rows]).reshape(B, L)
 
 
 @dataclass
@@ -208,7 +287,6 @@ def _score_group(lm, sae, hook_name: str, items: list[Item], others: dict[str, t
     import torch
     from contextlib import ExitStack
 
-    from saejobs.engine.decode import contiguous_head
     from saejobs.engine.hooks import hook
     from saejobs.engine.residual import replaying
 
@@ -242,18 +320,18 @@ def _score_group(lm, sae, hook_name: str, items: list[Item], others: dict[str, t
     hooks = {name for _, name in readers.values()}
 
     seen: dict[str, torch.Tensor] = {}
+    kept: list[torch.Tensor] = []  # the head's input; the head itself is handed no position (``_log_probs``)
     with ExitStack() as stack:
         if capture is not None:
             stack.enter_context(replaying(capture, torch.tensor([r for _, r in streams], device=capture.stream.device)))
         for name in hooks:
             stack.enter_context(hook(lm, name, lambda a, _n=name: seen.__setitem__(_n, a[:, start:start + L].detach())))
-        stack.enter_context(contiguous_head(lm.model))
-        res = lm.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
-                       use_cache=False, logits_to_keep=L + 1)
-    targets = ids[:, start:start + L]
-    logits = res.logits[:, :-1].float()
-    logp = logits.gather(-1, targets[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)
-    del res, logits
+        stack.enter_context(_head_input(lm.model, kept))
+        lm.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
+                 use_cache=False, logits_to_keep=L + 1)
+    slot, first = _prefix_slots(items, lay.offsets, L)
+    logp = _log_probs(lm, kept[0][:, :-1], ids[:, start:start + L], slot, first)  # column j's hidden state predicts token j
+    del kept
     nll_sum = -(logp * gen).sum(-1)
     n_gen = gen.sum(-1)
     novel_sum, n_novel = -(logp * novel).sum(-1), novel.sum(-1)
@@ -275,6 +353,21 @@ def _score_group(lm, sae, hook_name: str, items: list[Item], others: dict[str, t
         cols += [torch.cat(means), torch.cat(fires), acts.permute(1, 2, 0).reshape(-1, B)]  # (F, B), (F, B), (L*F, B)
     sums = torch.cat([c.reshape(-1, B).float() for c in cols]).T.cpu().tolist()  # one copy to the host
     return [_row(items[b], sums[b], feats, member[b], eos, lay.offsets[b]) for b in range(B)]
+
+
+@contextmanager
+def _head_input(model, kept: list) -> Iterator[None]:
+    """Inside the block, the output projection's input is appended to ``kept`` and the projection is handed
+    none of its positions: the forward pass stops short of the (B, L, vocab) logits."""
+    def keep(_module, args):
+        kept.append(args[0])
+        return (args[0][:, :0], *args[1:])
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(keep)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _row(item: Item, sums: list[float], feats: list[tuple], member: "torch.Tensor", eos: int | None,

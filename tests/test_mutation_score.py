@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from saejobs.engine import score as sc
 from saejobs.engine.models import LoadedModel, byte_tokenizer
@@ -27,16 +28,16 @@ FIELDS = {"concept", "concept_tokens", "concept_mean", "concept_fire_rate", "nll
           "longest_repeat", "stopped_at_eos", "completion_tokens"}
 
 
-def tiny_lm(seed: int = 0, scale: float = 1.0) -> LoadedModel:
-    """A 2-layer random Gemma 2 with the byte tokenizer; no logit soft-capping, so ``scale`` (on the tied
-    embedding) can make the logits, and so the NLL, as large as a test needs."""
+def tiny_lm(seed: int = 0, scale: float = 1.0, softcap: float | None = None) -> LoadedModel:
+    """A 2-layer random Gemma 2 with the byte tokenizer; no logit soft-capping unless ``softcap``, so
+    ``scale`` (on the tied embedding) can make the logits, and so the NLL, as large as a test needs."""
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
     tok = byte_tokenizer()
     cfg = Gemma2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=128,
                        sliding_window=64, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD,
-                       final_logit_softcapping=None, attn_implementation="eager")
+                       final_logit_softcapping=softcap, attn_implementation="eager")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Gemma2ForCausalLM(cfg)
@@ -249,13 +250,19 @@ def test_perplexity_is_capped_at_exp_700(lm):
     assert close(row["nll"], want["nll"]) and row["perplexity"] == math.exp(700.0)
 
 
+def row_bytes(cfg, width: int) -> int:
+    """One row's forward pass over ``width`` tokens as the README's Scores section sizes it: per token the
+    residual stream and its copies (8 d), the MLP's three intermediates (3 ff), each head's attention row
+    (2 heads × width), in float32."""
+    return width * (8 * cfg.hidden_size + 3 * cfg.intermediate_size + 2 * cfg.num_attention_heads * width) * 4
+
+
 def test_groups_by_memory_in_order_with_progress(lm, monkeypatch):
     """With a budget that holds two rows, five items are scored in groups of 2, 2, 1, in order, with a
     progress call after each group; each equals its row alone."""
-    V = lm.config.vocab_size
-    longest = max(len(g) for _, g, _ in ITEMS)
-    monkeypatch.setattr(sc, "CPU_LOGITS_BYTES", 2 * (longest + 1) * V * 8 + 1)
-    assert sc._group_rows(lm, longest) == 2
+    width = max(len(p) + len(g) for p, g, _ in ITEMS)
+    monkeypatch.setattr(sc, "CPU_GROUP_BYTES", 3 * row_bytes(lm.config, width) - 1)
+    assert sc._group_rows(lm, width) == 2
     sae = make_sae(lm.config.hidden_size)
     items = ITEMS
     calls = []
@@ -265,27 +272,31 @@ def test_groups_by_memory_in_order_with_progress(lm, monkeypatch):
         check(row, reference(lm, sae, p, g, f))
 
 
+def config(d=640, ff=2048, heads=4) -> SimpleNamespace:
+    return SimpleNamespace(hidden_size=d, intermediate_size=ff, num_attention_heads=heads)
+
+
 def test_group_rows_from_memory():
-    """Per row: (longest + 1) positions of float32 logits and logsumexp's temporary; a quarter of free
-    device memory on a GPU, 512 MiB on a CPU; at least one row."""
-    cpu = SimpleNamespace(device="cpu", config=SimpleNamespace(vocab_size=1000))
-    assert sc._group_rows(cpu, 15) == (512 * 2**20) // (16 * 1000 * 8)
-    assert sc._group_rows(cpu, 99) == (512 * 2**20) // (100 * 1000 * 8)
-    huge = SimpleNamespace(device="cpu", config=SimpleNamespace(vocab_size=10**9))
+    """Rows whose forward pass fits 512 MiB on a CPU (Gemma 3 270M's shape: 38 tokens, 305 rows; a
+    chat-length 332, 29); at least one row."""
+    cpu = SimpleNamespace(device="cpu", config=config())
+    assert sc._group_rows(cpu, 38) == (512 * 2**20) // (38 * (8 * 640 + 3 * 2048 + 2 * 4 * 38) * 4) == 305
+    assert sc._group_rows(cpu, 332) == (512 * 2**20) // (332 * (8 * 640 + 3 * 2048 + 2 * 4 * 332) * 4) == 29
+    huge = SimpleNamespace(device="cpu", config=config(d=10**9))
     assert sc._group_rows(huge, 10) == 1
 
 
 def test_group_rows_never_round_up_past_the_budget(monkeypatch):
     """Integer floor division: a budget one byte short of three rows gives two, even where a float quotient
     would round up to 3.0 (sizes past 2**53)."""
-    lm = SimpleNamespace(device="cpu", config=SimpleNamespace(vocab_size=2**52))
-    per_row = (0 + 1) * 2**52 * 4 * 2
-    monkeypatch.setattr(sc, "CPU_LOGITS_BYTES", 3 * per_row - 1)
+    lm = SimpleNamespace(device="cpu", config=config(d=2**50, ff=0, heads=0))
+    per_row = row_bytes(lm.config, 1)
+    monkeypatch.setattr(sc, "CPU_GROUP_BYTES", 3 * per_row - 1)
     assert float(3 * per_row - 1) / per_row == 3.0  # what a float division would make of it
-    assert sc._group_rows(lm, 0) == 2
+    assert sc._group_rows(lm, 1) == 2
 
 
-def test_group_rows_on_a_gpu_take_a_quarter_of_free_memory(monkeypatch):
+def test_group_rows_and_vocabulary_slices_on_a_gpu_take_a_quarter_of_free_memory(monkeypatch):
     free = 64 * 2**30
     asked = []
 
@@ -293,11 +304,93 @@ def test_group_rows_on_a_gpu_take_a_quarter_of_free_memory(monkeypatch):
         asked.append(torch.device(device))
         return free, 80 * 2**30
     monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
-    gpu = SimpleNamespace(device="cuda:1", config=SimpleNamespace(vocab_size=262144))
-    assert sc._group_rows(gpu, 31) == int(free / 4 // (32 * 262144 * 8))
-    assert asked == [torch.device("cuda:1")]
+    gemma2 = config(d=2304, ff=9216, heads=8)
+    gpu = SimpleNamespace(device="cuda:1", config=gemma2)
+    assert sc._group_rows(gpu, 332) == int(free / 4 // row_bytes(gemma2, 332))
+    # 1,024 rows of 32 tokens: logits and two temporaries of 32,768 positions in float32
+    assert sc._vocab_slice(torch.device("cuda:1"), 32768, 256000) == int(free / 4 // (32768 * 4 * 3))
+    assert asked == [torch.device("cuda:1")] * 2
     free = 10
     assert sc._group_rows(gpu, 31) == 1
+    assert sc._vocab_slice(torch.device("cuda:1"), 32768, 256000) == sc.MIN_SLICE
+
+
+def test_vocabulary_slices_on_a_cpu_are_cache_sized():
+    """48 MiB for a slice's logits and two temporaries: 4,194 words for 1,000 positions; the whole
+    vocabulary when it fits; never under MIN_SLICE words."""
+    cpu = torch.device("cpu")
+    assert sc._vocab_slice(cpu, 1000, 262144) == (48 << 20) // (1000 * 12) == 4194
+    assert sc._vocab_slice(cpu, 10, 262144) == 262144
+    assert sc._vocab_slice(cpu, 10**6, 262144) == sc.MIN_SLICE == 1024
+
+
+def test_prefix_slots_give_each_distinct_prefix_one_position():
+    """The tree of the group's texts, written out: rows 0 and 1 share their prompt and first two tokens,
+    row 2 repeats row 0's completion after another prompt, row 3 has row 0's prompt and a completion that
+    differs at once (its first position is still row 0's)."""
+    P, Q = (BOS, 40, 41), (BOS, 50)
+    items = [sc.Item(P, [60, 61, 62], []), sc.Item(P, [60, 61, 70, 71], []), sc.Item(Q, [60, 61, 62], []), sc.Item(P, [80], [])]
+    L = 4
+    offsets = [1, 0, 1, 3]  # right-aligned in the window, as the one-pass layout places them
+    slot, first = sc._prefix_slots(items, offsets, L)
+    want = [-1, 0, 1, 2,  # P | ; P 60 | ; P 60 61 |
+            0, 1, 2, 3,  # the same three, then P 60 61 70 |
+            -1, 4, 5, 6,  # Q | ; Q 60 | ; Q 60 61 |
+            -1, -1, -1, 0]  # P | again
+    assert slot == want
+    assert first == [1, 2, 3, 7, 9, 10, 11]
+    assert [slot[i] for i in first] == list(range(7))
+
+
+def test_shared_prefixes_run_the_head_once_and_equal_each_row_alone(lm, monkeypatch):
+    """Rows that share a prefix: the head sees only the distinct prefixes' positions, and each row's NLL
+    still equals an unpadded forward pass and log_softmax of that row alone. The vocabulary (262 bytes here)
+    is cut into slices of 7 words, so targets fall in many slices and the logsumexp is combined across them."""
+    P = [BOS, 40, 41, 42]
+    items = [(P, [60, 61, 62, 63], [0]), (P, [60, 61, 70], [1]), (P, [60, 90, 91, EOS], [0, 1]),
+             ([BOS, 50], [60, 61, 62, 63], [2])]
+    monkeypatch.setattr(sc, "MIN_SLICE", 7)
+    monkeypatch.setattr(sc, "CPU_SLICE_BYTES", 1)
+    head = lm.model.get_output_embeddings()
+    storage = head.weight.untyped_storage().data_ptr()
+    seen = []
+
+    class HeadMatmuls(TorchDispatchMode):  # every matrix product with (a slice of) the head's weight
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.mm.default, torch.ops.aten.mm.out, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default):
+                x, w = args[-2:]
+                if w.untyped_storage().data_ptr() == storage:
+                    seen.append((x.shape, w.shape[-1]))
+            return func(*args, **(kwargs or {}))
+    sae = make_sae(lm.config.hidden_size)
+    with HeadMatmuls():
+        got = sc.score(lm, sae, HOOK, [sc.Item(*i) for i in items])
+    for row, (p, g, f) in zip(got, items):
+        check(row, reference(lm, sae, p, g, f))
+    # distinct prefixes: row 0's four (P|, P 60|, P 60 61|, P 60 61 62|); none of row 1's (its last, P 60 61|,
+    # predicts 70 but is row 0's third); row 2's P 60 90| and P 60 90 91|; the other prompt's four: 10 of 15
+    V, d = head.weight.shape
+    whole = [x for x, w in seen if w == V]  # the model's own call of its head: handed no position
+    assert len(whole) == 1 and whole[0].numel() == 0
+    slices = [(x, w) for x, w in seen if w < V]
+    assert {x for x, _ in slices} == {torch.Size([10, d])}
+    assert sum(w for _, w in slices) == V and len(slices) == -(-V // 7)
+
+
+def test_soft_capped_logits_as_the_model_caps_them(monkeypatch):
+    """Gemma 2's final soft-capping (tanh at 30, here at 3 so that it bends every logit): the NLL equals
+    the model's own forward pass, which applies it, over several vocabulary slices."""
+    capped = tiny_lm(scale=20.0, softcap=3.0)
+    monkeypatch.setattr(sc, "MIN_SLICE", 64)
+    monkeypatch.setattr(sc, "CPU_SLICE_BYTES", 1)
+    sae = make_sae(capped.config.hidden_size)
+    rows = sc.score(capped, sae, HOOK, [sc.Item(p, g, f) for p, g, f in ITEMS])
+    for row, (p, g, f) in zip(rows, ITEMS):
+        check(row, reference(capped, sae, p, g, f))
+    uncapped = sc.score(dataclasses.replace(capped, model=copy.deepcopy(capped.model)), sae, HOOK, [sc.Item(*ITEMS[0])])[0]
+    assert uncapped["nll"] == pytest.approx(rows[0]["nll"])  # the same model, the same cap
+    capped.model.config.final_logit_softcapping = None
+    assert sc.score(capped, sae, HOOK, [sc.Item(*ITEMS[0])])[0]["nll"] != pytest.approx(rows[0]["nll"], rel=1e-2)
 
 
 def test_concept_features_of_a_row():
