@@ -167,10 +167,9 @@ def _group_rows(lm, width: int) -> int:
 
     device = torch.device(lm.device)
     cfg = lm.config
-    d, ff = cfg.hidden_size, getattr(cfg, "intermediate_size", 4 * cfg.hidden_size)
-    per_row = width * (8 * d + 3 * ff + 2 * cfg.num_attention_heads * width) * 4
+    per_row = width * (8 * cfg.hidden_size + 3 * cfg.intermediate_size + 2 * cfg.num_attention_heads * width) * 4
     budget = torch.cuda.mem_get_info(device)[0] * MEMORY_SHARE if device.type == "cuda" else CPU_GROUP_BYTES
-    return max(1, int(budget // max(per_row, 1)))
+    return max(1, int(budget // per_row))
 
 
 def _vocab_slice(device: "torch.device", n: int, vocab: int) -> int:
@@ -180,7 +179,7 @@ def _vocab_slice(device: "torch.device", n: int, vocab: int) -> int:
     import torch
 
     budget = torch.cuda.mem_get_info(device)[0] * MEMORY_SHARE if device.type == "cuda" else CPU_SLICE_BYTES
-    return int(min(vocab, max(MIN_SLICE, budget // max(n * 4 * 3, 1))))
+    return int(min(vocab, max(MIN_SLICE, budget // (max(n, 1) * 4 * 3))))
 
 
 def _prefix_slots(items: list[Item], offsets: list[int], L: int) -> tuple[list[int], list[int]]:
@@ -217,14 +216,14 @@ def _log_probs(lm, hidden: "torch.Tensor", targets: "torch.Tensor", slot: list[i
     head = lm.model.get_output_embeddings()
     cap = getattr(lm.config, "final_logit_softcapping", None)
     device = hidden.device
-    h = hidden.reshape(B * L, d)[torch.tensor(first, dtype=torch.long, device=device)]  # (N, d)
-    slots = torch.tensor(slot, dtype=torch.long, device=device)
+    h = hidden.reshape(B * L, d)[torch.tensor(first, device=device)]  # (N, d)
+    slots = torch.tensor(slot, device=device)
     rows = slots.clamp_min(0)
     want = targets.reshape(-1)
     V = head.weight.shape[0]
     step = _vocab_slice(device, len(first), V)
     out = torch.empty((len(first), min(step, V)), dtype=h.dtype, device=device)  # reused: no fresh pages per slice
-    lse, picked = [], torch.zeros(B * L, dtype=torch.float32, device=device)
+    lse, picked = [], torch.zeros(B * L, device=device)
     for v0 in range(0, V, step):
         w = head.weight[v0:v0 + step]
         z = torch.mm(h, w.T, out=out) if len(w) == out.shape[1] else h @ w.T
@@ -233,11 +232,11 @@ def _log_probs(lm, hidden: "torch.Tensor", targets: "torch.Tensor", slot: list[i
         if cap is not None:  # as the model's forward: logits / cap, tanh, * cap, in the model's dtype
             z.div_(cap).tanh_().mul_(cap)
         z = z.float()
-        here = (want >= v0) & (want < v0 + len(w))
-        picked = torch.where(here, z[rows, (want - v0).clamp(0, len(w) - 1)], picked)
-        top = z.amax(dim=-1, keepdim=True)  # then logsumexp in place: the slice's logits are not needed again
-        lse.append(z.sub_(top).exp_().sum(dim=-1).log_().add_(top[:, 0]))
-    total = torch.logsumexp(torch.stack(lse, dim=-1), dim=-1)  # (N,)
+        # targets from this slice on: a later slice overwrites those that are its own
+        picked = torch.where(want >= v0, z[rows, (want - v0).clamp(0, len(w) - 1)], picked)
+        top = z.amax(dim=1, keepdim=True)  # then logsumexp in place: the slice's logits are not needed again
+        lse.append(z.sub_(top).exp_().sum(dim=1).log_().add_(top[:, 0]))
+    total = torch.logsumexp(torch.stack(lse, dim=1), dim=1)  # (N,)
     return (picked - total[rows]).reshape(B, L)
 
 
@@ -361,7 +360,7 @@ def _head_input(model, kept: list) -> Iterator[None]:
     none of its positions: the forward pass stops short of the (B, L, vocab) logits."""
     def keep(_module, args):
         kept.append(args[0])
-        return (args[0][:, :0], *args[1:])
+        return (args[0][:, :0],)  # the projection's one argument
 
     handle = model.get_output_embeddings().register_forward_pre_hook(keep)
     try:

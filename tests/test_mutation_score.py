@@ -197,6 +197,8 @@ def test_only_eos_and_empty_completions(lm):
     assert empty["nll"] is None and empty["perplexity"] is None and empty["concept"] == {}
     assert empty["concept_mean"] is None and empty["concept_fire_rate"] is None
     assert empty["stopped_at_eos"] is False and empty["completion_tokens"] == 0
+    alone = sc.score(lm, sae, HOOK, [sc.Item(p, [], [1])])[0]  # a group with no completion token at all
+    assert alone["nll"] is None and alone["nll_novel"] is None and alone["concept"] == {"1": {"mean": 0.0, "fire_rate": 0.0}}
     assert sc.score(lm, sae, HOOK, []) == []
 
 
@@ -377,6 +379,24 @@ def test_shared_prefixes_run_the_head_once_and_equal_each_row_alone(lm, monkeypa
     assert sum(w for _, w in slices) == V and len(slices) == -(-V // 7)
 
 
+def test_a_head_with_a_bias_adds_it_in_every_slice(monkeypatch):
+    """An output projection with a bias (Gemma's has none; a head is a plain ``nn.Linear``): each slice adds
+    its part of the bias, and the NLL equals the model's own forward pass."""
+    biased = tiny_lm(seed=3)
+    old = biased.model.lm_head
+    head = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(old.weight)
+        head.bias.copy_(torch.randn(old.out_features, generator=torch.Generator().manual_seed(0)) * 3)
+    biased.model.lm_head = head
+    monkeypatch.setattr(sc, "MIN_SLICE", 50)
+    monkeypatch.setattr(sc, "CPU_SLICE_BYTES", 1)
+    sae = make_sae(biased.config.hidden_size)
+    rows = sc.score(biased, sae, HOOK, [sc.Item(p, g, f) for p, g, f in ITEMS])
+    for row, (p, g, f) in zip(rows, ITEMS):
+        check(row, reference(biased, sae, p, g, f))
+
+
 def test_soft_capped_logits_as_the_model_caps_them(monkeypatch):
     """Gemma 2's final soft-capping (tanh at 30, here at 3 so that it bends every logit): the NLL equals
     the model's own forward pass, which applies it, over several vocabulary slices."""
@@ -400,6 +420,68 @@ def test_concept_features_of_a_row():
     assert sc.concept_features([], ["4", 5]) == [4, 5]
     assert sc.concept_features([{"vector": [0.1]}], [4, 5]) == []
     assert sc.concept_features([{"vector": [0.1]}, {"index": 9}], [4]) == [9]
+
+
+def test_concepts_of_a_multi_sae_row_split_by_sae():
+    """A steer naming several SAEs: the sweep's own SAE (``sae_id``, or any feature naming none) gives the
+    row's concept features; every other SAE's features are (SAE id, index) pairs, once each, in order."""
+    feats = [{"index": "3"}, {"sae": "a", "index": 5}, {"sae": "main", "index": 4}, {"sae": "b", "index": "6"},
+             {"sae": "a", "index": 5}, {"vector": [0.1], "sae": "c"}, {"index": 3}]
+    assert sc.concept_features(feats, [9], "main") == [3, 4]
+    assert sc.other_concepts(feats, "main") == [("a", 5), ("b", 6)]
+    assert sc.concept_features(feats, [9], None) == [3]  # no sweep SAE id: only features naming none
+    assert sc.other_concepts(feats, None) == [("a", 5), ("main", 4), ("b", 6)]
+    assert sc.other_concepts([{"index": 2}], "main") == []
+
+
+def test_novel_tokens_leave_out_repeated_bigrams():
+    assert sc.novel_tokens([5, 6, 5, 6, 7, 5, 6, 6]) == [True, True, True, False, True, True, False, True]
+    assert sc.novel_tokens([4]) == [True] and sc.novel_tokens([]) == []
+    assert sc.novel_tokens([8, 8, 8]) == [True, True, False]  # (8, 8) twice
+    assert sc.novel_tokens([1, 2, 3, 1, 3]) == [True] * 5  # 1 and 3 recur, no bigram does
+
+
+def test_rows_with_one_completion_share_a_pass_and_keep_their_own_concepts(lm, monkeypatch):
+    """Three rows with one prompt and completion and different features (one also reading another SAE) and a
+    fourth apart: two distinct passes; each row's scores equal that row scored alone against the reference,
+    with only its own concept keys; progress counts rows."""
+    sae = make_sae(lm.config.hidden_size)
+    other = make_sae(lm.config.hidden_size, seed=5)
+    p, g = [BOS, 40, 41, 42], [50, 51, 52, 50, 51, EOS]
+    items = [sc.Item(p, g, [0, 2]), sc.Item(p, g, [5]), sc.Item(p, g, [2], [("x", 3)]), sc.Item([BOS, 60], [61, 62], [1])]
+    passes, calls = [], []
+    real = sc._score_group
+    monkeypatch.setattr(sc, "_score_group", lambda lm_, sae_, hook_, group, *a: passes.append(group) or real(lm_, sae_, hook_, group, *a))
+    got = sc.score(lm, sae, HOOK, items, on_group=calls.append, others={"x": (other, HOOK)})
+    assert [len(g_) for g_ in passes] == [2] and calls == [4]
+    assert sorted(passes[0][0].features) == [0, 2, 5] and list(passes[0][0].others) == [("x", 3)]
+    for row, it in zip(got, items):
+        want = reference(lm, sae, it.prompt_ids, it.token_ids, list(it.features))
+        mine = {str(f) for f in it.features} | {f"x:{f}" for _, f in it.others}
+        assert set(row["concept"]) == set(row["concept_tokens"]) == mine
+        for f, c in want["concept"].items():
+            assert close(row["concept"][f]["mean"], c["mean"]) and close(row["concept"][f]["fire_rate"], c["fire_rate"])
+        if it.others:
+            ref = reference(lm, other, it.prompt_ids, it.token_ids, [3])["concept"]["3"]
+            assert close(row["concept"]["x:3"]["mean"], ref["mean"])
+            means = [want["concept"]["2"]["mean"], ref["mean"]]
+            assert close(row["concept_mean"], sum(means) / 2)
+            assert close(row["concept_fire_rate"], (want["concept"]["2"]["fire_rate"] + ref["fire_rate"]) / 2)
+        else:
+            check(row, want)
+    assert got[0] is not got[1] and got[0]["concept"] is not got[1]["concept"]
+
+
+def test_logits_far_apart_in_scale_keep_each_positions_own_maximum(monkeypatch):
+    """A model with enormous logits (the tied embedding scaled by 1e4): positions whose largest logits differ
+    by thousands, in one slice, each keep their own NLL (a maximum taken over the whole slice would underflow
+    every other position's sum to zero)."""
+    loud = tiny_lm(scale=1e4)
+    sae = make_sae(loud.config.hidden_size)
+    for p, g, f in ITEMS[:3]:
+        row = sc.score(loud, sae, HOOK, [sc.Item(p, g, f)])[0]
+        want = reference(loud, sae, p, g, f)
+        assert math.isfinite(row["nll"]) and close(row["nll"], want["nll"]), (row["nll"], want["nll"])
 
 
 def test_score_outputs_scores_each_output_with_its_features(lm):
