@@ -495,6 +495,83 @@ def test_score_outputs_scores_each_output_with_its_features(lm):
     check(got[1], reference(lm, sae, prompts["b"], [61, 62], [1, 4]))
 
 
+# A chunk as generation lays it out: three prompts, two of them shared by several rows, completions of different
+# lengths, one that stopped at EOS and one row whose prompt is another's with a token more.
+CHUNK = [
+    ([BOS, 40, 41, 42], [50, 51, 52, 53, 54], [0, 2]),
+    ([BOS, 40, 41, 42], [50, 51, 60, EOS], [1]),
+    ([BOS, 40, 41, 42], [70, 71, 72, 73, 74], [3, 6]),
+    ([BOS, 60], [61, 62, 63], [2]),
+    ([BOS, 60], [61, 62, 63, 64, 65], [4]),
+    ([BOS, 40, 41, 42, 43], [50, 51], [5]),
+]
+
+
+def recorded(lm, chunk, layer: int = LAYER, seed: int = 0):
+    """A ``ResidualCapture`` of ``chunk`` filled without saejobs' generation: each row's input to decoder layer
+    ``layer`` from one unpadded forward pass of that row alone (a plain pre-hook), written where generation
+    writes it (prompts right-aligned in ``width`` columns, completions from column ``width``); every other
+    column (left padding, a final EOS, the columns after a short completion) holds noise, which scoring must
+    never read."""
+    from saejobs.engine.residual import ResidualCapture
+
+    width, n = max(len(p) for p, _, _ in chunk), max(len(g) for _, g, _ in chunk)
+    cap = ResidualCapture(lm, layer, len(chunk), width, n, "cpu", torch.float32)
+    cap.stream.copy_(torch.randn(cap.stream.shape, generator=torch.Generator().manual_seed(seed)) * 50)
+    for b, (p, g, _) in enumerate(chunk):
+        seen = []
+        h = lm.model.model.layers[layer].register_forward_pre_hook(
+            lambda _m, args, kw: seen.append((args[0] if args else kw["hidden_states"])[0]), with_kwargs=True)
+        try:
+            with torch.no_grad():
+                lm.model(input_ids=torch.tensor([p + g]))
+        finally:
+            h.remove()
+        fed = len(g) - (g[-1:] == [EOS])  # generation never feeds the EOS that ends a row: noise there too
+        cap.stream[b, width - len(p):width + fed] = seen[0][:len(p) + fed]
+    return cap
+
+
+def test_scores_from_a_recorded_stream_equal_each_row_alone(lm):
+    """Rows scored from a recorded stream (the layers below it skipped, generation's layout, noise wherever a
+    row has no token) equal the reference: one unpadded pass of the whole model over the row alone."""
+    sae = make_sae(lm.config.hidden_size)
+    cap = recorded(lm, CHUNK)
+    ran = []
+    hooks = [layer.register_forward_pre_hook(lambda *_a, _i=i: ran.append(_i)) for i, layer in enumerate(lm.model.model.layers)]
+    runner = SimpleNamespace(lm=lm, sae=sae, hook_name=HOOK, ids=lambda c: c.prompt)
+    outs = [(SimpleNamespace(prompt=p, features=[{"index": f} for f in fs]), SimpleNamespace(token_ids=g, stream=(cap, b)), "")
+            for b, (p, g, fs) in enumerate(CHUNK)]
+    try:
+        got = sc.score_outputs(runner, outs, [0])
+    finally:
+        for h in hooks:
+            h.remove()
+    assert set(ran) == {LAYER}  # layer 0 never ran: the recording stood in for it
+    for row, (p, g, f) in zip(got, CHUNK):
+        check(row, reference(lm, sae, p, g, f))
+    # without the streams (one of the rows not recorded), the same scores come from one whole pass
+    outs[2] = (outs[2][0], SimpleNamespace(token_ids=CHUNK[2][1]), "")
+    for row, (p, g, f) in zip(sc.score_outputs(runner, outs, [0]), CHUNK):
+        check(row, reference(lm, sae, p, g, f))
+
+
+def test_rows_of_two_captures_are_scored_in_separate_groups(lm, monkeypatch):
+    """Streams of two chunks' captures: each group replays one capture's rows, in order, each row equal to the
+    reference, progress after each group."""
+    sae = make_sae(lm.config.hidden_size)
+    a, b = recorded(lm, CHUNK[:3]), recorded(lm, CHUNK[3:], seed=1)
+    items = [sc.Item(p, g, f) for p, g, f in CHUNK]
+    streams = [(a, 0), (a, 1), (a, 2), (b, 0), (b, 1), (b, 2)]
+    groups, calls = [], []
+    real = sc._score_group
+    monkeypatch.setattr(sc, "_score_group", lambda *args: groups.append([r for _, r in args[-1]]) or real(*args))
+    got = sc.score(lm, sae, HOOK, items, on_group=calls.append, streams=streams)
+    assert groups == [[0, 1, 2], [0, 1, 2]] and calls == [3, 6]
+    for row, (p, g, f) in zip(got, CHUNK):
+        check(row, reference(lm, sae, p, g, f))
+
+
 def ref_repetition(t: list[int]) -> tuple[float, float, int]:
     """distinct-n by definition and the longest n-gram occurring at least twice by brute force."""
     d1 = len(set(t)) / len(t) if t else 1.0
