@@ -35,6 +35,14 @@ MIN_GRAPH_STEPS = 4  # fewer decode steps than this: capturing costs more than i
 GRAPH_MAX_ROWS = 512  # more rows: the GPU, not the host, bounds a step (graph_pays)
 
 
+def cache_argument(model) -> str:
+    """The name the model's forward takes its cache by (transformers renames ``past_key_values`` to ``cache``);
+    the class's own signature: an instance's forward may be wrapped (a test's, a profiler's) as *args/**kwargs."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+
+
 def graphs_enabled() -> bool:
     return os.environ.get("SAEJOBS_CUDA_GRAPHS", "1") != "0"
 

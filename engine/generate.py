@@ -33,7 +33,6 @@ itself; where they differ, each row calls ``torch.multinomial``.
 
 from __future__ import annotations
 
-import inspect
 from contextlib import ExitStack
 from dataclasses import dataclass
 from enum import StrEnum
@@ -42,7 +41,7 @@ from typing import Callable
 import torch
 
 from saejobs.engine import philox
-from saejobs.engine.decode import decoder
+from saejobs.engine.decode import cache_argument, decoder
 from saejobs.engine.hooks import hook
 from saejobs.engine.residual import ResidualCapture, StreamRecorded
 from saejobs.engine.row_graph import RowGraph, outputs_equal
@@ -108,8 +107,7 @@ def generate(lm, rows: list[Row], sampling: Sampling, *, on_step: Callable[[int,
     top_ids = torch.zeros((B, n, k), dtype=torch.long, device=device) if k else None
     sync_every = 1 if device.type == "cpu" else SYNC_EVERY
 
-    # the class's own signature: an instance's forward may be wrapped (a test's, a profiler's) as *args/**kwargs
-    cache_arg = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+    cache_arg = cache_argument(model)
     # before the hooks: its one-time check runs the model; a recorded stream needs a slot for the last token
     dec = decoder(model, cache_arg, input_ids, mask, n, room=int(record_layer is not None))
     rec = None if record_layer is None else ResidualCapture(lm, record_layer, B, input_ids.shape[1], n, device,

@@ -59,12 +59,12 @@ class ResidualCapture:
 
 
 @contextmanager
-def replaying(capture: ResidualCapture, rows: torch.Tensor) -> Iterator[None]:
-    """Inside the block, a forward pass over ``rows``' (B, width + n) layout skips the layers below
-    ``capture.layer`` and starts that layer from the recorded stream."""
+def replaying(capture: ResidualCapture, rows: torch.Tensor, columns: slice = slice(None)) -> Iterator[None]:
+    """Inside the block, a forward pass over ``rows``' (B, width + n) layout (or those of its ``columns``)
+    skips the layers below ``capture.layer`` and starts that layer from the recorded stream."""
     layers = capture.lm.layers
     below = [layers[i] for i in range(capture.layer)]
-    stream = capture.stream.index_select(0, rows)
+    stream = capture.stream.index_select(0, rows)[:, columns]
     try:
         for i in range(capture.layer):
             layers[i] = _PassThrough()

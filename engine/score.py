@@ -286,6 +286,7 @@ def _score_group(lm, sae, hook_name: str, items: list[Item], others: dict[str, t
     import torch
     from contextlib import ExitStack
 
+    from saejobs.engine.decode import static_fits
     from saejobs.engine.hooks import hook
     from saejobs.engine.residual import replaying
 
@@ -318,19 +319,29 @@ def _score_group(lm, sae, hook_name: str, items: list[Item], others: dict[str, t
     readers = {None: (sae, hook_name), **{k: others[k] for k in {s for s, _ in feats if s is not None}}}
     hooks = {name for _, name in readers.values()}
 
-    seen: dict[str, torch.Tensor] = {}
-    kept: list[torch.Tensor] = []  # the head's input; the head itself is handed no position (``_log_probs``)
-    with ExitStack() as stack:
-        if capture is not None:
-            stack.enter_context(replaying(capture, torch.tensor([r for _, r in streams], device=capture.stream.device)))
-        for name in hooks:
-            stack.enter_context(hook(lm, name, lambda a, _n=name: seen.__setitem__(_n, a[:, start:start + L].detach())))
-        stack.enter_context(_head_input(lm.model, kept))
-        lm.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
-                 use_cache=False, logits_to_keep=L + 1)
+    seen: dict[str, torch.Tensor] = {}  # each hook's activations over the window (the completion's L columns)
+
+    def read(name: str):
+        return hook(lm, name, lambda a: seen.__setitem__(name, a[:, a.shape[1] - L:].detach()))  # not -L: L may be 0
+    rows = None if capture is None else torch.tensor([r for _, r in streams], device=capture.stream.device)
+    prompts = list(dict.fromkeys(tuple(it.prompt_ids) for it in items))
+    if capture is not None and len(prompts) < B and static_fits(lm.model, capture.width + capture.n):
+        hidden = _prompts_once(lm, capture, rows, lay, [prompts.index(tuple(it.prompt_ids)) for it in items],
+                               [[tuple(it.prompt_ids) for it in items].index(q) for q in prompts], [read(n) for n in hooks])
+    else:
+        kept: list[torch.Tensor] = []  # the head's input; the head itself is handed no position (``_log_probs``)
+        with ExitStack() as stack:
+            if capture is not None:
+                stack.enter_context(replaying(capture, rows))
+            for name in hooks:
+                stack.enter_context(read(name))
+            stack.enter_context(_head_input(lm.model, kept))
+            lm.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
+                     use_cache=False, logits_to_keep=L + 1)
+        hidden = kept[0]
     slot, first = _prefix_slots(items, lay.offsets, L)
-    logp = _log_probs(lm, kept[0][:, :-1], ids[:, start:start + L], slot, first)  # column j's hidden state predicts token j
-    del kept
+    logp = _log_probs(lm, hidden[:, :-1], ids[:, start:start + L], slot, first)  # column j's hidden state predicts token j
+    del hidden
     nll_sum = -(logp * gen).sum(-1)
     n_gen = gen.sum(-1)
     novel_sum, n_novel = -(logp * novel).sum(-1), novel.sum(-1)
@@ -352,6 +363,56 @@ def _score_group(lm, sae, hook_name: str, items: list[Item], others: dict[str, t
         cols += [torch.cat(means), torch.cat(fires), acts.permute(1, 2, 0).reshape(-1, B)]  # (F, B), (F, B), (L*F, B)
     sums = torch.cat([c.reshape(-1, B).float() for c in cols]).T.cpu().tolist()  # one copy to the host
     return [_row(items[b], sums[b], feats, member[b], eos, lay.offsets[b]) for b in range(B)]
+
+
+def _prompts_once(lm, capture, rows: "torch.Tensor", lay: _Layout, prompt_of: list[int], first_of: list[int],
+                  reads: list) -> "torch.Tensor":
+    """The layers from the recording up in two passes, for a group whose rows share prompts: the distinct
+    prompts' columns once, into a static cache, then every row's completion columns attending to its prompt's
+    cached keys and values (the cache copied out to the rows). A chat-length prompt is most of a row's
+    columns, so most of the pass is no longer repeated per row. The same meaning as one pass over generation's
+    layout: explicit positions and additive masks (causal, padding never seen), as ``engine.decode``'s static
+    cache has them (only where no sliding window is shorter than the row: ``static_fits``). ``reads``: the
+    concept hooks, entered for the completion pass. Returns the head's (B, n + 1, d) input: each prompt's last
+    column, then the completion's."""
+    import torch
+    from contextlib import ExitStack
+
+    from transformers import StaticCache
+
+    from saejobs.engine.decode import _layer_masks, cache_argument
+    from saejobs.engine.residual import replaying
+
+    model, W, n = lm.model, capture.width, capture.n
+    device = torch.device(lm.device)
+    ids, mask = lay.ids.to(device), lay.mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    dtype = next(model.parameters()).dtype
+    causal = torch.ones((W + n, W + n), dtype=torch.bool, device=device).tril()
+
+    def additive(seen: "torch.Tensor") -> dict:  # (rows, queries, keys) -> each layer type's (rows, 1, q, k) mask
+        return _layer_masks(torch.where(seen[:, None], torch.zeros((), dtype=dtype, device=device), torch.finfo(dtype).min))
+
+    cache = StaticCache(config=model.config, max_cache_len=W + n)
+    arg = {cache_argument(model): cache}
+    firsts = torch.tensor(first_of, device=device)
+    last: list = []
+    with replaying(capture, rows[firsts.to(rows.device)], slice(0, W)), _head_input(model, last):
+        model(input_ids=ids[firsts, :W], attention_mask=additive(causal[None, :W] & mask[firsts, None].bool()),
+              position_ids=positions[firsts, :W], use_cache=True, logits_to_keep=1, **arg)
+    which = torch.tensor(prompt_of, device=device)
+    for layer in cache.layers:  # the layers below the recording never ran: they hold nothing
+        if layer.is_initialized:
+            layer.keys, layer.values = layer.keys.index_select(0, which), layer.values.index_select(0, which)
+    kept: list = []
+    with ExitStack() as stack:
+        stack.enter_context(replaying(capture, rows, slice(W, W + n)))
+        for r in reads:
+            stack.enter_context(r)
+        stack.enter_context(_head_input(model, kept))
+        model(input_ids=ids[:, W:], attention_mask=additive(causal[None, W:] & mask[:, None].bool()),
+              position_ids=positions[:, W:], use_cache=True, logits_to_keep=n, **arg)
+    return torch.cat([last[0].index_select(0, which), kept[0]], dim=1)
 
 
 @contextmanager

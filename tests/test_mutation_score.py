@@ -28,7 +28,7 @@ FIELDS = {"concept", "concept_tokens", "concept_mean", "concept_fire_rate", "nll
           "longest_repeat", "stopped_at_eos", "completion_tokens"}
 
 
-def tiny_lm(seed: int = 0, scale: float = 1.0, softcap: float | None = None) -> LoadedModel:
+def tiny_lm(seed: int = 0, scale: float = 1.0, softcap: float | None = None, window: int = 64) -> LoadedModel:
     """A 2-layer random Gemma 2 with the byte tokenizer; no logit soft-capping unless ``softcap``, so
     ``scale`` (on the tied embedding) can make the logits, and so the NLL, as large as a test needs."""
     from transformers import Gemma2Config, Gemma2ForCausalLM
@@ -36,7 +36,7 @@ def tiny_lm(seed: int = 0, scale: float = 1.0, softcap: float | None = None) -> 
     tok = byte_tokenizer()
     cfg = Gemma2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=128,
-                       sliding_window=64, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD,
+                       sliding_window=window, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD,
                        final_logit_softcapping=softcap, attn_implementation="eager")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -534,7 +534,8 @@ def recorded(lm, chunk, layer: int = LAYER, seed: int = 0):
 
 def test_scores_from_a_recorded_stream_equal_each_row_alone(lm):
     """Rows scored from a recorded stream (the layers below it skipped, generation's layout, noise wherever a
-    row has no token) equal the reference: one unpadded pass of the whole model over the row alone."""
+    row has no token; rows sharing prompts: the prompts run once) equal the reference: one unpadded pass of
+    the whole model over the row alone."""
     sae = make_sae(lm.config.hidden_size)
     cap = recorded(lm, CHUNK)
     ran = []
@@ -547,13 +548,32 @@ def test_scores_from_a_recorded_stream_equal_each_row_alone(lm):
     finally:
         for h in hooks:
             h.remove()
-    assert set(ran) == {LAYER}  # layer 0 never ran: the recording stood in for it
+    # layer 0 never ran (the recording stood in for it); layer 1 twice: the 3 distinct prompts' columns once,
+    # then the 6 rows' completion columns on the prompts' cached keys and values
+    assert ran == [LAYER, LAYER]
     for row, (p, g, f) in zip(got, CHUNK):
         check(row, reference(lm, sae, p, g, f))
     # without the streams (one of the rows not recorded), the same scores come from one whole pass
     outs[2] = (outs[2][0], SimpleNamespace(token_ids=CHUNK[2][1]), "")
     for row, (p, g, f) in zip(sc.score_outputs(runner, outs, [0]), CHUNK):
         check(row, reference(lm, sae, p, g, f))
+
+
+def test_rows_longer_than_a_sliding_window_are_scored_in_one_pass():
+    """A sliding window (6) shorter than a row (up to 10 columns): the prompts are not run apart (a static cache
+    of the row's length would not slide), one pass over generation's layout runs, equal to the reference."""
+    short = tiny_lm(window=6)
+    sae = make_sae(short.config.hidden_size)
+    cap = recorded(short, CHUNK)
+    calls = []
+    h = short.model.model.layers[LAYER].register_forward_pre_hook(lambda *_a: calls.append(1))
+    try:
+        got = sc.score(short, sae, HOOK, [sc.Item(p, g, f) for p, g, f in CHUNK], streams=[(cap, b) for b in range(len(CHUNK))])
+    finally:
+        h.remove()
+    assert calls == [1]
+    for row, (p, g, f) in zip(got, CHUNK):
+        check(row, reference(short, sae, p, g, f))
 
 
 def test_rows_of_two_captures_are_scored_in_separate_groups(lm, monkeypatch):
