@@ -8,7 +8,9 @@ whole unsteered pass (the backfill's) beside them.
 Gemma 3 270M fp32 with the demo SAE, 32 greedy tokens, each grid one chunk: 1. 4 features × strengths 50, 100,
 200, 300 × 2 prompts + 2 DEFAULT rows (34 configurations, every completion distinct); 2. the README's strengths
 0:200:50 (42 configurations): a zero-strength row writes its DEFAULT's completion, and rows with one prompt and
-completion share one scoring pass. Correctness, for each, checked before a figure is printed (exit
+completion share one scoring pass; 3. chat-length prompts (~320 tokens: a template's turns), 2 features × strengths
+100, 300 × 2 prompts + 2 DEFAULT rows (10 configurations): scoring runs each prompt's columns once and every row's
+completion on them. Correctness, for each, checked before a figure is printed (exit
 1 otherwise): recording changes no token, the batched scores equal each row scored alone and the whole
 pass's, and a row's NLL equals a plain unpadded forward pass's ``log_softmax`` of its completion.
 """
@@ -28,6 +30,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("SAEJOBS_MODEL_CACHE", str(Path.home() / ".cache" / "saejobs" / "models"))
 
 
+CHAT_PREFIX = "Here is a long story about the sea and the ships that sail on it. "  # 15 tokens
+CHAT_REPEATS = 20  # ~300 prompt tokens: a chat template's turns and system prompt
+
+
 def reference_nll(lm, prompt_ids: list[int], token_ids: list[int]) -> float:
     import torch
 
@@ -43,7 +49,7 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--n-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--fast", action="store_true", help="2 features × 2 strengths × 1 prompt, 4 tokens, once (a test)")
+    ap.add_argument("--fast", action="store_true", help="2 features × 2 strengths × 1 prompt (part 3's ~20 tokens), 4 tokens, once (a test)")
     a = ap.parse_args()
     if a.fast:
         a.n_tokens, a.repeats = 4, 1
@@ -62,16 +68,18 @@ def main() -> int:
     features = [0, 1] if a.fast else [0, 1, 2, 3]
     prompts = ["Once upon a time", "The weather today is"][:1 if a.fast else 2]
     runner = SweepGenerator(lm, sae, demo.ENTRY.hook_name, settings)
+    chat = [CHAT_PREFIX * (1 if a.fast else CHAT_REPEATS) + p for p in prompts]
     grids = {  # the bench's grid (every completion distinct), then the README's 0:200:50 (zero-strength rows repeat DEFAULT)
-        "1.": [100, 300] if a.fast else [50, 100, 200, 300],
-        "2. with strength 0 (0:200:50):": [0, 100] if a.fast else [0, 50, 100, 150, 200],
+        "1.": (features, [100, 300] if a.fast else [50, 100, 200, 300], prompts),
+        "2. with strength 0 (0:200:50):": (features, [0, 100] if a.fast else [0, 50, 100, 150, 200], prompts),
+        "3. chat-length prompts:": (features[:2], [100, 300], chat),  # the prompts' columns are most of each row's
     }
-    warm = plan_configs(features, [], grids["1."], prompts, [42], False, settings, "bench")[:2]
+    warm = plan_configs(features, [], grids["1."][1], prompts, [42], False, settings, "bench")[:2]
     score.score_outputs(runner, runner.run(warm, for_scoring=True), features)  # warm-up (allocator, kernels)
     ok = True
-    for label, strengths in grids.items():
-        configs = plan_configs(features, [], strengths, prompts, [42], False, settings, "bench")
-        ok &= measure(label, runner, lm, configs, features, a)
+    for label, (feats, strengths, texts) in grids.items():
+        configs = plan_configs(feats, [], strengths, texts, [42], False, settings, "bench")
+        ok &= measure(label, runner, lm, configs, feats, a)
     return 0 if ok else 1
 
 
@@ -109,8 +117,10 @@ def measure(label: str, runner, lm, configs: list, features: list[int], a) -> bo
             print(f"row {i}: batched {scores[i]['nll']:.5f}, alone {alone['nll']:.5f}, whole pass {full[i]['nll']:.5f}, "
                   f"reference {ref:.5f}")
     distinct = len({(tuple(runner.ids(c)), tuple(g.token_ids)) for c, g, _ in outs})
+    width = max(len(runner.ids(c)) for c, _, _ in outs)
     g, s, f = min(gen_s), min(scored_s) - min(gen_s), min(full_s)
-    print(f"{label} {len(configs)} configs ({distinct} distinct completions) × {a.n_tokens} tokens on {a.device} "
+    print(f"{label} {len(configs)} configs ({distinct} distinct completions, prompts up to {width} tokens) × "
+          f"{a.n_tokens} tokens on {a.device} "
           f"(best of {a.repeats}): unscored sweep {g:.2f} s, scored {g + s:.2f} s -> scoring adds {100 * s / g:.0f}% "
           f"(goal <= 30% on a CPU); a whole unsteered pass instead would add {100 * f / g:.0f}% "
           f"({f / max(s, 1e-9):.2f}x the time); scores batched = alone = whole pass = reference NLL: {ok}")

@@ -140,11 +140,13 @@ def test_sweep_fast(tmp_path, broker):
 @pytest.mark.model
 def test_score_fast(tmp_path):
     out = bench("score.py", tmp_path)
-    assert lines(out, r"^1\. 5 configs \([1-5] distinct completions\) × 4 tokens on cpu .* scores batched = alone = whole "
-                      r"pass = reference NLL: True$"), out
+    assert lines(out, r"^1\. 5 configs \([1-5] distinct completions, prompts up to 5 tokens\) × 4 tokens on cpu .* "
+                      r"scores batched = alone = whole pass = reference NLL: True$"), out
     # the zero-strength rows write their DEFAULT's completion: fewer distinct completions than rows
-    assert lines(out, r"^2\. with strength 0 \(0:200:50\): 5 configs \([1-4] distinct completions\) × 4 tokens on cpu "
-                      r".* scores batched = alone = whole pass = reference NLL: True$"), out
+    assert lines(out, r"^2\. with strength 0 \(0:200:50\): 5 configs \([1-4] distinct completions, prompts up to 5 "
+                      r"tokens\) × 4 tokens on cpu .* scores batched = alone = whole pass = reference NLL: True$"), out
+    assert lines(out, r"^3\. chat-length prompts: 5 configs \([1-5] distinct completions, prompts up to (1[6-9]|[2-9][0-9]) tokens\) × "
+                      r"4 tokens on cpu .* scores batched = alone = whole pass = reference NLL: True$"), out
 
 
 @pytest.mark.model
