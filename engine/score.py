@@ -17,8 +17,9 @@ steered features' encoder columns are computed (a JumpReLU feature's activation 
 alone). The output projection, the pass's largest cost with a large vocabulary, runs once per distinct
 prefix of the group's completions (rows of one prompt share their first position, weakly steered rows their
 DEFAULT's first tokens) and one vocabulary slice at a time, so the (rows, tokens, vocabulary) logits are
-never held and a group is sized by its forward pass. Rows a sweep generated ``for_scoring`` carry the unsteered stream their generation recorded below its
-lowest hook (``engine.residual``): their pass runs only the layers from there up, in generation's own layout;
+never held and a group is sized by its forward pass. Rows a sweep generated ``for_scoring`` carry the
+unsteered stream their generation recorded below its lowest hook (``engine.residual``): their pass runs only
+the layers from there up, in generation's own layout, each distinct prompt's columns once (``_prompts_once``);
 other rows (``saejobs score`` on old rows) get one whole unsteered pass, prompt and completion left-padded.
 torch is imported where it is used, so ``Score`` (the field names) is cheap to import.
 """
@@ -324,10 +325,10 @@ def _score_group(lm, sae, hook_name: str, items: list[Item], others: dict[str, t
     def read(name: str):
         return hook(lm, name, lambda a: seen.__setitem__(name, a[:, a.shape[1] - L:].detach()))  # not -L: L may be 0
     rows = None if capture is None else torch.tensor([r for _, r in streams], device=capture.stream.device)
-    prompts = list(dict.fromkeys(tuple(it.prompt_ids) for it in items))
+    prompts: dict[tuple, int] = {}
+    prompt_of = [prompts.setdefault(tuple(it.prompt_ids), len(prompts)) for it in items]  # each row's distinct prompt
     if capture is not None and len(prompts) < B and static_fits(lm.model, capture.width + capture.n):
-        hidden = _prompts_once(lm, capture, rows, lay, [prompts.index(tuple(it.prompt_ids)) for it in items],
-                               [[tuple(it.prompt_ids) for it in items].index(q) for q in prompts], [read(n) for n in hooks])
+        hidden = _prompts_once(lm, capture, rows, lay, prompt_of, [read(n) for n in hooks])
     else:
         kept: list[torch.Tensor] = []  # the head's input; the head itself is handed no position (``_log_probs``)
         with ExitStack() as stack:
@@ -365,16 +366,16 @@ def _score_group(lm, sae, hook_name: str, items: list[Item], others: dict[str, t
     return [_row(items[b], sums[b], feats, member[b], eos, lay.offsets[b]) for b in range(B)]
 
 
-def _prompts_once(lm, capture, rows: "torch.Tensor", lay: _Layout, prompt_of: list[int], first_of: list[int],
-                  reads: list) -> "torch.Tensor":
+def _prompts_once(lm, capture, rows: "torch.Tensor", lay: _Layout, prompt_of: list[int], reads: list) -> "torch.Tensor":
     """The layers from the recording up in two passes, for a group whose rows share prompts: the distinct
     prompts' columns once, into a static cache, then every row's completion columns attending to its prompt's
     cached keys and values (the cache copied out to the rows). A chat-length prompt is most of a row's
     columns, so most of the pass is no longer repeated per row. The same meaning as one pass over generation's
     layout: explicit positions and additive masks (causal, padding never seen), as ``engine.decode``'s static
     cache has them (only where no sliding window is shorter than the row: ``static_fits``). ``reads``: the
-    concept hooks, entered for the completion pass. Returns the head's (B, n + 1, d) input: each prompt's last
-    column, then the completion's."""
+    concept hooks, entered for the completion pass; ``prompt_of``: each row's distinct prompt, numbered in order
+    of first appearance. Returns the head's (B, n + 1, d) input: each prompt's last column, then the
+    completion's."""
     import torch
     from contextlib import ExitStack
 
@@ -395,7 +396,10 @@ def _prompts_once(lm, capture, rows: "torch.Tensor", lay: _Layout, prompt_of: li
 
     cache = StaticCache(config=model.config, max_cache_len=W + n)
     arg = {cache_argument(model): cache}
-    firsts = torch.tensor(first_of, device=device)
+    first: dict[int, int] = {}  # each distinct prompt's first row (in the prompts' order: numbered as they appear)
+    for b, u in enumerate(prompt_of):
+        first.setdefault(u, b)
+    firsts = torch.tensor(list(first.values()), device=device)
     last: list = []
     with replaying(capture, rows[firsts.to(rows.device)], slice(0, W)), _head_input(model, last):
         model(input_ids=ids[firsts, :W], attention_mask=additive(causal[None, :W] & mask[firsts, None].bool()),
