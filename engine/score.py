@@ -337,16 +337,16 @@ def _score_group(lm, sae, hook_name: str, items: list[Item], others: dict[str, t
             for name in hooks:
                 stack.enter_context(read(name))
             stack.enter_context(_head_input(lm.model, kept))
-            lm.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
+            lm.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp_min(0),
                      use_cache=False, logits_to_keep=L + 1)
         hidden = kept[0]
     slot, first = _prefix_slots(items, lay.offsets, L)
     logp = _log_probs(lm, hidden[:, :-1], ids[:, start:start + L], slot, first)  # column j's hidden state predicts token j
     del hidden
-    nll_sum = -(logp * gen).sum(-1)
-    n_gen = gen.sum(-1)
-    novel_sum, n_novel = -(logp * novel).sum(-1), novel.sum(-1)
-    n_text = text.sum(-1)
+    nll_sum = -(logp * gen).sum(1)  # (B, L) -> per row
+    n_gen = gen.sum(1)
+    novel_sum, n_novel = -(logp * novel).sum(1), novel.sum(1)
+    n_text = text.sum(1)
     cols = [nll_sum, n_gen.float(), n_text.float(), novel_sum, n_novel.float()]
     if feats:
         means, fires, per_token = [], [], []
@@ -359,9 +359,9 @@ def _score_group(lm, sae, hook_name: str, items: list[Item], others: dict[str, t
             w = text[..., None].to(act.dtype)
             means.append((act * w).sum(1).T.float())
             fires.append(((act > 0) * w).sum(1).T.float())
-            per_token.append((act * w).float())  # (B, L, F of this SAE)
+            per_token.append(act.float())  # (B, L, F of this SAE); _row reads a row's text columns only
         acts = torch.cat(per_token, dim=-1)  # (B, L, F)
-        cols += [torch.cat(means), torch.cat(fires), acts.permute(1, 2, 0).reshape(-1, B)]  # (F, B), (F, B), (L*F, B)
+        cols += [torch.cat(means), torch.cat(fires), acts.permute(1, 2, 0)]  # (F, B), (F, B), (L, F, B)
     sums = torch.cat([c.reshape(-1, B).float() for c in cols]).T.cpu().tolist()  # one copy to the host
     return [_row(items[b], sums[b], feats, member[b], eos, lay.offsets[b]) for b in range(B)]
 
@@ -387,7 +387,7 @@ def _prompts_once(lm, capture, rows: "torch.Tensor", lay: _Layout, prompt_of: li
     model, W, n = lm.model, capture.width, capture.n
     device = torch.device(lm.device)
     ids, mask = lay.ids.to(device), lay.mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    positions = (mask.cumsum(1) - 1).clamp_min(0)
     dtype = next(model.parameters()).dtype
     causal = torch.ones((W + n, W + n), dtype=torch.bool, device=device).tril()
 
@@ -401,7 +401,7 @@ def _prompts_once(lm, capture, rows: "torch.Tensor", lay: _Layout, prompt_of: li
         first.setdefault(u, b)
     firsts = torch.tensor(list(first.values()), device=device)
     last: list = []
-    with replaying(capture, rows[firsts.to(rows.device)], slice(0, W)), _head_input(model, last):
+    with replaying(capture, rows[firsts.to(rows.device)], slice(None, W)), _head_input(model, last):
         model(input_ids=ids[firsts, :W], attention_mask=additive(causal[None, :W] & mask[firsts, None].bool()),
               position_ids=positions[firsts, :W], use_cache=True, logits_to_keep=1, **arg)
     which = torch.tensor(prompt_of, device=device)
@@ -410,12 +410,12 @@ def _prompts_once(lm, capture, rows: "torch.Tensor", lay: _Layout, prompt_of: li
             layer.keys, layer.values = layer.keys.index_select(0, which), layer.values.index_select(0, which)
     kept: list = []
     with ExitStack() as stack:
-        stack.enter_context(replaying(capture, rows, slice(W, W + n)))
+        stack.enter_context(replaying(capture, rows, slice(W, None)))
         for r in reads:
             stack.enter_context(r)
         stack.enter_context(_head_input(model, kept))
         model(input_ids=ids[:, W:], attention_mask=additive(causal[None, W:] & mask[:, None].bool()),
-              position_ids=positions[:, W:], use_cache=True, logits_to_keep=n, **arg)
+              position_ids=positions[:, W:], use_cache=True, **arg)  # every column kept
     return torch.cat([last[0].index_select(0, which), kept[0]], dim=1)
 
 

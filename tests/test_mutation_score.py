@@ -324,6 +324,7 @@ def test_vocabulary_slices_on_a_cpu_are_cache_sized():
     assert sc._vocab_slice(cpu, 1000, 262144) == (48 << 20) // (1000 * 12) == 4194
     assert sc._vocab_slice(cpu, 10, 262144) == 262144
     assert sc._vocab_slice(cpu, 10**6, 262144) == sc.MIN_SLICE == 1024
+    assert sc._vocab_slice(cpu, 1, 10**9) == (48 << 20) // 12  # one position
 
 
 def test_prefix_slots_give_each_distinct_prefix_one_position():
@@ -590,6 +591,35 @@ def test_rows_of_two_captures_are_scored_in_separate_groups(lm, monkeypatch):
     assert groups == [[0, 1, 2], [0, 1, 2]] and calls == [3, 6]
     for row, (p, g, f) in zip(got, CHUNK):
         check(row, reference(lm, sae, p, g, f))
+    # a budget of two rows of the captures' width (prompt columns + tokens): groups of 2 and 1 per capture
+    width = max(c.width + c.n for c in (a, b))
+    monkeypatch.setattr(sc, "CPU_GROUP_BYTES", 3 * row_bytes(lm.config, width) - 1)
+    groups.clear(), calls.clear()
+    got = sc.score(lm, sae, HOOK, items, on_group=calls.append, streams=streams)
+    assert groups == [[0, 1], [2], [0, 1], [2]] and calls == [2, 3, 5, 6]
+    for row, (p, g, f) in zip(got, CHUNK):
+        check(row, reference(lm, sae, p, g, f))
+
+
+def test_score_outputs_reads_other_saes_features_with_their_own_sae(lm):
+    """A multi-SAE steer's row: its features of the sweep's SAE (``sae_id``) are read by that SAE, those of
+    another SAE the runner holds (``runner.saes``) by that one, as "ID:index"; a DEFAULT row reads the sweep's
+    features."""
+    sae, other = make_sae(lm.config.hidden_size), make_sae(lm.config.hidden_size, seed=9)
+    p, g = [BOS, 40, 41, 42], [50, 51, 52, EOS]
+    runner = SimpleNamespace(lm=lm, sae=sae, hook_name=HOOK, ids=lambda c: p, saes={"x": (other, HOOK)})
+    steer = [{"sae": "main", "index": 2}, {"sae": "x", "index": 4}, {"index": 5}]
+    outs = [(SimpleNamespace(features=steer), SimpleNamespace(token_ids=g), ""),
+            (SimpleNamespace(features=[]), SimpleNamespace(token_ids=g[:2]), "")]
+    got = sc.score_outputs(runner, outs, [1, 3], "main")
+    assert set(got[0]["concept"]) == {"2", "5", "x:4"} and set(got[1]["concept"]) == {"1", "3"}
+    mine, theirs = reference(lm, sae, p, g, [2, 5]), reference(lm, other, p, g, [4])
+    for f in ("2", "5"):
+        assert close(got[0]["concept"][f]["mean"], mine["concept"][f]["mean"])
+    assert close(got[0]["concept"]["x:4"]["mean"], theirs["concept"]["4"]["mean"])
+    assert close(got[0]["concept"]["x:4"]["fire_rate"], theirs["concept"]["4"]["fire_rate"])
+    assert got[0]["concept"]["x:4"]["mean"] != pytest.approx(reference(lm, sae, p, g, [4])["concept"]["4"]["mean"])
+    check(got[1], reference(lm, sae, p, g[:2], [1, 3]))
 
 
 def ref_repetition(t: list[int]) -> tuple[float, float, int]:
