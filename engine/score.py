@@ -215,7 +215,7 @@ def _log_probs(lm, hidden: "torch.Tensor", targets: "torch.Tensor", slot: list[i
     if not first:  # no completion token in the group
         return torch.zeros((B, L), dtype=torch.float32, device=hidden.device)
     head = lm.model.get_output_embeddings()
-    cap = getattr(lm.config, "final_logit_softcapping", None)
+    cap = lm.config.final_logit_softcapping  # Gemma 2: 30; Gemma 3: None
     device = hidden.device
     h = hidden.reshape(B * L, d)[torch.tensor(first, device=device)]  # (N, d)
     slots = torch.tensor(slot, device=device)
@@ -403,7 +403,7 @@ def _prompts_once(lm, capture, rows: "torch.Tensor", lay: _Layout, prompt_of: li
     last: list = []
     with replaying(capture, rows[firsts.to(rows.device)], slice(None, W)), _head_input(model, last):
         model(input_ids=ids[firsts, :W], attention_mask=additive(causal[None, :W] & mask[firsts, None].bool()),
-              position_ids=positions[firsts, :W], use_cache=True, logits_to_keep=1, **arg)
+              position_ids=positions[firsts, :W], logits_to_keep=1, **arg)  # a cache given is written
     which = torch.tensor(prompt_of, device=device)
     for layer in cache.layers:  # the layers below the recording never ran: they hold nothing
         if layer.is_initialized:
@@ -415,7 +415,7 @@ def _prompts_once(lm, capture, rows: "torch.Tensor", lay: _Layout, prompt_of: li
             stack.enter_context(r)
         stack.enter_context(_head_input(model, kept))
         model(input_ids=ids[:, W:], attention_mask=additive(causal[None, W:] & mask[:, None].bool()),
-              position_ids=positions[:, W:], use_cache=True, **arg)  # every column kept
+              position_ids=positions[:, W:], **arg)  # every column kept
     return torch.cat([last[0].index_select(0, which), kept[0]], dim=1)
 
 

@@ -398,6 +398,20 @@ def test_a_head_with_a_bias_adds_it_in_every_slice(monkeypatch):
         check(row, reference(biased, sae, p, g, f))
 
 
+def test_a_bfloat16_model_is_scored_in_its_own_dtype():
+    """A bf16 model (as on a GPU): the head's slices, the masks of the prompts' pass and the recorded stream are
+    in bf16 and the NLL is taken in float32; each row within bf16's rounding of the model's own bf16 pass."""
+    half = tiny_lm(seed=4)
+    half = dataclasses.replace(half, model=half.model.to(torch.bfloat16), dtype=torch.bfloat16)
+    sae = make_sae(half.config.hidden_size)
+    cap = recorded(half, CHUNK)
+    assert cap.stream.dtype == torch.bfloat16
+    got = sc.score(half, sae, HOOK, [sc.Item(p, g, f) for p, g, f in CHUNK], streams=[(cap, b) for b in range(len(CHUNK))])
+    for row, (p, g, f) in zip(got, CHUNK):
+        want = reference(half, sae, p, g, f)
+        assert row["nll"] == pytest.approx(want["nll"], rel=2e-2), (row["nll"], want["nll"])
+
+
 def test_soft_capped_logits_as_the_model_caps_them(monkeypatch):
     """Gemma 2's final soft-capping (tanh at 30, here at 3 so that it bends every logit): the NLL equals
     the model's own forward pass, which applies it, over several vocabulary slices."""
@@ -517,7 +531,7 @@ def recorded(lm, chunk, layer: int = LAYER, seed: int = 0):
     from saejobs.engine.residual import ResidualCapture
 
     width, n = max(len(p) for p, _, _ in chunk), max(len(g) for _, g, _ in chunk)
-    cap = ResidualCapture(lm, layer, len(chunk), width, n, "cpu", torch.float32)
+    cap = ResidualCapture(lm, layer, len(chunk), width, n, "cpu", next(lm.model.parameters()).dtype)
     cap.stream.copy_(torch.randn(cap.stream.shape, generator=torch.Generator().manual_seed(seed)) * 50)
     for b, (p, g, _) in enumerate(chunk):
         seen = []
