@@ -390,12 +390,18 @@ def test_a_head_with_a_bias_adds_it_in_every_slice(monkeypatch):
         head.weight.copy_(old.weight)
         head.bias.copy_(torch.randn(old.out_features, generator=torch.Generator().manual_seed(0)) * 3)
     biased.model.lm_head = head
-    monkeypatch.setattr(sc, "MIN_SLICE", 50)
+    checked_in_slices(biased, monkeypatch, 50)
+
+
+def checked_in_slices(lm, monkeypatch, words: int) -> list[dict]:
+    """ITEMS scored with the vocabulary cut into slices of ``words``, each row checked against the reference."""
+    monkeypatch.setattr(sc, "MIN_SLICE", words)
     monkeypatch.setattr(sc, "CPU_SLICE_BYTES", 1)
-    sae = make_sae(biased.config.hidden_size)
-    rows = sc.score(biased, sae, HOOK, [sc.Item(p, g, f) for p, g, f in ITEMS])
+    sae = make_sae(lm.config.hidden_size)
+    rows = sc.score(lm, sae, HOOK, [sc.Item(p, g, f) for p, g, f in ITEMS])
     for row, (p, g, f) in zip(rows, ITEMS):
-        check(row, reference(biased, sae, p, g, f))
+        check(row, reference(lm, sae, p, g, f))
+    return rows
 
 
 def test_a_bfloat16_model_is_scored_in_its_own_dtype():
@@ -416,15 +422,10 @@ def test_soft_capped_logits_as_the_model_caps_them(monkeypatch):
     """Gemma 2's final soft-capping (tanh at 30, here at 3 so that it bends every logit): the NLL equals
     the model's own forward pass, which applies it, over several vocabulary slices."""
     capped = tiny_lm(scale=20.0, softcap=3.0)
-    monkeypatch.setattr(sc, "MIN_SLICE", 64)
-    monkeypatch.setattr(sc, "CPU_SLICE_BYTES", 1)
-    sae = make_sae(capped.config.hidden_size)
-    rows = sc.score(capped, sae, HOOK, [sc.Item(p, g, f) for p, g, f in ITEMS])
-    for row, (p, g, f) in zip(rows, ITEMS):
-        check(row, reference(capped, sae, p, g, f))
-    uncapped = sc.score(dataclasses.replace(capped, model=copy.deepcopy(capped.model)), sae, HOOK, [sc.Item(*ITEMS[0])])[0]
-    assert uncapped["nll"] == pytest.approx(rows[0]["nll"])  # the same model, the same cap
+    rows = checked_in_slices(capped, monkeypatch, 64)
+    # the cap matters here: the same model without it scores the row otherwise
     capped.model.config.final_logit_softcapping = None
+    sae = make_sae(capped.config.hidden_size)
     assert sc.score(capped, sae, HOOK, [sc.Item(*ITEMS[0])])[0]["nll"] != pytest.approx(rows[0]["nll"], rel=1e-2)
 
 
