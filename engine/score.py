@@ -166,21 +166,23 @@ def _group_rows(lm, width: int) -> int:
     an upper estimate) within the device's budget. The logits are never held whole (``_log_probs``)."""
     import torch
 
-    device = torch.device(lm.device)
     cfg = lm.config
     per_row = width * (8 * cfg.hidden_size + 3 * cfg.intermediate_size + 2 * cfg.num_attention_heads * width) * 4
-    budget = torch.cuda.mem_get_info(device)[0] * MEMORY_SHARE if device.type == "cuda" else CPU_GROUP_BYTES
-    return max(1, int(budget // per_row))
+    return max(1, int(_budget(torch.device(lm.device), CPU_GROUP_BYTES) // per_row))
+
+
+def _budget(device: "torch.device", cpu_bytes: int) -> float:
+    """Bytes one group's pass or one vocabulary slice may take: a share of the GPU's free memory, else ``cpu_bytes``."""
+    import torch
+
+    return torch.cuda.mem_get_info(device)[0] * MEMORY_SHARE if device.type == "cuda" else cpu_bytes
 
 
 def _vocab_slice(device: "torch.device", n: int, vocab: int) -> int:
     """Words per slice of the output projection for ``n`` positions: a slice's float32 logits and two
     temporaries of their size within the budget (a CPU's cache-sized one: the slice is reduced while it is
     hot), at least ``MIN_SLICE``."""
-    import torch
-
-    budget = torch.cuda.mem_get_info(device)[0] * MEMORY_SHARE if device.type == "cuda" else CPU_SLICE_BYTES
-    return int(min(vocab, max(MIN_SLICE, budget // (max(n, 1) * 4 * 3))))
+    return int(min(vocab, max(MIN_SLICE, _budget(device, CPU_SLICE_BYTES) // (max(n, 1) * 4 * 3))))
 
 
 def _prefix_slots(items: list[Item], offsets: list[int], L: int) -> tuple[list[int], list[int]]:
@@ -328,7 +330,7 @@ def _score_group(lm, sae, hook_name: str, items: list[Item], others: dict[str, t
     prompts: dict[tuple, int] = {}
     prompt_of = [prompts.setdefault(tuple(it.prompt_ids), len(prompts)) for it in items]  # each row's distinct prompt
     if capture is not None and len(prompts) < B and static_fits(lm.model, capture.width + capture.n):
-        hidden = _prompts_once(lm, capture, rows, lay, prompt_of, [read(n) for n in hooks])
+        hidden = _prompts_once(lm, capture, rows, ids, mask, prompt_of, [read(n) for n in hooks])
     else:
         kept: list[torch.Tensor] = []  # the head's input; the head itself is handed no position (``_log_probs``)
         with ExitStack() as stack:
@@ -366,13 +368,15 @@ def _score_group(lm, sae, hook_name: str, items: list[Item], others: dict[str, t
     return [_row(items[b], sums[b], feats, member[b], eos, lay.offsets[b]) for b in range(B)]
 
 
-def _prompts_once(lm, capture, rows: "torch.Tensor", lay: _Layout, prompt_of: list[int], reads: list) -> "torch.Tensor":
+def _prompts_once(lm, capture, rows: "torch.Tensor", ids: "torch.Tensor", mask: "torch.Tensor", prompt_of: list[int],
+                  reads: list) -> "torch.Tensor":
     """The layers from the recording up in two passes, for a group whose rows share prompts: the distinct
     prompts' columns once, into a static cache, then every row's completion columns attending to its prompt's
     cached keys and values (the cache copied out to the rows). A chat-length prompt is most of a row's
     columns, so most of the pass is no longer repeated per row. The same meaning as one pass over generation's
     layout: explicit positions and additive masks (causal, padding never seen), as ``engine.decode``'s static
-    cache has them (only where no sliding window is shorter than the row: ``static_fits``). ``reads``: the
+    cache has them (only where no sliding window is shorter than the row: ``static_fits``). ``ids``, ``mask``:
+    generation's layout on the model's device. ``reads``: the
     concept hooks, entered for the completion pass; ``prompt_of``: each row's distinct prompt, numbered in order
     of first appearance. Returns the head's (B, n + 1, d) input: each prompt's last column, then the
     completion's."""
@@ -385,8 +389,7 @@ def _prompts_once(lm, capture, rows: "torch.Tensor", lay: _Layout, prompt_of: li
     from saejobs.engine.residual import replaying
 
     model, W, n = lm.model, capture.width, capture.n
-    device = torch.device(lm.device)
-    ids, mask = lay.ids.to(device), lay.mask.to(device)
+    device = ids.device
     positions = (mask.cumsum(1) - 1).clamp_min(0)
     dtype = next(model.parameters()).dtype
     causal = torch.ones((W + n, W + n), dtype=torch.bool, device=device).tril()
