@@ -7,7 +7,8 @@ a time", greedy, seed 42) on one loaded Gemma 3 270M: saejobs runs them as one b
 with a different steering vector per row; interp-engine runs each as Neuronpedia's server does
 (``steer`` + ``generate_stream``, batch of one, KV cache). Both are warmed up first. Prints both
 times, the ratio (goal ≥ 5× on the 2-core CPU machine) and whether every token id agrees; then, at
-``--sampled`` temperature, how many configurations each of saejobs' sampling semantics reproduces.
+``--sampled`` temperature, both timed again (saejobs' rows share seed 42, so they share one draw per step),
+and how many configurations each of saejobs' sampling semantics reproduces.
 Exits 1 unless greedy and ``--sampling interp-engine`` agree in every configuration.
 
 ``--fast``: the same run, checks included, on 4 configurations (features 0-1 × strengths 50, 200) ×
@@ -83,12 +84,18 @@ def main() -> None:
     print(f"ratio: {t_theirs / t_ours:.1f}x (goal >= 5x); token ids identical in {agree}/{len(configs)} configurations")
     failed = agree != len(configs)
     if a.sampled:
+        t0 = time.perf_counter()
         theirs = [interp_engine(c, a.sampled) for c in configs]
+        t_theirs = time.perf_counter() - t0
         for semantics in ("interp-engine", "transformerlens"):
             r = SweepGenerator(lm, sae, demo.ENTRY.hook_name, Settings(n_tokens=a.n_tokens, temperature=a.sampled,
                                                               sampling_semantics=semantics))
-            same = sum(g.token_ids == t for (_, g, _), t in zip(r.run(configs), theirs))
-            print(f"temperature {a.sampled}, seed 42, saejobs --sampling {semantics}: "
+            t0 = time.perf_counter()
+            out = r.run(configs)
+            t_ours = time.perf_counter() - t0
+            same = sum(g.token_ids == t for (_, g, _), t in zip(out, theirs))
+            print(f"temperature {a.sampled}, seed 42, saejobs --sampling {semantics}: {t_ours:6.2f} s, "
+                  f"{t_theirs / t_ours:.1f}x interp-engine's {t_theirs:.2f} s; "
                   f"identical to interp-engine in {same}/{len(configs)} configurations")
             failed |= semantics == "interp-engine" and same != len(configs)  # the other semantics is another reference
     if failed:

@@ -4,7 +4,8 @@ Rows are left-padded; padding is masked out of attention and position ids count 
 so a row's logits do not depend on its neighbours. Logits never leave the device: greedy is one
 batched ``argmax``; sampling draws what one ``torch.Generator`` per row on the logits' device, seeded with
 the row's seed, draws: exactly what the reference's ``torch.manual_seed(seed)`` + one draw per step gives on
-that device (``RowStreams``: on CUDA all rows in one kernel, where ``engine.philox`` is checked to match).
+that device (``RowStreams``: rows of one seed share one draw; on CUDA all seeds in one kernel, where
+``engine.philox`` is checked to match).
 The forward passes (growing or static cache, CUDA graphs) are ``engine.decode``'s. Only token ids (and
 requested logprobs) come to the host, once, at the end; which
 rows have stopped is a device tensor. Two sampling semantics, recorded with each run, each computed
@@ -306,37 +307,56 @@ def _batch_rounds_as_rows(op: Reduction, like: torch.Tensor) -> bool:
 
 
 class RowStreams:
-    """Each row's random stream, as ``torch.manual_seed(row.seed)`` starts it on the device: a generator per
-    row, or on CUDA, where ``engine.philox`` draws what those generators would (checked once per device,
-    dtype and row length), one kernel for all rows instead of one ``exponential_`` per row."""
+    """Each row's random stream, as ``torch.manual_seed(row.seed)`` starts it on the device. Rows of one seed
+    draw the same noise at every step (each row draws once per step, all rows together), so the noise is drawn
+    once per distinct seed and spread to the rows: a sweep's usual single seed costs one draw whatever the
+    batch. Per distinct seed: a generator, or on CUDA, where ``engine.philox`` draws what those generators
+    would (checked once per device, dtype and row length), one kernel for all seeds."""
 
     def __init__(self, seeds: list[int], device: torch.device):
         self.seeds, self.device = seeds, device
+        self.distinct = list(dict.fromkeys(seeds))
+        self._row_seed: torch.Tensor | None = None  # row -> its seed's noise, where seeds repeat among rows
         self._gens: list[torch.Generator] | None = None
+        self._seed_gens: list[torch.Generator] | None = None
         self._noise: philox.RowNoise | None = None
         self.batched: bool | None = None  # decided at the first draw; a row's stream never changes path
 
     @property
     def gens(self) -> list[torch.Generator]:
+        """One generator per row (``torch.multinomial``'s fallback draws from these)."""
         if self._gens is None:
             self._gens = [torch.Generator(device=self.device).manual_seed(s) for s in self.seeds]
         return self._gens
 
     def exponential(self, probs: torch.Tensor, as_2d: bool) -> torch.Tensor:
         """(B, V) ``Exp(1)`` noise, row b as ``exponential_`` on a [1, V] (``as_2d``) or [V] tensor from its
-        generator (the same stream: the kernel sees numel V either way)."""
+        generator (the same stream: the kernel sees numel V either way); (1, V), which broadcasts, for one seed."""
+        like = probs[:len(self.distinct)]
         if self.batched is None:
-            transform = None if self._gens is not None else philox.matching_transform(probs.device, probs.dtype,
-                                                                                          probs.shape[-1])
+            transform = philox.matching_transform(probs.device, probs.dtype, probs.shape[-1])
             self.batched = transform is not None
             if self.batched:
-                self._noise = philox.RowNoise(self.seeds, probs.device, transform)
+                self._noise = philox.RowNoise(self.distinct, probs.device, transform)
         if self.batched:
-            return self._noise.exponential(probs)
-        q = torch.empty_like(probs)
-        for b, g in enumerate(self.gens):
-            (q[b:b + 1] if as_2d else q[b]).exponential_(1, generator=g)
-        return q
+            q = self._noise.exponential(like)
+        else:
+            if self._seed_gens is None:
+                self._seed_gens = [torch.Generator(device=self.device).manual_seed(s) for s in self.distinct]
+            q = torch.empty_like(like)
+            for d, g in enumerate(self._seed_gens):
+                (q[d:d + 1] if as_2d else q[d]).exponential_(1, generator=g)
+        return self._spread(q)
+
+    def _spread(self, q: torch.Tensor) -> torch.Tensor:
+        """Each row's seed's noise: ``q`` itself where seeds are distinct or there is one (it broadcasts, so one seed
+        costs the same operators for any batch), else one gather."""
+        if len(self.distinct) in (1, len(self.seeds)):
+            return q
+        if self._row_seed is None:
+            at = {s: d for d, s in enumerate(self.distinct)}
+            self._row_seed = torch.tensor([at[s] for s in self.seeds], device=q.device)
+        return q.index_select(0, self._row_seed)
 
 
 def draw(probs: torch.Tensor, streams: RowStreams, *, as_2d: bool) -> torch.Tensor:

@@ -153,4 +153,5 @@ def test_score_fast(tmp_path):
 def test_vs_interp_engine_fast(tmp_path):
     out = bench("vs_interp_engine.py", tmp_path)
     assert lines(out, r"token ids identical in 4/4 configurations"), out
-    assert lines(out, r"saejobs --sampling interp-engine: identical to interp-engine in 4/4 configurations"), out
+    assert lines(out, r"saejobs --sampling interp-engine: +[0-9.]+ s, [0-9.]+x interp-engine's [0-9.]+ s; "
+                      r"identical to interp-engine in 4/4 configurations"), out

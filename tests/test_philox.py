@@ -58,6 +58,13 @@ def test_the_kernel_draws_each_rows_philox_stream_in_pytorchs_layout(offset):
     assert out.tolist() == want
 
 
+def exponential_of(raw: np.ndarray) -> torch.Tensor:
+    """32-bit Philox outputs as ``Exp(1)`` in float32: curand_uniform, then -log with float's ε/2 near 1."""
+    u = raw.astype(np.float32) * np.float32(2.0 ** -32) + np.float32(2.0 ** -33)
+    half = np.float32(torch.finfo(torch.float32).eps / 2)
+    return torch.from_numpy(-np.where(u >= np.float32(1) - half, -half, np.log(u)))
+
+
 def test_the_transform_is_curand_uniform_then_minus_log():
     """x -> u = x·2⁻³² + 2⁻³³ (curand_uniform), then -log(u), with ε/2 where u ≥ 1 − ε/2; in float32
     then cast to nearest (here with the interpreter's logarithm, numpy's; float32 and float16: the interpreter
@@ -66,9 +73,7 @@ def test_the_transform_is_curand_uniform_then_minus_log():
     raw = torch.empty((len(SEEDS), V), dtype=torch.int64)
     seeds, offset = philox.seed_words(SEEDS, "cpu"), torch.tensor([4])
     philox.launch(raw, seeds, offset, stride, raw=True, interpret=True)
-    u = raw.numpy().astype(np.float32) * np.float32(2.0 ** -32) + np.float32(2.0 ** -33)
-    half = np.float32(torch.finfo(torch.float32).eps / 2)
-    want = torch.from_numpy(-np.where(u >= np.float32(1) - half, -half, np.log(u)))
+    want = exponential_of(raw.numpy())
     for dtype in (torch.float32, torch.float16):
         out = torch.empty((len(SEEDS), V), dtype=dtype)
         philox.launch(out, seeds, offset, stride, interpret=True)

@@ -40,13 +40,13 @@ MODULES: dict[str, list[str]] = {
     # test_score.py / test_generate.py load Gemma 3 270M (61 s to collect statistics, then again for every
     # mutant that reaches the scoring group): these modules' fast tests are their mutation files.
     "engine/score.py": ["tests/test_mutation_score.py"],
-    "engine/generate.py": ["tests/test_mutation_generate.py"],
+    "engine/generate.py": ["tests/test_mutation_generate.py", "tests/test_sampling_batched.py"],
     "db/jobs.py": ["tests/test_db.py", "tests/test_db_scale.py", "tests/test_mutation_jobs.py"],
 }
 
 # Only these functions count (a substring of mutmut's mangled name); absent: the whole module.
 FUNCTIONS: dict[str, tuple[str, ...]] = {
-    "engine/generate.py": ("ǁTokenSamplerǁ", "x_draw", "x__draw_exponential", "x__draw_multinomial",
+    "engine/generate.py": ("ǁTokenSamplerǁ", "ǁRowStreamsǁ", "x_draw", "x__draw_exponential", "x__draw_multinomial",
                            "x__exponential_trick_holds"),
 }
 
