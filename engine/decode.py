@@ -103,7 +103,7 @@ class StaticDecoder:
         seen = torch.zeros((B, 1, 1, self.L), dtype=torch.bool, device=mask.device)
         seen[:, 0, 0, :P] = mask.bool()
         self.seen = seen  # which keys each row's next query sees
-        self.step_mask = torch.where(seen, torch.zeros((), dtype=dtype, device=mask.device), self.neg)
+        self.step_mask = additive_mask(seen, dtype)
         self.masks = _layer_masks(self.step_mask)
         self.graph = graph
         self._graph = None  # torch.cuda.CUDAGraph once captured
@@ -113,9 +113,8 @@ class StaticDecoder:
         P, dtype = self.P, self.step_mask.dtype
         causal = torch.ones((P, self.L), dtype=torch.bool, device=self.seen.device).tril()
         seen = causal[None, None] & self.seen  # (B, 1, P, L): causal, and never a padding key
-        m = torch.where(seen, torch.zeros((), dtype=dtype, device=seen.device), self.neg)
         with contiguous_head(self.model):
-            res = self.model(input_ids=self.prompt_ids, attention_mask=_layer_masks(m), position_ids=self.positions,
+            res = self.model(input_ids=self.prompt_ids, attention_mask=_layer_masks(additive_mask(seen, dtype)), position_ids=self.positions,
                              use_cache=True, logits_to_keep=1, **{self.cache_arg: self.cache})
         return res.logits[:, -1, :]
 
@@ -189,6 +188,12 @@ def contiguous_head(model) -> Iterator[None]:
         yield
     finally:
         handle.remove()
+
+
+def additive_mask(seen: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """What attention adds to its scores: 0 where a query may see a key, the dtype's most negative value where
+    it may not (a 4-D mask in this form is what transformers' attention takes as given)."""
+    return torch.where(seen, torch.zeros((), dtype=dtype, device=seen.device), torch.finfo(dtype).min)
 
 
 def _layer_masks(m: torch.Tensor) -> dict:

@@ -385,7 +385,7 @@ def _prompts_once(lm, capture, rows: "torch.Tensor", ids: "torch.Tensor", mask: 
 
     from transformers import StaticCache
 
-    from saejobs.engine.decode import _layer_masks, cache_argument
+    from saejobs.engine.decode import _layer_masks, additive_mask, cache_argument
     from saejobs.engine.residual import replaying
 
     model, W, n = lm.model, capture.width, capture.n
@@ -395,7 +395,7 @@ def _prompts_once(lm, capture, rows: "torch.Tensor", ids: "torch.Tensor", mask: 
     causal = torch.ones((W + n, W + n), dtype=torch.bool, device=device).tril()
 
     def additive(seen: "torch.Tensor") -> dict:  # (rows, queries, keys) -> each layer type's (rows, 1, q, k) mask
-        return _layer_masks(torch.where(seen[:, None], torch.zeros((), dtype=dtype, device=device), torch.finfo(dtype).min))
+        return _layer_masks(additive_mask(seen[:, None], dtype))
 
     cache = StaticCache(config=model.config, max_cache_len=W + n)
     arg = {cache_argument(model): cache}
