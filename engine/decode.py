@@ -114,8 +114,9 @@ class StaticDecoder:
         causal = torch.ones((P, self.L), dtype=torch.bool, device=self.seen.device).tril()
         seen = causal[None, None] & self.seen  # (B, 1, P, L): causal, and never a padding key
         with contiguous_head(self.model):
-            res = self.model(input_ids=self.prompt_ids, attention_mask=_layer_masks(additive_mask(seen, dtype)), position_ids=self.positions,
-                             use_cache=True, logits_to_keep=1, **{self.cache_arg: self.cache})
+            res = self.model(input_ids=self.prompt_ids, attention_mask=_layer_masks(additive_mask(seen, dtype)),
+                             position_ids=self.positions, use_cache=True, logits_to_keep=1,
+                             **{self.cache_arg: self.cache})
         return res.logits[:, -1, :]
 
     def _forward(self) -> torch.Tensor:

@@ -97,7 +97,8 @@ def test_the_batched_draw_gives_each_row_its_seeds_philox_stream(seeds, as_2d, m
     asked, used = [], []            # takes its own logarithm, and float's ε is the float32 tensor's own)
     monkeypatch.setattr(philox, "matching_transform", lambda *key: asked.append(key) or found)
     monkeypatch.setattr(philox, "grid_stride", lambda numel, device: stride)
-    monkeypatch.setattr(philox, "launch", lambda *a, **k: used.append(k["transform"]) or launch(*a, **k, interpret=True))
+    monkeypatch.setattr(philox, "launch",
+                        lambda *a, **k: used.append(k["transform"]) or launch(*a, **k, interpret=True))
     streams = gen.RowStreams(seeds, torch.device("cpu"))
     offset = 0
     for step in range(2):
