@@ -60,7 +60,7 @@ class DynamicDecoder:
         """``room`` is ``StaticDecoder``'s; a growing cache has room for every token fed."""
         self.model, self.cache_arg = model, cache_arg
         self.ids, self.mask = input_ids, mask
-        self.positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        self.positions = position_ids(mask)
         self.cache = None
 
     def prompt(self) -> torch.Tensor:
@@ -98,7 +98,7 @@ class StaticDecoder:
         self.cache = StaticCache(config=model.config, max_cache_len=self.L)
         self.prompt_ids = input_ids
         self.ids = torch.zeros((B, 1), dtype=torch.long, device=input_ids.device)
-        self.positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        self.positions = position_ids(mask)
         self.pos = self.positions[:, -1:].clone()
         seen = torch.zeros((B, 1, 1, self.L), dtype=torch.bool, device=mask.device)
         seen[:, 0, 0, :P] = mask.bool()
@@ -189,6 +189,12 @@ def contiguous_head(model) -> Iterator[None]:
         yield
     finally:
         handle.remove()
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Each column's position in its left-padded row, counting real tokens only (padding at 0): a row's logits
+    then do not depend on how much its neighbours pad it."""
+    return (mask.cumsum(-1) - 1).clamp_min(0)
 
 
 def additive_mask(seen: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

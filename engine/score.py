@@ -289,7 +289,7 @@ def _score_group(lm, sae, hook_name: str, items: list[Item], others: dict[str, t
     import torch
     from contextlib import ExitStack
 
-    from saejobs.engine.decode import static_fits
+    from saejobs.engine.decode import position_ids, static_fits
     from saejobs.engine.hooks import hook
     from saejobs.engine.residual import replaying
 
@@ -339,7 +339,7 @@ def _score_group(lm, sae, hook_name: str, items: list[Item], others: dict[str, t
             for name in hooks:
                 stack.enter_context(read(name))
             stack.enter_context(_head_input(lm.model, kept))
-            lm.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp_min(0),
+            lm.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
                      use_cache=False, logits_to_keep=L + 1)
         hidden = kept[0]
     slot, first = _prefix_slots(items, lay.offsets, L)
@@ -385,12 +385,12 @@ def _prompts_once(lm, capture, rows: "torch.Tensor", ids: "torch.Tensor", mask: 
 
     from transformers import StaticCache
 
-    from saejobs.engine.decode import _layer_masks, additive_mask, cache_argument
+    from saejobs.engine.decode import _layer_masks, additive_mask, cache_argument, position_ids
     from saejobs.engine.residual import replaying
 
     model, W, n = lm.model, capture.width, capture.n
     device = ids.device
-    positions = (mask.cumsum(1) - 1).clamp_min(0)
+    positions = position_ids(mask)
     dtype = next(model.parameters()).dtype
     causal = torch.ones((W + n, W + n), dtype=torch.bool, device=device).tril()
 
