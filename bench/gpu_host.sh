@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One run on a GPU host with no network, from the repository root, after bench/gpu_bundle.sh made .gpu/:
-# bench/gpu.py's exactness, the cuda fidelity cases on a seeded random Gemma 3 270M, then bench/gpu.py's
-# throughput (PARTS=greedy,profile,modes,long,large to choose). Every part writes to $OUT as it goes, so a
-# run cut short keeps what it measured. DRY=1: on this CPU, small models (checks the script).
+# bench/gpu.py's exactness, the cuda fidelity cases on a seeded random Gemma 3 270M, bench/gpu_probe.py's scans
+# (top-p's cumsum run to run; row loops on several streams), then bench/gpu.py's throughput
+# (PARTS=greedy,profile,modes,long,large to choose). The timeouts add up to under the device's 600 s a call.
+# Every part writes to $OUT as it goes, so a run cut short keeps what it measured. DRY=1: on this CPU, small
+# models (checks the script).
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 T0=$(date +%s)
@@ -27,5 +29,8 @@ log "bench/gpu.py exact rc=$?"
 SAEJOBS_FIDELITY_CONFIG_DIR=/tmp/g3 timeout ${T_FID:-170} python3 -m pytest tests/fidelity -k "$K" --confcutdir tests/fidelity \
   -o addopts="" -q -p no:cacheprovider -rA --durations=5 > "$OUT/fidelity.txt" 2>&1
 log "fidelity rc=$?"
-timeout ${T_THRU:-230} python3 bench/gpu.py --device $DEV $SMALL --config-dir /tmp/g3 --parts ${PARTS:-throughput} --out "$OUT/gpu-throughput.json" > "$OUT/gpu-throughput.txt" 2>&1
+timeout ${T_PROBE:-30} python3 bench/gpu_probe.py --device $DEV $SMALL --config-dir /tmp/g3 --parts scans --out "$OUT/probe" \
+  > "$OUT/probe.txt" 2>&1
+log "bench/gpu_probe.py scans rc=$?"
+timeout ${T_THRU:-200} python3 bench/gpu.py --device $DEV $SMALL --config-dir /tmp/g3 --parts ${PARTS:-throughput} --out "$OUT/gpu-throughput.json" > "$OUT/gpu-throughput.txt" 2>&1
 log "bench/gpu.py throughput rc=$?"

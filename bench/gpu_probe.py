@@ -1,5 +1,6 @@
-"""Exploratory GPU probes for issue 27 (not a bench): the batched Philox draw against per-row generators, and
-a plain Hugging Face decode loop (dynamic vs static KV cache vs a CUDA-graph-replayed step) on Gemma 2 2B.
+"""Exploratory GPU probes for issue 27 (not a bench): the batched Philox draw against per-row generators, a
+plain Hugging Face decode loop (dynamic vs static KV cache vs a CUDA-graph-replayed step) on Gemma 2 2B,
+sampling's reductions batched and row by row, and top-p's cumsum and the row loops on several streams (scans).
 
     python bench/gpu_probe.py --config-dir DIR --out DIR [--device cuda] [--small]
 """
@@ -242,17 +243,80 @@ def reductions(dev: str, small: bool) -> None:
         rec(f"sampler.{name}.ms_per_step", round((time.perf_counter() - t) / 5 * 1e3, 2))
 
 
+def scans(dev: str, small: bool) -> None:
+    """Two questions left by session 15's reductions probe (top-p's cumsum loop could not be replayed; the
+    replayed loops run one row after another). 1. Is one row's eager ``torch.cumsum`` the same from run to run
+    on this device (if not, interp-engine's own top-p is not reproducible where a running total meets
+    ``top_p``, and a batched cumsum is as faithful as the row loop), and how many rows' nucleus masks (top-p 0.9)
+    does the batched cumsum change? 2. Does a row loop captured across several streams (rows round-robin, joined
+    at the end) replay bit for bit, and how much faster than on one stream? About ten seconds at full size."""
+    from saejobs.engine import generate as gen
+    from saejobs.engine.row_graph import outputs_equal
+
+    B, V = (64, 4099) if small else (1024, 262144)
+    g = torch.Generator().manual_seed(1)
+    logits = (torch.randn((B, V), generator=g) * 3).to(dev)
+    probs = torch.softmax(logits / 0.7, dim=-1).sort(-1, descending=True).values
+    first = torch.cumsum(probs[0], dim=-1)
+    same = sum(bool(torch.equal(torch.cumsum(probs[0], dim=-1), first)) for _ in range(50))
+    rec("scans.cumsum.one_row_run_to_run_equal", f"{same}/50")
+    rows = gen.row_by_row(gen.Reduction.CUMSUM, probs)
+    rec("scans.cumsum.row_loop_twice_equal", outputs_equal(rows, gen.row_by_row(gen.Reduction.CUMSUM, probs)))
+    both = gen.batched(gen.Reduction.CUMSUM, probs)
+    differ = (both != rows).any(-1)
+    masks = ((both - probs) > 0.9) != ((rows - probs) > 0.9)
+    rec("scans.cumsum.batched_vs_rows", f"rows with any value differing {int(differ.sum())}/{B}, max |diff| "
+        f"{float((both - rows).abs().max()):.3g}, rows whose top-p 0.9 nucleus differs {int(masks.any(-1).sum())}")
+    if not dev.startswith("cuda"):
+        rec("scans.streams", "cuda only")
+        return
+    for op, arg in ((gen.Reduction.LOGSUMEXP, logits / 0.7), (gen.Reduction.SUM, probs)):
+        eager = gen.row_by_row(op, arg)
+        for n in (1, 4, 16):
+            try:
+                graph, out = _capture_on_streams(lambda b, _op=op, _x=arg: gen._FORMS[_op][1](_x, b), B, n)
+                graph.replay()
+                sync(dev)
+                ok = outputs_equal(out, eager)
+                t = time.perf_counter()
+                for _ in range(5):
+                    graph.replay()
+                sync(dev)
+                rec(f"scans.streams.{op.value}.{n}", f"replay {(time.perf_counter() - t) / 5 * 1e3:.2f} ms, equals eager {ok}")
+            except Exception as e:  # noqa: BLE001
+                rec(f"scans.streams.{op.value}.{n}", f"capture failed: {type(e).__name__}: {str(e)[:300]}")
+
+
+def _capture_on_streams(row_fn, B: int, n: int):
+    """A CUDA graph of ``row_fn(b)`` for every row, rows spread round-robin over ``n`` side streams forked from
+    the capturing stream and joined back to it; (graph, the stacked rows its replays write)."""
+    graph = torch.cuda.CUDAGraph()
+    side = [torch.cuda.Stream() for _ in range(n)]
+    with torch.cuda.graph(graph):
+        main = torch.cuda.current_stream()
+        for s in side:
+            s.wait_stream(main)
+        parts = [None] * B
+        for b in range(B):
+            with torch.cuda.stream(side[b % n]):
+                parts[b] = row_fn(b)
+        for s in side:
+            main.wait_stream(s)
+        out = torch.cat(parts) if parts[0].dim() == 2 else torch.stack(parts)
+    return graph, out
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--device", default="cuda")
     p.add_argument("--small", action="store_true")
     p.add_argument("--config-dir", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--parts", default="philox,loops,reductions")
+    p.add_argument("--parts", default="philox,loops,reductions,scans")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     for part, fn in (("philox", lambda: philox_part(a.device)), ("loops", lambda: decode_loops(a.config_dir, a.device, a.small, a.out)),
-                     ("reductions", lambda: reductions(a.device, a.small))):
+                     ("reductions", lambda: reductions(a.device, a.small)), ("scans", lambda: scans(a.device, a.small))):
         if part in a.parts:
             try:
                 fn()

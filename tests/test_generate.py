@@ -164,6 +164,22 @@ def test_bench_gpu_small_on_cpu_checks_identity(gemma3, tmp_path):
     assert any(k.startswith("throughput.greedy_") and k.endswith("_token_prompt.8x4.tokens_per_s") for k in figures)
 
 
+def test_gpu_probe_scans_runs_on_a_cpu(tmp_path):
+    """``bench/gpu_probe.py --parts scans`` (run by bench/gpu_host.sh on a lent GPU, where device time is short)
+    runs to its end here: on a CPU its cumsum questions are answered (one row's cumsum the same run to run, the
+    batched form rounds as the row loop does) and the several-streams part says it is CUDA's."""
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_probe.py"), "--device", "cpu", "--small",
+                        "--config-dir", str(tmp_path), "--parts", "scans", "--out", str(tmp_path / "probe")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    import json
+
+    got = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    assert not any(k.endswith(".error") for k in got), got
+    assert got["scans.cumsum.one_row_run_to_run_equal"] == "50/50" and got["scans.cumsum.row_loop_twice_equal"] is True
+    assert got["scans.cumsum.batched_vs_rows"].endswith("top-p 0.9 nucleus differs 0") and got["scans.streams"] == "cuda only"
+
+
 def transformerlens_reference(model, prompt_ids: list[int], seed: int, n_tokens: int, temperature: float,
                               freq_penalty: float, eos: int) -> list[int]:
     """One request as Neuronpedia's TransformerLens-era server generates it, written out step by step on a
