@@ -13,6 +13,12 @@ completion share one scoring pass; 3. chat-length prompts (~320 tokens: a templa
 completion on them. Correctness, for each, checked before a figure is printed (exit
 1 otherwise): recording changes no token, the batched scores equal each row scored alone and the whole
 pass's, and a row's NLL equals a plain unpadded forward pass's ``log_softmax`` of its completion.
+
+Each grid also prints its arithmetic: the matrix products' floating-point operations of one generation and of
+its scoring, counted by torch's ``FlopCounterMode`` (a run apart from the timed ones), and the rate each side ran
+at. Scoring's share of the time is its share of the arithmetic times how much faster a machine runs scoring's
+products (hundreds of positions at once) than generation's (a row per step each): a figure to compare across
+machines, where the percentage alone moves with the machine.
 """
 
 from __future__ import annotations
@@ -99,6 +105,15 @@ def measure(label: str, runner, lm, configs: list, features: list[int], a) -> bo
         t0 = time.perf_counter()
         full = score.score_outputs(runner, plain, features)  # one whole unsteered pass per group (the backfill's)
         full_s.append(time.perf_counter() - t0)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counted:
+        runner.run(configs)
+    gen_flops = counted.get_total_flops()
+    recorded = runner.run(configs, for_scoring=True)
+    with FlopCounterMode(display=False) as counted:
+        score.score_outputs(runner, recorded, features)
+    score_flops = counted.get_total_flops()
     ok = [g.token_ids for _, g, _ in plain] == [g.token_ids for _, g, _ in outs]
     picks = sorted({0, 1, len(outs) // 2, len(outs) - 1})
     for i in picks:
@@ -124,6 +139,9 @@ def measure(label: str, runner, lm, configs: list, features: list[int], a) -> bo
           f"(best of {a.repeats}): unscored sweep {g:.2f} s, scored {g + s:.2f} s -> scoring adds {100 * s / g:.0f}% "
           f"(goal <= 30% on a CPU); a whole unsteered pass instead would add {100 * f / g:.0f}% "
           f"({f / max(s, 1e-9):.2f}x the time); scores batched = alone = whole pass = reference NLL: {ok}")
+    print(f"   arithmetic (matrix products): generation {gen_flops / 1e9:.1f} GFLOP at {gen_flops / g / 1e9:.0f} GFLOP/s, "
+          f"scoring {score_flops / 1e9:.1f} GFLOP, {100 * score_flops / gen_flops:.0f}% of generation's, at "
+          f"{score_flops / max(s, 1e-9) / 1e9:.0f} GFLOP/s")
     return ok
 
 

@@ -147,6 +147,11 @@ def test_score_fast(tmp_path):
                       r"tokens\) × 4 tokens on cpu .* scores batched = alone = whole pass = reference NLL: True$"), out
     assert lines(out, r"^3\. chat-length prompts: 5 configs \([1-5] distinct completions, prompts up to (1[6-9]|[2-9][0-9]) tokens\) × "
                       r"4 tokens on cpu .* scores batched = alone = whole pass = reference NLL: True$"), out
+    # each grid's arithmetic, counted by torch: scoring runs the layers from the recording up over positions
+    # generation ran every layer over, and the output layer over at most the positions generation ran it over
+    shares = [int(m.group(1)) for ln in lines(out, r"^   arithmetic \(matrix products\): generation [0-9.]+ GFLOP")
+              if (m := re.search(r"scoring [0-9.]+ GFLOP, ([0-9]+)% of generation's, at [0-9]+ GFLOP/s$", ln))]
+    assert len(shares) == 3 and all(0 < x < 100 for x in shares), out
 
 
 @pytest.mark.model
