@@ -1,8 +1,11 @@
-"""What the bench scripts share: following a job row until it is done; the demo SAE they steer with."""
+"""What the bench scripts share: following a job row until it is done; the demo SAE they steer with; counting
+a call's arithmetic."""
 
 from __future__ import annotations
 
+import os
 import time
+from typing import Callable
 
 
 def wait_job(job_id: str, timeout: float = 600, poll: float = 0.005):
@@ -34,3 +37,22 @@ def build_demo(lm, mirror, fast: bool = False):
     e = demo.ENTRY
     return write_sae(mirror / e.repo_id / e.folder, e.format, random_params(e.d_model, e.d_sae),
                      {**gemma_scope_2_config(e), "synthetic": True, "note": "bench --fast: random weights"})
+
+
+def matrix_flops(fn: Callable[[], object]) -> int:
+    """Floating-point operations of ``fn``'s matrix products, as torch's ``FlopCounterMode`` counts each operator
+    dispatched. CUDA graphs are off for the call (``SAEJOBS_CUDA_GRAPHS=0``): a graph's replay dispatches nothing,
+    so its steps would go uncounted; eagerly the same products run once per step."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    before = os.environ.get("SAEJOBS_CUDA_GRAPHS")
+    os.environ["SAEJOBS_CUDA_GRAPHS"] = "0"
+    try:
+        with FlopCounterMode(display=False) as counted:
+            fn()
+    finally:
+        if before is None:
+            os.environ.pop("SAEJOBS_CUDA_GRAPHS")
+        else:
+            os.environ["SAEJOBS_CUDA_GRAPHS"] = before
+    return counted.get_total_flops()

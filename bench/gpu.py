@@ -263,6 +263,7 @@ def throughput(config_dir: Path, device: str, small: bool, parts: str = "greedy,
     time must equal interp-engine (the exactness part above checks batches against it)."""
     import torch
 
+    from bench._common import matrix_flops
     from saejobs.engine import score
     from saejobs.engine.request import Settings, plan_configs
     from saejobs.engine.sweep import SweepGenerator, default_batch_size
@@ -365,6 +366,10 @@ def throughput(config_dir: Path, device: str, small: bool, parts: str = "greedy,
             record(f"{key}.scoring_s", f"{t_score:.3f} (+ {t_rec - t:.3f} recording the stream)")
             record(f"{key}.scoring_share_of_generation", f"{(t_score + t_rec - t) / t:.0%} (a whole unsteered pass: "
                    f"{t_whole / t:.0%})")
+            gen_flops = matrix_flops(lambda: r.run(configs))
+            score_flops = matrix_flops(lambda: score.score_outputs(r, recorded, feats))
+            record(f"{key}.scoring_arithmetic", f"{score_flops / 1e12:.3g} of generation's {gen_flops / 1e12:.3g} TFLOP "
+                   f"({score_flops / gen_flops:.0%}; matrix products, bench._common.matrix_flops)")
             profiled[:] = r, configs
 
     for n in sizes:  # up to the wide size first: the sampled modes are compared with it

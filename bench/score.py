@@ -33,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench._common import matrix_flops  # noqa: E402
 os.environ.setdefault("SAEJOBS_MODEL_CACHE", str(Path.home() / ".cache" / "saejobs" / "models"))
 
 
@@ -105,15 +106,9 @@ def measure(label: str, runner, lm, configs: list, features: list[int], a) -> bo
         t0 = time.perf_counter()
         full = score.score_outputs(runner, plain, features)  # one whole unsteered pass per group (the backfill's)
         full_s.append(time.perf_counter() - t0)
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counted:
-        runner.run(configs)
-    gen_flops = counted.get_total_flops()
+    gen_flops = matrix_flops(lambda: runner.run(configs))
     recorded = runner.run(configs, for_scoring=True)
-    with FlopCounterMode(display=False) as counted:
-        score.score_outputs(runner, recorded, features)
-    score_flops = counted.get_total_flops()
+    score_flops = matrix_flops(lambda: score.score_outputs(runner, recorded, features))
     ok = [g.token_ids for _, g, _ in plain] == [g.token_ids for _, g, _ in outs]
     picks = sorted({0, 1, len(outs) // 2, len(outs) - 1})
     for i in picks:

@@ -6,6 +6,7 @@ on the real model is tests/fidelity's, and against the real architectures bench/
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -162,6 +163,8 @@ def test_bench_gpu_small_on_cpu_checks_identity(gemma3, tmp_path):
         assert f"throughput.{key}" in figures, key
     assert figures["throughput.interp-engine_T0.7_top-p_0.9.8x4.one_at_a_time_identical_to_interp_engine"] == "4/4"
     assert any(k.startswith("throughput.greedy_") and k.endswith("_token_prompt.8x4.tokens_per_s") for k in figures)
+    share = re.search(r"TFLOP \(([0-9]+)%; matrix products", figures["throughput.greedy.8x4.scoring_arithmetic"])
+    assert share and 0 < int(share.group(1)) < 100, figures["throughput.greedy.8x4.scoring_arithmetic"]
 
 
 def test_gpu_probe_scans_runs_on_a_cpu(tmp_path):
