@@ -370,6 +370,8 @@ def throughput(config_dir: Path, device: str, small: bool, parts: str = "greedy,
             score_flops = matrix_flops(lambda: score.score_outputs(r, recorded, feats))
             record(f"{key}.scoring_arithmetic", f"{score_flops / 1e12:.3g} of generation's {gen_flops / 1e12:.3g} TFLOP "
                    f"({score_flops / gen_flops:.0%}; matrix products, bench._common.matrix_flops)")
+            record(f"{key}.matrix_tflops_per_s", f"{gen_flops / t / 1e12:.3g} (generation's matrix products over its "
+                   f"time: how far the chunk is from the device's peak)")
             profiled[:] = r, configs
 
     for n in sizes:  # up to the wide size first: the sampled modes are compared with it
