@@ -249,7 +249,8 @@ def scans(dev: str, small: bool) -> None:
     on this device (if not, interp-engine's own top-p is not reproducible where a running total meets
     ``top_p``, and a batched cumsum is as faithful as the row loop), and how many rows' nucleus masks (top-p 0.9)
     does the batched cumsum change? 2. Does a row loop captured across several streams (rows round-robin, joined
-    at the end) replay bit for bit, and how much faster than on one stream? About ten seconds at full size."""
+    at the end) replay bit for bit, and how much faster than on one stream? Not yet run on a GPU; from session
+    15's loop timings, a few seconds of device work at full size (bench/gpu_host.sh allows it 30 s)."""
     from saejobs.engine import generate as gen
     from saejobs.engine.row_graph import outputs_equal
 

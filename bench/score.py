@@ -33,8 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench._common import matrix_flops  # noqa: E402
 os.environ.setdefault("SAEJOBS_MODEL_CACHE", str(Path.home() / ".cache" / "saejobs" / "models"))
+from bench._common import matrix_flops  # noqa: E402
 
 
 CHAT_PREFIX = "Here is a long story about the sea and the ships that sail on it. "  # 15 tokens
