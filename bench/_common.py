@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 from typing import Callable
+from unittest.mock import patch
 
 
 def wait_job(job_id: str, timeout: float = 600, poll: float = 0.005):
@@ -45,14 +46,6 @@ def matrix_flops(fn: Callable[[], object]) -> int:
     so its steps would go uncounted; eagerly the same products run once per step."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    before = os.environ.get("SAEJOBS_CUDA_GRAPHS")
-    os.environ["SAEJOBS_CUDA_GRAPHS"] = "0"
-    try:
-        with FlopCounterMode(display=False) as counted:
-            fn()
-    finally:
-        if before is None:
-            os.environ.pop("SAEJOBS_CUDA_GRAPHS")
-        else:
-            os.environ["SAEJOBS_CUDA_GRAPHS"] = before
+    with patch.dict(os.environ, {"SAEJOBS_CUDA_GRAPHS": "0"}), FlopCounterMode(display=False) as counted:
+        fn()
     return counted.get_total_flops()

@@ -33,8 +33,8 @@ import os
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
+from unittest.mock import patch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -143,14 +143,9 @@ class Oracle:
                                                         top_k=0, top_p=top_p, presence_penalty=0.0, seed=cfg.seed)]
 
 
-@contextmanager
 def growing_cache():
     """Generation on transformers' growing cache (``SAEJOBS_STATIC_CACHE=0``), as interp-engine generates."""
-    os.environ["SAEJOBS_STATIC_CACHE"] = "0"
-    try:
-        yield
-    finally:
-        del os.environ["SAEJOBS_STATIC_CACHE"]
+    return patch.dict(os.environ, {"SAEJOBS_STATIC_CACHE": "0"})
 
 
 def first_divergence(a: list[int], b: list[int]) -> str:
