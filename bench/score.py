@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("SAEJOBS_MODEL_CACHE", str(Path.home() / ".cache" / "saejobs" / "models"))
-from bench._common import matrix_flops  # noqa: E402
+from bench._common import build_demo, matrix_flops  # noqa: E402
 
 
 CHAT_PREFIX = "Here is a long story about the sea and the ships that sail on it. "  # 15 tokens
@@ -56,7 +56,8 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--n-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--fast", action="store_true", help="2 features × 2 strengths × 1 prompt (part 3's ~20 tokens), 4 tokens, once (a test)")
+    ap.add_argument("--fast", action="store_true", help="2 features × 2 strengths × 1 prompt (part 3's ~20 tokens), 4 tokens, "
+                    "once, the demo SAE's layout with random weights (a test)")
     a = ap.parse_args()
     if a.fast:
         a.n_tokens, a.repeats = 4, 1
@@ -70,7 +71,7 @@ def main() -> int:
     from saejobs.engine.sweep import SweepGenerator
 
     lm = load_model("gemma-3-270m-gguf", torch.float32, a.device)
-    sae = load_sae(demo.ENTRY, demo.build(lm, Path(tempfile.mkdtemp())), device=a.device)
+    sae = load_sae(demo.ENTRY, build_demo(lm, Path(tempfile.mkdtemp()), a.fast), device=a.device)
     settings = Settings(n_tokens=a.n_tokens)
     features = [0, 1] if a.fast else [0, 1, 2, 3]
     prompts = ["Once upon a time", "The weather today is"][:1 if a.fast else 2]

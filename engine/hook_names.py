@@ -1,5 +1,7 @@
 """Hook names (TransformerLens' ``blocks.L.<point>``) parsed without torch, so a request naming a hook
-is validated where torch is not loaded; ``engine.hooks`` maps each to its module."""
+is validated where torch is not loaded; ``engine.hooks`` maps each to its module. The activation's width at
+each point comes from the model's config alone (``site_width``), so an SAE can be checked against a model
+before its weights load."""
 
 from __future__ import annotations
 
@@ -30,3 +32,12 @@ def parse_hook(name: str) -> HookPoint:
         raise UsageError(f"unknown hook '{name}'; expected one of "
                          + ", ".join(f"blocks.L.{suffix}" for suffix in SUFFIXES))
     return HookPoint(int(m[1]), SUFFIXES[m[2]])
+
+
+def site_width(config, site: SaeSite | str) -> int:
+    """The activation width at a hook point of a model with this (text) config: heads × head_dim at
+    ``attn.hook_z`` (o_proj's input), else d_model."""
+    if site == SaeSite.ATT:
+        heads = config.num_attention_heads
+        return int(heads * (getattr(config, "head_dim", None) or config.hidden_size // heads))
+    return int(config.hidden_size)

@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 import torch
 
 from saejobs.engine.errors import SaejobsError, UsageError
-from saejobs.engine.hook_names import RESID_PRE, HookPoint, parse_hook  # noqa: F401 (re-exported)
+from saejobs.engine.hook_names import RESID_PRE, HookPoint, parse_hook, site_width  # noqa: F401 (re-exported)
 from saejobs.engine.registry.entry import SaeSite
 
 Edit = Callable[[torch.Tensor], torch.Tensor | None]
@@ -100,11 +100,7 @@ def hook_width(lm, name: str) -> int:
     """The activation width at a hook: d_model, or heads × head_dim at ``attn.hook_z``."""
     point = parse_hook(name)
     _module(lm, point)  # the layer must exist
-    cfg = lm.config
-    if point.site == SaeSite.ATT:
-        heads = cfg.num_attention_heads
-        return heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
-    return int(cfg.hidden_size)
+    return site_width(lm.config, point.site)
 
 
 @torch.no_grad()

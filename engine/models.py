@@ -121,6 +121,36 @@ def _local_folder(source: str) -> Path | None:
     return None
 
 
+def local_config(source: str) -> tuple[str, object] | None:
+    """The model id and text config a load of ``source`` would give, read from this host's files without the
+    weights (a directory, a GGUF's converted copy, the Hub cache): a job checks its SAEs against them before a
+    load that takes minutes for a 9B model on a GPU host. None where only the load can tell (a GGUF not yet
+    converted, a Hub model not yet cached) or the config does not read: the load then says why."""
+    from transformers import AutoConfig
+
+    path = Path(source).expanduser()
+    if source == GEMMA3_270M_ALIAS:
+        folder, model_id = _local_folder(source), GEMMA3_270M_ID
+    elif path.suffix == ".gguf":
+        digest = _recorded_sha256(path) if path.is_file() else None
+        folder, model_id = _local_folder(source), (digest and _known_gguf_id(digest)) or source
+    elif path.is_dir():
+        folder, model_id = path, _marker(path).get("model_id", source)
+    elif source.count("/") == 1 and not source.startswith((".", "/", "~")) and not path.exists():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source, "config.json")
+        folder, model_id = (Path(cached).parent if isinstance(cached, str) else None), source
+    else:
+        return None
+    if folder is None or not (folder / "config.json").is_file():
+        return None
+    try:
+        return model_id, AutoConfig.from_pretrained(folder, local_files_only=True).get_text_config()
+    except (OSError, ValueError):
+        return None
+
+
 def load_tokenizer(source: str, local_only: bool = False):
     """Only the tokenizer of a model source (a report need not load the weights); ``local_only``: from this
     host's files and cache alone, never the network (what a web page may wait on)."""

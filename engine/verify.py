@@ -16,6 +16,7 @@ import torch
 from saejobs.engine.download import sha256_file
 from saejobs.engine.errors import SaejobsError, UsageError
 from saejobs.engine.formats import gemma_scope_2
+from saejobs.engine.hook_names import parse_hook, site_width
 from saejobs.engine.job_requests import EVAL_WINDOW
 from saejobs.engine.registry.entry import SaeEntry, SaeFormat, SaeSite
 from saejobs.engine.sae import load_sae
@@ -98,19 +99,17 @@ DELTA_LOSS_WARN, DELTA_LOSS_FAIL = 1.0, 2.5  # nats per token
 RECOVERED_WARN, RECOVERED_FAIL = 0.8, 0.5  # share of the zero-ablation loss gap the SAE recovers
 
 
-def hook_width(lm, site: str) -> int:
-    """The activation width at an SAE's site: n_heads * head_dim for attention z, else d_model."""
-    cfg = lm.config
-    if site == SaeSite.ATT:
-        return cfg.num_attention_heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
-    return cfg.hidden_size
-
-
-def check_pairing(entry: SaeEntry, sae, lm) -> None:
-    """Refuse an SAE on a model whose activation at its hook has another width, before any compute."""
-    width = hook_width(lm, entry.site)
+def check_pairing(entry: SaeEntry, sae, config, model_id: str) -> None:
+    """Refuse an SAE on a model that has no layer at its hook or another activation width there: before any
+    compute, and before the model's weights load where its config is on disk (``models.local_config``).
+    ``config``: the model's text config."""
+    layer, layers = parse_hook(entry.hook_name).layer, config.num_hidden_layers
+    if layer >= layers:
+        raise UsageError(f"SAE {entry.id} reads layer {layer} but {model_id} has layers 0..{layers - 1}: "
+                         "wrong model for this SAE?")
+    width = site_width(config, entry.site)
     if sae.d_model != width:
-        raise UsageError(f"SAE {entry.id} has d_in {sae.d_model} but {lm.model_id} has width {width} at "
+        raise UsageError(f"SAE {entry.id} has d_in {sae.d_model} but {model_id} has width {width} at "
                          f"{entry.hook_name}: wrong model for this SAE?")
 
 

