@@ -249,3 +249,42 @@ def test_local_config_of_a_hub_model_in_the_cache_only(monkeypatch, tmp_path):
         hf_hub_download("google/gemma-3-4b-it", "config.json", endpoint=hub.url)
     model_id, cfg = local_config("google/gemma-3-4b-it")
     assert (model_id, cfg.hidden_size, cfg.num_hidden_layers) == ("google/gemma-3-4b-it", 2560, 34)
+
+
+@pytest.mark.model
+def test_a_converted_copys_added_tokens_are_recorded_once_and_load_the_same_tokenizer(gemma3, tmp_path):
+    """transformers 5 saves a copy without ``added_tokens_decoder`` and then re-reads tokenizer.json for them at
+    every load; once recorded, the tokenizer it loads is the one it loaded before (its own two paths compared),
+    and a folder that is not a converted copy is never written."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from saejobs.engine.models import MARKER, _added_tokens_recorded, _local_folder
+
+    src = _local_folder("gemma-3-270m-gguf")
+    for folder in (tmp_path / "copy", tmp_path / "users"):
+        folder.mkdir()
+        shutil.copy(src / "tokenizer.json", folder)
+        settings = json.loads((src / "tokenizer_config.json").read_text())
+        settings.pop("added_tokens_decoder", None)
+        (folder / "tokenizer_config.json").write_text(json.dumps(settings))
+    (tmp_path / "copy" / MARKER).write_text("{}")
+    before = AutoTokenizer.from_pretrained(tmp_path / "copy")  # transformers reads tokenizer.json's added tokens
+    for folder in (tmp_path / "copy", tmp_path / "users"):
+        _added_tokens_recorded(folder)
+    assert "added_tokens_decoder" not in json.loads((tmp_path / "users" / "tokenizer_config.json").read_text())
+    recorded = json.loads((tmp_path / "copy" / "tokenizer_config.json").read_text())["added_tokens_decoder"]
+    added = json.loads((src / "tokenizer.json").read_text())["added_tokens"]
+    assert len(recorded) == len(added) > 6000 and recorded["2"]["content"] == "<bos>"
+    after = AutoTokenizer.from_pretrained(tmp_path / "copy")
+    assert type(after) is type(before) and after.added_tokens_decoder == before.added_tokens_decoder
+    assert after.all_special_ids == before.all_special_ids and len(after) == len(before)
+    for text in ("Once upon a time", "<bos>hi <start_of_turn>user\nDogs?<end_of_turn>\n", "émoji 🐕\n\n\ttabs",
+                 "<eos><pad><mask><unk>", "<start_of_image>"):
+        for special in (True, False):
+            assert after(text, add_special_tokens=special).input_ids == before(text, add_special_tokens=special).input_ids
+    stamp = (tmp_path / "copy" / "tokenizer_config.json").stat().st_mtime_ns
+    _added_tokens_recorded(tmp_path / "copy")  # once
+    assert (tmp_path / "copy" / "tokenizer_config.json").stat().st_mtime_ns == stamp
