@@ -62,8 +62,11 @@ class Metrics:
 
 
 def _loss(logits: torch.Tensor, ids: torch.Tensor) -> tuple[float, int]:
-    """Summed next-token cross-entropy (targets are every token after BOS) and its count."""
-    lp = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten(), reduction="sum")
+    """Summed next-token cross-entropy (targets are every token after BOS) and its count. The last position,
+    which predicts nothing here, is ignored rather than sliced off: slicing would copy the (batch × 128 × 262,144)
+    logits, hundreds of MB, once per pass."""
+    targets = torch.nn.functional.pad(ids[:, 1:], (0, 1), value=-100)  # cross_entropy's ignore_index
+    lp = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
     return float(lp), ids[:, 1:].numel()
 
 
