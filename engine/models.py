@@ -189,8 +189,11 @@ def _added_tokens_recorded(folder) -> None:
         added = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["added_tokens"]
         settings["added_tokens_decoder"] = {str(a["id"]): {k: v for k, v in a.items() if k != "id"} for a in added}
         tmp = config.with_name(f".{config.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(settings, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, config)
+        try:
+            tmp.write_text(json.dumps(settings, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+            os.replace(tmp, config)
+        finally:
+            tmp.unlink(missing_ok=True)  # renamed: nothing left; failed: not left behind
     except (OSError, ValueError, KeyError, TypeError):
         return
 

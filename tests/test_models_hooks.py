@@ -289,6 +289,7 @@ def test_a_converted_copys_added_tokens_are_recorded_once_and_load_the_same_toke
                  "<eos><pad><mask><unk>", "<start_of_image>"):
         for special in (True, False):
             assert after(text, add_special_tokens=special).input_ids == before(text, add_special_tokens=special).input_ids
+    assert sorted(f.name for f in (tmp_path / "copy").iterdir()) == sorted([MARKER, "tokenizer.json", "tokenizer_config.json"])
     stamp = (tmp_path / "copy" / "tokenizer_config.json").stat().st_mtime_ns
     _added_tokens_recorded(tmp_path / "copy")  # once
     assert (tmp_path / "copy" / "tokenizer_config.json").stat().st_mtime_ns == stamp
