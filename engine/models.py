@@ -81,7 +81,7 @@ def load_model(source: str, dtype: torch.dtype = torch.float32, device: str = "c
         return _from_gguf(path, path.stem, sha, _known_gguf_id(sha) or source, dtype, device, source)
     if path.is_dir():
         return _load(path, source, _dir_revision(path), dtype, device, model_id=_marker(path).get("model_id", source))
-    if source.count("/") == 1 and not source.startswith((".", "/", "~")) and not path.exists():
+    if _is_hub_id(source):
         return _from_hub(source, dtype, device)
     raise NotFoundError(f"model source '{source}' is not a directory, a .gguf file, a Hub id or {GEMMA3_270M_ALIAS}")
 
@@ -128,27 +128,30 @@ def local_config(source: str) -> tuple[str, object] | None:
     converted, a Hub model not yet cached) or the config does not read: the load then says why."""
     from transformers import AutoConfig
 
-    path = Path(source).expanduser()
-    if source == GEMMA3_270M_ALIAS:
-        folder, model_id = _local_folder(source), GEMMA3_270M_ID
-    elif path.suffix == ".gguf":
-        digest = _recorded_sha256(path) if path.is_file() else None
-        folder, model_id = _local_folder(source), (digest and _known_gguf_id(digest)) or source
-    elif path.is_dir():
-        folder, model_id = path, _marker(path).get("model_id", source)
-    elif source.count("/") == 1 and not source.startswith((".", "/", "~")) and not path.exists():
+    folder = _local_folder(source)  # a directory, or the converted copy of the PyPI model or of a GGUF file
+    if folder is not None:
+        if source == GEMMA3_270M_ALIAS:
+            model_id = GEMMA3_270M_ID
+        elif Path(source).suffix == ".gguf":  # as a load names it: the known model, else the path given
+            model_id = _known_gguf_id(_marker(folder).get("sha256", "")) or source
+        else:
+            model_id = _marker(folder).get("model_id", source)
+    elif _is_hub_id(source):
         from huggingface_hub import try_to_load_from_cache
 
         cached = try_to_load_from_cache(source, "config.json")
         folder, model_id = (Path(cached).parent if isinstance(cached, str) else None), source
-    else:
-        return None
     if folder is None or not (folder / "config.json").is_file():
         return None
     try:
         return model_id, AutoConfig.from_pretrained(folder, local_files_only=True).get_text_config()
     except (OSError, ValueError):
         return None
+
+
+def _is_hub_id(source: str) -> bool:
+    """``org/name`` that is no path on this host: a Hub model id."""
+    return source.count("/") == 1 and not source.startswith((".", "/", "~")) and not Path(source).expanduser().exists()
 
 
 def load_tokenizer(source: str, local_only: bool = False):
