@@ -6,6 +6,7 @@ stand-in on a CPU (the real one is bench/gpu.py's and the cuda fidelity cases' o
 from __future__ import annotations
 
 import inspect
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -136,3 +137,30 @@ def reference_with_stop(lm, monkeypatch) -> list[list[int]]:
     assert [t for b, t in enumerate(toks) if b != 1] == [w for b, w in enumerate(want) if b != 1]
     assert toks[1][:4] == want[1][:4]
     return toks
+
+
+def test_a_cpu_head_in_slices_gives_the_heads_logits_and_generation_its_tokens(tiny_gemma2, monkeypatch):
+    """``sliced_head``: an ``nn.Linear`` head computed 7 words at a time (260 words: a short last slice) gives
+    ``F.linear``'s logits, with a bias too, and is itself again after the block; generation on a CPU runs every
+    head call in slices and still chooses what transformers' own ``generate`` chooses."""
+    monkeypatch.setattr(decode, "HEAD_SLICE", 7)
+    g = torch.Generator().manual_seed(0)
+    head = tiny_gemma2.model.get_output_embeddings()
+    biased = torch.nn.Linear(head.in_features, 260)
+    x = torch.randn(3, 5, head.in_features, generator=g)
+    for lin in (head, biased):
+        want = torch.nn.functional.linear(x, lin.weight, lin.bias)
+        with decode.sliced_head(SimpleNamespace(get_output_embeddings=lambda lin=lin: lin)), torch.no_grad():
+            got = lin(x)
+            assert "forward" in lin.__dict__
+        assert got.shape == want.shape == (3, 5, 260)
+        assert torch.allclose(got, want, rtol=0, atol=1e-6)
+        assert "forward" not in lin.__dict__
+    want = reference(tiny_gemma2)
+    sliced = []
+    handle = head.register_forward_hook(lambda m, a, out: sliced.append("forward" in m.__dict__))
+    try:
+        assert ours(tiny_gemma2, monkeypatch, decode.DynamicDecoder) == want
+    finally:
+        handle.remove()
+    assert len(sliced) == N and all(sliced)  # the prompt's pass and N - 1 steps
