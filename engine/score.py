@@ -184,7 +184,8 @@ def _vocab_slice(device: "torch.device", n: int, vocab: int) -> int:
     temporaries of their size within the budget (a CPU's small one: the slice is reduced while it is hot),
     rounded down to a multiple of ``SLICE_ALIGN``, at least ``MIN_SLICE``. On a 2-core AMD EPYC, 995
     positions' head and logsumexp took 3.6 s in slices of 4,215 words (the old 48 MiB budget's, unaligned)
-    and 2.1 s in slices of 1,024; an aligned 4,224 took 2.4 s (``bench/score.py``'s first grid)."""
+    and 2.1 s in slices of 1,024; an aligned 4,224 took 2.4 s (measured apart, at ``bench/score.py``'s first
+    grid's shape)."""
     words = _budget(device, CPU_SLICE_BYTES) // (max(n, 1) * 4 * 3) // SLICE_ALIGN * SLICE_ALIGN
     return int(min(vocab, max(MIN_SLICE, words)))
 
