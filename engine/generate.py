@@ -85,10 +85,10 @@ def output_text(tokenizer, prompt_ids_: list[int], generated: list[int]) -> str:
 @torch.no_grad()
 def generate(lm, rows: list[Row], sampling: Sampling, *, on_step: Callable[[int, int], None] | None = None,
              steering: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
-             record_layer: int | None = None) -> list[Generated]:
+             record_at: str | None = None) -> list[Generated]:
     """Generate for all rows in one batch; each of ``steering``'s functions edits the activation at its
-    hook (several hooks: several layers). ``record_layer``: record the stream entering that decoder layer (no
-    steering hook may sit below it) for scoring (``engine.residual``); each row's ``Generated.stream`` holds it.
+    hook (several hooks: several layers). ``record_at``: record the unsteered stream at that hook (a
+    ``residual.record_point``: no steering hook below it) for scoring; each row's ``Generated.stream`` holds it.
 
     ``on_step(step, n_tokens)`` is called on the host after each step is queued (it never waits for
     the device), so a caller can report progress or stop a long chunk.
@@ -110,13 +110,13 @@ def generate(lm, rows: list[Row], sampling: Sampling, *, on_step: Callable[[int,
 
     cache_arg = cache_argument(model)
     # before the hooks: its one-time check runs the model; a recorded stream needs a slot for the last token
-    dec = decoder(model, cache_arg, input_ids, mask, n, room=int(record_layer is not None))
-    rec = None if record_layer is None else ResidualCapture(lm, record_layer, B, input_ids.shape[1], n, device,
-                                                             next(model.parameters()).dtype)
+    dec = decoder(model, cache_arg, input_ids, mask, n, room=int(record_at is not None))
+    rec = None if record_at is None else ResidualCapture(lm, record_at, B, input_ids.shape[1], n, device,
+                                                         next(model.parameters()).dtype)
 
     ran = 0
     with ExitStack() as hooks:
-        if rec is not None:  # first: a steering hook at that layer's input runs after it
+        if rec is not None:  # first: a steering hook at the same point runs after it
             hooks.enter_context(hook(lm, rec.hook_name, rec.record))
         for name, fn in (steering or {}).items():
             hooks.enter_context(hook(lm, name, fn))

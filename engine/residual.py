@@ -3,8 +3,11 @@ steering changed (issue 27 item 4).
 
 Steering edits the stream at its hooks; every layer below the lowest hook of a chunk (steering's, and the
 SAEs' that read concepts) computes what an unsteered pass over the same tokens computes. So generation
-records the input of that layer, ``layer``, for the prompt and every token it feeds, and one extra step, cut
-short once that layer's input is recorded, feeds the last generated token. Scoring then runs the model
+records the stream there (``record_point``), for the prompt and every token it feeds, and one extra step, cut
+short once it is recorded, feeds the last generated token. Where every hook of the lowest layer L is at
+``resid_post`` (a residual SAE's, the usual case), the record is L's output taken before steering edits it
+(its hook runs first), which is what an unsteered pass computes there: scoring starts at layer L + 1 and reads
+those SAEs' concepts from the record itself. Otherwise it is L's input, and scoring runs L too. Scoring then runs the model
 with the layers below ``layer`` replaced by pass-through stubs and the recorded stream substituted at its
 input, over generation's own layout (prompts left-padded to one width, completions from the same column):
 the layers from ``layer`` up and the output projection, not the whole model. The stream differs from a
@@ -22,7 +25,20 @@ from typing import Iterator
 
 import torch
 
+from saejobs.engine.hook_names import RESID_PRE, parse_hook
 from saejobs.engine.hooks import hook
+from saejobs.engine.registry.entry import SaeSite
+
+
+def record_point(hooks: list[str]) -> str:
+    """Where a chunk whose steering and concept hooks are ``hooks`` records its unsteered stream: the lowest
+    layer's ``resid_post`` when all of that layer's hooks are there (the record is taken before steering edits
+    it), else that layer's ``resid_pre``."""
+    points = [parse_hook(h) for h in hooks]
+    low = min(p.layer for p in points)
+    if all(p.site == SaeSite.RES for p in points if p.layer == low):
+        return SaeSite.RES.hook_name(low)
+    return f"blocks.{low}.{RESID_PRE}"
 
 
 class StreamRecorded(Exception):
@@ -30,19 +46,19 @@ class StreamRecorded(Exception):
 
 
 class ResidualCapture:
-    """The stream entering decoder layer ``layer`` for a chunk of ``rows`` × (``width`` prompt columns +
-    ``n`` tokens)."""
+    """The unsteered stream at ``hook_name`` (a ``record_point``) for a chunk of ``rows`` × (``width`` prompt
+    columns + ``n`` tokens); ``layer``: the first decoder layer scoring runs (the one the stream enters)."""
 
-    def __init__(self, lm, layer: int, rows: int, width: int, n: int, device, dtype: torch.dtype):
-        self.lm, self.layer, self.width, self.n = lm, layer, width, n
+    def __init__(self, lm, hook_name: str, rows: int, width: int, n: int, device, dtype: torch.dtype):
+        point = parse_hook(hook_name)
+        if point.site not in (RESID_PRE, SaeSite.RES):
+            raise ValueError(f"a stream is recorded at resid_pre or resid_post, not {hook_name}")
+        self.lm, self.hook_name, self.width, self.n = lm, point.name, width, n
+        self.layer = point.layer + (point.site == SaeSite.RES)
         self.stream = torch.zeros((rows, width + n, lm.config.hidden_size), dtype=dtype, device=device)
         self.column = torch.full((1,), width, dtype=torch.long, device=device)  # where the next fed token goes
         self.prompt_seen = False
         self.last = False  # the final step: record, then stop the forward pass
-
-    @property
-    def hook_name(self) -> str:
-        return f"blocks.{self.layer}.hook_resid_pre"
 
     def record(self, act: torch.Tensor) -> None:
         if not self.prompt_seen:
@@ -61,7 +77,8 @@ class ResidualCapture:
 @contextmanager
 def replaying(capture: ResidualCapture, rows: torch.Tensor, columns: slice = slice(None)) -> Iterator[None]:
     """Inside the block, a forward pass over ``rows``' (B, width + n) layout (or those of its ``columns``)
-    skips the layers below ``capture.layer`` and starts that layer from the recorded stream."""
+    skips the layers below ``capture.layer`` and starts that layer from the recorded stream (a hook at the
+    record point entered inside the block sees the record)."""
     layers = capture.lm.layers
     below = [layers[i] for i in range(capture.layer)]
     stream = capture.stream.index_select(0, rows)[:, columns]

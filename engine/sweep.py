@@ -13,7 +13,8 @@ from saejobs.engine.cache import release_memory
 from saejobs.engine.errors import FormatError, OutOfMemory, UsageError
 from saejobs.engine.generate import Generated, Row, generate, output_text, prompt_ids
 from saejobs.engine.request import SweepConfig, Settings
-from saejobs.engine.hooks import hook_width, parse_hook
+from saejobs.engine.hooks import hook_width
+from saejobs.engine.residual import record_point
 from saejobs.engine.steering import (BatchSteering, Checks, Steer, SteerMethod, coefficient, prepare_vector,
                                      steer_method)
 
@@ -152,9 +153,9 @@ class SweepGenerator:
         record = None
         if for_scoring:  # below every hook that steers or reads a concept, the stream is the unsteered one
             hooks = [*steering, self.hook_name, *(name for _, name in self.saes.values())]
-            record = min(parse_hook(h).layer for h in hooks)
+            record = record_point(hooks)
         gens = generate(self.lm, rows, self.settings.sampling(), steering=steering, on_step=on_step,
-                        record_layer=record)
+                        record_at=record)
         return [(c, g, self._output(c, r, g)) for c, r, g in zip(configs, rows, gens)]
 
     def _output(self, cfg: SweepConfig, row: Row, g: Generated) -> str:

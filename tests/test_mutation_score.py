@@ -525,21 +525,24 @@ CHUNK = [
 ]
 
 
-def recorded(lm, chunk, layer: int = LAYER, seed: int = 0):
+def recorded(lm, chunk, layer: int = LAYER, seed: int = 0, post: bool = False):
     """A ``ResidualCapture`` of ``chunk`` filled without saejobs' generation: each row's input to decoder layer
-    ``layer`` from one unpadded forward pass of that row alone (a plain pre-hook), written where generation
-    writes it (prompts right-aligned in ``width`` columns, completions from column ``width``); every other
-    column (left padding, a final EOS, the columns after a short completion) holds noise, which scoring must
-    never read."""
+    ``layer`` (``post``: its output) from one unpadded forward pass of that row alone (a plain hook), written
+    where generation writes it (prompts right-aligned in ``width`` columns, completions from column ``width``);
+    every other column (left padding, a final EOS, the columns after a short completion) holds noise, which
+    scoring must never read."""
     from saejobs.engine.residual import ResidualCapture
 
     width, n = max(len(p) for p, _, _ in chunk), max(len(g) for _, g, _ in chunk)
-    cap = ResidualCapture(lm, layer, len(chunk), width, n, "cpu", next(lm.model.parameters()).dtype)
+    point = f"blocks.{layer}.hook_resid_{'post' if post else 'pre'}"
+    cap = ResidualCapture(lm, point, len(chunk), width, n, "cpu", next(lm.model.parameters()).dtype)
     cap.stream.copy_(torch.randn(cap.stream.shape, generator=torch.Generator().manual_seed(seed)) * 50)
     for b, (p, g, _) in enumerate(chunk):
         seen = []
-        h = lm.model.model.layers[layer].register_forward_pre_hook(
-            lambda _m, args, kw: seen.append((args[0] if args else kw["hidden_states"])[0]), with_kwargs=True)
+        module = lm.model.model.layers[layer]
+        h = (module.register_forward_hook(lambda _m, _a, out: seen.append((out[0] if isinstance(out, tuple) else out)[0]))
+             if post else module.register_forward_pre_hook(
+                 lambda _m, args, kw: seen.append((args[0] if args else kw["hidden_states"])[0]), with_kwargs=True))
         try:
             with torch.no_grad():
                 lm.model(input_ids=torch.tensor([p + g]))
@@ -574,6 +577,25 @@ def test_scores_from_a_recorded_stream_equal_each_row_alone(lm):
     # without the streams (one of the rows not recorded), the same scores come from one whole pass
     outs[2] = (outs[2][0], SimpleNamespace(token_ids=CHUNK[2][1]), "")
     for row, (p, g, f) in zip(sc.score_outputs(runner, outs, [0]), CHUNK):
+        check(row, reference(lm, sae, p, g, f))
+
+
+def test_scores_from_a_stream_recorded_at_the_hooks_resid_post_run_no_layer_below_it(lm):
+    """The stream recorded at the concept hook's ``resid_post`` (layer 1's output, the tiny model's last layer):
+    scoring runs no decoder layer at all (the concepts read from the record, the NLL from the final norm and the
+    head on it), equal to the reference of the whole model."""
+    sae = make_sae(lm.config.hidden_size)
+    cap = recorded(lm, CHUNK, post=True)
+    assert cap.layer == LAYER + 1
+    ran = []
+    hooks = [layer.register_forward_pre_hook(lambda *_a, _i=i: ran.append(_i)) for i, layer in enumerate(lm.model.model.layers)]
+    try:
+        got = sc.score(lm, sae, HOOK, [sc.Item(p, g, f) for p, g, f in CHUNK], streams=[(cap, b) for b in range(len(CHUNK))])
+    finally:
+        for h in hooks:
+            h.remove()
+    assert ran == []
+    for row, (p, g, f) in zip(got, CHUNK):
         check(row, reference(lm, sae, p, g, f))
 
 
