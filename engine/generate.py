@@ -37,7 +37,7 @@ from __future__ import annotations
 from contextlib import ExitStack
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -85,10 +85,11 @@ def output_text(tokenizer, prompt_ids_: list[int], generated: list[int]) -> str:
 @torch.no_grad()
 def generate(lm, rows: list[Row], sampling: Sampling, *, on_step: Callable[[int, int], None] | None = None,
              steering: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
-             record_at: str | None = None) -> list[Generated]:
+             record_at: str | None = None, unsteered: Sequence[int] = ()) -> list[Generated]:
     """Generate for all rows in one batch; each of ``steering``'s functions edits the activation at its
     hook (several hooks: several layers). ``record_at``: record the unsteered stream at that hook (a
-    ``residual.record_point``: no steering hook below it) for scoring; each row's ``Generated.stream`` holds it.
+    ``residual.record_point``: no steering hook below it) for scoring; each row's ``Generated.stream`` holds it,
+    and for the rows listed in ``unsteered`` (no steering term) each step's log-probability of the token chosen.
 
     ``on_step(step, n_tokens)`` is called on the host after each step is queued (it never waits for
     the device), so a caller can report progress or stop a long chunk.
@@ -112,7 +113,7 @@ def generate(lm, rows: list[Row], sampling: Sampling, *, on_step: Callable[[int,
     # before the hooks: its one-time check runs the model; a recorded stream needs a slot for the last token
     dec = decoder(model, cache_arg, input_ids, mask, n, room=int(record_at is not None))
     rec = None if record_at is None else ResidualCapture(lm, record_at, B, input_ids.shape[1], n, device,
-                                                         next(model.parameters()).dtype)
+                                                         next(model.parameters()).dtype, unsteered)
 
     ran = 0
     with ExitStack() as hooks:
@@ -122,8 +123,11 @@ def generate(lm, rows: list[Row], sampling: Sampling, *, on_step: Callable[[int,
             hooks.enter_context(hook(lm, name, fn))
         logits = dec.prompt()
         for step in range(n):
+            plain = None if rec is None else rec.plain_logits(logits)
             nxt = choose(logits)
             tokens[:, step] = nxt
+            if rec is not None:
+                rec.note(step, plain, nxt)
             if k:
                 lp = torch.log_softmax(logits.float(), dim=-1)
                 chosen_lp[:, step] = lp.gather(1, nxt[:, None])[:, 0]

@@ -16,12 +16,16 @@ holds the scores to an unpadded plain-torch pass (NLL within 1e-4, concept withi
 
 The record is one (rows, prompt width + tokens, d_model) tensor in the model's dtype, written in place: on
 CUDA the graph-replayed decode step writes it through a device-side column index.
+
+Rows that generation did not steer (a sweep's DEFAULT rows) computed the unsteered model's own next-token
+distribution at every step: the capture keeps each step's log-probability of the token chosen (``logp``), so
+scoring runs no pass for such a row when its concepts are read at the record point (``known``).
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 
@@ -47,9 +51,12 @@ class StreamRecorded(Exception):
 
 class ResidualCapture:
     """The unsteered stream at ``hook_name`` (a ``record_point``) for a chunk of ``rows`` × (``width`` prompt
-    columns + ``n`` tokens); ``layer``: the first decoder layer scoring runs (the one the stream enters)."""
+    columns + ``n`` tokens); ``layer``: the first decoder layer scoring runs (the one the stream enters).
+    ``unsteered``: the rows generation does not steer; ``logp`` (their count, ``n``) holds each one's
+    log-probability of its token at each step (float32), row ``unsteered[i]`` in line ``i``."""
 
-    def __init__(self, lm, hook_name: str, rows: int, width: int, n: int, device, dtype: torch.dtype):
+    def __init__(self, lm, hook_name: str, rows: int, width: int, n: int, device, dtype: torch.dtype,
+                 unsteered: Sequence[int] = ()):
         point = parse_hook(hook_name)
         if point.site not in (RESID_PRE, SaeSite.RES):
             raise ValueError(f"a stream is recorded at resid_pre or resid_post, not {hook_name}")
@@ -59,6 +66,24 @@ class ResidualCapture:
         self.column = torch.full((1,), width, dtype=torch.long, device=device)  # where the next fed token goes
         self.prompt_seen = False
         self.last = False  # the final step: record, then stop the forward pass
+        self.unsteered = {int(b): i for i, b in enumerate(dict.fromkeys(unsteered))}  # row -> its line of ``logp``
+        self.plain = torch.tensor(list(self.unsteered), dtype=torch.long, device=device)
+        self.logp = torch.zeros((len(self.unsteered), n), dtype=torch.float32, device=device)
+
+    def known(self, row: int) -> bool:
+        """Whether ``row``'s log-probabilities came with its generation (it was not steered)."""
+        return row in self.unsteered
+
+    def plain_logits(self, logits: torch.Tensor) -> torch.Tensor | None:
+        """The unsteered rows' (V-wide) logits of a step, copied before sampling may edit them in place."""
+        return logits.index_select(0, self.plain).float() if self.unsteered else None
+
+    def note(self, step: int, plain: torch.Tensor | None, chosen: torch.Tensor) -> None:
+        """The unsteered rows' log-probabilities of ``chosen`` (all rows' tokens) at ``step``: one set of
+        operations whatever the number of rows."""
+        if plain is not None:
+            picked = plain.gather(1, chosen.index_select(0, self.plain)[:, None])[:, 0]
+            self.logp[:, step] = picked - torch.logsumexp(plain, dim=1)
 
     def record(self, act: torch.Tensor) -> None:
         if not self.prompt_seen:

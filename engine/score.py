@@ -31,7 +31,6 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from itertools import accumulate
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 if TYPE_CHECKING:
@@ -122,8 +121,12 @@ def score(lm, sae, hook_name: str, items: list[Item], on_group: Callable[[int], 
         other[u].update(dict.fromkeys(it.others))
     distinct = [replace(items[first[u]], features=list(features[u]), others=list(other[u])) for u in range(len(keys))]
     shared = Counter(owner)
-    covered = [0, *accumulate(shared[u] for u in range(len(keys)))]  # items scored with the first n distinct ones
-    scored = _score_distinct(lm, sae, hook_name, distinct, None if on_group is None else lambda n: on_group(covered[n]),
+    done = [0]  # items scored so far: each distinct one stands for the items that share its pass
+
+    def scored_group(part: list[int]) -> None:
+        done[0] += sum(shared[u] for u in part)
+        on_group(done[0])
+    scored = _score_distinct(lm, sae, hook_name, distinct, None if on_group is None else scored_group,
                              others, None if streams is None else [streams[first[u]] for u in range(len(keys))])
     return [_own(scored[u], it) for it, u in zip(items, owner)]
 
@@ -140,25 +143,42 @@ def _own(row: dict, item: Item) -> dict:
             Score.CONCEPT_FIRE_RATE: _mean([c["fire_rate"] for c in concept.values()])}
 
 
-def _score_distinct(lm, sae, hook_name: str, items: list[Item], on_group: Callable[[int], None] | None,
+def _score_distinct(lm, sae, hook_name: str, items: list[Item], on_group: Callable[[list[int]], None] | None,
                     others: dict[str, tuple] | None, streams: list[tuple] | None) -> list[dict]:
+    """Rows whose generation computed everything scoring needs (``_known``) are scored from it, the others in
+    groups of one forward pass each; then all in order. ``on_group``: the indices of each group scored."""
     import torch
 
-    out: list[dict] = []
+    others = others or {}
+    free = [] if streams is None else [i for i, it in enumerate(items) if _known(it, streams[i], hook_name, others)]
+    order = free + [i for i in range(len(items)) if i not in set(free)]
+    out: dict[int, dict] = {}
     width = max([1] + [len(i.prompt_ids) + len(i.token_ids) for i in items] + [st[0].width + st[0].n for st in streams or ()])
     size = _group_rows(lm, width)
     start = 0
-    while start < len(items):
-        end = min(start + size, len(items))
-        if streams is not None:  # a group replays one capture's rows
-            end = next((i for i in range(start, end) if streams[i][0] is not streams[start][0]), end)
+    while start < len(order):
+        end = min(start + size, len(order))
+        if streams is not None:  # a group replays one capture's rows, all known or none
+            first = order[start]
+            end = next((k for k in range(start, end) if streams[order[k]][0] is not streams[first][0]
+                        or (order[k] in free) != (first in free)), end)
+        part = order[start:end]
         with torch.no_grad():
-            out += _score_group(lm, sae, hook_name, items[start:end], others or {},
-                                None if streams is None else streams[start:end])
+            scored = _score_group(lm, sae, hook_name, [items[i] for i in part], others,
+                                  None if streams is None else [streams[i] for i in part], known=part[0] in free)
+        out.update(zip(part, scored))
         start = end
         if on_group is not None:
-            on_group(len(out))
-    return out
+            on_group(part)
+    return [out[i] for i in range(len(items))]
+
+
+def _known(item: Item, stream: tuple, hook_name: str, others: dict[str, tuple]) -> bool:
+    """Whether a row's scores need no forward pass: its generation was unsteered (the capture holds its
+    log-probabilities) and every SAE reading its concepts reads them at the record point."""
+    capture, row = stream
+    hooks = ({hook_name} if item.features else set()) | {others[sae_id][1] for sae_id, _ in item.others}
+    return capture.known(row) and hooks <= {capture.hook_name}
 
 
 def _group_rows(lm, width: int) -> int:
@@ -290,7 +310,9 @@ def _generation_layout(items: list[Item], pad: int, width: int, n: int) -> _Layo
 
 
 def _score_group(lm, sae, hook_name: str, items: list[Item], others: dict[str, tuple],
-                 streams: list[tuple] | None) -> list[dict]:
+                 streams: list[tuple] | None, known: bool = False) -> list[dict]:
+    """One group's scores. ``known``: every row is ``_known``: its log-probabilities and concept activations are
+    read from its capture, no layer runs."""
     import torch
     from contextlib import ExitStack
 
@@ -334,7 +356,11 @@ def _score_group(lm, sae, hook_name: str, items: list[Item], others: dict[str, t
     rows = None if capture is None else torch.tensor([r for _, r in streams], device=capture.stream.device)
     prompts: dict[tuple, int] = {}
     prompt_of = [prompts.setdefault(tuple(it.prompt_ids), len(prompts)) for it in items]  # each row's distinct prompt
-    if capture is not None and len(prompts) < B and static_fits(lm.model, capture.width + capture.n):
+    if known:  # generation's own log-probabilities, and the record where the concepts are read
+        lines = torch.tensor([capture.unsteered[r] for _, r in streams], device=capture.logp.device)
+        seen[capture.hook_name] = capture.stream.index_select(0, rows)[:, capture.width:]
+        logp = torch.where(gen, capture.logp.index_select(0, lines).to(device), 0.0)  # steps after its EOS: nothing
+    elif capture is not None and len(prompts) < B and static_fits(lm.model, capture.width + capture.n):
         hidden = _prompts_once(lm, capture, rows, ids, mask, prompt_of, [read(n) for n in hooks])
     else:
         kept: list[torch.Tensor] = []  # the head's input; the head itself is handed no position (``_log_probs``)
@@ -347,9 +373,10 @@ def _score_group(lm, sae, hook_name: str, items: list[Item], others: dict[str, t
             lm.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
                      use_cache=False, logits_to_keep=L + 1)
         hidden = kept[0]
-    slot, first = _prefix_slots(items, lay.offsets, L)
-    logp = _log_probs(lm, hidden[:, :-1], ids[:, start:start + L], slot, first)  # column j's hidden state predicts token j
-    del hidden
+    if not known:
+        slot, first = _prefix_slots(items, lay.offsets, L)
+        logp = _log_probs(lm, hidden[:, :-1], ids[:, start:start + L], slot, first)  # column j's state predicts token j
+        del hidden
     nll_sum = -(logp * gen).sum(1)  # (B, L) -> per row
     n_gen = gen.sum(1)
     novel_sum, n_novel = -(logp * novel).sum(1), novel.sum(1)

@@ -177,6 +177,12 @@ class Steer:
     max_fraction: float = 1.0  # NORM_SCALED_ADD
     target: torch.Tensor | None = None  # SWAP, (d,)
 
+    def adds_nothing(self, default: SteerMethod | str = SteerMethod.SIMPLE_ADDITIVE) -> bool:
+        """Whether the term leaves every activation exactly as it is: an addition of zero (a zero-strength
+        row; its vector is checked finite). ``default``: the method when the term names none."""
+        method = steer_method(self.method if self.method is not None else default)
+        return method is SteerMethod.SIMPLE_ADDITIVE and self.coeff == 0
+
 
 class Checks:
     """Steering vectors' validity checks, deferred so a whole chunk is checked with one look at the device

@@ -155,7 +155,8 @@ class SweepGenerator:
             hooks = [*steering, self.hook_name, *(name for _, name in self.saes.values())]
             record = record_point(hooks)
         gens = generate(self.lm, rows, self.settings.sampling(), steering=steering, on_step=on_step,
-                        record_at=record)
+                        record_at=record, unsteered=[b for b, r in enumerate(per_row) if all(
+                            s.adds_nothing(self.settings.method) for terms in r.values() for s in terms)])
         return [(c, g, self._output(c, r, g)) for c, r, g in zip(configs, rows, gens)]
 
     def _output(self, cfg: SweepConfig, row: Row, g: Generated) -> str:

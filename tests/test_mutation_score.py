@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -469,7 +470,8 @@ def test_rows_with_one_completion_share_a_pass_and_keep_their_own_concepts(lm, m
     items = [sc.Item(p, g, [0, 2]), sc.Item(p, g, [5]), sc.Item(p, g, [2], [("x", 3)]), sc.Item([BOS, 60], [61, 62], [1])]
     passes, calls = [], []
     real = sc._score_group
-    monkeypatch.setattr(sc, "_score_group", lambda lm_, sae_, hook_, group, *a: passes.append(group) or real(lm_, sae_, hook_, group, *a))
+    monkeypatch.setattr(sc, "_score_group", lambda lm_, sae_, hook_, group, *a, **kw: passes.append(group)
+                        or real(lm_, sae_, hook_, group, *a, **kw))
     got = sc.score(lm, sae, HOOK, items, on_group=calls.append, others={"x": (other, HOOK)})
     assert [len(g_) for g_ in passes] == [2] and calls == [4]
     assert sorted(passes[0][0].features) == [0, 2, 5] and list(passes[0][0].others) == [("x", 3)]
@@ -525,18 +527,20 @@ CHUNK = [
 ]
 
 
-def recorded(lm, chunk, layer: int = LAYER, seed: int = 0, post: bool = False):
+def recorded(lm, chunk, layer: int = LAYER, seed: int = 0, post: bool = False, unsteered=()):
     """A ``ResidualCapture`` of ``chunk`` filled without saejobs' generation: each row's input to decoder layer
     ``layer`` (``post``: its output) from one unpadded forward pass of that row alone (a plain hook), written
     where generation writes it (prompts right-aligned in ``width`` columns, completions from column ``width``);
     every other column (left padding, a final EOS, the columns after a short completion) holds noise, which
-    scoring must never read."""
+    scoring must never read. ``unsteered`` rows get their log-probabilities as generation keeps them: each
+    token's ``log_softmax`` from that pass, NaN after the row's last token."""
     from saejobs.engine.residual import ResidualCapture
 
     width, n = max(len(p) for p, _, _ in chunk), max(len(g) for _, g, _ in chunk)
     point = f"blocks.{layer}.hook_resid_{'post' if post else 'pre'}"
-    cap = ResidualCapture(lm, point, len(chunk), width, n, "cpu", next(lm.model.parameters()).dtype)
+    cap = ResidualCapture(lm, point, len(chunk), width, n, "cpu", next(lm.model.parameters()).dtype, unsteered)
     cap.stream.copy_(torch.randn(cap.stream.shape, generator=torch.Generator().manual_seed(seed)) * 50)
+    cap.logp.fill_(float("nan"))
     for b, (p, g, _) in enumerate(chunk):
         seen = []
         module = lm.model.model.layers[layer]
@@ -545,9 +549,12 @@ def recorded(lm, chunk, layer: int = LAYER, seed: int = 0, post: bool = False):
                  lambda _m, args, kw: seen.append((args[0] if args else kw["hidden_states"])[0]), with_kwargs=True))
         try:
             with torch.no_grad():
-                lm.model(input_ids=torch.tensor([p + g]))
+                logits = lm.model(input_ids=torch.tensor([p + g])).logits[0]
         finally:
             h.remove()
+        if cap.known(b):
+            lp = torch.log_softmax(logits.float(), dim=-1)[len(p) - 1:len(p) - 1 + len(g)]
+            cap.logp[cap.unsteered[b], :len(g)] = lp.gather(1, torch.tensor(g)[:, None])[:, 0]
         fed = len(g) - (g[-1:] == [EOS])  # generation never feeds the EOS that ends a row: noise there too
         cap.stream[b, width - len(p):width + fed] = seen[0][:len(p) + fed]
     return cap
@@ -599,6 +606,36 @@ def test_scores_from_a_stream_recorded_at_the_hooks_resid_post_run_no_layer_belo
         check(row, reference(lm, sae, p, g, f))
 
 
+def test_rows_generated_unsteered_are_scored_from_their_generation_alone(lm, monkeypatch):
+    """Rows whose capture holds their log-probabilities (generated unsteered), recorded at the concept hook:
+    scored without a pass (only the other rows reach the head), equal to the reference. A known row whose
+    concepts another SAE reads at another hook, or a record below the concept hook, needs its pass."""
+    sae, other = make_sae(lm.config.hidden_size), make_sae(lm.config.hidden_size, seed=9)
+    known = [0, 3, 5]
+    heads = []
+    real = sc._log_probs
+    monkeypatch.setattr(sc, "_log_probs", lambda lm_, hidden, *a: heads.append(hidden.shape[0]) or real(lm_, hidden, *a))
+    items = [sc.Item(p, g, f) for p, g, f in CHUNK]
+    cap = recorded(lm, CHUNK, post=True, unsteered=known)
+    got = sc.score(lm, sae, HOOK, items, streams=[(cap, b) for b in range(6)])
+    assert heads == [3]  # one pass: the three rows not known
+    for row, (p, g, f) in zip(got, CHUNK):
+        check(row, reference(lm, sae, p, g, f))
+    heads.clear()
+    items[3] = replace(items[3], others=[("x", 1)])  # read by another SAE at layer 0's output: below the record
+    cap = recorded(lm, CHUNK, post=True, unsteered=known)
+    got = sc.score(lm, sae, HOOK, items, others={"x": (other, "blocks.0.hook_resid_post")},
+                   streams=[(cap, b) for b in range(6)])
+    assert heads == [4]
+    assert set(got[3]["concept"]) == {"2", "x:1"}
+    heads.clear()
+    cap = recorded(lm, CHUNK, unsteered=known)  # layer 1's input: layer 1's output is read in a pass
+    got = sc.score(lm, sae, HOOK, [sc.Item(p, g, f) for p, g, f in CHUNK], streams=[(cap, b) for b in range(6)])
+    assert heads == [6]
+    for row, (p, g, f) in zip(got, CHUNK):
+        check(row, reference(lm, sae, p, g, f))
+
+
 def test_rows_longer_than_a_sliding_window_are_scored_in_one_pass():
     """A sliding window (6) shorter than a row (up to 10 columns): the prompts are not run apart (a static cache
     of the row's length would not slide), one pass over generation's layout runs, equal to the reference."""
@@ -625,7 +662,7 @@ def test_rows_of_two_captures_are_scored_in_separate_groups(lm, monkeypatch):
     streams = [(a, 0), (a, 1), (a, 2), (b, 0), (b, 1), (b, 2)]
     groups, calls = [], []
     real = sc._score_group
-    monkeypatch.setattr(sc, "_score_group", lambda *args: groups.append([r for _, r in args[-1]]) or real(*args))
+    monkeypatch.setattr(sc, "_score_group", lambda *args, **kw: groups.append([r for _, r in args[-1]]) or real(*args, **kw))
     got = sc.score(lm, sae, HOOK, items, on_group=calls.append, streams=streams)
     assert groups == [[0, 1, 2], [0, 1, 2]] and calls == [3, 6]
     for row, (p, g, f) in zip(got, CHUNK):
