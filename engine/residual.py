@@ -7,17 +7,17 @@ records the stream there (``record_point``), for the prompt and every token it f
 short once it is recorded, feeds the last generated token. Where every hook of the lowest layer L is at
 ``resid_post`` (a residual SAE's, the usual case), the record is L's output taken before steering edits it
 (its hook runs first), which is what an unsteered pass computes there: scoring starts at layer L + 1 and reads
-those SAEs' concepts from the record itself. Otherwise it is L's input, and scoring runs L too. Scoring then runs the model
-with the layers below ``layer`` replaced by pass-through stubs and the recorded stream substituted at its
-input, over generation's own layout (prompts left-padded to one width, completions from the same column):
-the layers from ``layer`` up and the output projection, not the whole model. The stream differs from a
+those SAEs' concepts from the record itself. Otherwise it is L's input, and scoring runs L too. Scoring runs
+the model with the layers below ``layer`` (the first it runs) replaced by pass-through stubs and the recorded
+stream substituted where it was taken, over generation's own layout (prompts left-padded to one width,
+completions from the same column): the layers from ``layer`` up and the output projection, not the whole model. The stream differs from a
 one-pass forward's only in rounding (generation computed it a token at a time); ``tests/test_residual.py``
 holds the scores to an unpadded plain-torch pass (NLL within 1e-4, concept within 1e-3 relative).
 
 The record is one (rows, prompt width + tokens, d_model) tensor in the model's dtype, written in place: on
 CUDA the graph-replayed decode step writes it through a device-side column index.
 
-Rows that generation did not steer (a sweep's DEFAULT rows) computed the unsteered model's own next-token
+Rows that generation did not steer (a sweep's DEFAULT rows, zero-strength additive ones) computed the unsteered model's own next-token
 distribution at every step: the capture keeps each step's log-probability of the token chosen (``logp``), so
 scoring runs no pass for such a row when its concepts are read at the record point (``known``).
 """

@@ -150,8 +150,8 @@ def _score_distinct(lm, sae, hook_name: str, items: list[Item], on_group: Callab
     import torch
 
     others = others or {}
-    free = [] if streams is None else [i for i, it in enumerate(items) if _known(it, streams[i], hook_name, others)]
-    order = free + [i for i in range(len(items)) if i not in set(free)]
+    free = set() if streams is None else {i for i, it in enumerate(items) if _known(it, streams[i], hook_name, others)}
+    order = sorted(free) + [i for i in range(len(items)) if i not in free]
     out: dict[int, dict] = {}
     width = max([1] + [len(i.prompt_ids) + len(i.token_ids) for i in items] + [st[0].width + st[0].n for st in streams or ()])
     size = _group_rows(lm, width)

@@ -209,7 +209,8 @@ def row_bytes(lm, n_prompt_tokens: int, n_tokens: int) -> int:
     seq = n_prompt_tokens + n_tokens
     kv = 2 * cfg.num_hidden_layers * kv_heads * head_dim * seq * el
     prompt = n_prompt_tokens * (8 * cfg.hidden_size + 3 * cfg.intermediate_size) * el + 3 * heads * n_prompt_tokens ** 2 * 4
-    logits = cfg.vocab_size * (2 * el + 6 * 4)  # logits, float32 copies (logprobs, probs, noise), penalty state
+    # logits, float32 copies (logprobs, probs, noise; an unsteered row's kept for its log-probability), penalty state
+    logits = cfg.vocab_size * (2 * el + 7 * 4)
     stream = seq * cfg.hidden_size * el  # the stream recorded for scoring (engine.residual: prompt + tokens)
     return kv + prompt + logits + stream
 

@@ -175,3 +175,34 @@ def test_swap_without_a_target_says_so_word_for_word():
     with pytest.raises(UsageError) as e:
         term("SWAP", Steer(torch.ones(2), 0.0, "SWAP"))
     assert str(e.value) == "SWAP needs a target vector to move the component onto"
+
+
+@pytest.mark.parametrize("method", list(steering.SteerMethod))
+def test_only_a_zero_strength_addition_adds_nothing(method):
+    """``adds_nothing`` (a row generated unsteered, scored from its own generation): an additive term of
+    coefficient 0, named or the batch's default, and nothing else; the batch adds exactly zero for it, every
+    activation's value unchanged. The other methods change an activation along v at coefficient 0, except a
+    norm-scaled addition, which adds 0·‖h‖·v (zero only while ‖h‖ is finite: not claimed)."""
+    v = torch.tensor([0.6, 0.8])
+    zero, named = Steer(v, 0.0), Steer(v, 0.0, method)
+    assert zero.adds_nothing(method) is (method is steering.SteerMethod.SIMPLE_ADDITIVE)
+    assert named.adds_nothing() is named.adds_nothing("ABLATE") is (method is steering.SteerMethod.SIMPLE_ADDITIVE)
+    assert not Steer(v, 1e-30).adds_nothing() and not Steer(v, -1.0).adds_nothing()
+    act = torch.tensor([[[3.0, 4.0], [-2.5, 1e-30]]])
+    target = None if method is not steering.SteerMethod.SWAP else torch.tensor([1.0, 0.0])
+    out = BatchSteering([[Steer(v, 0.0, method, max=0.0, target=target)]], 2)(act.clone())
+    if named.adds_nothing():
+        assert torch.equal(out, act)
+    elif method is not steering.SteerMethod.NORM_SCALED_ADD:
+        assert not torch.equal(out, act)
+
+
+def test_a_chunks_checks_start_with_no_prepared_vector():
+    """``Checks.prepared`` (each distinct vector of a chunk prepared once, ``engine.sweep``) starts empty and
+    holds what the chunk puts there."""
+    from saejobs.engine.steering import Checks
+
+    checks = Checks()
+    assert ("feature", None, 3, True) not in checks.prepared and len(checks.prepared) == 0
+    checks.prepared[("feature", None, 3, True)] = ("blocks.6.hook_resid_post", torch.ones(2))
+    assert list(checks.prepared) == [("feature", None, 3, True)]
