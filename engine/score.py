@@ -310,7 +310,7 @@ def _generation_layout(items: list[Item], pad: int, width: int, n: int) -> _Layo
 
 
 def _score_group(lm, sae, hook_name: str, items: list[Item], others: dict[str, tuple],
-                 streams: list[tuple] | None, known: bool = False) -> list[dict]:
+                 streams: list[tuple] | None, *, known: bool) -> list[dict]:
     """One group's scores. ``known``: every row is ``_known``: its log-probabilities and concept activations are
     read from its capture, no layer runs."""
     import torch

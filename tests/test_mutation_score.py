@@ -630,10 +630,13 @@ def test_rows_generated_unsteered_are_scored_from_their_generation_alone(lm, mon
     assert set(got[3]["concept"]) == {"2", "x:1"}
     heads.clear()
     cap = recorded(lm, CHUNK, unsteered=known)  # layer 1's input: layer 1's output is read in a pass
-    got = sc.score(lm, sae, HOOK, [sc.Item(p, g, f) for p, g, f in CHUNK], streams=[(cap, b) for b in range(6)])
-    assert heads == [6]
-    for row, (p, g, f) in zip(got, CHUNK):
+    plain = [([] if b == 5 else f) for b, (_, _, f) in enumerate(CHUNK)]  # a known row reading no concept needs none
+    got = sc.score(lm, sae, HOOK, [sc.Item(p, g, f) for (p, g, _), f in zip(CHUNK, plain)],
+                   streams=[(cap, b) for b in range(6)])
+    assert heads == [5]
+    for row, (p, g, _), f in zip(got, CHUNK, plain):
         check(row, reference(lm, sae, p, g, f))
+    assert got[5]["concept"] == {} and got[5]["concept_mean"] is None
 
 
 def test_rows_longer_than_a_sliding_window_are_scored_in_one_pass():
