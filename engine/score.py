@@ -19,7 +19,8 @@ prefix of the group's completions (rows of one prompt share their first position
 DEFAULT's first tokens) and one vocabulary slice at a time, so the (rows, tokens, vocabulary) logits are
 never held and a group is sized by its forward pass. Rows a sweep generated ``for_scoring`` carry the
 unsteered stream their generation recorded below its lowest hook (``engine.residual``): their pass runs only
-the layers from there up, in generation's own layout, each distinct prompt's columns once (``_prompts_once``);
+the layers from there up, in generation's own layout, each distinct prompt's columns once (``_prompts_once``),
+and a row generation did not steer, whose concepts are read at the record point, runs none (``_known``);
 other rows (``saejobs score`` on old rows) get one whole unsteered pass, prompt and completion left-padded.
 torch is imported where it is used, so ``Score`` (the field names) is cheap to import.
 """

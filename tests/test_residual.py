@@ -2,10 +2,11 @@
 with the demo SAE: rows steered at the SAE's layer (6) and with a raw vector below it (layer 3: at its
 ``resid_post`` the stream is recorded there, before the vector is added, and scoring starts at layer 4; at its
 ``mlp_out``, inside layer 3, it is recorded entering layer 3; with no such vector it is recorded at the SAE's own
-hook, and the DEFAULT rows are scored from their generation alone, no layer run for them), DEFAULT rows, and rows that stop at EOS after different numbers of tokens, each scored
-from the recording, equal ``tests.test_score.reference_scores`` (one unpadded pass of the plain transformers model
-over the row alone, the SAE file's own tensors): NLL within 1e-4, concept within 1e-3 relative. On the growing
-cache and on the static one (its eager steps: no CUDA graph on a CPU)."""
+hook, and the DEFAULT and zero-strength rows are scored from their generation alone, no layer run for them),
+DEFAULT rows, and rows that stop at EOS after different numbers of tokens, each scored from the recording, equal
+``tests.test_score.reference_scores`` (one unpadded pass of the plain transformers model over the row alone, the
+SAE file's own tensors): NLL within 1e-4, concept within 1e-3 relative. On the growing cache and on the static
+one (its eager steps: no CUDA graph on a CPU)."""
 
 from __future__ import annotations
 
