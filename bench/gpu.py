@@ -365,9 +365,10 @@ def throughput(config_dir: Path, device: str, small: bool, parts: str = "greedy,
             r.run(configs[:2], for_scoring=True)  # warm-up: the recording's last, partial step
             recorded, t_rec = timed(device, lambda: r.run(configs, for_scoring=True))  # as tasks/sweep.py runs it
             score.score_outputs(r, recorded, feats)  # warm-up: the first pass of new shapes picks its kernels
-            _, t_score = timed(device, lambda: score.score_outputs(r, recorded, feats))
+            got, t_score = timed(device, lambda: score.score_outputs(r, recorded, feats))
             score.score_outputs(r, outs, feats)
-            _, t_whole = timed(device, lambda: score.score_outputs(r, outs, feats))  # one whole unsteered pass
+            whole, t_whole = timed(device, lambda: score.score_outputs(r, outs, feats))  # one whole unsteered pass
+            scores_agree(key, r, got, whole, feats)
             record(f"{key}.scoring_s", f"{t_score:.3f} (+ {t_rec - t:.3f} recording the stream)")
             record(f"{key}.scoring_share_of_generation", f"{(t_score + t_rec - t) / t:.0%} (a whole unsteered pass: "
                    f"{t_whole / t:.0%})")
@@ -378,6 +379,21 @@ def throughput(config_dir: Path, device: str, small: bool, parts: str = "greedy,
             record(f"{key}.matrix_tflops_per_s", f"{gen_flops / t / 1e12:.3g} (generation's matrix products over its "
                    f"time: how far the chunk is from the device's peak)")
             profiled[:] = r, configs
+
+    def scores_agree(key: str, r, got: list, whole: list, feats: list) -> None:
+        """Scores from the recording equal the whole pass's (NLL; a float32 model within 1e-3), and so do those of a
+        chunk with DEFAULT and zero-strength rows, which are scored from their own generation (no pass)."""
+        plain = plan_configs(feats[:2], [], [0.0, 100.0], [PROMPTS[0]], [42], False, r.settings, "bench")
+        mixed = r.run(plain, for_scoring=True)
+        known = sum(g.stream[0].known(g.stream[1]) for _, g, _ in mixed)
+        pairs = list(zip(got, whole)) + list(zip(score.score_outputs(r, mixed, feats),
+                                                 score.score_outputs(r, r.run(plain), feats)))
+        gap = max(abs(a["nll"] - b["nll"]) for a, b in pairs if a["nll"] is not None and b["nll"] is not None)
+        record(f"{key}.scoring_nll_vs_whole_pass", f"max |difference| {gap:.2g} over {len(pairs)} rows; rows scored from "
+               f"their generation: {known} of the {len(plain)} DEFAULT, zero-strength and steered ones")
+        check(known == sum(c.type == "DEFAULT" or all(f.get("strength") == 0 for f in c.features) for c in plain),
+              f"{key}: the unsteered rows were not all scored from their generation")
+        check(dtype != torch.float32 or gap <= 1e-3, f"{key}: scores from the recording differ from the whole pass by {gap:.2g}")
 
     for n in sizes:  # up to the wide size first: the sampled modes are compared with it
         if n <= wide and "greedy" in parts:
