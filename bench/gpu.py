@@ -388,7 +388,7 @@ def throughput(config_dir: Path, device: str, small: bool, parts: str = "greedy,
         known = sum(g.stream[0].known(g.stream[1]) for _, g, _ in mixed)
         pairs = list(zip(got, whole)) + list(zip(score.score_outputs(r, mixed, feats),
                                                  score.score_outputs(r, r.run(plain), feats)))
-        gap = max(abs(a["nll"] - b["nll"]) for a, b in pairs if a["nll"] is not None and b["nll"] is not None)
+        gap = max((abs(a["nll"] - b["nll"]) for a, b in pairs if a["nll"] is not None and b["nll"] is not None), default=0.0)
         record(f"{key}.scoring_nll_vs_whole_pass", f"max |difference| {gap:.2g} over {len(pairs)} rows; rows scored from "
                f"their generation: {known} of the {len(plain)} DEFAULT, zero-strength and steered ones")
         check(known == sum(c.type == "DEFAULT" or all(f.get("strength") == 0 for f in c.features) for c in plain),
