@@ -10,16 +10,18 @@ short once it is recorded, feeds the last generated token. Where every hook of t
 those SAEs' concepts from the record itself. Otherwise it is L's input, and scoring runs L too. Scoring runs
 the model with the layers below ``layer`` (the first it runs) replaced by pass-through stubs and the recorded
 stream substituted where it was taken, over generation's own layout (prompts left-padded to one width,
-completions from the same column): the layers from ``layer`` up and the output projection, not the whole model. The stream differs from a
-one-pass forward's only in rounding (generation computed it a token at a time); ``tests/test_residual.py``
-holds the scores to an unpadded plain-torch pass (NLL within 1e-4, concept within 1e-3 relative).
+completions from the same column): the layers from ``layer`` up and the output projection, not the whole
+model. The stream differs from a one-pass forward's only in rounding (generation computed it a token at a
+time); ``tests/test_residual.py`` holds the scores to an unpadded plain-torch pass (NLL within 1e-4, concept
+within 1e-3 relative).
 
 The record is one (rows, prompt width + tokens, d_model) tensor in the model's dtype, written in place: on
 CUDA the graph-replayed decode step writes it through a device-side column index.
 
-Rows that generation did not steer (a sweep's DEFAULT rows, zero-strength additive ones) computed the unsteered model's own next-token
-distribution at every step: the capture keeps each step's log-probability of the token chosen (``logp``), so
-scoring runs no pass for such a row when its concepts are read at the record point (``known``).
+Rows that generation did not steer (a sweep's DEFAULT rows, zero-strength additive ones) computed the
+unsteered model's own next-token distribution at every step: the capture keeps each step's log-probability of
+the token chosen (``logp``), so scoring runs no pass for such a row when its concepts are read at the record
+point (``known``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from saejobs.engine.hook_names import RESID_PRE, parse_hook
+from saejobs.engine.hook_names import RESID_PRE, HookPoint, parse_hook
 from saejobs.engine.hooks import hook
 from saejobs.engine.registry.entry import SaeSite
 
@@ -40,9 +42,8 @@ def record_point(hooks: list[str]) -> str:
     it), else that layer's ``resid_pre``."""
     points = [parse_hook(h) for h in hooks]
     low = min(p.layer for p in points)
-    if all(p.site == SaeSite.RES for p in points if p.layer == low):
-        return SaeSite.RES.hook_name(low)
-    return f"blocks.{low}.{RESID_PRE}"
+    site = SaeSite.RES if all(p.site == SaeSite.RES for p in points if p.layer == low) else RESID_PRE
+    return HookPoint(low, site).name
 
 
 class StreamRecorded(Exception):

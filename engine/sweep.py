@@ -150,13 +150,14 @@ class SweepGenerator:
             if batch.active:
                 steering[name] = batch
         checks.verify()
-        record = None
+        record, unsteered = None, []
         if for_scoring:  # below every hook that steers or reads a concept, the stream is the unsteered one
             hooks = [*steering, self.hook_name, *(name for _, name in self.saes.values())]
             record = record_point(hooks)
+            unsteered = [b for b, r in enumerate(per_row)
+                         if all(s.adds_nothing(self.settings.method) for terms in r.values() for s in terms)]
         gens = generate(self.lm, rows, self.settings.sampling(), steering=steering, on_step=on_step,
-                        record_at=record, unsteered=[b for b, r in enumerate(per_row) if all(
-                            s.adds_nothing(self.settings.method) for terms in r.values() for s in terms)])
+                        record_at=record, unsteered=unsteered)
         return [(c, g, self._output(c, r, g)) for c, r, g in zip(configs, rows, gens)]
 
     def _output(self, cfg: SweepConfig, row: Row, g: Generated) -> str:
