@@ -20,14 +20,25 @@ import psutil
 GPU_SHARE = 0.6  # of a GPU's memory for cached weights; the rest for KV caches and activations
 
 
-def default_budget(device: str) -> int:
+def default_device() -> str:
+    """``SAEJOBS_DEVICE``, else ``cuda`` where torch sees a GPU. Asked at a cache's first load, not when the cache is
+    made: a job that loads nothing (a download) never imports torch."""
+    if os.environ.get("SAEJOBS_DEVICE"):
+        return os.environ["SAEJOBS_DEVICE"]
     import torch
 
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_budget(device: str) -> int:
     env = os.environ.get("SAEJOBS_CACHE_BYTES")
     if env:
         return int(float(env))
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return int(torch.cuda.get_device_properties(torch.device(device)).total_memory * GPU_SHARE)
+    if device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            return int(torch.cuda.get_device_properties(torch.device(device)).total_memory * GPU_SHARE)
     return psutil.virtual_memory().total // 2
 
 
@@ -41,13 +52,24 @@ def nbytes(obj: Any) -> int:
 
 
 class EngineCache:
-    def __init__(self, budget: int | None = None, device: str = "cpu"):
-        self.device = device
-        self.budget = budget if budget is not None else default_budget(device)
+    def __init__(self, budget: int | None = None, device: str | None = None):
+        self._device, self._budget = device, budget  # None: the defaults, decided at first use
         self._items: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+
+    @property
+    def device(self) -> str:
+        if self._device is None:
+            self._device = default_device()
+        return self._device
+
+    @property
+    def budget(self) -> int:
+        if self._budget is None:
+            self._budget = default_budget(self.device)
+        return self._budget
 
     def get(self, key: tuple, load: Callable[[], Any], estimate: int | None = None) -> Any:
         """The cached value, or ``load()``'s; with ``estimate`` (bytes), room is made before loading."""

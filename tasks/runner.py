@@ -6,6 +6,7 @@ same rows. It never imports Celery.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
@@ -66,10 +67,13 @@ class Executor:
     name: str = field(default_factory=lambda: f"local@{host_name()}:{os.getpid()}")
     host: str = field(default_factory=host_name)
     gpu: str | None = None
-    device: str = "cpu"
     cache: EngineCache = field(default_factory=EngineCache)
     current_job: str | None = None
     local: bool = False  # the CLI's own process (--local): no queue behind it to retry a job
+
+    @property
+    def device(self) -> str:
+        return self.cache.device
 
 
 @dataclass
@@ -206,8 +210,7 @@ def current_executor() -> Executor:
     """The Celery worker's identity (``worker.main`` sets it before it consumes)."""
     global _executor
     if _executor is None:
-        dev = _device()
-        _executor = Executor(name=f"worker@{host_name()}:{os.getpid()}", device=dev, cache=EngineCache(device=dev))
+        _executor = Executor(name=f"worker@{host_name()}:{os.getpid()}")
     return _executor
 
 
@@ -220,24 +223,19 @@ def local_executor() -> Executor:
     """For ``--local``: the CLI process itself runs the job."""
     global _executor
     if _executor is None:
-        dev = _device()
-        _executor = Executor(device=dev, cache=EngineCache(device=dev), local=True)
+        _executor = Executor(local=True)
     return _executor
 
 
-def _device() -> str:
-    import torch
+# Each kind's job body: ``run(ctx) -> result`` in this module of ``saejobs.tasks``. Only the kind run is imported,
+# so a download (``--local`` or on a download worker) never imports torch.
+BODIES = {JobKind.DOWNLOAD: "download", JobKind.VERIFY: "verify", JobKind.SWEEP: "sweep", JobKind.SCORE: "score",
+          JobKind.SEARCH: "search", JobKind.FEATURES: "features"}
+assert set(BODIES) == set(JobKind), "every job kind needs a body"
 
-    return os.environ.get("SAEJOBS_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
 
-
-def kinds() -> dict[str, Callable[[JobContext], dict]]:
-    from saejobs.tasks import download, features, score, search, sweep, verify
-
-    bodies = {JobKind.DOWNLOAD: download.run, JobKind.VERIFY: verify.run, JobKind.SWEEP: sweep.run,
-              JobKind.SCORE: score.run, JobKind.SEARCH: search.run, JobKind.FEATURES: features.run}
-    assert set(bodies) == set(JobKind), "every job kind needs a body"
-    return bodies
+def body(kind: JobKind) -> Callable[[JobContext], dict]:
+    return importlib.import_module(f"saejobs.tasks.{BODIES[kind]}").run
 
 
 def execute(job_id: str, worker: Executor, *, parent: JobContext | None = None,
@@ -254,7 +252,7 @@ def execute(job_id: str, worker: Executor, *, parent: JobContext | None = None,
     beat = _Heartbeat(ctx)
     beat.start()
     try:
-        result = kinds()[job.kind](ctx)
+        result = body(job.kind)(ctx)
         failpoints.hit("runner.before_finish")
         return Outcome.SUCCEEDED if jobs.finish(job_id, JobState.SUCCEEDED, worker=worker.name, result=result) else Outcome.CANCELLED
     except JobCancelled as e:

@@ -69,6 +69,23 @@ def test_each_command_loads_only_what_it_needs(home, tmp_path, args, may_load, c
         assert len(stderr.strip().splitlines()) == 1 and "broker" in stderr.lower(), stderr
 
 
+@pytest.mark.parametrize("fmt", ["gemma-scope", "gemma-scope-2"])
+def test_a_local_download_runs_without_torch(home, tmp_path, fmt, monkeypatch):  # noqa: F811
+    """A download, its checks included, is file work: neither torch nor transformers is imported (each costs a CLI
+    run about a second), in either file format; the device is asked only where a job loads a model."""
+    from tests.synthetic_saes import make
+
+    monkeypatch.delenv("SAEJOBS_DEVICE", raising=False)
+    sae = make(home, fmt=fmt, d_model=64, d_sae=256)
+    got, exit_code, stderr = loaded(tmp_path, "download", sae.id, "--source", str(sae.mirror), "--local", "--json")
+    assert exit_code in (0, None), stderr[-2000:]
+    assert not {"torch", "transformers"} & got, got
+    from saejobs.db import saes
+
+    row = saes.get(sae.id)  # it did run, checks and all
+    assert row is not None and row.downloaded_at and set(row.files) == set(sae.entry.files)
+
+
 def test_saes_list_in_80_columns_prints_every_id_whole():
     res = subprocess.run([sys.executable, "-m", "saejobs.cli.main", "saes", "list"], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "COLUMNS": "80"}, timeout=60)

@@ -71,7 +71,7 @@ def run(gpu: int | None, loglevel: str = "info", downloads_only: bool = False) -
     host = runner.host_name()
     name = worker_name("downloads" if downloads_only else f"gpu{gpu}" if gpu is not None else "cpu", host)
     device = os.environ["SAEJOBS_DEVICE"]
-    w = runner.Executor(name=name, host=host, gpu=None if gpu is None else str(gpu), device=device,
+    w = runner.Executor(name=name, host=host, gpu=None if gpu is None else str(gpu),
                       cache=EngineCache(device=device))
     runner.set_executor(w)
     if downloads_only:  # transfers only: a GPU worker's one slot never waits on the network
