@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from saejobs.engine.hooks import hook
+from saejobs.engine.hooks import capture
 
 MAX_SIMILAR = 128  # Neuronpedia's MAX_NUM_RESULTS
 DENSITY_TOKENS = 2048
@@ -38,27 +38,9 @@ DEFAULT_DENSITY_THRESHOLD = 0.01  # Neuronpedia's search default
 ENCODE_CHUNK_ELEMENTS = 1 << 24  # tokens × features encoded at once (64 MiB of float32)
 
 
-class _Reached(Exception):
-    """Raised at the hook to end the forward pass there."""
-
-
-@torch.no_grad()
 def activations_at(lm, hook_name: str, ids: list[int]) -> torch.Tensor:
-    """The activation at ``hook_name`` for one unpadded sequence, (T, width): the layers above the hook
-    are not run."""
-    seen: list[torch.Tensor] = []
-
-    def grab(a: torch.Tensor) -> None:
-        seen.append(a[0].detach())
-        raise _Reached
-
-    x = torch.tensor([ids], device=lm.device)
-    try:
-        with hook(lm, hook_name, grab):
-            lm.model(input_ids=x, use_cache=False)
-    except _Reached:
-        pass
-    return seen[0]
+    """The activation at ``hook_name`` for one unpadded sequence, (T, width); the layers above the hook are not run."""
+    return capture(lm, hook_name, torch.tensor([ids], device=lm.device))[0]
 
 
 @dataclass(frozen=True)

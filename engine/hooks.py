@@ -103,10 +103,24 @@ def hook_width(lm, name: str) -> int:
     return site_width(lm.config, point.site)
 
 
+class _Reached(Exception):
+    """Raised at the hook to end the forward pass there."""
+
+
 @torch.no_grad()
 def capture(lm, name: str, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """The activation at ``name`` for these tokens, from one forward pass (a copy, on the model's device)."""
+    """The activation at ``name`` for these tokens, on the model's device. The pass ends at the hook: the layers
+    above it and the output layer (Gemma's 262,144 words: most of a small model's arithmetic) never run, and
+    nothing writes into the activation afterwards."""
     seen: list[torch.Tensor] = []
-    with hook(lm, name, lambda a: seen.append(a.detach().clone())):
-        lm.model(input_ids=input_ids, attention_mask=attention_mask)
+
+    def grab(a: torch.Tensor) -> None:
+        seen.append(a.detach())
+        raise _Reached
+
+    try:
+        with hook(lm, name, grab):
+            lm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _Reached:
+        pass
     return seen[0]

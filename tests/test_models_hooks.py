@@ -38,6 +38,24 @@ def test_resid_post_is_the_decoder_layer_output(gemma3):
 
 
 @pytest.mark.model
+def test_capture_ends_the_pass_at_its_hook(gemma3):
+    """Nothing above the hook runs (a demo build or feature search would otherwise pay for the 262,144-word
+    output layer at every position), and the model is whole again after it."""
+    x = ids(gemma3)
+    ran: list[str] = []
+    watched = {"layer 6": gemma3.layers[6], "layer 7": gemma3.layers[7], "output layer": gemma3.model.lm_head}
+    handles = [m.register_forward_hook(lambda *_, n=n: ran.append(n)) for n, m in watched.items()]
+    try:
+        capture(gemma3, "blocks.6.hook_resid_post", x)
+        assert ran == ["layer 6"]
+        logits(gemma3, x)
+        assert ran == ["layer 6", "layer 6", "layer 7", "output layer"]
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@pytest.mark.model
 def test_resid_post_hook_modifies_the_residual_stream(gemma3):
     x = ids(gemma3)
     base = logits(gemma3, x)
@@ -80,10 +98,12 @@ def test_attn_z_is_the_input_of_o_proj_and_editable(gemma3):
     layer = gemma3.layers[4]
     attn_out = []
     h = layer.post_attention_layernorm.register_forward_hook(lambda m, i, o: attn_out.append(i[0]))
-    try:
-        z = capture(gemma3, "blocks.4.attn.hook_z", x)
+    try:  # a plain pass: capture's own ends at the hook, before this norm runs
+        with torch.no_grad():
+            gemma3.model(input_ids=x)
     finally:
         h.remove()
+    z = capture(gemma3, "blocks.4.attn.hook_z", x)
     with torch.no_grad():
         torch.testing.assert_close(layer.self_attn.o_proj(z), attn_out[0])
     base = logits(gemma3, x)
