@@ -87,8 +87,8 @@ def test_scores_from_the_recorded_stream_equal_an_independent_pass(cache, low, g
              gemma3.layers[at].register_forward_pre_hook(lambda _m, args, kw: plain_in.append(
                  (args[0] if args else kw["hidden_states"])[0]), with_kwargs=True))
         try:
-            with torch.no_grad():
-                gemma3.model(input_ids=torch.tensor([ids + g.token_ids]))
+            with torch.no_grad():  # the stream is all this pass is for: the output layer at one position only
+                gemma3.model(input_ids=torch.tensor([ids + g.token_ids]), logits_to_keep=1)
         finally:
             h.remove()
         recorded = made[0].stream[b, width - len(ids):width + k]

@@ -20,7 +20,6 @@ one BOS, as saejobs does and as the reference here does.)
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,9 +33,9 @@ from interp_engine.steer_specs import SteerMethod
 from saejobs.engine import chat
 from saejobs.engine.request import SweepConfig, Settings
 from saejobs.engine.sweep import SweepGenerator
-from tests.fidelity.common import AXIS, DOG, EOS, N_TOKENS, OCEAN, OTHER_PROMPT, ROWS
+from tests.fidelity.common import AXIS, DOG, EOS, MARKS, N_TOKENS, OCEAN, OTHER_PROMPT, ROWS, unsteered_steps
 
-pytestmark = pytest.mark.model
+pytestmark = MARKS
 METHODS = {"SIMPLE_ADDITIVE": SteerMethod.ADDITIVE, "ORTHOGONAL_DECOMP": SteerMethod.ORTHOGONAL}
 
 
@@ -95,31 +94,23 @@ def oracle_prompt_ids(oracle, prompt: str) -> list[int]:
     return [int(t) for t in oracle.to_tokens(text, prepend_bos=False, truncate=False)[0].tolist()]
 
 
-UNSTEERED: dict = {}  # an unsteered request's steps, by everything that decides them: computed once per run
-
-
 def oracle_steps(oracle, sae, case: Case, prompt_ids: list[int], steered: bool) -> list:
     """interp-engine's generation steps (token id and ``token_str``) for one request; the steering vectors
-    are the SAE file's decoder rows (``sae`` only says which file: its device and layer). An unsteered
-    request depends only on its prompt ids, sampling and seed, so most cases share their DEFAULT references."""
-    s = settings_of(case)
+    are the SAE file's decoder rows (``sae`` only says which file: its device and layer). Unsteered requests are
+    shared by every case (``common.unsteered_steps``)."""
     if not steered:
-        key = (sae.W_dec.device.type, tuple(prompt_ids), s.temperature, s.top_k, s.top_p, s.presence_penalty, case.seed)
-        if key not in UNSTEERED:
-            UNSTEERED[key] = _oracle_steps(oracle, sae, case, prompt_ids, steered)
-        return UNSTEERED[key]
-    return _oracle_steps(oracle, sae, case, prompt_ids, steered)
+        return unsteered_steps(oracle, prompt_ids, settings_of(case), case.seed)
+    return _oracle_steps(oracle, sae, case, prompt_ids)
 
 
-def _oracle_steps(oracle, sae, case: Case, prompt_ids: list[int], steered: bool) -> list:
+def _oracle_steps(oracle, sae, case: Case, prompt_ids: list[int]) -> list:
     s = settings_of(case)
     w_dec = ROWS[(sae.W_dec.device.type, case.layer)]
     ids = torch.tensor([prompt_ids], device=oracle.device)  # generate_stream takes a batch of one; steer() the prompt's ids
     specs = [SteerSpec(w_dec[i].clone(), case.layer, s.strength_multiplier * strength, METHODS[case.method],
                        point="resid_post", normalize=case.normalize) for i, strength in case.features]
     mask = None if case.special else SteerMask.SPECIAL_TOKENS
-    ctx = steer(oracle, specs, prompt_token_ids=ids[0], position_mask=mask) if steered else contextlib.nullcontext()
-    with ctx:
+    with steer(oracle, specs, prompt_token_ids=ids[0], position_mask=mask):
         return list(generate_stream(oracle, ids, max_tokens=N_TOKENS, temperature=s.temperature, top_k=s.top_k,
                                     top_p=s.top_p, presence_penalty=s.presence_penalty, seed=case.seed))
 

@@ -24,10 +24,10 @@ from interp_engine.steer_specs import SteerMethod as IE
 
 from saejobs.engine.request import Settings, SweepConfig
 from saejobs.engine.sweep import SweepGenerator
-from tests.fidelity.common import AXIS, DOG, N_TOKENS, OCEAN, OTHER_PROMPT, ROWS
+from tests.fidelity.common import AXIS, DOG, MARKS, N_TOKENS, OCEAN, OTHER_PROMPT, ROWS, unsteered_steps
 from tests.fidelity.test_interp_engine import oracle_prompt_ids
 
-pytestmark = pytest.mark.model
+pytestmark = MARKS
 L3, L6, L17 = "fidelity/3-res", "fidelity/6-res", "fidelity/17-res"
 OPS = {"SIMPLE_ADDITIVE": IE.ADDITIVE, "ORTHOGONAL_DECOMP": IE.ORTHOGONAL, "PROJECTION_CAP": IE.PROJECTION_CAP,
        "NORM_SCALED_ADD": IE.NORM_SCALED_ADD, "ABLATE": IE.ABLATE, "SWAP": IE.SWAP}
@@ -117,33 +117,21 @@ def oracle_specs(case: Case, device: str, vectors: dict) -> list[SteerSpec]:
     return specs
 
 
-ORACLE: dict = {}  # a request's tokens, by everything that decides them: each computed once per run
+ORACLE: dict = {}  # a steered request's tokens, by everything that decides them: each computed once per run
 
 
 def oracle_tokens(oracle, case: Case, prompt_ids: list[int], vectors: dict, steered: bool) -> list[int]:
+    if not steered:
+        return [st.token_id for st in unsteered_steps(oracle, prompt_ids, settings_of(case), case.seed)]
     s = settings_of(case)
-    key = (str(oracle.device), tuple(prompt_ids), s.temperature, case.seed, case.name if steered else None)
+    key = (str(oracle.device), tuple(prompt_ids), s.temperature, case.seed, case.name)
     if key not in ORACLE:
-        ORACLE[key] = _oracle_tokens(oracle, case, prompt_ids, vectors, steered)
+        ids = torch.tensor([prompt_ids], device=oracle.device)
+        with steer(oracle, oracle_specs(case, torch.device(oracle.device).type, vectors), prompt_token_ids=ids[0]):
+            ORACLE[key] = [st.token_id for st in generate_stream(oracle, ids, max_tokens=N_TOKENS,
+                                                                 temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                                                                 presence_penalty=s.presence_penalty, seed=case.seed)]
     return ORACLE[key]
-
-
-def _oracle_tokens(oracle, case: Case, prompt_ids: list[int], vectors: dict, steered: bool) -> list[int]:
-    s = settings_of(case)
-    ids = torch.tensor([prompt_ids], device=oracle.device)
-    specs = oracle_specs(case, torch.device(oracle.device).type, vectors) if steered else []
-    with steer(oracle, specs, prompt_token_ids=ids[0]) if specs else _null():
-        return [st.token_id for st in generate_stream(oracle, ids, max_tokens=N_TOKENS, temperature=s.temperature,
-                                                      top_k=s.top_k, top_p=s.top_p,
-                                                      presence_penalty=s.presence_penalty, seed=case.seed)]
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def test_interp_engine_points_are_the_modules_saejobs_hooks(lm, oracle):
