@@ -15,7 +15,8 @@ class JobKind(StrEnum):
 
     To add a kind: a member here; its request in ``request_type`` (a frozen dataclass, torch-free,
     validated at construction, with ``to_params()``/``from_params()``: ``engine/job_requests.py``);
-    and its body in ``tasks.runner.kinds`` (which refuses to start without one for every kind).
+    and its body's module in ``tasks.runner.BODIES`` (``tasks.runner`` refuses to import without one for every
+    kind; only the module of the kind a job runs is imported).
     ``tests/test_job_requests.py`` checks that every member has a request type.
     """
 

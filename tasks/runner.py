@@ -235,6 +235,7 @@ assert set(BODIES) == set(JobKind), "every job kind needs a body"
 
 
 def body(kind: JobKind) -> Callable[[JobContext], dict]:
+    """The kind's ``run``, its module imported now."""
     return importlib.import_module(f"saejobs.tasks.{BODIES[kind]}").run
 
 
