@@ -23,8 +23,8 @@ GPU_SHARE = 0.6  # of a GPU's memory for cached weights; the rest for KV caches 
 def default_device() -> str:
     """``SAEJOBS_DEVICE``, else ``cuda`` where torch sees a GPU. Asked at a cache's first load, not when the cache is
     made: a job that loads nothing (a download) never imports torch."""
-    if os.environ.get("SAEJOBS_DEVICE"):
-        return os.environ["SAEJOBS_DEVICE"]
+    if named := os.environ.get("SAEJOBS_DEVICE"):
+        return named
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -43,8 +43,8 @@ import torch
 
 from saejobs.engine import philox
 from saejobs.engine.decode import cache_argument, decoder
-from saejobs.engine.hooks import hook
-from saejobs.engine.residual import ResidualCapture, StreamRecorded
+from saejobs.engine.hooks import PassEnded, hook
+from saejobs.engine.residual import ResidualCapture
 from saejobs.engine.row_graph import RowGraph, outputs_equal
 from saejobs.engine.sampling import Sampling, SamplingSemantics  # noqa: F401 (Sampling re-exported)
 SYNC_EVERY = 8  # off the CPU, look whether every row has stopped once per this many steps (one host sync)
@@ -148,7 +148,7 @@ def generate(lm, rows: list[Row], sampling: Sampling, *, on_step: Callable[[int,
             rec.last = True
             try:
                 dec.step(n - 1, torch.where(done, torch.full_like(nxt, pad), nxt), done, eager=True)
-            except StreamRecorded:
+            except PassEnded:
                 pass
     out = _collect(tokens[:, :ran], eos, chosen_lp, top_lp, top_ids, ran)
     if rec is not None:

@@ -103,8 +103,9 @@ def hook_width(lm, name: str) -> int:
     return site_width(lm.config, point.site)
 
 
-class _Reached(Exception):
-    """Raised at the hook to end the forward pass there."""
+class PassEnded(Exception):
+    """Raised by a hook's function to end the forward pass there: the layers above it (and the output layer) never
+    run. The caller that wanted only what lies below catches it (``capture``; generation's last, partial step)."""
 
 
 @torch.no_grad()
@@ -116,11 +117,11 @@ def capture(lm, name: str, input_ids: torch.Tensor, attention_mask: torch.Tensor
 
     def grab(a: torch.Tensor) -> None:
         seen.append(a.detach())
-        raise _Reached
+        raise PassEnded
 
     try:
         with hook(lm, name, grab):
             lm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    except _Reached:
+    except PassEnded:
         pass
     return seen[0]

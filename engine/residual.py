@@ -32,7 +32,7 @@ from typing import Iterator, Sequence
 import torch
 
 from saejobs.engine.hook_names import RESID_PRE, HookPoint, parse_hook
-from saejobs.engine.hooks import hook
+from saejobs.engine.hooks import PassEnded, hook
 from saejobs.engine.registry.entry import SaeSite
 
 
@@ -44,10 +44,6 @@ def record_point(hooks: list[str]) -> str:
     low = min(p.layer for p in points)
     site = SaeSite.RES if all(p.site == SaeSite.RES for p in points if p.layer == low) else RESID_PRE
     return HookPoint(low, site).name
-
-
-class StreamRecorded(Exception):
-    """Raised inside the final, partial step once the stream at ``layer`` is recorded: nothing above it runs."""
 
 
 class ResidualCapture:
@@ -93,7 +89,7 @@ class ResidualCapture:
             return
         self.stream.index_copy_(1, self.column, act)
         if self.last:
-            raise StreamRecorded
+            raise PassEnded  # the final, partial step: the stream is recorded, nothing above it runs
 
     def advance(self) -> None:
         """One more token fed (called on the host after each step; the column moves on the device)."""
